@@ -1,0 +1,23 @@
+//! MRR core: the replication protocol's pure logic.
+//!
+//! Holds hybrid logical clocks, versions, version vectors, records and changes, the merge rules
+//! and the per-peer session state machines. Everything here is deterministic and sans-IO: it never
+//! reads a clock (physical time is passed in), never touches a socket or a disk, and never depends
+//! on an async runtime, so the server and a simulator drive exactly the same code.
+
+pub mod change;
+pub mod hlc;
+pub mod limits;
+pub mod merge;
+pub mod record;
+pub mod region;
+pub mod session;
+pub mod version;
+pub mod vv;
+
+pub use change::{Change, Op};
+pub use hlc::{ClockSkewError, Hlc, Timestamp};
+pub use record::{Key, Metadata, Record};
+pub use region::RegionName;
+pub use version::Version;
+pub use vv::VersionVector;
