@@ -10,7 +10,10 @@ use crate::version::Version;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Replace the whole record with this JSON object (bytes of a serialized object).
-    Put { value: Vec<u8> },
+    Put {
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
     /// Replace the record with a tombstone.
     Delete,
 }

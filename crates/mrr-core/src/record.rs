@@ -41,6 +41,7 @@ pub struct Metadata {
 pub struct Record {
     /// The JSON object as bytes, or `None` for a tombstone: a delete is a versioned write like
     /// any other so that an older concurrent put can never bring the record back.
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     pub metadata: Metadata,
     pub version: Version,

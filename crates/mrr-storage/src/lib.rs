@@ -1,1 +1,88 @@
+//! MRR storage: where records, the changelog, the version vector and peer cursors live.
+//!
+//! [`Store`] is the seam: the writer commits through it, replication tails the changelog
+//! through it, the API reads through it. [`FjallStore`] is the production implementation;
+//! [`MemStore`] serves the simulator and tests. Both pass the same [`conformance`] suite.
+//!
+//! A commit is one atomic batch: a crash leaves either all of a commit or none of it. This crate
+//! knows nothing about networks, merge rules or Raft; it stores what it is given.
 
+pub mod conformance;
+mod encoding;
+mod fjall_store;
+mod mem_store;
+
+use mrr_core::{Change, Key, Record, RegionName, Timestamp, VersionVector};
+
+pub use fjall_store::FjallStore;
+pub use mem_store::MemStore;
+
+/// When a commit is acknowledged relative to the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// fsync before a commit returns: an acknowledged write survives power loss.
+    #[default]
+    Fsync,
+    /// The OS flushes when it likes: a crash of the machine (not just the process) may lose the
+    /// last acknowledged writes.
+    Buffered,
+}
+
+/// Everything one group commit changes, applied atomically.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitBatch {
+    pub records: Vec<(Key, Record)>,
+    pub changes: Vec<Change>,
+    /// New values of the version-vector entries this commit advanced.
+    pub vv: VersionVector,
+    /// The highest HLC timestamp issued or observed, so a restart never reissues one.
+    pub hlc_high_water: Timestamp,
+}
+
+impl CommitBatch {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.changes.is_empty()
+    }
+}
+
+/// What a node needs from disk to resume.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveredState {
+    pub vv: VersionVector,
+    pub hlc_high_water: Timestamp,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage engine: {0}")]
+    Engine(#[from] fjall::Error),
+    #[error("corrupt {what} at key {key:?}: {reason}")]
+    Corrupt { what: &'static str, key: Vec<u8>, reason: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The storage seam. Implementations are internally synchronised; `commit` is called by one
+/// writer at a time, reads from anywhere.
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, key: &Key) -> Result<Option<Record>>;
+
+    /// Records of `topic` in id order, starting after `after_id`, tombstones included.
+    fn scan(&self, topic: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<(Key, Record)>>;
+
+    /// Changes of `origin` with `seq > after_seq`, in sequence order, at most `limit`.
+    fn changes_after(&self, origin: &RegionName, after_seq: u64, limit: usize) -> Result<Vec<Change>>;
+
+    fn recover(&self) -> Result<RecoveredState>;
+
+    /// Applies `batch` atomically and, under [`Durability::Fsync`], durably.
+    fn commit(&self, batch: &CommitBatch) -> Result<()>;
+
+    /// The last cumulative ack a peer sent, kept for status and log retention.
+    fn save_peer_cursor(&self, peer: &RegionName, vv: &VersionVector) -> Result<()>;
+    fn peer_cursor(&self, peer: &RegionName) -> Result<Option<VersionVector>>;
+
+    /// Bytes on disk (0 for memory).
+    fn disk_bytes(&self) -> u64;
+}

@@ -1,0 +1,113 @@
+//! The contract every [`Store`] must meet, as a suite each implementation runs in its tests.
+//! `reopen` must return a store over the same data (for durability checks), or `None` when the
+//! implementation has no persistence.
+
+use mrr_core::{Change, Hlc, Key, Metadata, Op, Record, RegionName, Timestamp, Version, VersionVector};
+
+use crate::{CommitBatch, Store};
+
+fn region(s: &str) -> RegionName {
+    RegionName::new(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn change(origin: &str, seq: u64, topic: &str, id: &str, value: Option<&str>, ts: Timestamp) -> Change {
+    Change {
+        origin: region(origin),
+        seq,
+        key: Key::new(topic, id),
+        op: match value {
+            Some(v) => Op::Put { value: v.as_bytes().to_vec() },
+            None => Op::Delete,
+        },
+        metadata: Metadata { regions: vec!["*".into()], sync_flags: vec!["IMPORTANT".into()] },
+        version: Version { ts, region: region(origin) },
+    }
+}
+
+fn batch_of(changes: Vec<Change>) -> CommitBatch {
+    let mut vv = VersionVector::new();
+    let mut high = Timestamp::ZERO;
+    let records: Vec<(Key, Record)> = changes
+        .iter()
+        .map(|c| {
+            vv.raise(&c.origin, c.seq);
+            high = high.max(c.version.ts);
+            (c.key.clone(), c.to_record())
+        })
+        .collect();
+    CommitBatch { records, changes, vv, hlc_high_water: high }
+}
+
+/// Runs the whole suite against a fresh, empty store.
+pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
+    let mut clock = Hlc::new(Timestamp::ZERO, 200);
+    let a1 = change("ap-northeast", 1, "users", "u001", Some(r#"{"name":"Kaito"}"#), clock.now(1));
+    let a2 = change("ap-northeast", 2, "users", "u002", Some(r#"{"name":"Emma"}"#), clock.now(2));
+    let b1 = change("us-west", 1, "users", "u001", None, clock.now(3));
+    let o1 = change("us-west", 2, "orders", "o1", Some("{}"), clock.now(4));
+
+    assert!(store.get(&a1.key).expect("get").is_none(), "empty store has no records");
+    assert_eq!(store.recover().expect("recover").vv, VersionVector::new());
+
+    store.commit(&batch_of(vec![a1.clone(), a2.clone()])).expect("commit");
+    store.commit(&batch_of(vec![b1.clone(), o1.clone()])).expect("commit");
+
+    // Latest record state per key, tombstones included.
+    assert_eq!(store.get(&a1.key).expect("get"), Some(b1.to_record()));
+    assert!(store.get(&a1.key).expect("get").is_some_and(|r| r.is_tombstone()));
+    assert_eq!(store.get(&a2.key).expect("get"), Some(a2.to_record()));
+
+    // Scans stay inside their topic and resume after an id.
+    let users = store.scan("users", None, 10).expect("scan");
+    assert_eq!(users.iter().map(|(k, _)| k.id.as_str()).collect::<Vec<_>>(), ["u001", "u002"]);
+    let rest = store.scan("users", Some("u001"), 10).expect("scan");
+    assert_eq!(rest.iter().map(|(k, _)| k.id.as_str()).collect::<Vec<_>>(), ["u002"]);
+    assert_eq!(store.scan("users", None, 1).expect("scan").len(), 1);
+    assert!(store.scan("user", None, 10).expect("scan").is_empty(), "prefix of a topic is another topic");
+
+    // The changelog per origin, in order, from a cursor, bounded.
+    let ap = region("ap-northeast");
+    assert_eq!(store.changes_after(&ap, 0, 10).expect("changes"), vec![a1.clone(), a2.clone()]);
+    assert_eq!(store.changes_after(&ap, 1, 10).expect("changes"), vec![a2.clone()]);
+    assert_eq!(store.changes_after(&ap, 0, 1).expect("changes"), vec![a1.clone()]);
+    assert!(store.changes_after(&ap, 2, 10).expect("changes").is_empty());
+    assert_eq!(store.changes_after(&region("us-west"), 0, 10).expect("changes"), vec![b1.clone(), o1.clone()]);
+
+    let state = store.recover().expect("recover");
+    assert_eq!(state.vv.get(&ap), 2);
+    assert_eq!(state.vv.get(&region("us-west")), 2);
+    assert_eq!(state.hlc_high_water, o1.version.ts);
+
+    let cursor: VersionVector = [(ap.clone(), 2)].into_iter().collect();
+    store.save_peer_cursor(&region("eu-central"), &cursor).expect("save cursor");
+    assert_eq!(store.peer_cursor(&region("eu-central")).expect("cursor"), Some(cursor.clone()));
+    assert_eq!(store.peer_cursor(&region("us-west")).expect("cursor"), None);
+
+    // Everything survives a reopen.
+    if let Some(store) = reopen(store) {
+        assert_eq!(store.get(&a2.key).expect("get"), Some(a2.to_record()));
+        assert_eq!(store.changes_after(&ap, 0, 10).expect("changes"), vec![a1, a2]);
+        assert_eq!(store.recover().expect("recover"), state);
+        assert_eq!(store.peer_cursor(&region("eu-central")).expect("cursor"), Some(cursor));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Durability, FjallStore, MemStore};
+
+    #[test]
+    fn mem_store_conforms() {
+        super::run(MemStore::new(), |_| None);
+    }
+
+    #[test]
+    fn fjall_store_conforms_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FjallStore::open(dir.path(), Durability::Fsync).expect("open");
+        super::run(store, |store| {
+            drop(store);
+            Some(FjallStore::open(dir.path(), Durability::Fsync).expect("reopen"))
+        });
+    }
+}

@@ -1,0 +1,66 @@
+//! Key layout and value encoding shared by the implementations.
+//!
+//! Keys sort the way the store is scanned: records by `(topic, id)`, changes by
+//! `(origin, seq)` with `seq` big-endian. Topics, ids and region names never contain NUL
+//! (validated at the edges), so NUL is a safe separator.
+
+use mrr_core::{Key, RegionName};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{Result, StoreError};
+
+pub fn record_key(key: &Key) -> Vec<u8> {
+    debug_assert!(!key.topic.contains('\0') && !key.id.contains('\0'));
+    let mut k = Vec::with_capacity(key.topic.len() + 1 + key.id.len());
+    k.extend_from_slice(key.topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.id.as_bytes());
+    k
+}
+
+pub fn topic_prefix(topic: &str) -> Vec<u8> {
+    let mut k = topic.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+pub fn change_key(origin: &RegionName, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(origin.as_str().len() + 9);
+    k.extend_from_slice(origin.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn vv_key(origin: &RegionName) -> Vec<u8> {
+    [b"vv\0".as_slice(), origin.as_str().as_bytes()].concat()
+}
+
+pub const VV_PREFIX: &[u8] = b"vv\0";
+pub const HLC_KEY: &[u8] = b"hlc";
+
+pub fn peer_key(peer: &RegionName) -> Vec<u8> {
+    [b"peer\0".as_slice(), peer.as_str().as_bytes()].concat()
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising plain data structs into a Vec cannot fail.
+    postcard::to_stdvec(value).unwrap_or_else(|e| unreachable!("postcard encode: {e}"))
+}
+
+pub fn decode<T: DeserializeOwned>(what: &'static str, key: &[u8], bytes: &[u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { what, key: key.to_vec(), reason: e.to_string() })
+}
+
+pub fn decode_u64(what: &'static str, key: &[u8], bytes: &[u8]) -> Result<u64> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt { what, key: key.to_vec(), reason: format!("{} bytes, want 8", bytes.len()) })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+pub fn region_from_suffix(what: &'static str, key: &[u8], prefix_len: usize) -> Result<RegionName> {
+    let corrupt = |reason: String| StoreError::Corrupt { what, key: key.to_vec(), reason };
+    let name = std::str::from_utf8(&key[prefix_len..]).map_err(|e| corrupt(e.to_string()))?;
+    RegionName::new(name).map_err(|e| corrupt(e.to_string()))
+}

@@ -1,0 +1,131 @@
+//! [`Store`] on fjall: three keyspaces (`records`, `changes`, `meta`) in one database, so a
+//! commit spanning all three is one atomic write batch through fjall's journal.
+
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use mrr_core::{Change, Key, Record, RegionName, VersionVector};
+
+use crate::encoding::{self, decode, decode_u64, encode};
+use crate::{CommitBatch, Durability, RecoveredState, Result, Store};
+
+pub struct FjallStore {
+    db: Database,
+    records: Keyspace,
+    changes: Keyspace,
+    meta: Keyspace,
+    durability: Durability,
+}
+
+impl std::fmt::Debug for FjallStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FjallStore").field("durability", &self.durability).finish_non_exhaustive()
+    }
+}
+
+impl FjallStore {
+    pub fn open(path: &Path, durability: Durability) -> Result<Self> {
+        let db = Database::builder(path).open()?;
+        let records = db.keyspace("records", KeyspaceCreateOptions::default)?;
+        let changes = db.keyspace("changes", KeyspaceCreateOptions::default)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        Ok(Self { db, records, changes, meta, durability })
+    }
+}
+
+impl Store for FjallStore {
+    fn get(&self, key: &Key) -> Result<Option<Record>> {
+        let k = encoding::record_key(key);
+        match self.records.get(&k)? {
+            Some(bytes) => Ok(Some(decode("record", &k, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn scan(&self, topic: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<(Key, Record)>> {
+        let prefix = encoding::topic_prefix(topic);
+        let mut out = Vec::new();
+        let iter = match after_id {
+            Some(id) => {
+                let mut start = encoding::record_key(&Key::new(topic, id));
+                start.push(0); // strictly after `id`
+                // The separator is NUL, so every key of the topic sorts below `topic\x01`.
+                let mut end = topic.as_bytes().to_vec();
+                end.push(1);
+                self.records.range(start..end)
+            }
+            None => self.records.prefix(&prefix),
+        };
+        for item in iter.take(limit) {
+            let (k, v) = item.into_inner()?;
+            let record: Record = decode("record", &k, &v)?;
+            let id = std::str::from_utf8(&k[prefix.len()..]).map_err(|e| crate::StoreError::Corrupt {
+                what: "record key",
+                key: k.to_vec(),
+                reason: e.to_string(),
+            })?;
+            out.push((Key::new(topic, id), record));
+        }
+        Ok(out)
+    }
+
+    fn changes_after(&self, origin: &RegionName, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
+        let start = encoding::change_key(origin, after_seq.saturating_add(1));
+        let end = encoding::change_key(origin, u64::MAX);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in self.changes.range(start..=end).take(limit) {
+            let (k, v) = item.into_inner()?;
+            out.push(decode("change", &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn recover(&self) -> Result<RecoveredState> {
+        let mut state = RecoveredState::default();
+        for item in self.meta.prefix(encoding::VV_PREFIX) {
+            let (k, v) = item.into_inner()?;
+            let origin = encoding::region_from_suffix("version vector key", &k, encoding::VV_PREFIX.len())?;
+            state.vv.raise(&origin, decode_u64("version vector entry", &k, &v)?);
+        }
+        if let Some(v) = self.meta.get(encoding::HLC_KEY)? {
+            state.hlc_high_water = decode("hlc high water", encoding::HLC_KEY, &v)?;
+        }
+        Ok(state)
+    }
+
+    fn commit(&self, batch: &CommitBatch) -> Result<()> {
+        let mut wb = self.db.batch().durability(match self.durability {
+            Durability::Fsync => Some(PersistMode::SyncData),
+            Durability::Buffered => None,
+        });
+        for (key, record) in &batch.records {
+            wb.insert(&self.records, encoding::record_key(key), encode(record));
+        }
+        for change in &batch.changes {
+            wb.insert(&self.changes, encoding::change_key(&change.origin, change.seq), encode(change));
+        }
+        for (origin, seq) in batch.vv.iter() {
+            wb.insert(&self.meta, encoding::vv_key(origin), seq.to_be_bytes().to_vec());
+        }
+        wb.insert(&self.meta, encoding::HLC_KEY.to_vec(), encode(&batch.hlc_high_water));
+        wb.commit()?;
+        Ok(())
+    }
+
+    fn save_peer_cursor(&self, peer: &RegionName, vv: &VersionVector) -> Result<()> {
+        self.meta.insert(encoding::peer_key(peer), encode(vv))?;
+        Ok(())
+    }
+
+    fn peer_cursor(&self, peer: &RegionName) -> Result<Option<VersionVector>> {
+        let k = encoding::peer_key(peer);
+        match self.meta.get(&k)? {
+            Some(v) => Ok(Some(decode("peer cursor", &k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}

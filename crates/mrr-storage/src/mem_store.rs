@@ -1,0 +1,92 @@
+//! [`Store`] in memory, for the simulator and tests. Same contract as [`crate::FjallStore`],
+//! checked by the same conformance suite; "durable" means "until the value is dropped".
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use mrr_core::{Change, Key, Record, RegionName, VersionVector};
+
+use crate::{CommitBatch, RecoveredState, Result, Store};
+
+#[derive(Debug, Default)]
+pub struct MemStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    records: BTreeMap<Key, Record>,
+    changes: BTreeMap<(RegionName, u64), Change>,
+    state: RecoveredState,
+    peers: BTreeMap<RegionName, VersionVector>,
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Store for MemStore {
+    fn get(&self, key: &Key) -> Result<Option<Record>> {
+        Ok(self.lock().records.get(key).cloned())
+    }
+
+    fn scan(&self, topic: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<(Key, Record)>> {
+        let inner = self.lock();
+        let start = Key::new(topic, after_id.unwrap_or(""));
+        Ok(inner
+            .records
+            .range(start..)
+            .filter(|(k, _)| after_id.is_none_or(|a| k.id.as_str() > a))
+            .take_while(|(k, _)| k.topic == topic)
+            .take(limit)
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect())
+    }
+
+    fn changes_after(&self, origin: &RegionName, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
+        let inner = self.lock();
+        Ok(inner
+            .changes
+            .range((origin.clone(), after_seq.saturating_add(1))..=(origin.clone(), u64::MAX))
+            .take(limit)
+            .map(|(_, c)| c.clone())
+            .collect())
+    }
+
+    fn recover(&self) -> Result<RecoveredState> {
+        Ok(self.lock().state.clone())
+    }
+
+    fn commit(&self, batch: &CommitBatch) -> Result<()> {
+        let mut inner = self.lock();
+        for (k, r) in &batch.records {
+            inner.records.insert(k.clone(), r.clone());
+        }
+        for c in &batch.changes {
+            inner.changes.insert((c.origin.clone(), c.seq), c.clone());
+        }
+        inner.state.vv.join(&batch.vv);
+        inner.state.hlc_high_water = batch.hlc_high_water;
+        Ok(())
+    }
+
+    fn save_peer_cursor(&self, peer: &RegionName, vv: &VersionVector) -> Result<()> {
+        self.lock().peers.insert(peer.clone(), vv.clone());
+        Ok(())
+    }
+
+    fn peer_cursor(&self, peer: &RegionName) -> Result<Option<VersionVector>> {
+        Ok(self.lock().peers.get(peer).cloned())
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        0
+    }
+}
