@@ -12,6 +12,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// A source of physical time in milliseconds since the Unix epoch. The core never calls one;
+/// the runtime holds it and passes readings in, and a simulator substitutes its own.
+pub trait PhysicalClock: Send + Sync + 'static {
+    fn now_ms(&self) -> u64;
+}
+
 /// A hybrid logical timestamp: physical milliseconds, then a logical counter for events that
 /// share a millisecond. Field order is the comparison order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -16,7 +16,7 @@ pub mod version;
 pub mod vv;
 
 pub use change::{Change, Op};
-pub use hlc::{ClockSkewError, Hlc, Timestamp};
+pub use hlc::{ClockSkewError, Hlc, PhysicalClock, Timestamp};
 pub use record::{Key, Metadata, Record};
 pub use region::RegionName;
 pub use version::Version;

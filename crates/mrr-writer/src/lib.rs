@@ -1,1 +1,210 @@
+//! MRR writer: the one place where a node's state changes.
+//!
+//! A single writer thread owns every mutation. Local writes get their HLC timestamp and
+//! sequence number here, remote changes are admitted (duplicate, gap, loop, clock skew) and
+//! merged here, and every request that arrives while a commit is in progress joins the next
+//! one: concurrent writers share one atomic batch and one fsync (group commit). Serialising
+//! mutation in one place is what makes read-merge-write race-free without locks.
+//!
+//! The writer does not validate client input (the API does), does not talk to peers
+//! (replication does), and never acknowledges a write before its commit returned.
 
+mod engine;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mrr_core::{ClockSkewError, Change, Key, Metadata, PhysicalClock, Record, RegionName, VersionVector};
+use mrr_storage::{Store, StoreError};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use engine::{Engine, RemoteOutcome};
+
+/// Wall-clock time from the operating system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl PhysicalClock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// A client write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalOp {
+    Put { key: Key, value: Vec<u8>, metadata: Metadata },
+    Delete { key: Key },
+}
+
+/// A committed local write: the record state it produced, with version and token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub key: Key,
+    pub record: Record,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// The disk refused the commit; nothing of the request was applied.
+    #[error("storage commit failed: {0}")]
+    Storage(Arc<StoreError>),
+    #[error("the writer has stopped")]
+    Stopped,
+}
+
+/// Why the writer stopped applying a remote batch part-way. Changes before it were applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("change {origin}:{seq} skips ahead; expected seq {expected}")]
+    Gap { origin: RegionName, seq: u64, expected: u64 },
+    #[error("change {origin}:{seq} is this region's own change sent back to it")]
+    Loop { origin: RegionName, seq: u64 },
+    #[error("change {origin}:{seq} refused: {skew}")]
+    ClockSkew { origin: RegionName, seq: u64, skew: ClockSkewError },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Requests merged into one commit at most.
+    pub group_requests_max: usize,
+    /// Requests waiting for the writer at most; beyond, callers wait (backpressure).
+    pub queue_requests_max: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self { group_requests_max: 512, queue_requests_max: 4_096 }
+    }
+}
+
+enum Request {
+    Local { ops: Vec<LocalOp>, reply: oneshot::Sender<Result<Vec<Committed>, WriteError>> },
+    Remote { changes: Vec<Change>, reply: oneshot::Sender<Result<RemoteOutcome, WriteError>> },
+}
+
+/// Handle to the writer thread. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    tx: mpsc::Sender<Request>,
+    applied: watch::Receiver<VersionVector>,
+}
+
+impl Writer {
+    /// Recovers state from `store` and starts the writer thread.
+    pub fn start(
+        local: RegionName,
+        max_skew_ms: u64,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn PhysicalClock>,
+        config: WriterConfig,
+    ) -> Result<Self, StoreError> {
+        let recovered = store.recover()?;
+        let engine = Engine::new(local, recovered, max_skew_ms);
+        let (applied_tx, applied) = watch::channel(engine.applied().clone());
+        let (tx, rx) = mpsc::channel(config.queue_requests_max);
+        std::thread::Builder::new()
+            .name("mrr-writer".into())
+            .spawn(move || run(engine, rx, store, clock, applied_tx, config))
+            .map_err(|e| StoreError::Corrupt { what: "writer thread", key: Vec::new(), reason: e.to_string() })?;
+        Ok(Self { tx, applied })
+    }
+
+    /// Applies client writes; returns once they are committed (durably, by default).
+    pub async fn write(&self, ops: Vec<LocalOp>) -> Result<Vec<Committed>, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::Local { ops, reply }).await.map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// Applies changes received from a peer, in order; returns once committed.
+    pub async fn apply_remote(&self, changes: Vec<Change>) -> Result<RemoteOutcome, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::Remote { changes, reply }).await.map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// The committed version vector; changes each time a commit lands.
+    pub fn applied(&self) -> watch::Receiver<VersionVector> {
+        self.applied.clone()
+    }
+}
+
+fn run(
+    mut engine: Engine,
+    mut rx: mpsc::Receiver<Request>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn PhysicalClock>,
+    applied_tx: watch::Sender<VersionVector>,
+    config: WriterConfig,
+) {
+    let mut group = Vec::with_capacity(config.group_requests_max);
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < config.group_requests_max {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut pending = engine.begin();
+        let mut replies = Vec::with_capacity(group.len());
+        for request in group.drain(..) {
+            match request {
+                Request::Local { ops, reply } => {
+                    let out = engine.apply_local(&mut pending, &*store, ops, clock.now_ms());
+                    replies.push(Reply::Local(reply, out));
+                }
+                Request::Remote { changes, reply } => {
+                    let out = engine.apply_remote(&mut pending, &*store, changes, clock.now_ms());
+                    replies.push(Reply::Remote(reply, out));
+                }
+            }
+        }
+        let commit = match engine.finish(pending) {
+            Some(batch) => store.commit(&batch).map(|()| Some(batch)),
+            None => Ok(None),
+        };
+        match commit {
+            Ok(batch) => {
+                if let Some(batch) = batch {
+                    engine.committed(&batch);
+                    applied_tx.send_replace(engine.applied().clone());
+                }
+                for reply in replies {
+                    reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // Neon-style: reported once, here, to every caller that shared the commit.
+                tracing::error!(error = %e, "commit failed; the group's writes were not applied");
+                let e = WriteError::Storage(Arc::new(e));
+                for reply in replies {
+                    reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+enum Reply {
+    Local(oneshot::Sender<Result<Vec<Committed>, WriteError>>, Result<Vec<Committed>, StoreError>),
+    Remote(oneshot::Sender<Result<RemoteOutcome, WriteError>>, Result<RemoteOutcome, StoreError>),
+}
+
+impl Reply {
+    fn send(self, commit: Result<(), WriteError>) {
+        // A caller that gave up waiting dropped its receiver; its write still committed.
+        match self {
+            Reply::Local(tx, out) => {
+                let _ = tx.send(commit.and(out.map_err(|e| WriteError::Storage(Arc::new(e)))));
+            }
+            Reply::Remote(tx, out) => {
+                let _ = tx.send(commit.and(out.map_err(|e| WriteError::Storage(Arc::new(e)))));
+            }
+        }
+    }
+}
