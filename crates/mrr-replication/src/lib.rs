@@ -1,1 +1,130 @@
+//! MRR replication: moving changes between regions.
+//!
+//! Every region dials every other region and keeps one persistent gRPC stream per peer
+//! ([`outbound`]); it accepts the streams the others dial ([`inbound`]). Each stream starts with
+//! a [`handshake`] (cluster, protocol version, region, clock skew, cluster-secret proof), then
+//! carries pipelined batches one way and cumulative acks the other. What to send, and when, is
+//! decided by the sans-IO [`mrr_core::session::OutboundSession`]; this crate is the runtime
+//! around it. [`link`] sits under both directions and can emulate a WAN (delay, jitter,
+//! partitions) for `mrr dev`, tests and benchmarks.
+//!
+//! This crate knows nothing of HTTP or client requests: it reads the changelog from the
+//! [`mrr_storage::Store`] and applies what it receives through the [`mrr_writer::Writer`].
 
+pub mod handshake;
+mod inbound;
+pub mod link;
+mod outbound;
+pub mod status;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mrr_core::session::OutboundLimits;
+use mrr_core::{PhysicalClock, RegionName};
+use mrr_storage::Store;
+use mrr_writer::Writer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use link::{LinkSpec, Links};
+pub use status::{PeerState, PeerStatus, StatusBoard};
+
+/// Generated peer protocol.
+pub mod proto {
+    #![allow(clippy::all, missing_debug_implementations)]
+    tonic::include_proto!("mrr.peer.v1");
+}
+
+/// The protocol version this build speaks. A peer speaking another is refused at handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    pub region: RegionName,
+    /// `http://host:port` of the peer's replication listener.
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    pub cluster: String,
+    pub local: RegionName,
+    pub peers: Vec<PeerConfig>,
+    pub secret: String,
+    pub max_skew_ms: u64,
+    /// Idle streams send a heartbeat this often.
+    pub heartbeat_interval: Duration,
+    /// A stream with nothing heard for this long is dead and is re-established.
+    pub peer_timeout: Duration,
+    pub reconnect_backoff_min: Duration,
+    pub reconnect_backoff_max: Duration,
+    pub limits: OutboundLimits,
+}
+
+/// Shared pieces every session needs.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub config: Arc<ReplicationConfig>,
+    pub store: Arc<dyn Store>,
+    pub writer: Writer,
+    pub clock: Arc<dyn PhysicalClock>,
+    pub links: Links,
+    pub status: StatusBoard,
+}
+
+/// The running replication side of a node.
+#[derive(Debug)]
+pub struct Replicator {
+    tasks: Vec<JoinHandle<()>>,
+    pub status: StatusBoard,
+    pub links: Links,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen for peers on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+impl Replicator {
+    /// Binds the peer listener and starts one dialer per peer.
+    pub async fn start(
+        config: ReplicationConfig,
+        listen: SocketAddr,
+        store: Arc<dyn Store>,
+        writer: Writer,
+        clock: Arc<dyn PhysicalClock>,
+        links: Links,
+    ) -> Result<Self, StartError> {
+        let status = StatusBoard::new(&config.local, config.peers.iter().map(|p| (&p.region, p.endpoint.as_str())));
+        let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Listen { addr: listen, source })?;
+        let ctx = Context { config: Arc::new(config), store, writer, clock, links: links.clone(), status: status.clone() };
+        let mut tasks = vec![tokio::spawn(inbound::serve(ctx.clone(), listener))];
+        for peer in ctx.config.peers.clone() {
+            tasks.push(tokio::spawn(outbound::run(ctx.clone(), peer)));
+        }
+        Ok(Self { tasks, status, links })
+    }
+
+    /// Stops all sessions and the listener.
+    pub fn shutdown(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("local", &self.config.local).finish_non_exhaustive()
+    }
+}

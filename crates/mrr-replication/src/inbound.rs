@@ -1,0 +1,236 @@
+//! The accepting side: the gRPC service peers dial. It checks the Hello before answering (so a
+//! peer speaking the wrong cluster or protocol gets a precise gRPC status), proves itself,
+//! verifies the dialer's proof, then applies batches through the writer and answers each
+//! group with a cumulative ack. Batches that arrive while one is being applied are applied
+//! together: the same group commit the API gets.
+
+use std::pin::Pin;
+
+use mrr_core::RegionName;
+use rand::Rng;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::handshake::{Acceptor, Greeted, HandshakeError, NONCE_LEN};
+use crate::link::LinkSender;
+use crate::proto::{self, peer_server::PeerServer, to_acceptor, to_dialer};
+use crate::wire;
+use crate::Context;
+
+/// Changes applied in one writer request at most, when batches queue up.
+const APPLY_CHANGES_MAX: usize = 8_192;
+
+pub(crate) async fn serve(ctx: Context, listener: TcpListener) {
+    let svc = PeerServer::new(Service { ctx: ctx.clone() }).max_decoding_message_size(64 * 1024 * 1024);
+    let incoming = TcpListenerStream::new(listener);
+    if let Err(e) = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(svc)
+        .serve_with_incoming(incoming)
+        .await
+    {
+        tracing::error!(error = %e, "peer listener stopped");
+    }
+}
+
+struct Service {
+    ctx: Context,
+}
+
+type ToDialerStream = Pin<Box<dyn Stream<Item = Result<proto::ToDialer, Status>> + Send>>;
+
+fn handshake_status(e: HandshakeError) -> Status {
+    match e {
+        HandshakeError::BadProof(_) => Status::unauthenticated(e.to_string()),
+        HandshakeError::ProtocolMismatch { .. } | HandshakeError::ClusterMismatch { .. } => Status::failed_precondition(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl proto::peer_server::Peer for Service {
+    type ReplicateStream = ToDialerStream;
+
+    async fn replicate(&self, request: Request<Streaming<proto::ToAcceptor>>) -> Result<Response<Self::ReplicateStream>, Status> {
+        let ctx = self.ctx.clone();
+        let mut stream = request.into_inner();
+        let cfg = &ctx.config;
+        let hello = match timeout(cfg.peer_timeout, stream.message()).await {
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within the peer timeout")),
+            Ok(msg) => match msg?.and_then(|m| m.msg) {
+                Some(to_acceptor::Msg::Hello(h)) => h,
+                _ => return Err(Status::invalid_argument("the first message on a peer stream must be Hello")),
+            },
+        };
+        let acceptor = Acceptor {
+            cluster: cfg.cluster.clone(),
+            local: cfg.local.clone(),
+            secret: cfg.secret.clone(),
+            nonce: rand::rng().random::<[u8; NONCE_LEN]>(),
+        };
+        let known = |r: &RegionName| cfg.peers.iter().any(|p| &p.region == r);
+        let greeted = acceptor.on_hello(&hello, known).map_err(|e| {
+            tracing::warn!(from = %hello.region, error = %e, "refused peer handshake");
+            handshake_status(e)
+        })?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(accept(ctx.clone(), acceptor, greeted, stream, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn accept(
+    ctx: Context,
+    acceptor: Acceptor,
+    greeted: Greeted,
+    stream: Streaming<proto::ToAcceptor>,
+    tx: mpsc::Sender<Result<proto::ToDialer, Status>>,
+) {
+    let peer = greeted.peer.clone();
+    let link = ctx.links.sender(&peer, tx.clone());
+    let mut registered = false;
+    let end = session(&ctx, &acceptor, &greeted, stream, &link, &mut registered).await;
+    if registered {
+        ctx.status.update(&peer, |s| s.inbound_streams = s.inbound_streams.saturating_sub(1));
+    }
+    match end {
+        Ok(()) => tracing::debug!(peer = %peer, "inbound replication stream closed"),
+        Err(status) => {
+            tracing::warn!(peer = %peer, error = %status.message(), "inbound replication stream ended");
+            // The dialer may already be gone; nothing more to tell it then.
+            let _ = tx.send(Err(status)).await;
+        }
+    }
+}
+
+async fn session(
+    ctx: &Context,
+    acceptor: &Acceptor,
+    greeted: &Greeted,
+    mut stream: Streaming<proto::ToAcceptor>,
+    link: &LinkSender<Result<proto::ToDialer, Status>>,
+    registered: &mut bool,
+) -> Result<(), Status> {
+    let cfg = &ctx.config;
+    let peer = &greeted.peer;
+    let welcome = proto::Welcome {
+        region: cfg.local.to_string(),
+        nonce: acceptor.nonce.to_vec(),
+        proof: acceptor.proof(greeted),
+        wall_ms: ctx.clock.now_ms(),
+        applied: wire::vv_to_wire(&ctx.writer.applied().borrow()),
+        direct_origins: ctx.status.direct_origins().iter().map(ToString::to_string).collect(),
+    };
+    send(link, to_dialer::Msg::Welcome(welcome)).await?;
+    let auth = match timeout(cfg.peer_timeout, stream.message()).await {
+        Err(_) => return Err(Status::deadline_exceeded("no Auth within the peer timeout")),
+        Ok(msg) => match msg?.and_then(|m| m.msg) {
+            Some(to_acceptor::Msg::Auth(a)) => a,
+            _ => return Err(Status::invalid_argument("expected Auth after Welcome")),
+        },
+    };
+    acceptor.on_auth(greeted, &auth).map_err(|e| {
+        tracing::warn!(peer = %peer, error = %e, "refused peer handshake");
+        handshake_status(e)
+    })?;
+    ctx.status.update(peer, |s| s.inbound_streams += 1);
+    *registered = true;
+
+    let mut tick = interval(cfg.heartbeat_interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut last_sent = Instant::now();
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                let Some(msg) = msg?.and_then(|m| m.msg) else { return Ok(()) };
+                last_heard = Instant::now();
+                let mut changes = Vec::new();
+                collect(msg, &mut changes)?;
+                // Whatever else already arrived joins this apply: one commit, one ack.
+                while changes.len() < APPLY_CHANGES_MAX {
+                    match futures_now(stream.message()) {
+                        Some(Ok(Some(m))) => match m.msg {
+                            Some(m) => collect(m, &mut changes)?,
+                            None => break,
+                        },
+                        Some(Ok(None)) | None => break,
+                        Some(Err(e)) => return Err(e),
+                    }
+                }
+                if changes.is_empty() {
+                    continue;
+                }
+                let n = changes.len() as u64;
+                let newest_ms = changes.iter().map(|c| c.version.ts.wall_ms).max().unwrap_or(0);
+                let outcome = ctx.writer.apply_remote(changes).await.map_err(|e| Status::unavailable(e.to_string()))?;
+                let now_ms = ctx.clock.now_ms();
+                ctx.status.update(peer, |s| {
+                    s.changes_received += n;
+                    s.lag_ms_last = Some(now_ms.saturating_sub(newest_ms));
+                });
+                let refused = outcome.refused.as_ref().map(ToString::to_string).unwrap_or_default();
+                if let Some(r) = &outcome.refused {
+                    tracing::error!(peer = %peer, refusal = %r, "refused a replicated change; the peer will resume from the last applied one");
+                }
+                send(link, to_dialer::Msg::Ack(ack(ctx, &outcome.vv, refused.clone()))).await?;
+                last_sent = Instant::now();
+                if !refused.is_empty() {
+                    return Ok(());
+                }
+            }
+            _ = tick.tick() => {
+                if last_heard.elapsed() > cfg.peer_timeout {
+                    return Err(Status::deadline_exceeded(format!("nothing heard from {peer} for {:?}", cfg.peer_timeout)));
+                }
+                if last_sent.elapsed() >= cfg.heartbeat_interval {
+                    let vv = ctx.writer.applied().borrow().clone();
+                    send(link, to_dialer::Msg::Ack(ack(ctx, &vv, String::new()))).await?;
+                    last_sent = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+fn ack(ctx: &Context, vv: &mrr_core::VersionVector, refused: String) -> proto::Ack {
+    proto::Ack {
+        applied: wire::vv_to_wire(vv),
+        direct_origins: ctx.status.direct_origins().iter().map(ToString::to_string).collect(),
+        wall_ms: ctx.clock.now_ms(),
+        refused,
+    }
+}
+
+fn collect(msg: to_acceptor::Msg, changes: &mut Vec<mrr_core::Change>) -> Result<(), Status> {
+    match msg {
+        to_acceptor::Msg::Batch(b) => {
+            for c in b.changes {
+                changes.push(wire::change_from_wire(c).map_err(|e| Status::invalid_argument(e.to_string()))?);
+            }
+            Ok(())
+        }
+        to_acceptor::Msg::Heartbeat(_) => Ok(()),
+        to_acceptor::Msg::Hello(_) | to_acceptor::Msg::Auth(_) => Err(Status::invalid_argument("handshake message after the handshake")),
+    }
+}
+
+/// Polls a future once: its output if ready now, else `None` (the future is dropped, which for
+/// `Streaming::message` loses nothing: no message was taken).
+fn futures_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+async fn send(link: &LinkSender<Result<proto::ToDialer, Status>>, msg: to_dialer::Msg) -> Result<(), Status> {
+    link.send(Ok(proto::ToDialer { msg: Some(msg) })).await.map_err(|_| Status::cancelled("dialer went away"))
+}

@@ -1,0 +1,207 @@
+//! The dialing side: one task per peer that keeps a stream open, ships the changelog through
+//! the sans-IO [`OutboundSession`], and reconnects with jittered exponential backoff, resuming
+//! from what the peer says it has applied.
+
+use std::time::Duration;
+
+use mrr_core::session::OutboundSession;
+use mrr_core::VersionVector;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::handshake::{Dialer, HandshakeError, NONCE_LEN};
+use crate::link::LinkSender;
+use crate::proto::{self, peer_client::PeerClient, to_acceptor, to_dialer};
+use crate::status::{vv_map, PeerState};
+use crate::wire::{self, WireError};
+use crate::{Context, PeerConfig};
+
+/// Why a session ended. Logged once, by the reconnect loop.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("invalid endpoint {0:?}: {1}")]
+    Endpoint(String, String),
+    #[error("connect failed: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("peer refused the stream: {}", .0.message())]
+    Refused(#[from] tonic::Status),
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    #[error("no answer from peer within {0:?}")]
+    Timeout(Duration),
+    #[error("peer refused change: {0}")]
+    ChangeRefused(String),
+    #[error("stream closed by peer")]
+    Closed,
+    #[error("reading changelog: {0}")]
+    Store(#[from] mrr_storage::StoreError),
+}
+
+pub(crate) async fn run(ctx: Context, peer: PeerConfig) {
+    let backoff_min = ctx.config.reconnect_backoff_min;
+    let mut backoff = backoff_min;
+    loop {
+        ctx.status.update(&peer.region, |s| s.outbound = PeerState::Connecting);
+        let started = Instant::now();
+        let end = session(&ctx, &peer).await;
+        // A session that lived past a handshake resets the backoff.
+        if started.elapsed() > ctx.config.peer_timeout {
+            backoff = backoff_min;
+        }
+        tracing::warn!(peer = %peer.region, endpoint = %peer.endpoint, error = %end, retry_in_ms = backoff.as_millis() as u64, "replication stream to peer ended");
+        ctx.status.update(&peer.region, |s| {
+            s.outbound = PeerState::Backoff;
+            s.last_error = Some(end.to_string());
+        });
+        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+        backoff = (backoff * 2).min(ctx.config.reconnect_backoff_max);
+    }
+}
+
+async fn session(ctx: &Context, peer: &PeerConfig) -> SessionEnd {
+    match session_inner(ctx, peer).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, SessionEnd> {
+    let cfg = &ctx.config;
+    let endpoint = tonic::transport::Endpoint::from_shared(peer.endpoint.clone())
+        .map_err(|e| SessionEnd::Endpoint(peer.endpoint.clone(), e.to_string()))?
+        .connect_timeout(cfg.peer_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(cfg.heartbeat_interval * 4);
+    let channel = endpoint.connect().await?;
+    let mut client = PeerClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+
+    let (tx, rx) = mpsc::channel::<proto::ToAcceptor>(64);
+    let link: LinkSender<proto::ToAcceptor> = ctx.links.sender(&peer.region, tx);
+    let dialer = Dialer {
+        cluster: cfg.cluster.clone(),
+        local: cfg.local.clone(),
+        peer: peer.region.clone(),
+        secret: cfg.secret.clone(),
+        nonce: rand::rng().random::<[u8; NONCE_LEN]>(),
+    };
+    let sent_ms = ctx.clock.now_ms();
+    send(&link, to_acceptor::Msg::Hello(dialer.hello(sent_ms))).await?;
+    let mut inbound = client.replicate(ReceiverStream::new(rx)).await?.into_inner();
+
+    // The handshake waits out emulated delays and partitions like any other message.
+    let handshake_timeout = cfg.peer_timeout;
+    let welcome = match timeout(handshake_timeout, inbound.message()).await {
+        Err(_) => return Err(SessionEnd::Timeout(handshake_timeout)),
+        Ok(msg) => match msg?.and_then(|m| m.msg) {
+            Some(to_dialer::Msg::Welcome(w)) => w,
+            Some(_) => return Err(HandshakeError::Malformed("expected Welcome".into()).into()),
+            None => return Err(SessionEnd::Closed),
+        },
+    };
+    let (auth, est) = dialer.on_welcome(&welcome, sent_ms, ctx.clock.now_ms())?;
+    send(&link, to_acceptor::Msg::Auth(auth)).await?;
+    let peer_vv = wire::vv_from_wire(welcome.applied)?;
+    let peer_direct = wire::regions_from_wire(welcome.direct_origins)?;
+    let skew_abs_ms = est.skew_ms.unsigned_abs();
+    if skew_abs_ms > cfg.max_skew_ms {
+        tracing::warn!(peer = %peer.region, skew_ms = est.skew_ms, max_clock_skew_ms = cfg.max_skew_ms, "clock skew with peer exceeds max_clock_skew; its changes stamped too far ahead will be refused until clocks agree");
+    }
+    tracing::info!(peer = %peer.region, rtt_ms = est.rtt_ms, skew_ms = est.skew_ms, resume_from = ?vv_map(&peer_vv), "Region handshake completed");
+
+    let mut session = OutboundSession::new(cfg.local.clone(), peer.region.clone(), peer_vv, peer_direct, cfg.limits.clone());
+    let mut applied = ctx.writer.applied();
+    ctx.status.update(&peer.region, |s| {
+        s.outbound = PeerState::Connected;
+        s.last_error = None;
+        s.rtt_ms = Some(est.rtt_ms);
+        s.clock_skew_ms = Some(est.skew_ms);
+        s.handshakes += 1;
+        s.acked = vv_map(session.acked());
+    });
+
+    let mut heartbeat = interval(cfg.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut last_sent = Instant::now();
+    let mut last_cursor_save = Instant::now();
+    loop {
+        let local_vv = applied.borrow_and_update().clone();
+        if pump(ctx, &mut session, &local_vv, &link).await? {
+            last_sent = Instant::now();
+        }
+        ctx.status.update(&peer.region, |s| s.backlog_changes = session.backlog_changes(&local_vv));
+        tokio::select! {
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    return Err(SessionEnd::Closed);
+                }
+            }
+            msg = inbound.message() => {
+                let Some(to_dialer::Msg::Ack(ack)) = msg?.and_then(|m| m.msg) else {
+                    return Err(SessionEnd::Closed);
+                };
+                last_heard = Instant::now();
+                let vv = wire::vv_from_wire(ack.applied)?;
+                session.on_ack(&vv, wire::regions_from_wire(ack.direct_origins)?);
+                ctx.status.update(&peer.region, |s| s.acked = vv_map(session.acked()));
+                if last_cursor_save.elapsed() >= cfg.heartbeat_interval {
+                    ctx.store.save_peer_cursor(&peer.region, session.acked())?;
+                    last_cursor_save = Instant::now();
+                }
+                if !ack.refused.is_empty() {
+                    return Err(SessionEnd::ChangeRefused(ack.refused));
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > cfg.peer_timeout {
+                    return Err(SessionEnd::Timeout(cfg.peer_timeout));
+                }
+                if last_sent.elapsed() >= cfg.heartbeat_interval {
+                    send(&link, to_acceptor::Msg::Heartbeat(proto::Heartbeat { wall_ms: ctx.clock.now_ms() })).await?;
+                    last_sent = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+/// Sends every batch the session allows now. Returns whether anything was sent.
+async fn pump(
+    ctx: &Context,
+    session: &mut OutboundSession,
+    local_vv: &VersionVector,
+    link: &LinkSender<proto::ToAcceptor>,
+) -> Result<bool, SessionEnd> {
+    let mut sent_any = false;
+    while let Some(read) = session.next_read(local_vv) {
+        let changes = ctx.store.changes_after(&read.origin, read.after_seq, read.limit)?;
+        let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
+            // The vector said these exist; the log must hold them (retention never outruns acks).
+            tracing::error!(origin = %read.origin, after_seq = read.after_seq, "changelog is missing changes the version vector covers");
+            return Err(SessionEnd::Closed);
+        };
+        let (first_seq, last_seq) = (first.seq, last.seq);
+        if first_seq != read.after_seq + 1 {
+            tracing::error!(origin = %read.origin, after_seq = read.after_seq, first_seq, "changelog has a hole");
+            return Err(SessionEnd::Closed);
+        }
+        let batch = proto::Batch { changes: changes.iter().map(wire::change_to_wire).collect(), wall_ms: ctx.clock.now_ms() };
+        send(link, to_acceptor::Msg::Batch(batch)).await?;
+        session.on_sent(&read.origin, first_seq, last_seq);
+        let n = changes.len() as u64;
+        ctx.status.update(session.peer(), |s| s.changes_sent += n);
+        sent_any = true;
+    }
+    Ok(sent_any)
+}
+
+async fn send(link: &LinkSender<proto::ToAcceptor>, msg: to_acceptor::Msg) -> Result<(), SessionEnd> {
+    link.send(proto::ToAcceptor { msg: Some(msg) }).await.map_err(|_| SessionEnd::Closed)
+}
