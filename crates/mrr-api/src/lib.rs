@@ -1,1 +1,195 @@
+//! MRR API types: the JSON the HTTP API speaks and the stable error codes, shared by the server
+//! and the clients so both sides agree by construction. No behaviour lives here.
 
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Metadata that travels with a record (`__metadata` in a published record).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecordMetadata {
+    /// Regions the record may live in; `["*"]` means all.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// Flags such as `IMPORTANT`, `TIER_1`, `SYNC_PRIORITY=1`.
+    #[serde(default)]
+    pub sync_flags: Vec<String>,
+}
+
+/// A version: HLC timestamp and the region that wrote it. `hlc` sorts like the version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VersionInfo {
+    /// `<wall_ms>.<logical>`, fixed width.
+    pub hlc: String,
+    pub wall_ms: u64,
+    pub logical: u32,
+    pub region: String,
+}
+
+/// The read-your-writes token of a write: the change `(origin, seq)` that produced a state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WriteToken {
+    pub origin: String,
+    pub seq: u64,
+}
+
+/// A record as stored in one region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RecordEnvelope {
+    pub topic: String,
+    pub id: String,
+    /// The JSON object; `null` for a deleted record (listed only with `include_deleted`).
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+    pub deleted: bool,
+    #[serde(rename = "__metadata")]
+    pub metadata: RecordMetadata,
+    pub version: VersionInfo,
+    /// Region where the surviving write was made.
+    pub origin_region: String,
+    /// Wall-clock time of the surviving write at its origin (ms since the Unix epoch).
+    pub updated_at_ms: u64,
+    pub token: WriteToken,
+}
+
+/// One operation of a batch publish.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchItem {
+    pub topic: String,
+    /// `put` (default) or `delete`.
+    #[serde(default)]
+    pub op: BatchOp,
+    /// Required for `delete`; for `put` the record's own `id` is used when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The record for `put`, with optional `__metadata`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub record: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchOp {
+    #[default]
+    Put,
+    Delete,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BatchRequest {
+    pub items: Vec<BatchItem>,
+}
+
+/// All items of a batch commit together, or none do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BatchResponse {
+    pub results: Vec<RecordEnvelope>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RecordList {
+    pub records: Vec<RecordEnvelope>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+/// Stable machine-readable error codes. New codes may be added; existing ones keep their meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidJson,
+    NotAnObject,
+    MissingId,
+    IdMismatch,
+    InvalidTopic,
+    InvalidId,
+    InvalidMetadata,
+    BodyTooLarge,
+    RecordTooLarge,
+    BatchTooLarge,
+    TooDeep,
+    UnsupportedMediaType,
+    NotFound,
+    Deleted,
+    Unauthorized,
+    LinksDisabled,
+    UnknownRegion,
+    StorageUnavailable,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok` while the node serves.
+    pub status: String,
+    pub region: String,
+}
+
+/// State of a peer as this node sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PeerStatus {
+    pub region: String,
+    pub endpoint: String,
+    /// Our stream to the peer: `connecting`, `connected` or `backoff`.
+    pub outbound: String,
+    pub last_error: Option<String>,
+    pub rtt_ms: Option<u64>,
+    /// Peer clock minus ours, from the last handshake.
+    pub clock_skew_ms: Option<i64>,
+    /// What the peer acknowledged applying, per origin.
+    pub acked: BTreeMap<String, u64>,
+    /// Changes the peer still needs from this node.
+    pub backlog_changes: u64,
+    /// Live streams from the peer to this node.
+    pub inbound_streams: u32,
+    /// Lag of the last change applied from this peer's stream: applied time minus origin time.
+    pub lag_ms_last: Option<u64>,
+    pub changes_received: u64,
+    pub changes_sent: u64,
+    pub handshakes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeStatus {
+    pub cluster: String,
+    pub region: String,
+    /// The region configured with `role: coordinator`.
+    pub coordinator: Option<String>,
+    /// Version vector applied here: per origin, the highest contiguous sequence.
+    pub applied: BTreeMap<String, u64>,
+    pub storage_bytes: u64,
+    pub peers: Vec<PeerStatus>,
+}
+
+/// An emulated link from this node to a peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSettings {
+    #[serde(default)]
+    pub delay_ms: u64,
+    #[serde(default)]
+    pub jitter_ms: u64,
+    #[serde(default)]
+    pub partitioned: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LinksView {
+    pub enabled: bool,
+    /// By peer region.
+    pub links: BTreeMap<String, LinkSettings>,
+}

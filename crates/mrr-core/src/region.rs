@@ -7,8 +7,21 @@ use serde::{Deserialize, Serialize};
 /// The name of a region (`ap-northeast`, `us-west`, ...). Ordered by its bytes, which is the
 /// deterministic tie-break between versions carrying the same timestamp.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct RegionName(String);
+
+impl TryFrom<String> for RegionName {
+    type Error = RegionNameError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl From<RegionName> for String {
+    fn from(r: RegionName) -> String {
+        r.0
+    }
+}
 
 /// Why a string is not a valid region name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use link::{LinkSpec, Links};
-pub use status::{PeerState, PeerStatus, StatusBoard};
+pub use status::{PeerStatus, StatusBoard};
 
 /// Generated peer protocol.
 pub mod proto {

@@ -16,12 +16,11 @@ use std::time::Duration;
 
 use mrr_core::RegionName;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 /// The emulated link from this node to one peer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkSpec {
     pub delay_ms: u64,
     pub jitter_ms: u64,

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::handshake::{Dialer, HandshakeError, NONCE_LEN};
 use crate::link::LinkSender;
 use crate::proto::{self, peer_client::PeerClient, to_acceptor, to_dialer};
-use crate::status::{vv_map, PeerState};
+use crate::status::{state, vv_map};
 use crate::wire::{self, WireError};
 use crate::{Context, PeerConfig};
 
@@ -45,7 +45,7 @@ pub(crate) async fn run(ctx: Context, peer: PeerConfig) {
     let backoff_min = ctx.config.reconnect_backoff_min;
     let mut backoff = backoff_min;
     loop {
-        ctx.status.update(&peer.region, |s| s.outbound = PeerState::Connecting);
+        ctx.status.update(&peer.region, |s| s.outbound = state::CONNECTING.into());
         let started = Instant::now();
         let end = session(&ctx, &peer).await;
         // A session that lived past a handshake resets the backoff.
@@ -54,7 +54,7 @@ pub(crate) async fn run(ctx: Context, peer: PeerConfig) {
         }
         tracing::warn!(peer = %peer.region, endpoint = %peer.endpoint, error = %end, retry_in_ms = backoff.as_millis() as u64, "replication stream to peer ended");
         ctx.status.update(&peer.region, |s| {
-            s.outbound = PeerState::Backoff;
+            s.outbound = state::BACKOFF.into();
             s.last_error = Some(end.to_string());
         });
         let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
@@ -118,7 +118,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     let mut session = OutboundSession::new(cfg.local.clone(), peer.region.clone(), peer_vv, peer_direct, cfg.limits.clone());
     let mut applied = ctx.writer.applied();
     ctx.status.update(&peer.region, |s| {
-        s.outbound = PeerState::Connected;
+        s.outbound = state::CONNECTED.into();
         s.last_error = None;
         s.rtt_ms = Some(est.rtt_ms);
         s.clock_skew_ms = Some(est.skew_ms);

@@ -5,41 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use mrr_core::{RegionName, VersionVector};
-use serde::Serialize;
+pub use mrr_api::PeerStatus;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PeerState {
-    #[default]
-    Connecting,
-    Connected,
+/// States of our stream to a peer, as shown in [`PeerStatus::outbound`].
+pub mod state {
+    pub const CONNECTING: &str = "connecting";
+    pub const CONNECTED: &str = "connected";
     /// Waiting before the next attempt after a failure.
-    Backoff,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct PeerStatus {
-    pub region: String,
-    pub endpoint: String,
-    /// Our stream to the peer (changes we send).
-    pub outbound: PeerState,
-    pub last_error: Option<String>,
-    pub rtt_ms: Option<u64>,
-    /// Peer clock minus ours, from the last handshake.
-    pub clock_skew_ms: Option<i64>,
-    /// What the peer has acknowledged applying.
-    pub acked: BTreeMap<String, u64>,
-    /// Changes the peer still needs from us.
-    pub backlog_changes: u64,
-    /// Live streams from the peer to us (changes we receive); more than one only while a
-    /// replaced stream has not yet timed out.
-    pub inbound_streams: u32,
-    /// Replication lag of the last change applied from this origin: applied time minus its
-    /// origin timestamp, in ms (includes clock skew).
-    pub lag_ms_last: Option<u64>,
-    pub changes_received: u64,
-    pub changes_sent: u64,
-    pub handshakes: u64,
+    pub const BACKOFF: &str = "backoff";
 }
 
 #[derive(Clone, Debug)]
@@ -51,7 +24,7 @@ impl StatusBoard {
     pub fn new<'a>(local: &RegionName, peers: impl Iterator<Item = (&'a RegionName, &'a str)>) -> Self {
         let map = peers
             .filter(|(r, _)| *r != local)
-            .map(|(r, e)| (r.clone(), PeerStatus { region: r.to_string(), endpoint: e.to_owned(), ..Default::default() }))
+            .map(|(r, e)| (r.clone(), PeerStatus { region: r.to_string(), endpoint: e.to_owned(), outbound: state::CONNECTING.into(), ..Default::default() }))
             .collect();
         Self { inner: Arc::new(Mutex::new(map)) }
     }

@@ -1,1 +1,6 @@
+//! MRR server: the composition root of a node.
+//!
+//! Reads the config, opens the store, starts the writer and replication, and serves the HTTP
+//! API. Protocol logic lives in the crates it wires together; this crate holds none.
 
+pub mod config;

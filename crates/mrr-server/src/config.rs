@@ -1,0 +1,385 @@
+//! `mrr-config.yaml`: parsing and validation.
+//!
+//! Start-up refuses a config it does not fully understand: an unknown key, a bad value or an
+//! inconsistent setting stops the node with the file, the line and a hint. Nothing here opens
+//! sockets or files other than the config itself.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mrr_core::limits::Limits;
+use mrr_core::RegionName;
+use mrr_storage::Durability;
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub const DEFAULT_API_PORT: u16 = 7800;
+pub const DEFAULT_PEER_PORT: u16 = 7801;
+
+/// The whole config file. Every field is documented in `examples/mrr-config.yaml`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of the cluster; peers from another cluster are refused.
+    pub cluster: String,
+    /// The region this node serves; must be one of `regions`.
+    pub region: RegionName,
+    /// Shared by every node of the cluster; peers prove they know it at handshake.
+    pub secret: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default = "default_skew", with = "duration")]
+    pub max_clock_skew: Duration,
+    #[serde(default)]
+    pub debug_mode: bool,
+    #[serde(default)]
+    pub durability: Durability,
+    /// Client API keys; empty means the API is open (local development only).
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    pub regions: Vec<RegionConfig>,
+    #[serde(default)]
+    pub replication_rules: ReplicationRules,
+    /// WAN emulation: this node's outgoing link to each peer. Absent in production.
+    #[serde(default)]
+    pub links: Option<BTreeMap<RegionName, LinkConfig>>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// HTTP API (clients, health, metrics, admin).
+    pub api: SocketAddr,
+    /// Peer replication (gRPC).
+    pub peer: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            api: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
+            peer: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PEER_PORT)),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Coordinator,
+    Member,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    pub name: RegionName,
+    /// Where peers reach this region's replication listener: `http://host:port`.
+    pub endpoint: String,
+    /// Where clients reach this region's HTTP API (used by `mrr status` and tools).
+    #[serde(default)]
+    pub api: Option<String>,
+    #[serde(default)]
+    pub role: Option<Role>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictStrategy {
+    /// Whole-record last-writer-wins on (HLC, region).
+    #[default]
+    Timestamp,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationRules {
+    /// Freshness target: a change not applied in a region after this long is late.
+    #[serde(default = "default_ttl", with = "duration")]
+    pub default_ttl: Duration,
+    #[serde(default)]
+    pub conflict_strategy: ConflictStrategy,
+}
+
+impl Default for ReplicationRules {
+    fn default() -> Self {
+        Self { default_ttl: default_ttl(), conflict_strategy: ConflictStrategy::Timestamp }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    #[serde(default)]
+    pub delay_ms: u64,
+    #[serde(default)]
+    pub jitter_ms: u64,
+    #[serde(default)]
+    pub partitioned: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "d_body")]
+    pub body_bytes_max: usize,
+    #[serde(default = "d_record")]
+    pub record_bytes_max: usize,
+    #[serde(default = "d_batch")]
+    pub batch_records_max: usize,
+    #[serde(default = "d_depth")]
+    pub json_depth_max: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { body_bytes_max: d_body(), record_bytes_max: d_record(), batch_records_max: d_batch(), json_depth_max: d_depth() }
+    }
+}
+
+impl From<&LimitsConfig> for Limits {
+    fn from(l: &LimitsConfig) -> Self {
+        Limits { body_bytes_max: l.body_bytes_max, record_bytes_max: l.record_bytes_max, batch_records_max: l.batch_records_max, json_depth_max: l.json_depth_max }
+    }
+}
+
+fn d_body() -> usize {
+    Limits::default().body_bytes_max
+}
+fn d_record() -> usize {
+    Limits::default().record_bytes_max
+}
+fn d_batch() -> usize {
+    Limits::default().batch_records_max
+}
+fn d_depth() -> usize {
+    Limits::default().json_depth_max
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./mrr-data")
+}
+fn default_skew() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_ttl() -> Duration {
+    Duration::from_millis(500)
+}
+
+/// Durations as the article writes them: `500ms`, `200ms`, `5s`, `1m`.
+mod duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write it like 500ms, 2s or 1m")))
+    }
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// Why a config was refused. Every variant names the file; parse errors carry the line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}\n  hint: {hint}")]
+    Parse { path: PathBuf, line: u64, column: u64, message: String, hint: String },
+    #[error("{path}:{line}: {message}\n  hint: {hint}")]
+    Invalid { path: PathBuf, line: u64, message: String, hint: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Config = serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            let message = first_line(&e.to_string());
+            let hint = parse_hint(&message);
+            ConfigError::Parse { path: path.to_owned(), line, column, message, hint }
+        })?;
+        config.validate(path, text)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String, hint: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line_of(text, key),
+            message,
+            hint: hint.to_owned(),
+        };
+        if self.cluster.trim().is_empty() {
+            return Err(invalid("cluster:", "cluster is empty".into(), "name the cluster, e.g. `cluster: shop-prod`"));
+        }
+        if self.secret.len() < 16 {
+            return Err(invalid("secret:", "secret is shorter than 16 characters".into(), "use a long random string, the same on every node (e.g. `openssl rand -hex 32`)"));
+        }
+        if self.regions.is_empty() {
+            return Err(invalid("regions:", "no regions".into(), "list every region of the cluster under `regions:`"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &self.regions {
+            if !seen.insert(&r.name) {
+                return Err(invalid(&format!("name: {}", r.name), format!("region {} is listed twice", r.name), "each region appears once"));
+            }
+            validate_endpoint(&r.endpoint).map_err(|m| invalid(&format!("endpoint: {}", r.endpoint), m, "write endpoints as http://host:port (port defaults to 7801)"))?;
+        }
+        if !seen.contains(&self.region) {
+            return Err(invalid("region:", format!("region {} is not in `regions`", self.region), "set `region` to the name of this node's entry in `regions`"));
+        }
+        let coordinators = self.regions.iter().filter(|r| r.role == Some(Role::Coordinator)).count();
+        if coordinators > 1 {
+            return Err(invalid("role: coordinator", "more than one region has role: coordinator".into(), "mark exactly one region as the initial coordinator"));
+        }
+        if let Some(links) = &self.links {
+            for peer in links.keys() {
+                if peer == &self.region || !seen.contains(peer) {
+                    return Err(invalid("links:", format!("link to {peer}, which is not a peer of {}", self.region), "list links only to the other regions"));
+                }
+            }
+        }
+        if self.limits.body_bytes_max < self.limits.record_bytes_max || self.limits.batch_records_max == 0 || self.limits.json_depth_max == 0 {
+            return Err(invalid("limits:", "limits are inconsistent".into(), "body_bytes_max must be >= record_bytes_max; batch_records_max and json_depth_max must be positive"));
+        }
+        Ok(())
+    }
+
+    pub fn coordinator(&self) -> Option<&RegionName> {
+        self.regions.iter().find(|r| r.role == Some(Role::Coordinator)).map(|r| &r.name)
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &RegionConfig> {
+        self.regions.iter().filter(|r| r.name != self.region)
+    }
+}
+
+/// Normalises a peer endpoint to what the transport dials.
+pub fn peer_url(endpoint: &str) -> String {
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("http", endpoint));
+    let host = rest.trim_end_matches('/');
+    if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}:{DEFAULT_PEER_PORT}")
+    }
+}
+
+fn validate_endpoint(endpoint: &str) -> Result<(), String> {
+    match endpoint.split_once("://") {
+        Some(("http", rest)) if !rest.is_empty() => Ok(()),
+        Some(("https", _)) => Err(format!("endpoint {endpoint}: TLS between peers is not built yet, so https:// cannot be dialed")),
+        _ => Err(format!("endpoint {endpoint:?} is not an http:// URL")),
+    }
+}
+
+/// The parser's message without its own `error: line L column C:` prefix (we print our own).
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or(s).trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    match line.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+        Some((_, message)) => message.to_owned(),
+        None => line.to_owned(),
+    }
+}
+
+fn parse_hint(message: &str) -> String {
+    if message.contains("unknown field") {
+        "remove the key or fix its spelling; every key is documented in examples/mrr-config.yaml".into()
+    } else if message.contains("missing field") {
+        "add the required key; see examples/mrr-config.yaml".into()
+    } else if message.contains("unknown variant") {
+        "use one of the values listed above".into()
+    } else {
+        "see examples/mrr-config.yaml for the expected shape".into()
+    }
+}
+
+/// 1-based line of the first line containing `needle`, for errors found after parsing.
+fn line_of(text: &str, needle: &str) -> u64 {
+    text.lines().position(|l| l.contains(needle)).map(|i| i as u64 + 1).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"cluster: demo
+region: us-west
+secret: "0123456789abcdef0123"
+regions:
+  - name: ap-northeast
+    endpoint: http://127.0.0.1:7801
+    role: coordinator
+  - name: us-west
+    endpoint: http://127.0.0.1:7811
+  - name: eu-central
+    endpoint: http://127.0.0.1:7821
+replication_rules:
+  default_ttl: 500ms
+  conflict_strategy: timestamp
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("mrr-config.yaml"), text)
+    }
+
+    #[test]
+    fn article_shape_parses_with_defaults() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.region.as_str(), "us-west");
+        assert_eq!(c.max_clock_skew, Duration::from_millis(200));
+        assert_eq!(c.replication_rules.default_ttl, Duration::from_millis(500));
+        assert_eq!(c.coordinator().map(|r| r.as_str()), Some("ap-northeast"));
+        assert_eq!(c.peers().count(), 2);
+        assert_eq!(c.durability, Durability::Fsync);
+        assert_eq!(c.listen.api.port(), 7800);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_hint() {
+        let text = GOOD.replace("replication_rules:\n", "replication_rules:\n  conflict_stratgy: timestamp\n");
+        let err = parse(&text).expect_err("unknown key").to_string();
+        assert!(err.starts_with("mrr-config.yaml:13:3: unknown field"), "{err}");
+        assert!(err.contains("conflict_stratgy") && err.contains("hint:"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_line() {
+        let err = parse(&GOOD.replace("500ms", "soon")).expect_err("bad duration").to_string();
+        assert!(err.starts_with("mrr-config.yaml:13:16: invalid duration") && err.contains("500ms"), "{err}");
+        let err = parse(&GOOD.replace("conflict_strategy: timestamp", "conflict_strategy: newest")).expect_err("bad enum").to_string();
+        assert!(err.starts_with("mrr-config.yaml:14:") && err.contains("newest"), "{err}");
+        let err = parse(&GOOD.replace("name: eu-central", "name: EU")).expect_err("bad region").to_string();
+        assert!(err.starts_with("mrr-config.yaml:10:"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_settings_are_refused() {
+        let err = parse(&GOOD.replace("region: us-west", "region: sa-east")).expect_err("not listed").to_string();
+        assert!(err.contains("mrr-config.yaml:2:") && err.contains("sa-east"), "{err}");
+        let err = parse(&GOOD.replace("0123456789abcdef0123", "short")).expect_err("short secret").to_string();
+        assert!(err.contains("mrr-config.yaml:3:"), "{err}");
+        let err = parse(&GOOD.replace("http://127.0.0.1:7821", "https://frankfurt-node.mrr")).expect_err("tls").to_string();
+        assert!(err.contains("TLS"), "{err}");
+        let twice = GOOD.replace("name: eu-central", "name: us-west");
+        assert!(parse(&twice).expect_err("duplicate").to_string().contains("listed twice"));
+    }
+
+    #[test]
+    fn peer_urls_get_the_default_port() {
+        assert_eq!(peer_url("http://tokyo-node.mrr"), "http://tokyo-node.mrr:7801");
+        assert_eq!(peer_url("http://127.0.0.1:7811/"), "http://127.0.0.1:7811");
+    }
+}
