@@ -1,1 +1,228 @@
-fn main() {}
+//! `mrr`: run a node (`serve`), a whole local cluster (`dev`), and talk to a running cluster
+//! (`put`, `get`, `del`, `status`). Logic lives in the library crates; this binary parses
+//! arguments, prints, and exits with a status that says what happened.
+
+mod dev;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use mrr_server::{Config, Node, NodeOptions};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(name = "mrr", version, about = "MRR, the Multi-Region Replicator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug)]
+struct Target {
+    /// HTTP API of the region to talk to.
+    #[arg(long, short = 'e', env = "MRR_ENDPOINT", default_value = "http://127.0.0.1:7800")]
+    endpoint: String,
+    /// API key, if the node requires one.
+    #[arg(long, env = "MRR_KEY")]
+    api_key: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one node from a config file.
+    Serve {
+        #[arg(short = 'c', long = "config", default_value = "mrr-config.yaml")]
+        config: PathBuf,
+    },
+    /// Run a local three-region cluster with emulated WAN delays, or write its configs.
+    Dev {
+        /// Region k (in config order) gets API port P+10k and peer port P+10k+1.
+        #[arg(long, default_value_t = 7800)]
+        base_port: u16,
+        /// Where the regions keep their data (default: a new temporary directory).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Take regions and replication rules from this config.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Write one config per region into DIR and exit; run each with `mrr serve -c`.
+        #[arg(long, value_name = "DIR")]
+        write_configs: Option<PathBuf>,
+    },
+    /// Publish a record: `mrr put users/u001 '{"name":"Kaito"}'`.
+    Put {
+        path: String,
+        json: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Query a record: `mrr get users/u001`.
+    Get {
+        path: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a record.
+    Del {
+        path: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Regions, connection state and lag as one node sees them.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn init_logging(debug: bool) {
+    let default = if debug { "info,mrr_replication=debug,mrr_server=debug,mrr_writer=debug" } else { "info" };
+    let filter = EnvFilter::try_from_env("MRR_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => serve(config).await,
+        Command::Dev { base_port, data_dir, config, write_configs } => dev_cluster(base_port, data_dir, config, write_configs).await,
+        Command::Put { path, json, target } => {
+            let record: serde_json::Value = serde_json::from_str(&json).context("the record is not valid JSON")?;
+            let out = client(&target)?.put(&path, &record).await?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+        Command::Get { path, target } => match client(&target)?.query(&path).await? {
+            Some(r) => {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                Ok(())
+            }
+            None => bail!("{path} not found in the region at {}", target.endpoint),
+        },
+        Command::Del { path, target } => {
+            let out = client(&target)?.delete(&path).await?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+        Command::Status { target } => status(&target).await,
+    }
+}
+
+fn client(target: &Target) -> anyhow::Result<mrr_client::Client> {
+    Ok(mrr_client::connect(&target.endpoint, target.api_key.as_deref())?)
+}
+
+async fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    init_logging(config.debug_mode);
+    let node = Node::start(config, NodeOptions::default()).await?;
+    wait_for_signal().await;
+    node.shutdown();
+    node.wait().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        tracing::error!(error = %e, "cannot listen for Ctrl-C; stop the node with a signal");
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn dev_cluster(base_port: u16, data_dir: Option<PathBuf>, from: Option<PathBuf>, write_configs: Option<PathBuf>) -> anyhow::Result<()> {
+    let from = from.map(|p| Config::load(&p)).transpose()?;
+    // The temporary directory lives as long as the cluster runs, and is removed after.
+    let temp;
+    let data_dir = match data_dir {
+        Some(d) => d,
+        None => {
+            temp = tempfile::Builder::new().prefix("mrr-dev-").tempdir().context("cannot create a temporary data directory")?;
+            temp.path().to_owned()
+        }
+    };
+    let cluster = dev::DevCluster::new(base_port, data_dir, from.as_ref())?;
+    if let Some(dir) = write_configs {
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for (k, r) in cluster.regions.iter().enumerate() {
+            let path = dir.join(format!("{}.yaml", r.name));
+            std::fs::write(&path, cluster.config_text(k)).with_context(|| format!("cannot write {}", path.display()))?;
+            println!("{}", path.display());
+        }
+        // Parse back what was written: a config `mrr serve` would refuse is never left behind.
+        cluster.configs(&dir)?;
+        return Ok(());
+    }
+    init_logging(false);
+    let mut nodes = Vec::new();
+    for (_, config) in cluster.configs(&cluster.data_dir)? {
+        nodes.push(Node::start(config, NodeOptions::default()).await?);
+    }
+    println!("\nMRR dev cluster is up (data in {}):\n", cluster.data_dir.display());
+    for r in &cluster.regions {
+        let role = if r.coordinator { " (coordinator)" } else { "" };
+        println!("  {:<14} http://127.0.0.1:{}{role}", r.name, r.api_port);
+    }
+    let (first, second) = (&cluster.regions[0], &cluster.regions[cluster.regions.len().min(2) - 1]);
+    println!(
+        "\nTry it: publish in {a}, read in {b}:\n\n  curl -s -X POST http://127.0.0.1:{pa}/v1/records/users -H 'content-type: application/json' \\\n    -d '{{\"id\":\"u001\",\"name\":\"Kaito\",\"__metadata\":{{\"regions\":[\"*\"],\"syncFlags\":[\"IMPORTANT\"]}}}}'\n  curl -s http://127.0.0.1:{pb}/v1/records/users/u001\n\n  or: mrr put users/u001 '{{\"name\":\"Kaito\"}}' -e http://127.0.0.1:{pa}\n      mrr get users/u001 -e http://127.0.0.1:{pb}\n      mrr status -e http://127.0.0.1:{pa}\n\nCtrl-C stops the cluster.",
+        a = first.name,
+        b = second.name,
+        pa = first.api_port,
+        pb = second.api_port,
+    );
+    wait_for_signal().await;
+    for n in &nodes {
+        n.shutdown();
+    }
+    for n in nodes {
+        n.wait().await;
+    }
+    Ok(())
+}
+
+async fn status(target: &Target) -> anyhow::Result<()> {
+    let s = client(target)?.status().await?;
+    println!("cluster {}  region {}  coordinator {}", s.cluster, s.region, s.coordinator.as_deref().unwrap_or("-"));
+    let applied: Vec<String> = s.applied.iter().map(|(o, n)| format!("{o}:{n}")).collect();
+    println!("applied {}  storage {} bytes", applied.join(" "), s.storage_bytes);
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(["region", "to peer", "from peer", "rtt ms", "skew ms", "lag ms (last)", "backlog", "sent", "received", "last error"]);
+    for p in &s.peers {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        table.add_row([
+            p.region.clone(),
+            p.outbound.clone(),
+            if p.inbound_streams > 0 { "connected".into() } else { "down".into() },
+            opt(p.rtt_ms.map(|v| v.to_string())),
+            opt(p.clock_skew_ms.map(|v| v.to_string())),
+            opt(p.lag_ms_last.map(|v| v.to_string())),
+            p.backlog_changes.to_string(),
+            p.changes_sent.to_string(),
+            p.changes_received.to_string(),
+            opt(p.last_error.clone()),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}

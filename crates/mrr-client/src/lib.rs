@@ -1,1 +1,153 @@
+//! The Rust client for MRR, with the article's verbs: [`connect`], [`Client::publish`],
+//! [`Client::query`] (`"users/u001"`), [`Client::delete`].
+//!
+//! A client talks to one region's node over HTTP; it holds no replication logic and does not
+//! depend on the server.
 
+use std::time::Duration;
+
+pub use mrr_api::*;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("request to {url} failed: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("{status} {code:?}: {message}")]
+    Api { status: u16, code: ErrorCode, message: String },
+    #[error("unexpected response {status} from {url}: {body}")]
+    Unexpected { url: String, status: u16, body: String },
+    #[error("{0:?} is not a record path; write it as topic/id, e.g. users/u001")]
+    InvalidPath(String),
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A connection to one region's node.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    api_key: Option<String>,
+    http: reqwest::Client,
+}
+
+/// Connects to the node at `endpoint` (`http://host:port`). No request is made until the
+/// first call.
+pub fn connect(endpoint: &str, api_key: Option<&str>) -> Result<Client> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|source| ClientError::Http { url: endpoint.to_owned(), source })?;
+    Ok(Client { base: endpoint.trim_end_matches('/').to_owned(), api_key: api_key.map(str::to_owned), http })
+}
+
+fn split_path(path: &str) -> Result<(&str, &str)> {
+    match path.split_once('/') {
+        Some((t, i)) if !t.is_empty() && !i.is_empty() && !i.contains('/') => Ok((t, i)),
+        _ => Err(ClientError::InvalidPath(path.to_owned())),
+    }
+}
+
+impl Client {
+    pub fn endpoint(&self) -> &str {
+        &self.base
+    }
+
+    /// Publishes `record` (a JSON object with an `id`, optionally `__metadata`) to `topic`.
+    pub async fn publish(&self, topic: &str, record: &Value) -> Result<RecordEnvelope> {
+        self.send(self.http.post(format!("{}/v1/records/{topic}", self.base)).json(record)).await
+    }
+
+    /// Publishes `record` under `topic/id`.
+    pub async fn put(&self, path: &str, record: &Value) -> Result<RecordEnvelope> {
+        let (topic, id) = split_path(path)?;
+        self.send(self.http.put(format!("{}/v1/records/{topic}/{id}", self.base)).json(record)).await
+    }
+
+    /// The record at `topic/id` in this region, or `None` if it does not exist or was deleted.
+    pub async fn query(&self, path: &str) -> Result<Option<RecordEnvelope>> {
+        let (topic, id) = split_path(path)?;
+        match self.send(self.http.get(format!("{}/v1/records/{topic}/{id}", self.base))).await {
+            Ok(r) => Ok(Some(r)),
+            Err(ClientError::Api { code: ErrorCode::NotFound | ErrorCode::Deleted, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<RecordEnvelope> {
+        let (topic, id) = split_path(path)?;
+        self.send(self.http.delete(format!("{}/v1/records/{topic}/{id}", self.base))).await
+    }
+
+    /// Publishes or deletes many records in one atomic commit.
+    pub async fn batch(&self, items: Vec<BatchItem>) -> Result<BatchResponse> {
+        self.send(self.http.post(format!("{}/v1/batch", self.base)).json(&BatchRequest { items })).await
+    }
+
+    /// One page of a topic, in id order.
+    pub async fn list(&self, topic: &str, after: Option<&str>, limit: usize, include_deleted: bool) -> Result<RecordList> {
+        let mut query = vec![("limit", limit.to_string()), ("include_deleted", include_deleted.to_string())];
+        if let Some(a) = after {
+            query.push(("after", a.to_owned()));
+        }
+        self.send(self.http.get(format!("{}/v1/records/{topic}", self.base)).query(&query)).await
+    }
+
+    /// Every record of a topic, following pages.
+    pub async fn list_all(&self, topic: &str, include_deleted: bool) -> Result<Vec<RecordEnvelope>> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list(topic, after.as_deref(), 1_000, include_deleted).await?;
+            out.extend(page.records);
+            match page.next_after {
+                Some(a) => after = Some(a),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    pub async fn health(&self) -> Result<Health> {
+        self.send(self.http.get(format!("{}/health", self.base))).await
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus> {
+        self.send(self.http.get(format!("{}/v1/status", self.base))).await
+    }
+
+    /// Changes the emulated link from this node to `peer`.
+    pub async fn set_link(&self, peer: &str, settings: LinkSettings) -> Result<LinksView> {
+        self.send(self.http.put(format!("{}/v1/admin/links/{peer}", self.base)).json(&settings)).await
+    }
+
+    async fn send<T: DeserializeOwned>(&self, mut request: reqwest::RequestBuilder) -> Result<T> {
+        if let Some(k) = &self.api_key {
+            request = request.bearer_auth(k);
+        }
+        let response = request.send().await.map_err(|source| ClientError::Http { url: self.base.clone(), source })?;
+        let status = response.status();
+        let url = response.url().to_string();
+        let body = response.bytes().await.map_err(|source| ClientError::Http { url: url.clone(), source })?;
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|e| ClientError::Unexpected { url, status: status.as_u16(), body: format!("{e}: {}", String::from_utf8_lossy(&body)) });
+        }
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => Err(ClientError::Api { status: status.as_u16(), code: e.error.code, message: e.error.message }),
+            Err(_) => Err(ClientError::Unexpected { url, status: status.as_u16(), body: String::from_utf8_lossy(&body).into_owned() }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_paths_are_topic_slash_id() {
+        assert_eq!(split_path("users/u001").ok(), Some(("users", "u001")));
+        for bad in ["users", "/u001", "users/", "a/b/c"] {
+            assert!(matches!(split_path(bad), Err(ClientError::InvalidPath(_))), "{bad}");
+        }
+    }
+}

@@ -18,6 +18,12 @@ pub trait PhysicalClock: Send + Sync + 'static {
     fn now_ms(&self) -> u64;
 }
 
+impl fmt::Debug for dyn PhysicalClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PhysicalClock")
+    }
+}
+
 /// A hybrid logical timestamp: physical milliseconds, then a logical counter for events that
 /// share a millisecond. Field order is the comparison order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -4,3 +4,8 @@
 //! API. Protocol logic lives in the crates it wires together; this crate holds none.
 
 pub mod config;
+pub mod http;
+pub mod node;
+
+pub use config::Config;
+pub use node::{Node, NodeOptions, StartError};

@@ -1,0 +1,141 @@
+//! `mrr dev`: the layout of a local cluster, and one config file per region.
+//!
+//! The cluster is the article's three regions on 127.0.0.1, with one-way delays emulating the
+//! WAN between Tokyo, San Francisco and Frankfurt. Configs are written as commented YAML and
+//! parsed back before use, so `mrr dev` and `mrr serve -c` run exactly the same settings.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use mrr_server::config::Config;
+
+/// One-way delay between two regions, in ms. The article's three regions get measured-looking
+/// figures; any other pair gets 50 ms.
+pub fn delay_ms(a: &str, b: &str) -> u64 {
+    let mut pair = [a, b];
+    pair.sort_unstable();
+    match pair {
+        ["ap-northeast", "us-west"] => 55,
+        ["eu-central", "us-west"] => 75,
+        ["ap-northeast", "eu-central"] => 115,
+        _ => 50,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DevRegion {
+    pub name: String,
+    pub coordinator: bool,
+    pub api_port: u16,
+    pub peer_port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct DevCluster {
+    pub regions: Vec<DevRegion>,
+    pub default_ttl: String,
+    pub conflict_strategy: String,
+    pub secret: String,
+    pub data_dir: PathBuf,
+}
+
+impl DevCluster {
+    /// The article's cluster, or the regions and rules of `from` when given.
+    pub fn new(base_port: u16, data_dir: PathBuf, from: Option<&Config>) -> anyhow::Result<Self> {
+        let names: Vec<(String, bool)> = match from {
+            Some(c) => c.regions.iter().map(|r| (r.name.to_string(), c.coordinator() == Some(&r.name))).collect(),
+            None => vec![("ap-northeast".into(), true), ("us-west".into(), false), ("eu-central".into(), false)],
+        };
+        let top = u32::from(base_port) + 10 * (names.len() as u32) + 1;
+        if top > u32::from(u16::MAX) {
+            bail!("--base-port {base_port} leaves no room for {} regions (region k uses P+10k and P+10k+1)", names.len());
+        }
+        let regions = names
+            .into_iter()
+            .enumerate()
+            .map(|(k, (name, coordinator))| {
+                let api_port = base_port + 10 * k as u16;
+                DevRegion { name, coordinator, api_port, peer_port: api_port + 1 }
+            })
+            .collect();
+        let (default_ttl, conflict_strategy) = match from {
+            Some(c) => (humantime_ms(c.replication_rules.default_ttl), "timestamp".to_owned()),
+            None => ("500ms".into(), "timestamp".into()),
+        };
+        let secret: String = (0..32).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect();
+        Ok(Self { regions, default_ttl, conflict_strategy, secret, data_dir })
+    }
+
+    /// The YAML config of region `k`.
+    pub fn config_text(&self, k: usize) -> String {
+        let me = &self.regions[k];
+        let mut s = String::new();
+        s.push_str(&format!(
+            "# MRR config for region {name}, written by `mrr dev --write-configs`.\n\
+             # Run it with: mrr serve -c {name}.yaml\n\
+             cluster: mrr-dev\n\
+             region: {name}\n\
+             secret: \"{secret}\"\n\
+             data_dir: {data}\n\
+             listen:\n  api: 127.0.0.1:{api}\n  peer: 127.0.0.1:{peer}\n\
+             max_clock_skew: 200ms\n\
+             debug_mode: false\n\
+             durability: fsync\n\
+             regions:\n",
+            name = me.name,
+            secret = self.secret,
+            data = self.data_dir.join(&me.name).display(),
+            api = me.api_port,
+            peer = me.peer_port,
+        ));
+        for r in &self.regions {
+            s.push_str(&format!("  - name: {}\n    endpoint: http://127.0.0.1:{}\n    api: http://127.0.0.1:{}\n", r.name, r.peer_port, r.api_port));
+            if r.coordinator {
+                s.push_str("    role: coordinator\n");
+            }
+        }
+        s.push_str(&format!("replication_rules:\n  default_ttl: {}\n  conflict_strategy: {}\n", self.default_ttl, self.conflict_strategy));
+        s.push_str("# Emulated WAN: one-way delay from this region to each peer.\nlinks:\n");
+        for r in self.regions.iter().filter(|r| r.name != me.name) {
+            s.push_str(&format!("  {}: {{ delay_ms: {}, jitter_ms: 0 }}\n", r.name, delay_ms(&me.name, &r.name)));
+        }
+        s
+    }
+
+    /// Every region's config, parsed back through the same loader `mrr serve` uses.
+    pub fn configs(&self, dir: &Path) -> anyhow::Result<Vec<(PathBuf, Config)>> {
+        (0..self.regions.len())
+            .map(|k| {
+                let path = dir.join(format!("{}.yaml", self.regions[k].name));
+                let config = Config::parse(&path, &self.config_text(k)).with_context(|| "generated config is invalid (a bug in mrr dev)")?;
+                Ok((path, config))
+            })
+            .collect()
+    }
+}
+
+fn humantime_ms(d: std::time::Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn article_cluster_ports_and_delays() {
+        let c = DevCluster::new(7800, PathBuf::from("/tmp/x"), None).expect("layout");
+        let ports: Vec<_> = c.regions.iter().map(|r| (r.name.as_str(), r.api_port, r.peer_port)).collect();
+        assert_eq!(ports, [("ap-northeast", 7800, 7801), ("us-west", 7810, 7811), ("eu-central", 7820, 7821)]);
+        assert_eq!(delay_ms("us-west", "ap-northeast"), 55);
+        assert_eq!(delay_ms("eu-central", "us-west"), 75);
+        assert_eq!(delay_ms("ap-northeast", "eu-central"), 115);
+        let configs = c.configs(Path::new("/tmp/x")).expect("valid configs");
+        assert_eq!(configs.len(), 3);
+        let (_, sf) = &configs[1];
+        assert_eq!(sf.region.as_str(), "us-west");
+        assert_eq!(sf.coordinator().map(|r| r.as_str()), Some("ap-northeast"));
+        assert_eq!(sf.links.as_ref().map(|l| l.len()), Some(2));
+        assert!(DevCluster::new(65_530, PathBuf::from("/tmp/x"), None).is_err());
+    }
+}

@@ -1,0 +1,388 @@
+//! The HTTP API: the article's verbs over JSON.
+//!
+//! Validates every request before anything reaches the writer: a request that is refused
+//! (malformed JSON, not an object, missing id, bad names, oversize, too deep) gets a 4xx with a
+//! stable code and stores nothing. Handlers translate; they hold no replication logic.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use mrr_api::{
+    BatchOp, BatchRequest, BatchResponse, ErrorBody, ErrorCode, ErrorDetail, Health, LinkSettings, LinksView, NodeStatus,
+    RecordEnvelope, RecordList, RecordMetadata, VersionInfo, WriteToken,
+};
+use mrr_core::limits::{json_depth, validate_id, validate_topic, Limits};
+use mrr_core::{Key, Metadata, Record, RegionName};
+use mrr_replication::{LinkSpec, Links, StatusBoard};
+use mrr_storage::Store;
+use mrr_writer::{Committed, LocalOp, WriteError, Writer};
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::OpenApi;
+
+/// Everything handlers need.
+#[derive(Clone)]
+pub struct AppState {
+    pub cluster: String,
+    pub region: RegionName,
+    pub coordinator: Option<String>,
+    pub store: Arc<dyn Store>,
+    pub writer: Writer,
+    pub limits: Limits,
+    pub status: StatusBoard,
+    pub links: Links,
+    pub api_keys: Arc<Vec<String>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("cluster", &self.cluster).field("region", &self.region).finish_non_exhaustive()
+    }
+}
+
+/// An API error: HTTP status, stable code, human message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    fn bad(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message } };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, e.to_string())
+    }
+}
+
+impl From<mrr_storage::StoreError> for ApiError {
+    fn from(e: mrr_storage::StoreError) -> Self {
+        tracing::error!(error = %e, "storage read failed");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "MRR — Multi-Region Replicator", description = "Publish and query replicated JSON records in any region."),
+    paths(health, publish, put_record, get_record, delete_record, list_records, batch, node_status, get_links, set_link),
+    components(schemas(RecordEnvelope, RecordMetadata, VersionInfo, WriteToken, ErrorBody, ErrorDetail, ErrorCode, BatchRequest, BatchResponse, mrr_api::BatchItem, BatchOp, RecordList, Health, NodeStatus, mrr_api::PeerStatus, LinkSettings, LinksView))
+)]
+struct ApiDoc;
+
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_max = state.limits.body_bytes_max;
+    let v1 = Router::new()
+        .route("/records/{topic}", post(publish).get(list_records))
+        .route("/records/{topic}/{id}", put(put_record).get(get_record).delete(delete_record))
+        .route("/batch", post(batch))
+        .route("/status", get(node_status))
+        .route("/admin/links", get(get_links))
+        .route("/admin/links/{peer}", put(set_link))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/health", get(health))
+        .route("/openapi.json", get(|| async { ([("content-type", "application/json")], openapi_json()) }))
+        .nest("/v1", v1)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint; see /openapi.json") })
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(state)
+}
+
+async fn authenticate(State(state): State<AppState>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    if state.api_keys.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")));
+    match presented {
+        Some(k) if state.api_keys.iter().any(|key| key == k) => next.run(request).await,
+        _ => ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or unknown API key: send `Authorization: Bearer <key>`").into_response(),
+    }
+}
+
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
+async fn health(State(state): State<AppState>) -> Json<Health> {
+    Json(Health { status: "ok".into(), region: state.region.to_string() })
+}
+
+/// Publish a record; its `id` comes from the body.
+#[utoipa::path(post, path = "/v1/records/{topic}", request_body = Object,
+    params(("topic" = String, Path)), responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+async fn publish(State(state): State<AppState>, Path(topic): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<RecordEnvelope>> {
+    let op = parse_put(&state.limits, &topic, None, &body_bytes(body)?)?;
+    write_one(&state, op).await
+}
+
+/// Publish a record under the id in the path.
+#[utoipa::path(put, path = "/v1/records/{topic}/{id}", request_body = Object,
+    params(("topic" = String, Path), ("id" = String, Path)), responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody)))]
+async fn put_record(State(state): State<AppState>, Path((topic, id)): Path<(String, String)>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<RecordEnvelope>> {
+    let op = parse_put(&state.limits, &topic, Some(&id), &body_bytes(body)?)?;
+    write_one(&state, op).await
+}
+
+/// Query one record: `query('users/u001')`.
+#[utoipa::path(get, path = "/v1/records/{topic}/{id}", params(("topic" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = RecordEnvelope), (status = 404, body = ErrorBody)))]
+async fn get_record(State(state): State<AppState>, Path((topic, id)): Path<(String, String)>) -> ApiResult<Json<RecordEnvelope>> {
+    let key = parse_key(&topic, &id)?;
+    match state.store.get(&key)? {
+        Some(r) if r.is_tombstone() => Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::Deleted, format!("{key} was deleted (version {})", r.version))),
+        Some(r) => Ok(Json(envelope(&key, &r))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, format!("{key} does not exist in {}", state.region))),
+    }
+}
+
+/// Delete a record (a versioned tombstone that replicates like a write).
+#[utoipa::path(delete, path = "/v1/records/{topic}/{id}", params(("topic" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody)))]
+async fn delete_record(State(state): State<AppState>, Path((topic, id)): Path<(String, String)>) -> ApiResult<Json<RecordEnvelope>> {
+    let key = parse_key(&topic, &id)?;
+    write_one(&state, LocalOp::Delete { key }).await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Start after this id.
+    after: Option<String>,
+    /// Page size, at most 1000 (default 100).
+    limit: Option<usize>,
+    /// Include deleted records (tombstones).
+    #[serde(default)]
+    include_deleted: bool,
+}
+
+const LIST_LIMIT_MAX: usize = 1_000;
+
+/// List a topic's records in id order.
+#[utoipa::path(get, path = "/v1/records/{topic}", params(("topic" = String, Path), ListQuery), responses((status = 200, body = RecordList)))]
+async fn list_records(State(state): State<AppState>, Path(topic): Path<String>, Query(q): Query<ListQuery>) -> ApiResult<Json<RecordList>> {
+    validate_topic(&topic).map_err(|e| ApiError::bad(ErrorCode::InvalidTopic, e.to_string()))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, LIST_LIMIT_MAX);
+    let mut records = Vec::new();
+    let mut after = q.after;
+    let mut next_after = None;
+    // Skipping tombstones can leave a page short; keep scanning, still bounded per call.
+    'pages: for _ in 0..16 {
+        let page = state.store.scan(&topic, after.as_deref(), limit)?;
+        let full = page.len() == limit;
+        for (key, record) in page {
+            after = Some(key.id.clone());
+            if q.include_deleted || !record.is_tombstone() {
+                records.push(envelope(&key, &record));
+                if records.len() == limit {
+                    next_after = Some(key.id);
+                    break 'pages;
+                }
+            }
+        }
+        if !full {
+            break;
+        }
+        next_after = after.clone();
+    }
+    Ok(Json(RecordList { records, next_after }))
+}
+
+/// Publish or delete many records in one atomic commit.
+#[utoipa::path(post, path = "/v1/batch", request_body = BatchRequest, responses((status = 200, body = BatchResponse), (status = 400, body = ErrorBody)))]
+async fn batch(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<BatchResponse>> {
+    let bytes = body_bytes(body)?;
+    let request: BatchRequest = serde_json::from_slice(&bytes).map_err(|e| json_error(&e))?;
+    if request.items.len() > state.limits.batch_records_max {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BatchTooLarge, format!("{} items; at most {} per batch", request.items.len(), state.limits.batch_records_max)));
+    }
+    let mut ops = Vec::with_capacity(request.items.len());
+    for (i, item) in request.items.into_iter().enumerate() {
+        let at = |e: ApiError| ApiError { message: format!("items[{i}]: {}", e.message), ..e };
+        let op = match item.op {
+            BatchOp::Put => {
+                let record = item.record.ok_or_else(|| at(ApiError::bad(ErrorCode::NotAnObject, "`record` is required for put")))?;
+                parse_put_value(&state.limits, &item.topic, item.id.as_deref(), record).map_err(at)?
+            }
+            BatchOp::Delete => {
+                let id = item.id.ok_or_else(|| at(ApiError::bad(ErrorCode::MissingId, "`id` is required for delete")))?;
+                LocalOp::Delete { key: parse_key(&item.topic, &id).map_err(at)? }
+            }
+        };
+        ops.push(op);
+    }
+    let committed = state.writer.write(ops).await?;
+    Ok(Json(BatchResponse { results: committed.iter().map(|c| envelope(&c.key, &c.record)).collect() }))
+}
+
+/// This node's view of the cluster: applied versions and each peer's connection and lag.
+#[utoipa::path(get, path = "/v1/status", responses((status = 200, body = NodeStatus)))]
+async fn node_status(State(state): State<AppState>) -> Json<NodeStatus> {
+    let applied = state.writer.applied().borrow().iter().map(|(o, s)| (o.to_string(), s)).collect();
+    Json(NodeStatus {
+        cluster: state.cluster.clone(),
+        region: state.region.to_string(),
+        coordinator: state.coordinator.clone(),
+        applied,
+        storage_bytes: state.store.disk_bytes(),
+        peers: state.status.snapshot(),
+    })
+}
+
+/// The emulated links from this node to each peer.
+#[utoipa::path(get, path = "/v1/admin/links", responses((status = 200, body = LinksView)))]
+async fn get_links(State(state): State<AppState>) -> Json<LinksView> {
+    Json(links_view(&state.links))
+}
+
+/// Change the emulated link from this node to `peer` (delay, jitter, partition).
+#[utoipa::path(put, path = "/v1/admin/links/{peer}", request_body = LinkSettings, params(("peer" = String, Path)),
+    responses((status = 200, body = LinksView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn set_link(State(state): State<AppState>, Path(peer): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<LinksView>> {
+    let settings: LinkSettings = serde_json::from_slice(&body_bytes(body)?).map_err(|e| json_error(&e))?;
+    let unknown = || ApiError::new(StatusCode::NOT_FOUND, ErrorCode::UnknownRegion, format!("{peer} is not a peer of {}", state.region));
+    let region = RegionName::new(peer.clone()).map_err(|_| unknown())?;
+    let spec = LinkSpec { delay_ms: settings.delay_ms, jitter_ms: settings.jitter_ms, partitioned: settings.partitioned };
+    state.links.set(&region, spec).map_err(|e| match e {
+        mrr_replication::link::LinkError::Disabled => ApiError::new(StatusCode::CONFLICT, ErrorCode::LinksDisabled, e.to_string()),
+        mrr_replication::link::LinkError::UnknownPeer(_) => unknown(),
+    })?;
+    tracing::info!(peer = %region, delay_ms = spec.delay_ms, jitter_ms = spec.jitter_ms, partitioned = spec.partitioned, "link changed");
+    Ok(Json(links_view(&state.links)))
+}
+
+fn links_view(links: &Links) -> LinksView {
+    LinksView {
+        enabled: links.is_enabled(),
+        links: links
+            .all()
+            .into_iter()
+            .map(|(r, s)| (r.to_string(), LinkSettings { delay_ms: s.delay_ms, jitter_ms: s.jitter_ms, partitioned: s.partitioned }))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+async fn write_one(state: &AppState, op: LocalOp) -> ApiResult<Json<RecordEnvelope>> {
+    let committed: Vec<Committed> = state.writer.write(vec![op]).await?;
+    let c = committed.first().ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, "writer returned no result"))?;
+    Ok(Json(envelope(&c.key, &c.record)))
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BodyTooLarge, "request body exceeds limits.body_bytes_max")
+        } else {
+            ApiError::bad(ErrorCode::InvalidJson, e.body_text())
+        }
+    })
+}
+
+fn json_error(e: &serde_json::Error) -> ApiError {
+    if e.to_string().contains("recursion limit") {
+        ApiError::bad(ErrorCode::TooDeep, "JSON nesting exceeds the parser's limit")
+    } else {
+        ApiError::bad(ErrorCode::InvalidJson, format!("malformed JSON: {e}"))
+    }
+}
+
+fn parse_key(topic: &str, id: &str) -> ApiResult<Key> {
+    validate_topic(topic).map_err(|e| ApiError::bad(ErrorCode::InvalidTopic, e.to_string()))?;
+    validate_id(id).map_err(|e| ApiError::bad(ErrorCode::InvalidId, e.to_string()))?;
+    Ok(Key::new(topic, id))
+}
+
+fn parse_put(limits: &Limits, topic: &str, path_id: Option<&str>, body: &[u8]) -> ApiResult<LocalOp> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+    parse_put_value(limits, topic, path_id, value)
+}
+
+/// Validates a record and splits off its `__metadata`.
+fn parse_put_value(limits: &Limits, topic: &str, path_id: Option<&str>, value: Value) -> ApiResult<LocalOp> {
+    validate_topic(topic).map_err(|e| ApiError::bad(ErrorCode::InvalidTopic, e.to_string()))?;
+    let Value::Object(mut object) = value else {
+        return Err(ApiError::bad(ErrorCode::NotAnObject, "a record must be a JSON object"));
+    };
+    let depth = 1 + object.values().map(json_depth).max().unwrap_or(0);
+    if depth > limits.json_depth_max {
+        return Err(ApiError::bad(ErrorCode::TooDeep, format!("record nests {depth} levels; at most {}", limits.json_depth_max)));
+    }
+    let metadata = match object.remove("__metadata") {
+        None => RecordMetadata::default(),
+        Some(m) => serde_json::from_value::<RecordMetadata>(m).map_err(|e| ApiError::bad(ErrorCode::InvalidMetadata, format!("__metadata: {e}")))?,
+    };
+    for r in &metadata.regions {
+        if r != "*" && RegionName::new(r.clone()).is_err() {
+            return Err(ApiError::bad(ErrorCode::InvalidMetadata, format!("__metadata.regions: {r:?} is neither \"*\" nor a region name")));
+        }
+    }
+    let body_id = match object.get("id") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(ApiError::bad(ErrorCode::InvalidId, "`id` must be a string")),
+    };
+    let id = match (path_id, body_id) {
+        (Some(p), Some(b)) if p != b => return Err(ApiError::bad(ErrorCode::IdMismatch, format!("id in path {p:?} differs from id in body {b:?}"))),
+        (Some(p), _) => p.to_owned(),
+        (None, Some(b)) => b,
+        (None, None) => return Err(ApiError::bad(ErrorCode::MissingId, "the record has no `id`; add one or use PUT /v1/records/{topic}/{id}")),
+    };
+    let key = parse_key(topic, &id)?;
+    let bytes = serde_json::to_vec(&Value::Object(object)).map_err(|e| ApiError::bad(ErrorCode::InvalidJson, e.to_string()))?;
+    if bytes.len() > limits.record_bytes_max {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::RecordTooLarge, format!("record is {} bytes; at most {}", bytes.len(), limits.record_bytes_max)));
+    }
+    Ok(LocalOp::Put { key, value: bytes, metadata: Metadata { regions: metadata.regions, sync_flags: metadata.sync_flags } })
+}
+
+pub fn envelope(key: &Key, r: &Record) -> RecordEnvelope {
+    let value = match &r.value {
+        // Stored values were validated as objects when written; a decode failure is corruption.
+        Some(v) => serde_json::from_slice(v).unwrap_or_else(|e| {
+            tracing::error!(key = %key, error = %e, "stored record is not valid JSON");
+            Value::Null
+        }),
+        None => Value::Null,
+    };
+    RecordEnvelope {
+        topic: key.topic.clone(),
+        id: key.id.clone(),
+        value,
+        deleted: r.is_tombstone(),
+        metadata: RecordMetadata { regions: r.metadata.regions.clone(), sync_flags: r.metadata.sync_flags.clone() },
+        version: VersionInfo { hlc: r.version.ts.to_string(), wall_ms: r.version.ts.wall_ms, logical: r.version.ts.logical, region: r.version.region.to_string() },
+        origin_region: r.version.region.to_string(),
+        updated_at_ms: r.version.ts.wall_ms,
+        token: WriteToken { origin: r.origin.to_string(), seq: r.seq },
+    }
+}

@@ -1,0 +1,136 @@
+//! A running node: store, writer, replication and HTTP API wired from one [`Config`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mrr_core::session::OutboundLimits;
+use mrr_core::PhysicalClock;
+use mrr_replication::{LinkSpec, Links, PeerConfig, ReplicationConfig, Replicator};
+use mrr_storage::{FjallStore, Store};
+use mrr_writer::{SystemClock, Writer, WriterConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{peer_url, Config};
+use crate::http::{self, AppState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the data directory {path}: {source}")]
+    Store { path: String, source: mrr_storage::StoreError },
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot listen for the HTTP API on {addr}: {source} (is another node using the port?)")]
+    ApiListen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Replication(#[from] mrr_replication::StartError),
+}
+
+/// Tuning that is not in the config file, for tests and `mrr dev`.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub clock: Arc<dyn PhysicalClock>,
+    pub heartbeat_interval: Duration,
+    pub peer_timeout: Duration,
+    /// Seed of the link emulation's jitter.
+    pub link_seed: u64,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            heartbeat_interval: Duration::from_millis(500),
+            peer_timeout: Duration::from_secs(5),
+            link_seed: 0x4d52_52,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub api_addr: SocketAddr,
+    pub replicator: Replicator,
+    api: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Node {
+    pub async fn start(config: Config, options: NodeOptions) -> Result<Self, StartError> {
+        let data = config.data_dir.display().to_string();
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir { path: data.clone(), source })?;
+        let store: Arc<dyn Store> = Arc::new(
+            FjallStore::open(&config.data_dir, config.durability).map_err(|source| StartError::Store { path: data.clone(), source })?,
+        );
+        let max_skew_ms = u64::try_from(config.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
+        let writer = Writer::start(config.region.clone(), max_skew_ms, store.clone(), options.clock.clone(), WriterConfig::default())
+            .map_err(|source| StartError::Store { path: data, source })?;
+
+        let links = match &config.links {
+            None => Links::disabled(),
+            Some(links) => {
+                let mut specs: BTreeMap<_, _> = config.peers().map(|p| (p.name.clone(), LinkSpec::default())).collect();
+                for (peer, l) in links {
+                    specs.insert(peer.clone(), LinkSpec { delay_ms: l.delay_ms, jitter_ms: l.jitter_ms, partitioned: l.partitioned });
+                }
+                Links::emulated(options.link_seed, specs)
+            }
+        };
+        let replication = ReplicationConfig {
+            cluster: config.cluster.clone(),
+            local: config.region.clone(),
+            peers: config.peers().map(|p| PeerConfig { region: p.name.clone(), endpoint: peer_url(&p.endpoint) }).collect(),
+            secret: config.secret.clone(),
+            max_skew_ms,
+            heartbeat_interval: options.heartbeat_interval,
+            peer_timeout: options.peer_timeout,
+            reconnect_backoff_min: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(5),
+            limits: OutboundLimits::default(),
+        };
+        let replicator = Replicator::start(replication, config.listen.peer, store.clone(), writer.clone(), options.clock.clone(), links.clone()).await?;
+
+        let state = AppState {
+            cluster: config.cluster.clone(),
+            region: config.region.clone(),
+            coordinator: config.coordinator().map(ToString::to_string),
+            store,
+            writer,
+            limits: (&config.limits).into(),
+            status: replicator.status.clone(),
+            links,
+            api_keys: Arc::new(config.api_keys.clone()),
+        };
+        let listener = TcpListener::bind(config.listen.api).await.map_err(|source| StartError::ApiListen { addr: config.listen.api, source })?;
+        let api_addr = listener.local_addr().map_err(|source| StartError::ApiListen { addr: config.listen.api, source })?;
+        let (stop, mut stopped) = watch::channel(false);
+        let app = http::router(state);
+        let api = tokio::spawn(async move {
+            let shutdown = async move {
+                // Either a stop request or the sender dropping ends serving.
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        });
+        tracing::info!(region = %config.region, api = %api_addr, peer = %config.listen.peer, cluster = %config.cluster, "node serving");
+        Ok(Self { api_addr, replicator, api, stop })
+    }
+
+    /// Runs until the API server stops.
+    pub async fn wait(self) {
+        let Node { api, replicator, stop, .. } = self;
+        let _ = api.await;
+        drop(replicator);
+        drop(stop);
+    }
+
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+        self.replicator.shutdown();
+    }
+}
