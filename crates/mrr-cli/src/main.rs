@@ -79,7 +79,8 @@ enum Command {
 }
 
 fn init_logging(debug: bool) {
-    let default = if debug { "info,mrr_replication=debug,mrr_server=debug,mrr_writer=debug" } else { "info" };
+    // The storage engine's own progress lines are noise to an operator.
+    let default = if debug { "info,fjall=warn,lsm_tree=warn,mrr_replication=debug,mrr_server=debug,mrr_writer=debug" } else { "info,fjall=warn,lsm_tree=warn" };
     let filter = EnvFilter::try_from_env("MRR_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
 }

@@ -116,6 +116,11 @@ impl Client {
         self.send(self.http.get(format!("{}/v1/status", self.base))).await
     }
 
+    /// The emulated links from this node to each peer.
+    pub async fn links(&self) -> Result<LinksView> {
+        self.send(self.http.get(format!("{}/v1/admin/links", self.base))).await
+    }
+
     /// Changes the emulated link from this node to `peer`.
     pub async fn set_link(&self, peer: &str, settings: LinkSettings) -> Result<LinksView> {
         self.send(self.http.put(format!("{}/v1/admin/links/{peer}", self.base)).json(&settings)).await

@@ -28,6 +28,7 @@ use mrr_storage::Store;
 use mrr_writer::Writer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 pub use link::{LinkSpec, Links};
 pub use status::{PeerStatus, StatusBoard};
@@ -102,9 +103,12 @@ impl Replicator {
         let status = StatusBoard::new(&config.local, config.peers.iter().map(|p| (&p.region, p.endpoint.as_str())));
         let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Listen { addr: listen, source })?;
         let ctx = Context { config: Arc::new(config), store, writer, clock, links: links.clone(), status: status.clone() };
-        let mut tasks = vec![tokio::spawn(inbound::serve(ctx.clone(), listener))];
+        // Every log line of this node's sessions names the node's region (several nodes share a
+        // process under `mrr dev`).
+        let span = tracing::info_span!("node", region = %ctx.config.local);
+        let mut tasks = vec![tokio::spawn(inbound::serve(ctx.clone(), listener).instrument(span.clone()))];
         for peer in ctx.config.peers.clone() {
-            tasks.push(tokio::spawn(outbound::run(ctx.clone(), peer)));
+            tasks.push(tokio::spawn(outbound::run(ctx.clone(), peer).instrument(span.clone())));
         }
         Ok(Self { tasks, status, links })
     }

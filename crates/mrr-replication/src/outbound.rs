@@ -23,7 +23,7 @@ use crate::{Context, PeerConfig};
 enum SessionEnd {
     #[error("invalid endpoint {0:?}: {1}")]
     Endpoint(String, String),
-    #[error("connect failed: {0}")]
+    #[error("connect failed: {}", chain(.0))]
     Connect(#[from] tonic::transport::Error),
     #[error("peer refused the stream: {}", .0.message())]
     Refused(#[from] tonic::Status),
@@ -41,9 +41,22 @@ enum SessionEnd {
     Store(#[from] mrr_storage::StoreError),
 }
 
+/// An error with its causes, `a: b: c`, since transport errors say little at the top level.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 pub(crate) async fn run(ctx: Context, peer: PeerConfig) {
     let backoff_min = ctx.config.reconnect_backoff_min;
     let mut backoff = backoff_min;
+    let mut last_logged: Option<String> = None;
     loop {
         ctx.status.update(&peer.region, |s| s.outbound = state::CONNECTING.into());
         let started = Instant::now();
@@ -51,8 +64,16 @@ pub(crate) async fn run(ctx: Context, peer: PeerConfig) {
         // A session that lived past a handshake resets the backoff.
         if started.elapsed() > ctx.config.peer_timeout {
             backoff = backoff_min;
+            last_logged = None;
         }
-        tracing::warn!(peer = %peer.region, endpoint = %peer.endpoint, error = %end, retry_in_ms = backoff.as_millis() as u64, "replication stream to peer ended");
+        // One warning per distinct failure: a peer that stays down does not flood the log.
+        let text = end.to_string();
+        if last_logged.as_deref() == Some(text.as_str()) {
+            tracing::debug!(peer = %peer.region, error = %text, "replication stream to peer still down");
+        } else {
+            tracing::warn!(peer = %peer.region, endpoint = %peer.endpoint, error = %text, retry_in_ms = backoff.as_millis() as u64, "replication stream to peer ended");
+            last_logged = Some(text);
+        }
         ctx.status.update(&peer.region, |s| {
             s.outbound = state::BACKOFF.into();
             s.last_error = Some(end.to_string());

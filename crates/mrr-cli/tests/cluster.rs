@@ -1,0 +1,193 @@
+//! Three real `mrr serve` processes on 127.0.0.1, with the emulated WAN of `mrr dev`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{by_id, wait_for, Cluster, REGIONS};
+use mrr_client::{Client, RecordEnvelope};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_one_region_is_readable_in_the_other_two() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let tokyo = &cluster.clients[0];
+    let written = tokyo
+        .publish("users", &json!({"id": "u001", "name": "Kaito", "__metadata": {"regions": ["*"], "syncFlags": ["IMPORTANT"]}}))
+        .await?;
+    assert_eq!(written.origin_region, "ap-northeast");
+    assert_eq!(written.token.seq, 1);
+    for k in 1..3 {
+        let c = &cluster.clients[k];
+        let got = wait_for(&format!("u001 in {}", REGIONS[k]), CONVERGE, || async { Ok(c.query("users/u001").await?) }).await?;
+        assert_eq!(got, written, "{} holds exactly what Tokyo wrote", REGIONS[k]);
+        assert_eq!(got.value, json!({"id": "u001", "name": "Kaito"}));
+        assert_eq!(got.metadata.sync_flags, ["IMPORTANT"]);
+    }
+    // A delete replicates as a tombstone.
+    cluster.clients[1].delete("users/u001").await?;
+    for c in &cluster.clients {
+        wait_for("delete to replicate", CONVERGE, || async { Ok(c.query("users/u001").await?.is_none().then_some(())) }).await?;
+    }
+    let logs = cluster.log(0);
+    assert!(logs.contains("Region handshake completed"), "handshake logged:\n{logs}");
+    Ok(())
+}
+
+/// Writes `count` puts to a region, `concurrency` at a time, over `keys` keys; returns every
+/// acknowledged result.
+async fn hammer(client: Client, region: &'static str, topic: &'static str, keys: usize, count: usize, concurrency: usize) -> Vec<RecordEnvelope> {
+    let client = Arc::new(client);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, next) = (client.clone(), next.clone());
+        set.spawn(async move {
+            let mut acked = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return acked;
+                }
+                let id = format!("k{:03}", i % keys);
+                let record = json!({"id": id, "region": region, "i": i});
+                if let Ok(r) = client.publish(topic, &record).await {
+                    acked.push(r);
+                }
+            }
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = set.join_next().await {
+        all.extend(r.unwrap_or_default());
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_conflicting_writes_from_all_regions_converge_to_the_newest_version() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    // 1,002 writes, 334 per region, all to the same 10 keys, at the same time.
+    let mut set = JoinSet::new();
+    for (k, region) in REGIONS.iter().enumerate() {
+        set.spawn(hammer(cluster.clients[k].clone(), region, "stock", 10, 334, 8));
+    }
+    let mut acked = Vec::new();
+    while let Some(r) = set.join_next().await {
+        acked.extend(r?);
+    }
+    assert_eq!(acked.len(), 1_002, "every write was acknowledged");
+    let state = cluster.converged("stock", CONVERGE).await?;
+    // Last-writer-wins: each key ends at the acknowledged write with the greatest version, in
+    // every region (converged() already checked all regions are identical).
+    let mut newest: BTreeMap<String, RecordEnvelope> = BTreeMap::new();
+    for r in acked {
+        let e = newest.entry(r.id.clone()).or_insert_with(|| r.clone());
+        if (r.version.wall_ms, r.version.logical, &r.version.region) > (e.version.wall_ms, e.version.logical, &e.version.region) {
+            *e = r;
+        }
+    }
+    assert_eq!(by_id(&state), newest);
+    let origins: std::collections::BTreeSet<_> = state.iter().map(|r| r.origin_region.clone()).collect();
+    assert!(!origins.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_killed_mid_stream_catches_up_without_losing_acknowledged_writes() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start().await?;
+    // Unique keys, so every acknowledged write must survive as itself.
+    let writers: Vec<_> = (0..3)
+        .map(|k| {
+            let c = cluster.clients[k].clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..400 {
+                    let id = format!("{}-{i:04}", REGIONS[k]);
+                    if let Ok(r) = c.publish("orders", &json!({"id": id, "n": i})).await {
+                        acked.push(r);
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    // Kill eu-central once it has taken some writes of its own and some from its peers.
+    wait_for("eu-central mid-stream", CONVERGE, || async {
+        let s = cluster.clients[2].status().await?;
+        Ok((s.applied.get("eu-central").copied().unwrap_or(0) >= 50 && s.applied.get("ap-northeast").copied().unwrap_or(0) >= 50).then_some(()))
+    })
+    .await?;
+    cluster.kill9(2)?;
+    // Keep writing elsewhere while it is down; then bring it back on the same data.
+    wait_for("writes while eu-central is down", CONVERGE, || async {
+        let s = cluster.clients[0].status().await?;
+        Ok((s.applied.get("ap-northeast").copied().unwrap_or(0) >= 250).then_some(()))
+    })
+    .await?;
+    cluster.spawn(2)?;
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await?);
+    }
+    let eu_acked = acked.iter().filter(|r| r.origin_region == "eu-central").count();
+    assert!(eu_acked >= 50 && eu_acked < 400, "eu-central acknowledged {eu_acked} writes before it was killed");
+    let state = by_id(&cluster.converged("orders", CONVERGE).await?);
+    for r in &acked {
+        assert_eq!(state.get(&r.id), Some(r), "acknowledged write {} present everywhere", r.id);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_region_converges_after_the_partition_heals() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    cluster.partition(2, 0, true).await?;
+    cluster.partition(2, 1, true).await?;
+    for (k, c) in cluster.clients.iter().enumerate() {
+        for i in 0..20 {
+            c.publish("carts", &json!({"id": format!("c{i}"), "by": REGIONS[k]})).await?;
+        }
+    }
+    // Tokyo and San Francisco still see each other; Frankfurt sees neither.
+    wait_for("ap-northeast and us-west to converge", CONVERGE, || async {
+        let a = cluster.clients[0].list_all("carts", true).await?;
+        let b = cluster.clients[1].list_all("carts", true).await?;
+        Ok((a == b && cluster.clients[0].status().await?.applied.get("us-west") == Some(&20)).then_some(()))
+    })
+    .await?;
+    let eu = cluster.clients[2].status().await?;
+    assert_eq!(eu.applied.get("ap-northeast"), None, "nothing crossed the partition");
+    assert!(cluster.clients[2].list_all("carts", true).await?.iter().all(|r| r.origin_region == "eu-central"));
+
+    cluster.partition(2, 0, false).await?;
+    cluster.partition(2, 1, false).await?;
+    let state = cluster.converged("carts", CONVERGE).await?;
+    assert_eq!(state.len(), 20);
+    // Same keys written in all three regions: all regions agree on one winner per key.
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_region_relays_across_a_broken_pair() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    cluster.partition(0, 1, true).await?;
+    // us-west must stop hearing Tokyo directly before the relay can be observed.
+    wait_for("us-west to notice the partition", CONVERGE, || async {
+        let s = cluster.clients[1].status().await?;
+        Ok(s.peers.iter().any(|p| p.region == "ap-northeast" && p.inbound_streams == 0).then_some(()))
+    })
+    .await?;
+    let written = cluster.clients[0].publish("users", &json!({"id": "relayed", "v": 1})).await?;
+    let c = &cluster.clients[1];
+    let got = wait_for("the write to reach us-west through eu-central", CONVERGE, || async { Ok(c.query("users/relayed").await?) }).await?;
+    assert_eq!(got, written);
+    let direct = c.status().await?.peers.into_iter().find(|p| p.region == "ap-northeast").map(|p| p.changes_received);
+    assert_eq!(direct, Some(0), "nothing came over the partitioned link");
+    Ok(())
+}
