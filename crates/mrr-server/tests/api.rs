@@ -1,0 +1,129 @@
+//! The HTTP API of one in-process node: bad input is refused with a stable code, stores
+//! nothing, and leaves the node serving.
+
+use std::path::Path;
+
+use mrr_client::{Client, ClientError, ErrorCode};
+use mrr_server::{Config, Node, NodeOptions};
+use serde_json::json;
+
+async fn node(dir: &Path, extra: &str) -> anyhow::Result<(Node, Client)> {
+    let text = format!(
+        "cluster: t\nregion: us-west\nsecret: \"0123456789abcdef\"\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:0 }}\n\
+         regions:\n  - name: us-west\n    endpoint: http://127.0.0.1:1\nlimits: {{ body_bytes_max: 65536, record_bytes_max: 32768, batch_records_max: 5, json_depth_max: 8 }}\n{extra}",
+        dir.display()
+    );
+    let config = Config::parse(Path::new("test.yaml"), &text)?;
+    let node = Node::start(config, NodeOptions::default()).await?;
+    let client = mrr_client::connect(&format!("http://{}", node.api_addr), Some("k-1"))?;
+    Ok((node, client))
+}
+
+/// A minimal HTTP/1.1 request over a socket, so tests can send bytes no client would.
+async fn raw(node: &Node, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, serde_json::Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(node.api_addr).await?;
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).await?;
+    // The server may answer (413) before reading the whole body and close; that is fine.
+    let _ = s.write_all(&body).await;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out);
+    let status: u16 = text.split(' ').nth(1).unwrap_or("0").parse()?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    Ok((status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null)))
+}
+
+#[tokio::test]
+async fn bad_requests_get_stable_codes_and_store_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (node, client) = node(dir.path(), "").await?;
+    let deep = format!("{{\"id\":\"d\",\"a\":{}1{}}}", "[".repeat(20), "]".repeat(20));
+    let very_deep = format!("{{\"id\":\"d\",\"a\":{}1{}}}", "[".repeat(5000), "]".repeat(5000));
+    let big = format!("{{\"id\":\"b\",\"s\":\"{}\"}}", "x".repeat(40_000));
+    let huge = format!("{{\"id\":\"h\",\"s\":\"{}\"}}", "x".repeat(70_000));
+    let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
+        ("POST", "/v1/records/users".into(), b"{\"id\":".to_vec(), 400, "invalid_json"),
+        ("POST", "/v1/records/users".into(), b"[1,2]".to_vec(), 400, "not_an_object"),
+        ("POST", "/v1/records/users".into(), b"\"text\"".to_vec(), 400, "not_an_object"),
+        ("POST", "/v1/records/users".into(), b"{\"name\":\"no id\"}".to_vec(), 400, "missing_id"),
+        ("POST", "/v1/records/users".into(), b"{\"id\":7}".to_vec(), 400, "invalid_id"),
+        ("POST", "/v1/records/users".into(), b"{\"id\":\"a/b\"}".to_vec(), 400, "invalid_id"),
+        ("POST", "/v1/records/Bad.Topic".into(), b"{\"id\":\"x\"}".to_vec(), 400, "invalid_topic"),
+        ("PUT", "/v1/records/users/u1".into(), b"{\"id\":\"u2\"}".to_vec(), 400, "id_mismatch"),
+        ("PUT", "/v1/records/users/u1".into(), b"{\"__metadata\":{\"regions\":\"*\"}}".to_vec(), 400, "invalid_metadata"),
+        ("PUT", "/v1/records/users/u1".into(), b"{\"__metadata\":{\"colour\":1}}".to_vec(), 400, "invalid_metadata"),
+        ("PUT", "/v1/records/users/u1".into(), b"{\"__metadata\":{\"regions\":[\"Mars 1\"]}}".to_vec(), 400, "invalid_metadata"),
+        ("POST", "/v1/records/users".into(), deep.into_bytes(), 400, "too_deep"),
+        ("POST", "/v1/records/users".into(), very_deep.into_bytes(), 400, "too_deep"),
+        ("POST", "/v1/records/users".into(), big.into_bytes(), 413, "record_too_large"),
+        ("POST", "/v1/records/users".into(), huge.into_bytes(), 413, "body_too_large"),
+        ("POST", "/v1/batch".into(), json!({"items": (0..6).map(|i| json!({"topic":"t","record":{"id":format!("i{i}")}})).collect::<Vec<_>>()}).to_string().into_bytes(), 413, "batch_too_large"),
+        // One bad item refuses the whole batch: batches are atomic.
+        ("POST", "/v1/batch".into(), json!({"items": [{"topic":"t","record":{"id":"ok"}}, {"topic":"t","record":[1]}]}).to_string().into_bytes(), 400, "not_an_object"),
+        ("POST", "/v1/batch".into(), json!({"items": [{"topic":"t","op":"delete"}]}).to_string().into_bytes(), 400, "missing_id"),
+        ("POST", "/v1/batch".into(), b"{\"items\":[{\"topic\":\"t\",\"oops\":1}]}".to_vec(), 400, "invalid_json"),
+        ("GET", "/v1/records/users/nope".into(), vec![], 404, "not_found"),
+        ("GET", "/v1/nowhere".into(), vec![], 404, "not_found"),
+        ("PUT", "/v1/admin/links/eu-central".into(), b"{}".to_vec(), 409, "links_disabled"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (got_status, got) = raw(&node, method, &path, body).await?;
+        assert_eq!((got_status, got["error"]["code"].as_str().unwrap_or("")), (status, code), "{method} {path}: {got}");
+        assert!(!got["error"]["message"].as_str().unwrap_or("").is_empty());
+    }
+    // Nothing was stored, and the node still serves.
+    let status = client.status().await?;
+    assert!(status.applied.is_empty(), "no change was committed: {:?}", status.applied);
+    assert!(client.list_all("users", true).await?.is_empty());
+    assert!(client.list_all("t", true).await?.is_empty());
+    assert_eq!(client.health().await?.status, "ok");
+    let ok = client.publish("users", &json!({"id": "u001", "name": "Kaito"})).await?;
+    assert_eq!(ok.token.seq, 1);
+    node.shutdown();
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleted_records_answer_with_their_own_code_and_list_as_tombstones() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (node, client) = node(dir.path(), "").await?;
+    client.put("users/u1", &json!({"n": 1})).await?;
+    let deleted = client.delete("users/u1").await?;
+    assert!(deleted.deleted);
+    let (status, body) = raw(&node, "GET", "/v1/records/users/u1", vec![]).await?;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("deleted")));
+    assert!(client.list_all("users", false).await?.is_empty());
+    assert_eq!(client.list_all("users", true).await?, vec![deleted]);
+    node.shutdown();
+    Ok(())
+}
+
+#[tokio::test]
+async fn api_keys_when_configured_are_required() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (node, client) = node(dir.path(), "api_keys: [\"k-1\"]\n").await?;
+    client.publish("users", &json!({"id": "u1"})).await?;
+    let anonymous = mrr_client::connect(&format!("http://{}", node.api_addr), None)?;
+    match anonymous.query("users/u1").await {
+        Err(ClientError::Api { status: 401, code: ErrorCode::Unauthorized, .. }) => {}
+        other => panic!("expected 401 unauthorized, got {other:?}"),
+    }
+    assert_eq!(anonymous.health().await?.status, "ok", "health stays open for probes");
+    node.shutdown();
+    Ok(())
+}
+
+#[tokio::test]
+async fn openapi_document_lists_the_verbs() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (node, _client) = node(dir.path(), "").await?;
+    let (status, doc) = raw(&node, "GET", "/openapi.json", vec![]).await?;
+    assert_eq!(status, 200);
+    for path in ["/v1/records/{topic}", "/v1/records/{topic}/{id}", "/v1/batch", "/health", "/v1/admin/links/{peer}"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} documented");
+    }
+    node.shutdown();
+    Ok(())
+}
