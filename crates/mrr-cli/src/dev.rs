@@ -48,7 +48,10 @@ impl DevCluster {
         };
         let top = u32::from(base_port) + 10 * (names.len() as u32) + 1;
         if top > u32::from(u16::MAX) {
-            bail!("--base-port {base_port} leaves no room for {} regions (region k uses P+10k and P+10k+1)", names.len());
+            bail!(
+                "--base-port {base_port} leaves no room for {} regions (region k uses P+10k and P+10k+1)",
+                names.len()
+            );
         }
         let regions = names
             .into_iter()
@@ -89,12 +92,18 @@ impl DevCluster {
             peer = me.peer_port,
         ));
         for r in &self.regions {
-            s.push_str(&format!("  - name: {}\n    endpoint: http://127.0.0.1:{}\n    api: http://127.0.0.1:{}\n", r.name, r.peer_port, r.api_port));
+            s.push_str(&format!(
+                "  - name: {}\n    endpoint: http://127.0.0.1:{}\n    api: http://127.0.0.1:{}\n",
+                r.name, r.peer_port, r.api_port
+            ));
             if r.coordinator {
                 s.push_str("    role: coordinator\n");
             }
         }
-        s.push_str(&format!("replication_rules:\n  default_ttl: {}\n  conflict_strategy: {}\n", self.default_ttl, self.conflict_strategy));
+        s.push_str(&format!(
+            "replication_rules:\n  default_ttl: {}\n  conflict_strategy: {}\n",
+            self.default_ttl, self.conflict_strategy
+        ));
         s.push_str("# Emulated WAN: one-way delay from this region to each peer.\nlinks:\n");
         for r in self.regions.iter().filter(|r| r.name != me.name) {
             s.push_str(&format!("  {}: {{ delay_ms: {}, jitter_ms: 0 }}\n", r.name, delay_ms(&me.name, &r.name)));
@@ -107,7 +116,8 @@ impl DevCluster {
         (0..self.regions.len())
             .map(|k| {
                 let path = dir.join(format!("{}.yaml", self.regions[k].name));
-                let config = Config::parse(&path, &self.config_text(k)).with_context(|| "generated config is invalid (a bug in mrr dev)")?;
+                let config = Config::parse(&path, &self.config_text(k))
+                    .with_context(|| "generated config is invalid (a bug in mrr dev)")?;
                 Ok((path, config))
             })
             .collect()

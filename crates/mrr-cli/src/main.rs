@@ -80,7 +80,11 @@ enum Command {
 
 fn init_logging(debug: bool) {
     // The storage engine's own progress lines are noise to an operator.
-    let default = if debug { "info,fjall=warn,lsm_tree=warn,mrr_replication=debug,mrr_server=debug,mrr_writer=debug" } else { "info,fjall=warn,lsm_tree=warn" };
+    let default = if debug {
+        "info,fjall=warn,lsm_tree=warn,mrr_replication=debug,mrr_server=debug,mrr_writer=debug"
+    } else {
+        "info,fjall=warn,lsm_tree=warn"
+    };
     let filter = EnvFilter::try_from_env("MRR_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
 }
@@ -106,7 +110,9 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(config).await,
-        Command::Dev { base_port, data_dir, config, write_configs } => dev_cluster(base_port, data_dir, config, write_configs).await,
+        Command::Dev { base_port, data_dir, config, write_configs } => {
+            dev_cluster(base_port, data_dir, config, write_configs).await
+        }
         Command::Put { path, json, target } => {
             let record: serde_json::Value = serde_json::from_str(&json).context("the record is not valid JSON")?;
             let out = client(&target)?.put(&path, &record).await?;
@@ -150,14 +156,22 @@ async fn wait_for_signal() {
     }
 }
 
-async fn dev_cluster(base_port: u16, data_dir: Option<PathBuf>, from: Option<PathBuf>, write_configs: Option<PathBuf>) -> anyhow::Result<()> {
+async fn dev_cluster(
+    base_port: u16,
+    data_dir: Option<PathBuf>,
+    from: Option<PathBuf>,
+    write_configs: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let from = from.map(|p| Config::load(&p)).transpose()?;
     // The temporary directory lives as long as the cluster runs, and is removed after.
     let temp;
     let data_dir = match data_dir {
         Some(d) => d,
         None => {
-            temp = tempfile::Builder::new().prefix("mrr-dev-").tempdir().context("cannot create a temporary data directory")?;
+            temp = tempfile::Builder::new()
+                .prefix("mrr-dev-")
+                .tempdir()
+                .context("cannot create a temporary data directory")?;
             temp.path().to_owned()
         }
     };
@@ -166,7 +180,8 @@ async fn dev_cluster(base_port: u16, data_dir: Option<PathBuf>, from: Option<Pat
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for (k, r) in cluster.regions.iter().enumerate() {
             let path = dir.join(format!("{}.yaml", r.name));
-            std::fs::write(&path, cluster.config_text(k)).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, cluster.config_text(k))
+                .with_context(|| format!("cannot write {}", path.display()))?;
             println!("{}", path.display());
         }
         // Parse back what was written: a config `mrr serve` would refuse is never left behind.
@@ -208,7 +223,18 @@ async fn status(target: &Target) -> anyhow::Result<()> {
     println!("applied {}  storage {} bytes", applied.join(" "), s.storage_bytes);
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(["region", "to peer", "from peer", "rtt ms", "skew ms", "lag ms (last)", "backlog", "sent", "received", "last error"]);
+    table.set_header([
+        "region",
+        "to peer",
+        "from peer",
+        "rtt ms",
+        "skew ms",
+        "lag ms (last)",
+        "backlog",
+        "sent",
+        "received",
+        "last error",
+    ]);
     for p in &s.peers {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         table.add_row([

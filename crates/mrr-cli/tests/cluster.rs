@@ -18,21 +18,27 @@ async fn a_write_in_one_region_is_readable_in_the_other_two() -> anyhow::Result<
     let cluster = Cluster::start().await?;
     let tokyo = &cluster.clients[0];
     let written = tokyo
-        .publish("users", &json!({"id": "u001", "name": "Kaito", "__metadata": {"regions": ["*"], "syncFlags": ["IMPORTANT"]}}))
+        .publish(
+            "users",
+            &json!({"id": "u001", "name": "Kaito", "__metadata": {"regions": ["*"], "syncFlags": ["IMPORTANT"]}}),
+        )
         .await?;
     assert_eq!(written.origin_region, "ap-northeast");
     assert_eq!(written.token.seq, 1);
-    for k in 1..3 {
-        let c = &cluster.clients[k];
-        let got = wait_for(&format!("u001 in {}", REGIONS[k]), CONVERGE, || async { Ok(c.query("users/u001").await?) }).await?;
-        assert_eq!(got, written, "{} holds exactly what Tokyo wrote", REGIONS[k]);
+    for (c, region) in cluster.clients.iter().zip(REGIONS).skip(1) {
+        let got = wait_for(&format!("u001 in {region}"), CONVERGE, || async { Ok(c.query("users/u001").await?) })
+            .await?;
+        assert_eq!(got, written, "{region} holds exactly what Tokyo wrote");
         assert_eq!(got.value, json!({"id": "u001", "name": "Kaito"}));
         assert_eq!(got.metadata.sync_flags, ["IMPORTANT"]);
     }
     // A delete replicates as a tombstone.
     cluster.clients[1].delete("users/u001").await?;
     for c in &cluster.clients {
-        wait_for("delete to replicate", CONVERGE, || async { Ok(c.query("users/u001").await?.is_none().then_some(())) }).await?;
+        wait_for("delete to replicate", CONVERGE, || async {
+            Ok(c.query("users/u001").await?.is_none().then_some(()))
+        })
+        .await?;
     }
     let logs = cluster.log(0);
     assert!(logs.contains("Region handshake completed"), "handshake logged:\n{logs}");
@@ -41,7 +47,14 @@ async fn a_write_in_one_region_is_readable_in_the_other_two() -> anyhow::Result<
 
 /// Writes `count` puts to a region, `concurrency` at a time, over `keys` keys; returns every
 /// acknowledged result.
-async fn hammer(client: Client, region: &'static str, topic: &'static str, keys: usize, count: usize, concurrency: usize) -> Vec<RecordEnvelope> {
+async fn hammer(
+    client: Client,
+    region: &'static str,
+    topic: &'static str,
+    keys: usize,
+    count: usize,
+    concurrency: usize,
+) -> Vec<RecordEnvelope> {
     let client = Arc::new(client);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut set = JoinSet::new();
@@ -88,7 +101,9 @@ async fn concurrent_conflicting_writes_from_all_regions_converge_to_the_newest_v
     let mut newest: BTreeMap<String, RecordEnvelope> = BTreeMap::new();
     for r in acked {
         let e = newest.entry(r.id.clone()).or_insert_with(|| r.clone());
-        if (r.version.wall_ms, r.version.logical, &r.version.region) > (e.version.wall_ms, e.version.logical, &e.version.region) {
+        if (r.version.wall_ms, r.version.logical, &r.version.region)
+            > (e.version.wall_ms, e.version.logical, &e.version.region)
+        {
             *e = r;
         }
     }
@@ -120,7 +135,9 @@ async fn a_region_killed_mid_stream_catches_up_without_losing_acknowledged_write
     // Kill eu-central once it has taken some writes of its own and some from its peers.
     wait_for("eu-central mid-stream", CONVERGE, || async {
         let s = cluster.clients[2].status().await?;
-        Ok((s.applied.get("eu-central").copied().unwrap_or(0) >= 50 && s.applied.get("ap-northeast").copied().unwrap_or(0) >= 50).then_some(()))
+        Ok((s.applied.get("eu-central").copied().unwrap_or(0) >= 50
+            && s.applied.get("ap-northeast").copied().unwrap_or(0) >= 50)
+            .then_some(()))
     })
     .await?;
     cluster.kill9(2)?;
@@ -136,7 +153,7 @@ async fn a_region_killed_mid_stream_catches_up_without_losing_acknowledged_write
         acked.extend(w.await?);
     }
     let eu_acked = acked.iter().filter(|r| r.origin_region == "eu-central").count();
-    assert!(eu_acked >= 50 && eu_acked < 400, "eu-central acknowledged {eu_acked} writes before it was killed");
+    assert!((50..400).contains(&eu_acked), "eu-central acknowledged {eu_acked} writes before it was killed");
     let state = by_id(&cluster.converged("orders", CONVERGE).await?);
     for r in &acked {
         assert_eq!(state.get(&r.id), Some(r), "acknowledged write {} present everywhere", r.id);
@@ -185,7 +202,10 @@ async fn a_third_region_relays_across_a_broken_pair() -> anyhow::Result<()> {
     .await?;
     let written = cluster.clients[0].publish("users", &json!({"id": "relayed", "v": 1})).await?;
     let c = &cluster.clients[1];
-    let got = wait_for("the write to reach us-west through eu-central", CONVERGE, || async { Ok(c.query("users/relayed").await?) }).await?;
+    let got = wait_for("the write to reach us-west through eu-central", CONVERGE, || async {
+        Ok(c.query("users/relayed").await?)
+    })
+    .await?;
     assert_eq!(got, written);
     let direct = c.status().await?.peers.into_iter().find(|p| p.region == "ap-northeast").map(|p| p.changes_received);
     assert_eq!(direct, Some(0), "nothing came over the partitioned link");

@@ -86,7 +86,13 @@ impl Client {
     }
 
     /// One page of a topic, in id order.
-    pub async fn list(&self, topic: &str, after: Option<&str>, limit: usize, include_deleted: bool) -> Result<RecordList> {
+    pub async fn list(
+        &self,
+        topic: &str,
+        after: Option<&str>,
+        limit: usize,
+        include_deleted: bool,
+    ) -> Result<RecordList> {
         let mut query = vec![("limit", limit.to_string()), ("include_deleted", include_deleted.to_string())];
         if let Some(a) = after {
             query.push(("after", a.to_owned()));
@@ -135,11 +141,19 @@ impl Client {
         let url = response.url().to_string();
         let body = response.bytes().await.map_err(|source| ClientError::Http { url: url.clone(), source })?;
         if status.is_success() {
-            return serde_json::from_slice(&body).map_err(|e| ClientError::Unexpected { url, status: status.as_u16(), body: format!("{e}: {}", String::from_utf8_lossy(&body)) });
+            return serde_json::from_slice(&body).map_err(|e| ClientError::Unexpected {
+                url,
+                status: status.as_u16(),
+                body: format!("{e}: {}", String::from_utf8_lossy(&body)),
+            });
         }
         match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(e) => Err(ClientError::Api { status: status.as_u16(), code: e.error.code, message: e.error.message }),
-            Err(_) => Err(ClientError::Unexpected { url, status: status.as_u16(), body: String::from_utf8_lossy(&body).into_owned() }),
+            Err(_) => Err(ClientError::Unexpected {
+                url,
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            }),
         }
     }
 }

@@ -41,9 +41,7 @@ pub fn validate_topic(topic: &str) -> Result<(), NameError> {
     let ok = !topic.is_empty()
         && topic.len() <= TOPIC_LEN_MAX
         && topic.as_bytes()[0].is_ascii_lowercase()
-        && topic
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        && topic.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -54,9 +52,7 @@ pub fn validate_topic(topic: &str) -> Result<(), NameError> {
 pub fn validate_id(id: &str) -> Result<(), NameError> {
     let ok = !id.is_empty()
         && id.len() <= ID_LEN_MAX
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'));
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'));
     if ok {
         Ok(())
     } else {

@@ -38,9 +38,7 @@ impl RegionName {
         let valid = !name.is_empty()
             && name.len() <= Self::LEN_MAX
             && name.as_bytes()[0].is_ascii_lowercase()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if valid {
             Ok(Self(name))
         } else {

@@ -87,11 +87,7 @@ impl OutboundSession {
 
     /// Changes the peer still needs from this session, sent or not.
     pub fn backlog_changes(&self, local_vv: &VersionVector) -> u64 {
-        local_vv
-            .iter()
-            .filter(|(o, _)| self.carries(o))
-            .map(|(o, s)| s.saturating_sub(self.acked.get(o)))
-            .sum()
+        local_vv.iter().filter(|(o, _)| self.carries(o)).map(|(o, s)| s.saturating_sub(self.acked.get(o))).sum()
     }
 
     /// The next read to make, or `None` when there is nothing to send or the window is full.
@@ -110,9 +106,7 @@ impl OutboundSession {
             (pending > 0).then(|| ReadRequest {
                 origin: origin.clone(),
                 after_seq,
-                limit: usize::try_from(pending.min(window))
-                    .unwrap_or(usize::MAX)
-                    .min(self.limits.batch_changes_max),
+                limit: usize::try_from(pending.min(window)).unwrap_or(usize::MAX).min(self.limits.batch_changes_max),
             })
         })
     }
@@ -141,7 +135,9 @@ pub enum Incoming {
     Apply,
     Duplicate,
     /// Protocol violation: the stream skipped changes.
-    Gap { expected: u64 },
+    Gap {
+        expected: u64,
+    },
     /// Protocol violation: a peer sent this node its own change.
     Loop,
 }

@@ -33,9 +33,18 @@ pub enum HandshakeError {
     Malformed(String),
 }
 
-fn proof(secret: &str, role: &[u8], dialer_nonce: &[u8], acceptor_nonce: &[u8], cluster: &str, dialer: &str, acceptor: &str) -> HmacSha256 {
+fn proof(
+    secret: &str,
+    role: &[u8],
+    dialer_nonce: &[u8],
+    acceptor_nonce: &[u8],
+    cluster: &str,
+    dialer: &str,
+    acceptor: &str,
+) -> HmacSha256 {
     // HMAC accepts keys of any length.
-    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!("hmac key of any length"));
+    let mut mac =
+        HmacSha256::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!("hmac key of any length"));
     for part in [role, dialer_nonce, acceptor_nonce, cluster.as_bytes(), dialer.as_bytes(), acceptor.as_bytes()] {
         // Length-prefix each part so that no two different tuples hash alike.
         mac.update(&(part.len() as u64).to_be_bytes());
@@ -82,14 +91,34 @@ impl Dialer {
         received_ms: u64,
     ) -> Result<(proto::Auth, Established), HandshakeError> {
         if welcome.region != self.peer.as_str() {
-            return Err(HandshakeError::UnexpectedRegion { expected: self.peer.to_string(), theirs: welcome.region.clone() });
+            return Err(HandshakeError::UnexpectedRegion {
+                expected: self.peer.to_string(),
+                theirs: welcome.region.clone(),
+            });
         }
-        let expected = proof(&self.secret, b"mrr-acceptor", &self.nonce, &welcome.nonce, &self.cluster, self.local.as_str(), self.peer.as_str());
+        let expected = proof(
+            &self.secret,
+            b"mrr-acceptor",
+            &self.nonce,
+            &welcome.nonce,
+            &self.cluster,
+            self.local.as_str(),
+            self.peer.as_str(),
+        );
         expected.verify_slice(&welcome.proof).map_err(|_| HandshakeError::BadProof(self.peer.to_string()))?;
-        let auth = proof(&self.secret, b"mrr-dialer", &self.nonce, &welcome.nonce, &self.cluster, self.local.as_str(), self.peer.as_str());
+        let auth = proof(
+            &self.secret,
+            b"mrr-dialer",
+            &self.nonce,
+            &welcome.nonce,
+            &self.cluster,
+            self.local.as_str(),
+            self.peer.as_str(),
+        );
         let rtt_ms = received_ms.saturating_sub(sent_ms);
         let midpoint_ms = sent_ms + rtt_ms / 2;
-        let skew_ms = i64::try_from(welcome.wall_ms).unwrap_or(i64::MAX) - i64::try_from(midpoint_ms).unwrap_or(i64::MAX);
+        let skew_ms =
+            i64::try_from(welcome.wall_ms).unwrap_or(i64::MAX) - i64::try_from(midpoint_ms).unwrap_or(i64::MAX);
         Ok((proto::Auth { proof: auth.finalize().into_bytes().to_vec() }, Established { rtt_ms, skew_ms }))
     }
 }
@@ -111,7 +140,11 @@ pub struct Greeted {
 }
 
 impl Acceptor {
-    pub fn on_hello(&self, hello: &proto::Hello, known: impl Fn(&RegionName) -> bool) -> Result<Greeted, HandshakeError> {
+    pub fn on_hello(
+        &self,
+        hello: &proto::Hello,
+        known: impl Fn(&RegionName) -> bool,
+    ) -> Result<Greeted, HandshakeError> {
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(HandshakeError::ProtocolMismatch { ours: PROTOCOL_VERSION, theirs: hello.protocol_version });
         }
@@ -119,7 +152,10 @@ impl Acceptor {
             return Err(HandshakeError::ClusterMismatch { ours: self.cluster.clone(), theirs: hello.cluster.clone() });
         }
         if hello.target_region != self.local.as_str() {
-            return Err(HandshakeError::UnexpectedRegion { expected: hello.target_region.clone(), theirs: self.local.to_string() });
+            return Err(HandshakeError::UnexpectedRegion {
+                expected: hello.target_region.clone(),
+                theirs: self.local.to_string(),
+            });
         }
         let peer = RegionName::new(hello.region.clone()).map_err(|e| HandshakeError::Malformed(e.to_string()))?;
         if peer == self.local || !known(&peer) {
@@ -133,16 +169,32 @@ impl Acceptor {
 
     /// The Welcome's proof for a greeted dialer.
     pub fn proof(&self, greeted: &Greeted) -> Vec<u8> {
-        proof(&self.secret, b"mrr-acceptor", &greeted.dialer_nonce, &self.nonce, &self.cluster, greeted.peer.as_str(), self.local.as_str())
-            .finalize()
-            .into_bytes()
-            .to_vec()
+        proof(
+            &self.secret,
+            b"mrr-acceptor",
+            &greeted.dialer_nonce,
+            &self.nonce,
+            &self.cluster,
+            greeted.peer.as_str(),
+            self.local.as_str(),
+        )
+        .finalize()
+        .into_bytes()
+        .to_vec()
     }
 
     pub fn on_auth(&self, greeted: &Greeted, auth: &proto::Auth) -> Result<(), HandshakeError> {
-        proof(&self.secret, b"mrr-dialer", &greeted.dialer_nonce, &self.nonce, &self.cluster, greeted.peer.as_str(), self.local.as_str())
-            .verify_slice(&auth.proof)
-            .map_err(|_| HandshakeError::BadProof(greeted.peer.to_string()))
+        proof(
+            &self.secret,
+            b"mrr-dialer",
+            &greeted.dialer_nonce,
+            &self.nonce,
+            &self.cluster,
+            greeted.peer.as_str(),
+            self.local.as_str(),
+        )
+        .verify_slice(&auth.proof)
+        .map_err(|_| HandshakeError::BadProof(greeted.peer.to_string()))
     }
 }
 
@@ -156,13 +208,31 @@ mod tests {
 
     fn pair(dialer_secret: &str, acceptor_secret: &str) -> (Dialer, Acceptor) {
         (
-            Dialer { cluster: "demo".into(), local: r("us-west"), peer: r("eu-central"), secret: dialer_secret.into(), nonce: [1; NONCE_LEN] },
-            Acceptor { cluster: "demo".into(), local: r("eu-central"), secret: acceptor_secret.into(), nonce: [2; NONCE_LEN] },
+            Dialer {
+                cluster: "demo".into(),
+                local: r("us-west"),
+                peer: r("eu-central"),
+                secret: dialer_secret.into(),
+                nonce: [1; NONCE_LEN],
+            },
+            Acceptor {
+                cluster: "demo".into(),
+                local: r("eu-central"),
+                secret: acceptor_secret.into(),
+                nonce: [2; NONCE_LEN],
+            },
         )
     }
 
     fn welcome(a: &Acceptor, g: &Greeted, wall_ms: u64) -> proto::Welcome {
-        proto::Welcome { region: a.local.to_string(), nonce: a.nonce.to_vec(), proof: a.proof(g), wall_ms, applied: vec![], direct_origins: vec![] }
+        proto::Welcome {
+            region: a.local.to_string(),
+            nonce: a.nonce.to_vec(),
+            proof: a.proof(g),
+            wall_ms,
+            applied: vec![],
+            direct_origins: vec![],
+        }
     }
 
     #[test]
@@ -179,7 +249,10 @@ mod tests {
     fn wrong_secret_is_refused_on_both_sides() {
         let (d, a) = pair("right", "wrong");
         let g = a.on_hello(&d.hello(0), |_| true).expect("hello carries no secret");
-        assert_eq!(d.on_welcome(&welcome(&a, &g, 0), 0, 0).expect_err("dialer refuses"), HandshakeError::BadProof("eu-central".into()));
+        assert_eq!(
+            d.on_welcome(&welcome(&a, &g, 0), 0, 0).expect_err("dialer refuses"),
+            HandshakeError::BadProof("eu-central".into())
+        );
         let forged = proto::Auth { proof: vec![0; 32] };
         assert!(matches!(a.on_auth(&g, &forged), Err(HandshakeError::BadProof(_))));
     }

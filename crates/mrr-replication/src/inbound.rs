@@ -27,11 +27,8 @@ const APPLY_CHANGES_MAX: usize = 8_192;
 pub(crate) async fn serve(ctx: Context, listener: TcpListener) {
     let svc = PeerServer::new(Service { ctx: ctx.clone() }).max_decoding_message_size(64 * 1024 * 1024);
     let incoming = TcpListenerStream::new(listener);
-    if let Err(e) = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(svc)
-        .serve_with_incoming(incoming)
-        .await
+    if let Err(e) =
+        tonic::transport::Server::builder().tcp_nodelay(true).add_service(svc).serve_with_incoming(incoming).await
     {
         tracing::error!(error = %e, "peer listener stopped");
     }
@@ -46,7 +43,9 @@ type ToDialerStream = Pin<Box<dyn Stream<Item = Result<proto::ToDialer, Status>>
 fn handshake_status(e: HandshakeError) -> Status {
     match e {
         HandshakeError::BadProof(_) => Status::unauthenticated(e.to_string()),
-        HandshakeError::ProtocolMismatch { .. } | HandshakeError::ClusterMismatch { .. } => Status::failed_precondition(e.to_string()),
+        HandshakeError::ProtocolMismatch { .. } | HandshakeError::ClusterMismatch { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
         _ => Status::invalid_argument(e.to_string()),
     }
 }
@@ -55,7 +54,10 @@ fn handshake_status(e: HandshakeError) -> Status {
 impl proto::peer_server::Peer for Service {
     type ReplicateStream = ToDialerStream;
 
-    async fn replicate(&self, request: Request<Streaming<proto::ToAcceptor>>) -> Result<Response<Self::ReplicateStream>, Status> {
+    async fn replicate(
+        &self,
+        request: Request<Streaming<proto::ToAcceptor>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
         let ctx = self.ctx.clone();
         let mut stream = request.into_inner();
         let cfg = &ctx.config;
@@ -215,7 +217,9 @@ fn collect(msg: to_acceptor::Msg, changes: &mut Vec<mrr_core::Change>) -> Result
             Ok(())
         }
         to_acceptor::Msg::Heartbeat(_) => Ok(()),
-        to_acceptor::Msg::Hello(_) | to_acceptor::Msg::Auth(_) => Err(Status::invalid_argument("handshake message after the handshake")),
+        to_acceptor::Msg::Hello(_) | to_acceptor::Msg::Auth(_) => {
+            Err(Status::invalid_argument("handshake message after the handshake"))
+        }
     }
 }
 

@@ -102,7 +102,8 @@ impl Replicator {
     ) -> Result<Self, StartError> {
         let status = StatusBoard::new(&config.local, config.peers.iter().map(|p| (&p.region, p.endpoint.as_str())));
         let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Listen { addr: listen, source })?;
-        let ctx = Context { config: Arc::new(config), store, writer, clock, links: links.clone(), status: status.clone() };
+        let ctx =
+            Context { config: Arc::new(config), store, writer, clock, links: links.clone(), status: status.clone() };
         // Every log line of this node's sessions names the node's region (several nodes share a
         // process under `mrr dev`).
         let span = tracing::info_span!("node", region = %ctx.config.local);

@@ -136,7 +136,8 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     }
     tracing::info!(peer = %peer.region, rtt_ms = est.rtt_ms, skew_ms = est.skew_ms, resume_from = ?vv_map(&peer_vv), "Region handshake completed");
 
-    let mut session = OutboundSession::new(cfg.local.clone(), peer.region.clone(), peer_vv, peer_direct, cfg.limits.clone());
+    let mut session =
+        OutboundSession::new(cfg.local.clone(), peer.region.clone(), peer_vv, peer_direct, cfg.limits.clone());
     let mut applied = ctx.writer.applied();
     ctx.status.update(&peer.region, |s| {
         s.outbound = state::CONNECTED.into();
@@ -213,7 +214,8 @@ async fn pump(
             tracing::error!(origin = %read.origin, after_seq = read.after_seq, first_seq, "changelog has a hole");
             return Err(SessionEnd::Closed);
         }
-        let batch = proto::Batch { changes: changes.iter().map(wire::change_to_wire).collect(), wall_ms: ctx.clock.now_ms() };
+        let batch =
+            proto::Batch { changes: changes.iter().map(wire::change_to_wire).collect(), wall_ms: ctx.clock.now_ms() };
         send(link, to_acceptor::Msg::Batch(batch)).await?;
         session.on_sent(&read.origin, first_seq, last_seq);
         let n = changes.len() as u64;

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use mrr_core::{RegionName, VersionVector};
 pub use mrr_api::PeerStatus;
+use mrr_core::{RegionName, VersionVector};
 
 /// States of our stream to a peer, as shown in [`PeerStatus::outbound`].
 pub mod state {
@@ -24,7 +24,17 @@ impl StatusBoard {
     pub fn new<'a>(local: &RegionName, peers: impl Iterator<Item = (&'a RegionName, &'a str)>) -> Self {
         let map = peers
             .filter(|(r, _)| *r != local)
-            .map(|(r, e)| (r.clone(), PeerStatus { region: r.to_string(), endpoint: e.to_owned(), outbound: state::CONNECTING.into(), ..Default::default() }))
+            .map(|(r, e)| {
+                (
+                    r.clone(),
+                    PeerStatus {
+                        region: r.to_string(),
+                        endpoint: e.to_owned(),
+                        outbound: state::CONNECTING.into(),
+                        ..Default::default()
+                    },
+                )
+            })
             .collect();
         Self { inner: Arc::new(Mutex::new(map)) }
     }

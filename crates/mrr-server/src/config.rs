@@ -138,13 +138,23 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { body_bytes_max: d_body(), record_bytes_max: d_record(), batch_records_max: d_batch(), json_depth_max: d_depth() }
+        Self {
+            body_bytes_max: d_body(),
+            record_bytes_max: d_record(),
+            batch_records_max: d_batch(),
+            json_depth_max: d_depth(),
+        }
     }
 }
 
 impl From<&LimitsConfig> for Limits {
     fn from(l: &LimitsConfig) -> Self {
-        Limits { body_bytes_max: l.body_bytes_max, record_bytes_max: l.record_bytes_max, batch_records_max: l.batch_records_max, json_depth_max: l.json_depth_max }
+        Limits {
+            body_bytes_max: l.body_bytes_max,
+            record_bytes_max: l.record_bytes_max,
+            batch_records_max: l.batch_records_max,
+            json_depth_max: l.json_depth_max,
+        }
     }
 }
 
@@ -176,8 +186,9 @@ mod duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write it like 500ms, 2s or 1m")))
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write it like 500ms, 2s or 1m"))
+        })
     }
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -198,7 +209,8 @@ pub enum ConfigError {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(path, &text)
     }
 
@@ -224,7 +236,11 @@ impl Config {
             return Err(invalid("cluster:", "cluster is empty".into(), "name the cluster, e.g. `cluster: shop-prod`"));
         }
         if self.secret.len() < 16 {
-            return Err(invalid("secret:", "secret is shorter than 16 characters".into(), "use a long random string, the same on every node (e.g. `openssl rand -hex 32`)"));
+            return Err(invalid(
+                "secret:",
+                "secret is shorter than 16 characters".into(),
+                "use a long random string, the same on every node (e.g. `openssl rand -hex 32`)",
+            ));
         }
         if self.regions.is_empty() {
             return Err(invalid("regions:", "no regions".into(), "list every region of the cluster under `regions:`"));
@@ -232,26 +248,55 @@ impl Config {
         let mut seen = std::collections::BTreeSet::new();
         for r in &self.regions {
             if !seen.insert(&r.name) {
-                return Err(invalid(&format!("name: {}", r.name), format!("region {} is listed twice", r.name), "each region appears once"));
+                return Err(invalid(
+                    &format!("name: {}", r.name),
+                    format!("region {} is listed twice", r.name),
+                    "each region appears once",
+                ));
             }
-            validate_endpoint(&r.endpoint).map_err(|m| invalid(&format!("endpoint: {}", r.endpoint), m, "write endpoints as http://host:port (port defaults to 7801)"))?;
+            validate_endpoint(&r.endpoint).map_err(|m| {
+                invalid(
+                    &format!("endpoint: {}", r.endpoint),
+                    m,
+                    "write endpoints as http://host:port (port defaults to 7801)",
+                )
+            })?;
         }
         if !seen.contains(&self.region) {
-            return Err(invalid("region:", format!("region {} is not in `regions`", self.region), "set `region` to the name of this node's entry in `regions`"));
+            return Err(invalid(
+                "region:",
+                format!("region {} is not in `regions`", self.region),
+                "set `region` to the name of this node's entry in `regions`",
+            ));
         }
         let coordinators = self.regions.iter().filter(|r| r.role == Some(Role::Coordinator)).count();
         if coordinators > 1 {
-            return Err(invalid("role: coordinator", "more than one region has role: coordinator".into(), "mark exactly one region as the initial coordinator"));
+            return Err(invalid(
+                "role: coordinator",
+                "more than one region has role: coordinator".into(),
+                "mark exactly one region as the initial coordinator",
+            ));
         }
         if let Some(links) = &self.links {
             for peer in links.keys() {
                 if peer == &self.region || !seen.contains(peer) {
-                    return Err(invalid("links:", format!("link to {peer}, which is not a peer of {}", self.region), "list links only to the other regions"));
+                    return Err(invalid(
+                        "links:",
+                        format!("link to {peer}, which is not a peer of {}", self.region),
+                        "list links only to the other regions",
+                    ));
                 }
             }
         }
-        if self.limits.body_bytes_max < self.limits.record_bytes_max || self.limits.batch_records_max == 0 || self.limits.json_depth_max == 0 {
-            return Err(invalid("limits:", "limits are inconsistent".into(), "body_bytes_max must be >= record_bytes_max; batch_records_max and json_depth_max must be positive"));
+        if self.limits.body_bytes_max < self.limits.record_bytes_max
+            || self.limits.batch_records_max == 0
+            || self.limits.json_depth_max == 0
+        {
+            return Err(invalid(
+                "limits:",
+                "limits are inconsistent".into(),
+                "body_bytes_max must be >= record_bytes_max; batch_records_max and json_depth_max must be positive",
+            ));
         }
         Ok(())
     }
@@ -279,7 +324,9 @@ pub fn peer_url(endpoint: &str) -> String {
 fn validate_endpoint(endpoint: &str) -> Result<(), String> {
     match endpoint.split_once("://") {
         Some(("http", rest)) if !rest.is_empty() => Ok(()),
-        Some(("https", _)) => Err(format!("endpoint {endpoint}: TLS between peers is not built yet, so https:// cannot be dialed")),
+        Some(("https", _)) => {
+            Err(format!("endpoint {endpoint}: TLS between peers is not built yet, so https:// cannot be dialed"))
+        }
         _ => Err(format!("endpoint {endpoint:?} is not an http:// URL")),
     }
 }
@@ -359,7 +406,9 @@ replication_rules:
     fn bad_values_are_refused_with_their_line() {
         let err = parse(&GOOD.replace("500ms", "soon")).expect_err("bad duration").to_string();
         assert!(err.starts_with("mrr-config.yaml:13:16: invalid duration") && err.contains("500ms"), "{err}");
-        let err = parse(&GOOD.replace("conflict_strategy: timestamp", "conflict_strategy: newest")).expect_err("bad enum").to_string();
+        let err = parse(&GOOD.replace("conflict_strategy: timestamp", "conflict_strategy: newest"))
+            .expect_err("bad enum")
+            .to_string();
         assert!(err.starts_with("mrr-config.yaml:14:") && err.contains("newest"), "{err}");
         let err = parse(&GOOD.replace("name: eu-central", "name: EU")).expect_err("bad region").to_string();
         assert!(err.starts_with("mrr-config.yaml:10:"), "{err}");
@@ -371,7 +420,8 @@ replication_rules:
         assert!(err.contains("mrr-config.yaml:2:") && err.contains("sa-east"), "{err}");
         let err = parse(&GOOD.replace("0123456789abcdef0123", "short")).expect_err("short secret").to_string();
         assert!(err.contains("mrr-config.yaml:3:"), "{err}");
-        let err = parse(&GOOD.replace("http://127.0.0.1:7821", "https://frankfurt-node.mrr")).expect_err("tls").to_string();
+        let err =
+            parse(&GOOD.replace("http://127.0.0.1:7821", "https://frankfurt-node.mrr")).expect_err("tls").to_string();
         assert!(err.contains("TLS"), "{err}");
         let twice = GOOD.replace("name: eu-central", "name: us-west");
         assert!(parse(&twice).expect_err("duplicate").to_string().contains("listed twice"));

@@ -16,8 +16,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use mrr_api::{
-    BatchOp, BatchRequest, BatchResponse, ErrorBody, ErrorCode, ErrorDetail, Health, LinkSettings, LinksView, NodeStatus,
-    RecordEnvelope, RecordList, RecordMetadata, VersionInfo, WriteToken,
+    BatchOp, BatchRequest, BatchResponse, ErrorBody, ErrorCode, ErrorDetail, Health, LinkSettings, LinksView,
+    NodeStatus, RecordEnvelope, RecordList, RecordMetadata, VersionInfo, WriteToken,
 };
 use mrr_core::limits::{json_depth, validate_id, validate_topic, Limits};
 use mrr_core::{Key, Metadata, Record, RegionName};
@@ -90,9 +90,41 @@ type ApiResult<T> = Result<T, ApiError>;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "MRR — Multi-Region Replicator", description = "Publish and query replicated JSON records in any region."),
-    paths(health, publish, put_record, get_record, delete_record, list_records, batch, node_status, get_links, set_link),
-    components(schemas(RecordEnvelope, RecordMetadata, VersionInfo, WriteToken, ErrorBody, ErrorDetail, ErrorCode, BatchRequest, BatchResponse, mrr_api::BatchItem, BatchOp, RecordList, Health, NodeStatus, mrr_api::PeerStatus, LinkSettings, LinksView))
+    info(
+        title = "MRR — Multi-Region Replicator",
+        description = "Publish and query replicated JSON records in any region."
+    ),
+    paths(
+        health,
+        publish,
+        put_record,
+        get_record,
+        delete_record,
+        list_records,
+        batch,
+        node_status,
+        get_links,
+        set_link
+    ),
+    components(schemas(
+        RecordEnvelope,
+        RecordMetadata,
+        VersionInfo,
+        WriteToken,
+        ErrorBody,
+        ErrorDetail,
+        ErrorCode,
+        BatchRequest,
+        BatchResponse,
+        mrr_api::BatchItem,
+        BatchOp,
+        RecordList,
+        Health,
+        NodeStatus,
+        mrr_api::PeerStatus,
+        LinkSettings,
+        LinksView
+    ))
 )]
 struct ApiDoc;
 
@@ -114,7 +146,9 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/openapi.json", get(|| async { ([("content-type", "application/json")], openapi_json()) }))
         .nest("/v1", v1)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint; see /openapi.json") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint; see /openapi.json")
+        })
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(state)
 }
@@ -129,7 +163,12 @@ async fn authenticate(State(state): State<AppState>, headers: HeaderMap, request
         .or_else(|| headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")));
     match presented {
         Some(k) if state.api_keys.iter().any(|key| key == k) => next.run(request).await,
-        _ => ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or unknown API key: send `Authorization: Bearer <key>`").into_response(),
+        _ => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "missing or unknown API key: send `Authorization: Bearer <key>`",
+        )
+        .into_response(),
     }
 }
 
@@ -141,7 +180,11 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
 /// Publish a record; its `id` comes from the body.
 #[utoipa::path(post, path = "/v1/records/{topic}", request_body = Object,
     params(("topic" = String, Path)), responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
-async fn publish(State(state): State<AppState>, Path(topic): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<RecordEnvelope>> {
+async fn publish(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<RecordEnvelope>> {
     let op = parse_put(&state.limits, &topic, None, &body_bytes(body)?)?;
     write_one(&state, op).await
 }
@@ -149,7 +192,11 @@ async fn publish(State(state): State<AppState>, Path(topic): Path<String>, body:
 /// Publish a record under the id in the path.
 #[utoipa::path(put, path = "/v1/records/{topic}/{id}", request_body = Object,
     params(("topic" = String, Path), ("id" = String, Path)), responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody)))]
-async fn put_record(State(state): State<AppState>, Path((topic, id)): Path<(String, String)>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<RecordEnvelope>> {
+async fn put_record(
+    State(state): State<AppState>,
+    Path((topic, id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<RecordEnvelope>> {
     let op = parse_put(&state.limits, &topic, Some(&id), &body_bytes(body)?)?;
     write_one(&state, op).await
 }
@@ -157,19 +204,33 @@ async fn put_record(State(state): State<AppState>, Path((topic, id)): Path<(Stri
 /// Query one record: `query('users/u001')`.
 #[utoipa::path(get, path = "/v1/records/{topic}/{id}", params(("topic" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = RecordEnvelope), (status = 404, body = ErrorBody)))]
-async fn get_record(State(state): State<AppState>, Path((topic, id)): Path<(String, String)>) -> ApiResult<Json<RecordEnvelope>> {
+async fn get_record(
+    State(state): State<AppState>,
+    Path((topic, id)): Path<(String, String)>,
+) -> ApiResult<Json<RecordEnvelope>> {
     let key = parse_key(&topic, &id)?;
     match state.store.get(&key)? {
-        Some(r) if r.is_tombstone() => Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::Deleted, format!("{key} was deleted (version {})", r.version))),
+        Some(r) if r.is_tombstone() => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::Deleted,
+            format!("{key} was deleted (version {})", r.version),
+        )),
         Some(r) => Ok(Json(envelope(&key, &r))),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, format!("{key} does not exist in {}", state.region))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("{key} does not exist in {}", state.region),
+        )),
     }
 }
 
 /// Delete a record (a versioned tombstone that replicates like a write).
 #[utoipa::path(delete, path = "/v1/records/{topic}/{id}", params(("topic" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody)))]
-async fn delete_record(State(state): State<AppState>, Path((topic, id)): Path<(String, String)>) -> ApiResult<Json<RecordEnvelope>> {
+async fn delete_record(
+    State(state): State<AppState>,
+    Path((topic, id)): Path<(String, String)>,
+) -> ApiResult<Json<RecordEnvelope>> {
     let key = parse_key(&topic, &id)?;
     write_one(&state, LocalOp::Delete { key }).await
 }
@@ -190,7 +251,11 @@ const LIST_LIMIT_MAX: usize = 1_000;
 
 /// List a topic's records in id order.
 #[utoipa::path(get, path = "/v1/records/{topic}", params(("topic" = String, Path), ListQuery), responses((status = 200, body = RecordList)))]
-async fn list_records(State(state): State<AppState>, Path(topic): Path<String>, Query(q): Query<ListQuery>) -> ApiResult<Json<RecordList>> {
+async fn list_records(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<RecordList>> {
     validate_topic(&topic).map_err(|e| ApiError::bad(ErrorCode::InvalidTopic, e.to_string()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, LIST_LIMIT_MAX);
     let mut records = Vec::new();
@@ -224,18 +289,25 @@ async fn batch(State(state): State<AppState>, body: Result<Bytes, BytesRejection
     let bytes = body_bytes(body)?;
     let request: BatchRequest = serde_json::from_slice(&bytes).map_err(|e| json_error(&e))?;
     if request.items.len() > state.limits.batch_records_max {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BatchTooLarge, format!("{} items; at most {} per batch", request.items.len(), state.limits.batch_records_max)));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::BatchTooLarge,
+            format!("{} items; at most {} per batch", request.items.len(), state.limits.batch_records_max),
+        ));
     }
     let mut ops = Vec::with_capacity(request.items.len());
     for (i, item) in request.items.into_iter().enumerate() {
         let at = |e: ApiError| ApiError { message: format!("items[{i}]: {}", e.message), ..e };
         let op = match item.op {
             BatchOp::Put => {
-                let record = item.record.ok_or_else(|| at(ApiError::bad(ErrorCode::NotAnObject, "`record` is required for put")))?;
+                let record = item
+                    .record
+                    .ok_or_else(|| at(ApiError::bad(ErrorCode::NotAnObject, "`record` is required for put")))?;
                 parse_put_value(&state.limits, &item.topic, item.id.as_deref(), record).map_err(at)?
             }
             BatchOp::Delete => {
-                let id = item.id.ok_or_else(|| at(ApiError::bad(ErrorCode::MissingId, "`id` is required for delete")))?;
+                let id =
+                    item.id.ok_or_else(|| at(ApiError::bad(ErrorCode::MissingId, "`id` is required for delete")))?;
                 LocalOp::Delete { key: parse_key(&item.topic, &id).map_err(at)? }
             }
         };
@@ -268,13 +340,26 @@ async fn get_links(State(state): State<AppState>) -> Json<LinksView> {
 /// Change the emulated link from this node to `peer` (delay, jitter, partition).
 #[utoipa::path(put, path = "/v1/admin/links/{peer}", request_body = LinkSettings, params(("peer" = String, Path)),
     responses((status = 200, body = LinksView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn set_link(State(state): State<AppState>, Path(peer): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<LinksView>> {
+async fn set_link(
+    State(state): State<AppState>,
+    Path(peer): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<LinksView>> {
     let settings: LinkSettings = serde_json::from_slice(&body_bytes(body)?).map_err(|e| json_error(&e))?;
-    let unknown = || ApiError::new(StatusCode::NOT_FOUND, ErrorCode::UnknownRegion, format!("{peer} is not a peer of {}", state.region));
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownRegion,
+            format!("{peer} is not a peer of {}", state.region),
+        )
+    };
     let region = RegionName::new(peer.clone()).map_err(|_| unknown())?;
-    let spec = LinkSpec { delay_ms: settings.delay_ms, jitter_ms: settings.jitter_ms, partitioned: settings.partitioned };
+    let spec =
+        LinkSpec { delay_ms: settings.delay_ms, jitter_ms: settings.jitter_ms, partitioned: settings.partitioned };
     state.links.set(&region, spec).map_err(|e| match e {
-        mrr_replication::link::LinkError::Disabled => ApiError::new(StatusCode::CONFLICT, ErrorCode::LinksDisabled, e.to_string()),
+        mrr_replication::link::LinkError::Disabled => {
+            ApiError::new(StatusCode::CONFLICT, ErrorCode::LinksDisabled, e.to_string())
+        }
         mrr_replication::link::LinkError::UnknownPeer(_) => unknown(),
     })?;
     tracing::info!(peer = %region, delay_ms = spec.delay_ms, jitter_ms = spec.jitter_ms, partitioned = spec.partitioned, "link changed");
@@ -287,21 +372,32 @@ fn links_view(links: &Links) -> LinksView {
         links: links
             .all()
             .into_iter()
-            .map(|(r, s)| (r.to_string(), LinkSettings { delay_ms: s.delay_ms, jitter_ms: s.jitter_ms, partitioned: s.partitioned }))
+            .map(|(r, s)| {
+                (
+                    r.to_string(),
+                    LinkSettings { delay_ms: s.delay_ms, jitter_ms: s.jitter_ms, partitioned: s.partitioned },
+                )
+            })
             .collect::<BTreeMap<_, _>>(),
     }
 }
 
 async fn write_one(state: &AppState, op: LocalOp) -> ApiResult<Json<RecordEnvelope>> {
     let committed: Vec<Committed> = state.writer.write(vec![op]).await?;
-    let c = committed.first().ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, "writer returned no result"))?;
+    let c = committed.first().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, "writer returned no result")
+    })?;
     Ok(Json(envelope(&c.key, &c.record)))
 }
 
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BodyTooLarge, "request body exceeds limits.body_bytes_max")
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::BodyTooLarge,
+                "request body exceeds limits.body_bytes_max",
+            )
         } else {
             ApiError::bad(ErrorCode::InvalidJson, e.body_text())
         }
@@ -335,15 +431,22 @@ fn parse_put_value(limits: &Limits, topic: &str, path_id: Option<&str>, value: V
     };
     let depth = 1 + object.values().map(json_depth).max().unwrap_or(0);
     if depth > limits.json_depth_max {
-        return Err(ApiError::bad(ErrorCode::TooDeep, format!("record nests {depth} levels; at most {}", limits.json_depth_max)));
+        return Err(ApiError::bad(
+            ErrorCode::TooDeep,
+            format!("record nests {depth} levels; at most {}", limits.json_depth_max),
+        ));
     }
     let metadata = match object.remove("__metadata") {
         None => RecordMetadata::default(),
-        Some(m) => serde_json::from_value::<RecordMetadata>(m).map_err(|e| ApiError::bad(ErrorCode::InvalidMetadata, format!("__metadata: {e}")))?,
+        Some(m) => serde_json::from_value::<RecordMetadata>(m)
+            .map_err(|e| ApiError::bad(ErrorCode::InvalidMetadata, format!("__metadata: {e}")))?,
     };
     for r in &metadata.regions {
         if r != "*" && RegionName::new(r.clone()).is_err() {
-            return Err(ApiError::bad(ErrorCode::InvalidMetadata, format!("__metadata.regions: {r:?} is neither \"*\" nor a region name")));
+            return Err(ApiError::bad(
+                ErrorCode::InvalidMetadata,
+                format!("__metadata.regions: {r:?} is neither \"*\" nor a region name"),
+            ));
         }
     }
     let body_id = match object.get("id") {
@@ -352,17 +455,33 @@ fn parse_put_value(limits: &Limits, topic: &str, path_id: Option<&str>, value: V
         Some(_) => return Err(ApiError::bad(ErrorCode::InvalidId, "`id` must be a string")),
     };
     let id = match (path_id, body_id) {
-        (Some(p), Some(b)) if p != b => return Err(ApiError::bad(ErrorCode::IdMismatch, format!("id in path {p:?} differs from id in body {b:?}"))),
+        (Some(p), Some(b)) if p != b => {
+            return Err(ApiError::bad(ErrorCode::IdMismatch, format!("id in path {p:?} differs from id in body {b:?}")))
+        }
         (Some(p), _) => p.to_owned(),
         (None, Some(b)) => b,
-        (None, None) => return Err(ApiError::bad(ErrorCode::MissingId, "the record has no `id`; add one or use PUT /v1/records/{topic}/{id}")),
+        (None, None) => {
+            return Err(ApiError::bad(
+                ErrorCode::MissingId,
+                "the record has no `id`; add one or use PUT /v1/records/{topic}/{id}",
+            ))
+        }
     };
     let key = parse_key(topic, &id)?;
-    let bytes = serde_json::to_vec(&Value::Object(object)).map_err(|e| ApiError::bad(ErrorCode::InvalidJson, e.to_string()))?;
+    let bytes =
+        serde_json::to_vec(&Value::Object(object)).map_err(|e| ApiError::bad(ErrorCode::InvalidJson, e.to_string()))?;
     if bytes.len() > limits.record_bytes_max {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::RecordTooLarge, format!("record is {} bytes; at most {}", bytes.len(), limits.record_bytes_max)));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RecordTooLarge,
+            format!("record is {} bytes; at most {}", bytes.len(), limits.record_bytes_max),
+        ));
     }
-    Ok(LocalOp::Put { key, value: bytes, metadata: Metadata { regions: metadata.regions, sync_flags: metadata.sync_flags } })
+    Ok(LocalOp::Put {
+        key,
+        value: bytes,
+        metadata: Metadata { regions: metadata.regions, sync_flags: metadata.sync_flags },
+    })
 }
 
 pub fn envelope(key: &Key, r: &Record) -> RecordEnvelope {
@@ -380,7 +499,12 @@ pub fn envelope(key: &Key, r: &Record) -> RecordEnvelope {
         value,
         deleted: r.is_tombstone(),
         metadata: RecordMetadata { regions: r.metadata.regions.clone(), sync_flags: r.metadata.sync_flags.clone() },
-        version: VersionInfo { hlc: r.version.ts.to_string(), wall_ms: r.version.ts.wall_ms, logical: r.version.ts.logical, region: r.version.region.to_string() },
+        version: VersionInfo {
+            hlc: r.version.ts.to_string(),
+            wall_ms: r.version.ts.wall_ms,
+            logical: r.version.ts.logical,
+            region: r.version.region.to_string(),
+        },
         origin_region: r.version.region.to_string(),
         updated_at_ms: r.version.ts.wall_ms,
         token: WriteToken { origin: r.origin.to_string(), seq: r.seq },

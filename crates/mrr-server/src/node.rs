@@ -45,7 +45,7 @@ impl Default for NodeOptions {
             clock: Arc::new(SystemClock),
             heartbeat_interval: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(5),
-            link_seed: 0x4d52_52,
+            link_seed: 0x004d_5252,
         }
     }
 }
@@ -61,20 +61,31 @@ pub struct Node {
 impl Node {
     pub async fn start(config: Config, options: NodeOptions) -> Result<Self, StartError> {
         let data = config.data_dir.display().to_string();
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir { path: data.clone(), source })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| StartError::DataDir { path: data.clone(), source })?;
         let store: Arc<dyn Store> = Arc::new(
-            FjallStore::open(&config.data_dir, config.durability).map_err(|source| StartError::Store { path: data.clone(), source })?,
+            FjallStore::open(&config.data_dir, config.durability)
+                .map_err(|source| StartError::Store { path: data.clone(), source })?,
         );
         let max_skew_ms = u64::try_from(config.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
-        let writer = Writer::start(config.region.clone(), max_skew_ms, store.clone(), options.clock.clone(), WriterConfig::default())
-            .map_err(|source| StartError::Store { path: data, source })?;
+        let writer = Writer::start(
+            config.region.clone(),
+            max_skew_ms,
+            store.clone(),
+            options.clock.clone(),
+            WriterConfig::default(),
+        )
+        .map_err(|source| StartError::Store { path: data, source })?;
 
         let links = match &config.links {
             None => Links::disabled(),
             Some(links) => {
                 let mut specs: BTreeMap<_, _> = config.peers().map(|p| (p.name.clone(), LinkSpec::default())).collect();
                 for (peer, l) in links {
-                    specs.insert(peer.clone(), LinkSpec { delay_ms: l.delay_ms, jitter_ms: l.jitter_ms, partitioned: l.partitioned });
+                    specs.insert(
+                        peer.clone(),
+                        LinkSpec { delay_ms: l.delay_ms, jitter_ms: l.jitter_ms, partitioned: l.partitioned },
+                    );
                 }
                 Links::emulated(options.link_seed, specs)
             }
@@ -82,7 +93,10 @@ impl Node {
         let replication = ReplicationConfig {
             cluster: config.cluster.clone(),
             local: config.region.clone(),
-            peers: config.peers().map(|p| PeerConfig { region: p.name.clone(), endpoint: peer_url(&p.endpoint) }).collect(),
+            peers: config
+                .peers()
+                .map(|p| PeerConfig { region: p.name.clone(), endpoint: peer_url(&p.endpoint) })
+                .collect(),
             secret: config.secret.clone(),
             max_skew_ms,
             heartbeat_interval: options.heartbeat_interval,
@@ -91,7 +105,15 @@ impl Node {
             reconnect_backoff_max: Duration::from_secs(5),
             limits: OutboundLimits::default(),
         };
-        let replicator = Replicator::start(replication, config.listen.peer, store.clone(), writer.clone(), options.clock.clone(), links.clone()).await?;
+        let replicator = Replicator::start(
+            replication,
+            config.listen.peer,
+            store.clone(),
+            writer.clone(),
+            options.clock.clone(),
+            links.clone(),
+        )
+        .await?;
 
         let state = AppState {
             cluster: config.cluster.clone(),
@@ -104,8 +126,11 @@ impl Node {
             links,
             api_keys: Arc::new(config.api_keys.clone()),
         };
-        let listener = TcpListener::bind(config.listen.api).await.map_err(|source| StartError::ApiListen { addr: config.listen.api, source })?;
-        let api_addr = listener.local_addr().map_err(|source| StartError::ApiListen { addr: config.listen.api, source })?;
+        let listener = TcpListener::bind(config.listen.api)
+            .await
+            .map_err(|source| StartError::ApiListen { addr: config.listen.api, source })?;
+        let api_addr =
+            listener.local_addr().map_err(|source| StartError::ApiListen { addr: config.listen.api, source })?;
         let (stop, mut stopped) = watch::channel(false);
         let app = http::router(state);
         let api = tokio::spawn(async move {

@@ -32,11 +32,16 @@ async fn pair(secrets: [&str; 2]) -> anyhow::Result<Pair> {
             names[k], secrets[k], dir.path().display(), peer_ports[k], peer_ports[0], peer_ports[1]
         );
         let config = Config::parse(Path::new("test.yaml"), &text)?;
-        let options = NodeOptions { heartbeat_interval: Duration::from_millis(100), peer_timeout: Duration::from_secs(2), ..NodeOptions::default() };
+        let options = NodeOptions {
+            heartbeat_interval: Duration::from_millis(100),
+            peer_timeout: Duration::from_secs(2),
+            ..NodeOptions::default()
+        };
         nodes.push(Node::start(config, options).await?);
         dirs.push(dir);
     }
-    let clients = nodes.iter().map(|n| mrr_client::connect(&format!("http://{}", n.api_addr), None)).collect::<Result<_, _>>()?;
+    let clients =
+        nodes.iter().map(|n| mrr_client::connect(&format!("http://{}", n.api_addr), None)).collect::<Result<_, _>>()?;
     Ok(Pair { nodes, clients, peer_ports, _dirs: dirs })
 }
 
@@ -108,7 +113,11 @@ async fn peers_speaking_another_protocol_or_cluster_get_a_precise_status() -> an
     for (msg, code, needle) in [
         (hello(99, "t"), tonic::Code::FailedPrecondition, "protocol version 99"),
         (hello(mrr_replication::PROTOCOL_VERSION, "other"), tonic::Code::FailedPrecondition, "cluster \"other\""),
-        (ToAcceptor { msg: Some(to_acceptor::Msg::Heartbeat(Default::default())) }, tonic::Code::InvalidArgument, "must be Hello"),
+        (
+            ToAcceptor { msg: Some(to_acceptor::Msg::Heartbeat(Default::default())) },
+            tonic::Code::InvalidArgument,
+            "must be Hello",
+        ),
     ] {
         let mut client = PeerClient::connect(url.clone()).await?;
         let status = client.replicate(tokio_stream::iter(vec![msg])).await.expect_err("refused");

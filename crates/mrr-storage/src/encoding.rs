@@ -53,9 +53,11 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, key: &[u8], bytes: &[u8])
 }
 
 pub fn decode_u64(what: &'static str, key: &[u8], bytes: &[u8]) -> Result<u64> {
-    let arr: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt { what, key: key.to_vec(), reason: format!("{} bytes, want 8", bytes.len()) })?;
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        what,
+        key: key.to_vec(),
+        reason: format!("{} bytes, want 8", bytes.len()),
+    })?;
     Ok(u64::from_be_bytes(arr))
 }
 

@@ -49,7 +49,7 @@ impl Store for FjallStore {
             Some(id) => {
                 let mut start = encoding::record_key(&Key::new(topic, id));
                 start.push(0); // strictly after `id`
-                // The separator is NUL, so every key of the topic sorts below `topic\x01`.
+                               // The separator is NUL, so every key of the topic sorts below `topic\x01`.
                 let mut end = topic.as_bytes().to_vec();
                 end.push(1);
                 self.records.range(start..end)

@@ -14,7 +14,7 @@ mod engine;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mrr_core::{ClockSkewError, Change, Key, Metadata, PhysicalClock, Record, RegionName, VersionVector};
+use mrr_core::{Change, ClockSkewError, Key, Metadata, PhysicalClock, Record, RegionName, VersionVector};
 use mrr_storage::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 

@@ -127,7 +127,8 @@ impl Cluster {
                     Ok(s) => s,
                     Err(e) => return Err(e.into()),
                 };
-                let all = s.peers.len() == 2 && s.peers.iter().all(|p| p.outbound == "connected" && p.inbound_streams > 0);
+                let all =
+                    s.peers.len() == 2 && s.peers.iter().all(|p| p.outbound == "connected" && p.inbound_streams > 0);
                 Ok(all.then_some(()))
             })
             .await?;
