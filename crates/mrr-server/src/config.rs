@@ -428,6 +428,14 @@ replication_rules:
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let c = Config::parse(Path::new("examples/mrr-config.yaml"), include_str!("../../../examples/mrr-config.yaml"))
+            .expect("the example config must stay valid");
+        assert_eq!(c.regions.len(), 3);
+        assert_eq!(c.api_keys.len(), 1);
+    }
+
+    #[test]
     fn peer_urls_get_the_default_port() {
         assert_eq!(peer_url("http://tokyo-node.mrr"), "http://tokyo-node.mrr:7801");
         assert_eq!(peer_url("http://127.0.0.1:7811/"), "http://127.0.0.1:7811");
