@@ -2,15 +2,13 @@
 //! (`put`, `get`, `del`, `status`). Logic lives in the library crates; this binary parses
 //! arguments, prints, and exits with a status that says what happened.
 
-mod dev;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-use mrr_server::{Config, Node, NodeOptions};
+use mrr_server::{dev, Config, Node, NodeOptions};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]

@@ -4,6 +4,7 @@
 //! API. Protocol logic lives in the crates it wires together; this crate holds none.
 
 pub mod config;
+pub mod dev;
 pub mod http;
 pub mod node;
 

@@ -54,6 +54,7 @@ impl Default for NodeOptions {
 pub struct Node {
     pub api_addr: SocketAddr,
     pub replicator: Replicator,
+    writer: Writer,
     api: JoinHandle<()>,
     stop: watch::Sender<bool>,
 }
@@ -120,7 +121,7 @@ impl Node {
             region: config.region.clone(),
             coordinator: config.coordinator().map(ToString::to_string),
             store,
-            writer,
+            writer: writer.clone(),
             limits: (&config.limits).into(),
             status: replicator.status.clone(),
             links,
@@ -143,7 +144,7 @@ impl Node {
             }
         });
         tracing::info!(region = %config.region, api = %api_addr, peer = %config.listen.peer, cluster = %config.cluster, "node serving");
-        Ok(Self { api_addr, replicator, api, stop })
+        Ok(Self { api_addr, replicator, writer, api, stop })
     }
 
     /// Runs until the API server stops.
@@ -152,6 +153,11 @@ impl Node {
         let _ = api.await;
         drop(replicator);
         drop(stop);
+    }
+
+    /// The version vector committed at this node; changes after every commit.
+    pub fn applied(&self) -> watch::Receiver<mrr_core::VersionVector> {
+        self.writer.applied()
     }
 
     pub fn shutdown(&self) {

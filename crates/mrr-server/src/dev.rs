@@ -6,8 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _};
-use mrr_server::config::Config;
+use crate::config::{Config, ConfigError};
 
 /// One-way delay between two regions, in ms. The article's three regions get measured-looking
 /// figures; any other pair gets 50 ms.
@@ -20,6 +19,14 @@ pub fn delay_ms(a: &str, b: &str) -> u64 {
         ["ap-northeast", "eu-central"] => 115,
         _ => 50,
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("--base-port {base_port} leaves no room for {regions} regions (region k uses P+10k and P+10k+1)")]
+    Ports { base_port: u16, regions: usize },
+    #[error("generated config is invalid (a bug in mrr dev): {0}")]
+    Generated(ConfigError),
 }
 
 #[derive(Debug, Clone)]
@@ -41,17 +48,14 @@ pub struct DevCluster {
 
 impl DevCluster {
     /// The article's cluster, or the regions and rules of `from` when given.
-    pub fn new(base_port: u16, data_dir: PathBuf, from: Option<&Config>) -> anyhow::Result<Self> {
+    pub fn new(base_port: u16, data_dir: PathBuf, from: Option<&Config>) -> Result<Self, DevError> {
         let names: Vec<(String, bool)> = match from {
             Some(c) => c.regions.iter().map(|r| (r.name.to_string(), c.coordinator() == Some(&r.name))).collect(),
             None => vec![("ap-northeast".into(), true), ("us-west".into(), false), ("eu-central".into(), false)],
         };
         let top = u32::from(base_port) + 10 * (names.len() as u32) + 1;
         if top > u32::from(u16::MAX) {
-            bail!(
-                "--base-port {base_port} leaves no room for {} regions (region k uses P+10k and P+10k+1)",
-                names.len()
-            );
+            return Err(DevError::Ports { base_port, regions: names.len() });
         }
         let regions = names
             .into_iter()
@@ -112,12 +116,11 @@ impl DevCluster {
     }
 
     /// Every region's config, parsed back through the same loader `mrr serve` uses.
-    pub fn configs(&self, dir: &Path) -> anyhow::Result<Vec<(PathBuf, Config)>> {
+    pub fn configs(&self, dir: &Path) -> Result<Vec<(PathBuf, Config)>, DevError> {
         (0..self.regions.len())
             .map(|k| {
                 let path = dir.join(format!("{}.yaml", self.regions[k].name));
-                let config = Config::parse(&path, &self.config_text(k))
-                    .with_context(|| "generated config is invalid (a bug in mrr dev)")?;
+                let config = Config::parse(&path, &self.config_text(k)).map_err(DevError::Generated)?;
                 Ok((path, config))
             })
             .collect()
