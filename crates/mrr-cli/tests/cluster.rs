@@ -26,8 +26,8 @@ async fn a_write_in_one_region_is_readable_in_the_other_two() -> anyhow::Result<
     assert_eq!(written.origin_region, "ap-northeast");
     assert_eq!(written.token.seq, 1);
     for (c, region) in cluster.clients.iter().zip(REGIONS).skip(1) {
-        let got = wait_for(&format!("u001 in {region}"), CONVERGE, || async { Ok(c.query("users/u001").await?) })
-            .await?;
+        let got =
+            wait_for(&format!("u001 in {region}"), CONVERGE, || async { Ok(c.query("users/u001").await?) }).await?;
         assert_eq!(got, written, "{region} holds exactly what Tokyo wrote");
         assert_eq!(got.value, json!({"id": "u001", "name": "Kaito"}));
         assert_eq!(got.metadata.sync_flags, ["IMPORTANT"]);

@@ -60,7 +60,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let cluster = DevCluster::new(args.base_port, dir.path().to_owned(), None)?;
-    let names: Vec<RegionName> = cluster.regions.iter().map(|r| RegionName::new(r.name.clone())).collect::<Result<_, _>>()?;
+    let names: Vec<RegionName> =
+        cluster.regions.iter().map(|r| RegionName::new(r.name.clone())).collect::<Result<_, _>>()?;
     let mut nodes = Vec::new();
     for (_, config) in cluster.configs(dir.path())? {
         nodes.push(Node::start(config, NodeOptions::default()).await?);
@@ -129,7 +130,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let writes = std::mem::take(&mut *writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
 
     let mut latency = Histogram::<u64>::new(3)?;
-    let mut lag: Vec<Vec<Histogram<u64>>> = (0..3).map(|_| (0..3).map(|_| Histogram::new(3)).collect()).collect::<Result<_, _>>()?;
+    let mut lag: Vec<Vec<Histogram<u64>>> =
+        (0..3).map(|_| (0..3).map(|_| Histogram::new(3)).collect()).collect::<Result<_, _>>()?;
     let logs: Vec<Vec<(Instant, [u64; 3])>> =
         events.iter().map(|e| e.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()).collect();
     for w in &writes {
@@ -140,8 +142,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             lag[w.origin][target].record(micros(at.saturating_duration_since(w.started)))?;
         }
     }
-    println!("## Replication lag at {} writes/s offered ({} s, {} writes acknowledged, {} skipped)\n", args.rate, args.seconds, writes.len(), skipped);
-    println!("offered for {offered_s:.1} s; write latency (ack at origin) p50 {:.2} ms, p99 {:.2} ms\n", ms(latency.value_at_quantile(0.5)), ms(latency.value_at_quantile(0.99)));
+    println!(
+        "## Replication lag at {} writes/s offered ({} s, {} writes acknowledged, {} skipped)\n",
+        args.rate,
+        args.seconds,
+        writes.len(),
+        skipped
+    );
+    println!(
+        "offered for {offered_s:.1} s; write latency (ack at origin) p50 {:.2} ms, p99 {:.2} ms\n",
+        ms(latency.value_at_quantile(0.5)),
+        ms(latency.value_at_quantile(0.99))
+    );
     println!("| origin → target | one-way delay ms | lag p50 ms | lag p99 ms | lag max ms |");
     println!("|---|---|---|---|---|");
     for (o, row) in lag.iter().enumerate() {

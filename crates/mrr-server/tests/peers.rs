@@ -130,3 +130,67 @@ async fn peers_speaking_another_protocol_or_cluster_get_a_precise_status() -> an
     }
     Ok(())
 }
+
+/// The system clock shifted by an adjustable offset.
+#[derive(Debug, Default)]
+struct ShiftedClock {
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl mrr_core::PhysicalClock for ShiftedClock {
+    fn now_ms(&self) -> u64 {
+        let now = mrr_core::PhysicalClock::now_ms(&mrr_writer::SystemClock);
+        now.saturating_add_signed(self.offset_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_stamped_beyond_max_clock_skew_are_refused_then_delivered_once_clocks_agree() -> anyhow::Result<()> {
+    let peer_ports = [free_port()?, free_port()?];
+    let names = ["ap-northeast", "us-west"];
+    let fast = std::sync::Arc::new(ShiftedClock::default());
+    fast.offset_ms.store(1_500, std::sync::atomic::Ordering::Relaxed);
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for k in 0..2 {
+        let dir = tempfile::tempdir()?;
+        let text = format!(
+            "cluster: t\nregion: {}\nsecret: \"same-secret-0123456789\"\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:{} }}\nmax_clock_skew: 200ms\nregions:\n  - name: ap-northeast\n    endpoint: http://127.0.0.1:{}\n  - name: us-west\n    endpoint: http://127.0.0.1:{}\n",
+            names[k], dir.path().display(), peer_ports[k], peer_ports[0], peer_ports[1]
+        );
+        let config = Config::parse(Path::new("test.yaml"), &text)?;
+        let mut options = NodeOptions {
+            heartbeat_interval: Duration::from_millis(100),
+            peer_timeout: Duration::from_secs(2),
+            ..NodeOptions::default()
+        };
+        if k == 0 {
+            options.clock = fast.clone();
+        }
+        nodes.push(Node::start(config, options).await?);
+        dirs.push(dir);
+    }
+    let clients: Vec<_> =
+        nodes.iter().map(|n| mrr_client::connect(&format!("http://{}", n.api_addr), None)).collect::<Result<_, _>>()?;
+    // Tokyo's clock runs 1.5 s fast: its write is stamped 1.5 s in us-west's future.
+    let w = clients[0].publish("users", &json!({"id": "early"})).await?;
+    let err = wait_for_error(&clients[0], "refused change").await?;
+    assert!(err.contains("max_clock_skew"), "{err}");
+    assert_eq!(clients[1].query("users/early").await?, None, "refused, not applied");
+    // Tokyo's clock is fixed. The refused change is retried, not lost: once us-west's clock
+    // reaches within 200 ms of its stamp, it applies, exactly as written.
+    fast.offset_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    let start = Instant::now();
+    loop {
+        if let Some(r) = clients[1].query("users/early").await? {
+            assert_eq!(r, w);
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the refused change never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in &nodes {
+        n.shutdown();
+    }
+    Ok(())
+}
