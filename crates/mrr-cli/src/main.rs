@@ -40,7 +40,8 @@ enum Command {
         /// Region k (in config order) gets API port P+10k and peer port P+10k+1.
         #[arg(long, default_value_t = 7800)]
         base_port: u16,
-        /// Where the regions keep their data (default: a new temporary directory).
+        /// Where the regions keep their data (default: a new temporary directory, or DIR/data
+        /// with --write-configs).
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Take regions and replication rules from this config.
@@ -84,7 +85,13 @@ fn init_logging(debug: bool) {
         "info,fjall=warn,lsm_tree=warn"
     };
     let filter = EnvFilter::try_from_env("MRR_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -99,10 +106,24 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause once: our error types already print the cause they
+/// wrap, so a cause whose text is already shown is skipped.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -147,11 +168,32 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Returns on Ctrl-C (SIGINT) or SIGTERM, so both a terminal and a service manager stop the
+/// node cleanly.
 async fn wait_for_signal() {
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        tracing::error!(error = %e, "cannot listen for Ctrl-C; stop the node with a signal");
-        std::future::pending::<()>().await;
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; use Ctrl-C to stop");
+            None
+        }
+    };
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => if let Err(e) = r {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        },
+        () = terminated => {}
     }
+    tracing::info!("stopping");
 }
 
 async fn dev_cluster(
@@ -163,9 +205,11 @@ async fn dev_cluster(
     let from = from.map(|p| Config::load(&p)).transpose()?;
     // The temporary directory lives as long as the cluster runs, and is removed after.
     let temp;
-    let data_dir = match data_dir {
-        Some(d) => d,
-        None => {
+    let data_dir = match (data_dir, &write_configs) {
+        (Some(d), _) => d,
+        // Configs outlive this command, so their data goes beside them, not in a temp dir.
+        (None, Some(dir)) => std::path::absolute(dir.join("data")).context("cannot resolve the data directory")?,
+        (None, None) => {
             temp = tempfile::Builder::new()
                 .prefix("mrr-dev-")
                 .tempdir()

@@ -155,12 +155,9 @@ async fn session(
                 collect(msg, &mut changes)?;
                 // Whatever else already arrived joins this apply: one commit, one ack.
                 while changes.len() < APPLY_CHANGES_MAX {
-                    match futures_now(stream.message()) {
-                        Some(Ok(Some(m))) => match m.msg {
-                            Some(m) => collect(m, &mut changes)?,
-                            None => break,
-                        },
-                        Some(Ok(None)) | None => break,
+                    match ready_message(&mut stream) {
+                        Some(Ok(proto::ToAcceptor { msg: Some(m) })) => collect(m, &mut changes)?,
+                        Some(Ok(proto::ToAcceptor { msg: None })) | None => break,
                         Some(Err(e)) => return Err(e),
                     }
                 }
@@ -223,14 +220,12 @@ fn collect(msg: to_acceptor::Msg, changes: &mut Vec<mrr_core::Change>) -> Result
     }
 }
 
-/// Polls a future once: its output if ready now, else `None` (the future is dropped, which for
-/// `Streaming::message` loses nothing: no message was taken).
-fn futures_now<F: std::future::Future>(f: F) -> Option<F::Output> {
-    let mut f = std::pin::pin!(f);
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(v) => Some(v),
+/// The next message if it has already arrived, without waiting; `None` when none is ready or
+/// the stream ended (the caller's next `message().await` then sees the end).
+fn ready_message(stream: &mut Streaming<proto::ToAcceptor>) -> Option<Result<proto::ToAcceptor, Status>> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match Pin::new(stream).poll_next(&mut cx) {
+        std::task::Poll::Ready(item) => item,
         std::task::Poll::Pending => None,
     }
 }
