@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mrr_api::LinkSettings;
 use mrr_core::limits::Limits;
 use mrr_core::RegionName;
 use mrr_storage::Durability;
@@ -45,7 +46,7 @@ pub struct Config {
     pub replication_rules: ReplicationRules,
     /// WAN emulation: this node's outgoing link to each peer. Absent in production.
     #[serde(default)]
-    pub links: Option<BTreeMap<RegionName, LinkConfig>>,
+    pub links: Option<BTreeMap<RegionName, LinkSettings>>,
     #[serde(default)]
     pub limits: LimitsConfig,
 }
@@ -110,17 +111,6 @@ impl Default for ReplicationRules {
     fn default() -> Self {
         Self { default_ttl: default_ttl(), conflict_strategy: ConflictStrategy::Timestamp }
     }
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LinkConfig {
-    #[serde(default)]
-    pub delay_ms: u64,
-    #[serde(default)]
-    pub jitter_ms: u64,
-    #[serde(default)]
-    pub partitioned: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -3,8 +3,10 @@
 
 use std::net::TcpListener;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mrr_core::PhysicalClock;
 use mrr_replication::proto::{peer_client::PeerClient, to_acceptor, Hello, ToAcceptor};
 use mrr_server::{Config, Node, NodeOptions};
 use serde_json::json;
@@ -21,6 +23,10 @@ struct Pair {
 }
 
 async fn pair(secrets: [&str; 2]) -> anyhow::Result<Pair> {
+    pair_with_clocks(secrets, [None, None]).await
+}
+
+async fn pair_with_clocks(secrets: [&str; 2], clocks: [Option<Arc<dyn PhysicalClock>>; 2]) -> anyhow::Result<Pair> {
     let peer_ports = [free_port()?, free_port()?];
     let names = ["ap-northeast", "us-west"];
     let mut nodes = Vec::new();
@@ -32,17 +38,39 @@ async fn pair(secrets: [&str; 2]) -> anyhow::Result<Pair> {
             names[k], secrets[k], dir.path().display(), peer_ports[k], peer_ports[0], peer_ports[1]
         );
         let config = Config::parse(Path::new("test.yaml"), &text)?;
-        let options = NodeOptions {
+        let mut options = NodeOptions {
             heartbeat_interval: Duration::from_millis(100),
             peer_timeout: Duration::from_secs(2),
             ..NodeOptions::default()
         };
+        if let Some(clock) = &clocks[k] {
+            options.clock = clock.clone();
+        }
         nodes.push(Node::start(config, options).await?);
         dirs.push(dir);
     }
     let clients =
         nodes.iter().map(|n| mrr_client::connect(&format!("http://{}", n.api_addr), None)).collect::<Result<_, _>>()?;
     Ok(Pair { nodes, clients, peer_ports, _dirs: dirs })
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            n.shutdown();
+        }
+    }
+}
+
+async fn wait_for_record(client: &mrr_client::Client, path: &str) -> anyhow::Result<mrr_client::RecordEnvelope> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Some(r) = client.query(path).await? {
+            return Ok(r);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("{path} did not arrive within 30 s")
 }
 
 async fn wait_for_error(client: &mrr_client::Client, needle: &str) -> anyhow::Result<String> {
@@ -68,9 +96,6 @@ async fn a_peer_with_the_wrong_secret_is_refused_and_nothing_replicates() -> any
     assert_eq!(p.clients[1].query("users/u001").await?, None);
     assert!(p.clients[1].status().await?.applied.is_empty());
     assert_eq!(p.clients[1].health().await?.status, "ok");
-    for n in &p.nodes {
-        n.shutdown();
-    }
     Ok(())
 }
 
@@ -78,18 +103,7 @@ async fn a_peer_with_the_wrong_secret_is_refused_and_nothing_replicates() -> any
 async fn matching_secrets_replicate() -> anyhow::Result<()> {
     let p = pair(["same-secret-0123456789"; 2]).await?;
     let w = p.clients[0].publish("users", &json!({"id": "u001"})).await?;
-    let start = Instant::now();
-    loop {
-        if let Some(r) = p.clients[1].query("users/u001").await? {
-            assert_eq!(r, w);
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "u001 never reached us-west");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for n in &p.nodes {
-        n.shutdown();
-    }
+    assert_eq!(wait_for_record(&p.clients[1], "users/u001").await?, w);
     Ok(())
 }
 
@@ -125,9 +139,6 @@ async fn peers_speaking_another_protocol_or_cluster_get_a_precise_status() -> an
         assert!(status.message().contains(needle), "{}", status.message());
     }
     assert_eq!(p.clients[1].health().await?.status, "ok");
-    for n in &p.nodes {
-        n.shutdown();
-    }
     Ok(())
 }
 
@@ -137,41 +148,19 @@ struct ShiftedClock {
     offset_ms: std::sync::atomic::AtomicI64,
 }
 
-impl mrr_core::PhysicalClock for ShiftedClock {
+impl PhysicalClock for ShiftedClock {
     fn now_ms(&self) -> u64 {
-        let now = mrr_core::PhysicalClock::now_ms(&mrr_writer::SystemClock);
+        let now = PhysicalClock::now_ms(&mrr_writer::SystemClock);
         now.saturating_add_signed(self.offset_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_stamped_beyond_max_clock_skew_are_refused_then_delivered_once_clocks_agree() -> anyhow::Result<()> {
-    let peer_ports = [free_port()?, free_port()?];
-    let names = ["ap-northeast", "us-west"];
-    let fast = std::sync::Arc::new(ShiftedClock::default());
+    let fast = Arc::new(ShiftedClock::default());
     fast.offset_ms.store(1_500, std::sync::atomic::Ordering::Relaxed);
-    let mut nodes = Vec::new();
-    let mut dirs = Vec::new();
-    for k in 0..2 {
-        let dir = tempfile::tempdir()?;
-        let text = format!(
-            "cluster: t\nregion: {}\nsecret: \"same-secret-0123456789\"\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:{} }}\nmax_clock_skew: 200ms\nregions:\n  - name: ap-northeast\n    endpoint: http://127.0.0.1:{}\n  - name: us-west\n    endpoint: http://127.0.0.1:{}\n",
-            names[k], dir.path().display(), peer_ports[k], peer_ports[0], peer_ports[1]
-        );
-        let config = Config::parse(Path::new("test.yaml"), &text)?;
-        let mut options = NodeOptions {
-            heartbeat_interval: Duration::from_millis(100),
-            peer_timeout: Duration::from_secs(2),
-            ..NodeOptions::default()
-        };
-        if k == 0 {
-            options.clock = fast.clone();
-        }
-        nodes.push(Node::start(config, options).await?);
-        dirs.push(dir);
-    }
-    let clients: Vec<_> =
-        nodes.iter().map(|n| mrr_client::connect(&format!("http://{}", n.api_addr), None)).collect::<Result<_, _>>()?;
+    let p = pair_with_clocks(["same-secret-0123456789"; 2], [Some(fast.clone()), None]).await?;
+    let clients = &p.clients;
     // Tokyo's clock runs 1.5 s fast: its write is stamped 1.5 s in us-west's future.
     let w = clients[0].publish("users", &json!({"id": "early"})).await?;
     let err = wait_for_error(&clients[0], "refused change").await?;
@@ -180,17 +169,6 @@ async fn changes_stamped_beyond_max_clock_skew_are_refused_then_delivered_once_c
     // Tokyo's clock is fixed. The refused change is retried, not lost: once us-west's clock
     // reaches within 200 ms of its stamp, it applies, exactly as written.
     fast.offset_ms.store(0, std::sync::atomic::Ordering::Relaxed);
-    let start = Instant::now();
-    loop {
-        if let Some(r) = clients[1].query("users/early").await? {
-            assert_eq!(r, w);
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "the refused change never arrived");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for n in &nodes {
-        n.shutdown();
-    }
+    assert_eq!(wait_for_record(&clients[1], "users/early").await?, w);
     Ok(())
 }
