@@ -9,6 +9,7 @@ pub mod change;
 pub mod hlc;
 pub mod limits;
 pub mod merge;
+pub mod planted;
 pub mod record;
 pub mod region;
 pub mod session;

@@ -43,6 +43,13 @@ pub struct LastWriterWins;
 
 impl MergeStrategy for LastWriterWins {
     fn resolve(&self, current: &Record, incoming: &Record) -> Resolution {
+        if crate::planted::active(crate::planted::Bug::IgnoreRegionTieBreak) {
+            return if incoming.version.ts > current.version.ts {
+                Resolution::TakeIncoming
+            } else {
+                Resolution::KeepCurrent
+            };
+        }
         if incoming.version > current.version {
             Resolution::TakeIncoming
         } else {

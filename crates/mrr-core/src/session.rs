@@ -51,6 +51,9 @@ pub struct OutboundSession {
     /// Origins the peer currently receives from the origin itself.
     peer_direct: BTreeSet<RegionName>,
     limits: OutboundLimits,
+    /// When the acknowledged position last advanced, or the window last went from empty to
+    /// non-empty (caller's monotonic ms).
+    progress_ms: u64,
 }
 
 impl OutboundSession {
@@ -61,10 +64,11 @@ impl OutboundSession {
         peer_vv: VersionVector,
         peer_direct: BTreeSet<RegionName>,
         limits: OutboundLimits,
+        now_ms: u64,
     ) -> Self {
         assert!(local != peer, "a session connects two different regions");
         assert!(limits.batch_changes_max > 0 && limits.inflight_changes_max > 0);
-        Self { local, peer, sent: peer_vv.clone(), acked: peer_vv, peer_direct, limits }
+        Self { local, peer, sent: peer_vv.clone(), acked: peer_vv, peer_direct, limits, progress_ms: now_ms }
     }
 
     pub fn peer(&self) -> &RegionName {
@@ -112,20 +116,34 @@ impl OutboundSession {
     }
 
     /// Records that changes `first_seq..=last_seq` of `origin` were handed to the transport.
-    pub fn on_sent(&mut self, origin: &RegionName, first_seq: u64, last_seq: u64) {
+    pub fn on_sent(&mut self, origin: &RegionName, first_seq: u64, last_seq: u64, now_ms: u64) {
         assert!(self.carries(origin), "sent {origin} changes to {} which does not take them", self.peer);
         assert_eq!(first_seq, self.sent.get(origin) + 1, "sends must be contiguous");
         assert!(last_seq >= first_seq);
+        if self.inflight_changes() == 0 {
+            self.progress_ms = now_ms;
+        }
         self.sent.raise(origin, last_seq);
     }
 
     /// A cumulative acknowledgement: the peer's whole applied vector and the origins it now
     /// receives directly.
-    pub fn on_ack(&mut self, peer_vv: &VersionVector, peer_direct: BTreeSet<RegionName>) {
+    pub fn on_ack(&mut self, peer_vv: &VersionVector, peer_direct: BTreeSet<RegionName>, now_ms: u64) {
+        if !self.acked.dominates(peer_vv) {
+            self.progress_ms = now_ms;
+        }
         self.acked.join(peer_vv);
         // The peer may have received changes through other paths; never resend what it has.
         self.sent.join(&self.acked);
         self.peer_direct = peer_direct;
+    }
+
+    /// Changes are in flight and the peer's acknowledgements have not moved for `timeout_ms`,
+    /// although it may still be answering: something sent was lost or refused without a word.
+    /// The caller ends the stream and resumes from what the peer says it has, which resends
+    /// exactly what is missing (the rest is dropped as duplicates).
+    pub fn stalled(&self, now_ms: u64, timeout_ms: u64) -> bool {
+        self.inflight_changes() > 0 && now_ms.saturating_sub(self.progress_ms) > timeout_ms
     }
 }
 
@@ -166,7 +184,7 @@ mod tests {
     }
 
     fn session(limits: OutboundLimits) -> OutboundSession {
-        OutboundSession::new(r("a"), r("b"), vv(&[("a", 2)]), BTreeSet::new(), limits)
+        OutboundSession::new(r("a"), r("b"), vv(&[("a", 2)]), BTreeSet::new(), limits, 0)
     }
 
     #[test]
@@ -175,7 +193,7 @@ mod tests {
         let local = vv(&[("a", 10)]);
         let read = s.next_read(&local).expect("work");
         assert_eq!(read, ReadRequest { origin: r("a"), after_seq: 2, limit: 3 });
-        s.on_sent(&r("a"), 3, 5);
+        s.on_sent(&r("a"), 3, 5, 0);
         // No ack yet, and the next batch is ready anyway: pipelining.
         let read = s.next_read(&local).expect("work");
         assert_eq!(read.after_seq, 5);
@@ -188,11 +206,28 @@ mod tests {
         let local = vv(&[("a", 100)]);
         let read = s.next_read(&local).expect("work");
         assert_eq!(read.limit, 4);
-        s.on_sent(&r("a"), 3, 6);
+        s.on_sent(&r("a"), 3, 6, 0);
         assert_eq!(s.next_read(&local), None, "window full");
-        s.on_ack(&vv(&[("a", 5)]), BTreeSet::new());
+        s.on_ack(&vv(&[("a", 5)]), BTreeSet::new(), 0);
         assert_eq!(s.next_read(&local).map(|r| r.limit), Some(3));
         assert_eq!(s.backlog_changes(&local), 95);
+    }
+
+    #[test]
+    fn stalls_when_acks_stop_advancing_with_changes_in_flight() {
+        let mut s = session(OutboundLimits::default());
+        let local = vv(&[("a", 10)]);
+        assert!(!s.stalled(10_000, 1_000), "nothing in flight is never a stall");
+        s.on_sent(&r("a"), 3, 10, 5_000);
+        assert!(!s.stalled(5_900, 1_000));
+        // Heartbeat acks keep arriving but do not move: a batch was lost.
+        s.on_ack(&vv(&[("a", 2)]), BTreeSet::new(), 5_500);
+        assert!(s.stalled(6_001, 1_000));
+        s.on_ack(&vv(&[("a", 6)]), BTreeSet::new(), 6_001);
+        assert!(!s.stalled(6_500, 1_000), "progress resets the clock");
+        s.on_ack(&vv(&[("a", 10)]), BTreeSet::new(), 6_600);
+        assert!(!s.stalled(60_000, 1_000));
+        assert_eq!(s.backlog_changes(&local), 0);
     }
 
     #[test]
@@ -209,10 +244,10 @@ mod tests {
         let local = vv(&[("a", 2), ("c", 7)]);
         // Peer has not said it hears c directly: relay from its cursor.
         assert_eq!(s.next_read(&local).map(|r| (r.origin, r.after_seq)), Some((r("c"), 0)));
-        s.on_ack(&vv(&[("a", 2), ("c", 4)]), [r("c")].into());
+        s.on_ack(&vv(&[("a", 2), ("c", 4)]), [r("c")].into(), 0);
         assert_eq!(s.next_read(&local), None, "peer hears c directly");
         // c's direct link to the peer breaks: relay resumes from what the peer acknowledged.
-        s.on_ack(&vv(&[("a", 2), ("c", 4)]), BTreeSet::new());
+        s.on_ack(&vv(&[("a", 2), ("c", 4)]), BTreeSet::new(), 0);
         assert_eq!(s.next_read(&local).map(|r| (r.origin, r.after_seq)), Some((r("c"), 4)));
     }
 
@@ -220,7 +255,7 @@ mod tests {
     fn acks_through_other_paths_skip_resends() {
         let mut s = session(OutboundLimits::default());
         let local = vv(&[("a", 2), ("c", 9)]);
-        s.on_ack(&vv(&[("c", 9)]), BTreeSet::new());
+        s.on_ack(&vv(&[("c", 9)]), BTreeSet::new(), 0);
         assert_eq!(s.next_read(&local), None);
     }
 

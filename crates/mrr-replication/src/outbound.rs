@@ -37,6 +37,8 @@ enum SessionEnd {
     ChangeRefused(String),
     #[error("stream closed by peer")]
     Closed,
+    #[error("peer stopped acknowledging: {0} changes in flight without progress for {1:?}")]
+    Stalled(u64, Duration),
     #[error("reading changelog: {0}")]
     Store(#[from] mrr_storage::StoreError),
 }
@@ -136,8 +138,11 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     }
     tracing::info!(peer = %peer.region, rtt_ms = est.rtt_ms, skew_ms = est.skew_ms, resume_from = ?vv_map(&peer_vv), "Region handshake completed");
 
+    // Session time is monotonic milliseconds since the stream started.
+    let started = Instant::now();
+    let mono_ms = move || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut session =
-        OutboundSession::new(cfg.local.clone(), peer.region.clone(), peer_vv, peer_direct, cfg.limits.clone());
+        OutboundSession::new(cfg.local.clone(), peer.region.clone(), peer_vv, peer_direct, cfg.limits.clone(), 0);
     let mut applied = ctx.writer.applied();
     ctx.status.update(&peer.region, |s| {
         s.outbound = state::CONNECTED.into();
@@ -155,7 +160,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     let mut last_cursor_save = Instant::now();
     loop {
         let local_vv = applied.borrow_and_update().clone();
-        if pump(ctx, &mut session, &local_vv, &link).await? {
+        if pump(ctx, &mut session, &local_vv, &link, mono_ms()).await? {
             last_sent = Instant::now();
         }
         ctx.status.update(&peer.region, |s| s.backlog_changes = session.backlog_changes(&local_vv));
@@ -171,7 +176,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
                 };
                 last_heard = Instant::now();
                 let vv = wire::vv_from_wire(ack.applied)?;
-                session.on_ack(&vv, wire::regions_from_wire(ack.direct_origins)?);
+                session.on_ack(&vv, wire::regions_from_wire(ack.direct_origins)?, mono_ms());
                 ctx.status.update(&peer.region, |s| s.acked = vv_map(session.acked()));
                 if last_cursor_save.elapsed() >= cfg.heartbeat_interval {
                     ctx.store.save_peer_cursor(&peer.region, session.acked())?;
@@ -184,6 +189,10 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > cfg.peer_timeout {
                     return Err(SessionEnd::Timeout(cfg.peer_timeout));
+                }
+                let timeout_ms = u64::try_from(cfg.peer_timeout.as_millis()).unwrap_or(u64::MAX);
+                if session.stalled(mono_ms(), timeout_ms) {
+                    return Err(SessionEnd::Stalled(session.inflight_changes(), cfg.peer_timeout));
                 }
                 if last_sent.elapsed() >= cfg.heartbeat_interval {
                     send(&link, to_acceptor::Msg::Heartbeat(proto::Heartbeat { wall_ms: ctx.clock.now_ms() })).await?;
@@ -200,6 +209,7 @@ async fn pump(
     session: &mut OutboundSession,
     local_vv: &VersionVector,
     link: &LinkSender<proto::ToAcceptor>,
+    now_ms: u64,
 ) -> Result<bool, SessionEnd> {
     let mut sent_any = false;
     while let Some(read) = session.next_read(local_vv) {
@@ -217,7 +227,7 @@ async fn pump(
         let batch =
             proto::Batch { changes: changes.iter().map(wire::change_to_wire).collect(), wall_ms: ctx.clock.now_ms() };
         send(link, to_acceptor::Msg::Batch(batch)).await?;
-        session.on_sent(&read.origin, first_seq, last_seq);
+        session.on_sent(&read.origin, first_seq, last_seq, now_ms);
         let n = changes.len() as u64;
         ctx.status.update(session.peer(), |s| s.changes_sent += n);
         sent_any = true;

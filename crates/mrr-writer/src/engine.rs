@@ -159,6 +159,9 @@ impl Engine {
             match admit_incoming(&self.local, &pending.vv, &change.origin, change.seq) {
                 Incoming::Apply => {}
                 Incoming::Duplicate => {
+                    if mrr_core::planted::active(mrr_core::planted::Bug::DuplicatesBypassMerge) {
+                        pending.overlay.insert(change.key.clone(), change.to_record());
+                    }
                     out.duplicates += 1;
                     continue;
                 }

@@ -18,7 +18,7 @@ use mrr_core::{Change, ClockSkewError, Key, Metadata, PhysicalClock, Record, Reg
 use mrr_storage::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use engine::{Engine, RemoteOutcome};
+pub use engine::{Engine, Pending, RemoteOutcome};
 
 /// Wall-clock time from the operating system.
 #[derive(Clone, Copy, Debug, Default)]

@@ -1,0 +1,43 @@
+//! Known bugs that can be switched on, so the simulator can prove it catches them.
+//!
+//! Compiled only with the `planted-bugs` feature (enabled by `mrr-sim`'s tests), and even then
+//! off unless a test switches one on for its own thread. Production builds contain none of it:
+//! [`active`] is a constant `false` there.
+
+/// A bug the simulator must catch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// Last-writer-wins compares timestamps only: equal timestamps from two regions no longer
+    /// have a deterministic winner, so regions can keep different records.
+    IgnoreRegionTieBreak,
+    /// A duplicate delivery skips the duplicate check and overwrites the record without merging,
+    /// so an old change delivered again (after a reconnect) can resurrect or roll back a record.
+    DuplicatesBypassMerge,
+}
+
+#[cfg(feature = "planted-bugs")]
+mod switch {
+    use std::cell::Cell;
+
+    thread_local! {
+        static ACTIVE: Cell<Option<super::Bug>> = const { Cell::new(None) };
+    }
+
+    /// Switches `bug` on (or all off) for the current thread.
+    pub fn set(bug: Option<super::Bug>) {
+        ACTIVE.with(|a| a.set(bug));
+    }
+
+    pub fn active(bug: super::Bug) -> bool {
+        ACTIVE.with(|a| a.get() == Some(bug))
+    }
+}
+
+#[cfg(feature = "planted-bugs")]
+pub use switch::{active, set};
+
+#[cfg(not(feature = "planted-bugs"))]
+#[inline(always)]
+pub fn active(_: Bug) -> bool {
+    false
+}

@@ -1,0 +1,67 @@
+//! No acknowledged write is lost: after the heal every region has applied it (its change is in
+//! every changelog as written), and every region's record for its key is at least that new.
+//! Also: each key ends at the acknowledged write with the greatest version (last writer wins).
+
+use std::collections::BTreeMap;
+
+use mrr_core::{Key, Version};
+
+use super::{AckedWrite, FinalState, Invariant};
+
+#[derive(Debug, Default)]
+pub struct AckedWrites {
+    acked: Vec<AckedWrite>,
+}
+
+impl Invariant for AckedWrites {
+    fn name(&self) -> &'static str {
+        "no_acknowledged_write_lost"
+    }
+
+    fn on_acked(&mut self, write: &AckedWrite) {
+        self.acked.push(write.clone());
+    }
+
+    fn at_end(&mut self, regions: &[FinalState]) -> Result<(), String> {
+        let mut newest: BTreeMap<&Key, &AckedWrite> = BTreeMap::new();
+        for w in &self.acked {
+            let e = newest.entry(&w.key).or_insert(w);
+            if w.version > e.version {
+                *e = w;
+            }
+        }
+        for r in regions {
+            let records: BTreeMap<&Key, &mrr_core::Record> = r.records.iter().map(|(k, v)| (k, v)).collect();
+            for w in &self.acked {
+                if r.applied.get(&w.origin) < w.seq {
+                    return Err(format!(
+                        "{} never applied acknowledged write {}:{} to {}",
+                        r.region, w.origin, w.seq, w.key
+                    ));
+                }
+                let in_log =
+                    r.changelog.iter().any(|c| c.origin == w.origin && c.seq == w.seq && c.version == w.version);
+                if !in_log {
+                    return Err(format!("{} has no change {}:{} as acknowledged", r.region, w.origin, w.seq));
+                }
+                let have: Option<&Version> = records.get(&w.key).map(|rec| &rec.version);
+                if have.is_none_or(|v| v < &w.version) {
+                    return Err(format!(
+                        "{} holds {:?} for {}, older than acknowledged {}",
+                        r.region, have, w.key, w.version
+                    ));
+                }
+            }
+            for (key, w) in &newest {
+                let rec = records.get(key).ok_or_else(|| format!("{} lost {key}", r.region))?;
+                if rec.version != w.version || rec.is_tombstone() != w.tombstone {
+                    return Err(format!(
+                        "{} ends {key} at {} but the newest acknowledged write is {}",
+                        r.region, rec.version, w.version
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

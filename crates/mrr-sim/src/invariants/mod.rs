@@ -1,0 +1,75 @@
+//! The properties every run must keep, one file each. Each checker sees commits as they
+//! happen and the final state after the heal; the first violation ends the run with its name.
+
+mod acked_writes;
+mod convergence;
+mod no_double_apply;
+mod no_loop;
+mod no_resurrection;
+mod vv_monotonic;
+
+use mrr_core::{Key, Record, RegionName, Version, VersionVector};
+use mrr_storage::CommitBatch;
+use mrr_writer::Refusal;
+
+pub use acked_writes::AckedWrites;
+pub use convergence::Convergence;
+pub use no_double_apply::NoDoubleApply;
+pub use no_loop::NoLoop;
+pub use no_resurrection::NoResurrection;
+pub use vv_monotonic::VvMonotonic;
+
+/// A client write the simulated node acknowledged.
+#[derive(Clone, Debug)]
+pub struct AckedWrite {
+    pub node: usize,
+    pub key: Key,
+    pub version: Version,
+    pub origin: RegionName,
+    pub seq: u64,
+    pub tombstone: bool,
+}
+
+/// The final state of one region, for end-of-run checks.
+#[derive(Debug)]
+pub struct FinalState {
+    pub region: RegionName,
+    pub records: Vec<(Key, Record)>,
+    pub applied: VersionVector,
+    pub changelog: Vec<mrr_core::Change>,
+}
+
+/// A property of the system. Hooks return a description of the violation, if any.
+pub trait Invariant {
+    fn name(&self) -> &'static str;
+
+    fn on_commit(&mut self, _node: usize, _batch: &CommitBatch, _applied: &VersionVector) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn on_refusal(&mut self, _node: usize, _refusal: &Refusal) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn on_acked(&mut self, _write: &AckedWrite) {}
+
+    fn on_restart(&mut self, _node: usize, _recovered: &VersionVector) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn at_end(&mut self, _regions: &[FinalState]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Every invariant, in the order they are checked.
+pub fn all(regions: usize) -> Vec<Box<dyn Invariant>> {
+    vec![
+        Box::new(VvMonotonic::new(regions)),
+        Box::new(NoDoubleApply::new(regions)),
+        Box::new(NoLoop::default()),
+        Box::new(NoResurrection::new(regions)),
+        Box::new(AckedWrites::default()),
+        Box::new(Convergence),
+    ]
+}

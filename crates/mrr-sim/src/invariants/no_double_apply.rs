@@ -1,0 +1,35 @@
+//! No change is applied twice: a region's changelog never receives the same `(origin, seq)`
+//! a second time, whatever duplication, reconnects or relays delivered.
+
+use std::collections::BTreeSet;
+
+use mrr_core::RegionName;
+use mrr_storage::CommitBatch;
+
+use super::Invariant;
+
+#[derive(Debug)]
+pub struct NoDoubleApply {
+    applied: Vec<BTreeSet<(RegionName, u64)>>,
+}
+
+impl NoDoubleApply {
+    pub fn new(regions: usize) -> Self {
+        Self { applied: vec![BTreeSet::new(); regions] }
+    }
+}
+
+impl Invariant for NoDoubleApply {
+    fn name(&self) -> &'static str {
+        "no_change_applied_twice"
+    }
+
+    fn on_commit(&mut self, node: usize, batch: &CommitBatch, _: &mrr_core::VersionVector) -> Result<(), String> {
+        for c in &batch.changes {
+            if !self.applied[node].insert((c.origin.clone(), c.seq)) {
+                return Err(format!("r{node} applied {}:{} twice", c.origin, c.seq));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,40 @@
+//! No deleted record comes back, and more generally no record goes back in time: in every
+//! region the version stored for a key only ever increases, so a tombstone is replaced only by
+//! a newer write, never by an older put delivered late or twice.
+
+use std::collections::BTreeMap;
+
+use mrr_core::{Key, Version};
+use mrr_storage::CommitBatch;
+
+use super::Invariant;
+
+#[derive(Debug)]
+pub struct NoResurrection {
+    versions: Vec<BTreeMap<Key, (Version, bool)>>,
+}
+
+impl NoResurrection {
+    pub fn new(regions: usize) -> Self {
+        Self { versions: vec![BTreeMap::new(); regions] }
+    }
+}
+
+impl Invariant for NoResurrection {
+    fn name(&self) -> &'static str {
+        "no_resurrection"
+    }
+
+    fn on_commit(&mut self, node: usize, batch: &CommitBatch, _: &mrr_core::VersionVector) -> Result<(), String> {
+        for (key, record) in &batch.records {
+            if let Some((before, was_tombstone)) = self.versions[node].get(key) {
+                if record.version < *before {
+                    let what = if *was_tombstone { "deleted record resurrected" } else { "record rolled back" };
+                    return Err(format!("r{node}: {what}: {key} went from {before} to {}", record.version));
+                }
+            }
+            self.versions[node].insert(key.clone(), (record.version.clone(), record.is_tombstone()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,40 @@
+//! Version vectors never go backwards: not from one commit to the next, and not across a crash
+//! and restart (what was committed was durable).
+
+use mrr_core::VersionVector;
+use mrr_storage::CommitBatch;
+
+use super::Invariant;
+
+#[derive(Debug)]
+pub struct VvMonotonic {
+    last: Vec<VersionVector>,
+}
+
+impl VvMonotonic {
+    pub fn new(regions: usize) -> Self {
+        Self { last: vec![VersionVector::new(); regions] }
+    }
+
+    fn check(&mut self, node: usize, now: &VersionVector, when: &str) -> Result<(), String> {
+        if !now.dominates(&self.last[node]) {
+            return Err(format!("r{node} version vector went back {when}: {:?} -> {now:?}", self.last[node]));
+        }
+        self.last[node] = now.clone();
+        Ok(())
+    }
+}
+
+impl Invariant for VvMonotonic {
+    fn name(&self) -> &'static str {
+        "version_vectors_never_go_backwards"
+    }
+
+    fn on_commit(&mut self, node: usize, _: &CommitBatch, applied: &VersionVector) -> Result<(), String> {
+        self.check(node, applied, "at a commit")
+    }
+
+    fn on_restart(&mut self, node: usize, recovered: &VersionVector) -> Result<(), String> {
+        self.check(node, recovered, "across a restart")
+    }
+}

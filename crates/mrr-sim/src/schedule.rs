@@ -1,0 +1,118 @@
+//! The fault schedule and workload of one run, generated up front from the seed so that a
+//! failing run can be shrunk by dropping faults and replayed with the faults it kept.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::world::SimConfig;
+
+/// One scheduled fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultEvent {
+    /// Messages from `from` to `to` are lost until the matching heal (one direction).
+    Cut {
+        from: usize,
+        to: usize,
+    },
+    Mend {
+        from: usize,
+        to: usize,
+    },
+    /// The node's process dies: volatile state is lost, the disk keeps what was committed.
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
+    /// The node's clock offset from true time changes (skew and drift).
+    Clock {
+        node: usize,
+        offset_ms: i64,
+    },
+}
+
+impl fmt::Display for FaultEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FaultEvent::Cut { from, to } => write!(f, "cut r{from}->r{to}"),
+            FaultEvent::Mend { from, to } => write!(f, "mend r{from}->r{to}"),
+            FaultEvent::Crash { node } => write!(f, "crash r{node}"),
+            FaultEvent::Restart { node } => write!(f, "restart r{node}"),
+            FaultEvent::Clock { node, offset_ms } => write!(f, "clock r{node} {offset_ms:+}ms"),
+        }
+    }
+}
+
+/// A client write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteEvent {
+    pub node: usize,
+    pub key: usize,
+    pub delete: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// `(at_ms, fault)`, in time order. Indices are what `--keep-faults` names.
+    pub faults: Vec<(u64, FaultEvent)>,
+    pub writes: Vec<(u64, WriteEvent)>,
+}
+
+impl Schedule {
+    pub fn generate(seed: u64, config: &SimConfig) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5c4e_d01e);
+        let n = config.regions;
+        let phase = config.fault_phase_ms;
+        let mut faults = Vec::new();
+        for _ in 0..config.faults {
+            let at = rng.random_range(0..phase);
+            // Each fault heals itself within the phase, or at the latest at the heal.
+            let until = (at + rng.random_range(100..phase.max(101))).min(phase);
+            let a = rng.random_range(0..n);
+            let b = (a + rng.random_range(1..n)) % n;
+            match rng.random_range(0..4u8) {
+                0 => {
+                    faults.push((at, FaultEvent::Cut { from: a, to: b }));
+                    faults.push((until, FaultEvent::Mend { from: a, to: b }));
+                }
+                1 => {
+                    faults.push((at, FaultEvent::Cut { from: a, to: b }));
+                    faults.push((at, FaultEvent::Cut { from: b, to: a }));
+                    faults.push((until, FaultEvent::Mend { from: a, to: b }));
+                    faults.push((until, FaultEvent::Mend { from: b, to: a }));
+                }
+                2 => {
+                    faults.push((at, FaultEvent::Crash { node: a }));
+                    faults.push((until, FaultEvent::Restart { node: a }));
+                }
+                _ => {
+                    let skew = i64::try_from(config.max_skew_ms).unwrap_or(i64::MAX);
+                    faults.push((at, FaultEvent::Clock { node: a, offset_ms: rng.random_range(-skew..=skew) }));
+                }
+            }
+        }
+        faults.sort_by_key(|(at, _)| *at);
+        let mut writes: Vec<(u64, WriteEvent)> = (0..config.writes)
+            .map(|_| {
+                let at = rng.random_range(0..phase);
+                let w = WriteEvent {
+                    node: rng.random_range(0..n),
+                    key: rng.random_range(0..config.keys),
+                    delete: rng.random_ratio(1, 8),
+                };
+                (at, w)
+            })
+            .collect();
+        writes.sort_by_key(|(at, _)| *at);
+        Self { faults, writes }
+    }
+
+    /// The same schedule with only the faults whose indices are in `keep`.
+    pub fn keep_faults(&self, keep: &BTreeSet<usize>) -> Self {
+        let faults = self.faults.iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, f)| f.clone()).collect();
+        Self { faults, writes: self.writes.clone() }
+    }
+}

@@ -1,0 +1,638 @@
+//! The event loop: simulated time, network, disks and clocks around the real core.
+//!
+//! The glue here mirrors `mrr-replication`'s runtime (dial, handshake, pump, apply, ack,
+//! heartbeat, timeout, backoff) step for step, but every decision it makes is the core's:
+//! `Engine` admits and merges, `OutboundSession` chooses what to send, `MemStore` stores.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mrr_core::session::{OutboundLimits, OutboundSession};
+use mrr_core::{Key, Metadata, RegionName};
+use mrr_storage::{MemStore, Store};
+use mrr_writer::{Engine, LocalOp, Pending};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::invariants::{self, AckedWrite, FinalState, Invariant};
+use crate::net::{Body, Msg};
+use crate::schedule::{FaultEvent, Schedule, WriteEvent};
+
+/// Physical time at simulated time 0, so HLC timestamps look like real ones.
+const EPOCH_MS: u64 = 1_700_000_000_000;
+const TICK_MS: u64 = 100;
+const TIMEOUT_MS: u64 = 1_000;
+const BACKOFF_MIN_MS: u64 = 100;
+const BACKOFF_MAX_MS: u64 = 2_000;
+/// After convergence, keep delivering stragglers (late duplicates) this long before the end.
+const SETTLE_MS: u64 = 2_000;
+const TOPIC: &str = "t";
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub regions: usize,
+    pub writes: usize,
+    pub keys: usize,
+    /// Fault episodes in the fault phase.
+    pub faults: usize,
+    pub fault_phase_ms: u64,
+    /// The run fails if regions have not converged this long after the heal.
+    pub heal_deadline_ms: u64,
+    pub max_skew_ms: u64,
+    /// One-way delay per region pair is drawn from this range.
+    pub delay_ms: (u64, u64),
+    pub jitter_ms: u64,
+    pub loss_per_mille: u32,
+    pub duplicate_per_mille: u32,
+    pub reorder_per_mille: u32,
+    pub limits: OutboundLimits,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            regions: 3,
+            writes: 200,
+            keys: 8,
+            faults: 6,
+            fault_phase_ms: 10_000,
+            heal_deadline_ms: 60_000,
+            max_skew_ms: 200,
+            delay_ms: (20, 120),
+            jitter_ms: 10,
+            loss_per_mille: 5,
+            duplicate_per_mille: 10,
+            reorder_per_mille: 10,
+            // Small windows and batches so that the window, batching and pipelining all engage.
+            limits: OutboundLimits { batch_changes_max: 8, inflight_changes_max: 32 },
+        }
+    }
+}
+
+/// A successful run.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub seed: u64,
+    /// Simulated time from the heal to identical version vectors everywhere.
+    pub converge_ms: u64,
+    pub events: u64,
+    pub acked_writes: usize,
+}
+
+/// A broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub seed: u64,
+    pub invariant: &'static str,
+    pub at_ms: u64,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "seed {}: {} violated at {} ms: {}", self.seed, self.invariant, self.at_ms, self.detail)
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    Deliver(Msg),
+    Tick(usize),
+    Write(WriteEvent),
+    Fault(FaultEvent),
+    Heal,
+}
+
+#[derive(Debug)]
+enum Out {
+    Down { retry_at: u64, backoff: u64 },
+    Connecting { epoch: u64, since: u64, backoff: u64 },
+    Up { epoch: u64, session: Box<OutboundSession>, last_heard: u64 },
+}
+
+#[derive(Debug)]
+struct In {
+    epoch: u64,
+    last_heard: u64,
+}
+
+#[derive(Debug)]
+struct Node {
+    store: MemStore,
+    /// `None` while the process is down.
+    engine: Option<Engine>,
+    clock_offset_ms: i64,
+    out: Vec<Option<Out>>,
+    inc: Vec<Option<In>>,
+}
+
+struct World {
+    seed: u64,
+    cfg: SimConfig,
+    now: u64,
+    next_id: u64,
+    queue: BTreeMap<(u64, u64), Event>,
+    names: Vec<RegionName>,
+    nodes: Vec<Node>,
+    rng: StdRng,
+    cut: BTreeSet<(usize, usize)>,
+    base_delay: BTreeMap<(usize, usize), u64>,
+    last_delivery: BTreeMap<(usize, usize), u64>,
+    next_epoch: u64,
+    writes_done: u64,
+    invariants: Vec<Box<dyn Invariant>>,
+    healed_at: Option<u64>,
+    converged_at: Option<u64>,
+    events: u64,
+    acked: usize,
+}
+
+type Step = Result<(), Violation>;
+
+/// Runs one seed. `keep` restricts the schedule's faults to those indices (for shrinking and
+/// replay); `None` keeps them all.
+pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result<RunReport, Violation> {
+    assert!((2..=8).contains(&cfg.regions), "2 to 8 regions");
+    let full = Schedule::generate(seed, cfg);
+    let schedule = match keep {
+        Some(k) => full.keep_faults(k),
+        None => full,
+    };
+    let mut world = World::new(seed, cfg.clone(), &schedule);
+    world.run_to_end()?;
+    let converge_ms = match (world.healed_at, world.converged_at) {
+        (Some(h), Some(c)) => c.saturating_sub(h),
+        _ => 0,
+    };
+    Ok(RunReport { seed, converge_ms, events: world.events, acked_writes: world.acked })
+}
+
+/// Drops faults one at a time while the run still fails; returns the indices of the faults
+/// that remain (each needed for the failure) and the violation they produce.
+pub fn shrink(seed: u64, cfg: &SimConfig, violation: Violation) -> (BTreeSet<usize>, Violation) {
+    let n = Schedule::generate(seed, cfg).faults.len();
+    let mut keep: BTreeSet<usize> = (0..n).collect();
+    let mut last = violation;
+    for i in (0..n).rev() {
+        keep.remove(&i);
+        match run(seed, cfg, Some(&keep)) {
+            Err(v) => last = v,
+            Ok(_) => {
+                keep.insert(i);
+            }
+        }
+    }
+    (keep, last)
+}
+
+impl World {
+    fn new(seed: u64, cfg: SimConfig, schedule: &Schedule) -> Self {
+        let n = cfg.regions;
+        let names: Vec<RegionName> =
+            (0..n).map(|i| RegionName::new(format!("r{i}")).unwrap_or_else(|e| unreachable!("{e}"))).collect();
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x006e_6574);
+        let mut base_delay = BTreeMap::new();
+        for a in 0..n {
+            for b in (a + 1)..n {
+                let d = rng.random_range(cfg.delay_ms.0..=cfg.delay_ms.1);
+                base_delay.insert((a, b), d);
+                base_delay.insert((b, a), d);
+            }
+        }
+        let nodes = (0..n)
+            .map(|i| Node {
+                store: MemStore::new(),
+                engine: Some(Engine::new(names[i].clone(), Default::default(), cfg.max_skew_ms)),
+                clock_offset_ms: 0,
+                out: (0..n).map(|j| (j != i).then_some(Out::Down { retry_at: 0, backoff: BACKOFF_MIN_MS })).collect(),
+                inc: (0..n).map(|_| None).collect(),
+            })
+            .collect();
+        let mut world = Self {
+            seed,
+            invariants: invariants::all(n),
+            cfg,
+            now: 0,
+            next_id: 0,
+            queue: BTreeMap::new(),
+            names,
+            nodes,
+            rng,
+            cut: BTreeSet::new(),
+            base_delay,
+            last_delivery: BTreeMap::new(),
+            next_epoch: 1,
+            writes_done: 0,
+            healed_at: None,
+            converged_at: None,
+            events: 0,
+            acked: 0,
+        };
+        for i in 0..n {
+            // Stagger ticks so nodes do not act in lockstep.
+            let first = world.rng.random_range(0..TICK_MS);
+            world.at(first, Event::Tick(i));
+        }
+        for (at, f) in &schedule.faults {
+            world.at(*at, Event::Fault(f.clone()));
+        }
+        for (at, w) in &schedule.writes {
+            world.at(*at, Event::Write(w.clone()));
+        }
+        let heal = world.cfg.fault_phase_ms;
+        world.at(heal, Event::Heal);
+        world
+    }
+
+    fn at(&mut self, at: u64, event: Event) {
+        self.queue.insert((at, self.next_id), event);
+        self.next_id += 1;
+    }
+
+    fn violation(&self, invariant: &'static str, detail: String) -> Violation {
+        Violation { seed: self.seed, invariant, at_ms: self.now, detail }
+    }
+
+    fn physical_ms(&self, node: usize) -> u64 {
+        (EPOCH_MS + self.now).saturating_add_signed(self.nodes[node].clock_offset_ms)
+    }
+
+    fn run_to_end(&mut self) -> Step {
+        while let Some(((at, _), event)) = self.queue.pop_first() {
+            self.now = at;
+            self.events += 1;
+            match event {
+                Event::Deliver(msg) => self.deliver(msg)?,
+                Event::Tick(k) => self.tick(k)?,
+                Event::Write(w) => self.client_write(w)?,
+                Event::Fault(f) => self.fault(f)?,
+                Event::Heal => self.heal()?,
+            }
+            if let Some(healed) = self.healed_at {
+                if self.converged_at.is_none() && self.converged() {
+                    self.converged_at = Some(self.now);
+                }
+                match self.converged_at {
+                    Some(c) if self.now >= c + SETTLE_MS => return self.finish(),
+                    None if self.now > healed + self.cfg.heal_deadline_ms => {
+                        let vvs: Vec<_> =
+                            self.nodes.iter().filter_map(|n| n.engine.as_ref().map(|e| e.applied().clone())).collect();
+                        return Err(self.violation(
+                            "convergence",
+                            format!("not converged {} ms after the heal: {vvs:?}", self.cfg.heal_deadline_ms),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Err(self.violation("simulator", "event queue ran dry".into()))
+    }
+
+    fn converged(&self) -> bool {
+        let mut vvs = self.nodes.iter().map(|n| n.engine.as_ref().map(Engine::applied));
+        let Some(Some(first)) = vvs.next() else { return false };
+        vvs.all(|v| v == Some(first))
+    }
+
+    fn finish(&mut self) -> Step {
+        let mut finals = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let store_err = |e: mrr_storage::StoreError| self.violation("simulator", e.to_string());
+            let records = node.store.scan(TOPIC, None, usize::MAX).map_err(store_err)?;
+            let mut changelog = Vec::new();
+            for origin in &self.names {
+                changelog.extend(node.store.changes_after(origin, 0, usize::MAX).map_err(store_err)?);
+            }
+            let applied = node.store.recover().map_err(store_err)?.vv;
+            finals.push(FinalState { region: self.names[i].clone(), records, applied, changelog });
+        }
+        for inv in &mut self.invariants {
+            if let Err(detail) = inv.at_end(&finals) {
+                return Err(Violation { seed: self.seed, invariant: inv.name(), at_ms: self.now, detail });
+            }
+        }
+        Ok(())
+    }
+
+    fn roll(&mut self, per_mille: u32) -> bool {
+        per_mille > 0 && self.rng.random_range(0..1000) < per_mille
+    }
+
+    fn send(&mut self, from: usize, to: usize, epoch: u64, body: Body) {
+        if self.cut.contains(&(from, to)) || self.roll(self.cfg.loss_per_mille) {
+            return;
+        }
+        let jitter = if self.cfg.jitter_ms > 0 { self.rng.random_range(0..=self.cfg.jitter_ms) } else { 0 };
+        let mut at = self.now + self.base_delay.get(&(from, to)).copied().unwrap_or(0) + jitter;
+        if !self.roll(self.cfg.reorder_per_mille) {
+            // A stream is FIFO unless the reorder fault strikes.
+            let last = self.last_delivery.entry((from, to)).or_insert(0);
+            at = at.max(*last);
+            *last = at;
+        }
+        let msg = Msg { from, to, epoch, body };
+        if self.roll(self.cfg.duplicate_per_mille) {
+            let again = at + self.rng.random_range(1..=200);
+            self.at(again, Event::Deliver(msg.clone()));
+        }
+        self.at(at, Event::Deliver(msg));
+    }
+
+    fn direct(&self, node: usize) -> BTreeSet<RegionName> {
+        self.nodes[node]
+            .inc
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_some())
+            .map(|(j, _)| self.names[j].clone())
+            .collect()
+    }
+
+    /// Commits `pending` at `node` and runs the commit hooks.
+    fn commit(&mut self, node: usize, pending: Pending) -> Step {
+        let Node { engine, store, .. } = &mut self.nodes[node];
+        let Some(engine) = engine.as_mut() else { return Ok(()) };
+        let Some(batch) = engine.finish(pending) else { return Ok(()) };
+        store.commit(&batch).map_err(|e| Violation {
+            seed: self.seed,
+            invariant: "simulator",
+            at_ms: self.now,
+            detail: e.to_string(),
+        })?;
+        engine.committed(&batch);
+        let applied = engine.applied().clone();
+        for inv in &mut self.invariants {
+            inv.on_commit(node, &batch, &applied).map_err(|detail| Violation {
+                seed: self.seed,
+                invariant: inv.name(),
+                at_ms: self.now,
+                detail,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn client_write(&mut self, w: WriteEvent) -> Step {
+        if self.healed_at.is_some() {
+            return Ok(());
+        }
+        let physical = self.physical_ms(w.node);
+        self.writes_done += 1;
+        let key = Key::new(TOPIC, format!("k{}", w.key));
+        let op = if w.delete {
+            LocalOp::Delete { key }
+        } else {
+            let value = format!("{{\"w\":{}}}", self.writes_done).into_bytes();
+            LocalOp::Put { key, value, metadata: Metadata::default() }
+        };
+        let Node { engine, store, .. } = &mut self.nodes[w.node];
+        let Some(engine) = engine.as_mut() else { return Ok(()) };
+        let mut pending = engine.begin();
+        let committed = engine.apply_local(&mut pending, store, vec![op], physical).map_err(|e| Violation {
+            seed: self.seed,
+            invariant: "simulator",
+            at_ms: self.now,
+            detail: e.to_string(),
+        })?;
+        self.commit(w.node, pending)?;
+        for c in committed {
+            let acked = AckedWrite {
+                node: w.node,
+                key: c.key,
+                version: c.record.version.clone(),
+                origin: c.record.origin.clone(),
+                seq: c.record.seq,
+                tombstone: c.record.is_tombstone(),
+            };
+            self.acked += 1;
+            for inv in &mut self.invariants {
+                inv.on_acked(&acked);
+            }
+        }
+        self.pump(w.node);
+        Ok(())
+    }
+
+    /// Sends every batch the node's sessions allow now.
+    fn pump(&mut self, node: usize) {
+        let n = self.cfg.regions;
+        for peer in 0..n {
+            loop {
+                let Node { engine, store, out, .. } = &mut self.nodes[node];
+                let (Some(engine), Some(Out::Up { epoch, session, .. })) = (engine.as_ref(), out[peer].as_mut()) else {
+                    break;
+                };
+                let Some(read) = session.next_read(engine.applied()) else { break };
+                let changes = store.changes_after(&read.origin, read.after_seq, read.limit).unwrap_or_default();
+                let (Some(first), Some(last)) = (changes.first(), changes.last()) else { break };
+                session.on_sent(&read.origin, first.seq, last.seq, self.now);
+                let epoch = *epoch;
+                self.send(node, peer, epoch, Body::Batch { changes });
+            }
+        }
+    }
+
+    fn deliver(&mut self, msg: Msg) -> Step {
+        let (node, from, epoch) = (msg.to, msg.from, msg.epoch);
+        if self.nodes[node].engine.is_none() {
+            return Ok(());
+        }
+        match msg.body {
+            Body::Hello => {
+                self.nodes[node].inc[from] = Some(In { epoch, last_heard: self.now });
+                let applied = self.nodes[node].engine.as_ref().map(|e| e.applied().clone()).unwrap_or_default();
+                let direct = self.direct(node);
+                self.send(node, from, epoch, Body::Welcome { applied, direct });
+            }
+            Body::Welcome { applied, direct } => {
+                if let Some(Out::Connecting { epoch: e, .. }) = &self.nodes[node].out[from] {
+                    if *e == epoch {
+                        let session = OutboundSession::new(
+                            self.names[node].clone(),
+                            self.names[from].clone(),
+                            applied,
+                            direct,
+                            self.cfg.limits.clone(),
+                            self.now,
+                        );
+                        self.nodes[node].out[from] =
+                            Some(Out::Up { epoch, session: Box::new(session), last_heard: self.now });
+                        self.pump(node);
+                    }
+                }
+            }
+            Body::Batch { changes } => {
+                let live = matches!(&self.nodes[node].inc[from], Some(c) if c.epoch == epoch);
+                if !live {
+                    return Ok(());
+                }
+                let physical = self.physical_ms(node);
+                let Node { engine, store, inc, .. } = &mut self.nodes[node];
+                if let Some(c) = inc[from].as_mut() {
+                    c.last_heard = self.now;
+                }
+                let Some(engine) = engine.as_mut() else { return Ok(()) };
+                let mut pending = engine.begin();
+                let outcome = engine.apply_remote(&mut pending, store, changes, physical).map_err(|e| Violation {
+                    seed: self.seed,
+                    invariant: "simulator",
+                    at_ms: self.now,
+                    detail: e.to_string(),
+                })?;
+                self.commit(node, pending)?;
+                if let Some(r) = &outcome.refused {
+                    for inv in &mut self.invariants {
+                        inv.on_refusal(node, r).map_err(|detail| Violation {
+                            seed: self.seed,
+                            invariant: inv.name(),
+                            at_ms: self.now,
+                            detail,
+                        })?;
+                    }
+                }
+                let refused = outcome.refused.is_some();
+                let direct = self.direct(node);
+                self.send(node, from, epoch, Body::Ack { applied: outcome.vv, direct, refused });
+                if refused {
+                    self.nodes[node].inc[from] = None;
+                }
+                self.pump(node);
+            }
+            Body::Ack { applied, direct, refused } => {
+                let now = self.now;
+                let backoff = self.backoff();
+                if let Some(Out::Up { epoch: e, session, last_heard }) = self.nodes[node].out[from].as_mut() {
+                    if *e == epoch {
+                        *last_heard = now;
+                        session.on_ack(&applied, direct, now);
+                        if refused {
+                            self.nodes[node].out[from] = Some(Out::Down { retry_at: now + backoff, backoff });
+                        } else {
+                            self.pump(node);
+                        }
+                    }
+                }
+            }
+            Body::Heartbeat => {
+                if let Some(c) = self.nodes[node].inc[from].as_mut() {
+                    if c.epoch == epoch {
+                        c.last_heard = self.now;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn backoff(&mut self) -> u64 {
+        BACKOFF_MIN_MS + self.rng.random_range(0..BACKOFF_MIN_MS)
+    }
+
+    fn tick(&mut self, node: usize) -> Step {
+        self.at(self.now + TICK_MS, Event::Tick(node));
+        if self.nodes[node].engine.is_none() {
+            return Ok(());
+        }
+        let now = self.now;
+        for peer in 0..self.cfg.regions {
+            let next = match self.nodes[node].out[peer].take() {
+                None => None,
+                Some(Out::Down { retry_at, backoff }) if now >= retry_at => {
+                    let epoch = self.next_epoch;
+                    self.next_epoch += 1;
+                    self.send(node, peer, epoch, Body::Hello);
+                    Some(Out::Connecting { epoch, since: now, backoff })
+                }
+                Some(Out::Connecting { since, backoff, .. }) if now - since > TIMEOUT_MS => {
+                    let jitter = self.rng.random_range(0..=backoff / 2);
+                    Some(Out::Down { retry_at: now + backoff + jitter, backoff: (backoff * 2).min(BACKOFF_MAX_MS) })
+                }
+                Some(Out::Up { last_heard, session, .. })
+                    if now - last_heard > TIMEOUT_MS || session.stalled(now, TIMEOUT_MS) =>
+                {
+                    Some(Out::Down { retry_at: now + BACKOFF_MIN_MS, backoff: BACKOFF_MIN_MS })
+                }
+                Some(Out::Up { epoch, session, last_heard }) => {
+                    self.send(node, peer, epoch, Body::Heartbeat);
+                    Some(Out::Up { epoch, session, last_heard })
+                }
+                other => other,
+            };
+            self.nodes[node].out[peer] = next;
+        }
+        let applied = self.nodes[node].engine.as_ref().map(|e| e.applied().clone()).unwrap_or_default();
+        for peer in 0..self.cfg.regions {
+            let Some(c) = &self.nodes[node].inc[peer] else { continue };
+            if now - c.last_heard > TIMEOUT_MS {
+                self.nodes[node].inc[peer] = None;
+            } else {
+                let (epoch, direct) = (c.epoch, self.direct(node));
+                self.send(node, peer, epoch, Body::Ack { applied: applied.clone(), direct, refused: false });
+            }
+        }
+        self.pump(node);
+        Ok(())
+    }
+
+    fn fault(&mut self, fault: FaultEvent) -> Step {
+        match fault {
+            FaultEvent::Cut { from, to } => {
+                self.cut.insert((from, to));
+            }
+            FaultEvent::Mend { from, to } => {
+                self.cut.remove(&(from, to));
+            }
+            FaultEvent::Crash { node } => self.crash(node),
+            FaultEvent::Restart { node } => self.restart(node)?,
+            FaultEvent::Clock { node, offset_ms } => self.nodes[node].clock_offset_ms = offset_ms,
+        }
+        Ok(())
+    }
+
+    fn crash(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        n.engine = None;
+        for o in n.out.iter_mut().flatten() {
+            *o = Out::Down { retry_at: u64::MAX, backoff: BACKOFF_MIN_MS };
+        }
+        for i in n.inc.iter_mut() {
+            *i = None;
+        }
+    }
+
+    fn restart(&mut self, node: usize) -> Step {
+        if self.nodes[node].engine.is_some() {
+            return Ok(());
+        }
+        let recovered = self.nodes[node].store.recover().map_err(|e| Violation {
+            seed: self.seed,
+            invariant: "simulator",
+            at_ms: self.now,
+            detail: e.to_string(),
+        })?;
+        for inv in &mut self.invariants {
+            inv.on_restart(node, &recovered.vv).map_err(|detail| Violation {
+                seed: self.seed,
+                invariant: inv.name(),
+                at_ms: self.now,
+                detail,
+            })?;
+        }
+        let n = &mut self.nodes[node];
+        n.engine = Some(Engine::new(self.names[node].clone(), recovered, self.cfg.max_skew_ms));
+        for o in n.out.iter_mut().flatten() {
+            *o = Out::Down { retry_at: self.now, backoff: BACKOFF_MIN_MS };
+        }
+        Ok(())
+    }
+
+    /// End of the fault phase: links mend, crashed regions come back, writes stop. Clock
+    /// offsets stay as they are: convergence must not need perfect clocks.
+    fn heal(&mut self) -> Step {
+        self.cut.clear();
+        for node in 0..self.cfg.regions {
+            self.restart(node)?;
+        }
+        self.healed_at = Some(self.now);
+        Ok(())
+    }
+}
