@@ -75,6 +75,40 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Inject network faults into a running cluster through its emulated links.
+    Chaos {
+        /// Any region's config: it lists every region and its `api` address.
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        #[arg(long, env = "MRR_KEY")]
+        api_key: Option<String>,
+        #[command(subcommand)]
+        action: ChaosAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ChaosAction {
+    /// Cut the link between two regions (both directions unless --one-way: A to B only).
+    Partition {
+        a: String,
+        b: String,
+        #[arg(long)]
+        one_way: bool,
+    },
+    /// Restore the link between two regions (both directions).
+    Heal { a: String, b: String },
+    /// Set the one-way delay (and jitter) between two regions, both directions.
+    Delay {
+        a: String,
+        b: String,
+        #[arg(long)]
+        ms: u64,
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
+    },
+    /// Show every region's links.
+    Show,
 }
 
 fn init_logging(debug: bool) {
@@ -151,7 +185,108 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { target } => status(&target).await,
+        Command::Chaos { config, api_key, action } => chaos(&config, api_key.as_deref(), action).await,
     }
+}
+
+/// One client per region, from the `api` addresses in a config.
+fn region_clients(path: &std::path::Path, api_key: Option<&str>) -> anyhow::Result<Clients> {
+    let config = Config::load(path)?;
+    config
+        .regions
+        .iter()
+        .map(|r| {
+            let api = r.api.as_deref().with_context(|| {
+                format!(
+                    "region {} has no `api` address in {}; add `api: http://host:port` to its entry",
+                    r.name,
+                    path.display()
+                )
+            })?;
+            Ok((r.name.to_string(), mrr_client::connect(api, api_key)?))
+        })
+        .collect()
+}
+
+type Clients = Vec<(String, mrr_client::Client)>;
+
+fn region_client<'a>(clients: &'a Clients, name: &str) -> anyhow::Result<&'a mrr_client::Client> {
+    clients.iter().find(|(n, _)| n == name).map(|(_, c)| c).with_context(|| {
+        let known: Vec<&str> = clients.iter().map(|(n, _)| n.as_str()).collect();
+        format!("unknown region {name}; regions: {}", known.join(", "))
+    })
+}
+
+/// Changes the link from `from` to `to`, keeping the settings `change` does not touch.
+async fn change_link(
+    clients: &Clients,
+    from: &str,
+    to: &str,
+    change: impl Fn(&mut mrr_client::LinkSettings),
+) -> anyhow::Result<()> {
+    let c = region_client(clients, from)?;
+    let mut settings = c.links().await?.links.get(to).copied().unwrap_or_default();
+    change(&mut settings);
+    c.set_link(to, settings).await?;
+    let state = if settings.partitioned { "partitioned" } else { "up" };
+    println!("{from} -> {to}: delay {} ms, jitter {} ms, {state}", settings.delay_ms, settings.jitter_ms);
+    Ok(())
+}
+
+async fn chaos(config: &std::path::Path, api_key: Option<&str>, action: ChaosAction) -> anyhow::Result<()> {
+    let clients = region_clients(config, api_key)?;
+    match action {
+        ChaosAction::Partition { a, b, one_way } => {
+            change_link(&clients, &a, &b, |l| l.partitioned = true).await?;
+            if !one_way {
+                change_link(&clients, &b, &a, |l| l.partitioned = true).await?;
+            }
+        }
+        ChaosAction::Heal { a, b } => {
+            change_link(&clients, &a, &b, |l| l.partitioned = false).await?;
+            change_link(&clients, &b, &a, |l| l.partitioned = false).await?;
+        }
+        ChaosAction::Delay { a, b, ms, jitter_ms } => {
+            let apply = |l: &mut mrr_client::LinkSettings| {
+                l.delay_ms = ms;
+                l.jitter_ms = jitter_ms;
+            };
+            change_link(&clients, &a, &b, apply).await?;
+            change_link(&clients, &b, &a, apply).await?;
+        }
+        ChaosAction::Show => {
+            let mut table = Table::new();
+            table.load_preset(UTF8_FULL_CONDENSED);
+            table.set_header(["from", "to", "delay ms", "jitter ms", "state"]);
+            for (name, c) in &clients {
+                match c.links().await {
+                    Ok(view) => {
+                        for (to, l) in view.links {
+                            let state = if !view.enabled {
+                                "emulation off"
+                            } else if l.partitioned {
+                                "partitioned"
+                            } else {
+                                "up"
+                            };
+                            table.add_row([
+                                name.clone(),
+                                to,
+                                l.delay_ms.to_string(),
+                                l.jitter_ms.to_string(),
+                                state.into(),
+                            ]);
+                        }
+                    }
+                    Err(e) => {
+                        table.add_row([name.clone(), "-".into(), "-".into(), "-".into(), format!("unreachable: {e}")]);
+                    }
+                }
+            }
+            println!("{table}");
+        }
+    }
+    Ok(())
 }
 
 fn client(target: &Target) -> anyhow::Result<mrr_client::Client> {

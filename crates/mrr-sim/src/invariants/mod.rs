@@ -67,7 +67,7 @@ pub fn all(regions: usize) -> Vec<Box<dyn Invariant>> {
     vec![
         Box::new(VvMonotonic::new(regions)),
         Box::new(NoDoubleApply::new(regions)),
-        Box::new(NoLoop::default()),
+        Box::new(NoLoop),
         Box::new(NoResurrection::new(regions)),
         Box::new(AckedWrites::default()),
         Box::new(Convergence),
