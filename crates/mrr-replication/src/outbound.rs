@@ -143,7 +143,8 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     let mono_ms = move || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut session =
         OutboundSession::new(cfg.local.clone(), peer.region.clone(), peer_vv, peer_direct, cfg.limits.clone(), 0);
-    let mut applied = ctx.writer.applied();
+    // Only durable changes leave the region (see `Writer::durable`).
+    let mut applied = ctx.writer.durable();
     ctx.status.update(&peer.region, |s| {
         s.outbound = state::CONNECTED.into();
         s.last_error = None;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use mrr_core::session::OutboundLimits;
 use mrr_core::PhysicalClock;
 use mrr_replication::{LinkSpec, Links, PeerConfig, ReplicationConfig, Replicator};
-use mrr_storage::{FjallStore, Store};
+use mrr_storage::{Durability, FjallStore, Store};
 use mrr_writer::{SystemClock, Writer, WriterConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -37,6 +37,9 @@ pub struct NodeOptions {
     pub peer_timeout: Duration,
     /// Seed of the link emulation's jitter.
     pub link_seed: u64,
+    /// Under `durability: buffered`, how often the journal is persisted (and changes become
+    /// eligible for replication).
+    pub sync_interval: Duration,
 }
 
 impl Default for NodeOptions {
@@ -46,6 +49,7 @@ impl Default for NodeOptions {
             heartbeat_interval: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(5),
             link_seed: 0x004d_5252,
+            sync_interval: Duration::from_millis(50),
         }
     }
 }
@@ -69,13 +73,12 @@ impl Node {
                 .map_err(|source| StartError::Store { path: data.clone(), source })?,
         );
         let max_skew_ms = u64::try_from(config.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
-        let writer = Writer::start(
-            config.region.clone(),
-            max_skew_ms,
-            store.clone(),
-            options.clock.clone(),
-            WriterConfig::default(),
-        )
+        let sync_interval = match config.durability {
+            Durability::Fsync => None,
+            Durability::Buffered => Some(options.sync_interval),
+        };
+        let writer_config = WriterConfig { sync_interval, ..WriterConfig::default() };
+        let writer = Writer::start(config.region.clone(), max_skew_ms, store.clone(), options.clock.clone(), writer_config)
         .map_err(|source| StartError::Store { path: data, source })?;
 
         let links = match &config.links {

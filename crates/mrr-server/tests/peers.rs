@@ -23,10 +23,11 @@ struct Pair {
 }
 
 async fn pair(secrets: [&str; 2]) -> anyhow::Result<Pair> {
-    pair_with_clocks(secrets, [None, None]).await
+    pair_with(secrets, [None, None], "").await
 }
 
-async fn pair_with_clocks(secrets: [&str; 2], clocks: [Option<Arc<dyn PhysicalClock>>; 2]) -> anyhow::Result<Pair> {
+/// Two nodes; `clocks` replace their physical clocks, `extra` is appended to both configs.
+async fn pair_with(secrets: [&str; 2], clocks: [Option<Arc<dyn PhysicalClock>>; 2], extra: &str) -> anyhow::Result<Pair> {
     let peer_ports = [free_port()?, free_port()?];
     let names = ["ap-northeast", "us-west"];
     let mut nodes = Vec::new();
@@ -34,7 +35,7 @@ async fn pair_with_clocks(secrets: [&str; 2], clocks: [Option<Arc<dyn PhysicalCl
     for k in 0..2 {
         let dir = tempfile::tempdir()?;
         let text = format!(
-            "cluster: t\nregion: {}\nsecret: \"{}\"\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:{} }}\nregions:\n  - name: ap-northeast\n    endpoint: http://127.0.0.1:{}\n  - name: us-west\n    endpoint: http://127.0.0.1:{}\n",
+            "cluster: t\nregion: {}\nsecret: \"{}\"\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:{} }}\nregions:\n  - name: ap-northeast\n    endpoint: http://127.0.0.1:{}\n  - name: us-west\n    endpoint: http://127.0.0.1:{}\n{extra}",
             names[k], secrets[k], dir.path().display(), peer_ports[k], peer_ports[0], peer_ports[1]
         );
         let config = Config::parse(Path::new("test.yaml"), &text)?;
@@ -107,6 +108,14 @@ async fn matching_secrets_replicate() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_durability_replicates_once_the_syncer_persists() -> anyhow::Result<()> {
+    let p = pair_with(["same-secret-0123456789"; 2], [None, None], "durability: buffered\n").await?;
+    let w = p.clients[0].publish("users", &json!({"id": "u001"})).await?;
+    assert_eq!(wait_for_record(&p.clients[1], "users/u001").await?, w);
+    Ok(())
+}
+
 fn hello(protocol_version: u32, cluster: &str) -> ToAcceptor {
     ToAcceptor {
         msg: Some(to_acceptor::Msg::Hello(Hello {
@@ -159,7 +168,7 @@ impl PhysicalClock for ShiftedClock {
 async fn changes_stamped_beyond_max_clock_skew_are_refused_then_delivered_once_clocks_agree() -> anyhow::Result<()> {
     let fast = Arc::new(ShiftedClock::default());
     fast.offset_ms.store(1_500, std::sync::atomic::Ordering::Relaxed);
-    let p = pair_with_clocks(["same-secret-0123456789"; 2], [Some(fast.clone()), None]).await?;
+    let p = pair_with(["same-secret-0123456789"; 2], [Some(fast.clone()), None], "").await?;
     let clients = &p.clients;
     // Tokyo's clock runs 1.5 s fast: its write is stamped 1.5 s in us-west's future.
     let w = clients[0].publish("users", &json!({"id": "early"})).await?;

@@ -112,6 +112,11 @@ impl Store for FjallStore {
         Ok(())
     }
 
+    fn persist(&self) -> Result<()> {
+        self.db.persist(PersistMode::SyncData)?;
+        Ok(())
+    }
+
     fn save_peer_cursor(&self, peer: &RegionName, vv: &VersionVector) -> Result<()> {
         self.meta.insert(encoding::peer_key(peer), encode(vv))?;
         Ok(())

@@ -79,6 +79,9 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `batch` atomically and, under [`Durability::Fsync`], durably.
     fn commit(&self, batch: &CommitBatch) -> Result<()>;
 
+    /// Makes every commit so far durable (fsync). Under [`Durability::Fsync`] commits already are.
+    fn persist(&self) -> Result<()>;
+
     /// The last cumulative ack a peer sent, kept for status and log retention.
     fn save_peer_cursor(&self, peer: &RegionName, vv: &VersionVector) -> Result<()>;
     fn peer_cursor(&self, peer: &RegionName) -> Result<Option<VersionVector>>;

@@ -73,11 +73,15 @@ pub struct WriterConfig {
     pub group_requests_max: usize,
     /// Requests waiting for the writer at most; beyond, callers wait (backpressure).
     pub queue_requests_max: usize,
+    /// `None`: every commit is durable when it returns (`durability: fsync`). `Some(interval)`:
+    /// commits reach OS buffers only (`durability: buffered`) and a syncer thread persists them
+    /// this often; only then are they [`Writer::durable`].
+    pub sync_interval: Option<std::time::Duration>,
 }
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        Self { group_requests_max: 512, queue_requests_max: 4_096 }
+        Self { group_requests_max: 512, queue_requests_max: 4_096, sync_interval: None }
     }
 }
 
@@ -91,6 +95,7 @@ enum Request {
 pub struct Writer {
     tx: mpsc::Sender<Request>,
     applied: watch::Receiver<VersionVector>,
+    durable: watch::Receiver<VersionVector>,
 }
 
 impl Writer {
@@ -106,11 +111,25 @@ impl Writer {
         let engine = Engine::new(local, recovered, max_skew_ms);
         let (applied_tx, applied) = watch::channel(engine.applied().clone());
         let (tx, rx) = mpsc::channel(config.queue_requests_max);
+        let thread_error = |e: std::io::Error| StoreError::Corrupt { what: "writer thread", key: Vec::new(), reason: e.to_string() };
+        let durable = match config.sync_interval {
+            None => applied.clone(),
+            Some(interval) => {
+                // What was recovered from disk is durable by definition.
+                let (durable_tx, durable) = watch::channel(applied.borrow().clone());
+                let (applied, store) = (applied.clone(), store.clone());
+                std::thread::Builder::new()
+                    .name("mrr-syncer".into())
+                    .spawn(move || sync(store, applied, durable_tx, interval))
+                    .map_err(thread_error)?;
+                durable
+            }
+        };
         std::thread::Builder::new()
             .name("mrr-writer".into())
             .spawn(move || run(engine, rx, store, clock, applied_tx, config))
-            .map_err(|e| StoreError::Corrupt { what: "writer thread", key: Vec::new(), reason: e.to_string() })?;
-        Ok(Self { tx, applied })
+            .map_err(thread_error)?;
+        Ok(Self { tx, applied, durable })
     }
 
     /// Applies client writes; returns once they are committed (durably, by default).
@@ -127,9 +146,43 @@ impl Writer {
         rx.await.map_err(|_| WriteError::Stopped)?
     }
 
-    /// The committed version vector; changes each time a commit lands.
+    /// The committed version vector; changes each time a commit lands. Readers see this state.
     pub fn applied(&self) -> watch::Receiver<VersionVector> {
         self.applied.clone()
+    }
+
+    /// The version vector known to be on disk. Replication ships only durable changes, so a
+    /// machine crash under `durability: buffered` can lose only changes no other region has
+    /// seen — and a restarted region can reuse their sequence numbers without conflict.
+    pub fn durable(&self) -> watch::Receiver<VersionVector> {
+        self.durable.clone()
+    }
+}
+
+/// The syncer of `durability: buffered`: persists the journal every `interval` when there is
+/// something new, then publishes what that made durable.
+fn sync(
+    store: Arc<dyn Store>,
+    applied: watch::Receiver<VersionVector>,
+    durable_tx: watch::Sender<VersionVector>,
+    interval: std::time::Duration,
+) {
+    loop {
+        std::thread::sleep(interval);
+        if durable_tx.is_closed() || applied.has_changed().is_err() {
+            return;
+        }
+        // Taken before persisting: every commit it covers is in the journal already.
+        let snapshot = applied.borrow().clone();
+        if *durable_tx.borrow() == snapshot {
+            continue;
+        }
+        match store.persist() {
+            Ok(()) => {
+                durable_tx.send_replace(snapshot);
+            }
+            Err(e) => tracing::error!(error = %e, "persist failed; replication waits until the disk takes it"),
+        }
     }
 }
 
