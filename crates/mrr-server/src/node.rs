@@ -78,8 +78,9 @@ impl Node {
             Durability::Buffered => Some(options.sync_interval),
         };
         let writer_config = WriterConfig { sync_interval, ..WriterConfig::default() };
-        let writer = Writer::start(config.region.clone(), max_skew_ms, store.clone(), options.clock.clone(), writer_config)
-        .map_err(|source| StartError::Store { path: data, source })?;
+        let writer =
+            Writer::start(config.region.clone(), max_skew_ms, store.clone(), options.clock.clone(), writer_config)
+                .map_err(|source| StartError::Store { path: data, source })?;
 
         let links = match &config.links {
             None => Links::disabled(),

@@ -27,7 +27,11 @@ async fn pair(secrets: [&str; 2]) -> anyhow::Result<Pair> {
 }
 
 /// Two nodes; `clocks` replace their physical clocks, `extra` is appended to both configs.
-async fn pair_with(secrets: [&str; 2], clocks: [Option<Arc<dyn PhysicalClock>>; 2], extra: &str) -> anyhow::Result<Pair> {
+async fn pair_with(
+    secrets: [&str; 2],
+    clocks: [Option<Arc<dyn PhysicalClock>>; 2],
+    extra: &str,
+) -> anyhow::Result<Pair> {
     let peer_ports = [free_port()?, free_port()?];
     let names = ["ap-northeast", "us-west"];
     let mut nodes = Vec::new();

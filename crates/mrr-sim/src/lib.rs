@@ -7,12 +7,14 @@
 //! or depends on thread timing: a seed replays exactly.
 //!
 //! Faults: delay and jitter, reordering, duplication, loss, symmetric and one-way partitions,
-//! process crash and restart, clock skew up to `max_clock_skew` and drift. After the fault
+//! process crash and restart, power loss (under `durability: buffered` it takes the commits
+//! not yet persisted), clock skew up to `max_clock_skew` and drift. After the fault
 //! phase every fault is healed and the [`invariants`] are checked.
 //!
-//! What is not simulated is stated in `docs/architecture.md` (machine crashes under
-//! `durability: buffered`, the handshake's cryptography, HTTP).
+//! What is not simulated is stated in `docs/architecture.md` (the handshake's cryptography,
+//! HTTP).
 
+mod disk;
 pub mod invariants;
 mod net;
 mod schedule;

@@ -20,7 +20,7 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--faults F] [--phase-ms MS]".into()
+    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--faults F] [--phase-ms MS] [--durability fsync|buffered]".into()
 }
 
 fn parse() -> Result<Args, String> {
@@ -49,6 +49,13 @@ fn parse() -> Result<Args, String> {
             "--writes" => a.config.writes = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--faults" => a.config.faults = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--phase-ms" => a.config.fault_phase_ms = num(value()?)?,
+            "--durability" => {
+                a.config.buffered = match value()?.as_str() {
+                    "fsync" => false,
+                    "buffered" => true,
+                    other => return Err(format!("--durability: {other:?} is neither fsync nor buffered")),
+                }
+            }
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown flag {other}\n{}", usage())),
         }
@@ -93,7 +100,8 @@ fn main() -> ExitCode {
                 eprintln!("which fails with: {shortest}");
                 let list: Vec<String> = keep.iter().map(ToString::to_string).collect();
                 eprintln!(
-                    "replay: cargo run --release -p mrr-sim -- --seed {seed} --regions {} --writes {} --faults {} --phase-ms {} --keep-faults {}",
+                    "replay: cargo run --release -p mrr-sim -- --seed {seed} --durability {} --regions {} --writes {} --faults {} --phase-ms {} --keep-faults {}",
+                    if args.config.buffered { "buffered" } else { "fsync" },
                     args.config.regions,
                     args.config.writes,
                     args.config.faults,

@@ -24,6 +24,10 @@ pub enum FaultEvent {
     Crash {
         node: usize,
     },
+    /// The node's machine loses power: like a crash, and the disk loses what was not persisted.
+    PowerLoss {
+        node: usize,
+    },
     Restart {
         node: usize,
     },
@@ -40,6 +44,7 @@ impl fmt::Display for FaultEvent {
             FaultEvent::Cut { from, to } => write!(f, "cut r{from}->r{to}"),
             FaultEvent::Mend { from, to } => write!(f, "mend r{from}->r{to}"),
             FaultEvent::Crash { node } => write!(f, "crash r{node}"),
+            FaultEvent::PowerLoss { node } => write!(f, "power loss r{node}"),
             FaultEvent::Restart { node } => write!(f, "restart r{node}"),
             FaultEvent::Clock { node, offset_ms } => write!(f, "clock r{node} {offset_ms:+}ms"),
         }
@@ -64,6 +69,8 @@ pub struct Schedule {
 impl Schedule {
     pub fn generate(seed: u64, config: &SimConfig) -> Self {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5c4e_d01e);
+        // A stream of its own, so that the choice does not shift the rest of the schedule.
+        let mut power = StdRng::seed_from_u64(seed ^ 0x0070_6f77);
         let n = config.regions;
         let phase = config.fault_phase_ms;
         let mut faults = Vec::new();
@@ -85,7 +92,11 @@ impl Schedule {
                     faults.push((until, FaultEvent::Mend { from: b, to: a }));
                 }
                 2 => {
-                    faults.push((at, FaultEvent::Crash { node: a }));
+                    let power_loss = config.buffered && power.random_ratio(1, 2);
+                    faults.push((
+                        at,
+                        if power_loss { FaultEvent::PowerLoss { node: a } } else { FaultEvent::Crash { node: a } },
+                    ));
                     faults.push((until, FaultEvent::Restart { node: a }));
                 }
                 _ => {

@@ -8,10 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use mrr_core::session::{OutboundLimits, OutboundSession};
 use mrr_core::{Key, Metadata, RegionName};
-use mrr_storage::{MemStore, Store};
+use mrr_storage::Store;
 use mrr_writer::{Engine, LocalOp, Pending};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+use crate::disk::SimDisk;
 use crate::invariants::{self, AckedWrite, FinalState, Invariant};
 use crate::net::{Body, Msg};
 use crate::schedule::{FaultEvent, Schedule, WriteEvent};
@@ -22,6 +23,8 @@ const TICK_MS: u64 = 100;
 const TIMEOUT_MS: u64 = 1_000;
 const BACKOFF_MIN_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 2_000;
+/// Under `buffered`, how often a node persists its journal.
+const SYNC_MS: u64 = 50;
 /// After convergence, keep delivering stragglers (late duplicates) this long before the end.
 const SETTLE_MS: u64 = 2_000;
 const TOPIC: &str = "t";
@@ -44,6 +47,9 @@ pub struct SimConfig {
     pub duplicate_per_mille: u32,
     pub reorder_per_mille: u32,
     pub limits: OutboundLimits,
+    /// `durability: buffered` (commits persisted every 50 ms; power loss takes the rest)
+    /// instead of `fsync`.
+    pub buffered: bool,
 }
 
 impl Default for SimConfig {
@@ -63,6 +69,7 @@ impl Default for SimConfig {
             reorder_per_mille: 10,
             // Small windows and batches so that the window, batching and pipelining all engage.
             limits: OutboundLimits { batch_changes_max: 8, inflight_changes_max: 32 },
+            buffered: false,
         }
     }
 }
@@ -98,6 +105,7 @@ enum Event {
     Tick(usize),
     Write(WriteEvent),
     Fault(FaultEvent),
+    Sync(usize),
     Heal,
 }
 
@@ -116,9 +124,11 @@ struct In {
 
 #[derive(Debug)]
 struct Node {
-    store: MemStore,
+    store: SimDisk,
     /// `None` while the process is down.
     engine: Option<Engine>,
+    /// What is persisted; only this is replicated (as `Writer::durable` in the server).
+    durable: mrr_core::VersionVector,
     clock_offset_ms: i64,
     out: Vec<Option<Out>>,
     inc: Vec<Option<In>>,
@@ -199,8 +209,9 @@ impl World {
         }
         let nodes = (0..n)
             .map(|i| Node {
-                store: MemStore::new(),
+                store: SimDisk::new(cfg.buffered),
                 engine: Some(Engine::new(names[i].clone(), Default::default(), cfg.max_skew_ms)),
+                durable: mrr_core::VersionVector::new(),
                 clock_offset_ms: 0,
                 out: (0..n).map(|j| (j != i).then_some(Out::Down { retry_at: 0, backoff: BACKOFF_MIN_MS })).collect(),
                 inc: (0..n).map(|_| None).collect(),
@@ -230,6 +241,10 @@ impl World {
             // Stagger ticks so nodes do not act in lockstep.
             let first = world.rng.random_range(0..TICK_MS);
             world.at(first, Event::Tick(i));
+            if world.cfg.buffered {
+                let first = world.rng.random_range(0..SYNC_MS);
+                world.at(first, Event::Sync(i));
+            }
         }
         for (at, f) in &schedule.faults {
             world.at(*at, Event::Fault(f.clone()));
@@ -264,6 +279,7 @@ impl World {
                 Event::Tick(k) => self.tick(k)?,
                 Event::Write(w) => self.client_write(w)?,
                 Event::Fault(f) => self.fault(f)?,
+                Event::Sync(k) => self.sync(k)?,
                 Event::Heal => self.heal()?,
             }
             if let Some(healed) = self.healed_at {
@@ -368,6 +384,30 @@ impl World {
                 detail,
             })?;
         }
+        if !self.cfg.buffered {
+            // Under fsync every commit is durable when it returns.
+            self.nodes[node].durable = applied;
+        }
+        Ok(())
+    }
+
+    /// Under `buffered`: persist the journal, then what it covered may replicate.
+    fn sync(&mut self, node: usize) -> Step {
+        self.at(self.now + SYNC_MS, Event::Sync(node));
+        let n = &mut self.nodes[node];
+        let Some(engine) = n.engine.as_ref() else { return Ok(()) };
+        let snapshot = engine.applied().clone();
+        n.store.persist().map_err(|e| Violation {
+            seed: self.seed,
+            invariant: "simulator",
+            at_ms: self.now,
+            detail: e.to_string(),
+        })?;
+        n.durable = snapshot.clone();
+        for inv in &mut self.invariants {
+            inv.on_durable(node, &snapshot);
+        }
+        self.pump(node);
         Ok(())
     }
 
@@ -417,11 +457,11 @@ impl World {
         let n = self.cfg.regions;
         for peer in 0..n {
             loop {
-                let Node { engine, store, out, .. } = &mut self.nodes[node];
-                let (Some(engine), Some(Out::Up { epoch, session, .. })) = (engine.as_ref(), out[peer].as_mut()) else {
+                let Node { engine, store, out, durable, .. } = &mut self.nodes[node];
+                let (Some(_), Some(Out::Up { epoch, session, .. })) = (engine.as_ref(), out[peer].as_mut()) else {
                     break;
                 };
-                let Some(read) = session.next_read(engine.applied()) else { break };
+                let Some(read) = session.next_read(durable) else { break };
                 let changes = store.changes_after(&read.origin, read.after_seq, read.limit).unwrap_or_default();
                 let (Some(first), Some(last)) = (changes.first(), changes.last()) else { break };
                 session.on_sent(&read.origin, first.seq, last.seq, self.now);
@@ -582,6 +622,16 @@ impl World {
                 self.cut.remove(&(from, to));
             }
             FaultEvent::Crash { node } => self.crash(node),
+            FaultEvent::PowerLoss { node } => {
+                if self.nodes[node].engine.is_some() {
+                    let durable = self.nodes[node].durable.clone();
+                    for inv in &mut self.invariants {
+                        inv.on_power_loss(node, &durable);
+                    }
+                    self.nodes[node].store.power_loss();
+                    self.crash(node);
+                }
+            }
             FaultEvent::Restart { node } => self.restart(node)?,
             FaultEvent::Clock { node, offset_ms } => self.nodes[node].clock_offset_ms = offset_ms,
         }
@@ -618,6 +668,7 @@ impl World {
             })?;
         }
         let n = &mut self.nodes[node];
+        n.durable = recovered.vv.clone();
         n.engine = Some(Engine::new(self.names[node].clone(), recovered, self.cfg.max_skew_ms));
         for o in n.out.iter_mut().flatten() {
             *o = Out::Down { retry_at: self.now, backoff: BACKOFF_MIN_MS };

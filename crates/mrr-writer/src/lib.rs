@@ -111,7 +111,8 @@ impl Writer {
         let engine = Engine::new(local, recovered, max_skew_ms);
         let (applied_tx, applied) = watch::channel(engine.applied().clone());
         let (tx, rx) = mpsc::channel(config.queue_requests_max);
-        let thread_error = |e: std::io::Error| StoreError::Corrupt { what: "writer thread", key: Vec::new(), reason: e.to_string() };
+        let thread_error =
+            |e: std::io::Error| StoreError::Corrupt { what: "writer thread", key: Vec::new(), reason: e.to_string() };
         let durable = match config.sync_interval {
             None => applied.clone(),
             Some(interval) => {

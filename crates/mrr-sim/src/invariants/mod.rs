@@ -57,6 +57,13 @@ pub trait Invariant {
         Ok(())
     }
 
+    /// Everything up to `durable` is persisted at `node` (only reported under `buffered`;
+    /// under `fsync` every commit is).
+    fn on_durable(&mut self, _node: usize, _durable: &VersionVector) {}
+
+    /// `node` loses power: commits beyond `durable` are gone, legitimately.
+    fn on_power_loss(&mut self, _node: usize, _durable: &VersionVector) {}
+
     fn at_end(&mut self, _regions: &[FinalState]) -> Result<(), String> {
         Ok(())
     }

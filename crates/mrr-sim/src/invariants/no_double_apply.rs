@@ -32,4 +32,10 @@ impl Invariant for NoDoubleApply {
         }
         Ok(())
     }
+
+    fn on_power_loss(&mut self, node: usize, durable: &mrr_core::VersionVector) {
+        // Lost commits will be applied again (remote ones re-received, own sequence numbers
+        // reused by new writes); that is not a double apply.
+        self.applied[node].retain(|(origin, seq)| *seq <= durable.get(origin));
+    }
 }

@@ -37,4 +37,10 @@ impl Invariant for NoResurrection {
         }
         Ok(())
     }
+
+    fn on_power_loss(&mut self, node: usize, _durable: &mrr_core::VersionVector) {
+        // Unpersisted record states are legitimately gone; the watch restarts from what the
+        // region rebuilds.
+        self.versions[node].clear();
+    }
 }

@@ -1,5 +1,6 @@
 //! Version vectors never go backwards: not from one commit to the next, and not across a crash
-//! and restart (what was committed was durable).
+//! and restart — except, after a power loss under `durability: buffered`, back to exactly what
+//! had been persisted, never further.
 
 use mrr_core::VersionVector;
 use mrr_storage::CommitBatch;
@@ -36,5 +37,10 @@ impl Invariant for VvMonotonic {
 
     fn on_restart(&mut self, node: usize, recovered: &VersionVector) -> Result<(), String> {
         self.check(node, recovered, "across a restart")
+    }
+
+    fn on_power_loss(&mut self, node: usize, durable: &VersionVector) {
+        // What was not persisted may go; what was persisted is checked at the restart.
+        self.last[node] = durable.clone();
     }
 }

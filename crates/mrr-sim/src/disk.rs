@@ -1,0 +1,85 @@
+//! The simulated disk: a [`MemStore`] that remembers which commits were persisted, so a power
+//! loss can take away exactly what `durability: buffered` allows (commits since the last
+//! persist) and nothing that `durability: fsync` promised.
+
+use std::sync::{Mutex, PoisonError};
+
+use mrr_core::{Change, Key, Record, RegionName, VersionVector};
+use mrr_storage::{CommitBatch, MemStore, RecoveredState, Result, Store};
+
+#[derive(Debug, Default)]
+struct Journal {
+    /// Every persisted commit, in order (only kept under `buffered`, to rebuild after power loss).
+    synced: Vec<CommitBatch>,
+    unsynced: Vec<CommitBatch>,
+}
+
+#[derive(Debug)]
+pub struct SimDisk {
+    live: MemStore,
+    buffered: bool,
+    journal: Mutex<Journal>,
+}
+
+impl SimDisk {
+    pub fn new(buffered: bool) -> Self {
+        Self { live: MemStore::new(), buffered, journal: Mutex::default() }
+    }
+
+    /// The machine loses power: what was not persisted is gone.
+    pub fn power_loss(&mut self) {
+        let journal = self.journal.get_mut().unwrap_or_else(PoisonError::into_inner);
+        journal.unsynced.clear();
+        let live = MemStore::new();
+        for batch in &journal.synced {
+            // Replaying into a fresh memory store cannot fail.
+            let _ = live.commit(batch);
+        }
+        self.live = live;
+    }
+}
+
+impl Store for SimDisk {
+    fn get(&self, key: &Key) -> Result<Option<Record>> {
+        self.live.get(key)
+    }
+
+    fn scan(&self, topic: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<(Key, Record)>> {
+        self.live.scan(topic, after_id, limit)
+    }
+
+    fn changes_after(&self, origin: &RegionName, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
+        self.live.changes_after(origin, after_seq, limit)
+    }
+
+    fn recover(&self) -> Result<RecoveredState> {
+        self.live.recover()
+    }
+
+    fn commit(&self, batch: &CommitBatch) -> Result<()> {
+        self.live.commit(batch)?;
+        if self.buffered {
+            self.journal.lock().unwrap_or_else(PoisonError::into_inner).unsynced.push(batch.clone());
+        }
+        Ok(())
+    }
+
+    fn persist(&self) -> Result<()> {
+        let mut journal = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
+        let Journal { synced, unsynced } = &mut *journal;
+        synced.append(unsynced);
+        Ok(())
+    }
+
+    fn save_peer_cursor(&self, peer: &RegionName, vv: &VersionVector) -> Result<()> {
+        self.live.save_peer_cursor(peer, vv)
+    }
+
+    fn peer_cursor(&self, peer: &RegionName) -> Result<Option<VersionVector>> {
+        self.live.peer_cursor(peer)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        0
+    }
+}
