@@ -132,15 +132,46 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// `ok`, `warn` or `critical`, in that order of severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Ok,
+    Warn,
+    Critical,
+}
+
+/// Health of this node and of its replication from each other region.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// `ok` while the node serves.
-    pub status: String,
+    /// The worst of the regions' statuses (`ok` when this node has no peers).
+    pub status: HealthStatus,
     pub region: String,
+    pub lag_warn_ms: u64,
+    pub lag_critical_ms: u64,
+    /// `replication_rules.default_ttl`.
+    pub freshness_target_ms: u64,
+    pub regions: Vec<RegionHealth>,
+}
+
+/// How current this node's copy of one region's writes is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RegionHealth {
+    pub region: String,
+    pub status: HealthStatus,
+    /// Freshness lag: now minus the peer's clock when this node last held all it had; while
+    /// never caught up, the time since this node started.
+    pub lag_ms: u64,
+    /// Lag beyond `default_ttl`.
+    pub beyond_freshness_target: bool,
+    pub outbound_connected: bool,
+    pub inbound_connected: bool,
+    /// Why the status is not `ok`.
+    pub reason: Option<String>,
 }
 
 /// State of a peer as this node sees it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PeerStatus {
     pub region: String,
     pub endpoint: String,
@@ -158,12 +189,21 @@ pub struct PeerStatus {
     pub inbound_streams: u32,
     /// Lag of the last change applied from this peer's stream: applied time minus origin time.
     pub lag_ms_last: Option<u64>,
+    /// Median and 99th percentile of the last 1,024 lags from this peer, in ms.
+    pub lag_ms_p50: Option<u64>,
+    pub lag_ms_p99: Option<u64>,
+    /// How stale this node's copy of the peer's writes may be: now minus the peer's clock when
+    /// this node was last known to hold everything the peer had. Grows when the stream stalls,
+    /// even with no traffic (heartbeats prove freshness while idle).
+    pub freshness_lag_ms: Option<u64>,
+    /// Changes received from this peer per second, over the last 10 s.
+    pub received_per_s: f64,
     pub changes_received: u64,
     pub changes_sent: u64,
     pub handshakes: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NodeStatus {
     pub cluster: String,
     pub region: String,

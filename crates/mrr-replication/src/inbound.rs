@@ -97,7 +97,15 @@ async fn accept(
     let mut registered = false;
     let end = session(&ctx, &acceptor, &greeted, stream, &link, &mut registered).await;
     if registered {
-        ctx.status.update(&peer, |s| s.inbound_streams = s.inbound_streams.saturating_sub(1));
+        let mut still_connected = false;
+        ctx.status.update(&peer, |s| {
+            s.inbound_streams = s.inbound_streams.saturating_sub(1);
+            still_connected = s.inbound_streams > 0;
+        });
+        if let Some(m) = ctx.metrics.peer(&peer) {
+            m.disconnects_in.increment(1);
+            m.connected_in.set(if still_connected { 1.0 } else { 0.0 });
+        }
     }
     match end {
         Ok(()) => tracing::debug!(peer = %peer, "inbound replication stream closed"),
@@ -141,6 +149,10 @@ async fn session(
     })?;
     ctx.status.update(peer, |s| s.inbound_streams += 1);
     *registered = true;
+    if let Some(m) = ctx.metrics.peer(peer) {
+        m.handshakes_in.increment(1);
+        m.connected_in.set(1.0);
+    }
 
     let mut tick = interval(cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -151,27 +163,35 @@ async fn session(
             msg = stream.message() => {
                 let Some(msg) = msg?.and_then(|m| m.msg) else { return Ok(()) };
                 last_heard = Instant::now();
-                let mut changes = Vec::new();
-                collect(msg, &mut changes)?;
+                let mut received = Received::default();
+                collect(msg, &mut received)?;
                 // Whatever else already arrived joins this apply: one commit, one ack.
-                while changes.len() < APPLY_CHANGES_MAX {
+                while received.changes.len() < APPLY_CHANGES_MAX {
                     match ready_message(&mut stream) {
-                        Some(Ok(proto::ToAcceptor { msg: Some(m) })) => collect(m, &mut changes)?,
+                        Some(Ok(proto::ToAcceptor { msg: Some(m) })) => collect(m, &mut received)?,
                         Some(Ok(proto::ToAcceptor { msg: None })) | None => break,
                         Some(Err(e)) => return Err(e),
                     }
                 }
+                let Received { changes, bytes, freshness } = received;
                 if changes.is_empty() {
+                    if let Some((seq, wall_ms)) = freshness {
+                        if ctx.writer.applied().borrow().get(peer) >= seq {
+                            ctx.status.caught_up(peer, wall_ms);
+                        }
+                    }
                     continue;
                 }
                 let n = changes.len() as u64;
-                let newest_ms = changes.iter().map(|c| c.version.ts.wall_ms).max().unwrap_or(0);
+                let written: Vec<_> = changes.iter().map(|c| (c.origin.clone(), c.key.topic.clone(), c.version.ts.wall_ms)).collect();
                 let outcome = ctx.writer.apply_remote(changes).await.map_err(|e| Status::unavailable(e.to_string()))?;
                 let now_ms = ctx.clock.now_ms();
-                ctx.status.update(peer, |s| {
-                    s.changes_received += n;
-                    s.lag_ms_last = Some(now_ms.saturating_sub(newest_ms));
-                });
+                record_apply(ctx, peer, &outcome, &written, n, bytes, now_ms);
+                if let Some((seq, wall_ms)) = freshness {
+                    if outcome.vv.get(peer) >= seq {
+                        ctx.status.caught_up(peer, wall_ms);
+                    }
+                }
                 let refused = outcome.refused.as_ref().map(ToString::to_string).unwrap_or_default();
                 if let Some(r) = &outcome.refused {
                     tracing::error!(peer = %peer, refusal = %r, "refused a replicated change; the peer will resume from the last applied one");
@@ -196,6 +216,44 @@ async fn session(
     }
 }
 
+/// Status and metrics for one applied group from `peer`. `written` holds each change's origin,
+/// topic and origin timestamp, in request order.
+fn record_apply(
+    ctx: &Context,
+    peer: &RegionName,
+    outcome: &mrr_writer::RemoteOutcome,
+    written: &[(RegionName, String, u64)],
+    received: u64,
+    bytes: u64,
+    now_ms: u64,
+) {
+    let ttl_ms = u64::try_from(ctx.config.freshness_target.as_millis()).unwrap_or(u64::MAX);
+    let mut newest_lag_ms = 0;
+    for &i in &outcome.admitted {
+        let Some((origin, topic, wall_ms)) = written.get(i) else { continue };
+        let lag_ms = now_ms.saturating_sub(*wall_ms);
+        newest_lag_ms = lag_ms;
+        ctx.metrics.lag(origin, topic).record(lag_ms as f64);
+        if let Some(m) = ctx.metrics.peer(origin) {
+            m.applied.increment(1);
+            if lag_ms > ttl_ms {
+                m.freshness_violations.increment(1);
+            }
+        }
+    }
+    for key in &outcome.superseded {
+        ctx.metrics.conflicts(&key.topic).increment(1);
+    }
+    if let Some(m) = ctx.metrics.peer(peer) {
+        m.received_changes.increment(received);
+        m.received_bytes.increment(bytes);
+        m.duplicates.increment(outcome.duplicates as u64);
+    }
+    if outcome.applied > 0 {
+        ctx.status.record_applied(peer, outcome.applied as u64, newest_lag_ms, now_ms);
+    }
+}
+
 fn ack(ctx: &Context, vv: &mrr_core::VersionVector, refused: String) -> proto::Ack {
     proto::Ack {
         applied: wire::vv_to_wire(vv),
@@ -205,15 +263,29 @@ fn ack(ctx: &Context, vv: &mrr_core::VersionVector, refused: String) -> proto::A
     }
 }
 
-fn collect(msg: to_acceptor::Msg, changes: &mut Vec<mrr_core::Change>) -> Result<(), Status> {
+/// What arrived on a stream since the last apply.
+#[derive(Default)]
+struct Received {
+    changes: Vec<mrr_core::Change>,
+    bytes: u64,
+    /// The newest `(sender_durable_seq, sender wall_ms)` the dialer reported.
+    freshness: Option<(u64, u64)>,
+}
+
+fn collect(msg: to_acceptor::Msg, into: &mut Received) -> Result<(), Status> {
     match msg {
         to_acceptor::Msg::Batch(b) => {
+            into.bytes += prost::Message::encoded_len(&b) as u64;
+            into.freshness = Some((b.sender_durable_seq, b.wall_ms));
             for c in b.changes {
-                changes.push(wire::change_from_wire(c).map_err(|e| Status::invalid_argument(e.to_string()))?);
+                into.changes.push(wire::change_from_wire(c).map_err(|e| Status::invalid_argument(e.to_string()))?);
             }
             Ok(())
         }
-        to_acceptor::Msg::Heartbeat(_) => Ok(()),
+        to_acceptor::Msg::Heartbeat(h) => {
+            into.freshness = Some((h.sender_durable_seq, h.wall_ms));
+            Ok(())
+        }
         to_acceptor::Msg::Hello(_) | to_acceptor::Msg::Auth(_) => {
             Err(Status::invalid_argument("handshake message after the handshake"))
         }

@@ -14,6 +14,7 @@
 pub mod handshake;
 mod inbound;
 pub mod link;
+pub mod metrics;
 mod outbound;
 pub mod status;
 pub mod wire;
@@ -63,6 +64,9 @@ pub struct ReplicationConfig {
     pub reconnect_backoff_min: Duration,
     pub reconnect_backoff_max: Duration,
     pub limits: OutboundLimits,
+    /// `replication_rules.default_ttl`: a change applied later than this after its write is a
+    /// freshness violation.
+    pub freshness_target: Duration,
 }
 
 /// Shared pieces every session needs.
@@ -74,6 +78,7 @@ pub(crate) struct Context {
     pub clock: Arc<dyn PhysicalClock>,
     pub links: Links,
     pub status: StatusBoard,
+    pub metrics: metrics::ReplicationMetrics,
 }
 
 /// The running replication side of a node.
@@ -82,6 +87,7 @@ pub struct Replicator {
     tasks: Vec<JoinHandle<()>>,
     pub status: StatusBoard,
     pub links: Links,
+    pub metrics: metrics::ReplicationMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,11 +105,20 @@ impl Replicator {
         writer: Writer,
         clock: Arc<dyn PhysicalClock>,
         links: Links,
+        recorder: metrics::SharedRecorder,
     ) -> Result<Self, StartError> {
         let status = StatusBoard::new(&config.local, config.peers.iter().map(|p| (&p.region, p.endpoint.as_str())));
+        let metrics = metrics::ReplicationMetrics::new(recorder, &config.local, config.peers.iter().map(|p| p.region.clone()));
         let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Listen { addr: listen, source })?;
-        let ctx =
-            Context { config: Arc::new(config), store, writer, clock, links: links.clone(), status: status.clone() };
+        let ctx = Context {
+            config: Arc::new(config),
+            store,
+            writer,
+            clock,
+            links: links.clone(),
+            status: status.clone(),
+            metrics: metrics.clone(),
+        };
         // Every log line of this node's sessions names the node's region (several nodes share a
         // process under `mrr dev`).
         let span = tracing::info_span!("node", region = %ctx.config.local);
@@ -111,7 +126,7 @@ impl Replicator {
         for peer in ctx.config.peers.clone() {
             tasks.push(tokio::spawn(outbound::run(ctx.clone(), peer).instrument(span.clone())));
         }
-        Ok(Self { tasks, status, links })
+        Ok(Self { tasks, status, links, metrics })
     }
 
     /// Stops all sessions and the listener.

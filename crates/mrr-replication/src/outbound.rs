@@ -63,6 +63,10 @@ pub(crate) async fn run(ctx: Context, peer: PeerConfig) {
         ctx.status.update(&peer.region, |s| s.outbound = state::CONNECTING.into());
         let started = Instant::now();
         let end = session(&ctx, &peer).await;
+        if let Some(m) = ctx.metrics.peer(&peer.region) {
+            m.connected_out.set(0.0);
+            m.disconnects_out.increment(1);
+        }
         // A session that lived past a handshake resets the backoff.
         if started.elapsed() > ctx.config.peer_timeout {
             backoff = backoff_min;
@@ -137,6 +141,11 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
         tracing::warn!(peer = %peer.region, skew_ms = est.skew_ms, max_clock_skew_ms = cfg.max_skew_ms, "clock skew with peer exceeds max_clock_skew; its changes stamped too far ahead will be refused until clocks agree");
     }
     tracing::info!(peer = %peer.region, rtt_ms = est.rtt_ms, skew_ms = est.skew_ms, resume_from = ?vv_map(&peer_vv), "Region handshake completed");
+    if let Some(m) = ctx.metrics.peer(&peer.region) {
+        m.handshakes_out.increment(1);
+        m.connected_out.set(1.0);
+        m.clock_skew_ms.set(est.skew_ms as f64);
+    }
 
     // Session time is monotonic milliseconds since the stream started.
     let started = Instant::now();
@@ -196,7 +205,11 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
                     return Err(SessionEnd::Stalled(session.inflight_changes(), cfg.peer_timeout));
                 }
                 if last_sent.elapsed() >= cfg.heartbeat_interval {
-                    send(&link, to_acceptor::Msg::Heartbeat(proto::Heartbeat { wall_ms: ctx.clock.now_ms() })).await?;
+                    let hb = proto::Heartbeat {
+                        wall_ms: ctx.clock.now_ms(),
+                        sender_durable_seq: applied.borrow().get(&cfg.local),
+                    };
+                    send(&link, to_acceptor::Msg::Heartbeat(hb)).await?;
                     last_sent = Instant::now();
                 }
             }
@@ -225,13 +238,24 @@ async fn pump(
             tracing::error!(origin = %read.origin, after_seq = read.after_seq, first_seq, "changelog has a hole");
             return Err(SessionEnd::Closed);
         }
-        let batch =
-            proto::Batch { changes: changes.iter().map(wire::change_to_wire).collect(), wall_ms: ctx.clock.now_ms() };
+        let batch = proto::Batch {
+            changes: changes.iter().map(wire::change_to_wire).collect(),
+            wall_ms: ctx.clock.now_ms(),
+            sender_durable_seq: local_vv.get(&ctx.config.local),
+        };
+        let bytes = prost::Message::encoded_len(&batch) as u64;
         send(link, to_acceptor::Msg::Batch(batch)).await?;
         session.on_sent(&read.origin, first_seq, last_seq, now_ms);
         let n = changes.len() as u64;
         ctx.status.update(session.peer(), |s| s.changes_sent += n);
+        if let Some(m) = ctx.metrics.peer(session.peer()) {
+            m.sent_changes.increment(n);
+            m.sent_bytes.increment(bytes);
+        }
         sent_any = true;
+    }
+    if let Some(m) = ctx.metrics.peer(session.peer()) {
+        m.backlog.set(session.backlog_changes(local_vv) as f64);
     }
     Ok(sent_any)
 }

@@ -1,7 +1,7 @@
-//! What each peer session last reported, for `/v1/status`, `mrr status` and health.
-//! Sessions write here; nothing here drives replication.
+//! What each peer session last reported, for `/v1/status`, `mrr status`, `/health` and
+//! metrics gauges. Sessions write here; nothing here drives replication.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 pub use mrr_api::PeerStatus;
@@ -15,9 +15,23 @@ pub mod state {
     pub const BACKOFF: &str = "backoff";
 }
 
+/// Lag samples kept per peer for percentiles.
+const LAG_SAMPLES_MAX: usize = 1_024;
+/// Width of the received-rate window, in one-second buckets.
+const RATE_WINDOW_S: u64 = 10;
+
+#[derive(Debug, Default)]
+struct Entry {
+    status: PeerStatus,
+    lag_samples: VecDeque<u64>,
+    /// `(second, changes)` buckets, oldest first.
+    received: VecDeque<(u64, u64)>,
+    caught_up_at_ms: Option<u64>,
+}
+
 #[derive(Clone, Debug)]
 pub struct StatusBoard {
-    inner: Arc<Mutex<BTreeMap<RegionName, PeerStatus>>>,
+    inner: Arc<Mutex<BTreeMap<RegionName, Entry>>>,
 }
 
 impl StatusBoard {
@@ -25,40 +39,108 @@ impl StatusBoard {
         let map = peers
             .filter(|(r, _)| *r != local)
             .map(|(r, e)| {
-                (
-                    r.clone(),
-                    PeerStatus {
-                        region: r.to_string(),
-                        endpoint: e.to_owned(),
-                        outbound: state::CONNECTING.into(),
-                        ..Default::default()
-                    },
-                )
+                let status = PeerStatus {
+                    region: r.to_string(),
+                    endpoint: e.to_owned(),
+                    outbound: state::CONNECTING.into(),
+                    ..Default::default()
+                };
+                (r.clone(), Entry { status, ..Default::default() })
             })
             .collect();
         Self { inner: Arc::new(Mutex::new(map)) }
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<RegionName, PeerStatus>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<RegionName, Entry>> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn update(&self, peer: &RegionName, f: impl FnOnce(&mut PeerStatus)) {
-        if let Some(s) = self.lock().get_mut(peer) {
-            f(s);
+        if let Some(e) = self.lock().get_mut(peer) {
+            f(&mut e.status);
         }
     }
 
-    pub fn snapshot(&self) -> Vec<PeerStatus> {
-        self.lock().values().cloned().collect()
+    /// `count` changes from `peer` applied at `now_ms`; `lag_ms` is the newest one's lag.
+    pub fn record_applied(&self, peer: &RegionName, count: u64, lag_ms: u64, now_ms: u64) {
+        let mut map = self.lock();
+        let Some(e) = map.get_mut(peer) else { return };
+        e.status.changes_received += count;
+        e.status.lag_ms_last = Some(lag_ms);
+        if e.lag_samples.len() == LAG_SAMPLES_MAX {
+            e.lag_samples.pop_front();
+        }
+        e.lag_samples.push_back(lag_ms);
+        let second = now_ms / 1_000;
+        match e.received.back_mut() {
+            Some((s, n)) if *s == second => *n += count,
+            _ => e.received.push_back((second, count)),
+        }
+        while e.received.front().is_some_and(|(s, _)| *s + RATE_WINDOW_S <= second) {
+            e.received.pop_front();
+        }
+    }
+
+    /// This node holds everything `peer` had when its clock read `peer_wall_ms`.
+    pub fn caught_up(&self, peer: &RegionName, peer_wall_ms: u64) {
+        if let Some(e) = self.lock().get_mut(peer) {
+            e.caught_up_at_ms = Some(e.caught_up_at_ms.map_or(peer_wall_ms, |c| c.max(peer_wall_ms)));
+        }
+    }
+
+    /// Every peer's status, with the derived figures computed as of `now_ms`.
+    pub fn snapshot(&self, now_ms: u64) -> Vec<PeerStatus> {
+        self.lock()
+            .values()
+            .map(|e| {
+                let mut s = e.status.clone();
+                let mut sorted: Vec<u64> = e.lag_samples.iter().copied().collect();
+                sorted.sort_unstable();
+                let pct = |p: usize| (!sorted.is_empty()).then(|| sorted[(sorted.len() - 1) * p / 100]);
+                s.lag_ms_p50 = pct(50);
+                s.lag_ms_p99 = pct(99);
+                s.freshness_lag_ms = e.caught_up_at_ms.map(|c| now_ms.saturating_sub(c));
+                let second = now_ms / 1_000;
+                let in_window: u64 =
+                    e.received.iter().filter(|(sec, _)| *sec + RATE_WINDOW_S > second).map(|(_, n)| n).sum();
+                s.received_per_s = in_window as f64 / RATE_WINDOW_S as f64;
+                s
+            })
+            .collect()
     }
 
     /// Origins whose own stream to this node is live: the peers this node hears directly.
     pub fn direct_origins(&self) -> BTreeSet<RegionName> {
-        self.lock().iter().filter(|(_, s)| s.inbound_streams > 0).map(|(r, _)| r.clone()).collect()
+        self.lock().iter().filter(|(_, e)| e.status.inbound_streams > 0).map(|(r, _)| r.clone()).collect()
     }
 }
 
 pub(crate) fn vv_map(vv: &VersionVector) -> BTreeMap<String, u64> {
     vv.iter().map(|(o, s)| (o.to_string(), s)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_rate_and_freshness() {
+        let a = RegionName::new("a").expect("valid");
+        let b = RegionName::new("b").expect("valid");
+        let board = StatusBoard::new(&a, [(&b, "http://b")].into_iter());
+        for lag in 1..=100 {
+            board.record_applied(&b, 2, lag, 50_000);
+        }
+        board.caught_up(&b, 49_000);
+        board.caught_up(&b, 48_000); // older news never moves freshness back
+        let s = &board.snapshot(50_500)[0];
+        assert_eq!((s.lag_ms_p50, s.lag_ms_p99), (Some(50), Some(99)));
+        assert_eq!(s.changes_received, 200);
+        assert_eq!(s.received_per_s, 20.0);
+        assert_eq!(s.freshness_lag_ms, Some(1_500));
+        // Ten seconds later the rate window is empty and freshness has kept growing.
+        let s = &board.snapshot(61_000)[0];
+        assert_eq!(s.received_per_s, 0.0);
+        assert_eq!(s.freshness_lag_ms, Some(12_000));
+    }
 }

@@ -49,6 +49,31 @@ pub struct Config {
     pub links: Option<BTreeMap<RegionName, LinkSettings>>,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+/// Lag thresholds of `/health`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default = "default_lag_warn", with = "duration")]
+    pub lag_warn: Duration,
+    #[serde(default = "default_lag_critical", with = "duration")]
+    pub lag_critical: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self { lag_warn: default_lag_warn(), lag_critical: default_lag_critical() }
+    }
+}
+
+fn default_lag_warn() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_lag_critical() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -286,6 +311,13 @@ impl Config {
                 "limits:",
                 "limits are inconsistent".into(),
                 "body_bytes_max must be >= record_bytes_max; batch_records_max and json_depth_max must be positive",
+            ));
+        }
+        if self.health.lag_warn >= self.health.lag_critical {
+            return Err(invalid(
+                "lag_warn:",
+                "health.lag_warn is not below health.lag_critical".into(),
+                "warn earlier than critical, e.g. lag_warn: 5s and lag_critical: 30s",
             ));
         }
         Ok(())

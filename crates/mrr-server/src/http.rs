@@ -40,6 +40,11 @@ pub struct AppState {
     pub status: StatusBoard,
     pub links: Links,
     pub api_keys: Arc<Vec<String>>,
+    pub clock: Arc<dyn mrr_core::PhysicalClock>,
+    pub started: std::time::Instant,
+    pub health: crate::health::Thresholds,
+    pub metrics: crate::metrics::ServerMetrics,
+    pub replication_metrics: mrr_replication::metrics::ReplicationMetrics,
 }
 
 impl std::fmt::Debug for AppState {
@@ -144,6 +149,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { ([("content-type", "application/json")], openapi_json()) }))
         .nest("/v1", v1)
         .fallback(|| async {
@@ -172,9 +178,35 @@ async fn authenticate(State(state): State<AppState>, headers: HeaderMap, request
     }
 }
 
-#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
-async fn health(State(state): State<AppState>) -> Json<Health> {
-    Json(Health { status: "ok".into(), region: state.region.to_string() })
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct HealthQuery {
+    /// Answer 503 when the status is `critical` (for load balancers); default: always 200
+    /// while the node serves, with the verdict in the body.
+    #[serde(default)]
+    strict: bool,
+}
+
+/// Overall and per-region health from freshness lag (warn and critical thresholds in config).
+#[utoipa::path(get, path = "/health", params(HealthQuery),
+    responses((status = 200, body = Health), (status = 503, body = Health, description = "critical, with ?strict=true")))]
+async fn health(State(state): State<AppState>, Query(q): Query<HealthQuery>) -> (StatusCode, Json<Health>) {
+    let peers = state.status.snapshot(state.clock.now_ms());
+    let h = crate::health::evaluate(state.region.as_str(), &peers, state.health, state.started.elapsed());
+    let code = if q.strict && h.status == mrr_api::HealthStatus::Critical {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(h))
+}
+
+/// Prometheus text exposition of this node's metrics.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.replication_metrics.refresh(&state.status.snapshot(state.clock.now_ms()));
+    state.metrics.storage_bytes.set(state.store.disk_bytes() as f64);
+    ([("content-type", "text/plain; version=0.0.4")], state.metrics.handle.render())
 }
 
 /// Publish a record; its `id` comes from the body.
@@ -313,7 +345,7 @@ async fn batch(State(state): State<AppState>, body: Result<Bytes, BytesRejection
         };
         ops.push(op);
     }
-    let committed = state.writer.write(ops).await?;
+    let committed = timed_write(&state, &state.metrics.write_latency_batch, ops).await?;
     Ok(Json(BatchResponse { results: committed.iter().map(|c| envelope(&c.key, &c.record)).collect() }))
 }
 
@@ -327,7 +359,7 @@ async fn node_status(State(state): State<AppState>) -> Json<NodeStatus> {
         coordinator: state.coordinator.clone(),
         applied,
         storage_bytes: state.store.disk_bytes(),
-        peers: state.status.snapshot(),
+        peers: state.status.snapshot(state.clock.now_ms()),
     })
 }
 
@@ -382,8 +414,27 @@ fn links_view(links: &Links) -> LinksView {
     }
 }
 
+/// Writes through the writer and records the latency (request to durable commit).
+async fn timed_write(state: &AppState, latency: &metrics::Histogram, ops: Vec<LocalOp>) -> ApiResult<Vec<Committed>> {
+    let started = std::time::Instant::now();
+    match state.writer.write(ops).await {
+        Ok(c) => {
+            latency.record(started.elapsed().as_secs_f64() * 1_000.0);
+            Ok(c)
+        }
+        Err(e) => {
+            state.metrics.write_errors.increment(1);
+            Err(e.into())
+        }
+    }
+}
+
 async fn write_one(state: &AppState, op: LocalOp) -> ApiResult<Json<RecordEnvelope>> {
-    let committed: Vec<Committed> = state.writer.write(vec![op]).await?;
+    let latency = match op {
+        LocalOp::Put { .. } => &state.metrics.write_latency_put,
+        LocalOp::Delete { .. } => &state.metrics.write_latency_delete,
+    };
+    let committed: Vec<Committed> = timed_write(state, latency, vec![op]).await?;
     let c = committed.first().ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, "writer returned no result")
     })?;

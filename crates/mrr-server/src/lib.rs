@@ -5,7 +5,9 @@
 
 pub mod config;
 pub mod dev;
+pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod node;
 
 pub use config::Config;

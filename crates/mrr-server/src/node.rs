@@ -60,6 +60,7 @@ pub struct Node {
     pub replicator: Replicator,
     writer: Writer,
     api: JoinHandle<()>,
+    upkeep: JoinHandle<()>,
     stop: watch::Sender<bool>,
 }
 
@@ -109,7 +110,9 @@ impl Node {
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
             limits: OutboundLimits::default(),
+            freshness_target: config.replication_rules.default_ttl,
         };
+        let (recorder, metrics_handle) = crate::metrics::recorder();
         let replicator = Replicator::start(
             replication,
             config.listen.peer,
@@ -117,6 +120,7 @@ impl Node {
             writer.clone(),
             options.clock.clone(),
             links.clone(),
+            recorder.clone(),
         )
         .await?;
 
@@ -130,7 +134,24 @@ impl Node {
             status: replicator.status.clone(),
             links,
             api_keys: Arc::new(config.api_keys.clone()),
+            clock: options.clock.clone(),
+            started: std::time::Instant::now(),
+            health: crate::health::Thresholds {
+                lag_warn: config.health.lag_warn,
+                lag_critical: config.health.lag_critical,
+                freshness_target: config.replication_rules.default_ttl,
+            },
+            metrics: crate::metrics::ServerMetrics::new(recorder.as_ref(), metrics_handle.clone()),
+            replication_metrics: replicator.metrics.clone(),
         };
+        // Histogram samples are folded into buckets here and at every scrape.
+        let upkeep = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics_handle.run_upkeep();
+            }
+        });
         let listener = TcpListener::bind(config.listen.api)
             .await
             .map_err(|source| StartError::ApiListen { addr: config.listen.api, source })?;
@@ -148,12 +169,13 @@ impl Node {
             }
         });
         tracing::info!(region = %config.region, api = %api_addr, peer = %config.listen.peer, cluster = %config.cluster, "node serving");
-        Ok(Self { api_addr, replicator, writer, api, stop })
+        Ok(Self { api_addr, replicator, writer, api, upkeep, stop })
     }
 
     /// Runs until the API server stops.
     pub async fn wait(self) {
-        let Node { api, replicator, stop, .. } = self;
+        let Node { api, replicator, stop, upkeep, .. } = self;
+        upkeep.abort();
         let _ = api.await;
         drop(replicator);
         drop(stop);
@@ -166,6 +188,7 @@ impl Node {
 
     pub fn shutdown(&self) {
         self.stop.send_replace(true);
+        self.upkeep.abort();
         self.replicator.shutdown();
     }
 }

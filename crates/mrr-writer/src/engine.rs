@@ -20,8 +20,10 @@ pub struct RemoteOutcome {
     /// Changes admitted (whether their state won the merge or lost it).
     pub applied: usize,
     pub duplicates: usize,
-    /// Admitted changes whose state lost to a newer version already here.
-    pub superseded: usize,
+    /// Keys of admitted changes whose state lost to a newer version already here.
+    pub superseded: Vec<Key>,
+    /// Positions (in the request) of the changes admitted, duplicates excluded.
+    pub admitted: Vec<usize>,
     /// Set when the writer stopped before the end of the batch; later changes were not looked at.
     pub refused: Option<Refusal>,
     /// The applied version vector after this batch (cumulative ack for the sender).
@@ -155,7 +157,7 @@ impl Engine {
     ) -> Result<RemoteOutcome, StoreError> {
         let reads = Self::prefetch(pending, store, changes.iter().map(|c| &c.key))?;
         let mut out = RemoteOutcome::default();
-        for change in changes {
+        for (position, change) in changes.into_iter().enumerate() {
             match admit_incoming(&self.local, &pending.vv, &change.origin, change.seq) {
                 Incoming::Apply => {}
                 Incoming::Duplicate => {
@@ -186,11 +188,12 @@ impl Engine {
             if wins {
                 pending.overlay.insert(change.key.clone(), incoming);
             } else {
-                out.superseded += 1;
+                out.superseded.push(change.key.clone());
             }
             pending.vv.advance(&change.origin, change.seq);
             pending.changes.push(change);
             out.applied += 1;
+            out.admitted.push(position);
         }
         out.vv = pending.vv.clone();
         Ok(out)
@@ -258,7 +261,7 @@ mod tests {
         let key = Key::new("users", "u1");
         assert_eq!(sa.get(&key).expect("get"), sb.get(&key).expect("get"));
         // Same timestamp, so the region name breaks the tie: b wins on both sides.
-        assert_eq!(out_a.superseded + out_b.superseded, 1);
+        assert_eq!(out_a.superseded.len() + out_b.superseded.len(), 1);
         assert_eq!(sa.get(&key).expect("get").map(|r| r.origin), Some(r("b")));
     }
 

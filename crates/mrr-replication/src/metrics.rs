@@ -1,0 +1,181 @@
+//! Replication metrics, registered on the node's own recorder (not the process-global one:
+//! `mrr dev` runs several nodes in one process, each with its own `/metrics`).
+//!
+//! Handles for fixed label sets are registered once; per-topic lag histograms are registered on
+//! first use, with the number of distinct topics bounded so a client inventing topics cannot
+//! grow the registry without limit.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
+use mrr_core::RegionName;
+
+/// Distinct topics that get their own lag series; the rest share `topic="_other"`.
+const TOPICS_TRACKED_MAX: usize = 256;
+
+static METADATA: Metadata<'static> = Metadata::new("mrr", Level::INFO, Some(module_path!()));
+
+/// The recorder a node's metrics go to.
+pub type SharedRecorder = Arc<dyn Recorder + Send + Sync>;
+
+/// Describes every metric of this crate (help text and unit), once per recorder.
+pub fn describe(recorder: &dyn Recorder) {
+    let d = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+        recorder.describe_counter(name.into(), unit, help.into());
+    };
+    d("mrr_peer_sent_changes_total", Some(Unit::Count), "Changes sent to a peer.");
+    d("mrr_peer_sent_bytes_total", Some(Unit::Bytes), "Encoded bytes sent to a peer (the bandwidth bill).");
+    d("mrr_peer_received_changes_total", Some(Unit::Count), "Changes received from a peer.");
+    d("mrr_peer_received_bytes_total", Some(Unit::Bytes), "Encoded bytes received from a peer.");
+    d("mrr_applied_changes_total", Some(Unit::Count), "Replicated changes applied, by origin region.");
+    d("mrr_duplicate_changes_total", Some(Unit::Count), "Replicated changes dropped as already applied.");
+    d("mrr_peer_handshakes_total", Some(Unit::Count), "Completed peer handshakes, by direction.");
+    d("mrr_peer_disconnects_total", Some(Unit::Count), "Peer streams that ended, by direction.");
+    d("mrr_conflicts_total", Some(Unit::Count), "Replicated writes that lost to a newer version, by topic and rule.");
+    d("mrr_freshness_violations_total", Some(Unit::Count), "Changes applied later than replication_rules.default_ttl after their write.");
+    recorder.describe_histogram(
+        "mrr_replication_lag_ms".into(),
+        Some(Unit::Milliseconds),
+        "Time from a write at its origin to its apply here, in ms (includes clock skew).".into(),
+    );
+    for (name, help) in [
+        ("mrr_peer_backlog_changes", "Changes a peer still needs from this node."),
+        ("mrr_peer_clock_skew_ms", "Peer clock minus this node's, from the last handshake, in ms."),
+        ("mrr_peer_connected", "1 while the stream in that direction is up."),
+        ("mrr_peer_freshness_lag_ms", "How stale this node's copy of a peer's writes may be, in ms."),
+    ] {
+        recorder.describe_gauge(name.into(), None, help.into());
+    }
+}
+
+/// Handles for one peer.
+#[derive(Clone, Debug)]
+pub struct PeerMetrics {
+    pub sent_changes: Counter,
+    pub sent_bytes: Counter,
+    pub received_changes: Counter,
+    pub received_bytes: Counter,
+    pub applied: Counter,
+    pub duplicates: Counter,
+    pub handshakes_out: Counter,
+    pub handshakes_in: Counter,
+    pub disconnects_out: Counter,
+    pub disconnects_in: Counter,
+    pub backlog: Gauge,
+    pub clock_skew_ms: Gauge,
+    pub connected_out: Gauge,
+    pub connected_in: Gauge,
+    pub freshness_lag_ms: Gauge,
+    pub freshness_violations: Counter,
+}
+
+/// The replication metrics of one node.
+#[derive(Clone)]
+pub struct ReplicationMetrics {
+    recorder: SharedRecorder,
+    local: String,
+    peers: BTreeMap<RegionName, PeerMetrics>,
+    lag: Arc<Mutex<BTreeMap<(RegionName, String), Histogram>>>,
+    conflicts: Arc<Mutex<BTreeMap<String, Counter>>>,
+}
+
+impl std::fmt::Debug for ReplicationMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationMetrics").field("local", &self.local).finish_non_exhaustive()
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, String)]) -> Key {
+    Key::from_parts(name, labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect::<Vec<_>>())
+}
+
+impl ReplicationMetrics {
+    pub fn new(recorder: SharedRecorder, local: &RegionName, peers: impl Iterator<Item = RegionName>) -> Self {
+        describe(recorder.as_ref());
+        let r = recorder.as_ref();
+        let counter = |name, labels: &[(&'static str, String)]| r.register_counter(&key(name, labels), &METADATA);
+        let gauge = |name, labels: &[(&'static str, String)]| r.register_gauge(&key(name, labels), &METADATA);
+        let peers = peers
+            .map(|p| {
+                let peer = || ("peer", p.to_string());
+                let dir = |d: &str| [peer(), ("direction", d.to_owned())];
+                let m = PeerMetrics {
+                    sent_changes: counter("mrr_peer_sent_changes_total", &[peer()]),
+                    sent_bytes: counter("mrr_peer_sent_bytes_total", &[peer()]),
+                    received_changes: counter("mrr_peer_received_changes_total", &[peer()]),
+                    received_bytes: counter("mrr_peer_received_bytes_total", &[peer()]),
+                    applied: counter("mrr_applied_changes_total", &[("origin", p.to_string())]),
+                    duplicates: counter("mrr_duplicate_changes_total", &[peer()]),
+                    handshakes_out: counter("mrr_peer_handshakes_total", &dir("outbound")),
+                    handshakes_in: counter("mrr_peer_handshakes_total", &dir("inbound")),
+                    disconnects_out: counter("mrr_peer_disconnects_total", &dir("outbound")),
+                    disconnects_in: counter("mrr_peer_disconnects_total", &dir("inbound")),
+                    backlog: gauge("mrr_peer_backlog_changes", &[peer()]),
+                    clock_skew_ms: gauge("mrr_peer_clock_skew_ms", &[peer()]),
+                    connected_out: gauge("mrr_peer_connected", &dir("outbound")),
+                    connected_in: gauge("mrr_peer_connected", &dir("inbound")),
+                    freshness_lag_ms: gauge("mrr_peer_freshness_lag_ms", &[peer()]),
+                    freshness_violations: counter(
+                        "mrr_freshness_violations_total",
+                        &[("source", p.to_string()), ("target", local.to_string())],
+                    ),
+                };
+                (p, m)
+            })
+            .collect();
+        Self {
+            recorder,
+            local: local.to_string(),
+            peers,
+            lag: Arc::default(),
+            conflicts: Arc::default(),
+        }
+    }
+
+    pub fn peer(&self, peer: &RegionName) -> Option<&PeerMetrics> {
+        self.peers.get(peer)
+    }
+
+    /// Copies the status board's derived figures into gauges, before a scrape.
+    pub fn refresh(&self, peers: &[mrr_api::PeerStatus]) {
+        for p in peers {
+            let Ok(region) = RegionName::new(p.region.clone()) else { continue };
+            if let Some(m) = self.peers.get(&region) {
+                m.backlog.set(p.backlog_changes as f64);
+                if let Some(lag) = p.freshness_lag_ms {
+                    m.freshness_lag_ms.set(lag as f64);
+                }
+            }
+        }
+    }
+
+    /// The lag histogram for changes from `source` in `topic`.
+    pub fn lag(&self, source: &RegionName, topic: &str) -> Histogram {
+        let mut lag = self.lag.lock().unwrap_or_else(PoisonError::into_inner);
+        let topic = if lag.contains_key(&(source.clone(), topic.to_owned())) || lag.len() < TOPICS_TRACKED_MAX {
+            topic.to_owned()
+        } else {
+            "_other".to_owned()
+        };
+        lag.entry((source.clone(), topic.clone()))
+            .or_insert_with(|| {
+                let labels = [("source", source.to_string()), ("target", self.local.clone()), ("topic", topic)];
+                self.recorder.register_histogram(&key("mrr_replication_lag_ms", &labels), &METADATA)
+            })
+            .clone()
+    }
+
+    /// The conflict counter for `topic` (strategy `timestamp`, the only one today).
+    pub fn conflicts(&self, topic: &str) -> Counter {
+        let mut conflicts = self.conflicts.lock().unwrap_or_else(PoisonError::into_inner);
+        let topic = if conflicts.contains_key(topic) || conflicts.len() < TOPICS_TRACKED_MAX { topic } else { "_other" };
+        conflicts
+            .entry(topic.to_owned())
+            .or_insert_with(|| {
+                let labels = [("topic", topic.to_owned()), ("strategy", "timestamp".to_owned())];
+                self.recorder.register_counter(&key("mrr_conflicts_total", &labels), &METADATA)
+            })
+            .clone()
+    }
+}

@@ -1,0 +1,110 @@
+//! `/health`: per-region status from freshness lag, with thresholds. Pure: takes the status
+//! board's snapshot and the time, returns the verdict.
+//!
+//! Freshness lag grows while a peer's stream is silent (heartbeats carry the peer's durable
+//! position, so an idle but healthy stream keeps it near the network delay); a region that
+//! stops replicating turns critical within `lag_critical` even with no traffic at all.
+
+use std::time::Duration;
+
+use mrr_api::{Health, HealthStatus, PeerStatus, RegionHealth};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Thresholds {
+    pub lag_warn: Duration,
+    pub lag_critical: Duration,
+    pub freshness_target: Duration,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+pub fn evaluate(region: &str, peers: &[PeerStatus], thresholds: Thresholds, uptime: Duration) -> Health {
+    let (warn_ms, critical_ms, target_ms) =
+        (ms(thresholds.lag_warn), ms(thresholds.lag_critical), ms(thresholds.freshness_target));
+    let regions: Vec<RegionHealth> = peers
+        .iter()
+        .map(|p| {
+            let lag_ms = p.freshness_lag_ms.unwrap_or_else(|| ms(uptime));
+            let (outbound_connected, inbound_connected) = (p.outbound == "connected", p.inbound_streams > 0);
+            let status = if lag_ms >= critical_ms {
+                HealthStatus::Critical
+            } else if lag_ms >= warn_ms {
+                HealthStatus::Warn
+            } else {
+                HealthStatus::Ok
+            };
+            let reason = (status != HealthStatus::Ok).then(|| {
+                let mut why = format!("replication from {} is {lag_ms} ms behind", p.region);
+                if !inbound_connected {
+                    why.push_str(&format!("; no stream from {}", p.region));
+                }
+                if !outbound_connected {
+                    let err = p.last_error.as_deref().unwrap_or("not connected");
+                    why.push_str(&format!("; stream to {}: {err}", p.region));
+                }
+                why
+            });
+            RegionHealth {
+                region: p.region.clone(),
+                status,
+                lag_ms,
+                beyond_freshness_target: lag_ms > target_ms,
+                outbound_connected,
+                inbound_connected,
+                reason,
+            }
+        })
+        .collect();
+    Health {
+        status: regions.iter().map(|r| r.status).max().unwrap_or(HealthStatus::Ok),
+        region: region.to_owned(),
+        lag_warn_ms: warn_ms,
+        lag_critical_ms: critical_ms,
+        freshness_target_ms: target_ms,
+        regions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(region: &str, freshness_lag_ms: Option<u64>, connected: bool) -> PeerStatus {
+        PeerStatus {
+            region: region.into(),
+            outbound: if connected { "connected" } else { "backoff" }.into(),
+            inbound_streams: u32::from(connected),
+            freshness_lag_ms,
+            ..Default::default()
+        }
+    }
+
+    const T: Thresholds = Thresholds {
+        lag_warn: Duration::from_secs(5),
+        lag_critical: Duration::from_secs(30),
+        freshness_target: Duration::from_millis(500),
+    };
+
+    #[test]
+    fn thresholds_and_worst_status() {
+        let h = evaluate("a", &[peer("b", Some(120), true), peer("c", Some(6_000), true)], T, Duration::from_secs(60));
+        assert_eq!(h.status, HealthStatus::Warn);
+        assert_eq!(h.regions[0].status, HealthStatus::Ok);
+        assert!(!h.regions[0].beyond_freshness_target);
+        assert!(h.regions[1].beyond_freshness_target);
+        let h = evaluate("a", &[peer("b", Some(31_000), false)], T, Duration::from_secs(60));
+        assert_eq!(h.status, HealthStatus::Critical);
+        assert!(h.regions[0].reason.as_deref().is_some_and(|r| r.contains("no stream from b")), "{h:?}");
+    }
+
+    #[test]
+    fn a_region_never_heard_from_turns_critical_with_uptime() {
+        let never = [peer("b", None, false)];
+        assert_eq!(evaluate("a", &never, T, Duration::from_secs(1)).status, HealthStatus::Ok);
+        assert_eq!(evaluate("a", &never, T, Duration::from_secs(10)).status, HealthStatus::Warn);
+        assert_eq!(evaluate("a", &never, T, Duration::from_secs(30)).status, HealthStatus::Critical);
+        assert_eq!(evaluate("a", &[], T, Duration::from_secs(99)).status, HealthStatus::Ok);
+    }
+}

@@ -1,0 +1,63 @@
+//! `/metrics`: the node's Prometheus registry. Each node has its own recorder (several nodes
+//! share a process under `mrr dev`), so nothing here touches the process-global one.
+
+use std::sync::Arc;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use mrr_replication::metrics::SharedRecorder;
+
+/// Buckets of every `*_ms` histogram: from loopback to a stalled WAN.
+const MS_BUCKETS: &[f64] =
+    &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0, 750.0, 1_000.0, 2_000.0, 5_000.0, 10_000.0, 30_000.0, 60_000.0];
+
+static METADATA: Metadata<'static> = Metadata::new("mrr", Level::INFO, Some(module_path!()));
+
+pub fn recorder() -> (SharedRecorder, PrometheusHandle) {
+    let builder = PrometheusBuilder::new();
+    // A fixed, non-empty bucket list cannot be refused.
+    let builder = builder.set_buckets_for_metric(Matcher::Suffix("_ms".into()), MS_BUCKETS).unwrap_or_else(|e| unreachable!("{e}"));
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    (Arc::new(recorder), handle)
+}
+
+/// Metrics of the API side of a node.
+#[derive(Clone)]
+pub struct ServerMetrics {
+    pub handle: PrometheusHandle,
+    pub write_latency_put: Histogram,
+    pub write_latency_delete: Histogram,
+    pub write_latency_batch: Histogram,
+    pub write_errors: Counter,
+    pub storage_bytes: Gauge,
+}
+
+impl std::fmt::Debug for ServerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerMetrics")
+    }
+}
+
+impl ServerMetrics {
+    pub fn new(r: &(dyn Recorder + Send + Sync), handle: PrometheusHandle) -> Self {
+        r.describe_histogram(
+            "mrr_write_latency_ms".into(),
+            Some(Unit::Milliseconds),
+            "Client write latency at this node, request to durable commit, in ms.".into(),
+        );
+        r.describe_counter("mrr_write_errors_total".into(), Some(Unit::Count), "Client writes that failed to commit.".into());
+        r.describe_gauge("mrr_storage_bytes".into(), Some(Unit::Bytes), "Bytes this node's store occupies on disk.".into());
+        let latency = |op: &'static str| {
+            r.register_histogram(&Key::from_parts("mrr_write_latency_ms", vec![Label::new("op", op)]), &METADATA)
+        };
+        Self {
+            handle,
+            write_latency_put: latency("put"),
+            write_latency_delete: latency("delete"),
+            write_latency_batch: latency("batch"),
+            write_errors: r.register_counter(&Key::from_name("mrr_write_errors_total"), &METADATA),
+            storage_bytes: r.register_gauge(&Key::from_name("mrr_storage_bytes"), &METADATA),
+        }
+    }
+}
