@@ -17,6 +17,18 @@ if ! cargo clippy --version >/dev/null 2>&1; then
   echo "error: clippy missing. Install it with: rustup component add clippy" >&2; exit 2
 fi
 
+# The metrics test validates /metrics with promtool (Debian package `prometheus`).
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing promtool (apt-get install prometheus)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "error: promtool not found. Install it with: sudo apt-get install prometheus" >&2
+    exit 2
+  fi
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -233,7 +233,7 @@ fn record_apply(
         let Some((origin, topic, wall_ms)) = written.get(i) else { continue };
         let lag_ms = now_ms.saturating_sub(*wall_ms);
         newest_lag_ms = lag_ms;
-        ctx.metrics.lag(origin, topic).record(lag_ms as f64);
+        ctx.metrics.lag(origin, topic).record(lag_ms as f64 / 1_000.0);
         if let Some(m) = ctx.metrics.peer(origin) {
             m.applied.increment(1);
             if lag_ms > ttl_ms {

@@ -92,15 +92,15 @@ pub struct Replicator {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen for peers on {addr}: {source}")]
+    #[error("cannot listen for peers on {addr}: {source} (is another node using the port?)")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
 
 impl Replicator {
-    /// Binds the peer listener and starts one dialer per peer.
+    /// Serves peers on `listener` and starts one dialer per peer.
     pub async fn start(
         config: ReplicationConfig,
-        listen: SocketAddr,
+        listener: TcpListener,
         store: Arc<dyn Store>,
         writer: Writer,
         clock: Arc<dyn PhysicalClock>,
@@ -108,8 +108,8 @@ impl Replicator {
         recorder: metrics::SharedRecorder,
     ) -> Result<Self, StartError> {
         let status = StatusBoard::new(&config.local, config.peers.iter().map(|p| (&p.region, p.endpoint.as_str())));
-        let metrics = metrics::ReplicationMetrics::new(recorder, &config.local, config.peers.iter().map(|p| p.region.clone()));
-        let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Listen { addr: listen, source })?;
+        let metrics =
+            metrics::ReplicationMetrics::new(recorder, &config.local, config.peers.iter().map(|p| p.region.clone()));
         let ctx = Context {
             config: Arc::new(config),
             store,

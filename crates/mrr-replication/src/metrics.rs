@@ -33,17 +33,21 @@ pub fn describe(recorder: &dyn Recorder) {
     d("mrr_peer_handshakes_total", Some(Unit::Count), "Completed peer handshakes, by direction.");
     d("mrr_peer_disconnects_total", Some(Unit::Count), "Peer streams that ended, by direction.");
     d("mrr_conflicts_total", Some(Unit::Count), "Replicated writes that lost to a newer version, by topic and rule.");
-    d("mrr_freshness_violations_total", Some(Unit::Count), "Changes applied later than replication_rules.default_ttl after their write.");
+    d(
+        "mrr_freshness_violations_total",
+        Some(Unit::Count),
+        "Changes applied later than replication_rules.default_ttl after their write.",
+    );
     recorder.describe_histogram(
-        "mrr_replication_lag_ms".into(),
-        Some(Unit::Milliseconds),
-        "Time from a write at its origin to its apply here, in ms (includes clock skew).".into(),
+        "mrr_replication_lag_seconds".into(),
+        Some(Unit::Seconds),
+        "Time from a write at its origin to its apply here (includes clock skew).".into(),
     );
     for (name, help) in [
         ("mrr_peer_backlog_changes", "Changes a peer still needs from this node."),
-        ("mrr_peer_clock_skew_ms", "Peer clock minus this node's, from the last handshake, in ms."),
+        ("mrr_peer_clock_skew_seconds", "Peer clock minus this node's, from the last handshake."),
         ("mrr_peer_connected", "1 while the stream in that direction is up."),
-        ("mrr_peer_freshness_lag_ms", "How stale this node's copy of a peer's writes may be, in ms."),
+        ("mrr_peer_freshness_lag_seconds", "How stale this node's copy of a peer's writes may be."),
     ] {
         recorder.describe_gauge(name.into(), None, help.into());
     }
@@ -63,10 +67,10 @@ pub struct PeerMetrics {
     pub disconnects_out: Counter,
     pub disconnects_in: Counter,
     pub backlog: Gauge,
-    pub clock_skew_ms: Gauge,
+    pub clock_skew_seconds: Gauge,
     pub connected_out: Gauge,
     pub connected_in: Gauge,
-    pub freshness_lag_ms: Gauge,
+    pub freshness_lag_seconds: Gauge,
     pub freshness_violations: Counter,
 }
 
@@ -112,10 +116,10 @@ impl ReplicationMetrics {
                     disconnects_out: counter("mrr_peer_disconnects_total", &dir("outbound")),
                     disconnects_in: counter("mrr_peer_disconnects_total", &dir("inbound")),
                     backlog: gauge("mrr_peer_backlog_changes", &[peer()]),
-                    clock_skew_ms: gauge("mrr_peer_clock_skew_ms", &[peer()]),
+                    clock_skew_seconds: gauge("mrr_peer_clock_skew_seconds", &[peer()]),
                     connected_out: gauge("mrr_peer_connected", &dir("outbound")),
                     connected_in: gauge("mrr_peer_connected", &dir("inbound")),
-                    freshness_lag_ms: gauge("mrr_peer_freshness_lag_ms", &[peer()]),
+                    freshness_lag_seconds: gauge("mrr_peer_freshness_lag_seconds", &[peer()]),
                     freshness_violations: counter(
                         "mrr_freshness_violations_total",
                         &[("source", p.to_string()), ("target", local.to_string())],
@@ -124,13 +128,7 @@ impl ReplicationMetrics {
                 (p, m)
             })
             .collect();
-        Self {
-            recorder,
-            local: local.to_string(),
-            peers,
-            lag: Arc::default(),
-            conflicts: Arc::default(),
-        }
+        Self { recorder, local: local.to_string(), peers, lag: Arc::default(), conflicts: Arc::default() }
     }
 
     pub fn peer(&self, peer: &RegionName) -> Option<&PeerMetrics> {
@@ -144,7 +142,7 @@ impl ReplicationMetrics {
             if let Some(m) = self.peers.get(&region) {
                 m.backlog.set(p.backlog_changes as f64);
                 if let Some(lag) = p.freshness_lag_ms {
-                    m.freshness_lag_ms.set(lag as f64);
+                    m.freshness_lag_seconds.set(lag as f64 / 1_000.0);
                 }
             }
         }
@@ -161,7 +159,7 @@ impl ReplicationMetrics {
         lag.entry((source.clone(), topic.clone()))
             .or_insert_with(|| {
                 let labels = [("source", source.to_string()), ("target", self.local.clone()), ("topic", topic)];
-                self.recorder.register_histogram(&key("mrr_replication_lag_ms", &labels), &METADATA)
+                self.recorder.register_histogram(&key("mrr_replication_lag_seconds", &labels), &METADATA)
             })
             .clone()
     }
@@ -169,7 +167,8 @@ impl ReplicationMetrics {
     /// The conflict counter for `topic` (strategy `timestamp`, the only one today).
     pub fn conflicts(&self, topic: &str) -> Counter {
         let mut conflicts = self.conflicts.lock().unwrap_or_else(PoisonError::into_inner);
-        let topic = if conflicts.contains_key(topic) || conflicts.len() < TOPICS_TRACKED_MAX { topic } else { "_other" };
+        let topic =
+            if conflicts.contains_key(topic) || conflicts.len() < TOPICS_TRACKED_MAX { topic } else { "_other" };
         conflicts
             .entry(topic.to_owned())
             .or_insert_with(|| {

@@ -144,7 +144,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     if let Some(m) = ctx.metrics.peer(&peer.region) {
         m.handshakes_out.increment(1);
         m.connected_out.set(1.0);
-        m.clock_skew_ms.set(est.skew_ms as f64);
+        m.clock_skew_seconds.set(est.skew_ms as f64 / 1_000.0);
     }
 
     // Session time is monotonic milliseconds since the stream started.

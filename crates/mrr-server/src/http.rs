@@ -419,7 +419,7 @@ async fn timed_write(state: &AppState, latency: &metrics::Histogram, ops: Vec<Lo
     let started = std::time::Instant::now();
     match state.writer.write(ops).await {
         Ok(c) => {
-            latency.record(started.elapsed().as_secs_f64() * 1_000.0);
+            latency.record(started.elapsed().as_secs_f64());
             Ok(c)
         }
         Err(e) => {

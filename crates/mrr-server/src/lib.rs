@@ -11,4 +11,4 @@ pub mod metrics;
 pub mod node;
 
 pub use config::Config;
-pub use node::{Node, NodeOptions, StartError};
+pub use node::{Listeners, Node, NodeOptions, StartError};

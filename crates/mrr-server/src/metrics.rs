@@ -7,16 +7,19 @@ use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use mrr_replication::metrics::SharedRecorder;
 
-/// Buckets of every `*_ms` histogram: from loopback to a stalled WAN.
-const MS_BUCKETS: &[f64] =
-    &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0, 750.0, 1_000.0, 2_000.0, 5_000.0, 10_000.0, 30_000.0, 60_000.0];
+/// Buckets of every `*_seconds` histogram, with millisecond resolution where WAN lag lives:
+/// from loopback to a stalled link. (Prometheus wants base units; dashboards show ms.)
+const SECONDS_BUCKETS: &[f64] =
+    &[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
 
 static METADATA: Metadata<'static> = Metadata::new("mrr", Level::INFO, Some(module_path!()));
 
 pub fn recorder() -> (SharedRecorder, PrometheusHandle) {
     let builder = PrometheusBuilder::new();
     // A fixed, non-empty bucket list cannot be refused.
-    let builder = builder.set_buckets_for_metric(Matcher::Suffix("_ms".into()), MS_BUCKETS).unwrap_or_else(|e| unreachable!("{e}"));
+    let builder = builder
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .unwrap_or_else(|e| unreachable!("{e}"));
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
     (Arc::new(recorder), handle)
@@ -42,14 +45,22 @@ impl std::fmt::Debug for ServerMetrics {
 impl ServerMetrics {
     pub fn new(r: &(dyn Recorder + Send + Sync), handle: PrometheusHandle) -> Self {
         r.describe_histogram(
-            "mrr_write_latency_ms".into(),
-            Some(Unit::Milliseconds),
-            "Client write latency at this node, request to durable commit, in ms.".into(),
+            "mrr_write_latency_seconds".into(),
+            Some(Unit::Seconds),
+            "Client write latency at this node, request to durable commit.".into(),
         );
-        r.describe_counter("mrr_write_errors_total".into(), Some(Unit::Count), "Client writes that failed to commit.".into());
-        r.describe_gauge("mrr_storage_bytes".into(), Some(Unit::Bytes), "Bytes this node's store occupies on disk.".into());
+        r.describe_counter(
+            "mrr_write_errors_total".into(),
+            Some(Unit::Count),
+            "Client writes that failed to commit.".into(),
+        );
+        r.describe_gauge(
+            "mrr_storage_bytes".into(),
+            Some(Unit::Bytes),
+            "Bytes this node's store occupies on disk.".into(),
+        );
         let latency = |op: &'static str| {
-            r.register_histogram(&Key::from_parts("mrr_write_latency_ms", vec![Label::new("op", op)]), &METADATA)
+            r.register_histogram(&Key::from_parts("mrr_write_latency_seconds", vec![Label::new("op", op)]), &METADATA)
         };
         Self {
             handle,

@@ -64,8 +64,36 @@ pub struct Node {
     stop: watch::Sender<bool>,
 }
 
+/// Listeners bound before the node starts (tests bind port 0 and learn the port first, so no
+/// other process can take it in between). `None` binds the configured address.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub api: Option<std::net::TcpListener>,
+    pub peer: Option<std::net::TcpListener>,
+}
+
+async fn listener(given: Option<std::net::TcpListener>, addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    match given {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        }
+        None => TcpListener::bind(addr).await,
+    }
+}
+
 impl Node {
     pub async fn start(config: Config, options: NodeOptions) -> Result<Self, StartError> {
+        Self::start_on(config, options, Listeners::default()).await
+    }
+
+    pub async fn start_on(config: Config, options: NodeOptions, listeners: Listeners) -> Result<Self, StartError> {
+        let peer_listener = listener(listeners.peer, config.listen.peer)
+            .await
+            .map_err(|source| mrr_replication::StartError::Listen { addr: config.listen.peer, source })?;
+        let api_listener = listener(listeners.api, config.listen.api)
+            .await
+            .map_err(|source| StartError::ApiListen { addr: config.listen.api, source })?;
         let data = config.data_dir.display().to_string();
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: data.clone(), source })?;
@@ -115,7 +143,7 @@ impl Node {
         let (recorder, metrics_handle) = crate::metrics::recorder();
         let replicator = Replicator::start(
             replication,
-            config.listen.peer,
+            peer_listener,
             store.clone(),
             writer.clone(),
             options.clock.clone(),
@@ -152,9 +180,7 @@ impl Node {
                 metrics_handle.run_upkeep();
             }
         });
-        let listener = TcpListener::bind(config.listen.api)
-            .await
-            .map_err(|source| StartError::ApiListen { addr: config.listen.api, source })?;
+        let listener = api_listener;
         let api_addr =
             listener.local_addr().map_err(|source| StartError::ApiListen { addr: config.listen.api, source })?;
         let (stop, mut stopped) = watch::channel(false);
