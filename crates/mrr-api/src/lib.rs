@@ -215,6 +215,14 @@ pub struct NodeStatus {
     pub peers: Vec<PeerStatus>,
 }
 
+/// One line of `GET /v1/watch/applied`: the applied version vector after a commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AppliedEvent {
+    pub applied: BTreeMap<String, u64>,
+    /// This node's wall clock when the event was sent.
+    pub wall_ms: u64,
+}
+
 /// An emulated link from this node to a peer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -1,9 +1,11 @@
 //! `mrr`: run a node (`serve`), a whole local cluster (`dev`), and talk to a running cluster
-//! (`put`, `get`, `del`, `status`). Logic lives in the library crates; this binary parses
+//! (`put`, `get`, `del`, `status`, `bench`, `chaos`). Logic lives in the library crates; this binary parses
 //! arguments, prints, and exits with a status that says what happened.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod bench;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -74,7 +76,12 @@ enum Command {
     Status {
         #[command(flatten)]
         target: Target,
+        /// Refresh every N seconds until Ctrl-C.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
     },
+    /// Generate load against a running cluster; report write latency and replication lag.
+    Bench(bench::BenchArgs),
     /// Inject network faults into a running cluster through its emulated links.
     Chaos {
         /// Any region's config: it lists every region and its `api` address.
@@ -184,7 +191,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
-        Command::Status { target } => status(&target).await,
+        Command::Status { target, watch: None } => status(&target).await,
+        Command::Status { target, watch: Some(secs) } => loop {
+            // Clear the screen and home the cursor, then redraw.
+            print!("\x1b[2J\x1b[H");
+            if let Err(e) = status(&target).await {
+                println!("error: {}", report(&e));
+            }
+            println!("\n(refreshing every {secs} s; Ctrl-C to stop)");
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))) => {}
+                () = wait_for_signal() => return Ok(()),
+            }
+        },
+        Command::Bench(args) => {
+            let clients = region_clients(&args.config, args.api_key.as_deref())?;
+            let report = bench::run(args.clone(), clients).await?;
+            let md = bench::markdown(&report);
+            println!("{md}");
+            if let Some(path) = &args.json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            if let Some(path) = &args.markdown {
+                std::fs::write(path, md).with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            Ok(())
+        }
         Command::Chaos { config, api_key, action } => chaos(&config, api_key.as_deref(), action).await,
     }
 }
@@ -354,20 +387,17 @@ async fn dev_cluster(
     };
     let cluster = dev::DevCluster::new(base_port, data_dir, from.as_ref())?;
     if let Some(dir) = write_configs {
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        for (k, r) in cluster.regions.iter().enumerate() {
-            let path = dir.join(format!("{}.yaml", r.name));
-            std::fs::write(&path, cluster.config_text(k))
-                .with_context(|| format!("cannot write {}", path.display()))?;
+        for path in write_dev_configs(&cluster, &dir)? {
             println!("{}", path.display());
         }
-        // Parse back what was written: a config `mrr serve` would refuse is never left behind.
-        cluster.configs(&dir)?;
         return Ok(());
     }
     init_logging(false);
+    // The running cluster's configs, for `mrr bench -c` and `mrr chaos -c`.
+    let config_dir = cluster.data_dir.join("configs");
+    write_dev_configs(&cluster, &config_dir)?;
     let mut nodes = Vec::new();
-    for (_, config) in cluster.configs(&cluster.data_dir)? {
+    for (_, config) in cluster.configs(&config_dir)? {
         nodes.push(Node::start(config, NodeOptions::default()).await?);
     }
     println!("\nMRR dev cluster is up (data in {}):\n", cluster.data_dir.display());
@@ -377,7 +407,8 @@ async fn dev_cluster(
     }
     let (first, second) = (&cluster.regions[0], &cluster.regions[cluster.regions.len().min(2) - 1]);
     println!(
-        "\nTry it: publish in {a}, read in {b}:\n\n  curl -s -X POST http://127.0.0.1:{pa}/v1/records/users -H 'content-type: application/json' \\\n    -d '{{\"id\":\"u001\",\"name\":\"Kaito\",\"__metadata\":{{\"regions\":[\"*\"],\"syncFlags\":[\"IMPORTANT\"]}}}}'\n  curl -s http://127.0.0.1:{pb}/v1/records/users/u001\n\n  or: mrr put users/u001 '{{\"name\":\"Kaito\"}}' -e http://127.0.0.1:{pa}\n      mrr get users/u001 -e http://127.0.0.1:{pb}\n      mrr status -e http://127.0.0.1:{pa}\n\nCtrl-C stops the cluster.",
+        "\nConfigs (for mrr bench -c, mrr chaos -c): {configs}\n\nTry it: publish in {a}, read in {b}:\n\n  curl -s -X POST http://127.0.0.1:{pa}/v1/records/users -H 'content-type: application/json' \\\n    -d '{{\"id\":\"u001\",\"name\":\"Kaito\",\"__metadata\":{{\"regions\":[\"*\"],\"syncFlags\":[\"IMPORTANT\"]}}}}'\n  curl -s http://127.0.0.1:{pb}/v1/records/users/u001\n\n  or: mrr put users/u001 '{{\"name\":\"Kaito\"}}' -e http://127.0.0.1:{pa}\n      mrr get users/u001 -e http://127.0.0.1:{pb}\n      mrr status -e http://127.0.0.1:{pa}\n\nCtrl-C stops the cluster.",
+        configs = config_dir.join(format!("{}.yaml", first.name)).display(),
         a = first.name,
         b = second.name,
         pa = first.api_port,
@@ -393,38 +424,68 @@ async fn dev_cluster(
     Ok(())
 }
 
+/// Writes one config per region into `dir` and parses them back, so a config `mrr serve` would
+/// refuse is never left behind.
+fn write_dev_configs(cluster: &dev::DevCluster, dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut paths = Vec::new();
+    for (k, r) in cluster.regions.iter().enumerate() {
+        let path = dir.join(format!("{}.yaml", r.name));
+        std::fs::write(&path, cluster.config_text(k)).with_context(|| format!("cannot write {}", path.display()))?;
+        paths.push(path);
+    }
+    cluster.configs(dir)?;
+    Ok(paths)
+}
+
 async fn status(target: &Target) -> anyhow::Result<()> {
-    let s = client(target)?.status().await?;
-    println!("cluster {}  region {}  coordinator {}", s.cluster, s.region, s.coordinator.as_deref().unwrap_or("-"));
+    let c = client(target)?;
+    let s = c.status().await?;
+    let h = c.health().await?;
+    println!(
+        "cluster {}  region {}  coordinator {}  health {:?}",
+        s.cluster,
+        s.region,
+        s.coordinator.as_deref().unwrap_or("-"),
+        h.status
+    );
     let applied: Vec<String> = s.applied.iter().map(|(o, n)| format!("{o}:{n}")).collect();
     println!("applied {}  storage {} bytes", applied.join(" "), s.storage_bytes);
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
     table.set_header([
         "region",
+        "health",
         "to peer",
         "from peer",
+        "freshness ms",
+        "lag p50 ms",
+        "lag p99 ms",
+        "backlog",
+        "recv/s",
         "rtt ms",
         "skew ms",
-        "lag ms (last)",
-        "backlog",
-        "sent",
-        "received",
+        "coordinator",
         "last error",
     ]);
+    let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     for p in &s.peers {
-        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        let health =
+            h.regions.iter().find(|r| r.region == p.region).map_or("-".to_owned(), |r| format!("{:?}", r.status));
         table.add_row([
             p.region.clone(),
+            health,
             p.outbound.clone(),
             if p.inbound_streams > 0 { "connected".into() } else { "down".into() },
-            opt(p.rtt_ms.map(|v| v.to_string())),
-            opt(p.clock_skew_ms.map(|v| v.to_string())),
-            opt(p.lag_ms_last.map(|v| v.to_string())),
+            opt(p.freshness_lag_ms),
+            opt(p.lag_ms_p50),
+            opt(p.lag_ms_p99),
             p.backlog_changes.to_string(),
-            p.changes_sent.to_string(),
-            p.changes_received.to_string(),
-            opt(p.last_error.clone()),
+            format!("{:.1}", p.received_per_s),
+            opt(p.rtt_ms),
+            p.clock_skew_ms.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+            if s.coordinator.as_deref() == Some(p.region.as_str()) { "yes".into() } else { String::new() },
+            p.last_error.clone().unwrap_or_default(),
         ]);
     }
     println!("{table}");

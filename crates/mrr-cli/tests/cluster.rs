@@ -211,3 +211,48 @@ async fn a_third_region_relays_across_a_broken_pair() -> anyhow::Result<()> {
     assert_eq!(direct, Some(0), "nothing came over the partitioned link");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_latency_and_lag_for_every_region_pair() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let json_path = cluster.dir.path().join("report.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mrr"))
+        .arg("bench")
+        .arg("-c")
+        .arg(cluster.config_path(0))
+        .args([
+            "--rate",
+            "150",
+            "--duration",
+            "2s",
+            "--concurrency",
+            "4",
+            "--keys",
+            "50",
+            "--read-ratio",
+            "0.1",
+            "--json",
+        ])
+        .arg(&json_path)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "mrr bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path)?)?;
+    let writes = report["writes"].as_u64().unwrap_or(0);
+    assert!(writes > 100, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    let pairs = report["replication_lag"].as_array().cloned().unwrap_or_default();
+    assert_eq!(pairs.len(), 6, "every ordered pair of three regions: {report}");
+    for p in &pairs {
+        // Lag cannot beat the emulated one-way delay of the pair.
+        let floor = f64::from(u32::try_from(match (p["source"].as_str(), p["target"].as_str()) {
+            (Some("ap-northeast"), Some("us-west")) | (Some("us-west"), Some("ap-northeast")) => 55,
+            (Some("us-west"), Some("eu-central")) | (Some("eu-central"), Some("us-west")) => 75,
+            _ => 115,
+        })?);
+        assert!(p["lag"]["p50_ms"].as_f64().unwrap_or(0.0) >= floor, "{p}");
+        assert!(p["lag"]["samples"].as_u64().unwrap_or(0) > 0, "{p}");
+    }
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.contains("| lag ap-northeast → eu-central |"), "{md}");
+    Ok(())
+}

@@ -122,6 +122,22 @@ impl Client {
         self.send(self.http.get(format!("{}/v1/status", self.base))).await
     }
 
+    /// Follows this node's applied version vector: each commit here yields an event.
+    pub async fn watch_applied(&self) -> Result<AppliedWatch> {
+        let url = format!("{}/v1/watch/applied", self.base);
+        let mut request = self.http.get(&url).timeout(Duration::from_secs(24 * 3600));
+        if let Some(k) = &self.api_key {
+            request = request.bearer_auth(k);
+        }
+        let response = request.send().await.map_err(|source| ClientError::Http { url: url.clone(), source })?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap_or_default();
+            return Err(ClientError::Unexpected { url, status, body });
+        }
+        Ok(AppliedWatch { url, response, buf: Vec::new() })
+    }
+
     /// The emulated links from this node to each peer.
     pub async fn links(&self) -> Result<LinksView> {
         self.send(self.http.get(format!("{}/v1/admin/links", self.base))).await
@@ -154,6 +170,34 @@ impl Client {
                 status: status.as_u16(),
                 body: String::from_utf8_lossy(&body).into_owned(),
             }),
+        }
+    }
+}
+
+/// The event stream of [`Client::watch_applied`].
+#[derive(Debug)]
+pub struct AppliedWatch {
+    url: String,
+    response: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl AppliedWatch {
+    /// The next event, or `None` when the node closed the stream.
+    pub async fn next(&mut self) -> Result<Option<AppliedEvent>> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return serde_json::from_slice(&line[..end]).map(Some).map_err(|e| ClientError::Unexpected {
+                    url: self.url.clone(),
+                    status: 200,
+                    body: format!("{e}: {}", String::from_utf8_lossy(&line)),
+                });
+            }
+            match self.response.chunk().await.map_err(|source| ClientError::Http { url: self.url.clone(), source })? {
+                Some(chunk) => self.buf.extend_from_slice(&chunk),
+                None => return Ok(None),
+            }
         }
     }
 }

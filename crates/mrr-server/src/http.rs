@@ -144,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         .route("/records/{topic}/{id}", put(put_record).get(get_record).delete(delete_record))
         .route("/batch", post(batch))
         .route("/status", get(node_status))
+        .route("/watch/applied", get(watch_applied))
         .route("/admin/links", get(get_links))
         .route("/admin/links/{peer}", put(set_link))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -361,6 +362,25 @@ async fn node_status(State(state): State<AppState>) -> Json<NodeStatus> {
         storage_bytes: state.store.disk_bytes(),
         peers: state.status.snapshot(state.clock.now_ms()),
     })
+}
+
+/// A stream of newline-delimited JSON [`mrr_api::AppliedEvent`]s: the current applied version
+/// vector, then one line per change of it (coalesced: a slow reader skips to the newest).
+/// Benchmarks use it to see when a write becomes readable here without polling.
+#[utoipa::path(get, path = "/v1/watch/applied", responses((status = 200, content_type = "application/x-ndjson", body = mrr_api::AppliedEvent)))]
+async fn watch_applied(State(state): State<AppState>) -> impl IntoResponse {
+    use tokio_stream::StreamExt;
+    let clock = state.clock.clone();
+    let stream = tokio_stream::wrappers::WatchStream::new(state.writer.applied()).map(move |vv| {
+        let event = mrr_api::AppliedEvent {
+            applied: vv.iter().map(|(o, s)| (o.to_string(), s)).collect(),
+            wall_ms: clock.now_ms(),
+        };
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line))
+    });
+    ([("content-type", "application/x-ndjson")], axum::body::Body::from_stream(stream))
 }
 
 /// The emulated links from this node to each peer.
