@@ -186,7 +186,33 @@ async fn an_isolated_region_converges_after_the_partition_heals() -> anyhow::Res
     cluster.partition(2, 1, false).await?;
     let state = cluster.converged("carts", CONVERGE).await?;
     assert_eq!(state.len(), 20);
-    // Same keys written in all three regions: all regions agree on one winner per key.
+    // Same keys written in all three regions: each key has one winner and two writes that
+    // lost; every loss is counted where the newer version was already in place.
+    let mut conflicts = 0.0;
+    let mut scraped = String::new();
+    for c in &cluster.clients {
+        let text = c.metrics().await?;
+        conflicts += text
+            .lines()
+            .filter(|l| l.starts_with(r#"mrr_conflicts_total{topic="carts",strategy="timestamp"}"#))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+        scraped.push_str(&text);
+    }
+    assert!(conflicts >= 40.0, "{conflicts} conflicts counted for 20 keys written in 3 regions");
+    // The Grafana dashboard charts only metrics that exist.
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/grafana/mrr-dashboard.json"))?;
+    let mut names: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("mrr_"))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() > 10, "{names:?}");
+    for name in names {
+        let family = name.trim_end_matches("_bucket");
+        assert!(scraped.contains(&format!("# TYPE {family} ")), "dashboard uses {name}, which no node exports");
+    }
     Ok(())
 }
 

@@ -122,6 +122,18 @@ impl Client {
         self.send(self.http.get(format!("{}/v1/status", self.base))).await
     }
 
+    /// The node's metrics in Prometheus text format.
+    pub async fn metrics(&self) -> Result<String> {
+        let url = format!("{}/metrics", self.base);
+        let response = self.http.get(&url).send().await.map_err(|source| ClientError::Http { url: url.clone(), source })?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(|source| ClientError::Http { url: url.clone(), source })?;
+        if status != 200 {
+            return Err(ClientError::Unexpected { url, status, body });
+        }
+        Ok(body)
+    }
+
     /// Follows this node's applied version vector: each commit here yields an event.
     pub async fn watch_applied(&self) -> Result<AppliedWatch> {
         let url = format!("{}/v1/watch/applied", self.base);
