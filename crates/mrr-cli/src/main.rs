@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod bench;
+mod proxy;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -82,6 +83,9 @@ enum Command {
     },
     /// Generate load against a running cluster; report write latency and replication lag.
     Bench(bench::BenchArgs),
+    /// A TCP proxy adding a one-way delay each way (SIGUSR1 cuts, SIGUSR2 mends), to put MRR and
+    /// other systems behind the same emulated WAN in benchmarks.
+    WanProxy(proxy::ProxyArgs),
     /// Inject network faults into a running cluster through its emulated links.
     Chaos {
         /// Any region's config: it lists every region and its `api` address.
@@ -218,6 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::WanProxy(args) => proxy::run(args).await,
         Command::Chaos { config, api_key, action } => chaos(&config, api_key.as_deref(), action).await,
     }
 }
