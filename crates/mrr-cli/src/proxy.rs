@@ -36,7 +36,10 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     let mut usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
     let delay = Duration::from_millis(args.delay_ms);
-    eprintln!("wan-proxy {} -> {} with {} ms each way (SIGUSR1 cuts, SIGUSR2 mends)", args.listen, args.upstream, args.delay_ms);
+    eprintln!(
+        "wan-proxy {} -> {} with {} ms each way (SIGUSR1 cuts, SIGUSR2 mends)",
+        args.listen, args.upstream, args.delay_ms
+    );
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -60,7 +63,12 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn connection(client: TcpStream, upstream: SocketAddr, delay: Duration, cut: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn connection(
+    client: TcpStream,
+    upstream: SocketAddr,
+    delay: Duration,
+    cut: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let server = TcpStream::connect(upstream).await.with_context(|| format!("cannot reach {upstream}"))?;
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;

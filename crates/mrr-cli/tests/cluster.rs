@@ -201,11 +201,10 @@ async fn an_isolated_region_converges_after_the_partition_heals() -> anyhow::Res
     }
     assert!(conflicts >= 40.0, "{conflicts} conflicts counted for 20 keys written in 3 regions");
     // The Grafana dashboard charts only metrics that exist.
-    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/grafana/mrr-dashboard.json"))?;
-    let mut names: Vec<&str> = dashboard
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("mrr_"))
-        .collect();
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/grafana/mrr-dashboard.json"))?;
+    let mut names: Vec<&str> =
+        dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("mrr_")).collect();
     names.sort_unstable();
     names.dedup();
     assert!(names.len() > 10, "{names:?}");

@@ -125,7 +125,8 @@ impl Client {
     /// The node's metrics in Prometheus text format.
     pub async fn metrics(&self) -> Result<String> {
         let url = format!("{}/metrics", self.base);
-        let response = self.http.get(&url).send().await.map_err(|source| ClientError::Http { url: url.clone(), source })?;
+        let response =
+            self.http.get(&url).send().await.map_err(|source| ClientError::Http { url: url.clone(), source })?;
         let status = response.status().as_u16();
         let body = response.text().await.map_err(|source| ClientError::Http { url: url.clone(), source })?;
         if status != 200 {

@@ -28,7 +28,7 @@ pub struct OutboundLimits {
 
 impl Default for OutboundLimits {
     fn default() -> Self {
-        Self { batch_changes_max: 512, inflight_changes_max: 8_192 }
+        Self { batch_changes_max: 1_024, inflight_changes_max: 65_536 }
     }
 }
 

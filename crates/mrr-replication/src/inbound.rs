@@ -27,8 +27,16 @@ const APPLY_CHANGES_MAX: usize = 8_192;
 pub(crate) async fn serve(ctx: Context, listener: TcpListener) {
     let svc = PeerServer::new(Service { ctx: ctx.clone() }).max_decoding_message_size(64 * 1024 * 1024);
     let incoming = TcpListenerStream::new(listener);
-    if let Err(e) =
-        tonic::transport::Server::builder().tcp_nodelay(true).add_service(svc).serve_with_incoming(incoming).await
+    if let Err(e) = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // HTTP/2 flow control caps a stream at one window per round trip; hyper's 1 MiB default
+        // held WAN catch-up to ~10 MB/s at 100 ms RTT. Sized for a bandwidth-delay product of
+        // ~1 Gbit/s x 130 ms.
+        .initial_stream_window_size(crate::H2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(crate::H2_CONNECTION_WINDOW_BYTES)
+        .add_service(svc)
+        .serve_with_incoming(incoming)
+        .await
     {
         tracing::error!(error = %e, "peer listener stopped");
     }
@@ -93,7 +101,7 @@ async fn accept(
     tx: mpsc::Sender<Result<proto::ToDialer, Status>>,
 ) {
     let peer = greeted.peer.clone();
-    let link = ctx.links.sender(&peer, tx.clone());
+    let link = ctx.links.sender(&peer, tx.clone(), ctx.config.peer_timeout);
     let mut registered = false;
     let end = session(&ctx, &acceptor, &greeted, stream, &link, &mut registered).await;
     if registered {
@@ -303,5 +311,10 @@ fn ready_message(stream: &mut Streaming<proto::ToAcceptor>) -> Option<Result<pro
 }
 
 async fn send(link: &LinkSender<Result<proto::ToDialer, Status>>, msg: to_dialer::Msg) -> Result<(), Status> {
-    link.send(Ok(proto::ToDialer { msg: Some(msg) })).await.map_err(|_| Status::cancelled("dialer went away"))
+    link.send(Ok(proto::ToDialer { msg: Some(msg) })).await.map_err(|e| match e {
+        crate::link::SendError::Closed => Status::cancelled("dialer went away"),
+        crate::link::SendError::Stalled(after) => {
+            Status::deadline_exceeded(format!("the dialer stopped reading for {after:?}"))
+        }
+    })
 }

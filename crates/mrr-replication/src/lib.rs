@@ -40,6 +40,10 @@ pub mod proto {
     tonic::include_proto!("mrr.peer.v1");
 }
 
+/// HTTP/2 receive windows of peer streams (see `inbound::serve`).
+pub(crate) const H2_STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+pub(crate) const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+
 /// The protocol version this build speaks. A peer speaking another is refused at handshake.
 pub const PROTOCOL_VERSION: u32 = 1;
 

@@ -81,10 +81,17 @@ impl Links {
         result
     }
 
-    /// Wraps the channel that feeds a stream to `peer` in that peer's link.
-    pub fn sender<T: Send + 'static>(&self, peer: &RegionName, tx: mpsc::Sender<T>) -> LinkSender<T> {
+    /// Wraps the channel that feeds a stream to `peer` in that peer's link. A send that cannot
+    /// proceed for `stall_timeout` (the socket below stopped draining: a black-holed path keeps
+    /// TCP open and full) fails, so the session's liveness checks are never starved.
+    pub fn sender<T: Send + 'static>(
+        &self,
+        peer: &RegionName,
+        tx: mpsc::Sender<T>,
+        stall_timeout: Duration,
+    ) -> LinkSender<T> {
         if !self.inner.enabled {
-            return LinkSender::Direct(tx);
+            return LinkSender::Direct(tx, stall_timeout);
         }
         let (shaped_tx, rx) = mpsc::unbounded_channel();
         let mut hasher = DefaultHasher::new();
@@ -99,19 +106,26 @@ impl Links {
 /// in-flight window, which bounds what can queue here.
 #[derive(Debug)]
 pub enum LinkSender<T> {
-    Direct(mpsc::Sender<T>),
+    Direct(mpsc::Sender<T>, Duration),
     Shaped(mpsc::UnboundedSender<(Instant, T)>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("stream closed")]
-pub struct Closed;
+pub enum SendError {
+    #[error("stream closed")]
+    Closed,
+    #[error("the path to the peer stopped draining for {0:?}")]
+    Stalled(Duration),
+}
 
 impl<T> LinkSender<T> {
-    pub async fn send(&self, msg: T) -> Result<(), Closed> {
+    pub async fn send(&self, msg: T) -> Result<(), SendError> {
         match self {
-            LinkSender::Direct(tx) => tx.send(msg).await.map_err(|_| Closed),
-            LinkSender::Shaped(tx) => tx.send((Instant::now(), msg)).map_err(|_| Closed),
+            LinkSender::Direct(tx, stall_timeout) => match tokio::time::timeout(*stall_timeout, tx.send(msg)).await {
+                Ok(sent) => sent.map_err(|_| SendError::Closed),
+                Err(_) => Err(SendError::Stalled(*stall_timeout)),
+            },
+            LinkSender::Shaped(tx) => tx.send((Instant::now(), msg)).map_err(|_| SendError::Closed),
         }
     }
 }
@@ -158,7 +172,7 @@ mod tests {
     async fn delays_in_order_and_holds_while_partitioned() {
         let links = Links::emulated(7, [(r("b"), LinkSpec { delay_ms: 50, jitter_ms: 20, partitioned: false })].into());
         let (tx, mut rx) = mpsc::channel(16);
-        let link = links.sender(&r("b"), tx);
+        let link = links.sender(&r("b"), tx, Duration::from_secs(1));
         let start = Instant::now();
         for i in 0..10 {
             link.send(i).await.expect("open");
@@ -175,6 +189,16 @@ mod tests {
         assert!(held.is_err(), "nothing crosses a partition");
         links.set(&r("b"), LinkSpec::default()).expect("heal");
         assert_eq!(rx.recv().await, Some(99), "held message arrives after heal");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_into_a_path_that_stopped_draining_fails_after_the_stall_timeout() {
+        let (tx, _rx) = mpsc::channel(1);
+        let link = Links::disabled().sender(&r("b"), tx, Duration::from_secs(5));
+        link.send(1).await.expect("room for one");
+        let start = Instant::now();
+        assert_eq!(link.send(2).await, Err(SendError::Stalled(Duration::from_secs(5))));
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 
     #[test]

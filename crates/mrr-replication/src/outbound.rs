@@ -12,7 +12,7 @@ use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::handshake::{Dialer, HandshakeError, NONCE_LEN};
-use crate::link::LinkSender;
+use crate::link::{LinkSender, SendError};
 use crate::proto::{self, peer_client::PeerClient, to_acceptor, to_dialer};
 use crate::status::{state, vv_map};
 use crate::wire::{self, WireError};
@@ -105,12 +105,14 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
         .map_err(|e| SessionEnd::Endpoint(peer.endpoint.clone(), e.to_string()))?
         .connect_timeout(cfg.peer_timeout)
         .tcp_nodelay(true)
+        .initial_stream_window_size(crate::H2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(crate::H2_CONNECTION_WINDOW_BYTES)
         .http2_keep_alive_interval(cfg.heartbeat_interval * 4);
     let channel = endpoint.connect().await?;
     let mut client = PeerClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
 
     let (tx, rx) = mpsc::channel::<proto::ToAcceptor>(64);
-    let link: LinkSender<proto::ToAcceptor> = ctx.links.sender(&peer.region, tx);
+    let link: LinkSender<proto::ToAcceptor> = ctx.links.sender(&peer.region, tx, cfg.peer_timeout);
     let dialer = Dialer {
         cluster: cfg.cluster.clone(),
         local: cfg.local.clone(),
@@ -120,10 +122,14 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     };
     let sent_ms = ctx.clock.now_ms();
     send(&link, to_acceptor::Msg::Hello(dialer.hello(sent_ms))).await?;
-    let mut inbound = client.replicate(ReceiverStream::new(rx)).await?.into_inner();
+    // The acceptor answers only once it has read the Hello, which a stalled path may hold.
+    let handshake_timeout = cfg.peer_timeout;
+    let mut inbound = match timeout(handshake_timeout, client.replicate(ReceiverStream::new(rx))).await {
+        Err(_) => return Err(SessionEnd::Timeout(handshake_timeout)),
+        Ok(response) => response?.into_inner(),
+    };
 
     // The handshake waits out emulated delays and partitions like any other message.
-    let handshake_timeout = cfg.peer_timeout;
     let welcome = match timeout(handshake_timeout, inbound.message()).await {
         Err(_) => return Err(SessionEnd::Timeout(handshake_timeout)),
         Ok(msg) => match msg?.and_then(|m| m.msg) {
@@ -136,15 +142,19 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     send(&link, to_acceptor::Msg::Auth(auth)).await?;
     let peer_vv = wire::vv_from_wire(welcome.applied)?;
     let peer_direct = wire::regions_from_wire(welcome.direct_origins)?;
-    let skew_abs_ms = est.skew_ms.unsigned_abs();
-    if skew_abs_ms > cfg.max_skew_ms {
+    // The estimate is only as good as half the round trip; a Welcome held by a congested or
+    // healing path says nothing about clocks.
+    let skew_known = est.rtt_ms / 2 <= cfg.max_skew_ms;
+    if skew_known && est.skew_ms.unsigned_abs() > cfg.max_skew_ms {
         tracing::warn!(peer = %peer.region, skew_ms = est.skew_ms, max_clock_skew_ms = cfg.max_skew_ms, "clock skew with peer exceeds max_clock_skew; its changes stamped too far ahead will be refused until clocks agree");
     }
     tracing::info!(peer = %peer.region, rtt_ms = est.rtt_ms, skew_ms = est.skew_ms, resume_from = ?vv_map(&peer_vv), "Region handshake completed");
     if let Some(m) = ctx.metrics.peer(&peer.region) {
         m.handshakes_out.increment(1);
         m.connected_out.set(1.0);
-        m.clock_skew_seconds.set(est.skew_ms as f64 / 1_000.0);
+        if skew_known {
+            m.clock_skew_seconds.set(est.skew_ms as f64 / 1_000.0);
+        }
     }
 
     // Session time is monotonic milliseconds since the stream started.
@@ -158,7 +168,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
         s.outbound = state::CONNECTED.into();
         s.last_error = None;
         s.rtt_ms = Some(est.rtt_ms);
-        s.clock_skew_ms = Some(est.skew_ms);
+        s.clock_skew_ms = skew_known.then_some(est.skew_ms);
         s.handshakes += 1;
         s.acked = vv_map(session.acked());
     });
@@ -261,5 +271,8 @@ async fn pump(
 }
 
 async fn send(link: &LinkSender<proto::ToAcceptor>, msg: to_acceptor::Msg) -> Result<(), SessionEnd> {
-    link.send(proto::ToAcceptor { msg: Some(msg) }).await.map_err(|_| SessionEnd::Closed)
+    link.send(proto::ToAcceptor { msg: Some(msg) }).await.map_err(|e| match e {
+        SendError::Closed => SessionEnd::Closed,
+        SendError::Stalled(after) => SessionEnd::Timeout(after),
+    })
 }
