@@ -6,6 +6,8 @@
 # Listens on 127.0.0.1:26000-26012 only; stops what it started by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 RATE=${RATE:-3000}
 BACKLOG_S=${BACKLOG_S:-20}
 MRR=./target/release/mrr
@@ -14,27 +16,8 @@ W=$(mktemp -d /tmp/mrr-catchup.XXXXXX)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
 
-cfg() { # region api peer ap-northeast-endpoint us-west-endpoint
-  cat > "$W/$1.yaml" <<CONF
-cluster: catchup
-region: $1
-secret: "catchup-secret-0123456789"
-data_dir: $W/mrr-$1
-listen: { api: 127.0.0.1:$2, peer: 127.0.0.1:$3 }
-durability: fsync
-regions:
-  - name: ap-northeast
-    endpoint: $4
-    api: http://127.0.0.1:26000
-  - name: us-west
-    endpoint: $5
-    api: http://127.0.0.1:26010
-CONF
-}
-applied() { curl -s "http://127.0.0.1:$1/v1/status" | python3 -c "import json,sys; print(json.load(sys.stdin)['applied'].get('ap-northeast',0))"; }
 
-cfg ap-northeast 26000 26001 http://127.0.0.1:26001 http://127.0.0.1:26002
-cfg us-west 26010 26011 http://127.0.0.1:26012 http://127.0.0.1:26011
+mrr_two_region_configs "$W"
 $MRR wan-proxy --listen 127.0.0.1:26002 --upstream 127.0.0.1:26011 --delay-ms 50 >/dev/null 2>&1 & P1=$!; PIDS+=($P1)
 $MRR wan-proxy --listen 127.0.0.1:26012 --upstream 127.0.0.1:26001 --delay-ms 50 >/dev/null 2>&1 & P2=$!; PIDS+=($P2)
 MRR_LOG=warn $MRR serve -c "$W/ap-northeast.yaml" 2>"$W/a.log" & A=$!; PIDS+=($A)
@@ -50,8 +33,8 @@ if [ "${PERF:-0}" = 1 ]; then
   perf record -F 499 -e cpu-clock -g -p "$A" -o perf.writer.data -- sleep 6 >/dev/null 2>&1 & PIDS+=($!)
   sleep 0.5
 fi
-want=$(applied 26000); behind=$(( want - $(applied 26010) ))
+want=$(mrr_applied 26000); behind=$(( want - $(mrr_applied 26010) ))
 t0=$(date +%s%3N); kill -USR2 "$P1" "$P2"
-for _ in $(seq 1 6000); do [ "$(applied 26010)" -ge "$want" ] && break; sleep 0.02; done
+for _ in $(seq 1 6000); do [ "$(mrr_applied 26010)" -ge "$want" ] && break; sleep 0.02; done
 took=$(( $(date +%s%3N) - t0 ))
 echo "{\"backlog\":$behind,\"catch_up_ms\":$took,\"changes_per_s\":$(( behind * 1000 / (took > 0 ? took : 1) ))}"

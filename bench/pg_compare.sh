@@ -15,6 +15,8 @@
 # 26000-26012 only. Every process it starts is stopped by its own pid on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 RUNS=${RUNS:-3}
 RATE=${RATE:-1000}
@@ -121,27 +123,6 @@ pg_run() {
   kill "$PG_PROXY"
 }
 
-mrr_config() { # region api peer other other_endpoint
-  cat > "$WORK/$1.yaml" <<CONF
-cluster: pgcmp
-region: $1
-secret: "pgcmp-secret-0123456789"
-data_dir: $WORK/mrr-$1
-listen: { api: 127.0.0.1:$2, peer: 127.0.0.1:$3 }
-durability: fsync
-regions:
-  - name: ap-northeast
-    endpoint: $( [ "$1" = ap-northeast ] && echo http://127.0.0.1:26001 || echo "$5" )
-    api: http://127.0.0.1:26000
-  - name: us-west
-    endpoint: $( [ "$1" = us-west ] && echo http://127.0.0.1:26011 || echo "$5" )
-    api: http://127.0.0.1:26010
-CONF
-}
-
-mrr_applied() { # api origin
-  curl -s "http://127.0.0.1:$1/v1/status" | python3 -c "import json,sys; print(json.load(sys.stdin)['applied'].get('$2',0))"
-}
 
 mrr_run() {
   rm -rf "$WORK"/mrr-*
@@ -149,8 +130,7 @@ mrr_run() {
   local to_reader to_writer
   proxy 127.0.0.1:26002 127.0.0.1:26011; to_reader=$PROXY_PID
   proxy 127.0.0.1:26012 127.0.0.1:26001; to_writer=$PROXY_PID
-  mrr_config ap-northeast 26000 26001 us-west http://127.0.0.1:26002
-  mrr_config us-west 26010 26011 ap-northeast http://127.0.0.1:26012
+  mrr_two_region_configs "$WORK"
   MRR_LOG=warn $MRR serve -c "$WORK/ap-northeast.yaml" 2>>"$WORK/mrr-a.log" & local a=$!; PIDS+=($a)
   MRR_LOG=warn $MRR serve -c "$WORK/us-west.yaml" 2>>"$WORK/mrr-b.log" & local b=$!; PIDS+=($b)
   for _ in $(seq 1 200); do
@@ -170,10 +150,10 @@ mrr_run() {
   sleep "$CUT_S"
   # The bench's writes are done; wait until it has no more in flight.
   local have=0; local prev=-1
-  while [ "$have" != "$prev" ]; do prev=$have; sleep 0.5; have=$(mrr_applied 26000 ap-northeast); done
-  local backlog=$(( have - $(mrr_applied 26010 ap-northeast) ))
+  while [ "$have" != "$prev" ]; do prev=$have; sleep 0.5; have=$(mrr_applied 26000); done
+  local backlog=$(( have - $(mrr_applied 26010) ))
   local t0; t0=$(now_ms); kill -USR2 "$to_reader" "$to_writer"
-  for _ in $(seq 1 12000); do [ "$(mrr_applied 26010 ap-northeast)" -ge "$have" ] && break; sleep 0.05; done
+  for _ in $(seq 1 12000); do [ "$(mrr_applied 26010)" -ge "$have" ] && break; sleep 0.05; done
   local took=$(( $(now_ms) - t0 ))
   echo "{\"system\":\"mrr\",\"measure\":\"catch_up\",\"cut_s\":$CUT_S,\"backlog\":$backlog,\"catch_up_ms\":$took,\"rows_per_s\":$(( backlog * 1000 / (took > 0 ? took : 1) ))}"
   wait "$bench_pid" || true
