@@ -13,6 +13,8 @@ pub enum Bug {
     /// A duplicate delivery skips the duplicate check and overwrites the record without merging,
     /// so an old change delivered again (after a reconnect) can resurrect or roll back a record.
     DuplicatesBypassMerge,
+    /// The outbound session forgets that a peer never needs its own changes back.
+    SendOwnChangesBack,
 }
 
 #[cfg(feature = "planted-bugs")]

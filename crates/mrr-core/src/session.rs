@@ -81,7 +81,8 @@ impl OutboundSession {
 
     /// Whether changes of `origin` go to this peer through this session.
     pub fn carries(&self, origin: &RegionName) -> bool {
-        origin != &self.peer && (origin == &self.local || !self.peer_direct.contains(origin))
+        let loops_back = origin == &self.peer && !crate::planted::active(crate::planted::Bug::SendOwnChangesBack);
+        !loops_back && (origin == &self.local || !self.peer_direct.contains(origin))
     }
 
     /// Changes sent and not yet acknowledged.

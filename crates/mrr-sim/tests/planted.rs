@@ -38,6 +38,13 @@ fn catches_last_writer_wins_without_its_region_tie_break() {
 }
 
 #[test]
+fn catches_a_change_sent_back_to_its_origin() {
+    let v = first_violation(Bug::SendOwnChangesBack, &SimConfig::default(), 0..50).expect("a loop must be caught");
+    assert_eq!(v.invariant, "no_loop", "{v}");
+    assert!(run(v.seed, &SimConfig::default(), None).is_ok(), "{v}");
+}
+
+#[test]
 fn a_failing_seed_replays_exactly() {
     let config = SimConfig::default();
     let v = first_violation(Bug::DuplicatesBypassMerge, &config, 0..200).expect("a failing seed");
