@@ -37,4 +37,5 @@ want=$(mrr_applied 26000); behind=$(( want - $(mrr_applied 26010) ))
 t0=$(date +%s%3N); kill -USR2 "$P1" "$P2"
 for _ in $(seq 1 6000); do [ "$(mrr_applied 26010)" -ge "$want" ] && break; sleep 0.02; done
 took=$(( $(date +%s%3N) - t0 ))
-echo "{\"backlog\":$behind,\"catch_up_ms\":$took,\"changes_per_s\":$(( behind * 1000 / (took > 0 ? took : 1) ))}"
+sent=$(curl -s http://127.0.0.1:26000/metrics | awk '/^mrr_peer_sent_bytes_total\{peer="us-west"\}/ {print $2}')
+echo "{\"backlog\":$behind,\"catch_up_ms\":$took,\"changes_per_s\":$(( behind * 1000 / (took > 0 ? took : 1) )),\"bytes_sent_total\":$sent}"

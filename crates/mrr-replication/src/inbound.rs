@@ -285,7 +285,7 @@ fn collect(msg: to_acceptor::Msg, into: &mut Received) -> Result<(), Status> {
         to_acceptor::Msg::Batch(b) => {
             into.bytes += prost::Message::encoded_len(&b) as u64;
             into.freshness = Some((b.sender_durable_seq, b.wall_ms));
-            for c in b.changes {
+            for c in wire::batch_changes(b).map_err(|e| Status::invalid_argument(e.to_string()))? {
                 into.changes.push(wire::change_from_wire(c).map_err(|e| Status::invalid_argument(e.to_string()))?);
             }
             Ok(())

@@ -248,11 +248,11 @@ async fn pump(
             tracing::error!(origin = %read.origin, after_seq = read.after_seq, first_seq, "changelog has a hole");
             return Err(SessionEnd::Closed);
         }
-        let batch = proto::Batch {
-            changes: changes.iter().map(wire::change_to_wire).collect(),
-            wall_ms: ctx.clock.now_ms(),
-            sender_durable_seq: local_vv.get(&ctx.config.local),
-        };
+        let batch = wire::batch_to_wire(
+            changes.iter().map(wire::change_to_wire).collect(),
+            ctx.clock.now_ms(),
+            local_vv.get(&ctx.config.local),
+        );
         let bytes = prost::Message::encoded_len(&batch) as u64;
         send(link, to_acceptor::Msg::Batch(batch)).await?;
         session.on_sent(&read.origin, first_seq, last_seq, now_ms);

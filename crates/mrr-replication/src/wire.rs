@@ -97,3 +97,82 @@ mod tests {
         assert!(change_from_wire(bad).is_err());
     }
 }
+
+/// Batches whose encoded changes reach this size are sent zstd-compressed.
+pub const COMPRESS_MIN_BYTES: usize = 32 * 1024;
+/// A compressed batch may not expand beyond this (a peer cannot make us allocate more).
+pub const DECOMPRESSED_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Fast compression: replication is latency-sensitive and batches are already grouped.
+const ZSTD_LEVEL: i32 = 1;
+
+/// A batch of `changes`, compressed when that makes it smaller and it is large enough to pay.
+pub fn batch_to_wire(changes: Vec<proto::Change>, wall_ms: u64, sender_durable_seq: u64) -> proto::Batch {
+    let list = proto::ChangeList { changes };
+    let encoded_len = prost::Message::encoded_len(&list);
+    if encoded_len >= COMPRESS_MIN_BYTES {
+        let encoded = prost::Message::encode_to_vec(&list);
+        if let Ok(compressed) = zstd::bulk::compress(&encoded, ZSTD_LEVEL) {
+            if compressed.len() < encoded.len() {
+                return proto::Batch { changes: Vec::new(), zstd_changes: compressed, wall_ms, sender_durable_seq };
+            }
+        }
+    }
+    proto::Batch { changes: list.changes, zstd_changes: Vec::new(), wall_ms, sender_durable_seq }
+}
+
+/// The changes of a batch, decompressing when needed.
+pub fn batch_changes(batch: proto::Batch) -> Result<Vec<proto::Change>, WireError> {
+    if batch.zstd_changes.is_empty() {
+        return Ok(batch.changes);
+    }
+    if !batch.changes.is_empty() {
+        return Err(WireError("batch carries both plain and compressed changes".into()));
+    }
+    let encoded = zstd::bulk::decompress(&batch.zstd_changes, DECOMPRESSED_BYTES_MAX)
+        .map_err(|e| WireError(format!("compressed batch: {e} (limit {DECOMPRESSED_BYTES_MAX} bytes)")))?;
+    let list: proto::ChangeList =
+        prost::Message::decode(encoded.as_slice()).map_err(|e| WireError(format!("compressed batch: {e}")))?;
+    Ok(list.changes)
+}
+
+#[cfg(test)]
+mod compression_tests {
+    use super::*;
+
+    fn change(seq: u64, payload: usize) -> proto::Change {
+        proto::Change {
+            origin: "us-west".into(),
+            seq,
+            topic: "users".into(),
+            id: format!("u{seq}"),
+            value: Some(format!("{{\"p\":\"{}\"}}", "x".repeat(payload)).into_bytes()),
+            version_region: "us-west".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn small_batches_go_plain_large_ones_compressed_and_both_round_trip() {
+        let small: Vec<_> = (1..=3).map(|s| change(s, 10)).collect();
+        let b = batch_to_wire(small.clone(), 1, 3);
+        assert!(b.zstd_changes.is_empty());
+        assert_eq!(batch_changes(b), Ok(small));
+
+        let large: Vec<_> = (1..=500).map(|s| change(s, 200)).collect();
+        let b = batch_to_wire(large.clone(), 1, 500);
+        assert!(b.changes.is_empty() && !b.zstd_changes.is_empty());
+        let plain_len = prost::Message::encoded_len(&proto::ChangeList { changes: large.clone() });
+        assert!(b.zstd_changes.len() * 4 < plain_len, "repetitive JSON compresses well");
+        assert_eq!(batch_changes(b), Ok(large));
+    }
+
+    #[test]
+    fn a_decompression_bomb_or_garbage_is_refused() {
+        // 200 MiB of zeros compresses to a few KiB; it must not be inflated.
+        let bomb = zstd::bulk::compress(&vec![0u8; 200 * 1024 * 1024], 3).expect("compress");
+        let b = proto::Batch { zstd_changes: bomb, ..Default::default() };
+        assert!(batch_changes(b).is_err());
+        let b = proto::Batch { zstd_changes: b"not zstd".to_vec(), ..Default::default() };
+        assert!(batch_changes(b).is_err());
+    }
+}
