@@ -227,12 +227,18 @@ pub struct AppliedEvent {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkSettings {
+    /// One-way delay added to every message.
     #[serde(default)]
     pub delay_ms: u64,
+    /// Random extra delay up to this much (order is kept).
     #[serde(default)]
     pub jitter_ms: u64,
+    /// Hold every message until the partition is lifted.
     #[serde(default)]
     pub partitioned: bool,
+    /// Cap on the link's throughput in bytes per second; 0 is unlimited.
+    #[serde(default)]
+    pub bandwidth_bytes_per_s: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -109,7 +109,7 @@ enum ChaosAction {
     },
     /// Restore the link between two regions (both directions).
     Heal { a: String, b: String },
-    /// Set the one-way delay (and jitter) between two regions, both directions.
+    /// Set the one-way delay (and jitter, and a bandwidth cap) between two regions, both directions.
     Delay {
         a: String,
         b: String,
@@ -117,6 +117,9 @@ enum ChaosAction {
         ms: u64,
         #[arg(long, default_value_t = 0)]
         jitter_ms: u64,
+        /// Bytes per second each way; 0 is unlimited.
+        #[arg(long, default_value_t = 0)]
+        bandwidth_bytes_per_s: u64,
     },
     /// Show every region's links.
     Show,
@@ -267,7 +270,14 @@ async fn change_link(
     change(&mut settings);
     c.set_link(to, settings).await?;
     let state = if settings.partitioned { "partitioned" } else { "up" };
-    println!("{from} -> {to}: delay {} ms, jitter {} ms, {state}", settings.delay_ms, settings.jitter_ms);
+    let bandwidth = match settings.bandwidth_bytes_per_s {
+        0 => "unlimited".to_owned(),
+        b => format!("{b} B/s"),
+    };
+    println!(
+        "{from} -> {to}: delay {} ms, jitter {} ms, bandwidth {bandwidth}, {state}",
+        settings.delay_ms, settings.jitter_ms
+    );
     Ok(())
 }
 
@@ -284,10 +294,11 @@ async fn chaos(config: &std::path::Path, api_key: Option<&str>, action: ChaosAct
             change_link(&clients, &a, &b, |l| l.partitioned = false).await?;
             change_link(&clients, &b, &a, |l| l.partitioned = false).await?;
         }
-        ChaosAction::Delay { a, b, ms, jitter_ms } => {
+        ChaosAction::Delay { a, b, ms, jitter_ms, bandwidth_bytes_per_s } => {
             let apply = |l: &mut mrr_client::LinkSettings| {
                 l.delay_ms = ms;
                 l.jitter_ms = jitter_ms;
+                l.bandwidth_bytes_per_s = bandwidth_bytes_per_s;
             };
             change_link(&clients, &a, &b, apply).await?;
             change_link(&clients, &b, &a, apply).await?;
@@ -295,7 +306,7 @@ async fn chaos(config: &std::path::Path, api_key: Option<&str>, action: ChaosAct
         ChaosAction::Show => {
             let mut table = Table::new();
             table.load_preset(UTF8_FULL_CONDENSED);
-            table.set_header(["from", "to", "delay ms", "jitter ms", "state"]);
+            table.set_header(["from", "to", "delay ms", "jitter ms", "bandwidth B/s", "state"]);
             for (name, c) in &clients {
                 match c.links().await {
                     Ok(view) => {
@@ -307,17 +318,29 @@ async fn chaos(config: &std::path::Path, api_key: Option<&str>, action: ChaosAct
                             } else {
                                 "up"
                             };
+                            let bandwidth = match l.bandwidth_bytes_per_s {
+                                0 => "-".to_owned(),
+                                b => b.to_string(),
+                            };
                             table.add_row([
                                 name.clone(),
                                 to,
                                 l.delay_ms.to_string(),
                                 l.jitter_ms.to_string(),
+                                bandwidth,
                                 state.into(),
                             ]);
                         }
                     }
                     Err(e) => {
-                        table.add_row([name.clone(), "-".into(), "-".into(), "-".into(), format!("unreachable: {e}")]);
+                        table.add_row([
+                            name.clone(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            format!("unreachable: {e}"),
+                        ]);
                     }
                 }
             }

@@ -40,6 +40,18 @@ pub mod proto {
     tonic::include_proto!("mrr.peer.v1");
 }
 
+impl link::WireLen for proto::ToAcceptor {
+    fn wire_len(&self) -> usize {
+        prost::Message::encoded_len(self)
+    }
+}
+
+impl link::WireLen for Result<proto::ToDialer, tonic::Status> {
+    fn wire_len(&self) -> usize {
+        self.as_ref().map_or(0, prost::Message::encoded_len)
+    }
+}
+
 /// HTTP/2 receive windows of peer streams (see `inbound::serve`).
 pub(crate) const H2_STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 pub(crate) const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;

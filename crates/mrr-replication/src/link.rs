@@ -2,8 +2,9 @@
 //!
 //! Every message a node sends to a peer, on either direction of a stream, passes through that
 //! peer's link: a one-way delay, random jitter (never reordering: a stream stays FIFO, as TCP
-//! is), and a partition switch that holds messages until it is lifted, like a cable pulled and
-//! plugged back. Liveness timeouts above then notice the silence exactly as they would on a
+//! is), a bandwidth cap (a message occupies the link for its size divided by the rate, and
+//! later ones queue behind it), and a partition switch that holds messages until it is lifted,
+//! like a cable pulled and plugged back. Liveness timeouts above then notice the silence exactly as they would on a
 //! real WAN. Settings change at run time (`/v1/admin/links`).
 //!
 //! Off unless asked for: a node started without emulation sends straight through, and its
@@ -19,12 +20,18 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-/// The emulated link from this node to one peer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LinkSpec {
-    pub delay_ms: u64,
-    pub jitter_ms: u64,
-    pub partitioned: bool,
+/// The emulated link from this node to one peer: the API's settings, as they are.
+pub type LinkSpec = mrr_api::LinkSettings;
+
+/// Bytes a message occupies on the wire, for the bandwidth cap.
+pub trait WireLen {
+    fn wire_len(&self) -> usize;
+}
+
+impl WireLen for Vec<u8> {
+    fn wire_len(&self) -> usize {
+        self.len()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,7 +91,7 @@ impl Links {
     /// Wraps the channel that feeds a stream to `peer` in that peer's link. A send that cannot
     /// proceed for `stall_timeout` (the socket below stopped draining: a black-holed path keeps
     /// TCP open and full) fails, so the session's liveness checks are never starved.
-    pub fn sender<T: Send + 'static>(
+    pub fn sender<T: WireLen + Send + 'static>(
         &self,
         peer: &RegionName,
         tx: mpsc::Sender<T>,
@@ -130,7 +137,7 @@ impl<T> LinkSender<T> {
     }
 }
 
-async fn delay_line<T>(
+async fn delay_line<T: WireLen>(
     peer: RegionName,
     mut specs: watch::Receiver<BTreeMap<RegionName, LinkSpec>>,
     mut rx: mpsc::UnboundedReceiver<(Instant, T)>,
@@ -138,6 +145,8 @@ async fn delay_line<T>(
     mut rng: StdRng,
 ) {
     let mut last_delivery = Instant::now();
+    // When the link finishes transmitting what is already on it (bandwidth cap).
+    let mut link_free_at = Instant::now();
     while let Some((enqueued, msg)) = rx.recv().await {
         let spec = loop {
             let spec = specs.borrow_and_update().get(&peer).copied().unwrap_or_default();
@@ -148,8 +157,15 @@ async fn delay_line<T>(
                 return;
             }
         };
+        let mut sent_at = enqueued;
+        if spec.bandwidth_bytes_per_s > 0 {
+            let start = enqueued.max(link_free_at);
+            let transmit = Duration::from_secs_f64(msg.wire_len() as f64 / spec.bandwidth_bytes_per_s as f64);
+            link_free_at = start + transmit;
+            sent_at = link_free_at;
+        }
         let jitter_ms = if spec.jitter_ms > 0 { rng.random_range(0..=spec.jitter_ms) } else { 0 };
-        let due = enqueued + Duration::from_millis(spec.delay_ms + jitter_ms);
+        let due = sent_at + Duration::from_millis(spec.delay_ms + jitter_ms);
         // FIFO: jitter may delay a message but never lets a later one overtake it.
         let at = due.max(last_delivery);
         last_delivery = at;
@@ -170,34 +186,52 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn delays_in_order_and_holds_while_partitioned() {
-        let links = Links::emulated(7, [(r("b"), LinkSpec { delay_ms: 50, jitter_ms: 20, partitioned: false })].into());
+        let links =
+            Links::emulated(7, [(r("b"), LinkSpec { delay_ms: 50, jitter_ms: 20, ..LinkSpec::default() })].into());
         let (tx, mut rx) = mpsc::channel(16);
         let link = links.sender(&r("b"), tx, Duration::from_secs(1));
         let start = Instant::now();
-        for i in 0..10 {
-            link.send(i).await.expect("open");
+        for i in 0..10u8 {
+            link.send(vec![i]).await.expect("open");
         }
-        for i in 0..10 {
-            assert_eq!(rx.recv().await, Some(i), "FIFO despite jitter");
+        for i in 0..10u8 {
+            assert_eq!(rx.recv().await, Some(vec![i]), "FIFO despite jitter");
         }
         let elapsed = start.elapsed();
         assert!(elapsed >= Duration::from_millis(50) && elapsed <= Duration::from_millis(70), "{elapsed:?}");
 
-        links.set(&r("b"), LinkSpec { delay_ms: 0, jitter_ms: 0, partitioned: true }).expect("set");
-        link.send(99).await.expect("open");
+        links.set(&r("b"), LinkSpec { partitioned: true, ..LinkSpec::default() }).expect("set");
+        link.send(vec![99]).await.expect("open");
         let held = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await;
         assert!(held.is_err(), "nothing crosses a partition");
         links.set(&r("b"), LinkSpec::default()).expect("heal");
-        assert_eq!(rx.recv().await, Some(99), "held message arrives after heal");
+        assert_eq!(rx.recv().await, Some(vec![99]), "held message arrives after heal");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bandwidth_cap_queues_messages_behind_each_other() {
+        let spec = LinkSpec { delay_ms: 10, bandwidth_bytes_per_s: 10_000, ..LinkSpec::default() };
+        let links = Links::emulated(1, [(r("b"), spec)].into());
+        let (tx, mut rx) = mpsc::channel(16);
+        let link = links.sender(&r("b"), tx, Duration::from_secs(60));
+        let start = Instant::now();
+        for i in 0..10u8 {
+            link.send(vec![i; 1_000]).await.expect("open");
+        }
+        // Ten 1,000-byte messages at 10,000 B/s: the last leaves after 1 s, arrives 10 ms later.
+        for i in 0..10u8 {
+            assert_eq!(rx.recv().await.map(|m| m[0]), Some(i));
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(1_010));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_send_into_a_path_that_stopped_draining_fails_after_the_stall_timeout() {
         let (tx, _rx) = mpsc::channel(1);
         let link = Links::disabled().sender(&r("b"), tx, Duration::from_secs(5));
-        link.send(1).await.expect("room for one");
+        link.send(vec![1]).await.expect("room for one");
         let start = Instant::now();
-        assert_eq!(link.send(2).await, Err(SendError::Stalled(Duration::from_secs(5))));
+        assert_eq!(link.send(vec![2]).await, Err(SendError::Stalled(Duration::from_secs(5))));
         assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 

@@ -406,31 +406,21 @@ async fn set_link(
         )
     };
     let region = RegionName::new(peer.clone()).map_err(|_| unknown())?;
-    let spec =
-        LinkSpec { delay_ms: settings.delay_ms, jitter_ms: settings.jitter_ms, partitioned: settings.partitioned };
+    let spec: LinkSpec = settings;
     state.links.set(&region, spec).map_err(|e| match e {
         mrr_replication::link::LinkError::Disabled => {
             ApiError::new(StatusCode::CONFLICT, ErrorCode::LinksDisabled, e.to_string())
         }
         mrr_replication::link::LinkError::UnknownPeer(_) => unknown(),
     })?;
-    tracing::info!(peer = %region, delay_ms = spec.delay_ms, jitter_ms = spec.jitter_ms, partitioned = spec.partitioned, "link changed");
+    tracing::info!(peer = %region, delay_ms = spec.delay_ms, jitter_ms = spec.jitter_ms, partitioned = spec.partitioned, bandwidth_bytes_per_s = spec.bandwidth_bytes_per_s, "link changed");
     Ok(Json(links_view(&state.links)))
 }
 
 fn links_view(links: &Links) -> LinksView {
     LinksView {
         enabled: links.is_enabled(),
-        links: links
-            .all()
-            .into_iter()
-            .map(|(r, s)| {
-                (
-                    r.to_string(),
-                    LinkSettings { delay_ms: s.delay_ms, jitter_ms: s.jitter_ms, partitioned: s.partitioned },
-                )
-            })
-            .collect::<BTreeMap<_, _>>(),
+        links: links.all().into_iter().map(|(r, s)| (r.to_string(), s)).collect::<BTreeMap<_, _>>(),
     }
 }
 

@@ -116,10 +116,7 @@ impl Node {
             Some(links) => {
                 let mut specs: BTreeMap<_, _> = config.peers().map(|p| (p.name.clone(), LinkSpec::default())).collect();
                 for (peer, l) in links {
-                    specs.insert(
-                        peer.clone(),
-                        LinkSpec { delay_ms: l.delay_ms, jitter_ms: l.jitter_ms, partitioned: l.partitioned },
-                    );
+                    specs.insert(peer.clone(), *l);
                 }
                 Links::emulated(options.link_seed, specs)
             }
