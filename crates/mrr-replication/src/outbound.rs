@@ -148,7 +148,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     if skew_known && est.skew_ms.unsigned_abs() > cfg.max_skew_ms {
         tracing::warn!(peer = %peer.region, skew_ms = est.skew_ms, max_clock_skew_ms = cfg.max_skew_ms, "clock skew with peer exceeds max_clock_skew; its changes stamped too far ahead will be refused until clocks agree");
     }
-    tracing::info!(peer = %peer.region, rtt_ms = est.rtt_ms, skew_ms = est.skew_ms, resume_from = ?vv_map(&peer_vv), "Region handshake completed");
+    tracing::info!(peer = %peer.region, rtt_ms = est.rtt_ms, skew_ms = ?skew_known.then_some(est.skew_ms), resume_from = ?vv_map(&peer_vv), "Region handshake completed");
     if let Some(m) = ctx.metrics.peer(&peer.region) {
         m.handshakes_out.increment(1);
         m.connected_out.set(1.0);

@@ -101,6 +101,8 @@ type ApiResult<T> = Result<T, ApiError>;
     ),
     paths(
         health,
+        metrics,
+        watch_applied,
         publish,
         put_record,
         get_record,
@@ -125,10 +127,13 @@ type ApiResult<T> = Result<T, ApiError>;
         BatchOp,
         RecordList,
         Health,
+        mrr_api::RegionHealth,
+        mrr_api::HealthStatus,
         NodeStatus,
         mrr_api::PeerStatus,
         LinkSettings,
-        LinksView
+        LinksView,
+        mrr_api::AppliedEvent
     ))
 )]
 struct ApiDoc;

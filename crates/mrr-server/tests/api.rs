@@ -153,7 +153,17 @@ async fn openapi_document_lists_the_verbs() -> anyhow::Result<()> {
     let (node, _client) = node(dir.path(), "").await?;
     let (status, doc) = raw(&node, "GET", "/openapi.json", vec![]).await?;
     assert_eq!(status, 200);
-    for path in ["/v1/records/{topic}", "/v1/records/{topic}/{id}", "/v1/batch", "/health", "/v1/admin/links/{peer}"] {
+    for path in [
+        "/v1/records/{topic}",
+        "/v1/records/{topic}/{id}",
+        "/v1/batch",
+        "/health",
+        "/metrics",
+        "/v1/status",
+        "/v1/watch/applied",
+        "/v1/admin/links",
+        "/v1/admin/links/{peer}",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
     }
     node.shutdown();
