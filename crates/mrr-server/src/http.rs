@@ -314,6 +314,8 @@ async fn list_records(
             }
         }
         if !full {
+            // The topic ends here: no further page, whatever earlier pages suggested.
+            next_after = None;
             break;
         }
         next_after = after.clone();

@@ -133,6 +133,36 @@ async fn deleted_records_answer_with_their_own_code_and_list_as_tombstones() -> 
 }
 
 #[tokio::test]
+async fn listing_pages_skip_tombstones_without_repeating_or_losing_records() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (node, client) = node(dir.path(), "").await?;
+    for i in 0..7 {
+        client.put(&format!("carts/c{i}"), &json!({"n": i})).await?;
+    }
+    for i in [0, 1, 2, 5] {
+        client.delete(&format!("carts/c{i}")).await?;
+    }
+    // Pages of 2 over c0..c6 with c0, c1, c2, c5 deleted: the live ones are c3, c4, c6.
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut after: Option<String> = None;
+    for _ in 0..10 {
+        let page = client.list("carts", after.as_deref(), 2, false).await?;
+        pages += 1;
+        seen.extend(page.records.iter().map(|r| r.id.clone()));
+        match page.next_after {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["c3", "c4", "c6"]);
+    // [c3, c4] then [c6] and the end of the topic: no empty page promised after it.
+    assert_eq!(pages, 2);
+    node.shutdown();
+    Ok(())
+}
+
+#[tokio::test]
 async fn api_keys_when_configured_are_required() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (node, client) = node(dir.path(), "api_keys: [\"k-1\"]\n").await?;
