@@ -237,11 +237,16 @@ fn record_apply(
 ) {
     let ttl_ms = u64::try_from(ctx.config.freshness_target.as_millis()).unwrap_or(u64::MAX);
     let mut newest_lag_ms = 0;
+    // One registry lookup per (origin, topic) in the group, not one per change.
+    let mut lag_histograms: std::collections::BTreeMap<(&RegionName, &str), metrics::Histogram> = Default::default();
     for &i in &outcome.admitted {
         let Some((origin, topic, wall_ms)) = written.get(i) else { continue };
         let lag_ms = now_ms.saturating_sub(*wall_ms);
         newest_lag_ms = lag_ms;
-        ctx.metrics.lag(origin, topic).record(lag_ms as f64 / 1_000.0);
+        lag_histograms
+            .entry((origin, topic.as_str()))
+            .or_insert_with(|| ctx.metrics.lag(origin, topic))
+            .record(lag_ms as f64 / 1_000.0);
         if let Some(m) = ctx.metrics.peer(origin) {
             m.applied.increment(1);
             if lag_ms > ttl_ms {

@@ -42,7 +42,7 @@ pub fn change_from_wire(c: proto::Change) -> Result<Change, WireError> {
     }
     if let Some(v) = &c.value {
         // Values were validated as JSON objects at their origin; a peer must not bypass that.
-        if !matches!(serde_json::from_slice::<serde_json::Value>(v), Ok(serde_json::Value::Object(_))) {
+        if !is_json_object(v) {
             return Err(WireError(format!("change {}:{} value is not a JSON object", c.origin, c.seq)));
         }
     }
@@ -57,6 +57,13 @@ pub fn change_from_wire(c: proto::Change) -> Result<Change, WireError> {
         metadata: Metadata { regions: c.regions, sync_flags: c.sync_flags },
         version: Version { ts: Timestamp::new(c.wall_ms, c.logical), region: region(&c.version_region)? },
     })
+}
+
+/// Whether `bytes` is one JSON object, checked without building it (no allocation per field:
+/// this runs for every replicated change).
+fn is_json_object(bytes: &[u8]) -> bool {
+    let starts_as_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    starts_as_object && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
 }
 
 pub fn vv_to_wire(vv: &VersionVector) -> Vec<proto::VvEntry> {
@@ -89,6 +96,15 @@ mod tests {
         let mut bad = change_to_wire(&c);
         bad.value = Some(b"[1]".to_vec());
         assert!(change_from_wire(bad).is_err());
+        let mut bad = change_to_wire(&c);
+        bad.value = Some(br#" {"a":1} trailing"#.to_vec());
+        assert!(change_from_wire(bad).is_err(), "one object and nothing else");
+        let mut bad = change_to_wire(&c);
+        bad.value = Some(br#"{"a":"#.to_vec());
+        assert!(change_from_wire(bad).is_err(), "truncated");
+        let mut ok = change_to_wire(&c);
+        ok.value = Some(b" \n{\"a\": [1, {\"b\": null}]} ".to_vec());
+        assert!(change_from_wire(ok).is_ok(), "whitespace around an object is fine");
         let mut bad = change_to_wire(&c);
         bad.topic = "Bad/Topic".into();
         assert!(change_from_wire(bad).is_err());
