@@ -93,6 +93,17 @@ pub struct Violation {
     pub detail: String,
 }
 
+impl Violation {
+    /// The simulator itself failed (a store error in the harness, not a broken property).
+    fn simulator(seed: u64, at_ms: u64, error: impl std::fmt::Display) -> Self {
+        Self { seed, invariant: "simulator", at_ms, detail: error.to_string() }
+    }
+
+    fn broken(seed: u64, at_ms: u64, invariant: &dyn Invariant, detail: String) -> Self {
+        Self { seed, invariant: invariant.name(), at_ms, detail }
+    }
+}
+
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "seed {}: {} violated at {} ms: {}", self.seed, self.invariant, self.at_ms, self.detail)
@@ -312,7 +323,7 @@ impl World {
     fn finish(&mut self) -> Step {
         let mut finals = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
-            let store_err = |e: mrr_storage::StoreError| self.violation("simulator", e.to_string());
+            let store_err = |e: mrr_storage::StoreError| Violation::simulator(self.seed, self.now, e);
             let records = node.store.scan(TOPIC, None, usize::MAX).map_err(store_err)?;
             let mut changelog = Vec::new();
             for origin in &self.names {
@@ -323,7 +334,7 @@ impl World {
         }
         for inv in &mut self.invariants {
             if let Err(detail) = inv.at_end(&finals) {
-                return Err(Violation { seed: self.seed, invariant: inv.name(), at_ms: self.now, detail });
+                return Err(Violation::broken(self.seed, self.now, inv.as_ref(), detail));
             }
         }
         Ok(())
@@ -368,21 +379,12 @@ impl World {
         let Node { engine, store, .. } = &mut self.nodes[node];
         let Some(engine) = engine.as_mut() else { return Ok(()) };
         let Some(batch) = engine.finish(pending) else { return Ok(()) };
-        store.commit(&batch).map_err(|e| Violation {
-            seed: self.seed,
-            invariant: "simulator",
-            at_ms: self.now,
-            detail: e.to_string(),
-        })?;
+        store.commit(&batch).map_err(|e| Violation::simulator(self.seed, self.now, e))?;
         engine.committed(&batch);
         let applied = engine.applied().clone();
         for inv in &mut self.invariants {
-            inv.on_commit(node, &batch, &applied).map_err(|detail| Violation {
-                seed: self.seed,
-                invariant: inv.name(),
-                at_ms: self.now,
-                detail,
-            })?;
+            inv.on_commit(node, &batch, &applied)
+                .map_err(|detail| Violation::broken(self.seed, self.now, inv.as_ref(), detail))?;
         }
         if !self.cfg.buffered {
             // Under fsync every commit is durable when it returns.
@@ -397,12 +399,7 @@ impl World {
         let n = &mut self.nodes[node];
         let Some(engine) = n.engine.as_ref() else { return Ok(()) };
         let snapshot = engine.applied().clone();
-        n.store.persist().map_err(|e| Violation {
-            seed: self.seed,
-            invariant: "simulator",
-            at_ms: self.now,
-            detail: e.to_string(),
-        })?;
+        n.store.persist().map_err(|e| Violation::simulator(self.seed, self.now, e))?;
         n.durable = snapshot.clone();
         for inv in &mut self.invariants {
             inv.on_durable(node, &snapshot);
@@ -427,12 +424,9 @@ impl World {
         let Node { engine, store, .. } = &mut self.nodes[w.node];
         let Some(engine) = engine.as_mut() else { return Ok(()) };
         let mut pending = engine.begin();
-        let committed = engine.apply_local(&mut pending, store, vec![op], physical).map_err(|e| Violation {
-            seed: self.seed,
-            invariant: "simulator",
-            at_ms: self.now,
-            detail: e.to_string(),
-        })?;
+        let committed = engine
+            .apply_local(&mut pending, store, vec![op], physical)
+            .map_err(|e| Violation::simulator(self.seed, self.now, e))?;
         self.commit(w.node, pending)?;
         for c in committed {
             let acked = AckedWrite {
@@ -512,21 +506,14 @@ impl World {
                 }
                 let Some(engine) = engine.as_mut() else { return Ok(()) };
                 let mut pending = engine.begin();
-                let outcome = engine.apply_remote(&mut pending, store, changes, physical).map_err(|e| Violation {
-                    seed: self.seed,
-                    invariant: "simulator",
-                    at_ms: self.now,
-                    detail: e.to_string(),
-                })?;
+                let outcome = engine
+                    .apply_remote(&mut pending, store, changes, physical)
+                    .map_err(|e| Violation::simulator(self.seed, self.now, e))?;
                 self.commit(node, pending)?;
                 if let Some(r) = &outcome.refused {
                     for inv in &mut self.invariants {
-                        inv.on_refusal(node, r).map_err(|detail| Violation {
-                            seed: self.seed,
-                            invariant: inv.name(),
-                            at_ms: self.now,
-                            detail,
-                        })?;
+                        inv.on_refusal(node, r)
+                            .map_err(|detail| Violation::broken(self.seed, self.now, inv.as_ref(), detail))?;
                     }
                 }
                 let refused = outcome.refused.is_some();
@@ -653,19 +640,10 @@ impl World {
         if self.nodes[node].engine.is_some() {
             return Ok(());
         }
-        let recovered = self.nodes[node].store.recover().map_err(|e| Violation {
-            seed: self.seed,
-            invariant: "simulator",
-            at_ms: self.now,
-            detail: e.to_string(),
-        })?;
+        let recovered = self.nodes[node].store.recover().map_err(|e| Violation::simulator(self.seed, self.now, e))?;
         for inv in &mut self.invariants {
-            inv.on_restart(node, &recovered.vv).map_err(|detail| Violation {
-                seed: self.seed,
-                invariant: inv.name(),
-                at_ms: self.now,
-                detail,
-            })?;
+            inv.on_restart(node, &recovered.vv)
+                .map_err(|detail| Violation::broken(self.seed, self.now, inv.as_ref(), detail))?;
         }
         let n = &mut self.nodes[node];
         n.durable = recovered.vv.clone();
