@@ -33,6 +33,9 @@ pub enum HandshakeError {
     Malformed(String),
 }
 
+const DIALER_ROLE: &[u8] = b"mrr-dialer";
+const ACCEPTOR_ROLE: &[u8] = b"mrr-acceptor";
+
 fn proof(
     secret: &str,
     role: &[u8],
@@ -72,6 +75,11 @@ pub struct Established {
 }
 
 impl Dialer {
+    /// The MAC of this connection for `role`, over both nonces, the cluster and both regions.
+    fn mac(&self, role: &[u8], acceptor_nonce: &[u8]) -> HmacSha256 {
+        proof(&self.secret, role, &self.nonce, acceptor_nonce, &self.cluster, self.local.as_str(), self.peer.as_str())
+    }
+
     pub fn hello(&self, wall_ms: u64) -> proto::Hello {
         proto::Hello {
             cluster: self.cluster.clone(),
@@ -96,25 +104,10 @@ impl Dialer {
                 theirs: welcome.region.clone(),
             });
         }
-        let expected = proof(
-            &self.secret,
-            b"mrr-acceptor",
-            &self.nonce,
-            &welcome.nonce,
-            &self.cluster,
-            self.local.as_str(),
-            self.peer.as_str(),
-        );
-        expected.verify_slice(&welcome.proof).map_err(|_| HandshakeError::BadProof(self.peer.to_string()))?;
-        let auth = proof(
-            &self.secret,
-            b"mrr-dialer",
-            &self.nonce,
-            &welcome.nonce,
-            &self.cluster,
-            self.local.as_str(),
-            self.peer.as_str(),
-        );
+        self.mac(ACCEPTOR_ROLE, &welcome.nonce)
+            .verify_slice(&welcome.proof)
+            .map_err(|_| HandshakeError::BadProof(self.peer.to_string()))?;
+        let auth = self.mac(DIALER_ROLE, &welcome.nonce);
         let rtt_ms = received_ms.saturating_sub(sent_ms);
         let midpoint_ms = sent_ms + rtt_ms / 2;
         let skew_ms =
@@ -140,6 +133,19 @@ pub struct Greeted {
 }
 
 impl Acceptor {
+    /// The MAC of this connection for `role`: the same bytes the dialer computes.
+    fn mac(&self, role: &[u8], greeted: &Greeted) -> HmacSha256 {
+        proof(
+            &self.secret,
+            role,
+            &greeted.dialer_nonce,
+            &self.nonce,
+            &self.cluster,
+            greeted.peer.as_str(),
+            self.local.as_str(),
+        )
+    }
+
     pub fn on_hello(
         &self,
         hello: &proto::Hello,
@@ -169,32 +175,13 @@ impl Acceptor {
 
     /// The Welcome's proof for a greeted dialer.
     pub fn proof(&self, greeted: &Greeted) -> Vec<u8> {
-        proof(
-            &self.secret,
-            b"mrr-acceptor",
-            &greeted.dialer_nonce,
-            &self.nonce,
-            &self.cluster,
-            greeted.peer.as_str(),
-            self.local.as_str(),
-        )
-        .finalize()
-        .into_bytes()
-        .to_vec()
+        self.mac(ACCEPTOR_ROLE, greeted).finalize().into_bytes().to_vec()
     }
 
     pub fn on_auth(&self, greeted: &Greeted, auth: &proto::Auth) -> Result<(), HandshakeError> {
-        proof(
-            &self.secret,
-            b"mrr-dialer",
-            &greeted.dialer_nonce,
-            &self.nonce,
-            &self.cluster,
-            greeted.peer.as_str(),
-            self.local.as_str(),
-        )
-        .verify_slice(&auth.proof)
-        .map_err(|_| HandshakeError::BadProof(greeted.peer.to_string()))
+        self.mac(DIALER_ROLE, greeted)
+            .verify_slice(&auth.proof)
+            .map_err(|_| HandshakeError::BadProof(greeted.peer.to_string()))
     }
 }
 
