@@ -1,10 +1,41 @@
 //! Changes: one entry of a region's changelog, the unit that replication ships.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
+use crate::doc::Doc;
 use crate::record::{Key, Metadata, Record};
 use crate::region::RegionName;
 use crate::version::Version;
+use crate::vv::VersionVector;
+
+/// A change's cluster-wide identity. Also the id of its conflict-log and dead-letter entries,
+/// which is why those ids are equal in every region.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChangeId {
+    pub origin: RegionName,
+    pub seq: u64,
+}
+
+impl fmt::Display for ChangeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.origin, self.seq)
+    }
+}
+
+impl ChangeId {
+    /// Parses the `Display` form, `<region>-<seq>`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (origin, seq) = s.rsplit_once('-')?;
+        Some(Self { origin: RegionName::new(origin).ok()?, seq: seq.parse().ok().filter(|s| *s > 0)? })
+    }
+
+    /// Whether a writer whose causal past is `deps` had seen this change.
+    pub fn seen_by(&self, deps: &VersionVector) -> bool {
+        deps.get(&self.origin) >= self.seq
+    }
+}
 
 /// What a change does to its key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +47,8 @@ pub enum Op {
     },
     /// Replace the record with a tombstone.
     Delete,
+    /// `conflict_strategy: merge`: a delta of the record's [`Doc`], joined into the state.
+    Merge { delta: Doc },
 }
 
 /// One write, identified cluster-wide by `(origin, seq)`. Sequence numbers are contiguous per
@@ -28,20 +61,36 @@ pub struct Change {
     pub op: Op,
     pub metadata: Metadata,
     pub version: Version,
+    /// The origin's applied version vector when it wrote this change: its exact causal past.
+    /// A change `x` happened before this one iff `deps[x.origin] >= x.seq`; two writes are
+    /// concurrent iff neither saw the other. This is what tells a conflict from an update.
+    pub deps: VersionVector,
+    /// Set on a dead letter's replay: the change whose content this one applies (once).
+    pub replay_of: Option<ChangeId>,
 }
 
 impl Change {
-    /// The record state this change writes, if it wins.
+    pub fn id(&self) -> ChangeId {
+        ChangeId { origin: self.origin.clone(), seq: self.seq }
+    }
+
+    /// The record state this change writes under whole-record strategies, if it wins.
     pub fn to_record(&self) -> Record {
         Record {
             value: match &self.op {
                 Op::Put { value } => Some(value.clone()),
                 Op::Delete => None,
+                Op::Merge { delta } => delta.materialize(),
             },
             metadata: self.metadata.clone(),
             version: self.version.clone(),
             origin: self.origin.clone(),
             seq: self.seq,
+            deps: self.deps.clone(),
+            doc: match &self.op {
+                Op::Merge { delta } => Some(delta.clone()),
+                _ => None,
+            },
         }
     }
 
@@ -50,6 +99,7 @@ impl Change {
         match &self.op {
             Op::Put { value } => value.len(),
             Op::Delete => 0,
+            Op::Merge { delta } => delta.approx_len(),
         }
     }
 }

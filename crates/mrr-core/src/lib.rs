@@ -6,6 +6,7 @@
 //! on an async runtime, so the server and a simulator drive exactly the same code.
 
 pub mod change;
+pub mod doc;
 pub mod hlc;
 pub mod limits;
 pub mod merge;
@@ -16,7 +17,8 @@ pub mod session;
 pub mod version;
 pub mod vv;
 
-pub use change::{Change, Op};
+pub use change::{Change, ChangeId, Op};
+pub use doc::{Doc, FieldOp};
 pub use hlc::{ClockSkewError, Hlc, PhysicalClock, Timestamp};
 pub use record::{Key, Metadata, Record};
 pub use region::RegionName;

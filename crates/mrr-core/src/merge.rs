@@ -77,6 +77,8 @@ mod tests {
                 version: Version { ts: Timestamp::new(w, l), region: region.clone() },
                 origin: region,
                 seq: w * 10 + u64::from(l),
+                deps: Default::default(),
+                doc: None,
             }
         })
     }

@@ -5,8 +5,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::doc::Doc;
 use crate::region::RegionName;
 use crate::version::Version;
+use crate::vv::VersionVector;
 
 /// `topic/id`. Both parts are validated by [`crate::limits`] before a key is built from input.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -48,6 +50,11 @@ pub struct Record {
     /// The change that produced this state: `(origin, seq)`, the read-your-writes token.
     pub origin: RegionName,
     pub seq: u64,
+    /// The causal past of the write that produced this state (see [`crate::Change::deps`]);
+    /// under `merge`, of the latest change joined in.
+    pub deps: VersionVector,
+    /// Under `conflict_strategy: merge`, the CRDT state `value` is materialised from.
+    pub doc: Option<Doc>,
 }
 
 impl Record {
