@@ -6,11 +6,14 @@
 //! on an async runtime, so the server and a simulator drive exactly the same code.
 
 pub mod change;
+pub mod conflict;
 pub mod doc;
 pub mod hlc;
 pub mod limits;
+pub mod fold;
 pub mod merge;
 pub mod planted;
+pub mod policy;
 pub mod record;
 pub mod region;
 pub mod session;
@@ -18,7 +21,9 @@ pub mod version;
 pub mod vv;
 
 pub use change::{Change, ChangeId, Op};
+pub use conflict::{ConflictEntry, DeadLetter, Side};
 pub use doc::{Doc, FieldOp};
+pub use policy::{Policies, Resolver, Rule};
 pub use hlc::{ClockSkewError, Hlc, PhysicalClock, Timestamp};
 pub use record::{Key, Metadata, Record};
 pub use region::RegionName;

@@ -1,0 +1,77 @@
+//! Topic policies: which conflict rule a topic uses. Built once from configuration and shared
+//! read-only by the writer; every region must run the same policies (the handshake compares
+//! their digests), or the same writes could merge differently in different places.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+/// A user conflict handler. Given the current state and a concurrent incoming write, returns the
+/// merged record. Must be deterministic (same inputs, same output or same error, in every
+/// region); need not be commutative — the engine feeds writes in version order.
+pub trait Resolver: Send + Sync + fmt::Debug {
+    fn resolve(&self, current: &Map<String, Value>, incoming: &Map<String, Value>) -> Result<Map<String, Value>, String>;
+
+    /// Identifies the handler's code, for the cross-region policy digest.
+    fn fingerprint(&self) -> String;
+}
+
+/// The conflict rule of a topic.
+#[derive(Clone, Debug)]
+pub enum Rule {
+    /// `timestamp`: whole-record last-writer-wins.
+    Timestamp,
+    /// `merge`: per-field last-writer-wins plus CRDT field operations ([`crate::doc`]).
+    Merge,
+    /// `custom`: concurrent writes merged by a handler, in version order ([`crate::fold`]).
+    Custom(Arc<dyn Resolver>),
+}
+
+impl Rule {
+    /// The strategy's name, as written in configuration and in metric labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Rule::Timestamp => "timestamp",
+            Rule::Merge => "merge",
+            Rule::Custom(_) => "custom",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Policies {
+    default: Rule,
+    topics: BTreeMap<String, Rule>,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Self { default: Rule::Timestamp, topics: BTreeMap::new() }
+    }
+}
+
+impl Policies {
+    pub fn new(default: Rule, topics: BTreeMap<String, Rule>) -> Self {
+        Self { default, topics }
+    }
+
+    pub fn rule(&self, topic: &str) -> &Rule {
+        self.topics.get(topic).unwrap_or(&self.default)
+    }
+
+    /// A canonical description of every rule. Two regions with different digests would merge
+    /// the same writes differently, so peers refuse each other on a mismatch.
+    pub fn digest(&self) -> String {
+        let describe = |r: &Rule| match r {
+            Rule::Custom(h) => format!("custom:{}", h.fingerprint()),
+            r => r.name().to_owned(),
+        };
+        let mut s = format!("default={}", describe(&self.default));
+        for (topic, rule) in &self.topics {
+            s.push_str(&format!(";{topic}={}", describe(rule)));
+        }
+        s
+    }
+}
