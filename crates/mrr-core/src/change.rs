@@ -37,6 +37,13 @@ impl ChangeId {
     }
 }
 
+/// The dead letter a replay applies: its id and version (where its fold entry sorts).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replay {
+    pub id: ChangeId,
+    pub version: Version,
+}
+
 /// What a change does to its key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
@@ -66,7 +73,7 @@ pub struct Change {
     /// concurrent iff neither saw the other. This is what tells a conflict from an update.
     pub deps: VersionVector,
     /// Set on a dead letter's replay: the change whose content this one applies (once).
-    pub replay_of: Option<ChangeId>,
+    pub replay_of: Option<Replay>,
 }
 
 impl Change {

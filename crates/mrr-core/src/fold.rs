@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::change::ChangeId;
+use crate::change::{ChangeId, Replay};
 use crate::policy::Resolver;
 use crate::record::Metadata;
 use crate::version::Version;
@@ -64,7 +64,7 @@ pub struct FoldEntry {
     /// JSON object bytes; `None` for a delete.
     pub value: Option<Vec<u8>>,
     pub metadata: Metadata,
-    pub replay_of: Option<ChangeId>,
+    pub replay_of: Option<Replay>,
     pub after: FoldState,
     pub outcome: Outcome,
 }

@@ -20,7 +20,7 @@ pub mod session;
 pub mod version;
 pub mod vv;
 
-pub use change::{Change, ChangeId, Op};
+pub use change::{Change, ChangeId, Op, Replay};
 pub use conflict::{ConflictEntry, DeadLetter, Side};
 pub use doc::{Doc, FieldOp};
 pub use policy::{Policies, Resolver, Rule};

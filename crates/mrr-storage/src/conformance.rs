@@ -2,7 +2,11 @@
 //! `reopen` must return a store over the same data (for durability checks), or `None` when the
 //! implementation has no persistence.
 
-use mrr_core::{Change, Hlc, Key, Metadata, Op, Record, RegionName, Timestamp, Version, VersionVector};
+use mrr_core::fold::{FoldEntry, FoldState, Outcome};
+use mrr_core::{
+    Change, ChangeId, ConflictEntry, DeadLetter, Hlc, Key, Metadata, Op, Record, RegionName, Side, Timestamp, Version,
+    VersionVector,
+};
 
 use crate::{CommitBatch, Store};
 
@@ -21,6 +25,21 @@ fn change(origin: &str, seq: u64, topic: &str, id: &str, value: Option<&str>, ts
         },
         metadata: Metadata { regions: vec!["*".into()], sync_flags: vec!["IMPORTANT".into()] },
         version: Version { ts, region: region(origin) },
+        deps: VersionVector::new(),
+        replay_of: None,
+    }
+}
+
+fn fold_entry(c: &Change) -> FoldEntry {
+    FoldEntry {
+        id: c.id(),
+        version: c.version.clone(),
+        deps: c.deps.clone(),
+        value: None,
+        metadata: c.metadata.clone(),
+        replay_of: None,
+        after: FoldState::default(),
+        outcome: Outcome::ReplaySkipped,
     }
 }
 
@@ -35,7 +54,7 @@ fn batch_of(changes: Vec<Change>) -> CommitBatch {
             (c.key.clone(), c.to_record())
         })
         .collect();
-    CommitBatch { records, changes, vv, hlc_high_water: high }
+    CommitBatch { records, changes, vv, hlc_high_water: high, ..CommitBatch::default() }
 }
 
 /// Runs the whole suite against a fresh, empty store.
@@ -83,8 +102,51 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     assert_eq!(store.peer_cursor(&region("eu-central")).expect("cursor"), Some(cursor.clone()));
     assert_eq!(store.peer_cursor(&region("us-west")).expect("cursor"), None);
 
+    // Fold history: entries of one key in version order, split around a version.
+    let (x1, x2, x3) = (fold_entry(&a1), fold_entry(&b1), fold_entry(&a2));
+    let mut batch = CommitBatch { hlc_high_water: state.hlc_high_water, ..CommitBatch::default() };
+    batch.history = vec![(a1.key.clone(), x2.clone()), (a1.key.clone(), x1.clone()), (a2.key.clone(), x3.clone())];
+    // Conflict log and dead letters: keyed by ids, overwritten in place, removable.
+    let side = |c: &Change| Side { id: c.id(), version: c.version.clone(), value: None };
+    let conflict = ConflictEntry {
+        key: a1.key.clone(),
+        strategy: "timestamp".into(),
+        resolution: "last_writer_wins".into(),
+        loser: side(&a1),
+        winner: side(&b1),
+        fields: Vec::new(),
+        detected_at_ms: 7,
+    };
+    let letter = |c: &Change| DeadLetter {
+        id: c.id(),
+        key: c.key.clone(),
+        version: c.version.clone(),
+        reason: "handler failed".into(),
+        value: None,
+        failed_at_ms: 9,
+    };
+    batch.conflicts = vec![conflict.clone(), conflict.clone()];
+    batch.dead_letters = vec![letter(&a1), letter(&a2)];
+    store.commit(&batch).expect("commit");
+    assert_eq!(store.history_from(&a1.key, &b1.version).expect("history"), (Some(x1.clone()), vec![x2.clone()]));
+    assert_eq!(store.history_from(&a1.key, &a1.version).expect("history"), (None, vec![x1.clone(), x2.clone()]));
+    assert_eq!(store.history_entry(&a1.key, &b1.version).expect("entry"), Some(x2.clone()));
+    assert_eq!(store.history_from(&a2.key, &a1.version).expect("history"), (None, vec![x3]), "other keys stay out");
+    assert_eq!(store.conflicts().expect("conflicts"), vec![conflict.clone()]);
+    let cleared = CommitBatch {
+        dead_letters_cleared: vec![a1.id()],
+        hlc_high_water: state.hlc_high_water,
+        ..CommitBatch::default()
+    };
+    store.commit(&cleared).expect("commit");
+    assert_eq!(store.dead_letters().expect("dlq"), vec![letter(&a2)]);
+    assert_eq!(store.dead_letter(&a1.id()).expect("dlq"), None);
+    assert_eq!(store.dead_letter(&ChangeId { origin: ap.clone(), seq: 2 }).expect("dlq"), Some(letter(&a2)));
+
     // Everything survives a reopen.
     if let Some(store) = reopen(store) {
+        assert_eq!(store.history_from(&a1.key, &b1.version).expect("history"), (Some(x1), vec![x2]));
+        assert_eq!(store.conflicts().expect("conflicts"), vec![conflict]);
         assert_eq!(store.get(&a2.key).expect("get"), Some(a2.to_record()));
         assert_eq!(store.changes_after(&ap, 0, 10).expect("changes"), vec![a1, a2]);
         assert_eq!(store.recover().expect("recover"), state);

@@ -4,7 +4,7 @@
 //! `(origin, seq)` with `seq` big-endian. Topics, ids and region names never contain NUL
 //! (validated at the edges), so NUL is a safe separator.
 
-use mrr_core::{Key, RegionName};
+use mrr_core::{ChangeId, Key, RegionName, Version};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{Result, StoreError};
@@ -30,6 +30,31 @@ pub fn change_key(origin: &RegionName, seq: u64) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// `topic\0id\0`: every fold entry of a key starts with it.
+pub fn history_prefix(key: &Key) -> Vec<u8> {
+    let mut k = record_key(key);
+    k.push(0);
+    k
+}
+
+/// History entries sort by version: wall and logical big-endian, then the region's bytes
+/// (which order like the region names themselves).
+pub fn history_key(key: &Key, version: &Version) -> Vec<u8> {
+    let mut k = history_prefix(key);
+    k.extend_from_slice(&version.ts.wall_ms.to_be_bytes());
+    k.extend_from_slice(&version.ts.logical.to_be_bytes());
+    k.extend_from_slice(version.region.as_str().as_bytes());
+    k
+}
+
+pub fn change_id_key(id: &ChangeId) -> Vec<u8> {
+    change_key(&id.origin, id.seq)
+}
+
+pub fn conflict_key(ident: &(ChangeId, ChangeId)) -> Vec<u8> {
+    [change_id_key(&ident.0), vec![0xff], change_id_key(&ident.1)].concat()
 }
 
 pub fn vv_key(origin: &RegionName) -> Vec<u8> {

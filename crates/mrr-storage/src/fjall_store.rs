@@ -1,10 +1,12 @@
-//! [`Store`] on fjall: three keyspaces (`records`, `changes`, `meta`) in one database, so a
-//! commit spanning all three is one atomic write batch through fjall's journal.
+//! [`Store`] on fjall: keyspaces `records`, `changes`, `meta`, `history` (fold entries of
+//! `custom` keys), `conflicts` and `dlq` in one database, so a commit spanning them is one
+//! atomic write batch through fjall's journal.
 
 use std::path::Path;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use mrr_core::{Change, Key, Record, RegionName, VersionVector};
+use mrr_core::fold::FoldEntry;
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Version, VersionVector};
 
 use crate::encoding::{self, decode, decode_u64, encode};
 use crate::{CommitBatch, Durability, RecoveredState, Result, Store};
@@ -14,6 +16,9 @@ pub struct FjallStore {
     records: Keyspace,
     changes: Keyspace,
     meta: Keyspace,
+    history: Keyspace,
+    conflicts: Keyspace,
+    dlq: Keyspace,
     durability: Durability,
 }
 
@@ -29,7 +34,10 @@ impl FjallStore {
         let records = db.keyspace("records", KeyspaceCreateOptions::default)?;
         let changes = db.keyspace("changes", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
-        Ok(Self { db, records, changes, meta, durability })
+        let history = db.keyspace("history", KeyspaceCreateOptions::default)?;
+        let conflicts = db.keyspace("conflicts", KeyspaceCreateOptions::default)?;
+        let dlq = db.keyspace("dlq", KeyspaceCreateOptions::default)?;
+        Ok(Self { db, records, changes, meta, history, conflicts, dlq, durability })
     }
 }
 
@@ -108,6 +116,21 @@ impl Store for FjallStore {
             wb.insert(&self.meta, encoding::vv_key(origin), seq.to_be_bytes().to_vec());
         }
         wb.insert(&self.meta, encoding::HLC_KEY.to_vec(), encode(&batch.hlc_high_water));
+        for (key, entry) in &batch.history {
+            wb.insert(&self.history, encoding::history_key(key, &entry.version), encode(entry));
+        }
+        for ident in &batch.conflicts_expired {
+            wb.remove(&self.conflicts, encoding::conflict_key(ident));
+        }
+        for entry in &batch.conflicts {
+            wb.insert(&self.conflicts, encoding::conflict_key(&entry.ident()), encode(entry));
+        }
+        for id in &batch.dead_letters_cleared {
+            wb.remove(&self.dlq, encoding::change_id_key(id));
+        }
+        for letter in &batch.dead_letters {
+            wb.insert(&self.dlq, encoding::change_id_key(&letter.id), encode(letter));
+        }
         wb.commit()?;
         Ok(())
     }
@@ -130,7 +153,67 @@ impl Store for FjallStore {
         }
     }
 
+    fn history_from(&self, key: &Key, version: &Version) -> Result<(Option<FoldEntry>, Vec<FoldEntry>)> {
+        let prefix = encoding::history_prefix(key);
+        let at = encoding::history_key(key, version);
+        let before = match self.history.range(prefix.clone()..at.clone()).next_back() {
+            Some(item) => {
+                let (k, v) = item.into_inner()?;
+                Some(decode("fold entry", &k, &v)?)
+            }
+            None => None,
+        };
+        let mut after = Vec::new();
+        let end = record_key_end(key);
+        for item in self.history.range(at..end) {
+            let (k, v) = item.into_inner()?;
+            after.push(decode("fold entry", &k, &v)?);
+        }
+        Ok((before, after))
+    }
+
+    fn history_entry(&self, key: &Key, version: &Version) -> Result<Option<FoldEntry>> {
+        let k = encoding::history_key(key, version);
+        match self.history.get(&k)? {
+            Some(v) => Ok(Some(decode("fold entry", &k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn conflicts(&self) -> Result<Vec<ConflictEntry>> {
+        let mut out = Vec::new();
+        for item in self.conflicts.iter() {
+            let (k, v) = item.into_inner()?;
+            out.push(decode("conflict entry", &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        let mut out = Vec::new();
+        for item in self.dlq.iter() {
+            let (k, v) = item.into_inner()?;
+            out.push(decode("dead letter", &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>> {
+        let k = encoding::change_id_key(id);
+        match self.dlq.get(&k)? {
+            Some(v) => Ok(Some(decode("dead letter", &k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
     fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
     }
+}
+
+/// The first key after every fold entry of `key`: its prefix with the final NUL bumped to 1.
+fn record_key_end(key: &Key) -> Vec<u8> {
+    let mut end = encoding::record_key(key);
+    end.push(1);
+    end
 }

@@ -12,7 +12,8 @@ mod encoding;
 mod fjall_store;
 mod mem_store;
 
-use mrr_core::{Change, Key, Record, RegionName, Timestamp, VersionVector};
+use mrr_core::fold::FoldEntry;
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Timestamp, Version, VersionVector};
 
 pub use fjall_store::FjallStore;
 pub use mem_store::MemStore;
@@ -38,11 +39,26 @@ pub struct CommitBatch {
     pub vv: VersionVector,
     /// The highest HLC timestamp issued or observed, so a restart never reissues one.
     pub hlc_high_water: Timestamp,
+    /// Fold entries of `custom` keys, inserted or rewritten by a (re-)fold.
+    pub history: Vec<(Key, FoldEntry)>,
+    /// Conflict-log entries to add (or overwrite: one per loser and winner).
+    pub conflicts: Vec<ConflictEntry>,
+    /// Conflict-log entries retention drops, by [`ConflictEntry::ident`].
+    pub conflicts_expired: Vec<(ChangeId, ChangeId)>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Dead letters that no longer apply: replayed, discarded, or applied by a re-fold.
+    pub dead_letters_cleared: Vec<ChangeId>,
 }
 
 impl CommitBatch {
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.changes.is_empty()
+        self.records.is_empty()
+            && self.changes.is_empty()
+            && self.history.is_empty()
+            && self.conflicts.is_empty()
+            && self.conflicts_expired.is_empty()
+            && self.dead_letters.is_empty()
+            && self.dead_letters_cleared.is_empty()
     }
 }
 
@@ -85,6 +101,21 @@ pub trait Store: Send + Sync + 'static {
     /// The last cumulative ack a peer sent, kept for status and log retention.
     fn save_peer_cursor(&self, peer: &RegionName, vv: &VersionVector) -> Result<()>;
     fn peer_cursor(&self, peer: &RegionName) -> Result<Option<VersionVector>>;
+
+    /// The fold history of a `custom` key around `version`: the last entry before it, and every
+    /// entry at or after it, in version order.
+    fn history_from(&self, key: &Key, version: &Version) -> Result<(Option<FoldEntry>, Vec<FoldEntry>)>;
+
+    /// One fold entry.
+    fn history_entry(&self, key: &Key, version: &Version) -> Result<Option<FoldEntry>>;
+
+    /// The whole conflict log, in no particular order (the caller filters and sorts).
+    fn conflicts(&self) -> Result<Vec<ConflictEntry>>;
+
+    /// Every dead letter, in id order.
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>>;
+
+    fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>>;
 
     /// Bytes on disk (0 for memory).
     fn disk_bytes(&self) -> u64;

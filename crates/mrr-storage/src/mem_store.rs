@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use mrr_core::{Change, Key, Record, RegionName, VersionVector};
+use mrr_core::fold::FoldEntry;
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Version, VersionVector};
 
 use crate::{CommitBatch, RecoveredState, Result, Store};
 
@@ -19,6 +20,9 @@ struct Inner {
     changes: BTreeMap<(RegionName, u64), Change>,
     state: RecoveredState,
     peers: BTreeMap<RegionName, VersionVector>,
+    history: BTreeMap<(Key, Version), FoldEntry>,
+    conflicts: BTreeMap<(ChangeId, ChangeId), ConflictEntry>,
+    dlq: BTreeMap<ChangeId, DeadLetter>,
 }
 
 impl MemStore {
@@ -74,6 +78,21 @@ impl Store for MemStore {
         }
         inner.state.vv.join(&batch.vv);
         inner.state.hlc_high_water = batch.hlc_high_water;
+        for (k, e) in &batch.history {
+            inner.history.insert((k.clone(), e.version.clone()), e.clone());
+        }
+        for ident in &batch.conflicts_expired {
+            inner.conflicts.remove(ident);
+        }
+        for e in &batch.conflicts {
+            inner.conflicts.insert(e.ident(), e.clone());
+        }
+        for id in &batch.dead_letters_cleared {
+            inner.dlq.remove(id);
+        }
+        for d in &batch.dead_letters {
+            inner.dlq.insert(d.id.clone(), d.clone());
+        }
         Ok(())
     }
 
@@ -88,6 +107,30 @@ impl Store for MemStore {
 
     fn peer_cursor(&self, peer: &RegionName) -> Result<Option<VersionVector>> {
         Ok(self.lock().peers.get(peer).cloned())
+    }
+
+    fn history_from(&self, key: &Key, version: &Version) -> Result<(Option<FoldEntry>, Vec<FoldEntry>)> {
+        let inner = self.lock();
+        let at = (key.clone(), version.clone());
+        let before = inner.history.range(..at.clone()).next_back().filter(|((k, _), _)| k == key).map(|(_, e)| e.clone());
+        let after = inner.history.range(at..).take_while(|((k, _), _)| k == key).map(|(_, e)| e.clone()).collect();
+        Ok((before, after))
+    }
+
+    fn history_entry(&self, key: &Key, version: &Version) -> Result<Option<FoldEntry>> {
+        Ok(self.lock().history.get(&(key.clone(), version.clone())).cloned())
+    }
+
+    fn conflicts(&self) -> Result<Vec<ConflictEntry>> {
+        Ok(self.lock().conflicts.values().cloned().collect())
+    }
+
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        Ok(self.lock().dlq.values().cloned().collect())
+    }
+
+    fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>> {
+        Ok(self.lock().dlq.get(id).cloned())
     }
 
     fn disk_bytes(&self) -> u64 {
