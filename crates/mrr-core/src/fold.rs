@@ -50,7 +50,7 @@ pub enum Outcome {
     Merged { with: Head },
     /// The handler failed; the state is unchanged. `replayed_by` is the replay that later
     /// applied this change's content, if any.
-    Failed { reason: String, replayed_by: Option<ChangeId> },
+    Failed { reason: String, replayed_by: Option<Replay> },
     /// A replay whose target was already applied (by itself or an earlier replay).
     ReplaySkipped,
 }

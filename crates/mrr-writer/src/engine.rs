@@ -5,11 +5,17 @@
 //! Each request is all-or-nothing within a group: its reads happen before any of its effects,
 //! so a read error leaves the group's pending state as it was.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
+use mrr_core::doc::{Lost, Stamp};
+use mrr_core::fold::{self, FoldEntry, FoldState, Head, Outcome};
 use mrr_core::merge::{LastWriterWins, MergeStrategy, Resolution};
 use mrr_core::session::{admit_incoming, Incoming};
-use mrr_core::{Change, Hlc, Key, Op, Record, RegionName, Version, VersionVector};
+use mrr_core::{
+    Change, ChangeId, ConflictEntry, DeadLetter, Doc, Hlc, Key, Op, Policies, Record, RegionName, Replay, Resolver, Rule,
+    Side, Version, VersionVector,
+};
 use mrr_storage::{CommitBatch, RecoveredState, Store, StoreError};
 
 use crate::{Committed, LocalOp, Refusal};
@@ -20,8 +26,10 @@ pub struct RemoteOutcome {
     /// Changes admitted (whether their state won the merge or lost it).
     pub applied: usize,
     pub duplicates: usize,
-    /// Keys of admitted changes whose state lost to a newer version already here.
-    pub superseded: Vec<Key>,
+    /// Conflicts this batch added to the log (losers of concurrent writes, handler merges).
+    pub conflicts: Vec<ConflictEntry>,
+    /// Changes that went to the dead-letter queue.
+    pub dead_letters: usize,
     /// Positions (in the request) of the changes admitted, duplicates excluded.
     pub admitted: Vec<usize>,
     /// Set when the writer stopped before the end of the batch; later changes were not looked at.
@@ -30,11 +38,34 @@ pub struct RemoteOutcome {
     pub vv: VersionVector,
 }
 
+/// A client request the engine refuses (nothing of it is applied).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("topic {topic} uses conflict_strategy {strategy}; CRDT operations need conflict_strategy: merge")]
+    OpsNeedMerge { topic: String, strategy: &'static str },
+    #[error("dead letter {0} not found (already replayed or discarded?)")]
+    NoSuchDeadLetter(ChangeId),
+}
+
+/// Why a local request failed.
+#[derive(Debug)]
+pub enum LocalFailure {
+    Store(StoreError),
+    Rejected(Rejection),
+}
+
+impl From<StoreError> for LocalFailure {
+    fn from(e: StoreError) -> Self {
+        LocalFailure::Store(e)
+    }
+}
+
 #[derive(Debug)]
 pub struct Engine {
     local: RegionName,
     hlc: Hlc,
     applied: VersionVector,
+    policies: Arc<Policies>,
 }
 
 /// The state of one group commit under construction.
@@ -43,11 +74,31 @@ pub struct Pending {
     overlay: BTreeMap<Key, Record>,
     changes: Vec<Change>,
     vv: VersionVector,
+    history: BTreeMap<(Key, Version), FoldEntry>,
+    conflicts: Vec<ConflictEntry>,
+    dead_letters: BTreeMap<ChangeId, DeadLetter>,
+    cleared: BTreeSet<ChangeId>,
+    now_ms: u64,
+}
+
+/// The record reads of one request, taken before any of its effects.
+type Reads = BTreeMap<Key, Option<Record>>;
+
+fn text(bytes: &Option<Vec<u8>>) -> Option<String> {
+    bytes.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+fn side_of(change: &Change) -> Side {
+    Side { id: change.id(), version: change.version.clone(), value: text(&change.to_record().value) }
+}
+
+fn side_of_record(r: &Record) -> Side {
+    Side { id: ChangeId { origin: r.origin.clone(), seq: r.seq }, version: r.version.clone(), value: text(&r.value) }
 }
 
 impl Engine {
-    pub fn new(local: RegionName, recovered: RecoveredState, max_skew_ms: u64) -> Self {
-        Self { local, hlc: Hlc::new(recovered.hlc_high_water, max_skew_ms), applied: recovered.vv }
+    pub fn new(local: RegionName, recovered: RecoveredState, max_skew_ms: u64, policies: Arc<Policies>) -> Self {
+        Self { local, hlc: Hlc::new(recovered.hlc_high_water, max_skew_ms), applied: recovered.vv, policies }
     }
 
     pub fn local(&self) -> &RegionName {
@@ -58,8 +109,21 @@ impl Engine {
         &self.applied
     }
 
-    pub fn begin(&self) -> Pending {
-        Pending { overlay: BTreeMap::new(), changes: Vec::new(), vv: self.applied.clone() }
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    pub fn begin(&self, now_ms: u64) -> Pending {
+        Pending {
+            overlay: BTreeMap::new(),
+            changes: Vec::new(),
+            vv: self.applied.clone(),
+            history: BTreeMap::new(),
+            conflicts: Vec::new(),
+            dead_letters: BTreeMap::new(),
+            cleared: BTreeSet::new(),
+            now_ms,
+        }
     }
 
     /// The batch to commit, or `None` when the group changed nothing.
@@ -76,6 +140,11 @@ impl Engine {
             changes: pending.changes,
             vv,
             hlc_high_water: self.hlc.last(),
+            history: pending.history.into_iter().map(|((k, _), e)| (k, e)).collect(),
+            conflicts: pending.conflicts,
+            conflicts_expired: Vec::new(),
+            dead_letters: pending.dead_letters.into_values().collect(),
+            dead_letters_cleared: pending.cleared.into_iter().collect(),
         })
     }
 
@@ -84,11 +153,7 @@ impl Engine {
         self.applied.join(&batch.vv);
     }
 
-    fn prefetch<'a>(
-        pending: &Pending,
-        store: &dyn Store,
-        keys: impl Iterator<Item = &'a Key>,
-    ) -> Result<BTreeMap<Key, Option<Record>>, StoreError> {
+    fn prefetch<'a>(pending: &Pending, store: &dyn Store, keys: impl Iterator<Item = &'a Key>) -> Result<Reads, StoreError> {
         let mut reads = BTreeMap::new();
         for key in keys {
             if !pending.overlay.contains_key(key) && !reads.contains_key(key) {
@@ -98,7 +163,7 @@ impl Engine {
         Ok(reads)
     }
 
-    fn current(pending: &Pending, reads: &BTreeMap<Key, Option<Record>>, key: &Key) -> Option<Record> {
+    fn current(pending: &Pending, reads: &Reads, key: &Key) -> Option<Record> {
         pending.overlay.get(key).cloned().or_else(|| reads.get(key).cloned().flatten())
     }
 
@@ -108,44 +173,364 @@ impl Engine {
         store: &dyn Store,
         ops: Vec<LocalOp>,
         physical_ms: u64,
-    ) -> Result<Vec<Committed>, StoreError> {
-        let reads = Self::prefetch(
-            pending,
-            store,
-            ops.iter().map(|op| match op {
-                LocalOp::Put { key, .. } | LocalOp::Delete { key } => key,
-            }),
-        )?;
+    ) -> Result<Vec<Committed>, LocalFailure> {
+        let mut reads = Self::prefetch(pending, store, ops.iter().filter_map(LocalOp::key))?;
+        // Replays read their dead letter (and its key) up front, like every other read.
+        let mut letters = BTreeMap::new();
+        for op in &ops {
+            if let LocalOp::Replay { id } = op {
+                let letter = store.dead_letter(id)?.ok_or_else(|| LocalFailure::Rejected(Rejection::NoSuchDeadLetter(id.clone())))?;
+                if !pending.overlay.contains_key(&letter.key) && !reads.contains_key(&letter.key) {
+                    reads.insert(letter.key.clone(), store.get(&letter.key)?);
+                }
+                letters.insert(id.clone(), letter);
+            }
+        }
+        for op in &ops {
+            if let LocalOp::Ops { key, .. } = op {
+                let rule = self.policies.rule(&key.topic);
+                if !matches!(rule, Rule::Merge) {
+                    return Err(LocalFailure::Rejected(Rejection::OpsNeedMerge { topic: key.topic.clone(), strategy: rule.name() }));
+                }
+            }
+        }
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
-            let (key, op, metadata) = match op {
-                LocalOp::Put { key, value, metadata } => (key, Op::Put { value }, metadata),
-                LocalOp::Delete { key } => {
-                    // A tombstone keeps the placement of what it deletes.
-                    let metadata = Self::current(pending, &reads, &key).map(|r| r.metadata).unwrap_or_default();
-                    (key, Op::Delete, metadata)
-                }
-            };
             let seq = pending.vv.get(&self.local) + 1;
-            let change = Change {
-                origin: self.local.clone(),
-                seq,
-                key: key.clone(),
-                op,
-                metadata,
-                version: Version { ts: self.hlc.now(physical_ms), region: self.local.clone() },
+            let version = Version { ts: self.hlc.now(physical_ms), region: self.local.clone() };
+            let stamp = Stamp { version, seq, deps: pending.vv.clone() };
+            let key = match &op {
+                LocalOp::Replay { id } => letters.get(id).map(|l| l.key.clone()).unwrap_or_else(|| unreachable!("read above")),
+                op => op.key().cloned().unwrap_or_else(|| unreachable!("only replays have no key")),
             };
-            let record = change.to_record();
-            if let Some(current) = Self::current(pending, &reads, &key) {
-                // The HLC has observed every version stored here, so a local write is newest.
-                assert_eq!(LastWriterWins.resolve(&current, &record), Resolution::TakeIncoming);
-            }
+            let current = Self::current(pending, &reads, &key);
+            let change = self.local_change(op, &key, current.as_ref(), &stamp, &letters);
             pending.vv.advance(&self.local, seq);
-            pending.overlay.insert(key.clone(), record.clone());
-            pending.changes.push(change);
-            out.push(Committed { key, record });
+            let record = self.apply_change(pending, store, &reads, change)?;
+            out.push(Committed { key: key.clone(), record });
         }
         Ok(out)
+    }
+
+    /// Turns a client request into the change it writes, under the topic's rule.
+    fn local_change(
+        &self,
+        op: LocalOp,
+        key: &Key,
+        current: Option<&Record>,
+        stamp: &Stamp,
+        letters: &BTreeMap<ChangeId, DeadLetter>,
+    ) -> Change {
+        let rule = self.policies.rule(&key.topic);
+        let live = current.filter(|r| !r.is_tombstone());
+        let current_doc = current.and_then(|r| r.doc.as_ref());
+        let kept_metadata = || current.map(|r| r.metadata.clone()).unwrap_or_default();
+        let mut replay_of = None;
+        let (op, metadata) = match (op, rule) {
+            (LocalOp::Put { value, metadata, .. }, Rule::Merge) => {
+                let obj = object_of(&value);
+                (Op::Merge { delta: Doc::put_delta(current_doc, &obj, stamp) }, metadata)
+            }
+            (LocalOp::Put { value, metadata, .. }, _) => (Op::Put { value }, metadata),
+            (LocalOp::Patch { fields, metadata, .. }, Rule::Merge) => {
+                let delta = Doc::patch_delta(&object_of(&fields), stamp);
+                (Op::Merge { delta }, metadata.unwrap_or_else(kept_metadata))
+            }
+            (LocalOp::Patch { fields, metadata, .. }, _) => {
+                // Whole-record rules: the patch is applied to what this region has, then the
+                // result competes as a whole.
+                let mut obj = live.and_then(|r| r.value.as_deref()).map(object_of).unwrap_or_default();
+                for (k, v) in object_of(&fields) {
+                    if v.is_null() {
+                        obj.remove(&k);
+                    } else {
+                        obj.insert(k, v);
+                    }
+                }
+                let value = serde_json::Value::Object(obj).to_string().into_bytes();
+                (Op::Put { value }, metadata.unwrap_or_else(kept_metadata))
+            }
+            (LocalOp::Ops { ops, .. }, _) => (Op::Merge { delta: Doc::ops_delta(current_doc, &ops, stamp) }, kept_metadata()),
+            (LocalOp::Delete { .. }, Rule::Merge) => (Op::Merge { delta: Doc::delete_delta(current_doc, stamp) }, kept_metadata()),
+            // A tombstone keeps the placement of what it deletes.
+            (LocalOp::Delete { .. }, _) => (Op::Delete, kept_metadata()),
+            (LocalOp::Replay { id }, _) => {
+                let letter = letters.get(&id).unwrap_or_else(|| unreachable!("read before"));
+                replay_of = Some(Replay { id: letter.id.clone(), version: letter.version.clone() });
+                let op = match &letter.value {
+                    Some(v) => Op::Put { value: v.clone().into_bytes() },
+                    None => Op::Delete,
+                };
+                (op, kept_metadata())
+            }
+        };
+        Change {
+            origin: self.local.clone(),
+            seq: stamp.seq,
+            key: key.clone(),
+            op,
+            metadata,
+            version: stamp.version.clone(),
+            deps: stamp.deps.clone(),
+            replay_of,
+        }
+    }
+
+    /// Applies one admitted change (local or remote) under its topic's rule, queues what it
+    /// logs, and returns the key's new state.
+    fn apply_change(
+        &mut self,
+        pending: &mut Pending,
+        store: &dyn Store,
+        reads: &Reads,
+        change: Change,
+    ) -> Result<Record, StoreError> {
+        let current = Self::current(pending, reads, &change.key);
+        let policies = self.policies.clone();
+        let rule = policies.rule(&change.key.topic);
+        let record = match rule {
+            Rule::Timestamp => self.apply_lww(pending, current, &change),
+            Rule::Merge => self.apply_merge(pending, current, &change),
+            Rule::Custom(resolver) => self.apply_fold(pending, store, current, &change, resolver.as_ref())?,
+        };
+        pending.overlay.insert(change.key.clone(), record.clone());
+        pending.changes.push(change);
+        Ok(record)
+    }
+
+    fn log(&self, pending: &mut Pending, key: &Key, rule: &str, resolution: &str, loser: Side, winner: Side, fields: Vec<String>) {
+        pending.conflicts.push(ConflictEntry {
+            key: key.clone(),
+            strategy: rule.to_owned(),
+            resolution: resolution.to_owned(),
+            loser,
+            winner,
+            fields,
+            detected_at_ms: pending.now_ms,
+        });
+    }
+
+    fn apply_lww(&self, pending: &mut Pending, current: Option<Record>, change: &Change) -> Record {
+        let incoming = change.to_record();
+        let Some(current) = current else { return incoming };
+        let differ = current.value != incoming.value;
+        let current_id = ChangeId { origin: current.origin.clone(), seq: current.seq };
+        if LastWriterWins.resolve(&current, &incoming) == Resolution::TakeIncoming {
+            if differ && !current_id.seen_by(&change.deps) {
+                self.log(pending, &change.key, "timestamp", "last_writer_wins", side_of_record(&current), side_of(change), vec![]);
+            }
+            incoming
+        } else {
+            if differ && !change.id().seen_by(&current.deps) {
+                self.log(pending, &change.key, "timestamp", "last_writer_wins", side_of(change), side_of_record(&current), vec![]);
+            }
+            current
+        }
+    }
+
+    fn apply_merge(&self, pending: &mut Pending, current: Option<Record>, change: &Change) -> Record {
+        let stamp = Stamp { version: change.version.clone(), seq: change.seq, deps: change.deps.clone() };
+        let delta = match &change.op {
+            Op::Merge { delta } => delta.clone(),
+            // Whole-record changes (written before the topic became `merge`): every field they
+            // name takes their version; deterministic, whatever this region holds.
+            Op::Put { value } => Doc::put_delta(None, &object_of(value), &stamp),
+            Op::Delete => Doc::delete_delta(None, &stamp),
+        };
+        let mut doc = current.as_ref().and_then(|r| r.doc.clone()).unwrap_or_default();
+        let lost = doc.join_reporting(&delta);
+        self.log_lost(pending, &change.key, lost);
+        let newest = match &current {
+            Some(c) if c.version > change.version => c.clone(),
+            _ => change.to_record(),
+        };
+        Record { value: doc.materialize(), doc: Some(doc), ..newest }
+    }
+
+    /// One conflict entry per (loser, winner), listing the fields the loser lost.
+    fn log_lost(&self, pending: &mut Pending, key: &Key, lost: Vec<Lost>) {
+        let mut grouped: BTreeMap<(ChangeId, ChangeId), (Lost, Vec<String>)> = BTreeMap::new();
+        for l in lost {
+            let entry = grouped.entry((l.loser.id(), l.winner.id())).or_insert_with(|| (l.clone(), Vec::new()));
+            if let Some(f) = &l.field {
+                entry.1.push(f.clone());
+            }
+        }
+        for ((loser_id, winner_id), (l, fields)) in grouped {
+            let side = |id: ChangeId, stamp: &Stamp| Side { id, version: stamp.version.clone(), value: None };
+            self.log(pending, key, "merge", "field_last_writer_wins", side(loser_id, &l.loser), side(winner_id, &l.winner), fields);
+        }
+    }
+
+    /// `custom`: inserts the change into the key's fold history at its version and re-folds
+    /// from there; see [`mrr_core::fold`].
+    fn apply_fold(
+        &self,
+        pending: &mut Pending,
+        store: &dyn Store,
+        current: Option<Record>,
+        change: &Change,
+        resolver: &dyn Resolver,
+    ) -> Result<Record, StoreError> {
+        let key = &change.key;
+        let (stored_before, stored_after) = store.history_from(key, &change.version)?;
+        // The group's own, not yet committed, entries shadow the stored ones.
+        let mut tail: BTreeMap<Version, FoldEntry> = stored_after.into_iter().map(|e| (e.version.clone(), e)).collect();
+        let mut before = stored_before;
+        for ((k, v), e) in &pending.history {
+            if k != key {
+                continue;
+            }
+            if *v >= change.version {
+                tail.insert(v.clone(), e.clone());
+            } else if before.as_ref().is_none_or(|b| b.version <= *v) {
+                // `<=`: the group's copy of an entry is newer than the stored one.
+                before = Some(e.clone());
+            }
+        }
+        let new = FoldEntry {
+            id: change.id(),
+            version: change.version.clone(),
+            deps: change.deps.clone(),
+            value: match &change.op {
+                Op::Put { value } => Some(value.clone()),
+                Op::Delete => None,
+                Op::Merge { delta } => delta.materialize(),
+            },
+            metadata: change.metadata.clone(),
+            replay_of: change.replay_of.clone(),
+            after: FoldState::default(),
+            outcome: Outcome::ReplaySkipped,
+        };
+        let previous: BTreeMap<Version, Outcome> = tail.iter().map(|(v, e)| (v.clone(), e.outcome.clone())).collect();
+        tail.insert(new.version.clone(), new);
+        let mut state = before.map(|b| b.after).unwrap_or_default();
+        let versions: Vec<Version> = tail.keys().cloned().collect();
+        for v in versions {
+            let Some(mut entry) = tail.remove(&v) else { continue };
+            match entry.replay_of.clone() {
+                Some(target) => self.fold_replay(pending, store, key, &mut tail, &state, &mut entry, &target, resolver)?,
+                None => fold::step(resolver, &state, &mut entry),
+            }
+            let was = previous.get(&v);
+            if was != Some(&entry.outcome) {
+                self.log_fold(pending, key, &state, &entry, was);
+            }
+            state = entry.after.clone();
+            pending.history.insert((key.clone(), v), entry);
+        }
+        Ok(match state.head {
+            Some(head) => Record {
+                value: state.value,
+                metadata: head.metadata,
+                version: head.version,
+                origin: head.id.origin,
+                seq: head.id.seq,
+                deps: head.deps,
+                doc: None,
+            },
+            // Nothing was ever applied (every change failed): the key keeps what it had.
+            None => current.unwrap_or_else(|| Record { value: None, ..change.to_record() }),
+        })
+    }
+
+    /// A replay applies its dead letter's content once: not if the letter's change applied
+    /// after all (a re-fold), nor if an earlier replay already did.
+    #[allow(clippy::too_many_arguments)]
+    fn fold_replay(
+        &self,
+        pending: &mut Pending,
+        store: &dyn Store,
+        key: &Key,
+        tail: &mut BTreeMap<Version, FoldEntry>,
+        state: &FoldState,
+        entry: &mut FoldEntry,
+        target: &Replay,
+        resolver: &dyn Resolver,
+    ) -> Result<(), StoreError> {
+        let key_version = (key.clone(), target.version.clone());
+        let mut target_entry = match tail.get(&target.version) {
+            Some(e) => Some(e.clone()),
+            None => match pending.history.get(&key_version) {
+                Some(e) => Some(e.clone()),
+                None => store.history_entry(&key_version.0, &target.version)?,
+            },
+        };
+        let allowed = match target_entry.as_ref().map(|t| &t.outcome) {
+            // The target has not arrived here yet: when it does, the re-fold from its position
+            // revisits this replay.
+            None => true,
+            Some(Outcome::Failed { replayed_by, .. }) => {
+                replayed_by.as_ref().is_none_or(|r| r.id == entry.id || r.version > entry.version)
+            }
+            Some(_) => false,
+        };
+        if !allowed {
+            entry.after = state.clone();
+            entry.outcome = Outcome::ReplaySkipped;
+            return Ok(());
+        }
+        fold::step(resolver, state, entry);
+        if entry.failed() {
+            return Ok(());
+        }
+        if let Some(t) = target_entry.as_mut() {
+            if let Outcome::Failed { replayed_by, .. } = &mut t.outcome {
+                *replayed_by = Some(Replay { id: entry.id.clone(), version: entry.version.clone() });
+            }
+            if pending.dead_letters.remove(&t.id).is_none() {
+                pending.cleared.insert(t.id.clone());
+            }
+            match tail.get_mut(&t.version) {
+                Some(in_tail) => *in_tail = t.clone(),
+                None => {
+                    pending.history.insert(key_version, t.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Conflict-log and dead-letter bookkeeping for one re-folded entry whose outcome changed.
+    fn log_fold(&self, pending: &mut Pending, key: &Key, before: &FoldState, entry: &FoldEntry, was: Option<&Outcome>) {
+        let head_side = |h: &Head, value: &Option<Vec<u8>>| Side {
+            id: h.id.clone(),
+            version: h.version.clone(),
+            value: text(value),
+        };
+        let entry_side = Side { id: entry.id.clone(), version: entry.version.clone(), value: text(&entry.value) };
+        match &entry.outcome {
+            Outcome::Merged { with } => {
+                self.log(pending, key, "custom", "handler_merged", entry_side, head_side(with, &before.value), vec![]);
+            }
+            Outcome::Applied { over: Some(h) } => {
+                let resolution = if entry.value.is_none() { "delete_won" } else { "last_writer_wins" };
+                self.log(pending, key, "custom", resolution, head_side(h, &before.value), entry_side, vec![]);
+            }
+            Outcome::Failed { reason, replayed_by: None } => {
+                // A letter already queued keeps the time it first failed.
+                if matches!(was, Some(Outcome::Failed { replayed_by: None, .. })) {
+                    return;
+                }
+                pending.cleared.remove(&entry.id);
+                pending.dead_letters.insert(
+                    entry.id.clone(),
+                    DeadLetter {
+                        id: entry.id.clone(),
+                        key: key.clone(),
+                        version: entry.version.clone(),
+                        reason: reason.clone(),
+                        value: text(&entry.value),
+                        failed_at_ms: pending.now_ms,
+                    },
+                );
+                return;
+            }
+            _ => {}
+        }
+        if matches!(was, Some(Outcome::Failed { replayed_by: None, .. })) && pending.dead_letters.remove(&entry.id).is_none() {
+            pending.cleared.insert(entry.id.clone());
+        }
     }
 
     pub fn apply_remote(
@@ -157,6 +542,7 @@ impl Engine {
     ) -> Result<RemoteOutcome, StoreError> {
         let reads = Self::prefetch(pending, store, changes.iter().map(|c| &c.key))?;
         let mut out = RemoteOutcome::default();
+        let (conflicts_before, letters_before) = (pending.conflicts.len(), pending.dead_letters.len());
         for (position, change) in changes.into_iter().enumerate() {
             match admit_incoming(&self.local, &pending.vv, &change.origin, change.seq) {
                 Incoming::Apply => {}
@@ -180,31 +566,61 @@ impl Engine {
                 out.refused = Some(Refusal::ClockSkew { origin: change.origin, seq: change.seq, skew });
                 break;
             }
-            let incoming = change.to_record();
-            let wins = match Self::current(pending, &reads, &change.key) {
-                Some(current) => LastWriterWins.resolve(&current, &incoming) == Resolution::TakeIncoming,
-                None => true,
-            };
-            if wins {
-                pending.overlay.insert(change.key.clone(), incoming);
-            } else {
-                out.superseded.push(change.key.clone());
-            }
             pending.vv.advance(&change.origin, change.seq);
-            pending.changes.push(change);
+            self.apply_change(pending, store, &reads, change)?;
             out.applied += 1;
             out.admitted.push(position);
         }
+        out.conflicts = pending.conflicts[conflicts_before..].to_vec();
+        out.dead_letters = pending.dead_letters.len().saturating_sub(letters_before);
         out.vv = pending.vv.clone();
         Ok(out)
+    }
+}
+
+fn object_of(bytes: &[u8]) -> serde_json::Map<String, serde_json::Value> {
+    // Values are validated JSON objects at the API and on the wire.
+    match serde_json::from_slice(bytes) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mrr_core::{Metadata, Timestamp};
+    use mrr_core::{FieldOp, Metadata, Timestamp};
     use mrr_storage::MemStore;
+    use serde_json::{json, Map, Value};
+
+    /// A non-commutative handler: appends the incoming `log` to the current one; refuses `!`.
+    #[derive(Debug)]
+    struct Append;
+
+    impl Resolver for Append {
+        fn resolve(&self, c: &Map<String, Value>, i: &Map<String, Value>) -> Result<Map<String, Value>, String> {
+            let s = |m: &Map<String, Value>| m.get("log").and_then(Value::as_str).unwrap_or_default().to_owned();
+            if s(i).contains('!') {
+                return Err("refuses '!'".into());
+            }
+            let mut out = c.clone();
+            out.insert("log".into(), Value::from(s(c) + &s(i)));
+            Ok(out)
+        }
+
+        fn fingerprint(&self) -> String {
+            "append".into()
+        }
+    }
+
+    fn policies() -> Arc<Policies> {
+        let topics = [("profiles".to_owned(), Rule::Merge), ("logs".to_owned(), Rule::Custom(Arc::new(Append)))];
+        Arc::new(Policies::new(Rule::Timestamp, topics.into_iter().collect()))
+    }
+
+    fn engine(name: &str) -> Engine {
+        Engine::new(r(name), RecoveredState::default(), 200, policies())
+    }
 
     fn r(s: &str) -> RegionName {
         RegionName::new(s).expect("valid")
@@ -216,7 +632,7 @@ mod tests {
 
     /// Runs one group through an engine and commits it to `store`.
     fn local(engine: &mut Engine, store: &MemStore, ops: Vec<LocalOp>, now: u64) -> Vec<Committed> {
-        let mut p = engine.begin();
+        let mut p = engine.begin(now);
         let out = engine.apply_local(&mut p, store, ops, now).expect("apply");
         let batch = engine.finish(p).expect("batch");
         store.commit(&batch).expect("commit");
@@ -225,7 +641,7 @@ mod tests {
     }
 
     fn remote(engine: &mut Engine, store: &MemStore, changes: Vec<Change>, now: u64) -> RemoteOutcome {
-        let mut p = engine.begin();
+        let mut p = engine.begin(now);
         let out = engine.apply_remote(&mut p, store, changes, now).expect("apply");
         if let Some(batch) = engine.finish(p) {
             store.commit(&batch).expect("commit");
@@ -241,7 +657,7 @@ mod tests {
     #[test]
     fn local_writes_take_contiguous_seqs_and_increasing_versions() {
         let store = MemStore::new();
-        let mut e = Engine::new(r("a"), RecoveredState::default(), 200);
+        let mut e = engine("a");
         let out = local(&mut e, &store, vec![put("u1", "{}"), put("u1", "{\"x\":1}")], 1_000);
         assert_eq!(out.iter().map(|c| c.record.seq).collect::<Vec<_>>(), [1, 2]);
         assert!(out[1].record.version > out[0].record.version);
@@ -252,24 +668,28 @@ mod tests {
     #[test]
     fn remote_changes_converge_by_version_whatever_the_order() {
         let (sa, sb) = (MemStore::new(), MemStore::new());
-        let mut a = Engine::new(r("a"), RecoveredState::default(), 200);
-        let mut b = Engine::new(r("b"), RecoveredState::default(), 200);
+        let mut a = engine("a");
+        let mut b = engine("b");
         local(&mut a, &sa, vec![put("u1", "{\"from\":\"a\"}")], 1_000);
         local(&mut b, &sb, vec![put("u1", "{\"from\":\"b\"}")], 1_000);
         let out_b = remote(&mut b, &sb, changes_of(&sa, "a"), 1_000);
         let out_a = remote(&mut a, &sa, changes_of(&sb, "b"), 1_000);
         let key = Key::new("users", "u1");
         assert_eq!(sa.get(&key).expect("get"), sb.get(&key).expect("get"));
-        // Same timestamp, so the region name breaks the tie: b wins on both sides.
-        assert_eq!(out_a.superseded.len() + out_b.superseded.len(), 1);
+        // Same timestamp, so the region name breaks the tie: b wins on both sides, and the one
+        // loser is logged once in each region.
+        assert_eq!(out_a.conflicts.len(), 1);
+        assert_eq!(out_b.conflicts.len(), 1);
+        assert_eq!(out_a.conflicts[0].loser.id, ChangeId { origin: r("a"), seq: 1 });
+        assert_eq!(sa.conflicts().expect("log").len(), 1);
         assert_eq!(sa.get(&key).expect("get").map(|r| r.origin), Some(r("b")));
     }
 
     #[test]
     fn duplicates_are_dropped_and_gaps_loops_and_skew_refused() {
         let (sa, sb) = (MemStore::new(), MemStore::new());
-        let mut a = Engine::new(r("a"), RecoveredState::default(), 200);
-        let mut b = Engine::new(r("b"), RecoveredState::default(), 200);
+        let mut a = engine("a");
+        let mut b = engine("b");
         local(&mut a, &sa, vec![put("u1", "{}"), put("u2", "{}"), put("u3", "{}")], 1_000);
         let all = changes_of(&sa, "a");
 
@@ -291,7 +711,7 @@ mod tests {
         assert!(matches!(out.refused, Some(Refusal::Loop { .. })));
 
         // A change stamped 1 s in the future is refused and leaves nothing behind.
-        let mut c = Engine::new(r("c"), RecoveredState::default(), 200);
+        let mut c = engine("c");
         let sc = MemStore::new();
         let out = remote(&mut c, &sc, all.clone(), 1_000 - 201);
         assert!(matches!(out.refused, Some(Refusal::ClockSkew { .. })));
@@ -302,11 +722,128 @@ mod tests {
     #[test]
     fn restart_resumes_sequence_and_clock() {
         let store = MemStore::new();
-        let mut e = Engine::new(r("a"), RecoveredState::default(), 200);
+        let mut e = engine("a");
         let first = local(&mut e, &store, vec![put("u1", "{}")], 5_000);
-        let mut e = Engine::new(r("a"), store.recover().expect("recover"), 200);
+        let mut e = Engine::new(r("a"), store.recover().expect("recover"), 200, policies());
         let second = local(&mut e, &store, vec![put("u1", "{}")], 1_000);
         assert_eq!(second[0].record.seq, 2);
         assert!(second[0].record.version > first[0].record.version, "clock went back; versions did not");
+    }
+
+    fn kv(topic: &str, id: &str, v: Value) -> LocalOp {
+        LocalOp::Put { key: Key::new(topic, id), value: v.to_string().into_bytes(), metadata: Metadata::default() }
+    }
+
+    fn value(store: &MemStore, topic: &str, id: &str) -> Option<Value> {
+        let r = store.get(&Key::new(topic, id)).expect("get")?;
+        r.value.map(|v| serde_json::from_slice(&v).expect("json"))
+    }
+
+    /// Ships every change `from` has that `to` lacks (own and relayed), in origin order.
+    fn sync(from: &MemStore, to: (&mut Engine, &MemStore), now: u64) -> RemoteOutcome {
+        let mut all = Vec::new();
+        for origin in ["a", "b", "c"] {
+            if r(origin) != *to.0.local() {
+                all.extend(changes_of(from, origin));
+            }
+        }
+        remote(to.0, to.1, all, now)
+    }
+
+    #[test]
+    fn updates_across_regions_are_not_conflicts() {
+        let (sa, sb) = (MemStore::new(), MemStore::new());
+        let (mut a, mut b) = (engine("a"), engine("b"));
+        local(&mut a, &sa, vec![kv("users", "u1", json!({"v": 1}))], 1_000);
+        sync(&sa, (&mut b, &sb), 1_000);
+        local(&mut b, &sb, vec![kv("users", "u1", json!({"v": 2}))], 1_001);
+        let out = sync(&sb, (&mut a, &sa), 1_001);
+        assert!(out.conflicts.is_empty(), "b saw a's write: an update, not a conflict");
+        assert!(sa.conflicts().expect("log").is_empty() && sb.conflicts().expect("log").is_empty());
+        assert_eq!(value(&sa, "users", "u1"), Some(json!({"v": 2})));
+    }
+
+    #[test]
+    fn merge_topics_keep_concurrent_field_edits_and_log_only_same_field_losers() {
+        let (sa, sb) = (MemStore::new(), MemStore::new());
+        let (mut a, mut b) = (engine("a"), engine("b"));
+        local(&mut a, &sa, vec![kv("profiles", "p", json!({"name": "Ann", "city": "Oslo", "n": 0}))], 1_000);
+        sync(&sa, (&mut b, &sb), 1_000);
+        let patch = |fields: Value| LocalOp::Patch {
+            key: Key::new("profiles", "p"),
+            fields: fields.to_string().into_bytes(),
+            metadata: None,
+        };
+        local(&mut a, &sa, vec![patch(json!({"name": "Anne", "city": "Rome"}))], 1_010);
+        local(&mut b, &sb, vec![patch(json!({"city": "Pisa", "email": "b@x"}))], 1_020);
+        let ops = |by| LocalOp::Ops { key: Key::new("profiles", "p"), ops: vec![FieldOp::Incr { field: "views".into(), by }] };
+        local(&mut a, &sa, vec![ops(3)], 1_030);
+        local(&mut b, &sb, vec![ops(-1), ops(5)], 1_030);
+        let to_b = sync(&sa, (&mut b, &sb), 1_040);
+        let to_a = sync(&sb, (&mut a, &sa), 1_040);
+        let want = json!({"name": "Anne", "city": "Pisa", "email": "b@x", "n": 0, "views": 7});
+        assert_eq!(value(&sa, "profiles", "p"), Some(want.clone()));
+        assert_eq!(value(&sb, "profiles", "p"), Some(want));
+        for out in [to_a, to_b] {
+            assert_eq!(out.conflicts.len(), 1, "{:?}", out.conflicts);
+            assert_eq!(out.conflicts[0].fields, ["city"]);
+            assert_eq!(out.conflicts[0].loser.id, ChangeId { origin: r("a"), seq: 2 });
+        }
+        let refused = LocalOp::Ops { key: Key::new("users", "u"), ops: vec![FieldOp::Incr { field: "n".into(), by: 1 }] };
+        let mut p = a.begin(1_050);
+        assert!(matches!(a.apply_local(&mut p, &sa, vec![refused], 1_050), Err(LocalFailure::Rejected(_))));
+    }
+
+    #[test]
+    fn custom_handlers_see_concurrent_writes_in_version_order_whatever_the_arrival() {
+        let (sa, sb, sc) = (MemStore::new(), MemStore::new(), MemStore::new());
+        let (mut a, mut b, mut c) = (engine("a"), engine("b"), engine("c"));
+        local(&mut a, &sa, vec![kv("logs", "k", json!({"log": "a"}))], 1_000);
+        local(&mut b, &sb, vec![kv("logs", "k", json!({"log": "b"}))], 1_001);
+        local(&mut c, &sc, vec![kv("logs", "k", json!({"log": "c"}))], 1_002);
+        // a hears b then c; c hears a then b: every arrival order, one result.
+        sync(&sb, (&mut a, &sa), 1_003);
+        sync(&sc, (&mut a, &sa), 1_003);
+        sync(&sa, (&mut c, &sc), 1_003);
+        sync(&sb, (&mut c, &sc), 1_003);
+        sync(&sc, (&mut b, &sb), 1_003);
+        sync(&sa, (&mut b, &sb), 1_003);
+        let want = Some(json!({"log": "abc"}));
+        assert_eq!(value(&sa, "logs", "k"), want);
+        assert_eq!(value(&sb, "logs", "k"), want);
+        assert_eq!(value(&sc, "logs", "k"), want);
+        // A local update after seeing everything replaces the state.
+        local(&mut b, &sb, vec![kv("logs", "k", json!({"log": "z"}))], 1_004);
+        assert_eq!(value(&sb, "logs", "k"), Some(json!({"log": "z"})));
+        assert_eq!(sb.conflicts().expect("log").len(), 2, "two handler merges, logged once each");
+    }
+
+    #[test]
+    fn a_failing_handler_dead_letters_the_change_and_a_replay_applies_it_once() {
+        let (sa, sb) = (MemStore::new(), MemStore::new());
+        let (mut a, mut b) = (engine("a"), engine("b"));
+        local(&mut a, &sa, vec![kv("logs", "k", json!({"log": "a"}))], 1_000);
+        local(&mut b, &sb, vec![kv("logs", "k", json!({"log": "b!"}))], 1_001);
+        let out = sync(&sb, (&mut a, &sa), 1_002);
+        assert_eq!((out.applied, out.dead_letters), (1, 1), "admitted, so replication moves on");
+        sync(&sa, (&mut b, &sb), 1_002);
+        assert_eq!(value(&sa, "logs", "k"), Some(json!({"log": "a"})));
+        assert_eq!(value(&sb, "logs", "k"), Some(json!({"log": "a"})));
+        let letter = sa.dead_letters().expect("dlq");
+        assert_eq!(letter.len(), 1);
+        assert_eq!(sb.dead_letters().expect("dlq"), letter, "the same failure in every region");
+        let id = letter[0].id.clone();
+
+        // Both regions replay it concurrently: the content applies once, as a write that saw
+        // the state (so it replaces it), and the letter clears everywhere.
+        local(&mut a, &sa, vec![LocalOp::Replay { id: id.clone() }], 1_010);
+        local(&mut b, &sb, vec![LocalOp::Replay { id: id.clone() }], 1_011);
+        sync(&sa, (&mut b, &sb), 1_012);
+        sync(&sb, (&mut a, &sa), 1_012);
+        assert_eq!(value(&sa, "logs", "k"), value(&sb, "logs", "k"));
+        assert!(sa.dead_letters().expect("dlq").is_empty() && sb.dead_letters().expect("dlq").is_empty());
+        let mut p = a.begin(1_020);
+        let again = a.apply_local(&mut p, &sa, vec![LocalOp::Replay { id }], 1_020);
+        assert!(matches!(again, Err(LocalFailure::Rejected(Rejection::NoSuchDeadLetter(_)))));
     }
 }

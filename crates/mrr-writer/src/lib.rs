@@ -14,11 +14,13 @@ mod engine;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mrr_core::{Change, ClockSkewError, Key, Metadata, PhysicalClock, Record, RegionName, VersionVector};
+use mrr_core::{
+    Change, ChangeId, ClockSkewError, FieldOp, Key, Metadata, PhysicalClock, Policies, Record, RegionName, VersionVector,
+};
 use mrr_storage::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use engine::{Engine, Pending, RemoteOutcome};
+pub use engine::{Engine, LocalFailure, Pending, Rejection, RemoteOutcome};
 
 /// Wall-clock time from the operating system.
 #[derive(Clone, Copy, Debug, Default)]
@@ -34,10 +36,28 @@ impl PhysicalClock for SystemClock {
 }
 
 /// A client write.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum LocalOp {
     Put { key: Key, value: Vec<u8>, metadata: Metadata },
+    /// Only the named fields change (`null` removes one); metadata kept unless given.
+    Patch { key: Key, fields: Vec<u8>, metadata: Option<Metadata> },
+    /// CRDT field operations, applied in order as one write (topics with `merge` only).
+    Ops { key: Key, ops: Vec<FieldOp> },
     Delete { key: Key },
+    /// Applies a dead letter's content again, as a new write, once cluster-wide.
+    Replay { id: ChangeId },
+}
+
+impl LocalOp {
+    /// The key written; a replay's key is its dead letter's.
+    pub fn key(&self) -> Option<&Key> {
+        match self {
+            LocalOp::Put { key, .. } | LocalOp::Patch { key, .. } | LocalOp::Ops { key, .. } | LocalOp::Delete { key } => {
+                Some(key)
+            }
+            LocalOp::Replay { .. } => None,
+        }
+    }
 }
 
 /// A committed local write: the record state it produced, with version and token.
@@ -54,6 +74,9 @@ pub enum WriteError {
     Storage(Arc<StoreError>),
     #[error("the writer has stopped")]
     Stopped,
+    /// The request is not valid for its topic; nothing was applied.
+    #[error("{0}")]
+    Rejected(Rejection),
 }
 
 /// Why the writer stopped applying a remote batch part-way. Changes before it were applied.
@@ -106,9 +129,10 @@ impl Writer {
         store: Arc<dyn Store>,
         clock: Arc<dyn PhysicalClock>,
         config: WriterConfig,
+        policies: Arc<Policies>,
     ) -> Result<Self, StoreError> {
         let recovered = store.recover()?;
-        let engine = Engine::new(local, recovered, max_skew_ms);
+        let engine = Engine::new(local, recovered, max_skew_ms, policies);
         let (applied_tx, applied) = watch::channel(engine.applied().clone());
         let (tx, rx) = mpsc::channel(config.queue_requests_max);
         let thread_error =
@@ -204,7 +228,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        let mut pending = engine.begin();
+        let mut pending = engine.begin(clock.now_ms());
         let mut replies = Vec::with_capacity(group.len());
         for request in group.drain(..) {
             match request {
@@ -245,7 +269,7 @@ fn run(
 }
 
 enum Reply {
-    Local(oneshot::Sender<Result<Vec<Committed>, WriteError>>, Result<Vec<Committed>, StoreError>),
+    Local(oneshot::Sender<Result<Vec<Committed>, WriteError>>, Result<Vec<Committed>, LocalFailure>),
     Remote(oneshot::Sender<Result<RemoteOutcome, WriteError>>, Result<RemoteOutcome, StoreError>),
 }
 
@@ -254,7 +278,11 @@ impl Reply {
         // A caller that gave up waiting dropped its receiver; its write still committed.
         match self {
             Reply::Local(tx, out) => {
-                let _ = tx.send(commit.and(out.map_err(|e| WriteError::Storage(Arc::new(e)))));
+                let out = out.map_err(|e| match e {
+                    LocalFailure::Store(e) => WriteError::Storage(Arc::new(e)),
+                    LocalFailure::Rejected(r) => WriteError::Rejected(r),
+                });
+                let _ = tx.send(commit.and(out));
             }
             Reply::Remote(tx, out) => {
                 let _ = tx.send(commit.and(out.map_err(|e| WriteError::Storage(Arc::new(e)))));
