@@ -29,6 +29,8 @@ pub enum HandshakeError {
     UnknownRegion(String),
     #[error("cluster secret mismatch with region {0}: set the same `secret` on every node")]
     BadProof(String),
+    #[error("peer's topic policies differ from this node's (ours: {ours}; theirs: {theirs}): give every region the same `topics`, `replication_rules.conflict_strategy` and handler files")]
+    PolicyMismatch { ours: String, theirs: String },
     #[error("malformed handshake: {0}")]
     Malformed(String),
 }
@@ -64,6 +66,7 @@ pub struct Dialer {
     pub peer: RegionName,
     pub secret: String,
     pub nonce: [u8; NONCE_LEN],
+    pub policy_digest: String,
 }
 
 /// What the dialer learned from a valid Welcome.
@@ -88,6 +91,7 @@ impl Dialer {
             target_region: self.peer.to_string(),
             nonce: self.nonce.to_vec(),
             wall_ms,
+            policy_digest: self.policy_digest.clone(),
         }
     }
 
@@ -123,6 +127,7 @@ pub struct Acceptor {
     pub local: RegionName,
     pub secret: String,
     pub nonce: [u8; NONCE_LEN],
+    pub policy_digest: String,
 }
 
 /// A Hello that passed the acceptor's checks.
@@ -156,6 +161,12 @@ impl Acceptor {
         }
         if hello.cluster != self.cluster {
             return Err(HandshakeError::ClusterMismatch { ours: self.cluster.clone(), theirs: hello.cluster.clone() });
+        }
+        if hello.policy_digest != self.policy_digest {
+            return Err(HandshakeError::PolicyMismatch {
+                ours: self.policy_digest.clone(),
+                theirs: hello.policy_digest.clone(),
+            });
         }
         if hello.target_region != self.local.as_str() {
             return Err(HandshakeError::UnexpectedRegion {
@@ -201,12 +212,14 @@ mod tests {
                 peer: r("eu-central"),
                 secret: dialer_secret.into(),
                 nonce: [1; NONCE_LEN],
+                policy_digest: "default=timestamp".into(),
             },
             Acceptor {
                 cluster: "demo".into(),
                 local: r("eu-central"),
                 secret: acceptor_secret.into(),
                 nonce: [2; NONCE_LEN],
+                policy_digest: "default=timestamp".into(),
             },
         )
     }
@@ -253,6 +266,9 @@ mod tests {
         let mut h = d.hello(0);
         h.cluster = "other".into();
         assert!(matches!(a.on_hello(&h, |_| true), Err(HandshakeError::ClusterMismatch { .. })));
+        let mut h = d.hello(0);
+        h.policy_digest = "default=timestamp;inventory=custom:abc".into();
+        assert!(matches!(a.on_hello(&h, |_| true), Err(HandshakeError::PolicyMismatch { .. })));
         let mut h = d.hello(0);
         h.target_region = "ap-northeast".into();
         assert!(matches!(a.on_hello(&h, |_| true), Err(HandshakeError::UnexpectedRegion { .. })));

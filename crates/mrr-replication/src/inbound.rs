@@ -51,7 +51,9 @@ type ToDialerStream = Pin<Box<dyn Stream<Item = Result<proto::ToDialer, Status>>
 fn handshake_status(e: HandshakeError) -> Status {
     match e {
         HandshakeError::BadProof(_) => Status::unauthenticated(e.to_string()),
-        HandshakeError::ProtocolMismatch { .. } | HandshakeError::ClusterMismatch { .. } => {
+        HandshakeError::ProtocolMismatch { .. }
+        | HandshakeError::ClusterMismatch { .. }
+        | HandshakeError::PolicyMismatch { .. } => {
             Status::failed_precondition(e.to_string())
         }
         _ => Status::invalid_argument(e.to_string()),
@@ -81,6 +83,7 @@ impl proto::peer_server::Peer for Service {
             local: cfg.local.clone(),
             secret: cfg.secret.clone(),
             nonce: rand::rng().random::<[u8; NONCE_LEN]>(),
+            policy_digest: cfg.policy_digest.clone(),
         };
         let known = |r: &RegionName| cfg.peers.iter().any(|p| &p.region == r);
         let greeted = acceptor.on_hello(&hello, known).map_err(|e| {
@@ -254,8 +257,8 @@ fn record_apply(
             }
         }
     }
-    for key in &outcome.superseded {
-        ctx.metrics.conflicts(&key.topic).increment(1);
+    for c in &outcome.conflicts {
+        ctx.metrics.conflicts(&c.key.topic, &c.strategy).increment(1);
     }
     if let Some(m) = ctx.metrics.peer(peer) {
         m.received_changes.increment(received);

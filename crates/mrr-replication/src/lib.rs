@@ -57,7 +57,8 @@ pub(crate) const H2_STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 pub(crate) const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 
 /// The protocol version this build speaks. A peer speaking another is refused at handshake.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: changes carry their causal past, merge deltas and replays; Hello carries the policy digest.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
@@ -83,6 +84,8 @@ pub struct ReplicationConfig {
     /// `replication_rules.default_ttl`: a change applied later than this after its write is a
     /// freshness violation.
     pub freshness_target: Duration,
+    /// [`mrr_core::Policies::digest`] of this node; peers must have the same.
+    pub policy_digest: String,
 }
 
 /// Shared pieces every session needs.

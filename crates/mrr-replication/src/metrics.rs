@@ -164,15 +164,15 @@ impl ReplicationMetrics {
             .clone()
     }
 
-    /// The conflict counter for `topic` (strategy `timestamp`, the only one today).
-    pub fn conflicts(&self, topic: &str) -> Counter {
+    /// The conflict counter for `topic` under `strategy` (a topic has one strategy per run).
+    pub fn conflicts(&self, topic: &str, strategy: &str) -> Counter {
         let mut conflicts = self.conflicts.lock().unwrap_or_else(PoisonError::into_inner);
         let topic =
             if conflicts.contains_key(topic) || conflicts.len() < TOPICS_TRACKED_MAX { topic } else { "_other" };
         conflicts
             .entry(topic.to_owned())
             .or_insert_with(|| {
-                let labels = [("topic", topic.to_owned()), ("strategy", "timestamp".to_owned())];
+                let labels = [("topic", topic.to_owned()), ("strategy", strategy.to_owned())];
                 self.recorder.register_counter(&key("mrr_conflicts_total", &labels), &METADATA)
             })
             .clone()

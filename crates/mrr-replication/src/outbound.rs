@@ -119,6 +119,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
         peer: peer.region.clone(),
         secret: cfg.secret.clone(),
         nonce: rand::rng().random::<[u8; NONCE_LEN]>(),
+        policy_digest: cfg.policy_digest.clone(),
     };
     let sent_ms = ctx.clock.now_ms();
     send(&link, to_acceptor::Msg::Hello(dialer.hello(sent_ms))).await?;

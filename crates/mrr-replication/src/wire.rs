@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use mrr_core::limits::{validate_id, validate_topic};
-use mrr_core::{Change, Key, Metadata, Op, RegionName, Timestamp, Version, VersionVector};
+use mrr_core::{Change, ChangeId, Doc, Key, Metadata, Op, RegionName, Replay, Timestamp, Version, VersionVector};
 
 use crate::proto;
 
@@ -24,14 +24,42 @@ pub fn change_to_wire(c: &Change) -> proto::Change {
         id: c.key.id.clone(),
         value: match &c.op {
             Op::Put { value } => Some(value.clone()),
-            Op::Delete => None,
+            Op::Delete | Op::Merge { .. } => None,
         },
         regions: c.metadata.regions.clone(),
         sync_flags: c.metadata.sync_flags.clone(),
         wall_ms: c.version.ts.wall_ms,
         logical: c.version.ts.logical,
         version_region: c.version.region.to_string(),
+        deps: vv_to_wire(&c.deps),
+        merge_delta: match &c.op {
+            // Serialising plain data into a Vec cannot fail.
+            Op::Merge { delta } => Some(postcard::to_stdvec(delta).unwrap_or_else(|e| unreachable!("postcard: {e}"))),
+            _ => None,
+        },
+        replay_of: c.replay_of.as_ref().map(|r| proto::ReplayOf {
+            origin: r.id.origin.to_string(),
+            seq: r.id.seq,
+            wall_ms: r.version.ts.wall_ms,
+            logical: r.version.ts.logical,
+            version_region: r.version.region.to_string(),
+        }),
     }
+}
+
+/// Decodes a merge delta and checks every JSON text in it, so a bad peer cannot store values
+/// a read would fail to show.
+fn merge_delta(bytes: &[u8]) -> Result<Doc, WireError> {
+    let doc: Doc = postcard::from_bytes(bytes).map_err(|e| WireError(format!("merge delta: {e}")))?;
+    for (name, field) in &doc.fields {
+        let texts = field.reg.iter().filter_map(|r| r.value.as_deref());
+        let elems = field.set.iter().flat_map(|s| s.adds.keys().map(String::as_str));
+        for t in texts.chain(elems) {
+            serde_json::from_str::<serde::de::IgnoredAny>(t)
+                .map_err(|e| WireError(format!("merge delta field {name:?} is not JSON: {e}")))?;
+        }
+    }
+    Ok(doc)
 }
 
 pub fn change_from_wire(c: proto::Change) -> Result<Change, WireError> {
@@ -50,12 +78,22 @@ pub fn change_from_wire(c: proto::Change) -> Result<Change, WireError> {
         origin: region(&c.origin)?,
         seq: c.seq,
         key: Key::new(c.topic, c.id),
-        op: match c.value {
-            Some(value) => Op::Put { value },
-            None => Op::Delete,
+        op: match (c.value, c.merge_delta) {
+            (Some(value), None) => Op::Put { value },
+            (None, Some(delta)) => Op::Merge { delta: merge_delta(&delta)? },
+            (None, None) => Op::Delete,
+            (Some(_), Some(_)) => return Err(WireError(format!("change {}:{} has a value and a merge delta", c.origin, c.seq))),
         },
         metadata: Metadata { regions: c.regions, sync_flags: c.sync_flags },
         version: Version { ts: Timestamp::new(c.wall_ms, c.logical), region: region(&c.version_region)? },
+        deps: vv_from_wire(c.deps)?,
+        replay_of: match c.replay_of {
+            Some(r) => Some(Replay {
+                id: ChangeId { origin: region(&r.origin)?, seq: r.seq },
+                version: Version { ts: Timestamp::new(r.wall_ms, r.logical), region: region(&r.version_region)? },
+            }),
+            None => None,
+        },
     })
 }
 
@@ -91,8 +129,22 @@ mod tests {
             op: Op::Put { value: br#"{"name":"Kaito"}"#.to_vec() },
             metadata: Metadata { regions: vec!["*".into()], sync_flags: vec!["IMPORTANT".into()] },
             version: Version { ts: Timestamp::new(5, 2), region: region("us-west").expect("valid") },
+            deps: [(region("eu-central").expect("valid"), 3)].into_iter().collect(),
+            replay_of: Some(Replay {
+                id: ChangeId { origin: region("eu-central").expect("valid"), seq: 2 },
+                version: Version { ts: Timestamp::new(4, 0), region: region("eu-central").expect("valid") },
+            }),
         };
         assert_eq!(change_from_wire(change_to_wire(&c)), Ok(c.clone()));
+        let stamp = mrr_core::doc::Stamp { version: c.version.clone(), seq: 7, deps: c.deps.clone() };
+        let mut merged = c.clone();
+        let patch = serde_json::json!({"name": "Kaito", "tags": [1]});
+        let patch = patch.as_object().cloned().unwrap_or_default();
+        merged.op = Op::Merge { delta: Doc::patch_delta(&patch, &stamp) };
+        assert_eq!(change_from_wire(change_to_wire(&merged)), Ok(merged.clone()));
+        let mut bad = change_to_wire(&merged);
+        bad.merge_delta = Some(b"\x01garbage".to_vec());
+        assert!(change_from_wire(bad).is_err(), "undecodable merge delta");
         let mut bad = change_to_wire(&c);
         bad.value = Some(b"[1]".to_vec());
         assert!(change_from_wire(bad).is_err());
