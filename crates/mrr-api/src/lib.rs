@@ -119,6 +119,13 @@ pub enum ErrorCode {
     LinksDisabled,
     UnknownRegion,
     StorageUnavailable,
+    /// A CRDT operation is malformed (unknown `op`, missing `field`, `by` not an integer...).
+    InvalidOps,
+    /// The request does not fit the topic's conflict strategy (e.g. CRDT ops on `timestamp`).
+    StrategyMismatch,
+    /// No dead letter with that id (replayed, discarded, or never failed here).
+    DeadLetterNotFound,
+    InvalidQuery,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -144,8 +151,12 @@ pub enum HealthStatus {
 /// Health of this node and of its replication from each other region.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// The worst of the regions' statuses (`ok` when this node has no peers).
+    /// The worst of the regions' statuses and the node's own warnings (`ok` when all are).
     pub status: HealthStatus,
+    /// Changes waiting in the dead-letter queue; any makes the status at least `warn`.
+    pub dead_letters: u64,
+    /// Node-level reasons for a status that is not `ok` (per-region reasons are below).
+    pub warnings: Vec<String>,
     pub region: String,
     pub lag_warn_ms: u64,
     pub lag_critical_ms: u64,
@@ -246,4 +257,61 @@ pub struct LinksView {
     pub enabled: bool,
     /// By peer region.
     pub links: BTreeMap<String, LinkSettings>,
+}
+
+/// One side of a conflict: a write, its version and what it wrote.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConflictSide {
+    /// The change id, `<origin>-<seq>`.
+    pub change: String,
+    pub version: VersionInfo,
+    /// What it wrote: the record (`timestamp`, `custom`), `null` for a delete or when only
+    /// fields are concerned (`merge`, see `fields`).
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+}
+
+/// A write that lost to a concurrent write (or, under `custom`, was merged with one).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConflictView {
+    pub topic: String,
+    pub id: String,
+    /// `timestamp`, `merge` or `custom`.
+    pub strategy: String,
+    /// `last_writer_wins`, `field_last_writer_wins`, `handler_merged` or `delete_won`.
+    pub resolution: String,
+    pub loser: ConflictSide,
+    pub winner: ConflictSide,
+    /// Under `merge`: the fields the loser lost.
+    pub fields: Vec<String>,
+    /// When this region saw the conflict (ms since the Unix epoch).
+    pub detected_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConflictList {
+    /// Oldest first.
+    pub conflicts: Vec<ConflictView>,
+    /// Pass as `since` for the next page; absent on the last page.
+    pub next_since: Option<u64>,
+}
+
+/// A change this region admitted but could not apply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeadLetterView {
+    /// The change id, `<origin>-<seq>`: the same in every region.
+    pub id: String,
+    pub topic: String,
+    pub record_id: String,
+    pub version: VersionInfo,
+    pub reason: String,
+    /// The change's record (`null` for a delete).
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+    pub failed_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeadLetterList {
+    pub dead_letters: Vec<DeadLetterView>,
 }

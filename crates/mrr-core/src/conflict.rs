@@ -42,6 +42,21 @@ impl ConflictEntry {
     }
 }
 
+/// Retention of the conflict log: the entries to drop so that none is older than
+/// `retention_ms` and at most `entries_max` remain (oldest dropped first).
+pub fn expired(entries: &[ConflictEntry], now_ms: u64, retention_ms: u64, entries_max: usize) -> Vec<(ChangeId, ChangeId)> {
+    let mut by_age: Vec<&ConflictEntry> = entries.iter().collect();
+    by_age.sort_by(|a, b| (a.detected_at_ms, a.ident()).cmp(&(b.detected_at_ms, b.ident())));
+    let over = by_age.len().saturating_sub(entries_max);
+    let horizon_ms = now_ms.saturating_sub(retention_ms);
+    by_age
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| *i < over || e.detected_at_ms < horizon_ms)
+        .map(|(_, e)| e.ident())
+        .collect()
+}
+
 /// A change this region admitted (so replication moved on) but could not apply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -54,4 +69,38 @@ pub struct DeadLetter {
     pub value: Option<String>,
     /// Local wall-clock time it first failed here.
     pub failed_at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::Timestamp;
+    use crate::region::RegionName;
+
+    fn entry(seq: u64, at_ms: u64) -> ConflictEntry {
+        let r = RegionName::new("us-west").expect("valid");
+        let side = |seq| Side {
+            id: ChangeId { origin: r.clone(), seq },
+            version: Version { ts: Timestamp::new(seq, 0), region: r.clone() },
+            value: None,
+        };
+        ConflictEntry {
+            key: Key::new("t", "k"),
+            strategy: "timestamp".into(),
+            resolution: "last_writer_wins".into(),
+            loser: side(seq),
+            winner: side(seq + 100),
+            fields: vec![],
+            detected_at_ms: at_ms,
+        }
+    }
+
+    #[test]
+    fn retention_drops_the_old_and_the_oldest_beyond_the_cap() {
+        let entries: Vec<_> = [(1, 10), (2, 50), (3, 30), (4, 90)].map(|(s, t)| entry(s, t)).to_vec();
+        let seqs = |v: Vec<(ChangeId, ChangeId)>| v.into_iter().map(|(l, _)| l.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(expired(&entries, 100, 1_000, 10)), Vec::<u64>::new());
+        assert_eq!(seqs(expired(&entries, 100, 60, 10)), [1, 3], "older than 40 ms");
+        assert_eq!(seqs(expired(&entries, 100, 1_000, 2)), [1, 3], "two oldest beyond the cap");
+    }
 }

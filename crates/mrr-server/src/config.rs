@@ -1,17 +1,19 @@
 //! `mrr-config.yaml`: parsing and validation.
 //!
 //! Start-up refuses a config it does not fully understand: an unknown key, a bad value or an
-//! inconsistent setting stops the node with the file, the line and a hint. Nothing here opens
-//! sockets or files other than the config itself.
+//! inconsistent setting stops the node with the file, the line and a hint — including a
+//! conflict handler that does not compile. Nothing here opens sockets or files other than the
+//! config itself and the handler scripts it names.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mrr_api::LinkSettings;
 use mrr_core::limits::Limits;
-use mrr_core::RegionName;
+use mrr_core::{Policies, RegionName, Rule};
 use mrr_storage::Durability;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -51,6 +53,49 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    /// Per-topic policies; a topic not listed uses `replication_rules`.
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicConfig>,
+    #[serde(default)]
+    pub conflict_log: ConflictLogConfig,
+    /// The conflict rules, with handlers compiled: built by [`Config::parse`].
+    #[serde(skip)]
+    pub policies: Arc<Policies>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Defaults to `replication_rules.conflict_strategy`.
+    #[serde(default)]
+    pub conflict_strategy: Option<ConflictStrategy>,
+    /// The Rhai script of `conflict_strategy: custom`, relative to this config file.
+    #[serde(default)]
+    pub handler: Option<PathBuf>,
+}
+
+/// Retention of the conflict log: entries older than `retention` go, and beyond `max_entries`
+/// the oldest go first.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConflictLogConfig {
+    #[serde(default = "default_conflict_retention", with = "duration")]
+    pub retention: Duration,
+    #[serde(default = "default_conflict_entries_max")]
+    pub max_entries: usize,
+}
+
+impl Default for ConflictLogConfig {
+    fn default() -> Self {
+        Self { retention: default_conflict_retention(), max_entries: default_conflict_entries_max() }
+    }
+}
+
+fn default_conflict_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_conflict_entries_max() -> usize {
+    100_000
 }
 
 /// Lag thresholds of `/health`.
@@ -120,6 +165,10 @@ pub enum ConflictStrategy {
     /// Whole-record last-writer-wins on (HLC, region).
     #[default]
     Timestamp,
+    /// Per-field last-writer-wins, plus CRDT field operations.
+    Merge,
+    /// A Rhai handler merges concurrent writes (`handler:` names the script).
+    Custom,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -236,7 +285,9 @@ impl Config {
             let hint = parse_hint(&message);
             ConfigError::Parse { path: path.to_owned(), line, column, message, hint }
         })?;
+        let mut config = config;
         config.validate(path, text)?;
+        config.policies = Arc::new(config.build_policies(path, text)?);
         Ok(config)
     }
 
@@ -321,6 +372,65 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Compiles the topic policies; an unusable handler stops start-up here, naming the topic's
+    /// line in the config and the handler's own file, line and column.
+    fn build_policies(&self, path: &Path, text: &str) -> Result<Policies, ConfigError> {
+        let invalid = |key: &str, message: String, hint: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line_of(text, key),
+            message,
+            hint: hint.to_owned(),
+        };
+        let default = match self.replication_rules.conflict_strategy {
+            ConflictStrategy::Timestamp => Rule::Timestamp,
+            ConflictStrategy::Merge => Rule::Merge,
+            ConflictStrategy::Custom => {
+                return Err(invalid(
+                    "conflict_strategy:",
+                    "replication_rules.conflict_strategy cannot be custom".into(),
+                    "a handler belongs to a topic: set `conflict_strategy: custom` and `handler:` under `topics:`",
+                ))
+            }
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut topics = BTreeMap::new();
+        for (topic, t) in &self.topics {
+            let at = format!("{topic}:");
+            mrr_core::limits::validate_topic(topic)
+                .map_err(|e| invalid(&at, format!("topic {topic:?}: {e}"), "topic names are letters, digits, - and _"))?;
+            let strategy = t.conflict_strategy.unwrap_or(self.replication_rules.conflict_strategy);
+            let rule = match (strategy, &t.handler) {
+                (ConflictStrategy::Custom, Some(handler)) => {
+                    let file = base.join(handler);
+                    let compiled = mrr_handler::RhaiHandler::load(&file, mrr_handler::Limits::default())
+                        .map_err(|e| invalid(&at, e.to_string(), "fix the script; it must define fn resolve(current, incoming)"))?;
+                    Rule::Custom(Arc::new(compiled))
+                }
+                (ConflictStrategy::Custom, None) => {
+                    return Err(invalid(
+                        &at,
+                        format!("topic {topic} has conflict_strategy: custom but no handler"),
+                        "add `handler: handlers/<name>.rhai` (relative to this config file)",
+                    ))
+                }
+                (other, Some(_)) => {
+                    return Err(invalid(
+                        &at,
+                        format!("topic {topic} names a handler but its conflict_strategy is {other:?}"),
+                        "set `conflict_strategy: custom`, or remove `handler:`",
+                    ))
+                }
+                (ConflictStrategy::Timestamp, None) => Rule::Timestamp,
+                (ConflictStrategy::Merge, None) => Rule::Merge,
+            };
+            topics.insert(topic.clone(), rule);
+        }
+        if self.conflict_log.max_entries == 0 {
+            return Err(invalid("max_entries:", "conflict_log.max_entries is 0".into(), "keep at least one entry, e.g. 100000"));
+        }
+        Ok(Policies::new(default, topics))
     }
 
     pub fn coordinator(&self) -> Option<&RegionName> {

@@ -133,6 +133,10 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     assert_eq!(store.history_entry(&a1.key, &b1.version).expect("entry"), Some(x2.clone()));
     assert_eq!(store.history_from(&a2.key, &a1.version).expect("history"), (None, vec![x3]), "other keys stay out");
     assert_eq!(store.conflicts().expect("conflicts"), vec![conflict.clone()]);
+    store.expire_conflicts(&[conflict.ident()]).expect("expire");
+    assert!(store.conflicts().expect("conflicts").is_empty());
+    store.commit(&CommitBatch { conflicts: vec![conflict.clone()], hlc_high_water: state.hlc_high_water, ..CommitBatch::default() })
+        .expect("commit");
     let cleared = CommitBatch {
         dead_letters_cleared: vec![a1.id()],
         hlc_high_water: state.hlc_high_water,

@@ -119,9 +119,6 @@ impl Store for FjallStore {
         for (key, entry) in &batch.history {
             wb.insert(&self.history, encoding::history_key(key, &entry.version), encode(entry));
         }
-        for ident in &batch.conflicts_expired {
-            wb.remove(&self.conflicts, encoding::conflict_key(ident));
-        }
         for entry in &batch.conflicts {
             wb.insert(&self.conflicts, encoding::conflict_key(&entry.ident()), encode(entry));
         }
@@ -187,6 +184,15 @@ impl Store for FjallStore {
             out.push(decode("conflict entry", &k, &v)?);
         }
         Ok(out)
+    }
+
+    fn expire_conflicts(&self, idents: &[(ChangeId, ChangeId)]) -> Result<()> {
+        let mut wb = self.db.batch();
+        for ident in idents {
+            wb.remove(&self.conflicts, encoding::conflict_key(ident));
+        }
+        wb.commit()?;
+        Ok(())
     }
 
     fn dead_letters(&self) -> Result<Vec<DeadLetter>> {

@@ -43,8 +43,6 @@ pub struct CommitBatch {
     pub history: Vec<(Key, FoldEntry)>,
     /// Conflict-log entries to add (or overwrite: one per loser and winner).
     pub conflicts: Vec<ConflictEntry>,
-    /// Conflict-log entries retention drops, by [`ConflictEntry::ident`].
-    pub conflicts_expired: Vec<(ChangeId, ChangeId)>,
     pub dead_letters: Vec<DeadLetter>,
     /// Dead letters that no longer apply: replayed, discarded, or applied by a re-fold.
     pub dead_letters_cleared: Vec<ChangeId>,
@@ -56,7 +54,6 @@ impl CommitBatch {
             && self.changes.is_empty()
             && self.history.is_empty()
             && self.conflicts.is_empty()
-            && self.conflicts_expired.is_empty()
             && self.dead_letters.is_empty()
             && self.dead_letters_cleared.is_empty()
     }
@@ -111,6 +108,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The whole conflict log, in no particular order (the caller filters and sorts).
     fn conflicts(&self) -> Result<Vec<ConflictEntry>>;
+
+    /// Drops conflict-log entries (retention), by [`ConflictEntry::ident`]. Outside the writer's
+    /// commits: nothing else deletes them, and a concurrent re-log of one is harmless.
+    fn expire_conflicts(&self, idents: &[(ChangeId, ChangeId)]) -> Result<()>;
 
     /// Every dead letter, in id order.
     fn dead_letters(&self) -> Result<Vec<DeadLetter>>;

@@ -81,9 +81,6 @@ impl Store for MemStore {
         for (k, e) in &batch.history {
             inner.history.insert((k.clone(), e.version.clone()), e.clone());
         }
-        for ident in &batch.conflicts_expired {
-            inner.conflicts.remove(ident);
-        }
         for e in &batch.conflicts {
             inner.conflicts.insert(e.ident(), e.clone());
         }
@@ -123,6 +120,14 @@ impl Store for MemStore {
 
     fn conflicts(&self) -> Result<Vec<ConflictEntry>> {
         Ok(self.lock().conflicts.values().cloned().collect())
+    }
+
+    fn expire_conflicts(&self, idents: &[(ChangeId, ChangeId)]) -> Result<()> {
+        let mut inner = self.lock();
+        for ident in idents {
+            inner.conflicts.remove(ident);
+        }
+        Ok(())
     }
 
     fn dead_letters(&self) -> Result<Vec<DeadLetter>> {

@@ -142,7 +142,6 @@ impl Engine {
             hlc_high_water: self.hlc.last(),
             history: pending.history.into_iter().map(|((k, _), e)| (k, e)).collect(),
             conflicts: pending.conflicts,
-            conflicts_expired: Vec::new(),
             dead_letters: pending.dead_letters.into_values().collect(),
             dead_letters_cleared: pending.cleared.into_iter().collect(),
         })
