@@ -161,6 +161,45 @@ impl Client {
         self.send(self.http.put(format!("{}/v1/admin/links/{peer}", self.base)).json(&settings)).await
     }
 
+    /// Partial update of `topic/id`: only the named fields change; `null` removes one.
+    pub async fn patch(&self, path: &str, fields: &Value) -> Result<RecordEnvelope> {
+        let (topic, id) = split_path(path)?;
+        self.send(self.http.patch(format!("{}/v1/records/{topic}/{id}", self.base)).json(fields)).await
+    }
+
+    /// CRDT operations on `topic/id` (one operation object or an array), e.g.
+    /// `{"op":"incr","field":"views","by":3}`. The topic needs `conflict_strategy: merge`.
+    pub async fn ops(&self, path: &str, ops: &Value) -> Result<RecordEnvelope> {
+        let (topic, id) = split_path(path)?;
+        self.send(self.http.post(format!("{}/v1/records/{topic}/{id}/ops", self.base)).json(ops)).await
+    }
+
+    /// The conflict log, oldest first, optionally one topic's and since a time (ms).
+    pub async fn conflicts(&self, topic: Option<&str>, since_ms: Option<u64>) -> Result<ConflictList> {
+        let mut query = Vec::new();
+        if let Some(t) = topic {
+            query.push(("topic", t.to_owned()));
+        }
+        if let Some(s) = since_ms {
+            query.push(("since", s.to_string()));
+        }
+        self.send(self.http.get(format!("{}/v1/conflicts", self.base)).query(&query)).await
+    }
+
+    pub async fn dead_letters(&self) -> Result<DeadLetterList> {
+        self.send(self.http.get(format!("{}/v1/dlq", self.base))).await
+    }
+
+    /// Applies a dead letter again (once cluster-wide); returns the record it produced.
+    pub async fn replay(&self, id: &str) -> Result<RecordEnvelope> {
+        self.send(self.http.post(format!("{}/v1/dlq/{id}/replay", self.base))).await
+    }
+
+    /// Discards a dead letter in this region; returns it.
+    pub async fn discard(&self, id: &str) -> Result<DeadLetterView> {
+        self.send(self.http.delete(format!("{}/v1/dlq/{id}", self.base))).await
+    }
+
     async fn send<T: DeserializeOwned>(&self, mut request: reqwest::RequestBuilder) -> Result<T> {
         if let Some(k) = &self.api_key {
             request = request.bearer_auth(k);

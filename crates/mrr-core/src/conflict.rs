@@ -44,9 +44,14 @@ impl ConflictEntry {
 
 /// Retention of the conflict log: the entries to drop so that none is older than
 /// `retention_ms` and at most `entries_max` remain (oldest dropped first).
-pub fn expired(entries: &[ConflictEntry], now_ms: u64, retention_ms: u64, entries_max: usize) -> Vec<(ChangeId, ChangeId)> {
+pub fn expired(
+    entries: &[ConflictEntry],
+    now_ms: u64,
+    retention_ms: u64,
+    entries_max: usize,
+) -> Vec<(ChangeId, ChangeId)> {
     let mut by_age: Vec<&ConflictEntry> = entries.iter().collect();
-    by_age.sort_by(|a, b| (a.detected_at_ms, a.ident()).cmp(&(b.detected_at_ms, b.ident())));
+    by_age.sort_by_key(|e| (e.detected_at_ms, e.ident()));
     let over = by_age.len().saturating_sub(entries_max);
     let horizon_ms = now_ms.saturating_sub(retention_ms);
     by_age

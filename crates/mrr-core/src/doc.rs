@@ -245,11 +245,9 @@ impl Doc {
     /// Joins `other` into `self` (the lattice join).
     pub fn join(&mut self, other: &Doc) {
         self.presence = match (self.presence.take(), &other.presence) {
-            (Some(a), Some(b)) => Some(if (&b.stamp.version, b.present) > (&a.stamp.version, a.present) {
-                b.clone()
-            } else {
-                a
-            }),
+            (Some(a), Some(b)) => {
+                Some(if (&b.stamp.version, b.present) > (&a.stamp.version, a.present) { b.clone() } else { a })
+            }
             (a, b) => a.or_else(|| b.clone()),
         };
         max_opt(&mut self.floor, &other.floor);
@@ -487,15 +485,19 @@ mod tests {
             let d = match w {
                 W::Put(f, v) => Doc::put_delta(Some(&base), &obj(json!({ FIELDS[*f]: v, "k": 1 })), &stamp),
                 W::Patch(f, v) => Doc::patch_delta(&obj(json!({ FIELDS[*f]: v })), &stamp),
-                W::Incr(f, by) => {
-                    Doc::ops_delta(Some(&base), &[FieldOp::Incr { field: FIELDS[*f].into(), by: i64::from(*by) }], &stamp)
-                }
+                W::Incr(f, by) => Doc::ops_delta(
+                    Some(&base),
+                    &[FieldOp::Incr { field: FIELDS[*f].into(), by: i64::from(*by) }],
+                    &stamp,
+                ),
                 W::Add(f, v) => {
                     Doc::ops_delta(Some(&base), &[FieldOp::Add { field: FIELDS[*f].into(), value: json!(v) }], &stamp)
                 }
-                W::Remove(f, v) => {
-                    Doc::ops_delta(Some(&base), &[FieldOp::Remove { field: FIELDS[*f].into(), value: json!(v) }], &stamp)
-                }
+                W::Remove(f, v) => Doc::ops_delta(
+                    Some(&base),
+                    &[FieldOp::Remove { field: FIELDS[*f].into(), value: json!(v) }],
+                    &stamp,
+                ),
                 W::Delete => Doc::delete_delta(Some(&base), &stamp),
             };
             let mut own = deps;
@@ -567,10 +569,19 @@ mod tests {
 
     #[test]
     fn concurrent_edits_of_different_fields_both_survive_and_same_field_falls_back_to_lww() {
-        let base = Doc::put_delta(None, &obj(json!({"name": "Ann", "email": "a@x", "city": "Oslo"})), &stamp(1, 0, 1, &[]));
+        let base =
+            Doc::put_delta(None, &obj(json!({"name": "Ann", "email": "a@x", "city": "Oslo"})), &stamp(1, 0, 1, &[]));
         let seen = [(0, 1)];
-        let a = Doc::put_delta(Some(&base), &obj(json!({"name": "Anne", "email": "a@x", "city": "Rome"})), &stamp(5, 0, 2, &seen));
-        let b = Doc::put_delta(Some(&base), &obj(json!({"name": "Ann", "email": "b@x", "city": "Pisa"})), &stamp(6, 1, 1, &seen));
+        let a = Doc::put_delta(
+            Some(&base),
+            &obj(json!({"name": "Anne", "email": "a@x", "city": "Rome"})),
+            &stamp(5, 0, 2, &seen),
+        );
+        let b = Doc::put_delta(
+            Some(&base),
+            &obj(json!({"name": "Ann", "email": "b@x", "city": "Pisa"})),
+            &stamp(6, 1, 1, &seen),
+        );
         let mut x = base.clone();
         let lost_x = [x.join_reporting(&a), x.join_reporting(&b)].concat();
         let mut y = base.clone();
@@ -601,13 +612,24 @@ mod tests {
 
     #[test]
     fn add_wins_over_a_concurrent_remove_and_delete_keeps_what_it_did_not_see() {
-        let add1 = Doc::ops_delta(None, &[FieldOp::Add { field: "tags".into(), value: json!("x") }], &stamp(1, 0, 1, &[]));
-        let rm = Doc::ops_delta(Some(&add1), &[FieldOp::Remove { field: "tags".into(), value: json!("x") }], &stamp(3, 1, 1, &[(0, 1)]));
-        let add2 = Doc::ops_delta(Some(&add1), &[FieldOp::Add { field: "tags".into(), value: json!("x") }], &stamp(2, 0, 2, &[(0, 1)]));
+        let add1 =
+            Doc::ops_delta(None, &[FieldOp::Add { field: "tags".into(), value: json!("x") }], &stamp(1, 0, 1, &[]));
+        let rm = Doc::ops_delta(
+            Some(&add1),
+            &[FieldOp::Remove { field: "tags".into(), value: json!("x") }],
+            &stamp(3, 1, 1, &[(0, 1)]),
+        );
+        let add2 = Doc::ops_delta(
+            Some(&add1),
+            &[FieldOp::Add { field: "tags".into(), value: json!("x") }],
+            &stamp(2, 0, 2, &[(0, 1)]),
+        );
         let d = joined(&[&add1, &rm, &add2]);
         assert_eq!(d.to_value().and_then(|m| m.get("tags").cloned()), Some(json!(["x"])));
 
-        let inc = |ts, r, seq, cur: Option<&Doc>| Doc::ops_delta(cur, &[FieldOp::Incr { field: "n".into(), by: 5 }], &stamp(ts, r, seq, &[]));
+        let inc = |ts, r, seq, cur: Option<&Doc>| {
+            Doc::ops_delta(cur, &[FieldOp::Incr { field: "n".into(), by: 5 }], &stamp(ts, r, seq, &[]))
+        };
         let i1 = inc(1, 0, 1, None);
         let del = Doc::delete_delta(Some(&i1), &stamp(4, 1, 1, &[(0, 1)]));
         let i2 = inc(3, 2, 1, None); // concurrent with the delete: survives it

@@ -12,7 +12,11 @@ use serde_json::{Map, Value};
 /// merged record. Must be deterministic (same inputs, same output or same error, in every
 /// region); need not be commutative — the engine feeds writes in version order.
 pub trait Resolver: Send + Sync + fmt::Debug {
-    fn resolve(&self, current: &Map<String, Value>, incoming: &Map<String, Value>) -> Result<Map<String, Value>, String>;
+    fn resolve(
+        &self,
+        current: &Map<String, Value>,
+        incoming: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, String>;
 
     /// Identifies the handler's code, for the cross-region policy digest.
     fn fingerprint(&self) -> String;

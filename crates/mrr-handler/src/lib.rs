@@ -50,7 +50,9 @@ pub enum CompileError {
     Read { path: String, source: std::io::Error },
     #[error("conflict handler {path}:{line}:{column}: {message}")]
     Syntax { path: String, line: usize, column: usize, message: String },
-    #[error("conflict handler {path} defines no `fn resolve(current, incoming)`: add one that returns the merged record")]
+    #[error(
+        "conflict handler {path} defines no `fn resolve(current, incoming)`: add one that returns the merged record"
+    )]
     NoResolve { path: String },
 }
 
@@ -110,7 +112,11 @@ impl RhaiHandler {
 }
 
 impl Resolver for RhaiHandler {
-    fn resolve(&self, current: &Map<String, Value>, incoming: &Map<String, Value>) -> Result<Map<String, Value>, String> {
+    fn resolve(
+        &self,
+        current: &Map<String, Value>,
+        incoming: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, String> {
         let arg = |m: &Map<String, Value>| {
             rhai::serde::to_dynamic(Value::Object(m.clone())).map_err(|e| format!("record not representable: {e}"))
         };
@@ -118,8 +124,8 @@ impl Resolver for RhaiHandler {
             .engine
             .call_fn(&mut Scope::new(), &self.ast, "resolve", (arg(current)?, arg(incoming)?))
             .map_err(|e| format!("{}: {e}", self.path))?;
-        let value: Value =
-            rhai::serde::from_dynamic(&out).map_err(|e| format!("{}: resolve returned no JSON value: {e}", self.path))?;
+        let value: Value = rhai::serde::from_dynamic(&out)
+            .map_err(|e| format!("{}: resolve returned no JSON value: {e}", self.path))?;
         let Value::Object(merged) = value else {
             return Err(format!("{}: resolve must return an object map, returned {value}", self.path));
         };
@@ -170,9 +176,14 @@ mod tests {
     #[test]
     fn orders_sample_moves_status_forward_and_unions_items() {
         let h = example("orders.rhai");
-        let item = |id: &str, qty: i64, at: i64| json!({"productId": id, "price": 2.5, "quantity": qty, "updatedAt": at});
-        let a = obj(json!({"id": "o1", "status": "shipped", "items": [item("p1", 1, 10), item("p2", 1, 10)], "totalAmount": 5.0}));
-        let b = obj(json!({"id": "o1", "status": "confirmed", "items": [item("p2", 3, 20), item("p3", 2, 20)], "totalAmount": 12.5}));
+        let item =
+            |id: &str, qty: i64, at: i64| json!({"productId": id, "price": 2.5, "quantity": qty, "updatedAt": at});
+        let a = obj(
+            json!({"id": "o1", "status": "shipped", "items": [item("p1", 1, 10), item("p2", 1, 10)], "totalAmount": 5.0}),
+        );
+        let b = obj(
+            json!({"id": "o1", "status": "confirmed", "items": [item("p2", 3, 20), item("p3", 2, 20)], "totalAmount": 12.5}),
+        );
         let merged = h.resolve(&a, &b).expect("resolve");
         assert_eq!(merged.get("status"), Some(&json!("shipped")), "status never moves back");
         assert_eq!(merged.get("items"), Some(&json!([item("p1", 1, 10), item("p2", 3, 20), item("p3", 2, 20)])));
@@ -198,10 +209,13 @@ mod tests {
         let not_map = RhaiHandler::compile("n.rhai", "fn resolve(c, i) { 42 }", limits).expect("compiles");
         assert!(not_map.resolve(&Map::new(), &Map::new()).expect_err("not a map").contains("object map"));
         assert!(RhaiHandler::compile("e.rhai", "fn resolve(c, i) { eval(\"1\") }", limits).is_err(), "eval is off");
-        assert!(RhaiHandler::compile("t.rhai", "fn resolve(c, i) { timestamp() }", limits)
-            .expect("compiles")
-            .resolve(&Map::new(), &Map::new())
-            .is_err(), "no clock");
+        assert!(
+            RhaiHandler::compile("t.rhai", "fn resolve(c, i) { timestamp() }", limits)
+                .expect("compiles")
+                .resolve(&Map::new(), &Map::new())
+                .is_err(),
+            "no clock"
+        );
         match RhaiHandler::compile("bad.rhai", "fn resolve(c, i) {\n  let x = ;\n}", limits) {
             Err(CompileError::Syntax { line: 2, .. }) => {}
             other => panic!("want a syntax error on line 2, got {other:?}"),

@@ -53,9 +53,7 @@ fn handshake_status(e: HandshakeError) -> Status {
         HandshakeError::BadProof(_) => Status::unauthenticated(e.to_string()),
         HandshakeError::ProtocolMismatch { .. }
         | HandshakeError::ClusterMismatch { .. }
-        | HandshakeError::PolicyMismatch { .. } => {
-            Status::failed_precondition(e.to_string())
-        }
+        | HandshakeError::PolicyMismatch { .. } => Status::failed_precondition(e.to_string()),
         _ => Status::invalid_argument(e.to_string()),
     }
 }

@@ -82,7 +82,9 @@ pub fn change_from_wire(c: proto::Change) -> Result<Change, WireError> {
             (Some(value), None) => Op::Put { value },
             (None, Some(delta)) => Op::Merge { delta: merge_delta(&delta)? },
             (None, None) => Op::Delete,
-            (Some(_), Some(_)) => return Err(WireError(format!("change {}:{} has a value and a merge delta", c.origin, c.seq))),
+            (Some(_), Some(_)) => {
+                return Err(WireError(format!("change {}:{} has a value and a merge delta", c.origin, c.seq)))
+            }
         },
         metadata: Metadata { regions: c.regions, sync_flags: c.sync_flags },
         version: Version { ts: Timestamp::new(c.wall_ms, c.logical), region: region(&c.version_region)? },

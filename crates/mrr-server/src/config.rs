@@ -398,14 +398,17 @@ impl Config {
         let mut topics = BTreeMap::new();
         for (topic, t) in &self.topics {
             let at = format!("{topic}:");
-            mrr_core::limits::validate_topic(topic)
-                .map_err(|e| invalid(&at, format!("topic {topic:?}: {e}"), "topic names are letters, digits, - and _"))?;
+            mrr_core::limits::validate_topic(topic).map_err(|e| {
+                invalid(&at, format!("topic {topic:?}: {e}"), "topic names are letters, digits, - and _")
+            })?;
             let strategy = t.conflict_strategy.unwrap_or(self.replication_rules.conflict_strategy);
             let rule = match (strategy, &t.handler) {
                 (ConflictStrategy::Custom, Some(handler)) => {
                     let file = base.join(handler);
-                    let compiled = mrr_handler::RhaiHandler::load(&file, mrr_handler::Limits::default())
-                        .map_err(|e| invalid(&at, e.to_string(), "fix the script; it must define fn resolve(current, incoming)"))?;
+                    let compiled =
+                        mrr_handler::RhaiHandler::load(&file, mrr_handler::Limits::default()).map_err(|e| {
+                            invalid(&at, e.to_string(), "fix the script; it must define fn resolve(current, incoming)")
+                        })?;
                     Rule::Custom(Arc::new(compiled))
                 }
                 (ConflictStrategy::Custom, None) => {
@@ -428,7 +431,11 @@ impl Config {
             topics.insert(topic.clone(), rule);
         }
         if self.conflict_log.max_entries == 0 {
-            return Err(invalid("max_entries:", "conflict_log.max_entries is 0".into(), "keep at least one entry, e.g. 100000"));
+            return Err(invalid(
+                "max_entries:",
+                "conflict_log.max_entries is 0".into(),
+                "keep at least one entry, e.g. 100000",
+            ));
         }
         Ok(Policies::new(default, topics))
     }

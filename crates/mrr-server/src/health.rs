@@ -103,7 +103,8 @@ mod tests {
 
     #[test]
     fn thresholds_and_worst_status() {
-        let h = evaluate("a", &[peer("b", Some(120), true), peer("c", Some(6_000), true)], T, Duration::from_secs(60), 0);
+        let h =
+            evaluate("a", &[peer("b", Some(120), true), peer("c", Some(6_000), true)], T, Duration::from_secs(60), 0);
         assert_eq!(h.status, HealthStatus::Warn);
         assert_eq!(h.regions[0].status, HealthStatus::Ok);
         assert!(!h.regions[0].beyond_freshness_target);

@@ -20,10 +20,10 @@ use mrr_api::{
     NodeStatus, RecordEnvelope, RecordList, RecordMetadata, VersionInfo, WriteToken,
 };
 use mrr_core::limits::{json_depth, validate_id, validate_topic, Limits};
-use mrr_core::{Key, Metadata, Record, RegionName};
+use mrr_core::{FieldOp, Key, Metadata, Policies, Record, RegionName, Rule};
 use mrr_replication::{LinkSpec, Links, StatusBoard};
 use mrr_storage::Store;
-use mrr_writer::{Committed, LocalOp, WriteError, Writer};
+use mrr_writer::{Committed, LocalOp, Rejection, WriteError, Writer};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::OpenApi;
@@ -45,6 +45,7 @@ pub struct AppState {
     pub health: crate::health::Thresholds,
     pub metrics: crate::metrics::ServerMetrics,
     pub replication_metrics: mrr_replication::metrics::ReplicationMetrics,
+    pub policies: Arc<Policies>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -62,11 +63,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
     }
 
-    fn bad(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn message_text(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn bad(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 }
@@ -80,7 +85,17 @@ impl IntoResponse for ApiError {
 
 impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, e.to_string())
+        match &e {
+            WriteError::Rejected(r @ Rejection::OpsNeedMerge { .. }) => {
+                Self::new(StatusCode::CONFLICT, ErrorCode::StrategyMismatch, r.to_string())
+            }
+            WriteError::Rejected(r @ Rejection::NoSuchDeadLetter(_)) => {
+                Self::new(StatusCode::NOT_FOUND, ErrorCode::DeadLetterNotFound, r.to_string())
+            }
+            WriteError::Storage(_) | WriteError::Stopped => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, e.to_string())
+            }
+        }
     }
 }
 
@@ -91,7 +106,7 @@ impl From<mrr_storage::StoreError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -105,8 +120,14 @@ type ApiResult<T> = Result<T, ApiError>;
         watch_applied,
         publish,
         put_record,
+        patch_record,
+        record_ops,
         get_record,
         delete_record,
+        crate::review::list_conflicts,
+        crate::review::list_dead_letters,
+        crate::review::replay_dead_letter,
+        crate::review::discard_dead_letter,
         list_records,
         batch,
         node_status,
@@ -133,7 +154,12 @@ type ApiResult<T> = Result<T, ApiError>;
         mrr_api::PeerStatus,
         LinkSettings,
         LinksView,
-        mrr_api::AppliedEvent
+        mrr_api::AppliedEvent,
+        mrr_api::ConflictSide,
+        mrr_api::ConflictView,
+        mrr_api::ConflictList,
+        mrr_api::DeadLetterView,
+        mrr_api::DeadLetterList
     ))
 )]
 struct ApiDoc;
@@ -146,7 +172,12 @@ pub fn router(state: AppState) -> Router {
     let body_max = state.limits.body_bytes_max;
     let v1 = Router::new()
         .route("/records/{topic}", post(publish).get(list_records))
-        .route("/records/{topic}/{id}", put(put_record).get(get_record).delete(delete_record))
+        .route("/records/{topic}/{id}", put(put_record).patch(patch_record).get(get_record).delete(delete_record))
+        .route("/records/{topic}/{id}/ops", post(record_ops))
+        .route("/conflicts", get(crate::review::list_conflicts))
+        .route("/dlq", get(crate::review::list_dead_letters))
+        .route("/dlq/{id}", axum::routing::delete(crate::review::discard_dead_letter))
+        .route("/dlq/{id}/replay", post(crate::review::replay_dead_letter))
         .route("/batch", post(batch))
         .route("/status", get(node_status))
         .route("/watch/applied", get(watch_applied))
@@ -196,15 +227,16 @@ struct HealthQuery {
 /// Overall and per-region health from freshness lag (warn and critical thresholds in config).
 #[utoipa::path(get, path = "/health", params(HealthQuery),
     responses((status = 200, body = Health), (status = 503, body = Health, description = "critical, with ?strict=true")))]
-async fn health(State(state): State<AppState>, Query(q): Query<HealthQuery>) -> (StatusCode, Json<Health>) {
+async fn health(State(state): State<AppState>, Query(q): Query<HealthQuery>) -> ApiResult<(StatusCode, Json<Health>)> {
     let peers = state.status.snapshot(state.clock.now_ms());
-    let h = crate::health::evaluate(state.region.as_str(), &peers, state.health, state.started.elapsed());
+    let dead_letters = crate::review::refresh_dlq_gauges(&state)?;
+    let h = crate::health::evaluate(state.region.as_str(), &peers, state.health, state.started.elapsed(), dead_letters);
     let code = if q.strict && h.status == mrr_api::HealthStatus::Critical {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
-    (code, Json(h))
+    Ok((code, Json(h)))
 }
 
 /// Prometheus text exposition of this node's metrics.
@@ -212,6 +244,10 @@ async fn health(State(state): State<AppState>, Query(q): Query<HealthQuery>) -> 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.replication_metrics.refresh(&state.status.snapshot(state.clock.now_ms()));
     state.metrics.storage_bytes.set(state.store.disk_bytes() as f64);
+    if let Err(e) = crate::review::refresh_dlq_gauges(&state) {
+        // Rendered anyway: the other families are still worth scraping.
+        tracing::warn!(error = %e.message_text(), "dead-letter gauges not refreshed");
+    }
     ([("content-type", "text/plain; version=0.0.4")], state.metrics.handle.render())
 }
 
@@ -237,6 +273,99 @@ async fn put_record(
 ) -> ApiResult<Json<RecordEnvelope>> {
     let op = parse_put(&state.limits, &topic, Some(&id), &body_bytes(body)?)?;
     write_one(&state, op).await
+}
+
+/// Partial update: only the fields named change (`null` removes a field). Under
+/// `conflict_strategy: merge` only those fields take the new version, so concurrent edits of
+/// other fields elsewhere survive; under `timestamp` and `custom` the patched record competes
+/// as a whole. `__metadata`, when given, replaces the record's metadata.
+#[utoipa::path(patch, path = "/v1/records/{topic}/{id}", request_body = Object,
+    params(("topic" = String, Path), ("id" = String, Path)), responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody)))]
+async fn patch_record(
+    State(state): State<AppState>,
+    Path((topic, id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<RecordEnvelope>> {
+    let key = parse_key(&topic, &id)?;
+    let value: Value = serde_json::from_slice(&body_bytes(body)?).map_err(|e| json_error(&e))?;
+    let (mut fields, metadata) = split_record(&state.limits, value)?;
+    if fields.get("id").is_some_and(|v| v.as_str() != Some(id.as_str())) {
+        return Err(ApiError::bad(ErrorCode::IdMismatch, "a patch cannot change `id`"));
+    }
+    fields.remove("id");
+    let op = LocalOp::Patch { key, fields: encode_record(&state.limits, fields)?, metadata };
+    write_one(&state, op).await
+}
+
+/// Operations accepted by `/ops` in one request.
+const OPS_PER_REQUEST_MAX: usize = 100;
+
+/// CRDT field operations, applied in order as one write: `incr` (PN-counter; negative `by`
+/// decrements), `add`/`remove` (add-wins set), `set` (a plain field). The body is one operation,
+/// an array of them, or `{"ops": [...]}`. Needs `conflict_strategy: merge` on the topic.
+#[utoipa::path(post, path = "/v1/records/{topic}/{id}/ops", request_body = Object,
+    params(("topic" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn record_ops(
+    State(state): State<AppState>,
+    Path((topic, id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<RecordEnvelope>> {
+    let key = parse_key(&topic, &id)?;
+    let rule = state.policies.rule(&topic);
+    if !matches!(rule, Rule::Merge) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::StrategyMismatch,
+            format!("topic {topic} uses conflict_strategy {}; CRDT operations need `conflict_strategy: merge` (set it under `topics:`)", rule.name()),
+        ));
+    }
+    let value: Value = serde_json::from_slice(&body_bytes(body)?).map_err(|e| json_error(&e))?;
+    let ops = parse_ops(&state.limits, value)?;
+    write_one(&state, LocalOp::Ops { key, ops }).await
+}
+
+fn parse_ops(limits: &Limits, value: Value) -> ApiResult<Vec<FieldOp>> {
+    let list = match value {
+        Value::Array(items) => items,
+        Value::Object(mut m) if m.contains_key("ops") && m.len() == 1 => match m.remove("ops") {
+            Some(Value::Array(items)) => items,
+            _ => return Err(ApiError::bad(ErrorCode::InvalidOps, "`ops` must be an array of operations")),
+        },
+        op @ Value::Object(_) => vec![op],
+        _ => {
+            return Err(ApiError::bad(ErrorCode::InvalidOps, "send an operation object, an array, or {\"ops\": [...]}"))
+        }
+    };
+    if list.is_empty() || list.len() > OPS_PER_REQUEST_MAX {
+        return Err(ApiError::bad(ErrorCode::InvalidOps, format!("send 1 to {OPS_PER_REQUEST_MAX} operations")));
+    }
+    let mut ops = Vec::with_capacity(list.len());
+    for (i, item) in list.into_iter().enumerate() {
+        let op: FieldOp = serde_json::from_value(item).map_err(|e| {
+            ApiError::bad(
+                ErrorCode::InvalidOps,
+                format!("operation {i}: {e}; expected e.g. {{\"op\":\"incr\",\"field\":\"views\",\"by\":3}}"),
+            )
+        })?;
+        let field = op.field();
+        if field.is_empty() || field == "id" || field == "__metadata" || field.len() > 256 {
+            return Err(ApiError::bad(
+                ErrorCode::InvalidOps,
+                format!("operation {i}: field {field:?} cannot be operated on"),
+            ));
+        }
+        if let FieldOp::Add { value, .. } | FieldOp::Remove { value, .. } | FieldOp::Set { value, .. } = &op {
+            if json_depth(value) + 1 > limits.json_depth_max || value.to_string().len() > limits.record_bytes_max {
+                return Err(ApiError::bad(
+                    ErrorCode::InvalidOps,
+                    format!("operation {i}: value too deep or too large"),
+                ));
+            }
+        }
+        ops.push(op);
+    }
+    Ok(ops)
 }
 
 /// Query one record: `query('users/u001')`.
@@ -446,9 +575,11 @@ async fn timed_write(state: &AppState, latency: &metrics::Histogram, ops: Vec<Lo
     }
 }
 
-async fn write_one(state: &AppState, op: LocalOp) -> ApiResult<Json<RecordEnvelope>> {
+pub(crate) async fn write_one(state: &AppState, op: LocalOp) -> ApiResult<Json<RecordEnvelope>> {
     let latency = match op {
-        LocalOp::Put { .. } => &state.metrics.write_latency_put,
+        LocalOp::Put { .. } | LocalOp::Replay { .. } => &state.metrics.write_latency_put,
+        LocalOp::Patch { .. } => &state.metrics.write_latency_patch,
+        LocalOp::Ops { .. } => &state.metrics.write_latency_ops,
         LocalOp::Delete { .. } => &state.metrics.write_latency_delete,
     };
     let committed: Vec<Committed> = timed_write(state, latency, vec![op]).await?;
@@ -491,9 +622,8 @@ fn parse_put(limits: &Limits, topic: &str, path_id: Option<&str>, body: &[u8]) -
     parse_put_value(limits, topic, path_id, value)
 }
 
-/// Validates a record and splits off its `__metadata`.
-fn parse_put_value(limits: &Limits, topic: &str, path_id: Option<&str>, value: Value) -> ApiResult<LocalOp> {
-    validate_topic(topic).map_err(|e| ApiError::bad(ErrorCode::InvalidTopic, e.to_string()))?;
+/// Checks a record body's shape, depth and metadata, and splits off its `__metadata`.
+fn split_record(limits: &Limits, value: Value) -> ApiResult<(serde_json::Map<String, Value>, Option<Metadata>)> {
     let Value::Object(mut object) = value else {
         return Err(ApiError::bad(ErrorCode::NotAnObject, "a record must be a JSON object"));
     };
@@ -505,11 +635,13 @@ fn parse_put_value(limits: &Limits, topic: &str, path_id: Option<&str>, value: V
         ));
     }
     let metadata = match object.remove("__metadata") {
-        None => RecordMetadata::default(),
-        Some(m) => serde_json::from_value::<RecordMetadata>(m)
-            .map_err(|e| ApiError::bad(ErrorCode::InvalidMetadata, format!("__metadata: {e}")))?,
+        None => None,
+        Some(m) => Some(
+            serde_json::from_value::<RecordMetadata>(m)
+                .map_err(|e| ApiError::bad(ErrorCode::InvalidMetadata, format!("__metadata: {e}")))?,
+        ),
     };
-    for r in &metadata.regions {
+    for r in metadata.iter().flat_map(|m| &m.regions) {
         if r != "*" && RegionName::new(r.clone()).is_err() {
             return Err(ApiError::bad(
                 ErrorCode::InvalidMetadata,
@@ -517,6 +649,28 @@ fn parse_put_value(limits: &Limits, topic: &str, path_id: Option<&str>, value: V
             ));
         }
     }
+    let metadata = metadata.map(|m| Metadata { regions: m.regions, sync_flags: m.sync_flags });
+    Ok((object, metadata))
+}
+
+/// The stored bytes of a record, within `record_bytes_max`.
+fn encode_record(limits: &Limits, object: serde_json::Map<String, Value>) -> ApiResult<Vec<u8>> {
+    let bytes =
+        serde_json::to_vec(&Value::Object(object)).map_err(|e| ApiError::bad(ErrorCode::InvalidJson, e.to_string()))?;
+    if bytes.len() > limits.record_bytes_max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RecordTooLarge,
+            format!("record is {} bytes; at most {}", bytes.len(), limits.record_bytes_max),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Validates a record and splits off its `__metadata`.
+fn parse_put_value(limits: &Limits, topic: &str, path_id: Option<&str>, value: Value) -> ApiResult<LocalOp> {
+    validate_topic(topic).map_err(|e| ApiError::bad(ErrorCode::InvalidTopic, e.to_string()))?;
+    let (object, metadata) = split_record(limits, value)?;
     let body_id = match object.get("id") {
         None => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -536,20 +690,7 @@ fn parse_put_value(limits: &Limits, topic: &str, path_id: Option<&str>, value: V
         }
     };
     let key = parse_key(topic, &id)?;
-    let bytes =
-        serde_json::to_vec(&Value::Object(object)).map_err(|e| ApiError::bad(ErrorCode::InvalidJson, e.to_string()))?;
-    if bytes.len() > limits.record_bytes_max {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::RecordTooLarge,
-            format!("record is {} bytes; at most {}", bytes.len(), limits.record_bytes_max),
-        ));
-    }
-    Ok(LocalOp::Put {
-        key,
-        value: bytes,
-        metadata: Metadata { regions: metadata.regions, sync_flags: metadata.sync_flags },
-    })
+    Ok(LocalOp::Put { key, value: encode_record(limits, object)?, metadata: metadata.unwrap_or_default() })
 }
 
 pub fn envelope(key: &Key, r: &Record) -> RecordEnvelope {

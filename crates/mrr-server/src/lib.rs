@@ -9,6 +9,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod review;
 
 pub use config::Config;
 pub use node::{Listeners, Node, NodeOptions, StartError};

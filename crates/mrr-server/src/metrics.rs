@@ -31,9 +31,13 @@ pub struct ServerMetrics {
     pub handle: PrometheusHandle,
     pub write_latency_put: Histogram,
     pub write_latency_delete: Histogram,
+    pub write_latency_patch: Histogram,
+    pub write_latency_ops: Histogram,
     pub write_latency_batch: Histogram,
     pub write_errors: Counter,
     pub storage_bytes: Gauge,
+    pub dlq_size: Gauge,
+    pub dlq_oldest_age: Gauge,
 }
 
 impl std::fmt::Debug for ServerMetrics {
@@ -59,6 +63,16 @@ impl ServerMetrics {
             Some(Unit::Bytes),
             "Bytes this node's store occupies on disk.".into(),
         );
+        r.describe_gauge(
+            "mrr_dlq_size".into(),
+            Some(Unit::Count),
+            "Changes in this region's dead-letter queue (admitted, not applied).".into(),
+        );
+        r.describe_gauge(
+            "mrr_dlq_oldest_age_seconds".into(),
+            Some(Unit::Seconds),
+            "Age of the oldest dead letter (0 when the queue is empty).".into(),
+        );
         let latency = |op: &'static str| {
             r.register_histogram(&Key::from_parts("mrr_write_latency_seconds", vec![Label::new("op", op)]), &METADATA)
         };
@@ -66,9 +80,13 @@ impl ServerMetrics {
             handle,
             write_latency_put: latency("put"),
             write_latency_delete: latency("delete"),
+            write_latency_patch: latency("patch"),
+            write_latency_ops: latency("ops"),
             write_latency_batch: latency("batch"),
             write_errors: r.register_counter(&Key::from_name("mrr_write_errors_total"), &METADATA),
             storage_bytes: r.register_gauge(&Key::from_name("mrr_storage_bytes"), &METADATA),
+            dlq_size: r.register_gauge(&Key::from_name("mrr_dlq_size"), &METADATA),
+            dlq_oldest_age: r.register_gauge(&Key::from_name("mrr_dlq_oldest_age_seconds"), &METADATA),
         }
     }
 }

@@ -107,9 +107,15 @@ impl Node {
             Durability::Buffered => Some(options.sync_interval),
         };
         let writer_config = WriterConfig { sync_interval, ..WriterConfig::default() };
-        let writer =
-            Writer::start(config.region.clone(), max_skew_ms, store.clone(), options.clock.clone(), writer_config)
-                .map_err(|source| StartError::Store { path: data, source })?;
+        let writer = Writer::start(
+            config.region.clone(),
+            max_skew_ms,
+            store.clone(),
+            options.clock.clone(),
+            writer_config,
+            config.policies.clone(),
+        )
+        .map_err(|source| StartError::Store { path: data, source })?;
 
         let links = match &config.links {
             None => Links::disabled(),
@@ -136,6 +142,7 @@ impl Node {
             reconnect_backoff_max: Duration::from_secs(5),
             limits: OutboundLimits::default(),
             freshness_target: config.replication_rules.default_ttl,
+            policy_digest: config.policies.digest(),
         };
         let (recorder, metrics_handle) = crate::metrics::recorder();
         let replicator = Replicator::start(
@@ -168,13 +175,28 @@ impl Node {
             },
             metrics: crate::metrics::ServerMetrics::new(recorder.as_ref(), metrics_handle.clone()),
             replication_metrics: replicator.metrics.clone(),
+            policies: config.policies.clone(),
         };
-        // Histogram samples are folded into buckets here and at every scrape.
+        // Histogram samples are folded into buckets here and at every scrape; the conflict log
+        // is trimmed to its retention every 12 ticks (a minute).
+        let (upkeep_store, upkeep_clock) = (state.store.clone(), options.clock.clone());
+        let retention_ms = u64::try_from(config.conflict_log.retention.as_millis()).unwrap_or(u64::MAX);
+        let entries_max = config.conflict_log.max_entries;
         let upkeep = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
+            for n in 0u64.. {
                 tick.tick().await;
                 metrics_handle.run_upkeep();
+                if n % 12 == 0 {
+                    let (store, now_ms) = (upkeep_store.clone(), upkeep_clock.now_ms());
+                    let trim = move || crate::review::expire_conflicts(&*store, now_ms, retention_ms, entries_max);
+                    match tokio::task::spawn_blocking(trim).await {
+                        Ok(Ok(0)) => {}
+                        Ok(Ok(n)) => tracing::debug!(expired = n, "conflict log trimmed"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "conflict log retention failed; retrying in a minute"),
+                        Err(e) => tracing::warn!(error = %e, "conflict log retention task failed"),
+                    }
+                }
             }
         });
         let listener = api_listener;

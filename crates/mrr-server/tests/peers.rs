@@ -48,6 +48,7 @@ fn hello(protocol_version: u32, cluster: &str) -> ToAcceptor {
             target_region: "us-west".into(),
             nonce: vec![7; 16],
             wall_ms: 0,
+            policy_digest: "default=timestamp".into(),
         })),
     }
 }
@@ -59,6 +60,17 @@ async fn peers_speaking_another_protocol_or_cluster_get_a_precise_status() -> an
     for (msg, code, needle) in [
         (hello(99, "t"), tonic::Code::FailedPrecondition, "protocol version 99"),
         (hello(mrr_replication::PROTOCOL_VERSION, "other"), tonic::Code::FailedPrecondition, "cluster \"other\""),
+        (
+            {
+                let mut h = hello(mrr_replication::PROTOCOL_VERSION, "t");
+                if let Some(to_acceptor::Msg::Hello(h)) = &mut h.msg {
+                    h.policy_digest = "default=merge".into();
+                }
+                h
+            },
+            tonic::Code::FailedPrecondition,
+            "topic policies differ",
+        ),
         (
             ToAcceptor { msg: Some(to_acceptor::Msg::Heartbeat(Default::default())) },
             tonic::Code::InvalidArgument,

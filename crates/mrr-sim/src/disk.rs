@@ -4,7 +4,8 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use mrr_core::{Change, Key, Record, RegionName, VersionVector};
+use mrr_core::fold::FoldEntry;
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Version, VersionVector};
 use mrr_storage::{CommitBatch, MemStore, RecoveredState, Result, Store};
 
 #[derive(Debug, Default)]
@@ -77,6 +78,34 @@ impl Store for SimDisk {
 
     fn peer_cursor(&self, peer: &RegionName) -> Result<Option<VersionVector>> {
         self.live.peer_cursor(peer)
+    }
+
+    fn history_from(&self, key: &Key, version: &Version) -> Result<(Option<FoldEntry>, Vec<FoldEntry>)> {
+        self.live.history_from(key, version)
+    }
+
+    fn history_entry(&self, key: &Key, version: &Version) -> Result<Option<FoldEntry>> {
+        self.live.history_entry(key, version)
+    }
+
+    fn conflicts(&self) -> Result<Vec<ConflictEntry>> {
+        self.live.conflicts()
+    }
+
+    fn expire_conflicts(&self, idents: &[(ChangeId, ChangeId)]) -> Result<()> {
+        self.live.expire_conflicts(idents)
+    }
+
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        self.live.dead_letters()
+    }
+
+    fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>> {
+        self.live.dead_letter(id)
+    }
+
+    fn discard_dead_letter(&self, id: &ChangeId) -> Result<()> {
+        self.live.discard_dead_letter(id)
     }
 
     fn disk_bytes(&self) -> u64 {

@@ -21,4 +21,4 @@ mod schedule;
 mod world;
 
 pub use schedule::{FaultEvent, Schedule};
-pub use world::{run, shrink, RunReport, SimConfig, Violation};
+pub use world::{run, shrink, RunReport, SimConfig, Strategy, Violation};

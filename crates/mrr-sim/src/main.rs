@@ -20,7 +20,7 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--faults F] [--phase-ms MS] [--durability fsync|buffered]".into()
+    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--faults F] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom] [--no-deletes]".into()
 }
 
 fn parse() -> Result<Args, String> {
@@ -56,6 +56,8 @@ fn parse() -> Result<Args, String> {
                     other => return Err(format!("--durability: {other:?} is neither fsync nor buffered")),
                 }
             }
+            "--strategy" => a.config.strategy = value()?.parse()?,
+            "--no-deletes" => a.config.deletes = false,
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown flag {other}\n{}", usage())),
         }
@@ -100,8 +102,10 @@ fn main() -> ExitCode {
                 eprintln!("which fails with: {shortest}");
                 let list: Vec<String> = keep.iter().map(ToString::to_string).collect();
                 eprintln!(
-                    "replay: cargo run --release -p mrr-sim -- --seed {seed} --durability {} --regions {} --writes {} --faults {} --phase-ms {} --keep-faults {}",
+                    "replay: cargo run --release -p mrr-sim -- --seed {seed} --durability {} --strategy {}{} --regions {} --writes {} --faults {} --phase-ms {} --keep-faults {}",
                     if args.config.buffered { "buffered" } else { "fsync" },
+                    format!("{:?}", args.config.strategy).to_lowercase(),
+                    if args.config.deletes { "" } else { " --no-deletes" },
                     args.config.regions,
                     args.config.writes,
                     args.config.faults,

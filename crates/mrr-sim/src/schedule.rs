@@ -6,7 +6,7 @@ use std::fmt;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::world::SimConfig;
+use crate::world::{SimConfig, Strategy};
 
 /// One scheduled fault.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +57,9 @@ pub struct WriteEvent {
     pub node: usize,
     pub key: usize,
     pub delete: bool,
+    /// Which operation a non-delete write is, under `merge` and `custom` (0 under `timestamp`,
+    /// whose schedules predate it and must replay as recorded).
+    pub kind: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -112,7 +115,11 @@ impl Schedule {
                 let w = WriteEvent {
                     node: rng.random_range(0..n),
                     key: rng.random_range(0..config.keys),
-                    delete: rng.random_ratio(1, 8),
+                    delete: rng.random_ratio(1, 8) && config.deletes,
+                    kind: match config.strategy {
+                        Strategy::Timestamp => 0,
+                        Strategy::Merge | Strategy::Custom => rng.random(),
+                    },
                 };
                 (at, w)
             })

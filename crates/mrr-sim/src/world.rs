@@ -50,6 +50,95 @@ pub struct SimConfig {
     /// `durability: buffered` (commits persisted every 50 ms; power loss takes the rest)
     /// instead of `fsync`.
     pub buffered: bool,
+    /// The topic's conflict rule; the workload uses the operations it allows.
+    pub strategy: Strategy,
+    /// Whether the workload deletes (off for the exact counter check: a delete resets them).
+    pub deletes: bool,
+}
+
+/// The simulated topic's conflict rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Strategy {
+    /// Whole-record last-writer-wins; writes are puts and deletes.
+    #[default]
+    Timestamp,
+    /// Per-field merge: puts, patches, counter increments, set adds and removes, deletes.
+    Merge,
+    /// A deliberately non-commutative handler (it concatenates), run by the real Rhai sandbox:
+    /// regions converge only if every one applies concurrent writes in the same order.
+    Custom,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "timestamp" => Ok(Strategy::Timestamp),
+            "merge" => Ok(Strategy::Merge),
+            "custom" => Ok(Strategy::Custom),
+            other => Err(format!("unknown strategy {other:?}: timestamp, merge or custom")),
+        }
+    }
+}
+
+/// `log` concatenates in the order the handler sees writes: any two regions that merged the
+/// same concurrent writes in different orders end with different logs.
+const CONCAT_HANDLER: &str =
+    "fn resolve(current, incoming) { let m = incoming; m.log = current.log + incoming.log; m }";
+
+fn policies(strategy: Strategy) -> std::sync::Arc<mrr_core::Policies> {
+    let rule = match strategy {
+        Strategy::Timestamp => mrr_core::Rule::Timestamp,
+        Strategy::Merge => mrr_core::Rule::Merge,
+        Strategy::Custom => {
+            let handler = mrr_handler::RhaiHandler::compile("concat.rhai", CONCAT_HANDLER, Default::default())
+                .unwrap_or_else(|e| unreachable!("a constant script compiles: {e}"));
+            mrr_core::Rule::Custom(std::sync::Arc::new(handler))
+        }
+    };
+    std::sync::Arc::new(mrr_core::Policies::new(mrr_core::Rule::Timestamp, [(TOPIC.to_owned(), rule)].into()))
+}
+
+/// The operation a scheduled write performs under `strategy`. Deterministic in its inputs.
+/// `replaces`: whether whole-record puts (which drop fields they lack, counters included) and
+/// deletes are part of the workload.
+fn workload_op(strategy: Strategy, replaces: bool, key: Key, kind: u32, n: u64) -> (LocalOp, Option<i64>) {
+    use serde_json::json;
+    let put = |v: serde_json::Value| LocalOp::Put {
+        key: key.clone(),
+        value: v.to_string().into_bytes(),
+        metadata: Metadata::default(),
+    };
+    match strategy {
+        Strategy::Timestamp => (put(json!({ "w": n })), None),
+        Strategy::Merge => match kind % 6 {
+            0 if replaces => (put(json!({ "w": n, format!("f{}", kind / 6 % 3): kind % 5 })), None),
+            0 | 1 => {
+                let fields = json!({ format!("f{}", kind / 6 % 3): n }).to_string().into_bytes();
+                (LocalOp::Patch { key, fields, metadata: None }, None)
+            }
+            2 | 3 => {
+                let by = i64::from(kind / 6 % 7) - 3;
+                (LocalOp::Ops { key, ops: vec![mrr_core::FieldOp::Incr { field: "c".into(), by }] }, Some(by))
+            }
+            4 => (
+                LocalOp::Ops {
+                    key,
+                    ops: vec![mrr_core::FieldOp::Add { field: "s".into(), value: json!(kind / 6 % 4) }],
+                },
+                None,
+            ),
+            _ => (
+                LocalOp::Ops {
+                    key,
+                    ops: vec![mrr_core::FieldOp::Remove { field: "s".into(), value: json!(kind / 6 % 4) }],
+                },
+                None,
+            ),
+        },
+        Strategy::Custom => (put(json!({ "log": format!("{n}.{};", kind % 10) })), None),
+    }
 }
 
 impl Default for SimConfig {
@@ -70,6 +159,8 @@ impl Default for SimConfig {
             // Small windows and batches so that the window, batching and pipelining all engage.
             limits: OutboundLimits { batch_changes_max: 8, inflight_changes_max: 32 },
             buffered: false,
+            strategy: Strategy::Timestamp,
+            deletes: true,
         }
     }
 }
@@ -218,10 +309,11 @@ impl World {
                 base_delay.insert((b, a), d);
             }
         }
+        let policies = policies(cfg.strategy);
         let nodes = (0..n)
             .map(|i| Node {
                 store: SimDisk::new(cfg.buffered),
-                engine: Some(Engine::new(names[i].clone(), Default::default(), cfg.max_skew_ms)),
+                engine: Some(Engine::new(names[i].clone(), Default::default(), cfg.max_skew_ms, policies.clone())),
                 durable: mrr_core::VersionVector::new(),
                 clock_offset_ms: 0,
                 out: (0..n).map(|j| (j != i).then_some(Out::Down { retry_at: 0, backoff: BACKOFF_MIN_MS })).collect(),
@@ -230,7 +322,7 @@ impl World {
             .collect();
         let mut world = Self {
             seed,
-            invariants: invariants::all(n),
+            invariants: invariants::all(n, cfg.strategy == Strategy::Merge && !cfg.deletes),
             cfg,
             now: 0,
             next_id: 0,
@@ -415,18 +507,21 @@ impl World {
         let physical = self.physical_ms(w.node);
         self.writes_done += 1;
         let key = Key::new(TOPIC, format!("k{}", w.key));
-        let op = if w.delete {
-            LocalOp::Delete { key }
+        let (op, incr) = if w.delete {
+            (LocalOp::Delete { key }, None)
         } else {
-            let value = format!("{{\"w\":{}}}", self.writes_done).into_bytes();
-            LocalOp::Put { key, value, metadata: Metadata::default() }
+            workload_op(self.cfg.strategy, self.cfg.deletes, key, w.kind, self.writes_done)
         };
         let Node { engine, store, .. } = &mut self.nodes[w.node];
         let Some(engine) = engine.as_mut() else { return Ok(()) };
-        let mut pending = engine.begin();
-        let committed = engine
-            .apply_local(&mut pending, store, vec![op], physical)
-            .map_err(|e| Violation::simulator(self.seed, self.now, e))?;
+        let mut pending = engine.begin(physical);
+        let committed = engine.apply_local(&mut pending, store, vec![op], physical).map_err(|e| {
+            let e = match e {
+                mrr_writer::LocalFailure::Store(e) => e.to_string(),
+                mrr_writer::LocalFailure::Rejected(r) => r.to_string(),
+            };
+            Violation::simulator(self.seed, self.now, e)
+        })?;
         self.commit(w.node, pending)?;
         for c in committed {
             let acked = AckedWrite {
@@ -436,6 +531,7 @@ impl World {
                 origin: c.record.origin.clone(),
                 seq: c.record.seq,
                 tombstone: c.record.is_tombstone(),
+                incr,
             };
             self.acked += 1;
             for inv in &mut self.invariants {
@@ -505,7 +601,7 @@ impl World {
                     c.last_heard = self.now;
                 }
                 let Some(engine) = engine.as_mut() else { return Ok(()) };
-                let mut pending = engine.begin();
+                let mut pending = engine.begin(physical);
                 let outcome = engine
                     .apply_remote(&mut pending, store, changes, physical)
                     .map_err(|e| Violation::simulator(self.seed, self.now, e))?;
@@ -647,7 +743,8 @@ impl World {
         }
         let n = &mut self.nodes[node];
         n.durable = recovered.vv.clone();
-        n.engine = Some(Engine::new(self.names[node].clone(), recovered, self.cfg.max_skew_ms));
+        n.engine =
+            Some(Engine::new(self.names[node].clone(), recovered, self.cfg.max_skew_ms, policies(self.cfg.strategy)));
         for o in n.out.iter_mut().flatten() {
             *o = Out::Down { retry_at: self.now, backoff: BACKOFF_MIN_MS };
         }

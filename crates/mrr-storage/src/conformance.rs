@@ -135,7 +135,12 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     assert_eq!(store.conflicts().expect("conflicts"), vec![conflict.clone()]);
     store.expire_conflicts(&[conflict.ident()]).expect("expire");
     assert!(store.conflicts().expect("conflicts").is_empty());
-    store.commit(&CommitBatch { conflicts: vec![conflict.clone()], hlc_high_water: state.hlc_high_water, ..CommitBatch::default() })
+    store
+        .commit(&CommitBatch {
+            conflicts: vec![conflict.clone()],
+            hlc_high_water: state.hlc_high_water,
+            ..CommitBatch::default()
+        })
         .expect("commit");
     let cleared = CommitBatch {
         dead_letters_cleared: vec![a1.id()],
@@ -145,6 +150,7 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     store.commit(&cleared).expect("commit");
     assert_eq!(store.dead_letters().expect("dlq"), vec![letter(&a2)]);
     assert_eq!(store.dead_letter(&a1.id()).expect("dlq"), None);
+    store.discard_dead_letter(&a1.id()).expect("discarding what is gone is a no-op");
     assert_eq!(store.dead_letter(&ChangeId { origin: ap.clone(), seq: 2 }).expect("dlq"), Some(letter(&a2)));
 
     // Everything survives a reopen.

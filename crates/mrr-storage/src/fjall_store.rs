@@ -212,6 +212,11 @@ impl Store for FjallStore {
         }
     }
 
+    fn discard_dead_letter(&self, id: &ChangeId) -> Result<()> {
+        self.dlq.remove(encoding::change_id_key(id))?;
+        Ok(())
+    }
+
     fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
     }

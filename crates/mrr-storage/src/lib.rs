@@ -13,7 +13,9 @@ mod fjall_store;
 mod mem_store;
 
 use mrr_core::fold::FoldEntry;
-use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Timestamp, Version, VersionVector};
+use mrr_core::{
+    Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Timestamp, Version, VersionVector,
+};
 
 pub use fjall_store::FjallStore;
 pub use mem_store::MemStore;
@@ -117,6 +119,9 @@ pub trait Store: Send + Sync + 'static {
     fn dead_letters(&self) -> Result<Vec<DeadLetter>>;
 
     fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>>;
+
+    /// Removes a dead letter from this region's queue (an operator's discard).
+    fn discard_dead_letter(&self, id: &ChangeId) -> Result<()>;
 
     /// Bytes on disk (0 for memory).
     fn disk_bytes(&self) -> u64;

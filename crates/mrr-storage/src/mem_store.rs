@@ -109,7 +109,8 @@ impl Store for MemStore {
     fn history_from(&self, key: &Key, version: &Version) -> Result<(Option<FoldEntry>, Vec<FoldEntry>)> {
         let inner = self.lock();
         let at = (key.clone(), version.clone());
-        let before = inner.history.range(..at.clone()).next_back().filter(|((k, _), _)| k == key).map(|(_, e)| e.clone());
+        let before =
+            inner.history.range(..at.clone()).next_back().filter(|((k, _), _)| k == key).map(|(_, e)| e.clone());
         let after = inner.history.range(at..).take_while(|((k, _), _)| k == key).map(|(_, e)| e.clone()).collect();
         Ok((before, after))
     }
@@ -136,6 +137,11 @@ impl Store for MemStore {
 
     fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>> {
         Ok(self.lock().dlq.get(id).cloned())
+    }
+
+    fn discard_dead_letter(&self, id: &ChangeId) -> Result<()> {
+        self.lock().dlq.remove(id);
+        Ok(())
     }
 
     fn disk_bytes(&self) -> u64 {

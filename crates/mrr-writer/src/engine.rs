@@ -13,8 +13,8 @@ use mrr_core::fold::{self, FoldEntry, FoldState, Head, Outcome};
 use mrr_core::merge::{LastWriterWins, MergeStrategy, Resolution};
 use mrr_core::session::{admit_incoming, Incoming};
 use mrr_core::{
-    Change, ChangeId, ConflictEntry, DeadLetter, Doc, Hlc, Key, Op, Policies, Record, RegionName, Replay, Resolver, Rule,
-    Side, Version, VersionVector,
+    Change, ChangeId, ConflictEntry, DeadLetter, Doc, Hlc, Key, Op, Policies, Record, RegionName, Replay, Resolver,
+    Rule, Side, Version, VersionVector,
 };
 use mrr_storage::{CommitBatch, RecoveredState, Store, StoreError};
 
@@ -152,7 +152,11 @@ impl Engine {
         self.applied.join(&batch.vv);
     }
 
-    fn prefetch<'a>(pending: &Pending, store: &dyn Store, keys: impl Iterator<Item = &'a Key>) -> Result<Reads, StoreError> {
+    fn prefetch<'a>(
+        pending: &Pending,
+        store: &dyn Store,
+        keys: impl Iterator<Item = &'a Key>,
+    ) -> Result<Reads, StoreError> {
         let mut reads = BTreeMap::new();
         for key in keys {
             if !pending.overlay.contains_key(key) && !reads.contains_key(key) {
@@ -178,7 +182,9 @@ impl Engine {
         let mut letters = BTreeMap::new();
         for op in &ops {
             if let LocalOp::Replay { id } = op {
-                let letter = store.dead_letter(id)?.ok_or_else(|| LocalFailure::Rejected(Rejection::NoSuchDeadLetter(id.clone())))?;
+                let letter = store
+                    .dead_letter(id)?
+                    .ok_or_else(|| LocalFailure::Rejected(Rejection::NoSuchDeadLetter(id.clone())))?;
                 if !pending.overlay.contains_key(&letter.key) && !reads.contains_key(&letter.key) {
                     reads.insert(letter.key.clone(), store.get(&letter.key)?);
                 }
@@ -189,7 +195,10 @@ impl Engine {
             if let LocalOp::Ops { key, .. } = op {
                 let rule = self.policies.rule(&key.topic);
                 if !matches!(rule, Rule::Merge) {
-                    return Err(LocalFailure::Rejected(Rejection::OpsNeedMerge { topic: key.topic.clone(), strategy: rule.name() }));
+                    return Err(LocalFailure::Rejected(Rejection::OpsNeedMerge {
+                        topic: key.topic.clone(),
+                        strategy: rule.name(),
+                    }));
                 }
             }
         }
@@ -199,7 +208,9 @@ impl Engine {
             let version = Version { ts: self.hlc.now(physical_ms), region: self.local.clone() };
             let stamp = Stamp { version, seq, deps: pending.vv.clone() };
             let key = match &op {
-                LocalOp::Replay { id } => letters.get(id).map(|l| l.key.clone()).unwrap_or_else(|| unreachable!("read above")),
+                LocalOp::Replay { id } => {
+                    letters.get(id).map(|l| l.key.clone()).unwrap_or_else(|| unreachable!("read above"))
+                }
                 op => op.key().cloned().unwrap_or_else(|| unreachable!("only replays have no key")),
             };
             let current = Self::current(pending, &reads, &key);
@@ -249,8 +260,12 @@ impl Engine {
                 let value = serde_json::Value::Object(obj).to_string().into_bytes();
                 (Op::Put { value }, metadata.unwrap_or_else(kept_metadata))
             }
-            (LocalOp::Ops { ops, .. }, _) => (Op::Merge { delta: Doc::ops_delta(current_doc, &ops, stamp) }, kept_metadata()),
-            (LocalOp::Delete { .. }, Rule::Merge) => (Op::Merge { delta: Doc::delete_delta(current_doc, stamp) }, kept_metadata()),
+            (LocalOp::Ops { ops, .. }, _) => {
+                (Op::Merge { delta: Doc::ops_delta(current_doc, &ops, stamp) }, kept_metadata())
+            }
+            (LocalOp::Delete { .. }, Rule::Merge) => {
+                (Op::Merge { delta: Doc::delete_delta(current_doc, stamp) }, kept_metadata())
+            }
             // A tombstone keeps the placement of what it deletes.
             (LocalOp::Delete { .. }, _) => (Op::Delete, kept_metadata()),
             (LocalOp::Replay { id }, _) => {
@@ -297,18 +312,6 @@ impl Engine {
         Ok(record)
     }
 
-    fn log(&self, pending: &mut Pending, key: &Key, rule: &str, resolution: &str, loser: Side, winner: Side, fields: Vec<String>) {
-        pending.conflicts.push(ConflictEntry {
-            key: key.clone(),
-            strategy: rule.to_owned(),
-            resolution: resolution.to_owned(),
-            loser,
-            winner,
-            fields,
-            detected_at_ms: pending.now_ms,
-        });
-    }
-
     fn apply_lww(&self, pending: &mut Pending, current: Option<Record>, change: &Change) -> Record {
         let incoming = change.to_record();
         let Some(current) = current else { return incoming };
@@ -316,12 +319,24 @@ impl Engine {
         let current_id = ChangeId { origin: current.origin.clone(), seq: current.seq };
         if LastWriterWins.resolve(&current, &incoming) == Resolution::TakeIncoming {
             if differ && !current_id.seen_by(&change.deps) {
-                self.log(pending, &change.key, "timestamp", "last_writer_wins", side_of_record(&current), side_of(change), vec![]);
+                log(
+                    pending,
+                    &change.key,
+                    ("timestamp", "last_writer_wins"),
+                    (side_of_record(&current), side_of(change)),
+                    vec![],
+                );
             }
             incoming
         } else {
             if differ && !change.id().seen_by(&current.deps) {
-                self.log(pending, &change.key, "timestamp", "last_writer_wins", side_of(change), side_of_record(&current), vec![]);
+                log(
+                    pending,
+                    &change.key,
+                    ("timestamp", "last_writer_wins"),
+                    (side_of(change), side_of_record(&current)),
+                    vec![],
+                );
             }
             current
         }
@@ -357,7 +372,13 @@ impl Engine {
         }
         for ((loser_id, winner_id), (l, fields)) in grouped {
             let side = |id: ChangeId, stamp: &Stamp| Side { id, version: stamp.version.clone(), value: None };
-            self.log(pending, key, "merge", "field_last_writer_wins", side(loser_id, &l.loser), side(winner_id, &l.winner), fields);
+            log(
+                pending,
+                key,
+                ("merge", "field_last_writer_wins"),
+                (side(loser_id, &l.loser), side(winner_id, &l.winner)),
+                fields,
+            );
         }
     }
 
@@ -408,7 +429,9 @@ impl Engine {
         for v in versions {
             let Some(mut entry) = tail.remove(&v) else { continue };
             match entry.replay_of.clone() {
-                Some(target) => self.fold_replay(pending, store, key, &mut tail, &state, &mut entry, &target, resolver)?,
+                Some(target) => {
+                    self.fold_replay(pending, store, key, &mut tail, &state, &mut entry, &target, resolver)?
+                }
                 None => fold::step(resolver, &state, &mut entry),
             }
             let was = previous.get(&v);
@@ -500,11 +523,11 @@ impl Engine {
         let entry_side = Side { id: entry.id.clone(), version: entry.version.clone(), value: text(&entry.value) };
         match &entry.outcome {
             Outcome::Merged { with } => {
-                self.log(pending, key, "custom", "handler_merged", entry_side, head_side(with, &before.value), vec![]);
+                log(pending, key, ("custom", "handler_merged"), (entry_side, head_side(with, &before.value)), vec![]);
             }
             Outcome::Applied { over: Some(h) } => {
                 let resolution = if entry.value.is_none() { "delete_won" } else { "last_writer_wins" };
-                self.log(pending, key, "custom", resolution, head_side(h, &before.value), entry_side, vec![]);
+                log(pending, key, ("custom", resolution), (head_side(h, &before.value), entry_side), vec![]);
             }
             Outcome::Failed { reason, replayed_by: None } => {
                 // A letter already queued keeps the time it first failed.
@@ -527,7 +550,9 @@ impl Engine {
             }
             _ => {}
         }
-        if matches!(was, Some(Outcome::Failed { replayed_by: None, .. })) && pending.dead_letters.remove(&entry.id).is_none() {
+        if matches!(was, Some(Outcome::Failed { replayed_by: None, .. }))
+            && pending.dead_letters.remove(&entry.id).is_none()
+        {
             pending.cleared.insert(entry.id.clone());
         }
     }
@@ -575,6 +600,19 @@ impl Engine {
         out.vv = pending.vv.clone();
         Ok(out)
     }
+}
+
+/// Queues a conflict-log entry. `rule` is (strategy, resolution); `sides` is (loser, winner).
+fn log(pending: &mut Pending, key: &Key, rule: (&str, &str), sides: (Side, Side), fields: Vec<String>) {
+    pending.conflicts.push(ConflictEntry {
+        key: key.clone(),
+        strategy: rule.0.to_owned(),
+        resolution: rule.1.to_owned(),
+        loser: sides.0,
+        winner: sides.1,
+        fields,
+        detected_at_ms: pending.now_ms,
+    });
 }
 
 fn object_of(bytes: &[u8]) -> serde_json::Map<String, serde_json::Value> {
@@ -775,7 +813,10 @@ mod tests {
         };
         local(&mut a, &sa, vec![patch(json!({"name": "Anne", "city": "Rome"}))], 1_010);
         local(&mut b, &sb, vec![patch(json!({"city": "Pisa", "email": "b@x"}))], 1_020);
-        let ops = |by| LocalOp::Ops { key: Key::new("profiles", "p"), ops: vec![FieldOp::Incr { field: "views".into(), by }] };
+        let ops = |by| LocalOp::Ops {
+            key: Key::new("profiles", "p"),
+            ops: vec![FieldOp::Incr { field: "views".into(), by }],
+        };
         local(&mut a, &sa, vec![ops(3)], 1_030);
         local(&mut b, &sb, vec![ops(-1), ops(5)], 1_030);
         let to_b = sync(&sa, (&mut b, &sb), 1_040);
@@ -788,7 +829,8 @@ mod tests {
             assert_eq!(out.conflicts[0].fields, ["city"]);
             assert_eq!(out.conflicts[0].loser.id, ChangeId { origin: r("a"), seq: 2 });
         }
-        let refused = LocalOp::Ops { key: Key::new("users", "u"), ops: vec![FieldOp::Incr { field: "n".into(), by: 1 }] };
+        let refused =
+            LocalOp::Ops { key: Key::new("users", "u"), ops: vec![FieldOp::Incr { field: "n".into(), by: 1 }] };
         let mut p = a.begin(1_050);
         assert!(matches!(a.apply_local(&mut p, &sa, vec![refused], 1_050), Err(LocalFailure::Rejected(_))));
     }

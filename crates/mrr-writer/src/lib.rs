@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mrr_core::{
-    Change, ChangeId, ClockSkewError, FieldOp, Key, Metadata, PhysicalClock, Policies, Record, RegionName, VersionVector,
+    Change, ChangeId, ClockSkewError, FieldOp, Key, Metadata, PhysicalClock, Policies, Record, RegionName,
+    VersionVector,
 };
 use mrr_storage::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -38,23 +39,39 @@ impl PhysicalClock for SystemClock {
 /// A client write.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LocalOp {
-    Put { key: Key, value: Vec<u8>, metadata: Metadata },
+    Put {
+        key: Key,
+        value: Vec<u8>,
+        metadata: Metadata,
+    },
     /// Only the named fields change (`null` removes one); metadata kept unless given.
-    Patch { key: Key, fields: Vec<u8>, metadata: Option<Metadata> },
+    Patch {
+        key: Key,
+        fields: Vec<u8>,
+        metadata: Option<Metadata>,
+    },
     /// CRDT field operations, applied in order as one write (topics with `merge` only).
-    Ops { key: Key, ops: Vec<FieldOp> },
-    Delete { key: Key },
+    Ops {
+        key: Key,
+        ops: Vec<FieldOp>,
+    },
+    Delete {
+        key: Key,
+    },
     /// Applies a dead letter's content again, as a new write, once cluster-wide.
-    Replay { id: ChangeId },
+    Replay {
+        id: ChangeId,
+    },
 }
 
 impl LocalOp {
     /// The key written; a replay's key is its dead letter's.
     pub fn key(&self) -> Option<&Key> {
         match self {
-            LocalOp::Put { key, .. } | LocalOp::Patch { key, .. } | LocalOp::Ops { key, .. } | LocalOp::Delete { key } => {
-                Some(key)
-            }
+            LocalOp::Put { key, .. }
+            | LocalOp::Patch { key, .. }
+            | LocalOp::Ops { key, .. }
+            | LocalOp::Delete { key } => Some(key),
             LocalOp::Replay { .. } => None,
         }
     }

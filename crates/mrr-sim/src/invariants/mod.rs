@@ -3,6 +3,7 @@
 
 mod acked_writes;
 mod convergence;
+mod counters_add_up;
 mod no_double_apply;
 mod no_loop;
 mod no_resurrection;
@@ -14,6 +15,7 @@ use mrr_writer::Refusal;
 
 pub use acked_writes::AckedWrites;
 pub use convergence::Convergence;
+pub use counters_add_up::CountersAddUp;
 pub use no_double_apply::NoDoubleApply;
 pub use no_loop::NoLoop;
 pub use no_resurrection::NoResurrection;
@@ -28,6 +30,8 @@ pub struct AckedWrite {
     pub origin: RegionName,
     pub seq: u64,
     pub tombstone: bool,
+    /// Under `merge`: the counter increment this write made (field `c`).
+    pub incr: Option<i64>,
 }
 
 /// The final state of one region, for end-of-run checks.
@@ -70,13 +74,19 @@ pub trait Invariant {
 }
 
 /// Every invariant, in the order they are checked.
-pub fn all(regions: usize) -> Vec<Box<dyn Invariant>> {
-    vec![
+/// `counters`: also check that counter increments add up exactly (only meaningful when the
+/// workload does not delete, since a delete resets what it saw).
+pub fn all(regions: usize, counters: bool) -> Vec<Box<dyn Invariant>> {
+    let mut all: Vec<Box<dyn Invariant>> = vec![
         Box::new(VvMonotonic::new(regions)),
         Box::new(NoDoubleApply::new(regions)),
         Box::new(NoLoop),
         Box::new(NoResurrection::new(regions)),
         Box::new(AckedWrites::default()),
         Box::new(Convergence),
-    ]
+    ];
+    if counters {
+        all.push(Box::new(CountersAddUp::default()));
+    }
+    all
 }
