@@ -568,15 +568,60 @@ replication_rules:
 
     #[test]
     fn the_documented_example_is_valid() {
-        let c = Config::parse(Path::new("examples/mrr-config.yaml"), include_str!("../../../examples/mrr-config.yaml"))
-            .expect("the example config must stay valid");
+        // Loaded from where it lives, so its handler paths resolve as a user's would.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/mrr-config.yaml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("the example config must stay valid: {e}"));
         assert_eq!(c.regions.len(), 3);
         assert_eq!(c.api_keys.len(), 1);
+        assert_eq!(c.policies.rule("inventory").name(), "custom", "the sample handlers compile");
     }
 
     #[test]
     fn peer_urls_get_the_default_port() {
         assert_eq!(peer_url("http://tokyo-node.mrr"), "http://tokyo-node.mrr:7801");
         assert_eq!(peer_url("http://127.0.0.1:7811/"), "http://127.0.0.1:7811");
+    }
+
+    #[test]
+    fn topic_policies_build_rules_and_refuse_what_cannot_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("mrr-config.yaml");
+        std::fs::create_dir(dir.path().join("handlers")).expect("mkdir");
+        std::fs::write(dir.path().join("handlers/ok.rhai"), "fn resolve(current, incoming) { incoming }")
+            .expect("write");
+        std::fs::write(dir.path().join("handlers/broken.rhai"), "fn resolve(current, incoming) {\n  let = 1;\n}")
+            .expect("write");
+        let with = |topics: &str| Config::parse(&config_path, &format!("{GOOD}topics:\n{topics}"));
+
+        let c = with("  profiles: { conflict_strategy: merge }\n  inventory: { conflict_strategy: custom, handler: handlers/ok.rhai }\n")
+            .expect("valid");
+        assert_eq!(c.policies.rule("profiles").name(), "merge");
+        assert_eq!(c.policies.rule("inventory").name(), "custom");
+        assert_eq!(c.policies.rule("users").name(), "timestamp", "unlisted topics use replication_rules");
+        assert!(c.policies.digest().contains("inventory=custom:"), "{}", c.policies.digest());
+
+        let err = with("  inventory: { conflict_strategy: custom, handler: handlers/broken.rhai }\n")
+            .expect_err("syntax error")
+            .to_string();
+        assert!(err.contains("mrr-config.yaml:16") && err.contains("broken.rhai:2:"), "{err}");
+        let err = with("  inventory: { conflict_strategy: custom, handler: handlers/missing.rhai }\n")
+            .expect_err("missing file")
+            .to_string();
+        assert!(err.contains("missing.rhai") && err.contains("cannot read"), "{err}");
+        let err = with("  inventory: { conflict_strategy: custom }\n").expect_err("no handler").to_string();
+        assert!(err.contains("no handler"), "{err}");
+        let err = with("  inventory: { conflict_strategy: merge, handler: handlers/ok.rhai }\n")
+            .expect_err("stray")
+            .to_string();
+        assert!(err.contains("set `conflict_strategy: custom`"), "{err}");
+        let err = with("  inventory: { conflict_strategy: crdt }\n").expect_err("unknown strategy").to_string();
+        assert!(err.contains("mrr-config.yaml:16:") && err.contains("crdt"), "{err}");
+        let err =
+            with("  inventory: { conflict_strategy: merge, colour: blue }\n").expect_err("unknown key").to_string();
+        assert!(err.contains("colour"), "{err}");
+        let err = parse(&GOOD.replace("conflict_strategy: timestamp", "conflict_strategy: custom"))
+            .expect_err("custom default")
+            .to_string();
+        assert!(err.contains("cannot be custom"), "{err}");
     }
 }
