@@ -93,8 +93,15 @@ async fn merge_keeps_concurrent_fields_adds_counters_and_logs_each_loser_once() 
         assert_eq!(client.conflicts(None, None).await?.conflicts.len(), 1);
     }
 
-    // CRDT operations need `merge`; malformed ones are refused; nothing changes.
+    // PATCH on a `timestamp` topic changes only the named fields; `null` removes one.
     c[0].put("users/u1", &json!({"n": 1})).await?;
+    assert_eq!(c[0].patch("users/u1", &json!({"m": 2})).await?.value, json!({"n": 1, "m": 2}));
+    assert_eq!(c[0].patch("users/u1", &json!({"n": null})).await?.value, json!({"m": 2}));
+    let err = c[0].patch("users/u1", &json!({"id": "u2"})).await.expect_err("id is the key");
+    assert!(matches!(err, mrr_client::ClientError::Api { status: 400, code: ErrorCode::IdMismatch, .. }), "{err}");
+    c[0].put("users/u1", &json!({"n": 1})).await?;
+
+    // CRDT operations need `merge`; malformed ones are refused; nothing changes.
     let err = c[0].ops("users/u1", &json!({"op": "incr", "field": "n", "by": 1})).await.expect_err("timestamp topic");
     assert!(
         matches!(err, mrr_client::ClientError::Api { status: 409, code: ErrorCode::StrategyMismatch, .. }),
