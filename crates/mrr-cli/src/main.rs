@@ -32,6 +32,14 @@ struct Target {
 }
 
 #[derive(Subcommand, Debug)]
+enum DlqAction {
+    /// Apply a dead letter again, as a new write from this region.
+    Replay { id: String },
+    /// Give up on a dead letter in this region.
+    Discard { id: String },
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Run one node from a config file.
     Serve {
@@ -70,6 +78,38 @@ enum Command {
     /// Delete a record.
     Del {
         path: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Partial update: `mrr patch users/u001 '{"city":"Oslo"}'` (`null` removes a field).
+    Patch {
+        path: String,
+        json: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// CRDT operations: `mrr ops profiles/u001 '{"op":"incr","field":"views","by":1}'`.
+    Ops {
+        path: String,
+        json: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The conflict log: writes that lost to a concurrent write, oldest first.
+    Conflicts {
+        /// Only this topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only conflicts seen at or after this time (ms since the Unix epoch).
+        #[arg(long)]
+        since: Option<u64>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The dead-letter queue: list it, replay a letter (once, cluster-wide) or discard one here.
+    Dlq {
+        #[command(subcommand)]
+        action: Option<DlqAction>,
         #[command(flatten)]
         target: Target,
     },
@@ -193,6 +233,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             None => bail!("{path} not found in the region at {}", target.endpoint),
         },
+        Command::Patch { path, json, target } => {
+            let fields: serde_json::Value = serde_json::from_str(&json).context("the patch is not valid JSON")?;
+            println!("{}", serde_json::to_string_pretty(&client(&target)?.patch(&path, &fields).await?)?);
+            Ok(())
+        }
+        Command::Ops { path, json, target } => {
+            let ops: serde_json::Value = serde_json::from_str(&json).context("the operations are not valid JSON")?;
+            println!("{}", serde_json::to_string_pretty(&client(&target)?.ops(&path, &ops).await?)?);
+            Ok(())
+        }
+        Command::Conflicts { topic, since, target } => conflicts(&target, topic.as_deref(), since).await,
+        Command::Dlq { action, target } => {
+            let c = client(&target)?;
+            match action {
+                None => dead_letters(&c).await,
+                Some(DlqAction::Replay { id }) => {
+                    println!("{}", serde_json::to_string_pretty(&c.replay(&id).await?)?);
+                    Ok(())
+                }
+                Some(DlqAction::Discard { id }) => {
+                    c.discard(&id).await?;
+                    println!("discarded {id} in the region at {}", target.endpoint);
+                    Ok(())
+                }
+            }
+        }
         Command::Del { path, target } => {
             let out = client(&target)?.delete(&path).await?;
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -464,6 +530,46 @@ fn write_dev_configs(cluster: &dev::DevCluster, dir: &std::path::Path) -> anyhow
     }
     cluster.configs(dir)?;
     Ok(paths)
+}
+
+async fn conflicts(target: &Target, topic: Option<&str>, since: Option<u64>) -> anyhow::Result<()> {
+    let list = client(target)?.conflicts(topic, since).await?;
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(["seen at ms", "record", "strategy", "resolution", "loser", "winner", "fields"]);
+    for c in &list.conflicts {
+        table.add_row([
+            c.detected_at_ms.to_string(),
+            format!("{}/{}", c.topic, c.id),
+            c.strategy.clone(),
+            c.resolution.clone(),
+            format!("{} @ {}", c.loser.change, c.loser.version.hlc),
+            format!("{} @ {}", c.winner.change, c.winner.version.hlc),
+            c.fields.join(","),
+        ]);
+    }
+    println!("{table}");
+    if let Some(next) = list.next_since {
+        println!("more: --since {next}");
+    }
+    Ok(())
+}
+
+async fn dead_letters(c: &mrr_client::Client) -> anyhow::Result<()> {
+    let list = c.dead_letters().await?;
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(["id", "record", "failed at ms", "reason"]);
+    for d in &list.dead_letters {
+        table.add_row([
+            d.id.clone(),
+            format!("{}/{}", d.topic, d.record_id),
+            d.failed_at_ms.to_string(),
+            d.reason.clone(),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
 }
 
 async fn status(target: &Target) -> anyhow::Result<()> {

@@ -61,6 +61,9 @@ pub struct Config {
     /// The conflict rules, with handlers compiled: built by [`Config::parse`].
     #[serde(skip)]
     pub policies: Arc<Policies>,
+    /// The directory of the config file: handler paths are relative to it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -286,6 +289,7 @@ impl Config {
             ConfigError::Parse { path: path.to_owned(), line, column, message, hint }
         })?;
         let mut config = config;
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         config.validate(path, text)?;
         config.policies = Arc::new(config.build_policies(path, text)?);
         Ok(config)

@@ -27,6 +27,46 @@ pub enum DevError {
     Ports { base_port: u16, regions: usize },
     #[error("generated config is invalid (a bug in mrr dev): {0}")]
     Generated(ConfigError),
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+}
+
+/// A topic policy of the dev cluster.
+#[derive(Debug, Clone)]
+pub struct DevTopic {
+    pub name: String,
+    pub strategy: &'static str,
+    pub handler: Option<DevHandler>,
+}
+
+#[derive(Debug, Clone)]
+pub enum DevHandler {
+    /// A sample shipped in the binary, written beside the configs as `handlers/<file>`.
+    Sample { file: &'static str, source: &'static str },
+    /// A script of the config the cluster was derived from.
+    Path(PathBuf),
+}
+
+/// The samples of `examples/handlers`, so `mrr dev` shows every strategy out of the box.
+fn sample_topics() -> Vec<DevTopic> {
+    let sample = |name: &str, file: &'static str, source: &'static str| DevTopic {
+        name: name.into(),
+        strategy: "custom",
+        handler: Some(DevHandler::Sample { file, source }),
+    };
+    vec![
+        DevTopic { name: "profiles".into(), strategy: "merge", handler: None },
+        sample("inventory", "inventory.rhai", include_str!("../../../examples/handlers/inventory.rhai")),
+        sample("orders", "orders.rhai", include_str!("../../../examples/handlers/orders.rhai")),
+    ]
+}
+
+fn strategy_name(s: crate::config::ConflictStrategy) -> &'static str {
+    match s {
+        crate::config::ConflictStrategy::Timestamp => "timestamp",
+        crate::config::ConflictStrategy::Merge => "merge",
+        crate::config::ConflictStrategy::Custom => "custom",
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +82,7 @@ pub struct DevCluster {
     pub regions: Vec<DevRegion>,
     pub default_ttl: String,
     pub conflict_strategy: String,
+    pub topics: Vec<DevTopic>,
     pub secret: String,
     pub data_dir: PathBuf,
 }
@@ -65,12 +106,31 @@ impl DevCluster {
                 DevRegion { name, coordinator, api_port, peer_port: api_port + 1 }
             })
             .collect();
-        let (default_ttl, conflict_strategy) = match from {
-            Some(c) => (humantime_ms(c.replication_rules.default_ttl), "timestamp".to_owned()),
-            None => ("500ms".into(), "timestamp".into()),
+        let (default_ttl, conflict_strategy, topics) = match from {
+            Some(c) => {
+                let topics = c
+                    .topics
+                    .iter()
+                    .map(|(name, t)| DevTopic {
+                        name: name.clone(),
+                        strategy: strategy_name(t.conflict_strategy.unwrap_or(c.replication_rules.conflict_strategy)),
+                        handler: t.handler.as_ref().map(|h| {
+                            DevHandler::Path(
+                                std::path::absolute(c.base_dir.join(h)).unwrap_or_else(|_| c.base_dir.join(h)),
+                            )
+                        }),
+                    })
+                    .collect();
+                (
+                    humantime_ms(c.replication_rules.default_ttl),
+                    strategy_name(c.replication_rules.conflict_strategy).to_owned(),
+                    topics,
+                )
+            }
+            None => ("500ms".into(), "timestamp".into(), sample_topics()),
         };
         let secret: String = (0..32).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect();
-        Ok(Self { regions, default_ttl, conflict_strategy, secret, data_dir })
+        Ok(Self { regions, default_ttl, conflict_strategy, topics, secret, data_dir })
     }
 
     /// The YAML config of region `k`.
@@ -108,6 +168,17 @@ impl DevCluster {
             "replication_rules:\n  default_ttl: {}\n  conflict_strategy: {}\n",
             self.default_ttl, self.conflict_strategy
         ));
+        if !self.topics.is_empty() {
+            s.push_str("# Conflict rules per topic (docs/conflicts.md).\ntopics:\n");
+            for t in &self.topics {
+                let handler = match &t.handler {
+                    None => String::new(),
+                    Some(DevHandler::Sample { file, .. }) => format!(", handler: handlers/{file}"),
+                    Some(DevHandler::Path(p)) => format!(", handler: \"{}\"", p.display()),
+                };
+                s.push_str(&format!("  {}: {{ conflict_strategy: {}{handler} }}\n", t.name, t.strategy));
+            }
+        }
         s.push_str("# Emulated WAN: one-way delay from this region to each peer.\nlinks:\n");
         for r in self.regions.iter().filter(|r| r.name != me.name) {
             s.push_str(&format!("  {}: {{ delay_ms: {}, jitter_ms: 0 }}\n", r.name, delay_ms(&me.name, &r.name)));
@@ -115,8 +186,19 @@ impl DevCluster {
         s
     }
 
-    /// Every region's config, parsed back through the same loader `mrr serve` uses.
+    /// Every region's config, parsed back through the same loader `mrr serve` uses. Writes the
+    /// sample handlers into `dir/handlers` first, where the configs point.
     pub fn configs(&self, dir: &Path) -> Result<Vec<(PathBuf, Config)>, DevError> {
+        for t in &self.topics {
+            if let Some(DevHandler::Sample { file, source }) = &t.handler {
+                let path = dir.join("handlers").join(file);
+                let write = |path: &Path| -> std::io::Result<()> {
+                    std::fs::create_dir_all(dir.join("handlers"))?;
+                    std::fs::write(path, source)
+                };
+                write(&path).map_err(|source| DevError::Write { path: path.display().to_string(), source })?;
+            }
+        }
         (0..self.regions.len())
             .map(|k| {
                 let path = dir.join(format!("{}.yaml", self.regions[k].name));
@@ -143,8 +225,17 @@ mod tests {
         assert_eq!(delay_ms("us-west", "ap-northeast"), 55);
         assert_eq!(delay_ms("eu-central", "us-west"), 75);
         assert_eq!(delay_ms("ap-northeast", "eu-central"), 115);
-        let configs = c.configs(Path::new("/tmp/x")).expect("valid configs");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let configs = c.configs(dir.path()).expect("valid configs");
         assert_eq!(configs.len(), 3);
+        assert_eq!(configs[0].1.policies.rule("profiles").name(), "merge");
+        assert_eq!(configs[0].1.policies.rule("orders").name(), "custom", "sample handlers written and compiled");
+        // Derived from a config: its topics come along, handlers resolved where that config is.
+        let from = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/mrr-config.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let derived = DevCluster::new(7800, PathBuf::from("/tmp/x"), Some(&from)).expect("layout");
+        let configs = derived.configs(dir.path()).expect("valid configs");
+        assert_eq!(configs[0].1.policies.digest(), from.policies.digest());
         let (_, sf) = &configs[1];
         assert_eq!(sf.region.as_str(), "us-west");
         assert_eq!(sf.coordinator().map(|r| r.as_str()), Some("ap-northeast"));
