@@ -354,11 +354,21 @@ impl Engine {
         let mut doc = current.as_ref().and_then(|r| r.doc.clone()).unwrap_or_default();
         let lost = doc.join_reporting(&delta);
         self.log_lost(pending, &change.key, lost);
-        let newest = match &current {
-            Some(c) if c.version > change.version => c.clone(),
-            _ => change.to_record(),
-        };
-        Record { value: doc.materialize(), doc: Some(doc), ..newest }
+        let value = doc.materialize();
+        // The newest change names the record's version, token and metadata (not
+        // `Change::to_record`, which would materialise the delta only to drop it).
+        match current {
+            Some(c) if c.version > change.version => Record { value, doc: Some(doc), ..c },
+            _ => Record {
+                value,
+                metadata: change.metadata.clone(),
+                version: change.version.clone(),
+                origin: change.origin.clone(),
+                seq: change.seq,
+                deps: change.deps.clone(),
+                doc: Some(doc),
+            },
+        }
     }
 
     /// One conflict entry per (loser, winner), listing the fields the loser lost.
