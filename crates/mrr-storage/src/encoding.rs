@@ -63,6 +63,7 @@ pub fn vv_key(origin: &RegionName) -> Vec<u8> {
 
 pub const VV_PREFIX: &[u8] = b"vv\0";
 pub const HLC_KEY: &[u8] = b"hlc";
+pub const FORMAT_KEY: &[u8] = b"format";
 
 pub fn peer_key(peer: &RegionName) -> Vec<u8> {
     [b"peer\0".as_slice(), peer.as_str().as_bytes()].concat()

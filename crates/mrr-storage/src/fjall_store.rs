@@ -9,7 +9,7 @@ use mrr_core::fold::FoldEntry;
 use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Version, VersionVector};
 
 use crate::encoding::{self, decode, decode_u64, encode};
-use crate::{CommitBatch, Durability, RecoveredState, Result, Store};
+use crate::{CommitBatch, Durability, RecoveredState, Result, Store, STORAGE_FORMAT};
 
 pub struct FjallStore {
     db: Database,
@@ -37,7 +37,27 @@ impl FjallStore {
         let history = db.keyspace("history", KeyspaceCreateOptions::default)?;
         let conflicts = db.keyspace("conflicts", KeyspaceCreateOptions::default)?;
         let dlq = db.keyspace("dlq", KeyspaceCreateOptions::default)?;
-        Ok(Self { db, records, changes, meta, history, conflicts, dlq, durability })
+        let store = Self { db, records, changes, meta, history, conflicts, dlq, durability };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// A new directory is stamped with [`STORAGE_FORMAT`]; an existing one must carry it. A
+    /// directory from before formats were stamped (format 1) has data but no stamp.
+    fn check_format(&self) -> Result<()> {
+        let found = match self.meta.get(encoding::FORMAT_KEY)? {
+            Some(v) => u32::try_from(decode_u64("storage format", encoding::FORMAT_KEY, &v)?).unwrap_or(u32::MAX),
+            None if self.changes.is_empty()? && self.records.is_empty()? => {
+                self.meta.insert(encoding::FORMAT_KEY, u64::from(STORAGE_FORMAT).to_be_bytes().to_vec())?;
+                self.db.persist(PersistMode::SyncData)?;
+                STORAGE_FORMAT
+            }
+            None => 1,
+        };
+        if found != STORAGE_FORMAT {
+            return Err(crate::StoreError::Format { found, expected: STORAGE_FORMAT });
+        }
+        Ok(())
     }
 }
 
@@ -227,4 +247,26 @@ fn record_key_end(key: &Key) -> Vec<u8> {
     let mut end = encoding::record_key(key);
     end.push(1);
     end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_of_another_format_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(FjallStore::open(dir.path(), Durability::Fsync).expect("new directory"));
+        drop(FjallStore::open(dir.path(), Durability::Fsync).expect("same format reopens"));
+        {
+            // A directory from before the stamp: data, no format key.
+            let store = FjallStore::open(dir.path(), Durability::Fsync).expect("open");
+            store.meta.remove(encoding::FORMAT_KEY).expect("remove");
+            store.records.insert(b"t\0k", b"old").expect("insert");
+            store.db.persist(PersistMode::SyncData).expect("persist");
+        }
+        let err = FjallStore::open(dir.path(), Durability::Fsync).expect_err("format 1");
+        assert!(matches!(err, crate::StoreError::Format { found: 1, expected: STORAGE_FORMAT }), "{err}");
+        assert!(err.to_string().contains("catches up from its peers"), "{err}");
+    }
 }

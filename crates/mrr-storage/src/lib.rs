@@ -74,7 +74,14 @@ pub enum StoreError {
     Engine(#[from] fjall::Error),
     #[error("corrupt {what} at key {key:?}: {reason}")]
     Corrupt { what: &'static str, key: Vec<u8>, reason: String },
+    /// The directory holds data in a format this release does not read. Fatal at start-up.
+    #[error("the data directory holds storage format {found}, this release reads format {expected}: move the directory aside and restart; the region then catches up from its peers (they keep their changelogs)")]
+    Format { found: u32, expected: u32 },
 }
+
+/// The layout and encoding of stored records and changes. Bumped when an existing directory
+/// could no longer be read: 2 added each change's causal past and the merge document.
+pub const STORAGE_FORMAT: u32 = 2;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
