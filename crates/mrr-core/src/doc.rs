@@ -206,32 +206,67 @@ impl Field {
         }
     }
 
-    /// The value a read shows, if any: the kind touched last among those a delete left alive.
-    fn visible(&self, floor: Option<&Version>) -> Option<Value> {
+    /// What a read shows, if anything: the kind touched last among those a delete left alive.
+    fn visible(&self, floor: Option<&Version>) -> Option<Shown<'_>> {
         let after_floor = |v: &Version| floor.is_none_or(|f| v > f);
-        let mut candidates: Vec<(&Version, Option<Value>)> = Vec::new();
+        let mut candidates: Vec<(&Version, Option<Shown<'_>>)> = Vec::new();
         if let Some(r) = &self.reg {
             if after_floor(&r.stamp.version) {
-                candidates.push((&r.stamp.version, r.value.as_deref().and_then(|t| serde_json::from_str(t).ok())));
+                candidates.push((&r.stamp.version, r.value.as_deref().map(Shown::Text)));
             }
         }
         if let Some(c) = &self.counter {
             if let Some(t) = &c.touched {
                 if after_floor(t) || c.has_unreset() {
-                    candidates.push((t, Some(Value::from(c.value()))));
+                    candidates.push((t, Some(Shown::Counter(c.value()))));
                 }
             }
         }
         if let Some(s) = &self.set {
             if let Some(t) = &s.touched {
                 if after_floor(t) || !s.adds.is_empty() {
-                    let elems = s.live().filter_map(|e| serde_json::from_str(e).ok()).collect();
-                    candidates.push((t, Some(Value::Array(elems))));
+                    candidates.push((t, Some(Shown::Set(s))));
                 }
             }
         }
         // Versions are unique per write, so the maximum is unique.
         candidates.into_iter().max_by(|a, b| a.0.cmp(b.0)).and_then(|(_, v)| v)
+    }
+}
+
+/// A field's visible value, borrowed from the doc: JSON text, a counter, or a set.
+enum Shown<'a> {
+    Text(&'a str),
+    Counter(i64),
+    Set(&'a OrSet),
+}
+
+impl Shown<'_> {
+    fn to_value(&self) -> Option<Value> {
+        match self {
+            Shown::Text(t) => serde_json::from_str(t).ok(),
+            Shown::Counter(n) => Some(Value::from(*n)),
+            Shown::Set(s) => Some(Value::Array(s.live().filter_map(|e| serde_json::from_str(e).ok()).collect())),
+        }
+    }
+
+    /// Appends the value as JSON text. Register texts and set elements are JSON already
+    /// (canonical when written here, checked on receipt), so they are copied, not re-parsed.
+    fn write_json(&self, out: &mut String) {
+        match self {
+            Shown::Text(t) => out.push_str(t),
+            Shown::Counter(n) => out.push_str(&n.to_string()),
+            Shown::Set(s) => {
+                out.push('[');
+                for (i, e) in s.live().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(e);
+                }
+                out.push(']');
+            }
+        }
     }
 }
 
@@ -291,12 +326,32 @@ impl Doc {
             return None;
         }
         let floor = self.floor.as_ref();
-        Some(self.fields.iter().filter_map(|(k, f)| Some((k.clone(), f.visible(floor)?))).collect())
+        Some(self.fields.iter().filter_map(|(k, f)| Some((k.clone(), f.visible(floor)?.to_value()?))).collect())
     }
 
-    /// [`Doc::to_value`] as JSON bytes.
+    /// [`Doc::to_value`] as JSON bytes, written directly (this runs on every apply in every
+    /// region, so it does not build a `Value` first).
     pub fn materialize(&self) -> Option<Vec<u8>> {
-        self.to_value().map(|m| Value::Object(m).to_string().into_bytes())
+        if !self.exists() {
+            return None;
+        }
+        let floor = self.floor.as_ref();
+        let mut out = String::with_capacity(self.approx_len() + 2);
+        out.push('{');
+        let mut first = true;
+        for (k, f) in &self.fields {
+            let Some(shown) = f.visible(floor) else { continue };
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            // A `String` always serialises.
+            out.push_str(&serde_json::to_string(k).unwrap_or_else(|e| unreachable!("{e}")));
+            out.push(':');
+            shown.write_json(&mut out);
+        }
+        out.push('}');
+        Some(out.into_bytes())
     }
 
     pub fn approx_len(&self) -> usize {
@@ -536,6 +591,14 @@ mod tests {
             let n = order.len();
             for i in (1..n).rev() { order.swap(i, (seed as usize ^ i.wrapping_mul(2654435761)) % (i + 1)); }
             prop_assert_eq!(joined(&order).to_value(), forward.to_value());
+        }
+
+        /// The bytes written directly are the JSON of the value a read shows.
+        #[test]
+        fn materialized_bytes_are_the_visible_value(ws in proptest::collection::vec((write(), any::<u16>()), 1..12)) {
+            let d = joined(&deltas(&ws).iter().collect::<Vec<_>>());
+            let bytes = d.materialize().map(|b| serde_json::from_slice::<Value>(&b).expect("valid JSON"));
+            prop_assert_eq!(bytes, d.to_value().map(Value::Object));
         }
 
         /// Increments from every region add up exactly, in any order, with duplicates.
