@@ -120,16 +120,17 @@ pub fn step(resolver: &dyn Resolver, before: &FoldState, entry: &mut FoldEntry) 
     entry.outcome = outcome;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hlc::Timestamp;
-    use crate::region::RegionName;
-    use proptest::prelude::*;
+/// A handler for tests of the fold and of what drives it (the writer's engine).
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing {
+    use serde_json::{Map, Value};
 
-    /// A deliberately non-commutative handler: appends the incoming `log` to the current one.
+    use crate::policy::Resolver;
+
+    /// Deliberately not commutative: appends the incoming `log` to the current one. Refuses an
+    /// incoming `log` containing `!`, to exercise handler failures.
     #[derive(Debug)]
-    struct Append;
+    pub struct Append;
 
     impl Resolver for Append {
         fn resolve(&self, c: &Map<String, Value>, i: &Map<String, Value>) -> Result<Map<String, Value>, String> {
@@ -146,6 +147,15 @@ mod tests {
             "append".into()
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::Append;
+    use super::*;
+    use crate::hlc::Timestamp;
+    use crate::region::RegionName;
+    use proptest::prelude::*;
 
     fn region(i: usize) -> RegionName {
         RegionName::new(["ap-northeast", "eu-central", "us-west"][i]).expect("valid")

@@ -174,6 +174,17 @@ pub enum ConflictStrategy {
     Custom,
 }
 
+impl ConflictStrategy {
+    /// As written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConflictStrategy::Timestamp => "timestamp",
+            ConflictStrategy::Merge => "merge",
+            ConflictStrategy::Custom => "custom",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationRules {
@@ -398,7 +409,6 @@ impl Config {
                 ))
             }
         };
-        let base = path.parent().unwrap_or(Path::new("."));
         let mut topics = BTreeMap::new();
         for (topic, t) in &self.topics {
             let at = format!("{topic}:");
@@ -408,7 +418,7 @@ impl Config {
             let strategy = t.conflict_strategy.unwrap_or(self.replication_rules.conflict_strategy);
             let rule = match (strategy, &t.handler) {
                 (ConflictStrategy::Custom, Some(handler)) => {
-                    let file = base.join(handler);
+                    let file = self.base_dir.join(handler);
                     let compiled =
                         mrr_handler::RhaiHandler::load(&file, mrr_handler::Limits::default()).map_err(|e| {
                             invalid(&at, e.to_string(), "fix the script; it must define fn resolve(current, incoming)")
@@ -425,7 +435,7 @@ impl Config {
                 (other, Some(_)) => {
                     return Err(invalid(
                         &at,
-                        format!("topic {topic} names a handler but its conflict_strategy is {other:?}"),
+                        format!("topic {topic} names a handler but its conflict_strategy is {}", other.name()),
                         "set `conflict_strategy: custom`, or remove `handler:`",
                     ))
                 }

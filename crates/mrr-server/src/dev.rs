@@ -61,14 +61,6 @@ fn sample_topics() -> Vec<DevTopic> {
     ]
 }
 
-fn strategy_name(s: crate::config::ConflictStrategy) -> &'static str {
-    match s {
-        crate::config::ConflictStrategy::Timestamp => "timestamp",
-        crate::config::ConflictStrategy::Merge => "merge",
-        crate::config::ConflictStrategy::Custom => "custom",
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct DevRegion {
     pub name: String,
@@ -113,7 +105,7 @@ impl DevCluster {
                     .iter()
                     .map(|(name, t)| DevTopic {
                         name: name.clone(),
-                        strategy: strategy_name(t.conflict_strategy.unwrap_or(c.replication_rules.conflict_strategy)),
+                        strategy: t.conflict_strategy.unwrap_or(c.replication_rules.conflict_strategy).name(),
                         handler: t.handler.as_ref().map(|h| {
                             DevHandler::Path(
                                 std::path::absolute(c.base_dir.join(h)).unwrap_or_else(|_| c.base_dir.join(h)),
@@ -123,7 +115,7 @@ impl DevCluster {
                     .collect();
                 (
                     humantime_ms(c.replication_rules.default_ttl),
-                    strategy_name(c.replication_rules.conflict_strategy).to_owned(),
+                    c.replication_rules.conflict_strategy.name().to_owned(),
                     topics,
                 )
             }

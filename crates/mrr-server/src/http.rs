@@ -20,7 +20,7 @@ use mrr_api::{
     NodeStatus, RecordEnvelope, RecordList, RecordMetadata, VersionInfo, WriteToken,
 };
 use mrr_core::limits::{json_depth, validate_id, validate_topic, Limits};
-use mrr_core::{FieldOp, Key, Metadata, Policies, Record, RegionName, Rule};
+use mrr_core::{FieldOp, Key, Metadata, Record, RegionName, Version};
 use mrr_replication::{LinkSpec, Links, StatusBoard};
 use mrr_storage::Store;
 use mrr_writer::{Committed, LocalOp, Rejection, WriteError, Writer};
@@ -45,7 +45,6 @@ pub struct AppState {
     pub health: crate::health::Thresholds,
     pub metrics: crate::metrics::ServerMetrics,
     pub replication_metrics: mrr_replication::metrics::ReplicationMetrics,
-    pub policies: Arc<Policies>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -312,14 +311,6 @@ async fn record_ops(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<RecordEnvelope>> {
     let key = parse_key(&topic, &id)?;
-    let rule = state.policies.rule(&topic);
-    if !matches!(rule, Rule::Merge) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            ErrorCode::StrategyMismatch,
-            format!("topic {topic} uses conflict_strategy {}; CRDT operations need `conflict_strategy: merge` (set it under `topics:`)", rule.name()),
-        ));
-    }
     let value: Value = serde_json::from_slice(&body_bytes(body)?).map_err(|e| json_error(&e))?;
     let ops = parse_ops(&state.limits, value)?;
     write_one(&state, LocalOp::Ops { key, ops }).await
@@ -693,6 +684,10 @@ fn parse_put_value(limits: &Limits, topic: &str, path_id: Option<&str>, value: V
     Ok(LocalOp::Put { key, value: encode_record(limits, object)?, metadata: metadata.unwrap_or_default() })
 }
 
+pub(crate) fn version_info(v: &Version) -> VersionInfo {
+    VersionInfo { hlc: v.ts.to_string(), wall_ms: v.ts.wall_ms, logical: v.ts.logical, region: v.region.to_string() }
+}
+
 pub fn envelope(key: &Key, r: &Record) -> RecordEnvelope {
     let value = match &r.value {
         // Stored values were validated as objects when written; a decode failure is corruption.
@@ -708,12 +703,7 @@ pub fn envelope(key: &Key, r: &Record) -> RecordEnvelope {
         value,
         deleted: r.is_tombstone(),
         metadata: RecordMetadata { regions: r.metadata.regions.clone(), sync_flags: r.metadata.sync_flags.clone() },
-        version: VersionInfo {
-            hlc: r.version.ts.to_string(),
-            wall_ms: r.version.ts.wall_ms,
-            logical: r.version.ts.logical,
-            region: r.version.region.to_string(),
-        },
+        version: version_info(&r.version),
         origin_region: r.version.region.to_string(),
         updated_at_ms: r.version.ts.wall_ms,
         token: WriteToken { origin: r.origin.to_string(), seq: r.seq },

@@ -175,7 +175,6 @@ impl Node {
             },
             metrics: crate::metrics::ServerMetrics::new(recorder.as_ref(), metrics_handle.clone()),
             replication_metrics: replicator.metrics.clone(),
-            policies: config.policies.clone(),
         };
         // Histogram samples are folded into buckets here and at every scrape; the conflict log
         // is trimmed to its retention every 12 ticks (a minute).

@@ -7,18 +7,13 @@ use axum::http::StatusCode;
 use axum::Json;
 use mrr_api::{
     ConflictList, ConflictSide, ConflictView, DeadLetterList, DeadLetterView, ErrorBody, ErrorCode, RecordEnvelope,
-    VersionInfo,
 };
-use mrr_core::{ChangeId, ConflictEntry, DeadLetter, Side, Version};
+use mrr_core::{ChangeId, ConflictEntry, DeadLetter, Side};
 use mrr_writer::LocalOp;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::http::{write_one, ApiError, ApiResult, AppState};
-
-fn version_info(v: &Version) -> VersionInfo {
-    VersionInfo { hlc: v.ts.to_string(), wall_ms: v.ts.wall_ms, logical: v.ts.logical, region: v.region.to_string() }
-}
+use crate::http::{version_info, write_one, ApiError, ApiResult, AppState};
 
 fn json(text: &Option<String>) -> Value {
     text.as_deref().and_then(|t| serde_json::from_str(t).ok()).unwrap_or(Value::Null)
@@ -86,8 +81,12 @@ pub async fn list_conflicts(
     let mut next_since = None;
     if entries.len() > limit {
         let cut_ms = entries[limit].detected_at_ms;
-        let end = entries.iter().position(|e| e.detected_at_ms == cut_ms).unwrap_or(limit);
-        let end = if end == 0 { entries.iter().take_while(|e| e.detected_at_ms == cut_ms).count() } else { end };
+        // Sorted: cut before the first entry of that time, or after the last when the page
+        // would otherwise be empty (more entries share one time than fit a page).
+        let end = match entries.partition_point(|e| e.detected_at_ms < cut_ms) {
+            0 => entries.partition_point(|e| e.detected_at_ms <= cut_ms),
+            end => end,
+        };
         next_since = entries.get(end).map(|e| e.detected_at_ms);
         entries.truncate(end);
     }

@@ -104,7 +104,7 @@ fn main() -> ExitCode {
                 eprintln!(
                     "replay: cargo run --release -p mrr-sim -- --seed {seed} --durability {} --strategy {}{} --regions {} --writes {} --faults {} --phase-ms {} --keep-faults {}",
                     if args.config.buffered { "buffered" } else { "fsync" },
-                    format!("{:?}", args.config.strategy).to_lowercase(),
+                    args.config.strategy,
                     if args.config.deletes { "" } else { " --no-deletes" },
                     args.config.regions,
                     args.config.writes,

@@ -69,6 +69,17 @@ pub enum Strategy {
     Custom,
 }
 
+impl std::fmt::Display for Strategy {
+    /// As `--strategy` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Strategy::Timestamp => "timestamp",
+            Strategy::Merge => "merge",
+            Strategy::Custom => "custom",
+        })
+    }
+}
+
 impl std::str::FromStr for Strategy {
     type Err = String;
 

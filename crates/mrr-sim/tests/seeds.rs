@@ -11,7 +11,7 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
             panic!(
                 "{v}\nreplay: cargo run --release -p mrr-sim -- --seed {seed} --regions {} --strategy {}{}{}",
                 config.regions,
-                format!("{:?}", config.strategy).to_lowercase(),
+                config.strategy,
                 if config.deletes { "" } else { " --no-deletes" },
                 if config.buffered { " --durability buffered" } else { "" },
             );

@@ -41,7 +41,7 @@ pub struct RemoteOutcome {
 /// A client request the engine refuses (nothing of it is applied).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
-    #[error("topic {topic} uses conflict_strategy {strategy}; CRDT operations need conflict_strategy: merge")]
+    #[error("topic {topic} uses conflict_strategy {strategy}; CRDT operations need `conflict_strategy: merge` (set it under `topics:`)")]
     OpsNeedMerge { topic: String, strategy: &'static str },
     #[error("dead letter {0} not found (already replayed or discarded?)")]
     NoSuchDeadLetter(ChangeId),
@@ -636,29 +636,10 @@ fn object_of(bytes: &[u8]) -> serde_json::Map<String, serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mrr_core::fold::testing::Append;
     use mrr_core::{FieldOp, Metadata, Timestamp};
     use mrr_storage::MemStore;
-    use serde_json::{json, Map, Value};
-
-    /// A non-commutative handler: appends the incoming `log` to the current one; refuses `!`.
-    #[derive(Debug)]
-    struct Append;
-
-    impl Resolver for Append {
-        fn resolve(&self, c: &Map<String, Value>, i: &Map<String, Value>) -> Result<Map<String, Value>, String> {
-            let s = |m: &Map<String, Value>| m.get("log").and_then(Value::as_str).unwrap_or_default().to_owned();
-            if s(i).contains('!') {
-                return Err("refuses '!'".into());
-            }
-            let mut out = c.clone();
-            out.insert("log".into(), Value::from(s(c) + &s(i)));
-            Ok(out)
-        }
-
-        fn fingerprint(&self) -> String {
-            "append".into()
-        }
-    }
+    use serde_json::{json, Value};
 
     fn policies() -> Arc<Policies> {
         let topics = [("profiles".to_owned(), Rule::Merge), ("logs".to_owned(), Rule::Custom(Arc::new(Append)))];
