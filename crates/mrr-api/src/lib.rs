@@ -28,10 +28,13 @@ pub struct VersionInfo {
     pub region: String,
 }
 
-/// The read-your-writes token of a write: the change `(origin, seq)` that produced a state.
+/// The read-your-writes token of a write: the change `(origin, lane, seq)` that produced a
+/// state. Sequences are per origin and lane.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct WriteToken {
     pub origin: String,
+    /// The priority lane the write travelled in: `urgent`, `normal` or `bulk`.
+    pub lane: String,
     pub seq: u64,
 }
 

@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::doc::Doc;
+use crate::lane::{Lane, Stream};
 use crate::record::{Key, Metadata, Record};
 use crate::region::RegionName;
 use crate::version::Version;
@@ -15,25 +16,32 @@ use crate::vv::VersionVector;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ChangeId {
     pub origin: RegionName,
+    pub lane: Lane,
     pub seq: u64,
 }
 
+/// `<region>-<seq>` in the normal lane, `<region>.<lane>-<seq>` in the others.
 impl fmt::Display for ChangeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.origin, self.seq)
+        write!(f, "{}-{}", self.stream(), self.seq)
     }
 }
 
 impl ChangeId {
-    /// Parses the `Display` form, `<region>-<seq>`.
+    /// Parses the `Display` form.
     pub fn parse(s: &str) -> Option<Self> {
-        let (origin, seq) = s.rsplit_once('-')?;
-        Some(Self { origin: RegionName::new(origin).ok()?, seq: seq.parse().ok().filter(|s| *s > 0)? })
+        let (stream, seq) = s.rsplit_once('-')?;
+        let Stream { origin, lane } = Stream::parse(stream)?;
+        Some(Self { origin, lane, seq: seq.parse().ok().filter(|s| *s > 0)? })
+    }
+
+    pub fn stream(&self) -> Stream {
+        Stream::new(self.origin.clone(), self.lane)
     }
 
     /// Whether a writer whose causal past is `deps` had seen this change.
     pub fn seen_by(&self, deps: &VersionVector) -> bool {
-        deps.get(&self.origin) >= self.seq
+        deps.get(&self.stream()) >= self.seq
     }
 }
 
@@ -58,18 +66,20 @@ pub enum Op {
     Merge { delta: Doc },
 }
 
-/// One write, identified cluster-wide by `(origin, seq)`. Sequence numbers are contiguous per
-/// origin from 1, which is what lets a version vector summarise a whole history.
+/// One write, identified cluster-wide by `(origin, lane, seq)`. Sequence numbers are contiguous
+/// per stream (origin and lane) from 1, which is what lets a version vector summarise a whole
+/// history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     pub origin: RegionName,
+    pub lane: Lane,
     pub seq: u64,
     pub key: Key,
     pub op: Op,
     pub metadata: Metadata,
     pub version: Version,
     /// The origin's applied version vector when it wrote this change: its exact causal past.
-    /// A change `x` happened before this one iff `deps[x.origin] >= x.seq`; two writes are
+    /// A change `x` happened before this one iff `deps[x.stream] >= x.seq`; two writes are
     /// concurrent iff neither saw the other. This is what tells a conflict from an update.
     pub deps: VersionVector,
     /// Set on a dead letter's replay: the change whose content this one applies (once).
@@ -78,7 +88,11 @@ pub struct Change {
 
 impl Change {
     pub fn id(&self) -> ChangeId {
-        ChangeId { origin: self.origin.clone(), seq: self.seq }
+        ChangeId { origin: self.origin.clone(), lane: self.lane, seq: self.seq }
+    }
+
+    pub fn stream(&self) -> Stream {
+        Stream::new(self.origin.clone(), self.lane)
     }
 
     /// The record state this change writes under whole-record strategies, if it wins.
@@ -92,6 +106,7 @@ impl Change {
             metadata: self.metadata.clone(),
             version: self.version.clone(),
             origin: self.origin.clone(),
+            lane: self.lane,
             seq: self.seq,
             deps: self.deps.clone(),
             doc: match &self.op {

@@ -85,7 +85,7 @@ mod tests {
     fn entry(seq: u64, at_ms: u64) -> ConflictEntry {
         let r = RegionName::new("us-west").expect("valid");
         let side = |seq| Side {
-            id: ChangeId { origin: r.clone(), seq },
+            id: ChangeId { origin: r.clone(), lane: crate::Lane::Normal, seq },
             version: Version { ts: Timestamp::new(seq, 0), region: r.clone() },
             value: None,
         };

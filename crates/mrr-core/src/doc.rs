@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::change::ChangeId;
+use crate::lane::Lane;
 use crate::region::RegionName;
 use crate::version::Version;
 use crate::vv::VersionVector;
@@ -28,13 +29,14 @@ use crate::vv::VersionVector;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamp {
     pub version: Version,
+    pub lane: Lane,
     pub seq: u64,
     pub deps: VersionVector,
 }
 
 impl Stamp {
     pub fn id(&self) -> ChangeId {
-        ChangeId { origin: self.version.region.clone(), seq: self.seq }
+        ChangeId { origin: self.version.region.clone(), lane: self.lane, seq: self.seq }
     }
 }
 
@@ -517,12 +519,14 @@ mod tests {
     const FIELDS: [&str; 3] = ["a", "b", "c"];
 
     /// Builds deltas: write `i` is made at region `i % 3` after having seen the deltas chosen by
-    /// `seen` (plus all earlier writes of its own region, as a real writer would).
+    /// `seen` (plus all earlier writes of its own region, as a real writer would), in a lane that
+    /// varies so that sequences are per stream, as a region with priority lanes numbers them.
     fn deltas(writes: &[(W, u16)]) -> Vec<Doc> {
         let mut out: Vec<(usize, Doc, VersionVector)> = Vec::new();
-        let mut seqs = [0u64; 3];
+        let mut seqs = [[0u64; 3]; 3];
         for (i, (w, seen)) in writes.iter().enumerate() {
             let r = i % 3;
+            let lane = (i / 3 + usize::from(*seen as u8 & 1)) % 3;
             let mut base = Doc::default();
             let mut deps = VersionVector::new();
             for (j, (rj, d, dj)) in out.iter().enumerate() {
@@ -531,10 +535,11 @@ mod tests {
                     deps.join(dj);
                 }
             }
-            seqs[r] += 1;
+            seqs[r][lane] += 1;
             let stamp = Stamp {
                 version: Version { ts: Timestamp::new(i as u64 + 1, 0), region: region(r) },
-                seq: seqs[r],
+                lane: Lane::ALL[lane],
+                seq: seqs[r][lane],
                 deps: deps.clone(),
             };
             let d = match w {
@@ -556,7 +561,7 @@ mod tests {
                 W::Delete => Doc::delete_delta(Some(&base), &stamp),
             };
             let mut own = deps;
-            own.advance(&region(r), seqs[r]);
+            own.advance(&stamp.id().stream(), seqs[r][lane]);
             out.push((r, d, own));
         }
         out.into_iter().map(|(_, d, _)| d).collect()
@@ -609,7 +614,7 @@ mod tests {
             let mut all = Vec::new();
             for (i, (r, by)) in bys.iter().enumerate() {
                 seqs[*r] += 1;
-                let stamp = Stamp { version: Version { ts: Timestamp::new(i as u64 + 1, 0), region: region(*r) }, seq: seqs[*r], deps: VersionVector::new() };
+                let stamp = Stamp { version: Version { ts: Timestamp::new(i as u64 + 1, 0), region: region(*r) }, lane: Lane::Normal, seq: seqs[*r], deps: VersionVector::new() };
                 let d = Doc::ops_delta(Some(&state[*r]), &[FieldOp::Incr { field: "n".into(), by: *by }], &stamp);
                 state[*r].join(&d);
                 all.push(d);
@@ -625,8 +630,9 @@ mod tests {
     fn stamp(ts: u64, r: usize, seq: u64, deps: &[(usize, u64)]) -> Stamp {
         Stamp {
             version: Version { ts: Timestamp::new(ts, 0), region: region(r) },
+            lane: Lane::Normal,
             seq,
-            deps: deps.iter().map(|(r, s)| (region(*r), *s)).collect(),
+            deps: deps.iter().map(|(r, s)| (crate::Stream::normal(region(*r)), *s)).collect(),
         }
     }
 
@@ -660,7 +666,7 @@ mod tests {
     }
 
     fn a_id() -> ChangeId {
-        ChangeId { origin: region(0), seq: 2 }
+        ChangeId { origin: region(0), lane: Lane::Normal, seq: 2 }
     }
 
     #[test]

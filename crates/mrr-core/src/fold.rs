@@ -97,7 +97,7 @@ pub fn step(resolver: &dyn Resolver, before: &FoldState, entry: &mut FoldEntry) 
     let saw_everything = entry.deps.dominates(&before.folded);
     let concurrent_head = if saw_everything { None } else { before.head.clone() };
     let mut folded = before.folded.clone();
-    folded.raise(&entry.id.origin, entry.id.seq);
+    folded.raise(&entry.id.stream(), entry.id.seq);
     let applied = |value: Option<Vec<u8>>| FoldState { value, folded: folded.clone(), head: Some(entry.head()) };
     let (after, outcome) = match (&before.value, &entry.value) {
         (Some(current), Some(incoming)) if !saw_everything => {
@@ -163,7 +163,7 @@ mod tests {
 
     fn entry(ts: u64, r: usize, seq: u64, deps: VersionVector, log: Option<&str>) -> FoldEntry {
         FoldEntry {
-            id: ChangeId { origin: region(r), seq },
+            id: ChangeId { origin: region(r), lane: crate::Lane::Normal, seq },
             version: Version { ts: Timestamp::new(ts, 0), region: region(r) },
             deps,
             value: log.map(|l| format!("{{\"log\":\"{l}\"}}").into_bytes()),
@@ -189,7 +189,7 @@ mod tests {
     #[test]
     fn updates_replace_and_concurrent_writes_merge() {
         let a1 = entry(1, 0, 1, VersionVector::new(), Some("a"));
-        let deps: VersionVector = [(region(0), 1)].into_iter().collect();
+        let deps: VersionVector = [(crate::Stream::normal(region(0)), 1)].into_iter().collect();
         let b1 = entry(2, 1, 1, deps.clone(), Some("b"));
         let c1 = entry(3, 2, 1, deps, Some("c"));
         let (value, outcomes) = fold(vec![c1, a1, b1]);
@@ -243,7 +243,7 @@ mod tests {
                 seqs[*r] += 1;
                 let log = ["x", "y", "z", "w!"][*l as usize];
                 all.push(entry(i as u64 + 1, *r, seqs[*r], known[*r].clone(), (*l != 3 || i % 2 == 0).then_some(log)));
-                known[*r].raise(&region(*r), seqs[*r]);
+                known[*r].raise(&crate::Stream::normal(region(*r)), seqs[*r]);
             }
             let forward = fold(all.clone());
             let n = all.len();

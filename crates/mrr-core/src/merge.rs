@@ -76,6 +76,7 @@ mod tests {
                 metadata: Metadata::default(),
                 version: Version { ts: Timestamp::new(w, l), region: region.clone() },
                 origin: region,
+                lane: crate::Lane::Normal,
                 seq: w * 10 + u64::from(l),
                 deps: Default::default(),
                 doc: None,

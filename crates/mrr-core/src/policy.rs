@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::lane::LaneRules;
+
 /// A user conflict handler. Given the current state and a concurrent incoming write, returns the
 /// merged record. Must be deterministic (same inputs, same output or same error, in every
 /// region); need not be commutative — the engine feeds writes in version order.
@@ -48,17 +50,25 @@ impl Rule {
 pub struct Policies {
     default: Rule,
     topics: BTreeMap<String, Rule>,
+    /// Which lane a write travels in. Not in the digest: lanes change when a change arrives,
+    /// never what it merges to.
+    pub lanes: LaneRules,
 }
 
 impl Default for Policies {
     fn default() -> Self {
-        Self { default: Rule::Timestamp, topics: BTreeMap::new() }
+        Self { default: Rule::Timestamp, topics: BTreeMap::new(), lanes: LaneRules::default() }
     }
 }
 
 impl Policies {
     pub fn new(default: Rule, topics: BTreeMap<String, Rule>) -> Self {
-        Self { default, topics }
+        Self { default, topics, lanes: LaneRules::default() }
+    }
+
+    pub fn with_lanes(mut self, lanes: LaneRules) -> Self {
+        self.lanes = lanes;
+        self
     }
 
     pub fn rule(&self, topic: &str) -> &Rule {

@@ -5,7 +5,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::change::ChangeId;
 use crate::doc::Doc;
+use crate::lane::Lane;
 use crate::region::RegionName;
 use crate::version::Version;
 use crate::vv::VersionVector;
@@ -47,8 +49,9 @@ pub struct Record {
     pub value: Option<Vec<u8>>,
     pub metadata: Metadata,
     pub version: Version,
-    /// The change that produced this state: `(origin, seq)`, the read-your-writes token.
+    /// The change that produced this state: `(origin, lane, seq)`, the read-your-writes token.
     pub origin: RegionName,
+    pub lane: Lane,
     pub seq: u64,
     /// The causal past of the write that produced this state (see [`crate::Change::deps`]);
     /// under `merge`, of the latest change joined in.
@@ -60,5 +63,10 @@ pub struct Record {
 impl Record {
     pub fn is_tombstone(&self) -> bool {
         self.value.is_none()
+    }
+
+    /// The change that produced this state.
+    pub fn change_id(&self) -> ChangeId {
+        ChangeId { origin: self.origin.clone(), lane: self.lane, seq: self.seq }
     }
 }

@@ -1,19 +1,30 @@
 //! Peer sessions as pure state machines.
 //!
 //! [`OutboundSession`] decides what a node sends to one peer and when: it tails the local
-//! changelog from the peer's acknowledged version vector, pipelines batches within a bounded
-//! in-flight window (never a round trip per batch), and advances on cumulative acks. It relays
+//! changelog from the peer's acknowledged version vector, pipelines batches within bounded
+//! in-flight windows (never a round trip per batch), and advances on cumulative acks. It relays
 //! changes of third regions only to a peer that does not currently receive them from their
 //! origin directly, so a partition between two regions is bridged by a third without doubling
 //! steady-state traffic. It never sends a peer its own changes: a change never loops back.
+//!
+//! Lanes: streams are served in lane priority order (urgent, normal, bulk), each lane with its
+//! own in-flight window. A strict order at the sender is not enough on its own: the path to the
+//! peer is one FIFO (a TCP connection, a capped link), and an urgent batch sent behind megabytes
+//! of bulk waits for them to drain. So the normal and bulk lanes only send while the bytes in
+//! flight stay under a window that a delay-based controller keeps near the path's
+//! bandwidth-delay product (the LEDBAT idea, RFC 6817: grow while the round trip is near its
+//! floor, shrink when it rises, i.e. when a queue forms). The queue in front of an urgent batch
+//! then stays near `queue_delay_target_ms`, and the lower lanes still fill the link. Urgent
+//! changes are not held by the controller; their bytes count against it.
 //!
 //! [`admit_incoming`] is the receiving side's rule for one change: apply, drop as duplicate,
 //! or refuse as a protocol violation (gap, loop).
 //!
 //! The runtime around these does the IO; nothing here reads a clock or a socket.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
+use crate::lane::{Lane, Stream};
 use crate::region::RegionName;
 use crate::vv::{Admission, VersionVector};
 
@@ -22,22 +33,116 @@ use crate::vv::{Admission, VersionVector};
 pub struct OutboundLimits {
     /// Changes in one batch.
     pub batch_changes_max: usize,
-    /// Changes sent but not yet acknowledged; beyond this the session waits for acks.
+    /// Changes sent but not yet acknowledged, per lane; beyond this the lane waits for acks.
     pub inflight_changes_max: u64,
+    /// Queueing delay the normal and bulk lanes may add in front of an urgent change.
+    pub queue_delay_target_ms: u64,
+    /// Bounds of the window of bytes in flight that holds the normal and bulk lanes back.
+    pub window_bytes_min: u64,
+    pub window_bytes_max: u64,
 }
 
 impl Default for OutboundLimits {
     fn default() -> Self {
-        Self { batch_changes_max: 1_024, inflight_changes_max: 65_536 }
+        Self {
+            batch_changes_max: 1_024,
+            inflight_changes_max: 65_536,
+            queue_delay_target_ms: 25,
+            window_bytes_min: 16 * 1024,
+            window_bytes_max: 64 * 1024 * 1024,
+        }
     }
 }
 
-/// Read `limit` changes of `origin` with `seq > after_seq` from the changelog, then send them.
+/// Read `limit` changes of `stream` with `seq > after_seq` from the changelog, then send them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadRequest {
-    pub origin: RegionName,
+    pub stream: Stream,
     pub after_seq: u64,
     pub limit: usize,
+}
+
+/// One batch handed to the transport and not yet acknowledged.
+#[derive(Clone, Debug)]
+struct Flight {
+    stream: Stream,
+    last_seq: u64,
+    bytes: u64,
+    sent_ms: u64,
+}
+
+/// Round trips are compared with the lowest seen in the last [`BASE_BUCKETS`] buckets of
+/// [`BASE_BUCKET_MS`]: old enough to have seen an empty queue, young enough to follow a route
+/// change (RFC 6817 §4.2's base-delay history).
+const BASE_BUCKET_MS: u64 = 60_000;
+const BASE_BUCKETS: usize = 10;
+/// Bytes a window starts with, before slow start has measured the path.
+const WINDOW_BYTES_INITIAL: u64 = 256 * 1024;
+
+/// The delay-based window of the normal and bulk lanes.
+#[derive(Clone, Debug)]
+struct Window {
+    bytes: u64,
+    /// Doubling per round trip until the first sign of a queue.
+    slow_start: bool,
+    /// `(bucket, lowest round trip in it)`, oldest first.
+    base_history: VecDeque<(u64, u64)>,
+    /// Smoothed bytes per change, to size reads to the room left in the window.
+    change_bytes_avg: u64,
+}
+
+impl Window {
+    fn new(limits: &OutboundLimits) -> Self {
+        Self {
+            bytes: WINDOW_BYTES_INITIAL.clamp(limits.window_bytes_min, limits.window_bytes_max),
+            slow_start: true,
+            base_history: VecDeque::new(),
+            change_bytes_avg: 256,
+        }
+    }
+
+    fn base_rtt_ms(&self) -> Option<u64> {
+        self.base_history.iter().map(|(_, rtt)| *rtt).min()
+    }
+
+    /// A flight of `bytes` completed after `rtt_ms`.
+    fn on_sample(&mut self, limits: &OutboundLimits, rtt_ms: u64, bytes: u64, now_ms: u64) {
+        let bucket = now_ms / BASE_BUCKET_MS;
+        match self.base_history.back_mut() {
+            Some((b, min)) if *b == bucket => *min = (*min).min(rtt_ms),
+            _ => {
+                self.base_history.push_back((bucket, rtt_ms));
+                if self.base_history.len() > BASE_BUCKETS {
+                    self.base_history.pop_front();
+                }
+            }
+        }
+        let base = self.base_rtt_ms().unwrap_or(rtt_ms);
+        let queue_ms = rtt_ms.saturating_sub(base) as f64;
+        let target_ms = limits.queue_delay_target_ms.max(1) as f64;
+        // +1 with an empty queue, 0 on target, -1 (floor) at twice the target or more.
+        let off_target = ((target_ms - queue_ms) / target_ms).max(-1.0);
+        if self.slow_start && queue_ms > target_ms / 2.0 {
+            self.slow_start = false;
+        }
+        // Per round trip the acked bytes sum to about one window: slow start doubles it, then it
+        // grows by at most a quarter and shrinks by at most a half per round trip.
+        let gain = if self.slow_start {
+            1.0
+        } else if off_target > 0.0 {
+            0.25
+        } else {
+            0.5
+        };
+        let delta = gain * off_target * bytes as f64;
+        let next = (self.bytes as f64 + delta).max(0.0) as u64;
+        self.bytes = next.clamp(limits.window_bytes_min, limits.window_bytes_max);
+    }
+
+    fn on_sent(&mut self, changes: u64, bytes: u64) {
+        let per_change = bytes / changes.max(1);
+        self.change_bytes_avg = (self.change_bytes_avg * 7 + per_change) / 8;
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -51,6 +156,9 @@ pub struct OutboundSession {
     /// Origins the peer currently receives from the origin itself.
     peer_direct: BTreeSet<RegionName>,
     limits: OutboundLimits,
+    /// Unacknowledged batches, in send order.
+    flights: VecDeque<Flight>,
+    window: Window,
     /// When the acknowledged position last advanced, or the window last went from empty to
     /// non-empty (caller's monotonic ms).
     progress_ms: u64,
@@ -68,7 +176,18 @@ impl OutboundSession {
     ) -> Self {
         assert!(local != peer, "a session connects two different regions");
         assert!(limits.batch_changes_max > 0 && limits.inflight_changes_max > 0);
-        Self { local, peer, sent: peer_vv.clone(), acked: peer_vv, peer_direct, limits, progress_ms: now_ms }
+        assert!(limits.window_bytes_min > 0 && limits.window_bytes_min <= limits.window_bytes_max);
+        Self {
+            local,
+            peer,
+            sent: peer_vv.clone(),
+            acked: peer_vv,
+            peer_direct,
+            window: Window::new(&limits),
+            limits,
+            flights: VecDeque::new(),
+            progress_ms: now_ms,
+        }
     }
 
     pub fn peer(&self) -> &RegionName {
@@ -90,41 +209,84 @@ impl OutboundSession {
         self.sent.count_ahead_of(&self.acked)
     }
 
-    /// Changes the peer still needs from this session, sent or not.
-    pub fn backlog_changes(&self, local_vv: &VersionVector) -> u64 {
-        local_vv.iter().filter(|(o, _)| self.carries(o)).map(|(o, s)| s.saturating_sub(self.acked.get(o))).sum()
+    fn inflight_changes_in(&self, lane: Lane) -> u64 {
+        self.sent.iter().filter(|(s, _)| s.lane == lane).map(|(s, n)| n.saturating_sub(self.acked.get(s))).sum()
     }
 
-    /// The next read to make, or `None` when there is nothing to send or the window is full.
-    /// Own changes go first; then other origins in name order.
-    pub fn next_read(&self, local_vv: &VersionVector) -> Option<ReadRequest> {
-        let inflight = self.inflight_changes();
-        if inflight >= self.limits.inflight_changes_max {
-            return None;
+    /// Bytes sent and not yet acknowledged, all lanes.
+    pub fn inflight_bytes(&self) -> u64 {
+        self.flights.iter().map(|f| f.bytes).sum()
+    }
+
+    /// The current window of the normal and bulk lanes, in bytes.
+    pub fn window_bytes(&self) -> u64 {
+        self.window.bytes
+    }
+
+    /// Changes the peer still needs from this session in `lane`, sent or not.
+    pub fn backlog_changes_in(&self, local_vv: &VersionVector, lane: Lane) -> u64 {
+        local_vv
+            .iter()
+            .filter(|(s, _)| s.lane == lane && self.carries(&s.origin))
+            .map(|(s, n)| n.saturating_sub(self.acked.get(s)))
+            .sum()
+    }
+
+    /// Changes the peer still needs from this session, sent or not.
+    pub fn backlog_changes(&self, local_vv: &VersionVector) -> u64 {
+        Lane::ALL.into_iter().map(|lane| self.backlog_changes_in(local_vv, lane)).sum()
+    }
+
+    /// How many changes `lane` may send now (0: it waits).
+    fn room(&self, lane: Lane) -> u64 {
+        let changes = self.limits.inflight_changes_max.saturating_sub(self.inflight_changes_in(lane));
+        if lane == Lane::Urgent {
+            return changes;
         }
-        let window = self.limits.inflight_changes_max - inflight;
-        let own = std::iter::once(&self.local);
-        let others = local_vv.iter().map(|(o, _)| o).filter(|o| *o != &self.local);
-        own.chain(others).filter(|o| self.carries(o)).find_map(|origin| {
-            let after_seq = self.sent.get(origin);
-            let pending = local_vv.get(origin).saturating_sub(after_seq);
-            (pending > 0).then(|| ReadRequest {
-                origin: origin.clone(),
-                after_seq,
-                limit: usize::try_from(pending.min(window)).unwrap_or(usize::MAX).min(self.limits.batch_changes_max),
+        let inflight_bytes = self.inflight_bytes();
+        if inflight_bytes >= self.window.bytes {
+            return 0;
+        }
+        // At least one change, or a window smaller than a change would never send it.
+        let by_bytes = ((self.window.bytes - inflight_bytes) / self.window.change_bytes_avg.max(1)).max(1);
+        changes.min(by_bytes)
+    }
+
+    /// The next read to make, or `None` when there is nothing to send or every lane with work
+    /// is at its window. Lanes in priority order; within a lane, own changes first, then other
+    /// origins in name order.
+    pub fn next_read(&self, local_vv: &VersionVector) -> Option<ReadRequest> {
+        Lane::ALL.into_iter().find_map(|lane| {
+            let room = self.room(lane);
+            if room == 0 {
+                return None;
+            }
+            let own = Stream::new(self.local.clone(), lane);
+            let others = local_vv.iter().map(|(s, _)| s).filter(|s| s.lane == lane && s.origin != self.local);
+            std::iter::once(&own).chain(others).filter(|s| self.carries(&s.origin)).find_map(|stream| {
+                let after_seq = self.sent.get(stream);
+                let pending = local_vv.get(stream).saturating_sub(after_seq);
+                (pending > 0).then(|| ReadRequest {
+                    stream: stream.clone(),
+                    after_seq,
+                    limit: usize::try_from(pending.min(room)).unwrap_or(usize::MAX).min(self.limits.batch_changes_max),
+                })
             })
         })
     }
 
-    /// Records that changes `first_seq..=last_seq` of `origin` were handed to the transport.
-    pub fn on_sent(&mut self, origin: &RegionName, first_seq: u64, last_seq: u64, now_ms: u64) {
-        assert!(self.carries(origin), "sent {origin} changes to {} which does not take them", self.peer);
-        assert_eq!(first_seq, self.sent.get(origin) + 1, "sends must be contiguous");
+    /// Records that changes `first_seq..=last_seq` of `stream`, `bytes` on the wire, were handed
+    /// to the transport.
+    pub fn on_sent(&mut self, stream: &Stream, first_seq: u64, last_seq: u64, bytes: u64, now_ms: u64) {
+        assert!(self.carries(&stream.origin), "sent {stream} changes to {} which does not take them", self.peer);
+        assert_eq!(first_seq, self.sent.get(stream) + 1, "sends must be contiguous");
         assert!(last_seq >= first_seq);
         if self.inflight_changes() == 0 {
             self.progress_ms = now_ms;
         }
-        self.sent.raise(origin, last_seq);
+        self.sent.raise(stream, last_seq);
+        self.window.on_sent(last_seq - first_seq + 1, bytes);
+        self.flights.push_back(Flight { stream: stream.clone(), last_seq, bytes, sent_ms: now_ms });
     }
 
     /// A cumulative acknowledgement: the peer's whole applied vector and the origins it now
@@ -137,6 +299,15 @@ impl OutboundSession {
         // The peer may have received changes through other paths; never resend what it has.
         self.sent.join(&self.acked);
         self.peer_direct = peer_direct;
+        let (acked, limits) = (&self.acked, &self.limits);
+        let window = &mut self.window;
+        self.flights.retain(|f| {
+            let done = acked.get(&f.stream) >= f.last_seq;
+            if done {
+                window.on_sample(limits, now_ms.saturating_sub(f.sent_ms), f.bytes, now_ms);
+            }
+            !done
+        });
     }
 
     /// Changes are in flight and the peer's acknowledgements have not moved for `timeout_ms`,
@@ -161,11 +332,11 @@ pub enum Incoming {
     Loop,
 }
 
-pub fn admit_incoming(local: &RegionName, applied: &VersionVector, origin: &RegionName, seq: u64) -> Incoming {
-    if origin == local {
+pub fn admit_incoming(local: &RegionName, applied: &VersionVector, stream: &Stream, seq: u64) -> Incoming {
+    if &stream.origin == local {
         return Incoming::Loop;
     }
-    match applied.admit(origin, seq) {
+    match applied.admit(stream, seq) {
         Admission::Next => Incoming::Apply,
         Admission::Duplicate => Incoming::Duplicate,
         Admission::Gap { expected } => Incoming::Gap { expected },
@@ -180,8 +351,17 @@ mod tests {
         RegionName::new(s).expect("valid")
     }
 
+    /// A stream by its display form: `a`, `a.urgent`, `c.bulk`.
+    fn st(s: &str) -> Stream {
+        Stream::parse(s).expect("valid")
+    }
+
     fn vv(entries: &[(&str, u64)]) -> VersionVector {
-        entries.iter().map(|(o, s)| (r(o), *s)).collect()
+        entries.iter().map(|(o, s)| (st(o), *s)).collect()
+    }
+
+    fn limits(batch_changes_max: usize, inflight_changes_max: u64) -> OutboundLimits {
+        OutboundLimits { batch_changes_max, inflight_changes_max, ..OutboundLimits::default() }
     }
 
     fn session(limits: OutboundLimits) -> OutboundSession {
@@ -190,11 +370,11 @@ mod tests {
 
     #[test]
     fn starts_from_peer_vector_and_pipelines_without_acks() {
-        let mut s = session(OutboundLimits { batch_changes_max: 3, inflight_changes_max: 100 });
+        let mut s = session(limits(3, 100));
         let local = vv(&[("a", 10)]);
         let read = s.next_read(&local).expect("work");
-        assert_eq!(read, ReadRequest { origin: r("a"), after_seq: 2, limit: 3 });
-        s.on_sent(&r("a"), 3, 5, 0);
+        assert_eq!(read, ReadRequest { stream: st("a"), after_seq: 2, limit: 3 });
+        s.on_sent(&st("a"), 3, 5, 300, 0);
         // No ack yet, and the next batch is ready anyway: pipelining.
         let read = s.next_read(&local).expect("work");
         assert_eq!(read.after_seq, 5);
@@ -203,11 +383,11 @@ mod tests {
 
     #[test]
     fn window_bounds_inflight_and_acks_reopen_it() {
-        let mut s = session(OutboundLimits { batch_changes_max: 10, inflight_changes_max: 4 });
+        let mut s = session(limits(10, 4));
         let local = vv(&[("a", 100)]);
         let read = s.next_read(&local).expect("work");
         assert_eq!(read.limit, 4);
-        s.on_sent(&r("a"), 3, 6, 0);
+        s.on_sent(&st("a"), 3, 6, 400, 0);
         assert_eq!(s.next_read(&local), None, "window full");
         s.on_ack(&vv(&[("a", 5)]), BTreeSet::new(), 0);
         assert_eq!(s.next_read(&local).map(|r| r.limit), Some(3));
@@ -219,7 +399,7 @@ mod tests {
         let mut s = session(OutboundLimits::default());
         let local = vv(&[("a", 10)]);
         assert!(!s.stalled(10_000, 1_000), "nothing in flight is never a stall");
-        s.on_sent(&r("a"), 3, 10, 5_000);
+        s.on_sent(&st("a"), 3, 10, 800, 5_000);
         assert!(!s.stalled(5_900, 1_000));
         // Heartbeat acks keep arriving but do not move: a batch was lost.
         s.on_ack(&vv(&[("a", 2)]), BTreeSet::new(), 5_500);
@@ -229,12 +409,13 @@ mod tests {
         s.on_ack(&vv(&[("a", 10)]), BTreeSet::new(), 6_600);
         assert!(!s.stalled(60_000, 1_000));
         assert_eq!(s.backlog_changes(&local), 0);
+        assert_eq!(s.inflight_bytes(), 0);
     }
 
     #[test]
     fn never_sends_the_peer_its_own_changes() {
         let s = session(OutboundLimits::default());
-        let local = vv(&[("a", 2), ("b", 50)]);
+        let local = vv(&[("a", 2), ("b", 50), ("b.urgent", 3)]);
         assert_eq!(s.next_read(&local), None);
         assert!(!s.carries(&r("b")));
     }
@@ -244,12 +425,12 @@ mod tests {
         let mut s = session(OutboundLimits::default());
         let local = vv(&[("a", 2), ("c", 7)]);
         // Peer has not said it hears c directly: relay from its cursor.
-        assert_eq!(s.next_read(&local).map(|r| (r.origin, r.after_seq)), Some((r("c"), 0)));
+        assert_eq!(s.next_read(&local).map(|r| (r.stream, r.after_seq)), Some((st("c"), 0)));
         s.on_ack(&vv(&[("a", 2), ("c", 4)]), [r("c")].into(), 0);
         assert_eq!(s.next_read(&local), None, "peer hears c directly");
         // c's direct link to the peer breaks: relay resumes from what the peer acknowledged.
         s.on_ack(&vv(&[("a", 2), ("c", 4)]), BTreeSet::new(), 0);
-        assert_eq!(s.next_read(&local).map(|r| (r.origin, r.after_seq)), Some((r("c"), 4)));
+        assert_eq!(s.next_read(&local).map(|r| (r.stream, r.after_seq)), Some((st("c"), 4)));
     }
 
     #[test]
@@ -261,11 +442,85 @@ mod tests {
     }
 
     #[test]
+    fn lanes_go_in_priority_order_own_and_relayed() {
+        let s = session(OutboundLimits::default());
+        let local = vv(&[("a", 500), ("a.bulk", 9_000), ("c.urgent", 2), ("a.urgent", 1)]);
+        let read = s.next_read(&local).expect("work");
+        assert_eq!((read.stream, read.after_seq), (st("a.urgent"), 0), "own urgent first");
+        let mut s = s;
+        s.on_sent(&st("a.urgent"), 1, 1, 100, 0);
+        assert_eq!(s.next_read(&local).map(|r| r.stream), Some(st("c.urgent")), "then relayed urgent");
+        s.on_sent(&st("c.urgent"), 1, 2, 100, 0);
+        assert_eq!(s.next_read(&local).map(|r| (r.stream, r.after_seq)), Some((st("a"), 2)), "then normal");
+        assert_eq!(s.backlog_changes_in(&local, Lane::Bulk), 9_000);
+    }
+
+    #[test]
+    fn a_full_lower_lane_never_blocks_urgent() {
+        let mut s = session(limits(100, 1_000));
+        let local = vv(&[("a.bulk", 50_000)]);
+        // Fill the bulk lane's change window and the byte window.
+        for _ in 0..10 {
+            let Some(read) = s.next_read(&local) else { break };
+            assert_eq!(read.stream, st("a.bulk"));
+            let first = read.after_seq + 1;
+            let last = read.after_seq + read.limit as u64;
+            s.on_sent(&read.stream, first, last, read.limit as u64 * 2_000, 0);
+        }
+        assert_eq!(s.next_read(&local), None, "bulk is held by its windows");
+        let local = vv(&[("a.bulk", 50_000), ("a.urgent", 1)]);
+        let read = s.next_read(&local).expect("urgent has its own window");
+        assert_eq!((read.stream, read.limit), (st("a.urgent"), 1));
+    }
+
+    /// Sends and acks one window per simulated round trip of `rtt_ms(window)`, returning the
+    /// window after `rounds`.
+    fn drive(s: &mut OutboundSession, rounds: u64, rtt_ms: impl Fn(u64) -> u64) -> u64 {
+        let mut now = 0;
+        let mut seq = s.sent.get(&st("a.bulk"));
+        for _ in 0..rounds {
+            let local = vv(&[("a.bulk", seq + 1_000_000)]);
+            while let Some(read) = s.next_read(&local) {
+                let last = seq + read.limit as u64;
+                s.on_sent(&read.stream, seq + 1, last, read.limit as u64 * 1_000, now);
+                seq = last;
+            }
+            now += rtt_ms(s.inflight_bytes());
+            s.on_ack(&vv(&[("a.bulk", seq)]), BTreeSet::new(), now);
+        }
+        s.window_bytes()
+    }
+
+    #[test]
+    fn the_lower_lane_window_grows_to_fill_an_empty_path() {
+        let mut s = session(limits(64, 1_000_000));
+        let start = s.window_bytes();
+        // A path with no queue: every round trip is the base.
+        let end = drive(&mut s, 20, |_| 100);
+        assert!(end > start * 16, "window {start} -> {end}");
+    }
+
+    #[test]
+    fn the_lower_lane_window_settles_where_the_queue_meets_the_target() {
+        // A 1 MB/s path with 100 ms of propagation: a window of W bytes queues W/1000 - 100 ms
+        // once W passes the 100 kB bandwidth-delay product.
+        let rtt = |bytes: u64| 100 + (bytes / 1_000).saturating_sub(100);
+        let mut s = session(limits(16, 1_000_000));
+        drive(&mut s, 200, rtt);
+        let queue_ms = rtt(s.window_bytes()) - 100;
+        let target = OutboundLimits::default().queue_delay_target_ms;
+        assert!(queue_ms <= target * 2, "standing queue {queue_ms} ms, target {target} ms");
+        assert!(s.window_bytes() >= 100_000, "the path stays full: window {}", s.window_bytes());
+    }
+
+    #[test]
     fn incoming_rules() {
-        let applied = vv(&[("b", 3)]);
-        assert_eq!(admit_incoming(&r("a"), &applied, &r("b"), 4), Incoming::Apply);
-        assert_eq!(admit_incoming(&r("a"), &applied, &r("b"), 3), Incoming::Duplicate);
-        assert_eq!(admit_incoming(&r("a"), &applied, &r("b"), 6), Incoming::Gap { expected: 4 });
-        assert_eq!(admit_incoming(&r("a"), &applied, &r("a"), 1), Incoming::Loop);
+        let applied = vv(&[("b", 3), ("b.urgent", 1)]);
+        assert_eq!(admit_incoming(&r("a"), &applied, &st("b"), 4), Incoming::Apply);
+        assert_eq!(admit_incoming(&r("a"), &applied, &st("b"), 3), Incoming::Duplicate);
+        assert_eq!(admit_incoming(&r("a"), &applied, &st("b"), 6), Incoming::Gap { expected: 4 });
+        assert_eq!(admit_incoming(&r("a"), &applied, &st("b.urgent"), 2), Incoming::Apply);
+        assert_eq!(admit_incoming(&r("a"), &applied, &st("b.bulk"), 1), Incoming::Apply);
+        assert_eq!(admit_incoming(&r("a"), &applied, &st("a"), 1), Incoming::Loop);
     }
 }

@@ -1,4 +1,5 @@
-//! Version vectors: per origin region, the highest contiguous sequence number applied.
+//! Version vectors: per stream (origin region and lane), the highest contiguous sequence number
+//! applied.
 //!
 //! A version vector is at once the replication cursor (send me everything after this), the
 //! duplicate filter (anything at or below is already applied) and the summary two regions
@@ -8,15 +9,30 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::lane::Stream;
 use crate::region::RegionName;
 
-/// Ordered by origin so that iteration, encoding and digests are deterministic.
+/// Ordered by stream so that iteration, encoding and digests are deterministic. Serialised as
+/// a list of entries (a map keyed by a struct has no JSON form).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "Vec<(Stream, u64)>", from = "Vec<(Stream, u64)>")]
 pub struct VersionVector {
-    entries: BTreeMap<RegionName, u64>,
+    entries: BTreeMap<Stream, u64>,
 }
 
-/// How a change with `(origin, seq)` relates to what has been applied.
+impl From<VersionVector> for Vec<(Stream, u64)> {
+    fn from(vv: VersionVector) -> Self {
+        vv.entries.into_iter().collect()
+    }
+}
+
+impl From<Vec<(Stream, u64)>> for VersionVector {
+    fn from(entries: Vec<(Stream, u64)>) -> Self {
+        entries.into_iter().collect()
+    }
+}
+
+/// How a change with `(stream, seq)` relates to what has been applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
     /// `seq` is the next one: apply it.
@@ -32,16 +48,26 @@ impl VersionVector {
         Self::default()
     }
 
-    pub fn get(&self, origin: &RegionName) -> u64 {
-        self.entries.get(origin).copied().unwrap_or(0)
+    pub fn get(&self, stream: &Stream) -> u64 {
+        self.entries.get(stream).copied().unwrap_or(0)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&RegionName, u64)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Stream, u64)> {
         self.entries.iter().map(|(r, s)| (r, *s))
     }
 
-    pub fn admit(&self, origin: &RegionName, seq: u64) -> Admission {
-        let have = self.get(origin);
+    /// Changes of `origin` applied, summed over its lanes.
+    pub fn origin_total(&self, origin: &RegionName) -> u64 {
+        self.iter().filter(|(s, _)| &s.origin == origin).map(|(_, n)| n).sum()
+    }
+
+    /// The entries of `origin`'s streams only.
+    pub fn of_origin(&self, origin: &RegionName) -> VersionVector {
+        self.iter().filter(|(s, _)| &s.origin == origin).map(|(s, n)| (s.clone(), n)).collect()
+    }
+
+    pub fn admit(&self, stream: &Stream, seq: u64) -> Admission {
+        let have = self.get(stream);
         if seq <= have {
             Admission::Duplicate
         } else if seq == have + 1 {
@@ -51,16 +77,16 @@ impl VersionVector {
         }
     }
 
-    /// Records that `seq` from `origin` is applied. Must be the next contiguous one.
-    pub fn advance(&mut self, origin: &RegionName, seq: u64) {
-        let have = self.get(origin);
-        assert_eq!(seq, have + 1, "version vector for {origin} must advance contiguously");
-        self.entries.insert(origin.clone(), seq);
+    /// Records that `seq` of `stream` is applied. Must be the next contiguous one.
+    pub fn advance(&mut self, stream: &Stream, seq: u64) {
+        let have = self.get(stream);
+        assert_eq!(seq, have + 1, "version vector for {stream} must advance contiguously");
+        self.entries.insert(stream.clone(), seq);
     }
 
     /// Sets an entry to at least `seq` (used to raise cursors from cumulative acks).
-    pub fn raise(&mut self, origin: &RegionName, seq: u64) {
-        let entry = self.entries.entry(origin.clone()).or_insert(0);
+    pub fn raise(&mut self, stream: &Stream, seq: u64) {
+        let entry = self.entries.entry(stream.clone()).or_insert(0);
         *entry = (*entry).max(seq);
     }
 
@@ -76,14 +102,14 @@ impl VersionVector {
         other.iter().all(|(o, s)| self.get(o) >= s)
     }
 
-    /// Changes in `self` not covered by `other`, summed over origins.
+    /// Changes in `self` not covered by `other`, summed over streams.
     pub fn count_ahead_of(&self, other: &VersionVector) -> u64 {
         self.iter().map(|(o, s)| s.saturating_sub(other.get(o))).sum()
     }
 }
 
-impl FromIterator<(RegionName, u64)> for VersionVector {
-    fn from_iter<T: IntoIterator<Item = (RegionName, u64)>>(iter: T) -> Self {
+impl FromIterator<(Stream, u64)> for VersionVector {
+    fn from_iter<T: IntoIterator<Item = (Stream, u64)>>(iter: T) -> Self {
         let mut vv = Self::new();
         for (o, s) in iter {
             vv.raise(&o, s);
@@ -96,8 +122,8 @@ impl FromIterator<(RegionName, u64)> for VersionVector {
 mod tests {
     use super::*;
 
-    fn r(s: &str) -> RegionName {
-        RegionName::new(s).expect("valid")
+    fn r(s: &str) -> Stream {
+        Stream::parse(s).expect("valid")
     }
 
     #[test]
@@ -125,5 +151,20 @@ mod tests {
         assert!(j.dominates(&a) && j.dominates(&b));
         assert!(!a.dominates(&b));
         assert_eq!(j.count_ahead_of(&a), 4);
+    }
+
+    #[test]
+    fn lanes_of_one_origin_are_separate_streams() {
+        let mut vv = VersionVector::new();
+        vv.advance(&r("a.urgent"), 1);
+        assert_eq!(vv.admit(&r("a"), 1), Admission::Next, "the normal lane has its own sequence");
+        vv.advance(&r("a"), 1);
+        vv.advance(&r("a"), 2);
+        vv.advance(&r("b"), 1);
+        let a = RegionName::new("a").expect("valid");
+        assert_eq!(vv.origin_total(&a), 3);
+        assert_eq!(vv.of_origin(&a).iter().count(), 2);
+        let json = serde_json::to_string(&vv).expect("a vector has a JSON form");
+        assert_eq!(serde_json::from_str::<VersionVector>(&json).expect("round trip"), vv);
     }
 }

@@ -173,19 +173,19 @@ async fn session(
                 let Some(msg) = msg?.and_then(|m| m.msg) else { return Ok(()) };
                 last_heard = Instant::now();
                 let mut received = Received::default();
-                collect(msg, &mut received)?;
+                collect(peer, msg, &mut received)?;
                 // Whatever else already arrived joins this apply: one commit, one ack.
                 while received.changes.len() < APPLY_CHANGES_MAX {
                     match ready_message(&mut stream) {
-                        Some(Ok(proto::ToAcceptor { msg: Some(m) })) => collect(m, &mut received)?,
+                        Some(Ok(proto::ToAcceptor { msg: Some(m) })) => collect(peer, m, &mut received)?,
                         Some(Ok(proto::ToAcceptor { msg: None })) | None => break,
                         Some(Err(e)) => return Err(e),
                     }
                 }
                 let Received { changes, bytes, freshness } = received;
                 if changes.is_empty() {
-                    if let Some((seq, wall_ms)) = freshness {
-                        if ctx.writer.applied().borrow().get(peer) >= seq {
+                    if let Some((durable, wall_ms)) = freshness {
+                        if ctx.writer.applied().borrow().dominates(&durable) {
                             ctx.status.caught_up(peer, wall_ms);
                         }
                     }
@@ -196,8 +196,8 @@ async fn session(
                 let outcome = ctx.writer.apply_remote(changes).await.map_err(|e| Status::unavailable(e.to_string()))?;
                 let now_ms = ctx.clock.now_ms();
                 record_apply(ctx, peer, &outcome, &written, n, bytes, now_ms);
-                if let Some((seq, wall_ms)) = freshness {
-                    if outcome.vv.get(peer) >= seq {
+                if let Some((durable, wall_ms)) = freshness {
+                    if outcome.vv.dominates(&durable) {
                         ctx.status.caught_up(peer, wall_ms);
                     }
                 }
@@ -282,22 +282,31 @@ fn ack(ctx: &Context, vv: &mrr_core::VersionVector, refused: String) -> proto::A
 struct Received {
     changes: Vec<mrr_core::Change>,
     bytes: u64,
-    /// The newest `(sender_durable_seq, sender wall_ms)` the dialer reported.
-    freshness: Option<(u64, u64)>,
+    /// The newest `(sender's durable streams, sender wall_ms)` the dialer reported.
+    freshness: Option<(mrr_core::VersionVector, u64)>,
 }
 
-fn collect(msg: to_acceptor::Msg, into: &mut Received) -> Result<(), Status> {
+/// The dialer's durable position: its own streams only.
+fn durable_of(peer: &RegionName, entries: Vec<proto::VvEntry>) -> Result<mrr_core::VersionVector, Status> {
+    let vv = wire::vv_from_wire(entries).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if vv.iter().any(|(s, _)| &s.origin != peer) {
+        return Err(Status::invalid_argument("sender_durable names streams of another region"));
+    }
+    Ok(vv)
+}
+
+fn collect(peer: &RegionName, msg: to_acceptor::Msg, into: &mut Received) -> Result<(), Status> {
     match msg {
-        to_acceptor::Msg::Batch(b) => {
+        to_acceptor::Msg::Batch(mut b) => {
             into.bytes += prost::Message::encoded_len(&b) as u64;
-            into.freshness = Some((b.sender_durable_seq, b.wall_ms));
+            into.freshness = Some((durable_of(peer, std::mem::take(&mut b.sender_durable))?, b.wall_ms));
             for c in wire::batch_changes(b).map_err(|e| Status::invalid_argument(e.to_string()))? {
                 into.changes.push(wire::change_from_wire(c).map_err(|e| Status::invalid_argument(e.to_string()))?);
             }
             Ok(())
         }
         to_acceptor::Msg::Heartbeat(h) => {
-            into.freshness = Some((h.sender_durable_seq, h.wall_ms));
+            into.freshness = Some((durable_of(peer, h.sender_durable)?, h.wall_ms));
             Ok(())
         }
         to_acceptor::Msg::Hello(_) | to_acceptor::Msg::Auth(_) => {

@@ -58,7 +58,8 @@ pub(crate) const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 
 /// The protocol version this build speaks. A peer speaking another is refused at handshake.
 /// 2: changes carry their causal past, merge deltas and replays; Hello carries the policy digest.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: sequences, version vectors and cursors are per (origin, lane).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 #[derive(Clone, Debug)]
 pub struct PeerConfig {

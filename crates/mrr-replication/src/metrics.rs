@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
-use mrr_core::RegionName;
+use mrr_core::{Lane, RegionName};
 
 /// Distinct topics that get their own lag series; the rest share `topic="_other"`.
 const TOPICS_TRACKED_MAX: usize = 256;
@@ -24,8 +24,8 @@ pub fn describe(recorder: &dyn Recorder) {
     let d = |name: &'static str, unit: Option<Unit>, help: &'static str| {
         recorder.describe_counter(name.into(), unit, help.into());
     };
-    d("mrr_peer_sent_changes_total", Some(Unit::Count), "Changes sent to a peer.");
-    d("mrr_peer_sent_bytes_total", Some(Unit::Bytes), "Encoded bytes sent to a peer (the bandwidth bill).");
+    d("mrr_peer_sent_changes_total", Some(Unit::Count), "Changes sent to a peer, by lane.");
+    d("mrr_peer_sent_bytes_total", Some(Unit::Bytes), "Encoded bytes sent to a peer, by lane (the bandwidth bill).");
     d("mrr_peer_received_changes_total", Some(Unit::Count), "Changes received from a peer.");
     d("mrr_peer_received_bytes_total", Some(Unit::Bytes), "Encoded bytes received from a peer.");
     d("mrr_applied_changes_total", Some(Unit::Count), "Replicated changes applied, by origin region.");
@@ -45,6 +45,10 @@ pub fn describe(recorder: &dyn Recorder) {
     );
     for (name, help) in [
         ("mrr_peer_backlog_changes", "Changes a peer still needs from this node."),
+        (
+            "mrr_peer_window_bytes",
+            "Bytes the normal and bulk lanes may have in flight to a peer (the delay-based window).",
+        ),
         ("mrr_peer_clock_skew_seconds", "Peer clock minus this node's, from the last handshake."),
         ("mrr_peer_connected", "1 while the stream in that direction is up."),
         ("mrr_peer_freshness_lag_seconds", "How stale this node's copy of a peer's writes may be."),
@@ -56,8 +60,10 @@ pub fn describe(recorder: &dyn Recorder) {
 /// Handles for one peer.
 #[derive(Clone, Debug)]
 pub struct PeerMetrics {
-    pub sent_changes: Counter,
-    pub sent_bytes: Counter,
+    /// By lane, in [`Lane::ALL`] order: use [`PeerMetrics::sent`].
+    sent_changes: [Counter; 3],
+    sent_bytes: [Counter; 3],
+    pub window_bytes: Gauge,
     pub received_changes: Counter,
     pub received_bytes: Counter,
     pub applied: Counter,
@@ -72,6 +78,15 @@ pub struct PeerMetrics {
     pub connected_in: Gauge,
     pub freshness_lag_seconds: Gauge,
     pub freshness_violations: Counter,
+}
+
+impl PeerMetrics {
+    /// Counts a batch of `changes` and `bytes` sent in `lane`.
+    pub fn sent(&self, lane: Lane, changes: u64, bytes: u64) {
+        let i = Lane::ALL.iter().position(|l| *l == lane).unwrap_or_else(|| unreachable!("every lane is in ALL"));
+        self.sent_changes[i].increment(changes);
+        self.sent_bytes[i].increment(bytes);
+    }
 }
 
 /// The replication metrics of one node.
@@ -104,9 +119,11 @@ impl ReplicationMetrics {
             .map(|p| {
                 let peer = || ("peer", p.to_string());
                 let dir = |d: &str| [peer(), ("direction", d.to_owned())];
+                let lane = |l: Lane| [peer(), ("lane", l.name().to_owned())];
                 let m = PeerMetrics {
-                    sent_changes: counter("mrr_peer_sent_changes_total", &[peer()]),
-                    sent_bytes: counter("mrr_peer_sent_bytes_total", &[peer()]),
+                    sent_changes: Lane::ALL.map(|l| counter("mrr_peer_sent_changes_total", &lane(l))),
+                    sent_bytes: Lane::ALL.map(|l| counter("mrr_peer_sent_bytes_total", &lane(l))),
+                    window_bytes: gauge("mrr_peer_window_bytes", &[peer()]),
                     received_changes: counter("mrr_peer_received_changes_total", &[peer()]),
                     received_bytes: counter("mrr_peer_received_bytes_total", &[peer()]),
                     applied: counter("mrr_applied_changes_total", &[("origin", p.to_string())]),

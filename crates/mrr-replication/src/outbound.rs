@@ -218,7 +218,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
                 if last_sent.elapsed() >= cfg.heartbeat_interval {
                     let hb = proto::Heartbeat {
                         wall_ms: ctx.clock.now_ms(),
-                        sender_durable_seq: applied.borrow().get(&cfg.local),
+                        sender_durable: wire::vv_to_wire(&applied.borrow().of_origin(&cfg.local)),
                     };
                     send(&link, to_acceptor::Msg::Heartbeat(hb)).await?;
                     last_sent = Instant::now();
@@ -237,36 +237,37 @@ async fn pump(
     now_ms: u64,
 ) -> Result<bool, SessionEnd> {
     let mut sent_any = false;
+    let sender_durable = wire::vv_to_wire(&local_vv.of_origin(&ctx.config.local));
     while let Some(read) = session.next_read(local_vv) {
-        let changes = ctx.store.changes_after(&read.origin, read.after_seq, read.limit)?;
+        let changes = ctx.store.changes_after(&read.stream, read.after_seq, read.limit)?;
         let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
             // The vector said these exist; the log must hold them (retention never outruns acks).
-            tracing::error!(origin = %read.origin, after_seq = read.after_seq, "changelog is missing changes the version vector covers");
+            tracing::error!(stream = %read.stream, after_seq = read.after_seq, "changelog is missing changes the version vector covers");
             return Err(SessionEnd::Closed);
         };
         let (first_seq, last_seq) = (first.seq, last.seq);
         if first_seq != read.after_seq + 1 {
-            tracing::error!(origin = %read.origin, after_seq = read.after_seq, first_seq, "changelog has a hole");
+            tracing::error!(stream = %read.stream, after_seq = read.after_seq, first_seq, "changelog has a hole");
             return Err(SessionEnd::Closed);
         }
         let batch = wire::batch_to_wire(
             changes.iter().map(wire::change_to_wire).collect(),
             ctx.clock.now_ms(),
-            local_vv.get(&ctx.config.local),
+            sender_durable.clone(),
         );
         let bytes = prost::Message::encoded_len(&batch) as u64;
         send(link, to_acceptor::Msg::Batch(batch)).await?;
-        session.on_sent(&read.origin, first_seq, last_seq, now_ms);
+        session.on_sent(&read.stream, first_seq, last_seq, bytes, now_ms);
         let n = changes.len() as u64;
         ctx.status.update(session.peer(), |s| s.changes_sent += n);
         if let Some(m) = ctx.metrics.peer(session.peer()) {
-            m.sent_changes.increment(n);
-            m.sent_bytes.increment(bytes);
+            m.sent(read.stream.lane, n, bytes);
         }
         sent_any = true;
     }
     if let Some(m) = ctx.metrics.peer(session.peer()) {
         m.backlog.set(session.backlog_changes(local_vv) as f64);
+        m.window_bytes.set(session.window_bytes() as f64);
     }
     Ok(sent_any)
 }

@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 
 use mrr_core::limits::{validate_id, validate_topic};
-use mrr_core::{Change, ChangeId, Doc, Key, Metadata, Op, RegionName, Replay, Timestamp, Version, VersionVector};
+use mrr_core::{
+    Change, ChangeId, Doc, Key, Lane, Metadata, Op, RegionName, Replay, Stream, Timestamp, Version, VersionVector,
+};
 
 use crate::proto;
 
@@ -16,9 +18,14 @@ fn region(s: &str) -> Result<RegionName, WireError> {
     RegionName::new(s).map_err(|e| WireError(e.to_string()))
 }
 
+fn lane(n: u32) -> Result<Lane, WireError> {
+    Lane::from_wire(n).ok_or_else(|| WireError(format!("unknown lane {n}")))
+}
+
 pub fn change_to_wire(c: &Change) -> proto::Change {
     proto::Change {
         origin: c.origin.to_string(),
+        lane: c.lane.to_wire(),
         seq: c.seq,
         topic: c.key.topic.clone(),
         id: c.key.id.clone(),
@@ -39,6 +46,7 @@ pub fn change_to_wire(c: &Change) -> proto::Change {
         },
         replay_of: c.replay_of.as_ref().map(|r| proto::ReplayOf {
             origin: r.id.origin.to_string(),
+            lane: r.id.lane.to_wire(),
             seq: r.id.seq,
             wall_ms: r.version.ts.wall_ms,
             logical: r.version.ts.logical,
@@ -76,6 +84,7 @@ pub fn change_from_wire(c: proto::Change) -> Result<Change, WireError> {
     }
     Ok(Change {
         origin: region(&c.origin)?,
+        lane: lane(c.lane)?,
         seq: c.seq,
         key: Key::new(c.topic, c.id),
         op: match (c.value, c.merge_delta) {
@@ -91,7 +100,7 @@ pub fn change_from_wire(c: proto::Change) -> Result<Change, WireError> {
         deps: vv_from_wire(c.deps)?,
         replay_of: match c.replay_of {
             Some(r) => Some(Replay {
-                id: ChangeId { origin: region(&r.origin)?, seq: r.seq },
+                id: ChangeId { origin: region(&r.origin)?, lane: lane(r.lane)?, seq: r.seq },
                 version: Version { ts: Timestamp::new(r.wall_ms, r.logical), region: region(&r.version_region)? },
             }),
             None => None,
@@ -107,11 +116,11 @@ fn is_json_object(bytes: &[u8]) -> bool {
 }
 
 pub fn vv_to_wire(vv: &VersionVector) -> Vec<proto::VvEntry> {
-    vv.iter().map(|(o, s)| proto::VvEntry { origin: o.to_string(), seq: s }).collect()
+    vv.iter().map(|(s, n)| proto::VvEntry { origin: s.origin.to_string(), seq: n, lane: s.lane.to_wire() }).collect()
 }
 
 pub fn vv_from_wire(entries: Vec<proto::VvEntry>) -> Result<VersionVector, WireError> {
-    entries.into_iter().map(|e| Ok((region(&e.origin)?, e.seq))).collect()
+    entries.into_iter().map(|e| Ok((Stream::new(region(&e.origin)?, lane(e.lane)?), e.seq))).collect()
 }
 
 pub fn regions_from_wire(names: Vec<String>) -> Result<BTreeSet<RegionName>, WireError> {
@@ -126,19 +135,20 @@ mod tests {
     fn change_round_trips_and_bad_input_is_refused() {
         let c = Change {
             origin: region("us-west").expect("valid"),
+            lane: Lane::Urgent,
             seq: 7,
             key: Key::new("users", "u001"),
             op: Op::Put { value: br#"{"name":"Kaito"}"#.to_vec() },
             metadata: Metadata { regions: vec!["*".into()], sync_flags: vec!["IMPORTANT".into()] },
             version: Version { ts: Timestamp::new(5, 2), region: region("us-west").expect("valid") },
-            deps: [(region("eu-central").expect("valid"), 3)].into_iter().collect(),
+            deps: [(Stream::new(region("eu-central").expect("valid"), Lane::Bulk), 3)].into_iter().collect(),
             replay_of: Some(Replay {
-                id: ChangeId { origin: region("eu-central").expect("valid"), seq: 2 },
+                id: ChangeId { origin: region("eu-central").expect("valid"), lane: Lane::Normal, seq: 2 },
                 version: Version { ts: Timestamp::new(4, 0), region: region("eu-central").expect("valid") },
             }),
         };
         assert_eq!(change_from_wire(change_to_wire(&c)), Ok(c.clone()));
-        let stamp = mrr_core::doc::Stamp { version: c.version.clone(), seq: 7, deps: c.deps.clone() };
+        let stamp = mrr_core::doc::Stamp { version: c.version.clone(), lane: c.lane, seq: 7, deps: c.deps.clone() };
         let mut merged = c.clone();
         let patch = serde_json::json!({"name": "Kaito", "tags": [1]});
         let patch = patch.as_object().cloned().unwrap_or_default();
@@ -165,6 +175,9 @@ mod tests {
         let mut bad = change_to_wire(&c);
         bad.origin = "NOT A REGION".into();
         assert!(change_from_wire(bad).is_err());
+        let mut bad = change_to_wire(&c);
+        bad.lane = 9;
+        assert_eq!(change_from_wire(bad), Err(WireError("unknown lane 9".into())));
     }
 }
 
@@ -176,18 +189,18 @@ pub const DECOMPRESSED_BYTES_MAX: usize = 64 * 1024 * 1024;
 const ZSTD_LEVEL: i32 = 1;
 
 /// A batch of `changes`, compressed when that makes it smaller and it is large enough to pay.
-pub fn batch_to_wire(changes: Vec<proto::Change>, wall_ms: u64, sender_durable_seq: u64) -> proto::Batch {
+pub fn batch_to_wire(changes: Vec<proto::Change>, wall_ms: u64, sender_durable: Vec<proto::VvEntry>) -> proto::Batch {
     let list = proto::ChangeList { changes };
     let encoded_len = prost::Message::encoded_len(&list);
     if encoded_len >= COMPRESS_MIN_BYTES {
         let encoded = prost::Message::encode_to_vec(&list);
         if let Ok(compressed) = zstd::bulk::compress(&encoded, ZSTD_LEVEL) {
             if compressed.len() < encoded.len() {
-                return proto::Batch { changes: Vec::new(), zstd_changes: compressed, wall_ms, sender_durable_seq };
+                return proto::Batch { changes: Vec::new(), zstd_changes: compressed, wall_ms, sender_durable };
             }
         }
     }
-    proto::Batch { changes: list.changes, zstd_changes: Vec::new(), wall_ms, sender_durable_seq }
+    proto::Batch { changes: list.changes, zstd_changes: Vec::new(), wall_ms, sender_durable }
 }
 
 /// The changes of a batch, decompressing when needed.
@@ -224,12 +237,12 @@ mod compression_tests {
     #[test]
     fn small_batches_go_plain_large_ones_compressed_and_both_round_trip() {
         let small: Vec<_> = (1..=3).map(|s| change(s, 10)).collect();
-        let b = batch_to_wire(small.clone(), 1, 3);
+        let b = batch_to_wire(small.clone(), 1, Vec::new());
         assert!(b.zstd_changes.is_empty());
         assert_eq!(batch_changes(b), Ok(small));
 
         let large: Vec<_> = (1..=500).map(|s| change(s, 200)).collect();
-        let b = batch_to_wire(large.clone(), 1, 500);
+        let b = batch_to_wire(large.clone(), 1, Vec::new());
         assert!(b.changes.is_empty() && !b.zstd_changes.is_empty());
         let plain_len = prost::Message::encoded_len(&proto::ChangeList { changes: large.clone() });
         assert!(b.zstd_changes.len() * 4 < plain_len, "repetitive JSON compresses well");

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use mrr_api::LinkSettings;
 use mrr_core::limits::Limits;
-use mrr_core::{Policies, RegionName, Rule};
+use mrr_core::{Lane, LaneRules, Policies, RegionName, Rule};
 use mrr_storage::Durability;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -58,6 +58,10 @@ pub struct Config {
     pub topics: BTreeMap<String, TopicConfig>,
     #[serde(default)]
     pub conflict_log: ConflictLogConfig,
+    /// Which `syncFlags` put a write in which priority lane, and how much queue the lower lanes
+    /// may build in front of urgent changes.
+    #[serde(default)]
+    pub lanes: LanesConfig,
     /// The conflict rules, with handlers compiled: built by [`Config::parse`].
     #[serde(skip)]
     pub policies: Arc<Policies>,
@@ -75,6 +79,37 @@ pub struct TopicConfig {
     /// The Rhai script of `conflict_strategy: custom`, relative to this config file.
     #[serde(default)]
     pub handler: Option<PathBuf>,
+    /// The lane of the topic's writes whose `syncFlags` name no lane (default `normal`).
+    #[serde(default)]
+    pub lane: Option<Lane>,
+}
+
+/// `lanes:`. A list given replaces that lane's default flags; a flag may map to one lane only.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanesConfig {
+    /// Default `[SYNC_PRIORITY=1, IMPORTANT]`.
+    #[serde(default)]
+    pub urgent: Option<Vec<String>>,
+    /// Default `[SYNC_PRIORITY=2]`.
+    #[serde(default)]
+    pub normal: Option<Vec<String>>,
+    /// Default `[SYNC_PRIORITY=3, BULK]`.
+    #[serde(default)]
+    pub bulk: Option<Vec<String>>,
+    /// The queueing delay the normal and bulk lanes may add in front of an urgent change.
+    #[serde(default = "default_queue_delay_target", with = "duration")]
+    pub queue_delay_target: Duration,
+}
+
+impl Default for LanesConfig {
+    fn default() -> Self {
+        Self { urgent: None, normal: None, bulk: None, queue_delay_target: default_queue_delay_target() }
+    }
+}
+
+fn default_queue_delay_target() -> Duration {
+    Duration::from_millis(mrr_core::session::OutboundLimits::default().queue_delay_target_ms)
 }
 
 /// Retention of the conflict log: entries older than `retention` go, and beyond `max_entries`
@@ -444,6 +479,7 @@ impl Config {
             };
             topics.insert(topic.clone(), rule);
         }
+        let lanes = self.build_lanes(&invalid)?;
         if self.conflict_log.max_entries == 0 {
             return Err(invalid(
                 "max_entries:",
@@ -451,7 +487,41 @@ impl Config {
                 "keep at least one entry, e.g. 100000",
             ));
         }
-        Ok(Policies::new(default, topics))
+        Ok(Policies::new(default, topics).with_lanes(lanes))
+    }
+
+    fn build_lanes(&self, invalid: &dyn Fn(&str, String, &str) -> ConfigError) -> Result<LaneRules, ConfigError> {
+        let defaults = LaneRules::default();
+        let mut flags = BTreeMap::new();
+        for lane in Lane::ALL {
+            let given = match lane {
+                Lane::Urgent => &self.lanes.urgent,
+                Lane::Normal => &self.lanes.normal,
+                Lane::Bulk => &self.lanes.bulk,
+            };
+            let list: Vec<String> = match given {
+                Some(list) => list.clone(),
+                None => defaults.flags.iter().filter(|(_, l)| **l == lane).map(|(f, _)| f.clone()).collect(),
+            };
+            for flag in list {
+                if let Some(other) = flags.insert(flag.clone(), lane) {
+                    return Err(invalid(
+                        &flag,
+                        format!("sync flag {flag} is mapped to lanes {other} and {lane}"),
+                        "list each flag under one lane only (a list under `lanes:` replaces that lane's defaults)",
+                    ));
+                }
+            }
+        }
+        if self.lanes.queue_delay_target.is_zero() {
+            return Err(invalid(
+                "queue_delay_target:",
+                "lanes.queue_delay_target is 0".into(),
+                "give the lower lanes some room, e.g. 25ms",
+            ));
+        }
+        let topics = self.topics.iter().filter_map(|(t, c)| Some((t.clone(), c.lane?))).collect();
+        Ok(LaneRules { flags, topics })
     }
 
     pub fn coordinator(&self) -> Option<&RegionName> {
@@ -588,6 +658,35 @@ replication_rules:
         assert_eq!(c.regions.len(), 3);
         assert_eq!(c.api_keys.len(), 1);
         assert_eq!(c.policies.rule("inventory").name(), "custom", "the sample handlers compile");
+    }
+
+    #[test]
+    fn lanes_map_flags_and_topics_and_refuse_a_flag_in_two_lanes() {
+        let meta = |flags: &[&str]| mrr_core::Metadata {
+            regions: vec![],
+            sync_flags: flags.iter().map(|f| f.to_string()).collect(),
+        };
+        let c = parse(GOOD).expect("valid");
+        let lanes = &c.policies.lanes;
+        assert_eq!(lanes.lane_of("stock", &meta(&["SYNC_PRIORITY=1"])), Lane::Urgent, "the article's flag by default");
+        assert_eq!(lanes.lane_of("stock", &meta(&["IMPORTANT"])), Lane::Urgent);
+        assert_eq!(lanes.lane_of("stock", &meta(&["TIER_1"])), Lane::Normal);
+
+        let text = format!(
+            "{GOOD}lanes:\n  urgent: [TIER_1]\n  queue_delay_target: 10ms\ntopics:\n  audit: {{ lane: bulk }}\n"
+        );
+        let c = parse(&text).expect("valid");
+        let lanes = &c.policies.lanes;
+        assert_eq!(lanes.lane_of("users", &meta(&["TIER_1"])), Lane::Urgent);
+        assert_eq!(lanes.lane_of("users", &meta(&["IMPORTANT"])), Lane::Normal, "the list replaced urgent's defaults");
+        assert_eq!(lanes.lane_of("audit", &meta(&[])), Lane::Bulk);
+        assert_eq!(lanes.lane_of("audit", &meta(&["TIER_1"])), Lane::Urgent, "a flag outranks the topic");
+        assert_eq!(c.lanes.queue_delay_target, Duration::from_millis(10));
+
+        let err = parse(&format!("{GOOD}lanes:\n  urgent: [BULK]\n")).expect_err("twice").to_string();
+        assert!(err.contains("mrr-config.yaml:") && err.contains("BULK") && err.contains("one lane only"), "{err}");
+        let err = parse(&format!("{GOOD}topics:\n  audit: {{ lane: fast }}\n")).expect_err("bad lane").to_string();
+        assert!(err.starts_with("mrr-config.yaml:16:") && err.contains("fast"), "{err}");
     }
 
     #[test]

@@ -706,6 +706,6 @@ pub fn envelope(key: &Key, r: &Record) -> RecordEnvelope {
         version: version_info(&r.version),
         origin_region: r.version.region.to_string(),
         updated_at_ms: r.version.ts.wall_ms,
-        token: WriteToken { origin: r.origin.to_string(), seq: r.seq },
+        token: WriteToken { origin: r.origin.to_string(), lane: r.lane.name().to_owned(), seq: r.seq },
     }
 }

@@ -140,7 +140,10 @@ impl Node {
             peer_timeout: options.peer_timeout,
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
-            limits: OutboundLimits::default(),
+            limits: OutboundLimits {
+                queue_delay_target_ms: u64::try_from(config.lanes.queue_delay_target.as_millis()).unwrap_or(u64::MAX),
+                ..OutboundLimits::default()
+            },
             freshness_target: config.replication_rules.default_ttl,
             policy_digest: config.policies.digest(),
         };

@@ -67,28 +67,37 @@ async fn metrics_are_well_formed_and_move_with_replication() -> anyhow::Result<(
     ] {
         assert!(before.contains(&format!("# TYPE {name} ")), "{name} missing from:\n{before}");
     }
-    let sent = r#"mrr_peer_sent_changes_total{peer="us-west"}"#;
-    assert_eq!(sample(&before, sent), Some(0.0));
+    let sent = |lane: &str| format!(r#"mrr_peer_sent_changes_total{{peer="us-west",lane="{lane}"}}"#);
+    let sent_bytes = |lane: &str| format!(r#"mrr_peer_sent_bytes_total{{peer="us-west",lane="{lane}"}}"#);
+    for lane in ["urgent", "normal", "bulk"] {
+        assert_eq!(sample(&before, &sent(lane)), Some(0.0), "{lane}");
+    }
 
     for i in 0..20 {
         p.clients[0].publish("users", &json!({"id": format!("u{i}")})).await?;
     }
+    let urgent = json!({"id": "s1", "__metadata": {"regions": ["*"], "syncFlags": ["SYNC_PRIORITY=1"]}});
+    p.clients[0].publish("stock", &urgent).await?;
     wait_for_record(&p.clients[1], "users/u19").await?;
+    wait_for_record(&p.clients[1], "stock/s1").await?;
     let a = scrape(&p.nodes[0]).await?;
     promtool_check(&a)?;
-    assert_eq!(sample(&a, sent), Some(20.0), "{a}");
-    assert!(sample(&a, r#"mrr_peer_sent_bytes_total{peer="us-west"}"#).is_some_and(|b| b > 20.0 * 10.0));
-    assert_eq!(sample(&a, r#"mrr_write_latency_seconds_count{op="put"}"#), Some(20.0), "{a}");
+    assert_eq!(sample(&a, &sent("normal")), Some(20.0), "{a}");
+    assert_eq!(sample(&a, &sent("urgent")), Some(1.0), "{a}");
+    assert_eq!(sample(&a, &sent("bulk")), Some(0.0), "{a}");
+    assert!(sample(&a, &sent_bytes("normal")).is_some_and(|b| b > 20.0 * 10.0));
+    assert!(sample(&a, &sent_bytes("urgent")).is_some_and(|b| b > 10.0));
+    assert_eq!(sample(&a, r#"mrr_write_latency_seconds_count{op="put"}"#), Some(21.0), "{a}");
     assert!(sample(&a, r#"mrr_peer_handshakes_total{peer="us-west",direction="outbound"}"#).is_some_and(|n| n >= 1.0));
 
-    // The receiving side counts, applies and times the same 20 changes, per pair and topic.
+    // The receiving side counts, applies and times the same 21 changes, per pair and topic.
     let start = Instant::now();
     let b = loop {
         let b = scrape(&p.nodes[1]).await?;
-        if sample(&b, r#"mrr_applied_changes_total{origin="ap-northeast"}"#) == Some(20.0) {
+        if sample(&b, r#"mrr_applied_changes_total{origin="ap-northeast"}"#) == Some(21.0) {
             break b;
         }
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(20), "applied counter never reached 20:\n{b}");
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(20), "applied counter never reached 21:\n{b}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     promtool_check(&b)?;
@@ -97,7 +106,7 @@ async fn metrics_are_well_formed_and_move_with_replication() -> anyhow::Result<(
     assert!(b.contains(
         r#"mrr_replication_lag_seconds_bucket{source="ap-northeast",target="us-west",topic="users",le="0.05"}"#
     ));
-    assert_eq!(sample(&b, r#"mrr_peer_received_changes_total{peer="ap-northeast"}"#), Some(20.0));
+    assert_eq!(sample(&b, r#"mrr_peer_received_changes_total{peer="ap-northeast"}"#), Some(21.0));
     Ok(())
 }
 

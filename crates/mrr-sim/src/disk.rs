@@ -5,7 +5,7 @@
 use std::sync::{Mutex, PoisonError};
 
 use mrr_core::fold::FoldEntry;
-use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Version, VersionVector};
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Stream, Version, VersionVector};
 use mrr_storage::{CommitBatch, MemStore, RecoveredState, Result, Store};
 
 #[derive(Debug, Default)]
@@ -49,8 +49,8 @@ impl Store for SimDisk {
         self.live.scan(topic, after_id, limit)
     }
 
-    fn changes_after(&self, origin: &RegionName, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
-        self.live.changes_after(origin, after_seq, limit)
+    fn changes_after(&self, stream: &Stream, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
+        self.live.changes_after(stream, after_seq, limit)
     }
 
     fn recover(&self) -> Result<RecoveredState> {

@@ -116,10 +116,15 @@ fn policies(strategy: Strategy) -> std::sync::Arc<mrr_core::Policies> {
 /// deletes are part of the workload.
 fn workload_op(strategy: Strategy, replaces: bool, key: Key, kind: u32, n: u64) -> (LocalOp, Option<i64>) {
     use serde_json::json;
+    // Writes that carry metadata pick a lane by their flags: streams then overtake each other.
+    let flags = ["SYNC_PRIORITY=1", "BULK", "TIER_1"];
+    // (`kind` is 0 under `timestamp`, whose schedules predate lanes: the write number varies it.)
+    let pick = (u64::from(kind / 11) + n) % 3;
+    let metadata = Metadata { regions: vec![], sync_flags: vec![flags[pick as usize].to_owned()] };
     let put = |v: serde_json::Value| LocalOp::Put {
         key: key.clone(),
         value: v.to_string().into_bytes(),
-        metadata: Metadata::default(),
+        metadata: metadata.clone(),
     };
     match strategy {
         Strategy::Timestamp => (put(json!({ "w": n })), None),
@@ -127,7 +132,7 @@ fn workload_op(strategy: Strategy, replaces: bool, key: Key, kind: u32, n: u64) 
             0 if replaces => (put(json!({ "w": n, format!("f{}", kind / 6 % 3): kind % 5 })), None),
             0 | 1 => {
                 let fields = json!({ format!("f{}", kind / 6 % 3): n }).to_string().into_bytes();
-                (LocalOp::Patch { key, fields, metadata: None }, None)
+                (LocalOp::Patch { key, fields, metadata: (kind % 2 == 0).then_some(metadata) }, None)
             }
             2 | 3 => {
                 let by = i64::from(kind / 6 % 7) - 3;
@@ -168,7 +173,15 @@ impl Default for SimConfig {
             duplicate_per_mille: 10,
             reorder_per_mille: 10,
             // Small windows and batches so that the window, batching and pipelining all engage.
-            limits: OutboundLimits { batch_changes_max: 8, inflight_changes_max: 32 },
+            limits: OutboundLimits {
+                batch_changes_max: 8,
+                inflight_changes_max: 32,
+                // A window of a few changes, so the delay-based controller holds the lower lanes
+                // back and urgent changes overtake them.
+                window_bytes_min: 256,
+                window_bytes_max: 4_096,
+                ..OutboundLimits::default()
+            },
             buffered: false,
             strategy: Strategy::Timestamp,
             deletes: true,
@@ -184,6 +197,8 @@ pub struct RunReport {
     pub converge_ms: u64,
     pub events: u64,
     pub acked_writes: usize,
+    /// Acknowledged writes per lane, in [`mrr_core::Lane::ALL`] order.
+    pub acked_per_lane: [usize; 3],
 }
 
 /// A broken invariant.
@@ -266,6 +281,7 @@ struct World {
     converged_at: Option<u64>,
     events: u64,
     acked: usize,
+    acked_per_lane: [usize; 3],
 }
 
 type Step = Result<(), Violation>;
@@ -285,7 +301,13 @@ pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result
         (Some(h), Some(c)) => c.saturating_sub(h),
         _ => 0,
     };
-    Ok(RunReport { seed, converge_ms, events: world.events, acked_writes: world.acked })
+    Ok(RunReport {
+        seed,
+        converge_ms,
+        events: world.events,
+        acked_writes: world.acked,
+        acked_per_lane: world.acked_per_lane,
+    })
 }
 
 /// Drops faults one at a time while the run still fails; returns the indices of the faults
@@ -350,6 +372,7 @@ impl World {
             converged_at: None,
             events: 0,
             acked: 0,
+            acked_per_lane: [0; 3],
         };
         for i in 0..n {
             // Stagger ticks so nodes do not act in lockstep.
@@ -430,7 +453,10 @@ impl World {
             let records = node.store.scan(TOPIC, None, usize::MAX).map_err(store_err)?;
             let mut changelog = Vec::new();
             for origin in &self.names {
-                changelog.extend(node.store.changes_after(origin, 0, usize::MAX).map_err(store_err)?);
+                for lane in mrr_core::Lane::ALL {
+                    let stream = mrr_core::Stream::new(origin.clone(), lane);
+                    changelog.extend(node.store.changes_after(&stream, 0, usize::MAX).map_err(store_err)?);
+                }
             }
             let applied = node.store.recover().map_err(store_err)?.vv;
             finals.push(FinalState { region: self.names[i].clone(), records, applied, changelog });
@@ -540,11 +566,15 @@ impl World {
                 key: c.key,
                 version: c.record.version.clone(),
                 origin: c.record.origin.clone(),
+                lane: c.record.lane,
                 seq: c.record.seq,
                 tombstone: c.record.is_tombstone(),
                 incr,
             };
             self.acked += 1;
+            if let Some(i) = mrr_core::Lane::ALL.iter().position(|l| *l == acked.lane) {
+                self.acked_per_lane[i] += 1;
+            }
             for inv in &mut self.invariants {
                 inv.on_acked(&acked);
             }
@@ -563,9 +593,11 @@ impl World {
                     break;
                 };
                 let Some(read) = session.next_read(durable) else { break };
-                let changes = store.changes_after(&read.origin, read.after_seq, read.limit).unwrap_or_default();
+                let changes = store.changes_after(&read.stream, read.after_seq, read.limit).unwrap_or_default();
                 let (Some(first), Some(last)) = (changes.first(), changes.last()) else { break };
-                session.on_sent(&read.origin, first.seq, last.seq, self.now);
+                // Payload plus a fixed overhead per change stands in for the encoded size.
+                let bytes = changes.iter().map(|c| c.payload_len() as u64 + 64).sum();
+                session.on_sent(&read.stream, first.seq, last.seq, bytes, self.now);
                 let epoch = *epoch;
                 self.send(node, peer, epoch, Body::Batch { changes });
             }

@@ -4,8 +4,8 @@
 
 use mrr_core::fold::{FoldEntry, FoldState, Outcome};
 use mrr_core::{
-    Change, ChangeId, ConflictEntry, DeadLetter, Hlc, Key, Metadata, Op, Record, RegionName, Side, Timestamp, Version,
-    VersionVector,
+    Change, ChangeId, ConflictEntry, DeadLetter, Hlc, Key, Metadata, Op, Record, RegionName, Side, Stream, Timestamp,
+    Version, VersionVector,
 };
 
 use crate::{CommitBatch, Store};
@@ -14,9 +14,16 @@ fn region(s: &str) -> RegionName {
     RegionName::new(s).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn change(origin: &str, seq: u64, topic: &str, id: &str, value: Option<&str>, ts: Timestamp) -> Change {
+fn stream(s: &str) -> Stream {
+    Stream::parse(s).unwrap_or_else(|| panic!("{s} is not a stream"))
+}
+
+/// A change of `stream` (`us-west`, `us-west.urgent`).
+fn change(stream_name: &str, seq: u64, topic: &str, id: &str, value: Option<&str>, ts: Timestamp) -> Change {
+    let Stream { origin, lane } = stream(stream_name);
     Change {
-        origin: region(origin),
+        origin: origin.clone(),
+        lane,
         seq,
         key: Key::new(topic, id),
         op: match value {
@@ -24,7 +31,7 @@ fn change(origin: &str, seq: u64, topic: &str, id: &str, value: Option<&str>, ts
             None => Op::Delete,
         },
         metadata: Metadata { regions: vec!["*".into()], sync_flags: vec!["IMPORTANT".into()] },
-        version: Version { ts, region: region(origin) },
+        version: Version { ts, region: origin },
         deps: VersionVector::new(),
         replay_of: None,
     }
@@ -49,7 +56,7 @@ fn batch_of(changes: Vec<Change>) -> CommitBatch {
     let records: Vec<(Key, Record)> = changes
         .iter()
         .map(|c| {
-            vv.raise(&c.origin, c.seq);
+            vv.raise(&c.stream(), c.seq);
             high = high.max(c.version.ts);
             (c.key.clone(), c.to_record())
         })
@@ -64,12 +71,13 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     let a2 = change("ap-northeast", 2, "users", "u002", Some(r#"{"name":"Emma"}"#), clock.now(2));
     let b1 = change("us-west", 1, "users", "u001", None, clock.now(3));
     let o1 = change("us-west", 2, "orders", "o1", Some("{}"), clock.now(4));
+    let u1 = change("ap-northeast.urgent", 1, "stock", "s1", Some(r#"{"n":1}"#), clock.now(5));
 
     assert!(store.get(&a1.key).expect("get").is_none(), "empty store has no records");
     assert_eq!(store.recover().expect("recover").vv, VersionVector::new());
 
     store.commit(&batch_of(vec![a1.clone(), a2.clone()])).expect("commit");
-    store.commit(&batch_of(vec![b1.clone(), o1.clone()])).expect("commit");
+    store.commit(&batch_of(vec![b1.clone(), o1.clone(), u1.clone()])).expect("commit");
 
     // Latest record state per key, tombstones included.
     assert_eq!(store.get(&a1.key).expect("get"), Some(b1.to_record()));
@@ -84,20 +92,23 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     assert_eq!(store.scan("users", None, 1).expect("scan").len(), 1);
     assert!(store.scan("user", None, 10).expect("scan").is_empty(), "prefix of a topic is another topic");
 
-    // The changelog per origin, in order, from a cursor, bounded.
-    let ap = region("ap-northeast");
+    // The changelog per stream, in order, from a cursor, bounded; lanes are separate streams.
+    let ap = stream("ap-northeast");
     assert_eq!(store.changes_after(&ap, 0, 10).expect("changes"), vec![a1.clone(), a2.clone()]);
     assert_eq!(store.changes_after(&ap, 1, 10).expect("changes"), vec![a2.clone()]);
     assert_eq!(store.changes_after(&ap, 0, 1).expect("changes"), vec![a1.clone()]);
     assert!(store.changes_after(&ap, 2, 10).expect("changes").is_empty());
-    assert_eq!(store.changes_after(&region("us-west"), 0, 10).expect("changes"), vec![b1.clone(), o1.clone()]);
+    assert_eq!(store.changes_after(&stream("us-west"), 0, 10).expect("changes"), vec![b1.clone(), o1.clone()]);
+    assert_eq!(store.changes_after(&stream("ap-northeast.urgent"), 0, 10).expect("changes"), vec![u1.clone()]);
+    assert!(store.changes_after(&stream("ap-northeast.bulk"), 0, 10).expect("changes").is_empty());
 
     let state = store.recover().expect("recover");
     assert_eq!(state.vv.get(&ap), 2);
-    assert_eq!(state.vv.get(&region("us-west")), 2);
-    assert_eq!(state.hlc_high_water, o1.version.ts);
+    assert_eq!(state.vv.get(&stream("ap-northeast.urgent")), 1);
+    assert_eq!(state.vv.get(&stream("us-west")), 2);
+    assert_eq!(state.hlc_high_water, u1.version.ts);
 
-    let cursor: VersionVector = [(ap.clone(), 2)].into_iter().collect();
+    let cursor: VersionVector = [(ap.clone(), 2), (stream("us-west.bulk"), 4)].into_iter().collect();
     store.save_peer_cursor(&region("eu-central"), &cursor).expect("save cursor");
     assert_eq!(store.peer_cursor(&region("eu-central")).expect("cursor"), Some(cursor.clone()));
     assert_eq!(store.peer_cursor(&region("us-west")).expect("cursor"), None);
@@ -151,7 +162,8 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     assert_eq!(store.dead_letters().expect("dlq"), vec![letter(&a2)]);
     assert_eq!(store.dead_letter(&a1.id()).expect("dlq"), None);
     store.discard_dead_letter(&a1.id()).expect("discarding what is gone is a no-op");
-    assert_eq!(store.dead_letter(&ChangeId { origin: ap.clone(), seq: 2 }).expect("dlq"), Some(letter(&a2)));
+    let a2_id = ChangeId { origin: ap.origin.clone(), lane: ap.lane, seq: 2 };
+    assert_eq!(store.dead_letter(&a2_id).expect("dlq"), Some(letter(&a2)));
 
     // Everything survives a reopen.
     if let Some(store) = reopen(store) {

@@ -1,10 +1,10 @@
 //! Key layout and value encoding shared by the implementations.
 //!
 //! Keys sort the way the store is scanned: records by `(topic, id)`, changes by
-//! `(origin, seq)` with `seq` big-endian. Topics, ids and region names never contain NUL
+//! `(origin, lane, seq)` with `seq` big-endian. Topics, ids and region names never contain NUL
 //! (validated at the edges), so NUL is a safe separator.
 
-use mrr_core::{ChangeId, Key, RegionName, Version};
+use mrr_core::{ChangeId, Key, RegionName, Stream, Version};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{Result, StoreError};
@@ -24,10 +24,13 @@ pub fn topic_prefix(topic: &str) -> Vec<u8> {
     k
 }
 
-pub fn change_key(origin: &RegionName, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(origin.as_str().len() + 9);
-    k.extend_from_slice(origin.as_str().as_bytes());
+/// `origin\0<lane byte><seq>`: one contiguous range per stream.
+pub fn change_key(stream: &Stream, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(stream.origin.as_str().len() + 10);
+    k.extend_from_slice(stream.origin.as_str().as_bytes());
     k.push(0);
+    // Lane numbers are below 256 (three lanes).
+    k.push(stream.lane.to_wire() as u8);
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
@@ -50,15 +53,16 @@ pub fn history_key(key: &Key, version: &Version) -> Vec<u8> {
 }
 
 pub fn change_id_key(id: &ChangeId) -> Vec<u8> {
-    change_key(&id.origin, id.seq)
+    change_key(&id.stream(), id.seq)
 }
 
 pub fn conflict_key(ident: &(ChangeId, ChangeId)) -> Vec<u8> {
     [change_id_key(&ident.0), vec![0xff], change_id_key(&ident.1)].concat()
 }
 
-pub fn vv_key(origin: &RegionName) -> Vec<u8> {
-    [b"vv\0".as_slice(), origin.as_str().as_bytes()].concat()
+/// `vv\0` and the stream's display form (`us-west`, `us-west.urgent`).
+pub fn vv_key(stream: &Stream) -> Vec<u8> {
+    [b"vv\0".as_slice(), stream.to_string().as_bytes()].concat()
 }
 
 pub const VV_PREFIX: &[u8] = b"vv\0";
@@ -87,8 +91,8 @@ pub fn decode_u64(what: &'static str, key: &[u8], bytes: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(arr))
 }
 
-pub fn region_from_suffix(what: &'static str, key: &[u8], prefix_len: usize) -> Result<RegionName> {
+pub fn stream_from_suffix(what: &'static str, key: &[u8], prefix_len: usize) -> Result<Stream> {
     let corrupt = |reason: String| StoreError::Corrupt { what, key: key.to_vec(), reason };
     let name = std::str::from_utf8(&key[prefix_len..]).map_err(|e| corrupt(e.to_string()))?;
-    RegionName::new(name).map_err(|e| corrupt(e.to_string()))
+    Stream::parse(name).ok_or_else(|| corrupt(format!("{name:?} is not a stream")))
 }

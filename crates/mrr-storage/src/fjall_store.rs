@@ -6,7 +6,7 @@ use std::path::Path;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use mrr_core::fold::FoldEntry;
-use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Version, VersionVector};
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Stream, Version, VersionVector};
 
 use crate::encoding::{self, decode, decode_u64, encode};
 use crate::{CommitBatch, Durability, RecoveredState, Result, Store, STORAGE_FORMAT};
@@ -97,9 +97,9 @@ impl Store for FjallStore {
         Ok(out)
     }
 
-    fn changes_after(&self, origin: &RegionName, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
-        let start = encoding::change_key(origin, after_seq.saturating_add(1));
-        let end = encoding::change_key(origin, u64::MAX);
+    fn changes_after(&self, stream: &Stream, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
+        let start = encoding::change_key(stream, after_seq.saturating_add(1));
+        let end = encoding::change_key(stream, u64::MAX);
         let mut out = Vec::with_capacity(limit.min(1024));
         for item in self.changes.range(start..=end).take(limit) {
             let (k, v) = item.into_inner()?;
@@ -112,8 +112,8 @@ impl Store for FjallStore {
         let mut state = RecoveredState::default();
         for item in self.meta.prefix(encoding::VV_PREFIX) {
             let (k, v) = item.into_inner()?;
-            let origin = encoding::region_from_suffix("version vector key", &k, encoding::VV_PREFIX.len())?;
-            state.vv.raise(&origin, decode_u64("version vector entry", &k, &v)?);
+            let stream = encoding::stream_from_suffix("version vector key", &k, encoding::VV_PREFIX.len())?;
+            state.vv.raise(&stream, decode_u64("version vector entry", &k, &v)?);
         }
         if let Some(v) = self.meta.get(encoding::HLC_KEY)? {
             state.hlc_high_water = decode("hlc high water", encoding::HLC_KEY, &v)?;
@@ -130,10 +130,10 @@ impl Store for FjallStore {
             wb.insert(&self.records, encoding::record_key(key), encode(record));
         }
         for change in &batch.changes {
-            wb.insert(&self.changes, encoding::change_key(&change.origin, change.seq), encode(change));
+            wb.insert(&self.changes, encoding::change_key(&change.stream(), change.seq), encode(change));
         }
-        for (origin, seq) in batch.vv.iter() {
-            wb.insert(&self.meta, encoding::vv_key(origin), seq.to_be_bytes().to_vec());
+        for (stream, seq) in batch.vv.iter() {
+            wb.insert(&self.meta, encoding::vv_key(stream), seq.to_be_bytes().to_vec());
         }
         wb.insert(&self.meta, encoding::HLC_KEY.to_vec(), encode(&batch.hlc_high_water));
         for (key, entry) in &batch.history {

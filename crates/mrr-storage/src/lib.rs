@@ -14,7 +14,7 @@ mod mem_store;
 
 use mrr_core::fold::FoldEntry;
 use mrr_core::{
-    Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Timestamp, Version, VersionVector,
+    Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Stream, Timestamp, Version, VersionVector,
 };
 
 pub use fjall_store::FjallStore;
@@ -80,8 +80,9 @@ pub enum StoreError {
 }
 
 /// The layout and encoding of stored records and changes. Bumped when an existing directory
-/// could no longer be read: 2 added each change's causal past and the merge document.
-pub const STORAGE_FORMAT: u32 = 2;
+/// could no longer be read: 2 added each change's causal past and the merge document; 3 split
+/// each origin's changelog and version-vector entry into priority lanes.
+pub const STORAGE_FORMAT: u32 = 3;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -93,8 +94,8 @@ pub trait Store: Send + Sync + 'static {
     /// Records of `topic` in id order, starting after `after_id`, tombstones included.
     fn scan(&self, topic: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<(Key, Record)>>;
 
-    /// Changes of `origin` with `seq > after_seq`, in sequence order, at most `limit`.
-    fn changes_after(&self, origin: &RegionName, after_seq: u64, limit: usize) -> Result<Vec<Change>>;
+    /// Changes of `stream` with `seq > after_seq`, in sequence order, at most `limit`.
+    fn changes_after(&self, stream: &Stream, after_seq: u64, limit: usize) -> Result<Vec<Change>>;
 
     fn recover(&self) -> Result<RecoveredState>;
 

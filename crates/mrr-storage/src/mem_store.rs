@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use mrr_core::fold::FoldEntry;
-use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Version, VersionVector};
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Stream, Version, VersionVector};
 
 use crate::{CommitBatch, RecoveredState, Result, Store};
 
@@ -17,7 +17,7 @@ pub struct MemStore {
 #[derive(Debug, Default)]
 struct Inner {
     records: BTreeMap<Key, Record>,
-    changes: BTreeMap<(RegionName, u64), Change>,
+    changes: BTreeMap<(Stream, u64), Change>,
     state: RecoveredState,
     peers: BTreeMap<RegionName, VersionVector>,
     history: BTreeMap<(Key, Version), FoldEntry>,
@@ -54,11 +54,11 @@ impl Store for MemStore {
             .collect())
     }
 
-    fn changes_after(&self, origin: &RegionName, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
+    fn changes_after(&self, stream: &Stream, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
         let inner = self.lock();
         Ok(inner
             .changes
-            .range((origin.clone(), after_seq.saturating_add(1))..=(origin.clone(), u64::MAX))
+            .range((stream.clone(), after_seq.saturating_add(1))..=(stream.clone(), u64::MAX))
             .take(limit)
             .map(|(_, c)| c.clone())
             .collect())
@@ -74,7 +74,7 @@ impl Store for MemStore {
             inner.records.insert(k.clone(), r.clone());
         }
         for c in &batch.changes {
-            inner.changes.insert((c.origin.clone(), c.seq), c.clone());
+            inner.changes.insert((c.stream(), c.seq), c.clone());
         }
         inner.state.vv.join(&batch.vv);
         inner.state.hlc_high_water = batch.hlc_high_water;

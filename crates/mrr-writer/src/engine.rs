@@ -13,8 +13,8 @@ use mrr_core::fold::{self, FoldEntry, FoldState, Head, Outcome};
 use mrr_core::merge::{LastWriterWins, MergeStrategy, Resolution};
 use mrr_core::session::{admit_incoming, Incoming};
 use mrr_core::{
-    Change, ChangeId, ConflictEntry, DeadLetter, Doc, Hlc, Key, Op, Policies, Record, RegionName, Replay, Resolver,
-    Rule, Side, Version, VersionVector,
+    Change, ChangeId, ConflictEntry, DeadLetter, Doc, Hlc, Key, Metadata, Op, Policies, Record, RegionName, Replay,
+    Resolver, Rule, Side, Stream, Version, VersionVector,
 };
 use mrr_storage::{CommitBatch, RecoveredState, Store, StoreError};
 
@@ -93,7 +93,7 @@ fn side_of(change: &Change) -> Side {
 }
 
 fn side_of_record(r: &Record) -> Side {
-    Side { id: ChangeId { origin: r.origin.clone(), seq: r.seq }, version: r.version.clone(), value: text(&r.value) }
+    Side { id: r.change_id(), version: r.version.clone(), value: text(&r.value) }
 }
 
 impl Engine {
@@ -133,7 +133,8 @@ impl Engine {
         }
         let mut vv = VersionVector::new();
         for c in &pending.changes {
-            vv.raise(&c.origin, pending.vv.get(&c.origin));
+            let stream = c.stream();
+            vv.raise(&stream, pending.vv.get(&stream));
         }
         Some(CommitBatch {
             records: pending.overlay.into_iter().collect(),
@@ -204,9 +205,6 @@ impl Engine {
         }
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
-            let seq = pending.vv.get(&self.local) + 1;
-            let version = Version { ts: self.hlc.now(physical_ms), region: self.local.clone() };
-            let stamp = Stamp { version, seq, deps: pending.vv.clone() };
             let key = match &op {
                 LocalOp::Replay { id } => {
                     letters.get(id).map(|l| l.key.clone()).unwrap_or_else(|| unreachable!("read above"))
@@ -214,12 +212,31 @@ impl Engine {
                 op => op.key().cloned().unwrap_or_else(|| unreachable!("only replays have no key")),
             };
             let current = Self::current(pending, &reads, &key);
-            let change = self.local_change(op, &key, current.as_ref(), &stamp, &letters);
-            pending.vv.advance(&self.local, seq);
+            // The metadata decides the lane, the lane the sequence the stamp carries.
+            let metadata = Self::metadata_of(&op, current.as_ref());
+            let stream = Stream::new(self.local.clone(), self.policies.lanes.lane_of(&key.topic, &metadata));
+            let seq = pending.vv.get(&stream) + 1;
+            let version = Version { ts: self.hlc.now(physical_ms), region: self.local.clone() };
+            let stamp = Stamp { version, lane: stream.lane, seq, deps: pending.vv.clone() };
+            let change = self.local_change(op, &key, metadata, current.as_ref(), &stamp, &letters);
+            pending.vv.advance(&stream, seq);
             let record = self.apply_change(pending, store, &reads, change)?;
             out.push(Committed { key: key.clone(), record });
         }
         Ok(out)
+    }
+
+    /// The metadata a request's change carries: its own, or (patches without metadata,
+    /// operations, deletes, replays) the record's. A tombstone keeps the placement of what it
+    /// deletes.
+    fn metadata_of(op: &LocalOp, current: Option<&Record>) -> Metadata {
+        match op {
+            LocalOp::Put { metadata, .. } | LocalOp::Patch { metadata: Some(metadata), .. } => metadata.clone(),
+            LocalOp::Patch { metadata: None, .. }
+            | LocalOp::Ops { .. }
+            | LocalOp::Delete { .. }
+            | LocalOp::Replay { .. } => current.map(|r| r.metadata.clone()).unwrap_or_default(),
+        }
     }
 
     /// Turns a client request into the change it writes, under the topic's rule.
@@ -227,6 +244,7 @@ impl Engine {
         &self,
         op: LocalOp,
         key: &Key,
+        metadata: Metadata,
         current: Option<&Record>,
         stamp: &Stamp,
         letters: &BTreeMap<ChangeId, DeadLetter>,
@@ -234,19 +252,17 @@ impl Engine {
         let rule = self.policies.rule(&key.topic);
         let live = current.filter(|r| !r.is_tombstone());
         let current_doc = current.and_then(|r| r.doc.as_ref());
-        let kept_metadata = || current.map(|r| r.metadata.clone()).unwrap_or_default();
         let mut replay_of = None;
-        let (op, metadata) = match (op, rule) {
-            (LocalOp::Put { value, metadata, .. }, Rule::Merge) => {
+        let op = match (op, rule) {
+            (LocalOp::Put { value, .. }, Rule::Merge) => {
                 let obj = object_of(&value);
-                (Op::Merge { delta: Doc::put_delta(current_doc, &obj, stamp) }, metadata)
+                Op::Merge { delta: Doc::put_delta(current_doc, &obj, stamp) }
             }
-            (LocalOp::Put { value, metadata, .. }, _) => (Op::Put { value }, metadata),
-            (LocalOp::Patch { fields, metadata, .. }, Rule::Merge) => {
-                let delta = Doc::patch_delta(&object_of(&fields), stamp);
-                (Op::Merge { delta }, metadata.unwrap_or_else(kept_metadata))
+            (LocalOp::Put { value, .. }, _) => Op::Put { value },
+            (LocalOp::Patch { fields, .. }, Rule::Merge) => {
+                Op::Merge { delta: Doc::patch_delta(&object_of(&fields), stamp) }
             }
-            (LocalOp::Patch { fields, metadata, .. }, _) => {
+            (LocalOp::Patch { fields, .. }, _) => {
                 // Whole-record rules: the patch is applied to what this region has, then the
                 // result competes as a whole.
                 let mut obj = live.and_then(|r| r.value.as_deref()).map(object_of).unwrap_or_default();
@@ -258,28 +274,23 @@ impl Engine {
                     }
                 }
                 let value = serde_json::Value::Object(obj).to_string().into_bytes();
-                (Op::Put { value }, metadata.unwrap_or_else(kept_metadata))
+                Op::Put { value }
             }
-            (LocalOp::Ops { ops, .. }, _) => {
-                (Op::Merge { delta: Doc::ops_delta(current_doc, &ops, stamp) }, kept_metadata())
-            }
-            (LocalOp::Delete { .. }, Rule::Merge) => {
-                (Op::Merge { delta: Doc::delete_delta(current_doc, stamp) }, kept_metadata())
-            }
-            // A tombstone keeps the placement of what it deletes.
-            (LocalOp::Delete { .. }, _) => (Op::Delete, kept_metadata()),
+            (LocalOp::Ops { ops, .. }, _) => Op::Merge { delta: Doc::ops_delta(current_doc, &ops, stamp) },
+            (LocalOp::Delete { .. }, Rule::Merge) => Op::Merge { delta: Doc::delete_delta(current_doc, stamp) },
+            (LocalOp::Delete { .. }, _) => Op::Delete,
             (LocalOp::Replay { id }, _) => {
                 let letter = letters.get(&id).unwrap_or_else(|| unreachable!("read before"));
                 replay_of = Some(Replay { id: letter.id.clone(), version: letter.version.clone() });
-                let op = match &letter.value {
+                match &letter.value {
                     Some(v) => Op::Put { value: v.clone().into_bytes() },
                     None => Op::Delete,
-                };
-                (op, kept_metadata())
+                }
             }
         };
         Change {
             origin: self.local.clone(),
+            lane: stamp.lane,
             seq: stamp.seq,
             key: key.clone(),
             op,
@@ -316,7 +327,7 @@ impl Engine {
         let incoming = change.to_record();
         let Some(current) = current else { return incoming };
         let differ = current.value != incoming.value;
-        let current_id = ChangeId { origin: current.origin.clone(), seq: current.seq };
+        let current_id = current.change_id();
         if LastWriterWins.resolve(&current, &incoming) == Resolution::TakeIncoming {
             if differ && !current_id.seen_by(&change.deps) {
                 log(
@@ -343,7 +354,8 @@ impl Engine {
     }
 
     fn apply_merge(&self, pending: &mut Pending, current: Option<Record>, change: &Change) -> Record {
-        let stamp = Stamp { version: change.version.clone(), seq: change.seq, deps: change.deps.clone() };
+        let stamp =
+            Stamp { version: change.version.clone(), lane: change.lane, seq: change.seq, deps: change.deps.clone() };
         let delta = match &change.op {
             Op::Merge { delta } => delta.clone(),
             // Whole-record changes (written before the topic became `merge`): every field they
@@ -364,6 +376,7 @@ impl Engine {
                 metadata: change.metadata.clone(),
                 version: change.version.clone(),
                 origin: change.origin.clone(),
+                lane: change.lane,
                 seq: change.seq,
                 deps: change.deps.clone(),
                 doc: Some(doc),
@@ -457,6 +470,7 @@ impl Engine {
                 metadata: head.metadata,
                 version: head.version,
                 origin: head.id.origin,
+                lane: head.id.lane,
                 seq: head.id.seq,
                 deps: head.deps,
                 doc: None,
@@ -578,7 +592,8 @@ impl Engine {
         let mut out = RemoteOutcome::default();
         let (conflicts_before, letters_before) = (pending.conflicts.len(), pending.dead_letters.len());
         for (position, change) in changes.into_iter().enumerate() {
-            match admit_incoming(&self.local, &pending.vv, &change.origin, change.seq) {
+            let stream = change.stream();
+            match admit_incoming(&self.local, &pending.vv, &stream, change.seq) {
                 Incoming::Apply => {}
                 Incoming::Duplicate => {
                     if mrr_core::planted::active(mrr_core::planted::Bug::DuplicatesBypassMerge) {
@@ -588,19 +603,19 @@ impl Engine {
                     continue;
                 }
                 Incoming::Gap { expected } => {
-                    out.refused = Some(Refusal::Gap { origin: change.origin, seq: change.seq, expected });
+                    out.refused = Some(Refusal::Gap { id: change.id(), expected });
                     break;
                 }
                 Incoming::Loop => {
-                    out.refused = Some(Refusal::Loop { origin: change.origin, seq: change.seq });
+                    out.refused = Some(Refusal::Loop { id: change.id() });
                     break;
                 }
             }
             if let Err(skew) = self.hlc.observe(change.version.ts, physical_ms) {
-                out.refused = Some(Refusal::ClockSkew { origin: change.origin, seq: change.seq, skew });
+                out.refused = Some(Refusal::ClockSkew { id: change.id(), skew });
                 break;
             }
-            pending.vv.advance(&change.origin, change.seq);
+            pending.vv.advance(&stream, change.seq);
             self.apply_change(pending, store, &reads, change)?;
             out.applied += 1;
             out.admitted.push(position);
@@ -637,7 +652,7 @@ fn object_of(bytes: &[u8]) -> serde_json::Map<String, serde_json::Value> {
 mod tests {
     use super::*;
     use mrr_core::fold::testing::Append;
-    use mrr_core::{FieldOp, Metadata, Timestamp};
+    use mrr_core::{FieldOp, Lane, Timestamp};
     use mrr_storage::MemStore;
     use serde_json::{json, Value};
 
@@ -678,8 +693,9 @@ mod tests {
         out
     }
 
-    fn changes_of(store: &MemStore, origin: &str) -> Vec<Change> {
-        store.changes_after(&r(origin), 0, 100).expect("changes")
+    /// The changelog of a stream, `a` or `a.urgent`.
+    fn changes_of(store: &MemStore, stream: &str) -> Vec<Change> {
+        store.changes_after(&Stream::parse(stream).expect("stream"), 0, 100).expect("changes")
     }
 
     #[test]
@@ -690,7 +706,38 @@ mod tests {
         assert_eq!(out.iter().map(|c| c.record.seq).collect::<Vec<_>>(), [1, 2]);
         assert!(out[1].record.version > out[0].record.version);
         assert_eq!(store.get(&Key::new("users", "u1")).expect("get"), Some(out[1].record.clone()));
-        assert_eq!(e.applied().get(&r("a")), 2);
+        assert_eq!(e.applied().get(&Stream::normal(r("a"))), 2);
+    }
+
+    #[test]
+    fn flagged_writes_take_their_lane_and_overtake_without_breaking_causality() {
+        let (sa, sb) = (MemStore::new(), MemStore::new());
+        let (mut a, mut b) = (engine("a"), engine("b"));
+        let urgent = Metadata { regions: vec![], sync_flags: vec!["SYNC_PRIORITY=1".into()] };
+        let stock = |n: u64| LocalOp::Put {
+            key: Key::new("stock", "s1"),
+            value: json!({ "n": n }).to_string().into_bytes(),
+            metadata: urgent.clone(),
+        };
+        // a writes s1 normally, then twice urgently (an update of its own write).
+        local(&mut a, &sa, vec![put("u1", "{}"), kv("stock", "s1", json!({"n": 10}))], 1_000);
+        let out = local(&mut a, &sa, vec![stock(9), stock(8)], 1_001);
+        assert_eq!(
+            out.iter().map(|c| (c.record.lane, c.record.seq)).collect::<Vec<_>>(),
+            [(Lane::Urgent, 1), (Lane::Urgent, 2)]
+        );
+        assert_eq!(changes_of(&sa, "a").len(), 2, "normal lane untouched");
+        // The urgent stream reaches b before the normal one: no gap, and the older normal write
+        // that arrives afterwards is superseded, not logged as a conflict (the urgent one saw it).
+        let first = remote(&mut b, &sb, changes_of(&sa, "a.urgent"), 1_002);
+        assert_eq!((first.applied, first.refused), (2, None));
+        let later = remote(&mut b, &sb, changes_of(&sa, "a"), 1_003);
+        assert_eq!((later.applied, later.conflicts.len()), (2, 0));
+        assert_eq!(value(&sb, "stock", "s1"), Some(json!({"n": 8})));
+        assert_eq!(sa.get(&Key::new("stock", "s1")).expect("get"), sb.get(&Key::new("stock", "s1")).expect("get"));
+        // A delete keeps the record's flags, so it travels in the same lane.
+        let del = local(&mut a, &sa, vec![LocalOp::Delete { key: Key::new("stock", "s1") }], 1_004);
+        assert_eq!((del[0].record.lane, del[0].record.seq), (Lane::Urgent, 3));
     }
 
     #[test]
@@ -708,7 +755,7 @@ mod tests {
         // loser is logged once in each region.
         assert_eq!(out_a.conflicts.len(), 1);
         assert_eq!(out_b.conflicts.len(), 1);
-        assert_eq!(out_a.conflicts[0].loser.id, ChangeId { origin: r("a"), seq: 1 });
+        assert_eq!(out_a.conflicts[0].loser.id, ChangeId { origin: r("a"), lane: mrr_core::Lane::Normal, seq: 1 });
         assert_eq!(sa.conflicts().expect("log").len(), 1);
         assert_eq!(sa.get(&key).expect("get").map(|r| r.origin), Some(r("b")));
     }
@@ -725,7 +772,7 @@ mod tests {
         assert_eq!((out.applied, out.duplicates, out.refused.clone()), (2, 0, None));
         let out = remote(&mut b, &sb, all.clone(), 1_000);
         assert_eq!((out.applied, out.duplicates), (1, 2));
-        assert_eq!(out.vv.get(&r("a")), 3);
+        assert_eq!(out.vv.get(&Stream::normal(r("a"))), 3);
 
         let mut gap = all[2].clone();
         gap.seq = 5;
@@ -771,8 +818,10 @@ mod tests {
     fn sync(from: &MemStore, to: (&mut Engine, &MemStore), now: u64) -> RemoteOutcome {
         let mut all = Vec::new();
         for origin in ["a", "b", "c"] {
-            if r(origin) != *to.0.local() {
-                all.extend(changes_of(from, origin));
+            for lane in mrr_core::Lane::ALL {
+                if r(origin) != *to.0.local() {
+                    all.extend(changes_of(from, &Stream::new(r(origin), lane).to_string()));
+                }
             }
         }
         remote(to.0, to.1, all, now)
@@ -818,7 +867,7 @@ mod tests {
         for out in [to_a, to_b] {
             assert_eq!(out.conflicts.len(), 1, "{:?}", out.conflicts);
             assert_eq!(out.conflicts[0].fields, ["city"]);
-            assert_eq!(out.conflicts[0].loser.id, ChangeId { origin: r("a"), seq: 2 });
+            assert_eq!(out.conflicts[0].loser.id, ChangeId { origin: r("a"), lane: mrr_core::Lane::Normal, seq: 2 });
         }
         let refused =
             LocalOp::Ops { key: Key::new("users", "u"), ops: vec![FieldOp::Incr { field: "n".into(), by: 1 }] };

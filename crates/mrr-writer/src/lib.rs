@@ -99,12 +99,12 @@ pub enum WriteError {
 /// Why the writer stopped applying a remote batch part-way. Changes before it were applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("change {origin}:{seq} skips ahead; expected seq {expected}")]
-    Gap { origin: RegionName, seq: u64, expected: u64 },
-    #[error("change {origin}:{seq} is this region's own change sent back to it")]
-    Loop { origin: RegionName, seq: u64 },
-    #[error("change {origin}:{seq} refused: {skew}")]
-    ClockSkew { origin: RegionName, seq: u64, skew: ClockSkewError },
+    #[error("change {id} skips ahead; expected seq {expected}")]
+    Gap { id: ChangeId, expected: u64 },
+    #[error("change {id} is this region's own change sent back to it")]
+    Loop { id: ChangeId },
+    #[error("change {id} refused: {skew}")]
+    ClockSkew { id: ChangeId, skew: ClockSkewError },
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -26,7 +26,7 @@ impl Invariant for AckedWrites {
     fn on_power_loss(&mut self, node: usize, durable: &mrr_core::VersionVector) {
         // `durability: buffered` may lose acknowledged writes not yet persisted at their origin
         // — and only those: none of them ever left the region.
-        self.acked.retain(|w| !(w.node == node && w.seq > durable.get(&w.origin)));
+        self.acked.retain(|w| !(w.node == node && w.seq > durable.get(&w.stream())));
     }
 
     fn at_end(&mut self, regions: &[FinalState]) -> Result<(), String> {
@@ -40,16 +40,19 @@ impl Invariant for AckedWrites {
         for r in regions {
             let records: BTreeMap<&Key, &mrr_core::Record> = r.records.iter().map(|(k, v)| (k, v)).collect();
             for w in &self.acked {
-                if r.applied.get(&w.origin) < w.seq {
+                if r.applied.get(&w.stream()) < w.seq {
                     return Err(format!(
-                        "{} never applied acknowledged write {}:{} to {}",
-                        r.region, w.origin, w.seq, w.key
+                        "{} never applied acknowledged write {}-{} to {}",
+                        r.region,
+                        w.stream(),
+                        w.seq,
+                        w.key
                     ));
                 }
                 let in_log =
-                    r.changelog.iter().any(|c| c.origin == w.origin && c.seq == w.seq && c.version == w.version);
+                    r.changelog.iter().any(|c| c.stream() == w.stream() && c.seq == w.seq && c.version == w.version);
                 if !in_log {
-                    return Err(format!("{} has no change {}:{} as acknowledged", r.region, w.origin, w.seq));
+                    return Err(format!("{} has no change {}-{} as acknowledged", r.region, w.stream(), w.seq));
                 }
                 let have: Option<&Version> = records.get(&w.key).map(|rec| &rec.version);
                 if have.is_none_or(|v| v < &w.version) {

@@ -25,7 +25,7 @@ impl Invariant for CountersAddUp {
     }
 
     fn on_power_loss(&mut self, node: usize, durable: &mrr_core::VersionVector) {
-        self.acked.retain(|w| !(w.node == node && w.seq > durable.get(&w.origin)));
+        self.acked.retain(|w| !(w.node == node && w.seq > durable.get(&w.stream())));
     }
 
     fn at_end(&mut self, regions: &[FinalState]) -> Result<(), String> {

@@ -28,10 +28,17 @@ pub struct AckedWrite {
     pub key: Key,
     pub version: Version,
     pub origin: RegionName,
+    pub lane: mrr_core::Lane,
     pub seq: u64,
     pub tombstone: bool,
     /// Under `merge`: the counter increment this write made (field `c`).
     pub incr: Option<i64>,
+}
+
+impl AckedWrite {
+    pub fn stream(&self) -> mrr_core::Stream {
+        mrr_core::Stream::new(self.origin.clone(), self.lane)
+    }
 }
 
 /// The final state of one region, for end-of-run checks.

@@ -3,14 +3,14 @@
 
 use std::collections::BTreeSet;
 
-use mrr_core::RegionName;
+use mrr_core::Stream;
 use mrr_storage::CommitBatch;
 
 use super::Invariant;
 
 #[derive(Debug)]
 pub struct NoDoubleApply {
-    applied: Vec<BTreeSet<(RegionName, u64)>>,
+    applied: Vec<BTreeSet<(Stream, u64)>>,
 }
 
 impl NoDoubleApply {
@@ -26,8 +26,8 @@ impl Invariant for NoDoubleApply {
 
     fn on_commit(&mut self, node: usize, batch: &CommitBatch, _: &mrr_core::VersionVector) -> Result<(), String> {
         for c in &batch.changes {
-            if !self.applied[node].insert((c.origin.clone(), c.seq)) {
-                return Err(format!("r{node} applied {}:{} twice", c.origin, c.seq));
+            if !self.applied[node].insert((c.stream(), c.seq)) {
+                return Err(format!("r{node} applied {} twice", c.id()));
             }
         }
         Ok(())
@@ -36,6 +36,6 @@ impl Invariant for NoDoubleApply {
     fn on_power_loss(&mut self, node: usize, durable: &mrr_core::VersionVector) {
         // Lost commits will be applied again (remote ones re-received, own sequence numbers
         // reused by new writes); that is not a double apply.
-        self.applied[node].retain(|(origin, seq)| *seq <= durable.get(origin));
+        self.applied[node].retain(|(stream, seq)| *seq <= durable.get(stream));
     }
 }

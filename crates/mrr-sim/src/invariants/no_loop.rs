@@ -14,7 +14,7 @@ impl Invariant for NoLoop {
 
     fn on_refusal(&mut self, node: usize, refusal: &Refusal) -> Result<(), String> {
         match refusal {
-            Refusal::Loop { origin, seq } => Err(format!("r{node} was sent its own change {origin}:{seq}")),
+            Refusal::Loop { id } => Err(format!("r{node} was sent its own change {id}")),
             _ => Ok(()),
         }
     }
