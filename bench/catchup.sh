@@ -10,8 +10,8 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 RATE=${RATE:-3000}
 BACKLOG_S=${BACKLOG_S:-20}
-MRR=./target/release/mrr
-cargo build --release -q -p mrr-cli
+# MRR=path/to/mrr runs another build (e.g. the previous release, side by side).
+if [ -z "${MRR:-}" ]; then MRR=./target/release/mrr; cargo build --release -q -p mrr-cli; fi
 W=$(mktemp -d /tmp/mrr-catchup.XXXXXX)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
@@ -37,5 +37,6 @@ want=$(mrr_applied 26000); behind=$(( want - $(mrr_applied 26010) ))
 t0=$(date +%s%3N); kill -USR2 "$P1" "$P2"
 for _ in $(seq 1 6000); do [ "$(mrr_applied 26010)" -ge "$want" ] && break; sleep 0.02; done
 took=$(( $(date +%s%3N) - t0 ))
-sent=$(curl -s http://127.0.0.1:26000/metrics | awk '/^mrr_peer_sent_bytes_total\{peer="us-west"\}/ {print $2}')
+# Summed over lanes (one series per lane since lanes exist, one before).
+sent=$(curl -s http://127.0.0.1:26000/metrics | awk '/^mrr_peer_sent_bytes_total\{peer="us-west"[,}]/ {s += $2} END {printf "%d", s}')
 echo "{\"backlog\":$behind,\"catch_up_ms\":$took,\"changes_per_s\":$(( behind * 1000 / (took > 0 ? took : 1) )),\"bytes_sent_total\":$sent}"

@@ -26,7 +26,8 @@ CONF
   done
 }
 
-# mrr_applied API_PORT: how many of ap-northeast's writes the region at API_PORT has applied.
+# mrr_applied API_PORT: how many of ap-northeast's writes the region at API_PORT has applied,
+# summed over its lanes (`ap-northeast`, `ap-northeast.urgent`, `ap-northeast.bulk`).
 mrr_applied() {
-  curl -s "http://127.0.0.1:$1/v1/status" | python3 -c "import json,sys; print(json.load(sys.stdin)['applied'].get('ap-northeast',0))"
+  curl -s "http://127.0.0.1:$1/v1/status" | python3 -c "import json,sys; a=json.load(sys.stdin)['applied']; print(sum(v for k,v in a.items() if k.split('.')[0]=='ap-northeast'))"
 }

@@ -77,9 +77,20 @@ struct Flight {
 const BASE_BUCKET_MS: u64 = 60_000;
 const BASE_BUCKETS: usize = 10;
 /// Bytes a window starts with, before slow start has measured the path.
-const WINDOW_BYTES_INITIAL: u64 = 256 * 1024;
+const WINDOW_BYTES_INITIAL: u64 = 32 * 1024;
+/// Lower-lane batches carry at most this share of the window, and never less than
+/// [`BATCH_BYTES_MIN`].
+const BATCHES_PER_WINDOW: u64 = 8;
+const BATCH_BYTES_MIN: u64 = 2 * 1024;
 
 /// The delay-based window of the normal and bulk lanes.
+///
+/// A flight's round trip is the path's base (propagation, apply, its own transmission) plus the
+/// time it queued behind earlier bytes: the part an urgent batch would also wait for. Batches of
+/// the lower lanes are cut to a fraction of the window, so a batch's own transmission stays
+/// small next to the queue being measured (one 64 kB batch takes 250 ms to cross a 256 kB/s
+/// link: counted as queue, it would pin the window to its floor), and so one batch already on
+/// the wire never holds an urgent one back long.
 #[derive(Clone, Debug)]
 struct Window {
     bytes: u64,
@@ -103,6 +114,11 @@ impl Window {
 
     fn base_rtt_ms(&self) -> Option<u64> {
         self.base_history.iter().map(|(_, rtt)| *rtt).min()
+    }
+
+    /// The most bytes one lower-lane batch may carry.
+    fn batch_bytes_max(&self) -> u64 {
+        (self.bytes / BATCHES_PER_WINDOW).max(BATCH_BYTES_MIN)
     }
 
     /// A flight of `bytes` completed after `rtt_ms`.
@@ -247,8 +263,9 @@ impl OutboundSession {
         if inflight_bytes >= self.window.bytes {
             return 0;
         }
+        let bytes = (self.window.bytes - inflight_bytes).min(self.window.batch_bytes_max());
         // At least one change, or a window smaller than a change would never send it.
-        let by_bytes = ((self.window.bytes - inflight_bytes) / self.window.change_bytes_avg.max(1)).max(1);
+        let by_bytes = (bytes / self.window.change_bytes_avg.max(1)).max(1);
         changes.min(by_bytes)
     }
 
@@ -473,44 +490,56 @@ mod tests {
         assert_eq!((read.stream, read.limit), (st("a.urgent"), 1));
     }
 
-    /// Sends and acks one window per simulated round trip of `rtt_ms(window)`, returning the
-    /// window after `rounds`.
-    fn drive(s: &mut OutboundSession, rounds: u64, rtt_ms: impl Fn(u64) -> u64) -> u64 {
-        let mut now = 0;
-        let mut seq = s.sent.get(&st("a.bulk"));
-        for _ in 0..rounds {
-            let local = vv(&[("a.bulk", seq + 1_000_000)]);
+    /// A FIFO path (one TCP connection, one capped link): `rate` bytes per ms, `delay_ms` each
+    /// way, time kept in microseconds and shown to the session in whole milliseconds, as the
+    /// runtime does. Drives a session with an endless bulk backlog of 200-byte changes for
+    /// `run_ms` and returns (bytes delivered per ms over the second half, the mean and the
+    /// highest wait in ms an urgent batch would have had behind queued bytes, sampled at every
+    /// ack).
+    fn drive_path(rate: u64, delay_ms: u64, run_ms: u64) -> (u64, u64, u64) {
+        let mut s = session(limits(1_024, 1_000_000));
+        let bulk = st("a.bulk");
+        let local = vv(&[("a.bulk", u64::MAX / 2)]);
+        let (mut now_us, mut free_at_us, mut seq) = (0u64, 0u64, 0u64);
+        let mut acks: VecDeque<(u64, u64, u64)> = VecDeque::new(); // (ack at µs, last seq, bytes)
+        let (mut delivered_late, mut waits_us) = (0u64, Vec::new());
+        while now_us < run_ms * 1_000 {
             while let Some(read) = s.next_read(&local) {
+                let bytes = read.limit as u64 * 200;
                 let last = seq + read.limit as u64;
-                s.on_sent(&read.stream, seq + 1, last, read.limit as u64 * 1_000, now);
+                s.on_sent(&bulk, seq + 1, last, bytes, now_us / 1_000);
                 seq = last;
+                free_at_us = free_at_us.max(now_us) + bytes * 1_000 / rate;
+                acks.push_back((free_at_us + 2_000 * delay_ms, last, bytes));
             }
-            now += rtt_ms(s.inflight_bytes());
-            s.on_ack(&vv(&[("a.bulk", seq)]), BTreeSet::new(), now);
+            let Some((at_us, last, bytes)) = acks.pop_front() else { panic!("nothing in flight") };
+            now_us = at_us;
+            if now_us > run_ms * 500 {
+                delivered_late += bytes;
+                waits_us.push(free_at_us.saturating_sub(now_us));
+            }
+            s.on_ack(&vv(&[("a.bulk", last)]), BTreeSet::new(), now_us / 1_000);
         }
-        s.window_bytes()
+        let mean_us = waits_us.iter().sum::<u64>() / waits_us.len().max(1) as u64;
+        (delivered_late / (run_ms / 2), mean_us / 1_000, waits_us.into_iter().max().unwrap_or(0) / 1_000)
     }
 
     #[test]
-    fn the_lower_lane_window_grows_to_fill_an_empty_path() {
-        let mut s = session(limits(64, 1_000_000));
-        let start = s.window_bytes();
-        // A path with no queue: every round trip is the base.
-        let end = drive(&mut s, 20, |_| 100);
-        assert!(end > start * 16, "window {start} -> {end}");
-    }
-
-    #[test]
-    fn the_lower_lane_window_settles_where_the_queue_meets_the_target() {
-        // A 1 MB/s path with 100 ms of propagation: a window of W bytes queues W/1000 - 100 ms
-        // once W passes the 100 kB bandwidth-delay product.
-        let rtt = |bytes: u64| 100 + (bytes / 1_000).saturating_sub(100);
-        let mut s = session(limits(16, 1_000_000));
-        drive(&mut s, 200, rtt);
-        let queue_ms = rtt(s.window_bytes()) - 100;
+    fn on_a_slow_capped_path_the_lower_lanes_fill_the_link_with_a_short_queue() {
+        // 256 kB/s, 50 ms each way: the bandwidth-delay product is 25.6 kB.
+        let (rate, mean_wait, max_wait) = drive_path(256, 50, 60_000);
         let target = OutboundLimits::default().queue_delay_target_ms;
-        assert!(queue_ms <= target * 2, "standing queue {queue_ms} ms, target {target} ms");
-        assert!(s.window_bytes() >= 100_000, "the path stays full: window {}", s.window_bytes());
+        assert!(rate * 100 >= 256 * 85, "link use {rate} B/ms of 256");
+        assert!(mean_wait <= target * 2, "an urgent batch would wait {mean_wait} ms on average");
+        assert!(max_wait <= target * 6, "an urgent batch would wait up to {max_wait} ms");
+    }
+
+    #[test]
+    fn on_a_fast_path_the_window_grows_to_the_bandwidth_delay_product() {
+        // 100 MB/s, 1 ms each way: slow start must reach a window of hundreds of kB quickly.
+        let (rate, mean_wait, _) = drive_path(100_000, 1, 300);
+        assert!(rate * 100 >= 100_000 * 85, "link use {rate} B/ms of 100000");
+        assert!(mean_wait <= OutboundLimits::default().queue_delay_target_ms * 2, "{mean_wait} ms");
     }
 
     #[test]
