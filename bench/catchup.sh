@@ -20,7 +20,7 @@ trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$
 mrr_two_region_configs "$W"
 $MRR wan-proxy --listen 127.0.0.1:26002 --upstream 127.0.0.1:26011 --delay-ms 50 >/dev/null 2>&1 & P1=$!; PIDS+=($P1)
 $MRR wan-proxy --listen 127.0.0.1:26012 --upstream 127.0.0.1:26001 --delay-ms 50 >/dev/null 2>&1 & P2=$!; PIDS+=($P2)
-MRR_LOG=warn $MRR serve -c "$W/ap-northeast.yaml" 2>"$W/a.log" & A=$!; PIDS+=($A)
+MRR_LOG=warn $MRR serve -c "$W/ap-northeast.yaml" 2>"${DBG_LOG:-$W/a.log}" & A=$!; PIDS+=($A)
 MRR_LOG=warn $MRR serve -c "$W/us-west.yaml" 2>"$W/b.log" & B=$!; PIDS+=($B)
 for _ in $(seq 1 200); do curl -sf http://127.0.0.1:26010/health >/dev/null && break; sleep 0.05; done
 sleep 1

@@ -138,18 +138,12 @@ impl Window {
         let target_ms = limits.queue_delay_target_ms.max(1) as f64;
         // +1 with an empty queue, 0 on target, -1 (floor) at twice the target or more.
         let off_target = ((target_ms - queue_ms) / target_ms).max(-1.0);
-        if self.slow_start && queue_ms > target_ms / 2.0 {
+        if self.slow_start && queue_ms > target_ms {
             self.slow_start = false;
         }
         // Per round trip the acked bytes sum to about one window: slow start doubles it, then it
-        // grows by at most a quarter and shrinks by at most a half per round trip.
-        let gain = if self.slow_start {
-            1.0
-        } else if off_target > 0.0 {
-            0.25
-        } else {
-            0.5
-        };
+        // grows or shrinks by at most a half per round trip.
+        let gain = if self.slow_start { 1.0 } else { 0.5 };
         let delta = gain * off_target * bytes as f64;
         let next = (self.bytes as f64 + delta).max(0.0) as u64;
         self.bytes = next.clamp(limits.window_bytes_min, limits.window_bytes_max);
@@ -306,9 +300,10 @@ impl OutboundSession {
         self.flights.push_back(Flight { stream: stream.clone(), last_seq, bytes, sent_ms: now_ms });
     }
 
-    /// A cumulative acknowledgement: the peer's whole applied vector and the origins it now
-    /// receives directly.
-    pub fn on_ack(&mut self, peer_vv: &VersionVector, peer_direct: BTreeSet<RegionName>, now_ms: u64) {
+    /// A cumulative acknowledgement: the peer's whole applied vector, the origins it now
+    /// receives directly, and how long the peer took to apply the group it answers (left out
+    /// of round-trip samples: a fixed commit cost is not a queue).
+    pub fn on_ack(&mut self, peer_vv: &VersionVector, peer_direct: BTreeSet<RegionName>, apply_ms: u64, now_ms: u64) {
         if !self.acked.dominates(peer_vv) {
             self.progress_ms = now_ms;
         }
@@ -321,7 +316,7 @@ impl OutboundSession {
         self.flights.retain(|f| {
             let done = acked.get(&f.stream) >= f.last_seq;
             if done {
-                window.on_sample(limits, now_ms.saturating_sub(f.sent_ms), f.bytes, now_ms);
+                window.on_sample(limits, now_ms.saturating_sub(f.sent_ms).saturating_sub(apply_ms), f.bytes, now_ms);
             }
             !done
         });
@@ -406,7 +401,7 @@ mod tests {
         assert_eq!(read.limit, 4);
         s.on_sent(&st("a"), 3, 6, 400, 0);
         assert_eq!(s.next_read(&local), None, "window full");
-        s.on_ack(&vv(&[("a", 5)]), BTreeSet::new(), 0);
+        s.on_ack(&vv(&[("a", 5)]), BTreeSet::new(), 0, 0);
         assert_eq!(s.next_read(&local).map(|r| r.limit), Some(3));
         assert_eq!(s.backlog_changes(&local), 95);
     }
@@ -419,11 +414,11 @@ mod tests {
         s.on_sent(&st("a"), 3, 10, 800, 5_000);
         assert!(!s.stalled(5_900, 1_000));
         // Heartbeat acks keep arriving but do not move: a batch was lost.
-        s.on_ack(&vv(&[("a", 2)]), BTreeSet::new(), 5_500);
+        s.on_ack(&vv(&[("a", 2)]), BTreeSet::new(), 0, 5_500);
         assert!(s.stalled(6_001, 1_000));
-        s.on_ack(&vv(&[("a", 6)]), BTreeSet::new(), 6_001);
+        s.on_ack(&vv(&[("a", 6)]), BTreeSet::new(), 0, 6_001);
         assert!(!s.stalled(6_500, 1_000), "progress resets the clock");
-        s.on_ack(&vv(&[("a", 10)]), BTreeSet::new(), 6_600);
+        s.on_ack(&vv(&[("a", 10)]), BTreeSet::new(), 0, 6_600);
         assert!(!s.stalled(60_000, 1_000));
         assert_eq!(s.backlog_changes(&local), 0);
         assert_eq!(s.inflight_bytes(), 0);
@@ -443,10 +438,10 @@ mod tests {
         let local = vv(&[("a", 2), ("c", 7)]);
         // Peer has not said it hears c directly: relay from its cursor.
         assert_eq!(s.next_read(&local).map(|r| (r.stream, r.after_seq)), Some((st("c"), 0)));
-        s.on_ack(&vv(&[("a", 2), ("c", 4)]), [r("c")].into(), 0);
+        s.on_ack(&vv(&[("a", 2), ("c", 4)]), [r("c")].into(), 0, 0);
         assert_eq!(s.next_read(&local), None, "peer hears c directly");
         // c's direct link to the peer breaks: relay resumes from what the peer acknowledged.
-        s.on_ack(&vv(&[("a", 2), ("c", 4)]), BTreeSet::new(), 0);
+        s.on_ack(&vv(&[("a", 2), ("c", 4)]), BTreeSet::new(), 0, 0);
         assert_eq!(s.next_read(&local).map(|r| (r.stream, r.after_seq)), Some((st("c"), 4)));
     }
 
@@ -454,7 +449,7 @@ mod tests {
     fn acks_through_other_paths_skip_resends() {
         let mut s = session(OutboundLimits::default());
         let local = vv(&[("a", 2), ("c", 9)]);
-        s.on_ack(&vv(&[("c", 9)]), BTreeSet::new(), 0);
+        s.on_ack(&vv(&[("c", 9)]), BTreeSet::new(), 0, 0);
         assert_eq!(s.next_read(&local), None);
     }
 
@@ -518,7 +513,7 @@ mod tests {
                 delivered_late += bytes;
                 waits_us.push(free_at_us.saturating_sub(now_us));
             }
-            s.on_ack(&vv(&[("a.bulk", last)]), BTreeSet::new(), now_us / 1_000);
+            s.on_ack(&vv(&[("a.bulk", last)]), BTreeSet::new(), 0, now_us / 1_000);
         }
         let mean_us = waits_us.iter().sum::<u64>() / waits_us.len().max(1) as u64;
         (delivered_late / (run_ms / 2), mean_us / 1_000, waits_us.into_iter().max().unwrap_or(0) / 1_000)

@@ -193,7 +193,9 @@ async fn session(
                 }
                 let n = changes.len() as u64;
                 let written: Vec<_> = changes.iter().map(|c| (c.origin.clone(), c.key.topic.clone(), c.version.ts.wall_ms)).collect();
+                let apply_started = Instant::now();
                 let outcome = ctx.writer.apply_remote(changes).await.map_err(|e| Status::unavailable(e.to_string()))?;
+                let apply_ms = u32::try_from(apply_started.elapsed().as_millis()).unwrap_or(u32::MAX);
                 let now_ms = ctx.clock.now_ms();
                 record_apply(ctx, peer, &outcome, &written, n, bytes, now_ms);
                 if let Some((durable, wall_ms)) = freshness {
@@ -205,7 +207,7 @@ async fn session(
                 if let Some(r) = &outcome.refused {
                     tracing::error!(peer = %peer, refusal = %r, "refused a replicated change; the peer will resume from the last applied one");
                 }
-                send(link, to_dialer::Msg::Ack(ack(ctx, &outcome.vv, refused.clone()))).await?;
+                send(link, to_dialer::Msg::Ack(ack(ctx, &outcome.vv, refused.clone(), apply_ms))).await?;
                 last_sent = Instant::now();
                 if !refused.is_empty() {
                     return Ok(());
@@ -217,7 +219,7 @@ async fn session(
                 }
                 if last_sent.elapsed() >= cfg.heartbeat_interval {
                     let vv = ctx.writer.applied().borrow().clone();
-                    send(link, to_dialer::Msg::Ack(ack(ctx, &vv, String::new()))).await?;
+                    send(link, to_dialer::Msg::Ack(ack(ctx, &vv, String::new(), 0))).await?;
                     last_sent = Instant::now();
                 }
             }
@@ -268,12 +270,13 @@ fn record_apply(
     }
 }
 
-fn ack(ctx: &Context, vv: &mrr_core::VersionVector, refused: String) -> proto::Ack {
+fn ack(ctx: &Context, vv: &mrr_core::VersionVector, refused: String, apply_ms: u32) -> proto::Ack {
     proto::Ack {
         applied: wire::vv_to_wire(vv),
         direct_origins: ctx.status.direct_origins().iter().map(ToString::to_string).collect(),
         wall_ms: ctx.clock.now_ms(),
         refused,
+        apply_ms,
     }
 }
 

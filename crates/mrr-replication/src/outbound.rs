@@ -197,7 +197,8 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
                 };
                 last_heard = Instant::now();
                 let vv = wire::vv_from_wire(ack.applied)?;
-                session.on_ack(&vv, wire::regions_from_wire(ack.direct_origins)?, mono_ms());
+                let direct = wire::regions_from_wire(ack.direct_origins)?;
+                session.on_ack(&vv, direct, u64::from(ack.apply_ms), mono_ms());
                 ctx.status.update(&peer.region, |s| s.acked = vv_map(session.acked()));
                 if last_cursor_save.elapsed() >= cfg.heartbeat_interval {
                     ctx.store.save_peer_cursor(&peer.region, session.acked())?;

@@ -669,7 +669,7 @@ impl World {
                 if let Some(Out::Up { epoch: e, session, last_heard }) = self.nodes[node].out[from].as_mut() {
                     if *e == epoch {
                         *last_heard = now;
-                        session.on_ack(&applied, direct, now);
+                        session.on_ack(&applied, direct, 0, now);
                         if refused {
                             self.nodes[node].out[from] = Some(Out::Down { retry_at: now + backoff, backoff });
                         } else {
