@@ -94,7 +94,7 @@ const BATCH_BYTES_MIN: u64 = 2 * 1024;
 #[derive(Clone, Debug)]
 struct Window {
     bytes: u64,
-    /// Doubling per round trip until the first sign of a queue.
+    /// Doubling per round trip until the queue first passes the target.
     slow_start: bool,
     /// `(bucket, lowest round trip in it)`, oldest first.
     base_history: VecDeque<(u64, u64)>,

@@ -198,12 +198,7 @@ impl Store for FjallStore {
     }
 
     fn conflicts(&self) -> Result<Vec<ConflictEntry>> {
-        let mut out = Vec::new();
-        for item in self.conflicts.iter() {
-            let (k, v) = item.into_inner()?;
-            out.push(decode("conflict entry", &k, &v)?);
-        }
-        Ok(out)
+        decode_all(&self.conflicts, "conflict entry")
     }
 
     fn expire_conflicts(&self, idents: &[(ChangeId, ChangeId)]) -> Result<()> {
@@ -216,12 +211,7 @@ impl Store for FjallStore {
     }
 
     fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        let mut out = Vec::new();
-        for item in self.dlq.iter() {
-            let (k, v) = item.into_inner()?;
-            out.push(decode("dead letter", &k, &v)?);
-        }
-        Ok(out)
+        decode_all(&self.dlq, "dead letter")
     }
 
     fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>> {
@@ -247,6 +237,16 @@ fn record_key_end(key: &Key) -> Vec<u8> {
     let mut end = encoding::record_key(key);
     end.push(1);
     end
+}
+
+/// Every value of `keyspace`, in key order.
+fn decode_all<T: serde::de::DeserializeOwned>(keyspace: &Keyspace, what: &'static str) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for item in keyspace.iter() {
+        let (k, v) = item.into_inner()?;
+        out.push(decode(what, &k, &v)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
