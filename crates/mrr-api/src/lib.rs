@@ -129,6 +129,10 @@ pub enum ErrorCode {
     /// No dead letter with that id (replayed, discarded, or never failed here).
     DeadLetterNotFound,
     InvalidQuery,
+    /// Read of a record whose `__metadata.regions` excludes this region (404).
+    NotPlaced,
+    /// Write in a region outside the record's placement (409).
+    NotPlacedHere,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

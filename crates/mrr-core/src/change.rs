@@ -64,6 +64,10 @@ pub enum Op {
     Delete,
     /// `conflict_strategy: merge`: a delta of the record's [`Doc`], joined into the state.
     Merge { delta: Doc },
+    /// The change as a region outside its placement holds it: no content, only what every
+    /// region needs to advance its vector and know the key's placement
+    /// ([`crate::placement`]).
+    Marker,
 }
 
 /// One write, identified cluster-wide by `(origin, lane, seq)`. Sequence numbers are contiguous
@@ -100,7 +104,7 @@ impl Change {
         Record {
             value: match &self.op {
                 Op::Put { value } => Some(value.clone()),
-                Op::Delete => None,
+                Op::Delete | Op::Marker => None,
                 Op::Merge { delta } => delta.materialize(),
             },
             metadata: self.metadata.clone(),
@@ -120,7 +124,7 @@ impl Change {
     pub fn payload_len(&self) -> usize {
         match &self.op {
             Op::Put { value } => value.len(),
-            Op::Delete => 0,
+            Op::Delete | Op::Marker => 0,
             Op::Merge { delta } => delta.approx_len(),
         }
     }

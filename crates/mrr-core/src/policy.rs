@@ -53,21 +53,42 @@ pub struct Policies {
     /// Which lane a write travels in. Not in the digest: lanes change when a change arrives,
     /// never what it merges to.
     pub lanes: LaneRules,
+    /// The `regions` a write gets when it names none: per topic, else the cluster default
+    /// (empty: every region). Not in the digest: a change carries its placement explicitly.
+    pub placement: PlacementDefaults,
+}
+
+/// Default `regions` per topic (`topics.<t>.regions`, `replication_rules.regions`).
+#[derive(Clone, Debug, Default)]
+pub struct PlacementDefaults {
+    pub default: Vec<String>,
+    pub topics: BTreeMap<String, Vec<String>>,
+}
+
+impl PlacementDefaults {
+    pub fn regions_of(&self, topic: &str) -> &[String] {
+        self.topics.get(topic).unwrap_or(&self.default)
+    }
 }
 
 impl Default for Policies {
     fn default() -> Self {
-        Self { default: Rule::Timestamp, topics: BTreeMap::new(), lanes: LaneRules::default() }
+        Self::new(Rule::Timestamp, BTreeMap::new())
     }
 }
 
 impl Policies {
     pub fn new(default: Rule, topics: BTreeMap<String, Rule>) -> Self {
-        Self { default, topics, lanes: LaneRules::default() }
+        Self { default, topics, lanes: LaneRules::default(), placement: PlacementDefaults::default() }
     }
 
     pub fn with_lanes(mut self, lanes: LaneRules) -> Self {
         self.lanes = lanes;
+        self
+    }
+
+    pub fn with_placement(mut self, placement: PlacementDefaults) -> Self {
+        self.placement = placement;
         self
     }
 

@@ -22,7 +22,7 @@
 //!
 //! The runtime around these does the IO; nothing here reads a clock or a socket.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::lane::{Lane, Stream};
 use crate::region::RegionName;
@@ -172,6 +172,10 @@ pub struct OutboundSession {
     /// When the acknowledged position last advanced, or the window last went from empty to
     /// non-empty (caller's monotonic ms).
     progress_ms: u64,
+    /// Streams this session cannot carry past a sequence: the change there is placed at the
+    /// peer but this region holds only its marker ([`crate::placement::Shipment::Hold`]).
+    /// Cleared when the peer's acks move past it (it got the change from elsewhere).
+    held: BTreeMap<Stream, u64>,
 }
 
 impl OutboundSession {
@@ -197,6 +201,7 @@ impl OutboundSession {
             limits,
             flights: VecDeque::new(),
             progress_ms: now_ms,
+            held: BTreeMap::new(),
         }
     }
 
@@ -277,13 +282,21 @@ impl OutboundSession {
             std::iter::once(&own).chain(others).filter(|s| self.carries(&s.origin)).find_map(|stream| {
                 let after_seq = self.sent.get(stream);
                 let pending = local_vv.get(stream).saturating_sub(after_seq);
-                (pending > 0).then(|| ReadRequest {
+                let held = self.held.get(stream) == Some(&(after_seq + 1));
+                (pending > 0 && !held).then(|| ReadRequest {
                     stream: stream.clone(),
                     after_seq,
                     limit: usize::try_from(pending.min(room)).unwrap_or(usize::MAX).min(self.limits.batch_changes_max),
                 })
             })
         })
+    }
+
+    /// Stops `stream` at `seq` (the next change it would send): this region cannot send it to
+    /// the peer. The stream resumes once the peer's acks show it has `seq`.
+    pub fn hold(&mut self, stream: &Stream, seq: u64) {
+        assert_eq!(seq, self.sent.get(stream) + 1, "a stream is held at its next change");
+        self.held.insert(stream.clone(), seq);
     }
 
     /// Records that changes `first_seq..=last_seq` of `stream`, `bytes` on the wire, were handed
@@ -310,6 +323,8 @@ impl OutboundSession {
         self.acked.join(peer_vv);
         // The peer may have received changes through other paths; never resend what it has.
         self.sent.join(&self.acked);
+        let sent = &self.sent;
+        self.held.retain(|stream, seq| *seq > sent.get(stream));
         self.peer_direct = peer_direct;
         let (acked, limits) = (&self.acked, &self.limits);
         let window = &mut self.window;
@@ -443,6 +458,20 @@ mod tests {
         // c's direct link to the peer breaks: relay resumes from what the peer acknowledged.
         s.on_ack(&vv(&[("a", 2), ("c", 4)]), BTreeSet::new(), 0, 0);
         assert_eq!(s.next_read(&local).map(|r| (r.stream, r.after_seq)), Some((st("c"), 4)));
+    }
+
+    #[test]
+    fn a_held_stream_waits_for_the_peer_to_get_the_change_elsewhere() {
+        let mut s = session(OutboundLimits::default());
+        let local = vv(&[("a", 2), ("c", 9)]);
+        s.on_ack(&vv(&[("a", 2), ("c", 3)]), BTreeSet::new(), 0, 0);
+        // Relaying c: change 4 is placed at the peer, but this region holds only its marker.
+        s.hold(&st("c"), 4);
+        assert_eq!(s.next_read(&local), None, "nothing of c past the held change");
+        s.on_ack(&vv(&[("a", 2), ("c", 3)]), BTreeSet::new(), 0, 0);
+        assert_eq!(s.next_read(&local), None, "still held: the peer has not got it");
+        s.on_ack(&vv(&[("a", 2), ("c", 5)]), BTreeSet::new(), 0, 0);
+        assert_eq!(s.next_read(&local).map(|r| (r.stream, r.after_seq)), Some((st("c"), 5)), "resumes after it");
     }
 
     #[test]

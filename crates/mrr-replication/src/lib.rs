@@ -59,7 +59,8 @@ pub(crate) const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// The protocol version this build speaks. A peer speaking another is refused at handshake.
 /// 2: changes carry their causal past, merge deltas and replays; Hello carries the policy digest.
 /// 3: sequences, version vectors and cursors are per (origin, lane).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: placement markers (`Change.marker`).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 #[derive(Clone, Debug)]
 pub struct PeerConfig {

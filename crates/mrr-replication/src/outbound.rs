@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use mrr_core::placement;
 use mrr_core::session::OutboundSession;
 use mrr_core::VersionVector;
 use rand::Rng;
@@ -241,25 +242,30 @@ async fn pump(
     let sender_durable = wire::vv_to_wire(&local_vv.of_origin(&ctx.config.local));
     while let Some(read) = session.next_read(local_vv) {
         let changes = ctx.store.changes_after(&read.stream, read.after_seq, read.limit)?;
-        let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
+        let Some(first_seq) = changes.first().map(|c| c.seq) else {
             // The vector said these exist; the log must hold them (retention never outruns acks).
             tracing::error!(stream = %read.stream, after_seq = read.after_seq, "changelog is missing changes the version vector covers");
             return Err(SessionEnd::Closed);
         };
-        let (first_seq, last_seq) = (first.seq, last.seq);
         if first_seq != read.after_seq + 1 {
             tracing::error!(stream = %read.stream, after_seq = read.after_seq, first_seq, "changelog has a hole");
             return Err(SessionEnd::Closed);
         }
-        let batch = wire::batch_to_wire(
-            changes.iter().map(wire::change_to_wire).collect(),
-            ctx.clock.now_ms(),
-            sender_durable.clone(),
-        );
+        let shipped = placement::for_peer(&changes, session.peer());
+        let Some(last_seq) = shipped.changes.last().map(|c| c.seq) else {
+            tracing::debug!(peer = %session.peer(), stream = %read.stream, seq = first_seq, "holding a relayed stream: the change is placed at the peer and only its marker is here");
+            session.hold(&read.stream, first_seq);
+            continue;
+        };
+        let wire_changes: Vec<_> = shipped.changes.iter().map(|c| wire::change_to_wire(c)).collect();
+        let n = wire_changes.len() as u64;
+        let batch = wire::batch_to_wire(wire_changes, ctx.clock.now_ms(), sender_durable.clone());
         let bytes = prost::Message::encoded_len(&batch) as u64;
         send(link, to_acceptor::Msg::Batch(batch)).await?;
         session.on_sent(&read.stream, first_seq, last_seq, bytes, now_ms);
-        let n = changes.len() as u64;
+        if let Some(seq) = shipped.held_at {
+            session.hold(&read.stream, seq);
+        }
         ctx.status.update(session.peer(), |s| s.changes_sent += n);
         if let Some(m) = ctx.metrics.peer(session.peer()) {
             m.sent(read.stream.lane, n, bytes);

@@ -31,8 +31,9 @@ pub fn change_to_wire(c: &Change) -> proto::Change {
         id: c.key.id.clone(),
         value: match &c.op {
             Op::Put { value } => Some(value.clone()),
-            Op::Delete | Op::Merge { .. } => None,
+            Op::Delete | Op::Merge { .. } | Op::Marker => None,
         },
+        marker: matches!(c.op, Op::Marker),
         regions: c.metadata.regions.clone(),
         sync_flags: c.metadata.sync_flags.clone(),
         wall_ms: c.version.ts.wall_ms,
@@ -87,11 +88,15 @@ pub fn change_from_wire(c: proto::Change) -> Result<Change, WireError> {
         lane: lane(c.lane)?,
         seq: c.seq,
         key: Key::new(c.topic, c.id),
-        op: match (c.value, c.merge_delta) {
-            (Some(value), None) => Op::Put { value },
-            (None, Some(delta)) => Op::Merge { delta: merge_delta(&delta)? },
-            (None, None) => Op::Delete,
-            (Some(_), Some(_)) => {
+        op: match (c.marker, c.value, c.merge_delta) {
+            (false, Some(value), None) => Op::Put { value },
+            (false, None, Some(delta)) => Op::Merge { delta: merge_delta(&delta)? },
+            (false, None, None) => Op::Delete,
+            (true, None, None) => Op::Marker,
+            (true, _, _) => {
+                return Err(WireError(format!("change {}:{} is a placement marker with content", c.origin, c.seq)))
+            }
+            (false, Some(_), Some(_)) => {
                 return Err(WireError(format!("change {}:{} has a value and a merge delta", c.origin, c.seq)))
             }
         },

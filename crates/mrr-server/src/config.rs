@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use mrr_api::LinkSettings;
 use mrr_core::limits::Limits;
-use mrr_core::{Lane, LaneRules, Policies, RegionName, Rule};
+use mrr_core::{Lane, LaneRules, PlacementDefaults, Policies, RegionName, Rule};
 use mrr_storage::Durability;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -82,6 +82,10 @@ pub struct TopicConfig {
     /// The lane of the topic's writes whose `syncFlags` name no lane (default `normal`).
     #[serde(default)]
     pub lane: Option<Lane>,
+    /// Where the topic's records live when a write names no `__metadata.regions`
+    /// (default `replication_rules.regions`).
+    #[serde(default)]
+    pub regions: Option<Vec<String>>,
 }
 
 /// `lanes:`. A list given replaces that lane's default flags; a flag may map to one lane only.
@@ -228,11 +232,14 @@ pub struct ReplicationRules {
     pub default_ttl: Duration,
     #[serde(default)]
     pub conflict_strategy: ConflictStrategy,
+    /// Where records live when neither the write nor its topic says: `["*"]`, every region.
+    #[serde(default)]
+    pub regions: Vec<String>,
 }
 
 impl Default for ReplicationRules {
     fn default() -> Self {
-        Self { default_ttl: default_ttl(), conflict_strategy: ConflictStrategy::Timestamp }
+        Self { default_ttl: default_ttl(), conflict_strategy: ConflictStrategy::Timestamp, regions: Vec::new() }
     }
 }
 
@@ -480,6 +487,7 @@ impl Config {
             topics.insert(topic.clone(), rule);
         }
         let lanes = self.build_lanes(&invalid)?;
+        let placement = self.build_placement(&invalid)?;
         if self.conflict_log.max_entries == 0 {
             return Err(invalid(
                 "max_entries:",
@@ -487,7 +495,34 @@ impl Config {
                 "keep at least one entry, e.g. 100000",
             ));
         }
-        Ok(Policies::new(default, topics).with_lanes(lanes))
+        Ok(Policies::new(default, topics).with_lanes(lanes).with_placement(placement))
+    }
+
+    fn build_placement(
+        &self,
+        invalid: &dyn Fn(&str, String, &str) -> ConfigError,
+    ) -> Result<PlacementDefaults, ConfigError> {
+        let check = |regions: &[String]| {
+            for r in regions {
+                if r != mrr_core::placement::EVERYWHERE && !self.regions.iter().any(|known| known.name.as_str() == r) {
+                    return Err(invalid(
+                        r,
+                        format!("placement names region {r:?}, which is not in `regions`"),
+                        "name regions listed under `regions:`, or \"*\" for all of them",
+                    ));
+                }
+            }
+            Ok(())
+        };
+        check(&self.replication_rules.regions)?;
+        let mut topics = BTreeMap::new();
+        for (topic, t) in &self.topics {
+            if let Some(regions) = &t.regions {
+                check(regions)?;
+                topics.insert(topic.clone(), regions.clone());
+            }
+        }
+        Ok(PlacementDefaults { default: self.replication_rules.regions.clone(), topics })
     }
 
     fn build_lanes(&self, invalid: &dyn Fn(&str, String, &str) -> ConfigError) -> Result<LaneRules, ConfigError> {

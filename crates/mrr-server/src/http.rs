@@ -33,6 +33,8 @@ use utoipa::OpenApi;
 pub struct AppState {
     pub cluster: String,
     pub region: RegionName,
+    /// Every region of the cluster: what `__metadata.regions` may name.
+    pub regions: Arc<Vec<RegionName>>,
     pub coordinator: Option<String>,
     pub store: Arc<dyn Store>,
     pub writer: Writer,
@@ -90,6 +92,9 @@ impl From<WriteError> for ApiError {
             }
             WriteError::Rejected(r @ Rejection::NoSuchDeadLetter(_)) => {
                 Self::new(StatusCode::NOT_FOUND, ErrorCode::DeadLetterNotFound, r.to_string())
+            }
+            WriteError::Rejected(r @ Rejection::NotPlacedHere { .. }) => {
+                Self::new(StatusCode::CONFLICT, ErrorCode::NotPlacedHere, r.to_string())
             }
             WriteError::Storage(_) | WriteError::Stopped => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, e.to_string())
@@ -258,7 +263,7 @@ async fn publish(
     Path(topic): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<RecordEnvelope>> {
-    let op = parse_put(&state.limits, &topic, None, &body_bytes(body)?)?;
+    let op = parse_put(&state.limits, &state.regions, &topic, None, &body_bytes(body)?)?;
     write_one(&state, op).await
 }
 
@@ -270,7 +275,7 @@ async fn put_record(
     Path((topic, id)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<RecordEnvelope>> {
-    let op = parse_put(&state.limits, &topic, Some(&id), &body_bytes(body)?)?;
+    let op = parse_put(&state.limits, &state.regions, &topic, Some(&id), &body_bytes(body)?)?;
     write_one(&state, op).await
 }
 
@@ -287,7 +292,7 @@ async fn patch_record(
 ) -> ApiResult<Json<RecordEnvelope>> {
     let key = parse_key(&topic, &id)?;
     let value: Value = serde_json::from_slice(&body_bytes(body)?).map_err(|e| json_error(&e))?;
-    let (mut fields, metadata) = split_record(&state.limits, value)?;
+    let (mut fields, metadata) = split_record(&state.limits, &state.regions, value)?;
     if fields.get("id").is_some_and(|v| v.as_str() != Some(id.as_str())) {
         return Err(ApiError::bad(ErrorCode::IdMismatch, "a patch cannot change `id`"));
     }
@@ -368,6 +373,14 @@ async fn get_record(
 ) -> ApiResult<Json<RecordEnvelope>> {
     let key = parse_key(&topic, &id)?;
     match state.store.get(&key)? {
+        Some(r) if !mrr_core::placement::places(&r.metadata, &state.region) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotPlaced,
+            format!(
+                "{key} is placed in {:?}, not in {}: read it in one of those regions",
+                r.metadata.regions, state.region
+            ),
+        )),
         Some(r) if r.is_tombstone() => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::Deleted,
@@ -425,7 +438,9 @@ async fn list_records(
         let full = page.len() == limit;
         for (key, record) in page {
             after = Some(key.id.clone());
-            if q.include_deleted || !record.is_tombstone() {
+            // A record placed elsewhere is not here, deleted or not.
+            let placed = mrr_core::placement::places(&record.metadata, &state.region);
+            if placed && (q.include_deleted || !record.is_tombstone()) {
                 records.push(envelope(&key, &record));
                 if records.len() == limit {
                     next_after = Some(key.id);
@@ -463,7 +478,7 @@ async fn batch(State(state): State<AppState>, body: Result<Bytes, BytesRejection
                 let record = item
                     .record
                     .ok_or_else(|| at(ApiError::bad(ErrorCode::NotAnObject, "`record` is required for put")))?;
-                parse_put_value(&state.limits, &item.topic, item.id.as_deref(), record).map_err(at)?
+                parse_put_value(&state.limits, &state.regions, &item.topic, item.id.as_deref(), record).map_err(at)?
             }
             BatchOp::Delete => {
                 let id =
@@ -608,13 +623,23 @@ fn parse_key(topic: &str, id: &str) -> ApiResult<Key> {
     Ok(Key::new(topic, id))
 }
 
-fn parse_put(limits: &Limits, topic: &str, path_id: Option<&str>, body: &[u8]) -> ApiResult<LocalOp> {
+fn parse_put(
+    limits: &Limits,
+    regions: &[RegionName],
+    topic: &str,
+    path_id: Option<&str>,
+    body: &[u8],
+) -> ApiResult<LocalOp> {
     let value: Value = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
-    parse_put_value(limits, topic, path_id, value)
+    parse_put_value(limits, regions, topic, path_id, value)
 }
 
 /// Checks a record body's shape, depth and metadata, and splits off its `__metadata`.
-fn split_record(limits: &Limits, value: Value) -> ApiResult<(serde_json::Map<String, Value>, Option<Metadata>)> {
+fn split_record(
+    limits: &Limits,
+    regions: &[RegionName],
+    value: Value,
+) -> ApiResult<(serde_json::Map<String, Value>, Option<Metadata>)> {
     let Value::Object(mut object) = value else {
         return Err(ApiError::bad(ErrorCode::NotAnObject, "a record must be a JSON object"));
     };
@@ -633,10 +658,15 @@ fn split_record(limits: &Limits, value: Value) -> ApiResult<(serde_json::Map<Str
         ),
     };
     for r in metadata.iter().flat_map(|m| &m.regions) {
-        if r != "*" && RegionName::new(r.clone()).is_err() {
+        if r != mrr_core::placement::EVERYWHERE && !regions.iter().any(|known| known.as_str() == r) {
+            // A misspelt region would place the record nowhere that exists.
+            let known: Vec<&str> = regions.iter().map(RegionName::as_str).collect();
             return Err(ApiError::bad(
                 ErrorCode::InvalidMetadata,
-                format!("__metadata.regions: {r:?} is neither \"*\" nor a region name"),
+                format!(
+                    "__metadata.regions: {r:?} is neither \"*\" nor a region of this cluster ({})",
+                    known.join(", ")
+                ),
             ));
         }
     }
@@ -659,9 +689,15 @@ fn encode_record(limits: &Limits, object: serde_json::Map<String, Value>) -> Api
 }
 
 /// Validates a record and splits off its `__metadata`.
-fn parse_put_value(limits: &Limits, topic: &str, path_id: Option<&str>, value: Value) -> ApiResult<LocalOp> {
+fn parse_put_value(
+    limits: &Limits,
+    regions: &[RegionName],
+    topic: &str,
+    path_id: Option<&str>,
+    value: Value,
+) -> ApiResult<LocalOp> {
     validate_topic(topic).map_err(|e| ApiError::bad(ErrorCode::InvalidTopic, e.to_string()))?;
-    let (object, metadata) = split_record(limits, value)?;
+    let (object, metadata) = split_record(limits, regions, value)?;
     let body_id = match object.get("id") {
         None => None,
         Some(Value::String(s)) => Some(s.clone()),

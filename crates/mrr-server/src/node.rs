@@ -162,6 +162,7 @@ impl Node {
         let state = AppState {
             cluster: config.cluster.clone(),
             region: config.region.clone(),
+            regions: Arc::new(config.regions.iter().map(|r| r.name.clone()).collect()),
             coordinator: config.coordinator().map(ToString::to_string),
             store,
             writer: writer.clone(),

@@ -594,10 +594,19 @@ impl World {
                 };
                 let Some(read) = session.next_read(durable) else { break };
                 let changes = store.changes_after(&read.stream, read.after_seq, read.limit).unwrap_or_default();
-                let (Some(first), Some(last)) = (changes.first(), changes.last()) else { break };
+                let Some(first) = changes.first().map(|c| c.seq) else { break };
+                let shipped = mrr_core::placement::for_peer(&changes, session.peer());
+                let Some(last) = shipped.changes.last().map(|c| c.seq) else {
+                    session.hold(&read.stream, first);
+                    continue;
+                };
                 // Payload plus a fixed overhead per change stands in for the encoded size.
-                let bytes = changes.iter().map(|c| c.payload_len() as u64 + 64).sum();
-                session.on_sent(&read.stream, first.seq, last.seq, bytes, self.now);
+                let bytes = shipped.changes.iter().map(|c| c.payload_len() as u64 + 64).sum();
+                session.on_sent(&read.stream, first, last, bytes, self.now);
+                if let Some(seq) = shipped.held_at {
+                    session.hold(&read.stream, seq);
+                }
+                let changes: Vec<_> = shipped.changes.into_iter().map(|c| c.into_owned()).collect();
                 let epoch = *epoch;
                 self.send(node, peer, epoch, Body::Batch { changes });
             }

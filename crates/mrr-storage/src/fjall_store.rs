@@ -136,6 +136,18 @@ impl Store for FjallStore {
             wb.insert(&self.meta, encoding::vv_key(stream), seq.to_be_bytes().to_vec());
         }
         wb.insert(&self.meta, encoding::HLC_KEY.to_vec(), encode(&batch.hlc_high_water));
+        // Removal and insertion of one key in a batch would depend on the batch's order: an
+        // entry the batch writes is kept out of the removal instead.
+        let written: std::collections::BTreeSet<Vec<u8>> =
+            batch.history.iter().map(|(key, e)| encoding::history_key(key, &e.version)).collect();
+        for key in &batch.histories_dropped {
+            for item in self.history.prefix(encoding::history_prefix(key)) {
+                let (k, _) = item.into_inner()?;
+                if !written.contains(k.as_ref()) {
+                    wb.remove(&self.history, k.to_vec());
+                }
+            }
+        }
         for (key, entry) in &batch.history {
             wb.insert(&self.history, encoding::history_key(key, &entry.version), encode(entry));
         }

@@ -43,6 +43,9 @@ pub struct CommitBatch {
     pub hlc_high_water: Timestamp,
     /// Fold entries of `custom` keys, inserted or rewritten by a (re-)fold.
     pub history: Vec<(Key, FoldEntry)>,
+    /// `custom` keys whose whole fold history goes (the key left this region's placement),
+    /// before `history` is written: entries of `history` for these keys are the new history.
+    pub histories_dropped: Vec<Key>,
     /// Conflict-log entries to add (or overwrite: one per loser and winner).
     pub conflicts: Vec<ConflictEntry>,
     pub dead_letters: Vec<DeadLetter>,
@@ -55,6 +58,7 @@ impl CommitBatch {
         self.records.is_empty()
             && self.changes.is_empty()
             && self.history.is_empty()
+            && self.histories_dropped.is_empty()
             && self.conflicts.is_empty()
             && self.dead_letters.is_empty()
             && self.dead_letters_cleared.is_empty()

@@ -78,6 +78,9 @@ impl Store for MemStore {
         }
         inner.state.vv.join(&batch.vv);
         inner.state.hlc_high_water = batch.hlc_high_water;
+        for key in &batch.histories_dropped {
+            inner.history.retain(|(k, _), _| k != key);
+        }
         for (k, e) in &batch.history {
             inner.history.insert((k.clone(), e.version.clone()), e.clone());
         }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use mrr_core::doc::{Lost, Stamp};
 use mrr_core::fold::{self, FoldEntry, FoldState, Head, Outcome};
 use mrr_core::merge::{LastWriterWins, MergeStrategy, Resolution};
+use mrr_core::placement;
 use mrr_core::session::{admit_incoming, Incoming};
 use mrr_core::{
     Change, ChangeId, ConflictEntry, DeadLetter, Doc, Hlc, Key, Metadata, Op, Policies, Record, RegionName, Replay,
@@ -45,6 +46,8 @@ pub enum Rejection {
     OpsNeedMerge { topic: String, strategy: &'static str },
     #[error("dead letter {0} not found (already replayed or discarded?)")]
     NoSuchDeadLetter(ChangeId),
+    #[error("{key} is placed in {regions:?}, not in {local}: write it in one of those regions (or set `placement_writes: forward` on the topic)")]
+    NotPlacedHere { key: Key, regions: Vec<String>, local: RegionName },
 }
 
 /// Why a local request failed.
@@ -78,6 +81,9 @@ pub struct Pending {
     conflicts: Vec<ConflictEntry>,
     dead_letters: BTreeMap<ChangeId, DeadLetter>,
     cleared: BTreeSet<ChangeId>,
+    /// `custom` keys that left this region's placement in this group: their stored fold
+    /// history is gone (see [`CommitBatch::histories_dropped`]).
+    histories_dropped: BTreeSet<Key>,
     now_ms: u64,
 }
 
@@ -122,6 +128,7 @@ impl Engine {
             conflicts: Vec::new(),
             dead_letters: BTreeMap::new(),
             cleared: BTreeSet::new(),
+            histories_dropped: BTreeSet::new(),
             now_ms,
         }
     }
@@ -142,6 +149,7 @@ impl Engine {
             vv,
             hlc_high_water: self.hlc.last(),
             history: pending.history.into_iter().map(|((k, _), e)| (k, e)).collect(),
+            histories_dropped: pending.histories_dropped.into_iter().collect(),
             conflicts: pending.conflicts,
             dead_letters: pending.dead_letters.into_values().collect(),
             dead_letters_cleared: pending.cleared.into_iter().collect(),
@@ -203,17 +211,40 @@ impl Engine {
                 }
             }
         }
+        let key_of = |op: &LocalOp| match op {
+            LocalOp::Replay { id } => {
+                letters.get(id).map(|l| l.key.clone()).unwrap_or_else(|| unreachable!("read above"))
+            }
+            op => op.key().cloned().unwrap_or_else(|| unreachable!("only replays have no key")),
+        };
+        // Placement is checked for the whole request before any of it applies, following the
+        // metadata each op leaves for the next one on the same key.
+        let mut placed: BTreeMap<Key, Metadata> = BTreeMap::new();
+        for op in &ops {
+            let key = key_of(op);
+            let current =
+                placed.get(&key).cloned().or_else(|| Self::current(pending, &reads, &key).map(|r| r.metadata));
+            let metadata = self.metadata_of(op, &key, current.as_ref());
+            let refused = match &current {
+                Some(now) => !placement::places(now, &self.local),
+                None => !placement::places(&metadata, &self.local),
+            };
+            if refused {
+                let regions = current.unwrap_or(metadata).regions;
+                return Err(LocalFailure::Rejected(Rejection::NotPlacedHere {
+                    key,
+                    regions,
+                    local: self.local.clone(),
+                }));
+            }
+            placed.insert(key, metadata);
+        }
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
-            let key = match &op {
-                LocalOp::Replay { id } => {
-                    letters.get(id).map(|l| l.key.clone()).unwrap_or_else(|| unreachable!("read above"))
-                }
-                op => op.key().cloned().unwrap_or_else(|| unreachable!("only replays have no key")),
-            };
+            let key = key_of(&op);
             let current = Self::current(pending, &reads, &key);
             // The metadata decides the lane, the lane the sequence the stamp carries.
-            let metadata = Self::metadata_of(&op, current.as_ref());
+            let metadata = self.metadata_of(&op, &key, current.as_ref().map(|r| &r.metadata));
             let stream = Stream::new(self.local.clone(), self.policies.lanes.lane_of(&key.topic, &metadata));
             let seq = pending.vv.get(&stream) + 1;
             let version = Version { ts: self.hlc.now(physical_ms), region: self.local.clone() };
@@ -228,15 +259,25 @@ impl Engine {
 
     /// The metadata a request's change carries: its own, or (patches without metadata,
     /// operations, deletes, replays) the record's. A tombstone keeps the placement of what it
-    /// deletes.
-    fn metadata_of(op: &LocalOp, current: Option<&Record>) -> Metadata {
-        match op {
+    /// deletes. Metadata without `regions` keeps the record's placement, or takes the topic's
+    /// default for a new record: every change names its placement, so receivers never need
+    /// the writer's defaults.
+    fn metadata_of(&self, op: &LocalOp, key: &Key, current: Option<&Metadata>) -> Metadata {
+        let given = match op {
             LocalOp::Put { metadata, .. } | LocalOp::Patch { metadata: Some(metadata), .. } => metadata.clone(),
             LocalOp::Patch { metadata: None, .. }
             | LocalOp::Ops { .. }
             | LocalOp::Delete { .. }
-            | LocalOp::Replay { .. } => current.map(|r| r.metadata.clone()).unwrap_or_default(),
+            | LocalOp::Replay { .. } => current.cloned().unwrap_or_default(),
+        };
+        if !given.regions.is_empty() {
+            return given;
         }
+        let regions = match current {
+            Some(m) if !matches!(op, LocalOp::Put { .. }) => m.regions.clone(),
+            _ => self.policies.placement.regions_of(&key.topic).to_vec(),
+        };
+        Metadata { regions, ..given }
     }
 
     /// Turns a client request into the change it writes, under the topic's rule.
@@ -288,6 +329,16 @@ impl Engine {
                 }
             }
         };
+        // A change that adds regions to the placement carries the whole document: the regions
+        // it adds hold nothing of the record yet.
+        let op = match op {
+            Op::Merge { delta } if current.is_some_and(|c| placement::widens(&c.metadata, &metadata)) => {
+                let mut full = current_doc.cloned().unwrap_or_default();
+                full.join(&delta);
+                Op::Merge { delta: full }
+            }
+            op => op,
+        };
         Change {
             origin: self.local.clone(),
             lane: stamp.lane,
@@ -313,10 +364,33 @@ impl Engine {
         let current = Self::current(pending, reads, &change.key);
         let policies = self.policies.clone();
         let rule = policies.rule(&change.key.topic);
-        let record = match rule {
-            Rule::Timestamp => self.apply_lww(pending, current, &change),
-            Rule::Merge => self.apply_merge(pending, current, &change),
-            Rule::Custom(resolver) => self.apply_fold(pending, store, current, &change, resolver.as_ref())?,
+        let placed_before = current.as_ref().is_some_and(|r| placement::places(&r.metadata, &self.local));
+        // A marker, or any change older than a placement that excludes this region, moves only
+        // the key's placement register: (version, metadata) of its newest change.
+        let stub_newer = current.as_ref().is_some_and(|r| !placed_before && r.version > change.version);
+        let record = if matches!(change.op, Op::Marker) || stub_newer {
+            match current {
+                Some(c) if c.version > change.version => c,
+                _ => change.to_record(),
+            }
+        } else {
+            // A stub holds nothing to merge with.
+            let current = current.filter(|_| placed_before);
+            match rule {
+                Rule::Timestamp => self.apply_lww(pending, current, &change),
+                Rule::Merge => self.apply_merge(pending, current, &change),
+                Rule::Custom(resolver) => self.apply_fold(pending, store, current, &change, resolver.as_ref())?,
+            }
+        };
+        let record = if placement::places(&record.metadata, &self.local) {
+            record
+        } else {
+            // Not placed here (any more): the copy goes, the placement register stays.
+            if matches!(rule, Rule::Custom(_)) {
+                pending.history.retain(|(k, _), _| *k != change.key);
+                pending.histories_dropped.insert(change.key.clone());
+            }
+            Record { value: None, doc: None, ..record }
         };
         pending.overlay.insert(change.key.clone(), record.clone());
         pending.changes.push(change);
@@ -362,6 +436,7 @@ impl Engine {
             // name takes their version; deterministic, whatever this region holds.
             Op::Put { value } => Doc::put_delta(None, &object_of(value), &stamp),
             Op::Delete => Doc::delete_delta(None, &stamp),
+            Op::Marker => unreachable!("markers never reach a rule"),
         };
         let mut doc = current.as_ref().and_then(|r| r.doc.clone()).unwrap_or_default();
         let lost = doc.join_reporting(&delta);
@@ -416,7 +491,11 @@ impl Engine {
         resolver: &dyn Resolver,
     ) -> Result<Record, StoreError> {
         let key = &change.key;
-        let (stored_before, stored_after) = store.history_from(key, &change.version)?;
+        let (stored_before, stored_after) = if pending.histories_dropped.contains(key) {
+            (None, Vec::new())
+        } else {
+            store.history_from(key, &change.version)?
+        };
         // The group's own, not yet committed, entries shadow the stored ones.
         let mut tail: BTreeMap<Version, FoldEntry> = stored_after.into_iter().map(|e| (e.version.clone(), e)).collect();
         let mut before = stored_before;
@@ -437,7 +516,7 @@ impl Engine {
             deps: change.deps.clone(),
             value: match &change.op {
                 Op::Put { value } => Some(value.clone()),
-                Op::Delete => None,
+                Op::Delete | Op::Marker => None,
                 Op::Merge { delta } => delta.materialize(),
             },
             metadata: change.metadata.clone(),
@@ -499,6 +578,7 @@ impl Engine {
             Some(e) => Some(e.clone()),
             None => match pending.history.get(&key_version) {
                 Some(e) => Some(e.clone()),
+                None if pending.histories_dropped.contains(key) => None,
                 None => store.history_entry(&key_version.0, &target.version)?,
             },
         };
@@ -926,5 +1006,141 @@ mod tests {
         let mut p = a.begin(1_020);
         let again = a.apply_local(&mut p, &sa, vec![LocalOp::Replay { id }], 1_020);
         assert!(matches!(again, Err(LocalFailure::Rejected(Rejection::NoSuchDeadLetter(_)))));
+    }
+
+    /// `sync` as a session does it: markers to regions outside a change's placement, and a
+    /// stream cut where this region holds only the marker of a change placed at the receiver.
+    fn ship(from: &MemStore, to: (&mut Engine, &MemStore), now: u64) -> RemoteOutcome {
+        let peer = to.0.local().clone();
+        let mut all = Vec::new();
+        for origin in ["a", "b", "c"] {
+            for lane in mrr_core::Lane::ALL {
+                if r(origin) != peer {
+                    let changes = changes_of(from, &Stream::new(r(origin), lane).to_string());
+                    let shipped = placement::for_peer(&changes, &peer);
+                    all.extend(shipped.changes.into_iter().map(|c| c.into_owned()));
+                }
+            }
+        }
+        remote(to.0, to.1, all, now)
+    }
+
+    fn placed(regions: &[&str]) -> Metadata {
+        Metadata { regions: regions.iter().map(|s| s.to_string()).collect(), sync_flags: vec![] }
+    }
+
+    fn put_in(topic: &str, id: &str, v: Value, regions: &[&str]) -> LocalOp {
+        LocalOp::Put { key: Key::new(topic, id), value: v.to_string().into_bytes(), metadata: placed(regions) }
+    }
+
+    #[test]
+    fn a_record_lives_only_where_it_is_placed_and_moves_when_its_placement_changes() {
+        let (sa, sb, sc) = (MemStore::new(), MemStore::new(), MemStore::new());
+        let (mut a, mut b, mut c) = (engine("a"), engine("b"), engine("c"));
+        let vip = Key::new("users", "vip");
+        local(&mut a, &sa, vec![put_in("users", "vip", json!({"tier": "gold"}), &["a", "b"])], 1_000);
+        ship(&sa, (&mut b, &sb), 1_001);
+        let out = ship(&sa, (&mut c, &sc), 1_001);
+        assert_eq!(out.applied, 1, "c takes the marker");
+        assert_eq!(value(&sb, "users", "vip"), Some(json!({"tier": "gold"})));
+        let stub = sc.get(&vip).expect("get").expect("placement register");
+        assert_eq!((stub.value, stub.metadata.regions.len()), (None, 2), "no content in c, only where it lives");
+        assert_eq!(changes_of(&sc, "a")[0].op, Op::Marker, "c's changelog holds the marker, not the value");
+        assert_eq!(c.applied().get(&Stream::normal(r("a"))), 1, "c's cursor moved past it");
+
+        // c cannot write it: the record does not live there.
+        let mut p = c.begin(1_002);
+        let refused = c.apply_local(&mut p, &sc, vec![kv("users", "vip", json!({"tier": "x"}))], 1_002);
+        assert!(matches!(refused, Err(LocalFailure::Rejected(Rejection::NotPlacedHere { .. }))), "{refused:?}");
+        let mut p = c.begin(1_002);
+        let refused = c.apply_local(&mut p, &sc, vec![put_in("users", "new", json!({}), &["a"])], 1_002);
+        assert!(matches!(refused, Err(LocalFailure::Rejected(Rejection::NotPlacedHere { .. }))), "new, elsewhere");
+
+        // b widens the placement to every region: c receives the record whole.
+        local(&mut b, &sb, vec![put_in("users", "vip", json!({"tier": "platinum"}), &["*"])], 1_003);
+        ship(&sb, (&mut c, &sc), 1_004);
+        assert_eq!(value(&sc, "users", "vip"), Some(json!({"tier": "platinum"})));
+        // a narrows it to itself (after seeing b's move): b's and c's copies go.
+        ship(&sb, (&mut a, &sa), 1_005);
+        local(&mut a, &sa, vec![put_in("users", "vip", json!({"tier": "platinum"}), &["a"])], 1_006);
+        ship(&sa, (&mut b, &sb), 1_007);
+        ship(&sa, (&mut c, &sc), 1_007);
+        for (store, region) in [(&sb, "b"), (&sc, "c")] {
+            let r = store.get(&vip).expect("get").expect("register");
+            assert_eq!((r.value, r.metadata.regions.clone()), (None, vec!["a".to_owned()]), "{region}'s copy is gone");
+        }
+        assert_eq!(value(&sa, "users", "vip"), Some(json!({"tier": "platinum"})));
+        // An older change that arrives late does not bring a copy back.
+        let late = changes_of(&sb, "b");
+        let mut p = c.begin(1_008);
+        c.apply_remote(&mut p, &sc, late, 1_008).expect("apply");
+        assert_eq!(value(&sc, "users", "vip"), None);
+    }
+
+    #[test]
+    fn a_relay_outside_the_placement_never_stands_in_for_content() {
+        let (sa, sc) = (MemStore::new(), MemStore::new());
+        let (mut a, mut c) = (engine("a"), engine("c"));
+        local(
+            &mut a,
+            &sa,
+            vec![put_in("users", "x", json!({"n": 1}), &["a", "b"]), kv("users", "y", json!({}))],
+            1_000,
+        );
+        ship(&sa, (&mut c, &sc), 1_001);
+        // c holds a's stream as [marker, full]; relaying it to b must stop at the marker.
+        let relayed = changes_of(&sc, "a");
+        let to_b = placement::for_peer(&relayed, &r("b"));
+        assert_eq!((to_b.changes.len(), to_b.held_at), (0, Some(1)));
+    }
+
+    #[test]
+    fn merge_moves_ship_the_whole_document_and_custom_copies_go_with_their_history() {
+        let (sa, sc) = (MemStore::new(), MemStore::new());
+        let (mut a, mut c) = (engine("a"), engine("c"));
+        local(&mut a, &sa, vec![put_in("profiles", "p", json!({"name": "Kaito", "tier": "gold"}), &["a"])], 1_000);
+        // A patch that only renames, but adds c to the placement: c must get the tier too.
+        let widen = LocalOp::Patch {
+            key: Key::new("profiles", "p"),
+            fields: json!({"name": "Kai"}).to_string().into_bytes(),
+            metadata: Some(placed(&["a", "c"])),
+        };
+        local(&mut a, &sa, vec![widen], 1_001);
+        ship(&sa, (&mut c, &sc), 1_002);
+        assert_eq!(value(&sc, "profiles", "p"), Some(json!({"name": "Kai", "tier": "gold"})));
+        assert_eq!(value(&sc, "profiles", "p"), value(&sa, "profiles", "p"));
+
+        // custom: c folds the record once it is placed there, and drops the history when not.
+        local(&mut a, &sa, vec![put_in("logs", "l", json!({"lines": ["a1"]}), &["a", "c"])], 1_003);
+        ship(&sa, (&mut c, &sc), 1_004);
+        let logs = Key::new("logs", "l");
+        let first = Version { ts: Timestamp { wall_ms: 0, logical: 0 }, region: r("a") };
+        assert_eq!(sc.history_from(&logs, &first).expect("history").1.len(), 1);
+        local(&mut a, &sa, vec![put_in("logs", "l", json!({"lines": ["a1", "a2"]}), &["a"])], 1_005);
+        ship(&sa, (&mut c, &sc), 1_006);
+        assert_eq!(value(&sc, "logs", "l"), None);
+        assert_eq!(sc.history_from(&logs, &first).expect("history"), (None, vec![]), "no history left in c");
+    }
+
+    #[test]
+    fn topic_default_regions_apply_to_writes_that_name_none() {
+        let placement = mrr_core::PlacementDefaults {
+            default: vec![],
+            topics: [("vips".to_owned(), vec!["a".to_owned(), "b".to_owned()])].into_iter().collect(),
+        };
+        let policies = Arc::new(Policies::default().with_placement(placement));
+        let mut a = Engine::new(r("a"), RecoveredState::default(), 200, policies);
+        let sa = MemStore::new();
+        let out = local(&mut a, &sa, vec![kv("vips", "v", json!({})), kv("users", "u", json!({}))], 1_000);
+        assert_eq!(out[0].record.metadata.regions, ["a", "b"]);
+        assert!(out[1].record.metadata.regions.is_empty(), "other topics: everywhere");
+        // A patch naming flags only keeps the record's placement.
+        let flags = LocalOp::Patch {
+            key: Key::new("vips", "v"),
+            fields: b"{}".to_vec(),
+            metadata: Some(Metadata { regions: vec![], sync_flags: vec!["IMPORTANT".into()] }),
+        };
+        let out = local(&mut a, &sa, vec![flags], 1_001);
+        assert_eq!(out[0].record.metadata.regions, ["a", "b"]);
     }
 }

@@ -1,0 +1,151 @@
+//! Placement: which regions a record may live in (`__metadata.regions`), and what a change
+//! becomes on its way to a region outside it.
+//!
+//! The placement of a key is the `regions` of its newest change (the record's metadata under
+//! every conflict rule), so every region, holding content or not, decides it the same way. A
+//! region outside a change's placement receives a *marker* instead: the change without its
+//! content — key, version, placement, deps, stream and sequence — so its cursor and vector
+//! advance and the newest placement is known everywhere. This module decides; it does no IO and
+//! does not apply anything (the writer's engine does).
+
+use std::borrow::Cow;
+
+use crate::change::{Change, Op};
+use crate::record::Metadata;
+use crate::region::RegionName;
+
+/// The `regions` entry meaning every region.
+pub const EVERYWHERE: &str = "*";
+
+/// Whether `regions` (as a client wrote it, after topic defaults) admits every region.
+/// Empty means no restriction.
+pub fn everywhere(regions: &[String]) -> bool {
+    regions.is_empty() || regions.iter().any(|r| r == EVERYWHERE)
+}
+
+/// Whether a record with this metadata may live in `region`.
+pub fn places(metadata: &Metadata, region: &RegionName) -> bool {
+    everywhere(&metadata.regions) || metadata.regions.iter().any(|r| r == region.as_str())
+}
+
+/// Whether going from placement `from` to `to` adds a region: those regions hold nothing of the
+/// record yet, so the change that moves it must carry its whole state. Conservative for `*`
+/// (the cluster's region list is not known here): `[a, b]` to `*` widens.
+pub fn widens(from: &Metadata, to: &Metadata) -> bool {
+    if everywhere(&from.regions) {
+        return false;
+    }
+    everywhere(&to.regions) || to.regions.iter().any(|r| !from.regions.contains(r))
+}
+
+/// What a sender may do with one change for one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shipment {
+    /// The peer is inside the change's placement and the sender holds its content.
+    Full,
+    /// The peer is outside the change's placement: send the marker.
+    Marker,
+    /// The peer is inside the placement but the sender holds only a marker (a relay outside
+    /// it): the sender must not send anything of this stream from here on. Sending the marker
+    /// would advance the peer past content it needs; the peer gets it from a region that has it.
+    Hold,
+}
+
+pub fn shipment(change: &Change, peer: &RegionName) -> Shipment {
+    match (places(&change.metadata, peer), matches!(change.op, Op::Marker)) {
+        (false, _) => Shipment::Marker,
+        (true, false) => Shipment::Full,
+        (true, true) => Shipment::Hold,
+    }
+}
+
+/// What one read of the changelog becomes for `peer`: the changes to send (markers where the
+/// peer is outside a change's placement), cut before the first change this region must not
+/// send it ([`Shipment::Hold`]), whose sequence is `held_at`.
+#[derive(Debug)]
+pub struct ForPeer<'a> {
+    pub changes: Vec<Cow<'a, Change>>,
+    pub held_at: Option<u64>,
+}
+
+pub fn for_peer<'a>(changes: &'a [Change], peer: &RegionName) -> ForPeer<'a> {
+    let mut out = Vec::with_capacity(changes.len());
+    for change in changes {
+        match shipment(change, peer) {
+            Shipment::Full => out.push(Cow::Borrowed(change)),
+            Shipment::Marker => out.push(Cow::Owned(to_marker(change))),
+            Shipment::Hold => return ForPeer { changes: out, held_at: Some(change.seq) },
+        }
+    }
+    ForPeer { changes: out, held_at: None }
+}
+
+/// The change as a region outside its placement receives it.
+pub fn to_marker(change: &Change) -> Change {
+    Change { op: Op::Marker, replay_of: None, ..change.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::Timestamp;
+    use crate::lane::Lane;
+    use crate::record::Key;
+    use crate::version::Version;
+    use crate::vv::VersionVector;
+
+    fn meta(regions: &[&str]) -> Metadata {
+        Metadata { regions: regions.iter().map(|s| s.to_string()).collect(), sync_flags: vec![] }
+    }
+
+    fn r(s: &str) -> RegionName {
+        RegionName::new(s).expect("valid")
+    }
+
+    #[test]
+    fn placement_rules() {
+        assert!(places(&meta(&[]), &r("ap")), "no regions: everywhere");
+        assert!(places(&meta(&["*"]), &r("ap")));
+        assert!(places(&meta(&["eu", "us"]), &r("us")));
+        assert!(!places(&meta(&["eu", "us"]), &r("ap")));
+
+        assert!(widens(&meta(&["eu"]), &meta(&["eu", "us"])));
+        assert!(widens(&meta(&["eu"]), &meta(&["*"])));
+        assert!(!widens(&meta(&["eu", "us"]), &meta(&["us"])), "narrowing ships nothing new");
+        assert!(!widens(&meta(&["*"]), &meta(&["eu"])));
+        assert!(!widens(&meta(&[]), &meta(&["eu", "us"])));
+    }
+
+    #[test]
+    fn a_relay_sends_markers_outside_and_holds_inside_the_placement() {
+        let change = Change {
+            origin: r("eu"),
+            lane: Lane::Normal,
+            seq: 1,
+            key: Key::new("users", "vip"),
+            op: Op::Put { value: b"{}".to_vec() },
+            metadata: meta(&["eu", "us"]),
+            version: Version { ts: Timestamp { wall_ms: 1, logical: 0 }, region: r("eu") },
+            deps: VersionVector::new(),
+            replay_of: None,
+        };
+        assert_eq!(shipment(&change, &r("us")), Shipment::Full);
+        assert_eq!(shipment(&change, &r("ap")), Shipment::Marker);
+        let marker = to_marker(&change);
+        assert_eq!(marker.op, Op::Marker);
+        assert_eq!((marker.version, marker.metadata), (change.version.clone(), change.metadata.clone()));
+        assert_eq!(shipment(&to_marker(&change), &r("ap")), Shipment::Marker, "markers relay to the excluded");
+        assert_eq!(shipment(&to_marker(&change), &r("us")), Shipment::Hold, "never a marker to a placed region");
+
+        let mut everywhere = change.clone();
+        everywhere.seq = 3;
+        everywhere.metadata = meta(&["*"]);
+        let relayed =
+            [Change { seq: 1, ..everywhere.clone() }, to_marker(&Change { seq: 2, ..change.clone() }), everywhere];
+        let to_us = for_peer(&relayed, &r("us"));
+        assert_eq!((to_us.changes.len(), to_us.held_at), (1, Some(2)), "cut before the held change");
+        let to_ap = for_peer(&relayed, &r("ap"));
+        assert_eq!(to_ap.held_at, None);
+        assert_eq!(to_ap.changes.iter().map(|c| c.op == Op::Marker).collect::<Vec<_>>(), [false, true, false]);
+    }
+}
