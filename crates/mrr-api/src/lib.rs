@@ -133,6 +133,8 @@ pub enum ErrorCode {
     NotPlaced,
     /// Write in a region outside the record's placement (409).
     NotPlacedHere,
+    /// A write that would move a `merge` or `custom` record to another placement (409).
+    PlacementFixed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

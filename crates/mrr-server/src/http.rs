@@ -96,6 +96,9 @@ impl From<WriteError> for ApiError {
             WriteError::Rejected(r @ Rejection::NotPlacedHere { .. }) => {
                 Self::new(StatusCode::CONFLICT, ErrorCode::NotPlacedHere, r.to_string())
             }
+            WriteError::Rejected(r @ Rejection::PlacementFixed { .. }) => {
+                Self::new(StatusCode::CONFLICT, ErrorCode::PlacementFixed, r.to_string())
+            }
             WriteError::Storage(_) | WriteError::Stopped => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, e.to_string())
             }

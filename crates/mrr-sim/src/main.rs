@@ -20,7 +20,7 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--faults F] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom] [--no-deletes]".into()
+    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--faults F] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom] [--no-deletes] [--placement]".into()
 }
 
 fn parse() -> Result<Args, String> {
@@ -58,6 +58,7 @@ fn parse() -> Result<Args, String> {
             }
             "--strategy" => a.config.strategy = value()?.parse()?,
             "--no-deletes" => a.config.deletes = false,
+            "--placement" => a.config.placement = true,
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown flag {other}\n{}", usage())),
         }
@@ -102,10 +103,11 @@ fn main() -> ExitCode {
                 eprintln!("which fails with: {shortest}");
                 let list: Vec<String> = keep.iter().map(ToString::to_string).collect();
                 eprintln!(
-                    "replay: cargo run --release -p mrr-sim -- --seed {seed} --durability {} --strategy {}{} --regions {} --writes {} --faults {} --phase-ms {} --keep-faults {}",
+                    "replay: cargo run --release -p mrr-sim -- --seed {seed} --durability {} --strategy {}{}{} --regions {} --writes {} --faults {} --phase-ms {} --keep-faults {}",
                     if args.config.buffered { "buffered" } else { "fsync" },
                     args.config.strategy,
                     if args.config.deletes { "" } else { " --no-deletes" },
+                    if args.config.placement { " --placement" } else { "" },
                     args.config.regions,
                     args.config.writes,
                     args.config.faults,

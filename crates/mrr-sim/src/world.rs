@@ -54,6 +54,12 @@ pub struct SimConfig {
     pub strategy: Strategy,
     /// Whether the workload deletes (off for the exact counter check: a delete resets them).
     pub deletes: bool,
+    /// Whether writes name `__metadata.regions` and move records between placements. Every
+    /// placement includes r0, so some region always holds every change's content (a
+    /// concurrent move to a disjoint placement would drop what the other side wrote, by
+    /// definition of placement); writes in a region outside the record's placement are
+    /// refused, as a client would see them.
+    pub placement: bool,
 }
 
 /// The simulated topic's conflict rule.
@@ -98,7 +104,9 @@ impl std::str::FromStr for Strategy {
 const CONCAT_HANDLER: &str =
     "fn resolve(current, incoming) { let m = incoming; m.log = current.log + incoming.log; m }";
 
-fn policies(strategy: Strategy) -> std::sync::Arc<mrr_core::Policies> {
+/// The simulated topic's rule; with `placement` under `merge` and `custom` (where a record's
+/// placement is fixed) the topic places its records in r0 and r1 (`topics.t.regions`).
+fn policies(strategy: Strategy, placement: bool) -> std::sync::Arc<mrr_core::Policies> {
     let rule = match strategy {
         Strategy::Timestamp => mrr_core::Rule::Timestamp,
         Strategy::Merge => mrr_core::Rule::Merge,
@@ -108,19 +116,42 @@ fn policies(strategy: Strategy) -> std::sync::Arc<mrr_core::Policies> {
             mrr_core::Rule::Custom(std::sync::Arc::new(handler))
         }
     };
-    std::sync::Arc::new(mrr_core::Policies::new(mrr_core::Rule::Timestamp, [(TOPIC.to_owned(), rule)].into()))
+    let mut defaults = mrr_core::PlacementDefaults::default();
+    if placement && strategy != Strategy::Timestamp {
+        defaults.topics.insert(TOPIC.to_owned(), vec!["r0".to_owned(), "r1".to_owned()]);
+    }
+    let policies = mrr_core::Policies::new(mrr_core::Rule::Timestamp, [(TOPIC.to_owned(), rule)].into());
+    std::sync::Arc::new(policies.with_placement(defaults))
 }
 
 /// The operation a scheduled write performs under `strategy`. Deterministic in its inputs.
 /// `replaces`: whether whole-record puts (which drop fields they lack, counters included) and
 /// deletes are part of the workload.
-fn workload_op(strategy: Strategy, replaces: bool, key: Key, kind: u32, n: u64) -> (LocalOp, Option<i64>) {
+fn workload_op(
+    strategy: Strategy,
+    replaces: bool,
+    placements: &[Vec<String>],
+    key: Key,
+    kind: u32,
+    n: u64,
+) -> (LocalOp, Option<i64>) {
     use serde_json::json;
     // Writes that carry metadata pick a lane by their flags: streams then overtake each other.
     let flags = ["SYNC_PRIORITY=1", "BULK", "TIER_1"];
     // (`kind` is 0 under `timestamp`, whose schedules predate lanes: the write number varies it.)
     let pick = (u64::from(kind / 11) + n) % 3;
-    let metadata = Metadata { regions: vec![], sync_flags: vec![flags[pick as usize].to_owned()] };
+    // Under `timestamp` most writes keep the placement and one in four names one (often a
+    // move). Under `merge` and `custom` a record's placement is fixed once it exists.
+    let regions = match placements.len() {
+        0 => vec![],
+        // The topic's `regions:` places them (see `policies`).
+        _ if strategy != Strategy::Timestamp => vec![],
+        len if (n / 3 + u64::from(kind)) % 4 == 0 => {
+            placements[((n / 7 + u64::from(kind / 3)) % len as u64) as usize].clone()
+        }
+        _ => vec![],
+    };
+    let metadata = Metadata { regions, sync_flags: vec![flags[pick as usize].to_owned()] };
     let put = |v: serde_json::Value| LocalOp::Put {
         key: key.clone(),
         value: v.to_string().into_bytes(),
@@ -185,6 +216,7 @@ impl Default for SimConfig {
             buffered: false,
             strategy: Strategy::Timestamp,
             deletes: true,
+            placement: false,
         }
     }
 }
@@ -199,6 +231,10 @@ pub struct RunReport {
     pub acked_writes: usize,
     /// Acknowledged writes per lane, in [`mrr_core::Lane::ALL`] order.
     pub acked_per_lane: [usize; 3],
+    /// Writes refused because the record is not placed in the region written to.
+    pub refused_not_placed: usize,
+    /// Acknowledged writes that named a placement other than every region.
+    pub acked_placed: usize,
 }
 
 /// A broken invariant.
@@ -282,6 +318,10 @@ struct World {
     events: u64,
     acked: usize,
     acked_per_lane: [usize; 3],
+    /// The placements writes name (`SimConfig::placement`), each including r0.
+    placements: Vec<Vec<String>>,
+    refused_not_placed: usize,
+    acked_placed: usize,
 }
 
 type Step = Result<(), Violation>;
@@ -307,6 +347,8 @@ pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result
         events: world.events,
         acked_writes: world.acked,
         acked_per_lane: world.acked_per_lane,
+        refused_not_placed: world.refused_not_placed,
+        acked_placed: world.acked_placed,
     })
 }
 
@@ -342,7 +384,7 @@ impl World {
                 base_delay.insert((b, a), d);
             }
         }
-        let policies = policies(cfg.strategy);
+        let policies = policies(cfg.strategy, cfg.placement);
         let nodes = (0..n)
             .map(|i| Node {
                 store: SimDisk::new(cfg.buffered),
@@ -355,7 +397,7 @@ impl World {
             .collect();
         let mut world = Self {
             seed,
-            invariants: invariants::all(n, cfg.strategy == Strategy::Merge && !cfg.deletes),
+            invariants: invariants::all(&names, cfg.strategy == Strategy::Merge && !cfg.deletes),
             cfg,
             now: 0,
             next_id: 0,
@@ -373,7 +415,18 @@ impl World {
             events: 0,
             acked: 0,
             acked_per_lane: [0; 3],
+            placements: Vec::new(),
+            refused_not_placed: 0,
+            acked_placed: 0,
         };
+        if world.cfg.placement {
+            let name = |i: usize| world.names[i].to_string();
+            world.placements.push(vec!["*".to_owned()]);
+            world.placements.push(vec![name(0)]);
+            for i in 1..n {
+                world.placements.push(vec![name(0), name(i)]);
+            }
+        }
         for i in 0..n {
             // Stagger ticks so nodes do not act in lockstep.
             let first = world.rng.random_range(0..TICK_MS);
@@ -547,18 +600,26 @@ impl World {
         let (op, incr) = if w.delete {
             (LocalOp::Delete { key }, None)
         } else {
-            workload_op(self.cfg.strategy, self.cfg.deletes, key, w.kind, self.writes_done)
+            workload_op(self.cfg.strategy, self.cfg.deletes, &self.placements, key, w.kind, self.writes_done)
         };
         let Node { engine, store, .. } = &mut self.nodes[w.node];
         let Some(engine) = engine.as_mut() else { return Ok(()) };
         let mut pending = engine.begin(physical);
-        let committed = engine.apply_local(&mut pending, store, vec![op], physical).map_err(|e| {
-            let e = match e {
-                mrr_writer::LocalFailure::Store(e) => e.to_string(),
-                mrr_writer::LocalFailure::Rejected(r) => r.to_string(),
-            };
-            Violation::simulator(self.seed, self.now, e)
-        })?;
+        let committed = match engine.apply_local(&mut pending, store, vec![op], physical) {
+            Ok(committed) => committed,
+            // A client in a region outside the record's placement is told so; nothing applies.
+            Err(mrr_writer::LocalFailure::Rejected(mrr_writer::Rejection::NotPlacedHere { .. })) => {
+                self.refused_not_placed += 1;
+                return Ok(());
+            }
+            Err(e) => {
+                let e = match e {
+                    mrr_writer::LocalFailure::Store(e) => e.to_string(),
+                    mrr_writer::LocalFailure::Rejected(r) => r.to_string(),
+                };
+                return Err(Violation::simulator(self.seed, self.now, e));
+            }
+        };
         self.commit(w.node, pending)?;
         for c in committed {
             let acked = AckedWrite {
@@ -568,10 +629,17 @@ impl World {
                 origin: c.record.origin.clone(),
                 lane: c.record.lane,
                 seq: c.record.seq,
-                tombstone: c.record.is_tombstone(),
+                // A write that moved the record away leaves only its placement here.
+                tombstone: match mrr_core::placement::places(&c.record.metadata, &self.names[w.node]) {
+                    true => c.record.is_tombstone(),
+                    false => w.delete,
+                },
                 incr,
             };
             self.acked += 1;
+            if !mrr_core::placement::everywhere(&c.record.metadata.regions) {
+                self.acked_placed += 1;
+            }
             if let Some(i) = mrr_core::Lane::ALL.iter().position(|l| *l == acked.lane) {
                 self.acked_per_lane[i] += 1;
             }
@@ -795,8 +863,12 @@ impl World {
         }
         let n = &mut self.nodes[node];
         n.durable = recovered.vv.clone();
-        n.engine =
-            Some(Engine::new(self.names[node].clone(), recovered, self.cfg.max_skew_ms, policies(self.cfg.strategy)));
+        n.engine = Some(Engine::new(
+            self.names[node].clone(),
+            recovered,
+            self.cfg.max_skew_ms,
+            policies(self.cfg.strategy, self.cfg.placement),
+        ));
         for o in n.out.iter_mut().flatten() {
             *o = Out::Down { retry_at: self.now, backoff: BACKOFF_MIN_MS };
         }

@@ -8,20 +8,45 @@ use mrr_sim::{run, SimConfig, Strategy};
 
 fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
     let mut per_lane = [0; 3];
+    let (mut placed, mut refused) = (0, 0);
     for seed in seeds {
         match run(seed, config, None) {
-            Ok(report) => per_lane.iter_mut().zip(report.acked_per_lane).for_each(|(t, n)| *t += n),
+            Ok(report) => {
+                per_lane.iter_mut().zip(report.acked_per_lane).for_each(|(t, n)| *t += n);
+                placed += report.acked_placed;
+                refused += report.refused_not_placed;
+            }
             Err(v) => panic!(
-                "{v}\nreplay: cargo run --release -p mrr-sim -- --seed {seed} --regions {} --strategy {}{}{}",
+                "{v}\nreplay: cargo run --release -p mrr-sim -- --seed {seed} --regions {} --strategy {}{}{}{}",
                 config.regions,
                 config.strategy,
                 if config.deletes { "" } else { " --no-deletes" },
+                if config.placement { " --placement" } else { "" },
                 if config.buffered { " --durability buffered" } else { "" },
             ),
         }
     }
     // Every lane carried writes, so cross-lane overtaking was part of every sweep.
     assert!(per_lane.iter().all(|n| *n > 0), "writes per lane (urgent, normal, bulk): {per_lane:?}");
+    // With placement, records really lived in some regions only and clients were refused
+    // elsewhere, so markers, placement registers and held relays were all exercised.
+    if config.placement {
+        assert!(placed > 0 && refused > 0, "placed writes {placed}, refused outside their placement {refused}");
+    }
+}
+
+/// Records placed in some regions only (`__metadata.regions`, topic `regions:`): regions
+/// outside get markers and hold no content, relays never stand in for content they lack, and
+/// under `timestamp` records move between placements while writes race the moves.
+#[test]
+fn placement_records_live_only_where_placed() {
+    let placed = SimConfig { placement: true, ..SimConfig::default() };
+    sweep(&placed, 40_000..40_200);
+    sweep(&SimConfig { regions: 5, faults: 10, writes: 300, ..placed.clone() }, 41_000..41_040);
+    sweep(&SimConfig { buffered: true, ..placed.clone() }, 42_000..42_060);
+    sweep(&SimConfig { strategy: Strategy::Merge, ..placed.clone() }, 43_000..43_100);
+    sweep(&SimConfig { strategy: Strategy::Merge, deletes: false, ..placed.clone() }, 44_000..44_060);
+    sweep(&SimConfig { strategy: Strategy::Custom, ..placed }, 45_000..45_060);
 }
 
 #[test]

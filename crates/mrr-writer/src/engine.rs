@@ -46,8 +46,10 @@ pub enum Rejection {
     OpsNeedMerge { topic: String, strategy: &'static str },
     #[error("dead letter {0} not found (already replayed or discarded?)")]
     NoSuchDeadLetter(ChangeId),
-    #[error("{key} is placed in {regions:?}, not in {local}: write it in one of those regions (or set `placement_writes: forward` on the topic)")]
+    #[error("{key} is placed in {regions:?}, not in {local}: write it in one of those regions")]
     NotPlacedHere { key: Key, regions: Vec<String>, local: RegionName },
+    #[error("{key} is placed in {regions:?} and its topic uses conflict_strategy {strategy}, where a record's placement is fixed once it exists: write it without `__metadata.regions` (or with the same), or copy it to a new id; moving records is supported under `timestamp`")]
+    PlacementFixed { key: Key, regions: Vec<String>, strategy: &'static str },
 }
 
 /// Why a local request failed.
@@ -237,6 +239,20 @@ impl Engine {
                     local: self.local.clone(),
                 }));
             }
+            // Moving a record is safe only where the newest write carries the whole record. Under
+            // `merge` and `custom` a region the record moves to would miss the content of writes
+            // concurrent with the move (they reach it as markers), so placement stays fixed.
+            let rule = self.policies.rule(&key.topic);
+            if let Some(now) = current.as_ref().filter(|now| !placement::same(now, &metadata)) {
+                if !matches!(rule, Rule::Timestamp) {
+                    let regions = now.regions.clone();
+                    return Err(LocalFailure::Rejected(Rejection::PlacementFixed {
+                        key,
+                        regions,
+                        strategy: rule.name(),
+                    }));
+                }
+            }
             placed.insert(key, metadata);
         }
         let mut out = Vec::with_capacity(ops.len());
@@ -273,9 +289,11 @@ impl Engine {
         if !given.regions.is_empty() {
             return given;
         }
+        // A whole-record put that names no regions keeps the placement too: data kept in
+        // two regions must not spread everywhere because an update omitted its metadata.
         let regions = match current {
-            Some(m) if !matches!(op, LocalOp::Put { .. }) => m.regions.clone(),
-            _ => self.policies.placement.regions_of(&key.topic).to_vec(),
+            Some(m) => m.regions.clone(),
+            None => self.policies.placement.regions_of(&key.topic).to_vec(),
         };
         Metadata { regions, ..given }
     }
@@ -328,16 +346,6 @@ impl Engine {
                     None => Op::Delete,
                 }
             }
-        };
-        // A change that adds regions to the placement carries the whole document: the regions
-        // it adds hold nothing of the record yet.
-        let op = match op {
-            Op::Merge { delta } if current.is_some_and(|c| placement::widens(&c.metadata, &metadata)) => {
-                let mut full = current_doc.cloned().unwrap_or_default();
-                full.join(&delta);
-                Op::Merge { delta: full }
-            }
-            op => op,
         };
         Change {
             origin: self.local.clone(),
@@ -1095,31 +1103,30 @@ mod tests {
     }
 
     #[test]
-    fn merge_moves_ship_the_whole_document_and_custom_copies_go_with_their_history() {
+    fn merge_and_custom_records_keep_their_placement_and_stay_only_where_placed() {
         let (sa, sc) = (MemStore::new(), MemStore::new());
         let (mut a, mut c) = (engine("a"), engine("c"));
-        local(&mut a, &sa, vec![put_in("profiles", "p", json!({"name": "Kaito", "tier": "gold"}), &["a"])], 1_000);
-        // A patch that only renames, but adds c to the placement: c must get the tier too.
-        let widen = LocalOp::Patch {
+        local(&mut a, &sa, vec![put_in("profiles", "p", json!({"name": "Kaito"}), &["a", "b"])], 1_000);
+        local(&mut a, &sa, vec![put_in("logs", "l", json!({"lines": ["a1"]}), &["a", "b"])], 1_000);
+        for (topic, id) in [("profiles", "p"), ("logs", "l")] {
+            let mut p = a.begin(1_001);
+            let moved = a.apply_local(&mut p, &sa, vec![put_in(topic, id, json!({}), &["a", "c"])], 1_001);
+            assert!(matches!(moved, Err(LocalFailure::Rejected(Rejection::PlacementFixed { .. }))), "{moved:?}");
+        }
+        // The same placement, spelt in another order, is no move.
+        let patch = LocalOp::Patch {
             key: Key::new("profiles", "p"),
-            fields: json!({"name": "Kai"}).to_string().into_bytes(),
-            metadata: Some(placed(&["a", "c"])),
+            fields: json!({"tier": "gold"}).to_string().into_bytes(),
+            metadata: Some(placed(&["b", "a"])),
         };
-        local(&mut a, &sa, vec![widen], 1_001);
-        ship(&sa, (&mut c, &sc), 1_002);
-        assert_eq!(value(&sc, "profiles", "p"), Some(json!({"name": "Kai", "tier": "gold"})));
-        assert_eq!(value(&sc, "profiles", "p"), value(&sa, "profiles", "p"));
-
-        // custom: c folds the record once it is placed there, and drops the history when not.
-        local(&mut a, &sa, vec![put_in("logs", "l", json!({"lines": ["a1"]}), &["a", "c"])], 1_003);
-        ship(&sa, (&mut c, &sc), 1_004);
+        local(&mut a, &sa, vec![patch, kv("logs", "l", json!({"lines": ["a1", "a2"]}))], 1_002);
+        ship(&sa, (&mut c, &sc), 1_003);
+        assert_eq!(value(&sc, "profiles", "p"), None);
+        assert_eq!(value(&sc, "logs", "l"), None);
         let logs = Key::new("logs", "l");
         let first = Version { ts: Timestamp { wall_ms: 0, logical: 0 }, region: r("a") };
-        assert_eq!(sc.history_from(&logs, &first).expect("history").1.len(), 1);
-        local(&mut a, &sa, vec![put_in("logs", "l", json!({"lines": ["a1", "a2"]}), &["a"])], 1_005);
-        ship(&sa, (&mut c, &sc), 1_006);
-        assert_eq!(value(&sc, "logs", "l"), None);
-        assert_eq!(sc.history_from(&logs, &first).expect("history"), (None, vec![]), "no history left in c");
+        assert_eq!(sc.history_from(&logs, &first).expect("history"), (None, vec![]), "no fold history in c");
+        assert_eq!(sa.history_from(&logs, &first).expect("history").1.len(), 2);
     }
 
     #[test]
@@ -1134,13 +1141,15 @@ mod tests {
         let out = local(&mut a, &sa, vec![kv("vips", "v", json!({})), kv("users", "u", json!({}))], 1_000);
         assert_eq!(out[0].record.metadata.regions, ["a", "b"]);
         assert!(out[1].record.metadata.regions.is_empty(), "other topics: everywhere");
-        // A patch naming flags only keeps the record's placement.
+        // A patch naming flags only, or a put naming no regions, keeps the record's placement.
         let flags = LocalOp::Patch {
             key: Key::new("vips", "v"),
             fields: b"{}".to_vec(),
             metadata: Some(Metadata { regions: vec![], sync_flags: vec!["IMPORTANT".into()] }),
         };
-        let out = local(&mut a, &sa, vec![flags], 1_001);
+        let moved = put_in("users", "u", json!({}), &["a"]);
+        let out = local(&mut a, &sa, vec![flags, moved, kv("users", "u", json!({"v": 2}))], 1_001);
         assert_eq!(out[0].record.metadata.regions, ["a", "b"]);
+        assert_eq!(out[2].record.metadata.regions, ["a"], "a put without regions does not spread the record");
     }
 }

@@ -1,5 +1,8 @@
-//! After the heal, every region holds the same records (tombstones included, value and
-//! version) and the same version vector.
+//! After the heal, every region holds the same version vector and agrees on every key's
+//! newest version and placement; the regions a record is placed in hold the same record
+//! (tombstones included), the others hold no content of it.
+
+use mrr_core::placement::places;
 
 use super::{FinalState, Invariant};
 
@@ -20,15 +23,41 @@ impl Invariant for Convergence {
                     first.region, first.applied, r.region, r.applied
                 ));
             }
-            if r.records != first.records {
-                let diff = first
-                    .records
-                    .iter()
-                    .zip(&r.records)
-                    .find(|(a, b)| a != b)
-                    .map(|(a, b)| format!("{}: {:?} vs {:?}", a.0, a.1.version, b.1.version))
-                    .unwrap_or_else(|| format!("{} vs {} records", first.records.len(), r.records.len()));
-                return Err(format!("{} and {} differ: {diff}", first.region, r.region));
+            if r.records.len() != first.records.len() {
+                return Err(format!(
+                    "{} holds {} keys, {} holds {}",
+                    first.region,
+                    first.records.len(),
+                    r.region,
+                    r.records.len()
+                ));
+            }
+        }
+        for (i, (key, record)) in first.records.iter().enumerate() {
+            let placed: Vec<&FinalState> = regions.iter().filter(|r| places(&record.metadata, &r.region)).collect();
+            for r in regions {
+                let (k, other) = &r.records[i];
+                if k != key || other.version != record.version || other.metadata != record.metadata {
+                    return Err(format!(
+                        "{} and {} differ on {key}: {:?} {:?} vs {k} {:?} {:?}",
+                        first.region,
+                        r.region,
+                        record.version,
+                        record.metadata.regions,
+                        other.version,
+                        other.metadata.regions
+                    ));
+                }
+            }
+            if let Some(p) = placed.first() {
+                for r in &placed[1..] {
+                    if r.records[i].1 != p.records[i].1 {
+                        return Err(format!(
+                            "{} and {} (both placed) differ on {key}:\n{:?}\nvs\n{:?}",
+                            p.region, r.region, p.records[i].1, r.records[i].1
+                        ));
+                    }
+                }
             }
         }
         Ok(())

@@ -7,6 +7,7 @@ mod counters_add_up;
 mod no_double_apply;
 mod no_loop;
 mod no_resurrection;
+mod placement;
 mod vv_monotonic;
 
 use mrr_core::{Key, Record, RegionName, Version, VersionVector};
@@ -19,6 +20,7 @@ pub use counters_add_up::CountersAddUp;
 pub use no_double_apply::NoDoubleApply;
 pub use no_loop::NoLoop;
 pub use no_resurrection::NoResurrection;
+pub use placement::Placement;
 pub use vv_monotonic::VvMonotonic;
 
 /// A client write the simulated node acknowledged.
@@ -83,8 +85,10 @@ pub trait Invariant {
 /// Every invariant, in the order they are checked.
 /// `counters`: also check that counter increments add up exactly (only meaningful when the
 /// workload does not delete, since a delete resets what it saw).
-pub fn all(regions: usize, counters: bool) -> Vec<Box<dyn Invariant>> {
+pub fn all(names: &[RegionName], counters: bool) -> Vec<Box<dyn Invariant>> {
+    let regions = names.len();
     let mut all: Vec<Box<dyn Invariant>> = vec![
+        Box::new(Placement::new(names.to_vec())),
         Box::new(VvMonotonic::new(regions)),
         Box::new(NoDoubleApply::new(regions)),
         Box::new(NoLoop),
