@@ -1,0 +1,120 @@
+//! Placement end to end, on three real `mrr serve` processes: the article's VIP users, kept in
+//! eu-central and us-west only. Tokyo never receives them (reads answer 404 `not_placed`,
+//! writes 409 `not_placed_here`) while its stream keeps flowing; a record moves when its
+//! `regions` change; a relay outside a record's placement never stands in for its content.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{wait_for, Cluster};
+use mrr_api::ErrorCode;
+use mrr_client::{Client, ClientError, RecordEnvelope};
+use serde_json::{json, Value};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+const TOKYO: usize = 0;
+const US_WEST: usize = 1;
+const EU: usize = 2;
+
+/// The error code of a read, or `None` when the record is there.
+async fn read_code(c: &Client, path: &str) -> anyhow::Result<Option<ErrorCode>> {
+    match c.query(path).await {
+        Ok(Some(_)) => Ok(None),
+        Ok(None) => Ok(Some(ErrorCode::NotFound)),
+        Err(ClientError::Api { code, .. }) => Ok(Some(code)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn wait_value(c: &Client, path: &str, want: &Value) -> anyhow::Result<RecordEnvelope> {
+    wait_for(&format!("{path} = {want}"), CONVERGE, || async { Ok(c.query(path).await?.filter(|r| &r.value == want)) })
+        .await
+}
+
+async fn wait_not_placed(c: &Client, path: &str) -> anyhow::Result<()> {
+    wait_for(&format!("{path} not placed"), CONVERGE, || async {
+        Ok((read_code(c, path).await? == Some(ErrorCode::NotPlaced)).then_some(()))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vip_users_live_in_europe_and_america_only_and_move_when_their_regions_change() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let c = &cluster.clients;
+    let vip = json!({"id": "vip1", "name": "Ana", "tier": "gold",
+        "__metadata": {"regions": ["eu-central", "us-west"], "syncFlags": ["TIER_1"]}});
+    c[EU].publish("users", &vip).await?;
+    // Then an ordinary record from the same region: Tokyo receives it, so the VIP change
+    // before it in eu-central's stream was skipped, not left blocking the stream.
+    c[EU].publish("users", &json!({"id": "after", "v": 1})).await?;
+
+    let want = json!({"id": "vip1", "name": "Ana", "tier": "gold"});
+    let in_us = wait_value(&c[US_WEST], "users/vip1", &want).await?;
+    assert_eq!(in_us.metadata.regions, ["eu-central", "us-west"]);
+    wait_value(&c[TOKYO], "users/after", &json!({"id": "after", "v": 1})).await?;
+    assert_eq!(read_code(&c[TOKYO], "users/vip1").await?, Some(ErrorCode::NotPlaced));
+    let tokyo_ids: Vec<String> = c[TOKYO].list_all("users", true).await?.into_iter().map(|r| r.id).collect();
+    assert_eq!(tokyo_ids, ["after"], "Tokyo lists no VIP, not even as deleted");
+
+    // A write in Tokyo is refused with what to do; nothing changes anywhere.
+    let refused = c[TOKYO].put("users/vip1", &json!({"name": "Eve"})).await;
+    match refused {
+        Err(ClientError::Api { status: 409, code: ErrorCode::NotPlacedHere, message }) => {
+            assert!(message.contains("eu-central") && message.contains("us-west"), "{message}");
+        }
+        other => panic!("expected 409 not_placed_here, got {other:?}"),
+    }
+    // Unknown regions are refused before anything is stored.
+    let typo = c[EU].publish("users", &json!({"id": "x", "__metadata": {"regions": ["eu-centrl"]}})).await;
+    assert!(matches!(&typo, Err(ClientError::Api { status: 400, code: ErrorCode::InvalidMetadata, .. })), "{typo:?}");
+
+    // The user becomes global: Tokyo receives the record whole.
+    let global = json!({"id": "vip1", "name": "Ana", "tier": "platinum", "__metadata": {"regions": ["*"]}});
+    c[US_WEST].put("users/vip1", &global).await?;
+    let want = json!({"id": "vip1", "name": "Ana", "tier": "platinum"});
+    for k in [TOKYO, EU] {
+        wait_value(&c[k], "users/vip1", &want).await?;
+    }
+    // And then European only: the other two delete their copies.
+    let eu_only = json!({"id": "vip1", "name": "Ana", "tier": "platinum", "__metadata": {"regions": ["eu-central"]}});
+    c[EU].put("users/vip1", &eu_only).await?;
+    wait_not_placed(&c[TOKYO], "users/vip1").await?;
+    wait_not_placed(&c[US_WEST], "users/vip1").await?;
+    assert_eq!(c[EU].query("users/vip1").await?.map(|r| r.value), Some(want));
+    Ok(())
+}
+
+/// eu-central and us-west cannot reach each other, so Tokyo relays eu-central's stream to
+/// us-west. Tokyo holds only the marker of a VIP change; sending it on would advance us-west
+/// past content it must have. Tokyo holds the stream instead, and us-west gets the content
+/// once the direct path heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_outside_the_placement_holds_rather_than_skip_content() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let c = &cluster.clients;
+    cluster.partition(EU, US_WEST, true).await?;
+    wait_for("us-west to notice the partition", CONVERGE, || async {
+        let s = c[US_WEST].status().await?;
+        Ok(s.peers.iter().any(|p| p.region == "eu-central" && p.inbound_streams == 0).then_some(()))
+    })
+    .await?;
+    let before = json!({"id": "before", "v": 1});
+    c[EU].publish("users", &before).await?;
+    // Relayed through Tokyo while the pair is cut.
+    wait_value(&c[US_WEST], "users/before", &before).await?;
+
+    let vip = json!({"id": "vip2", "name": "Ben", "__metadata": {"regions": ["eu-central", "us-west"]}});
+    c[EU].publish("users", &vip).await?;
+    let after = json!({"id": "after", "v": 2});
+    c[EU].publish("users", &after).await?;
+    // Tokyo has both (the VIP as a marker) before the pair heals.
+    wait_value(&c[TOKYO], "users/after", &after).await?;
+    assert_eq!(read_code(&c[TOKYO], "users/vip2").await?, Some(ErrorCode::NotPlaced));
+
+    cluster.partition(EU, US_WEST, false).await?;
+    wait_value(&c[US_WEST], "users/vip2", &json!({"id": "vip2", "name": "Ben"})).await?;
+    wait_value(&c[US_WEST], "users/after", &after).await?;
+    Ok(())
+}
