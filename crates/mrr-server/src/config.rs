@@ -693,6 +693,17 @@ replication_rules:
         assert_eq!(c.regions.len(), 3);
         assert_eq!(c.api_keys.len(), 1);
         assert_eq!(c.policies.rule("inventory").name(), "custom", "the sample handlers compile");
+        assert_eq!(c.policies.placement.regions_of("vip_users"), ["eu-central", "us-west"]);
+        assert_eq!(c.policies.placement.regions_of("users"), ["*"]);
+    }
+
+    #[test]
+    fn placement_defaults_name_regions_of_the_cluster() {
+        let c = parse(&format!("{GOOD}topics:\n  vips: {{ regions: [eu-central, us-west] }}\n")).expect("valid");
+        assert_eq!(c.policies.placement.regions_of("vips"), ["eu-central", "us-west"]);
+        assert!(c.policies.placement.regions_of("users").is_empty(), "every region by default");
+        let err = parse(&format!("{GOOD}topics:\n  vips: {{ regions: [eu-centrl] }}\n")).expect_err("typo").to_string();
+        assert!(err.contains("mrr-config.yaml:") && err.contains("eu-centrl") && err.contains("not in `regions`"), "{err}");
     }
 
     #[test]
