@@ -135,6 +135,8 @@ pub enum ErrorCode {
     NotPlacedHere,
     /// A write that would move a `merge` or `custom` record to another placement (409).
     PlacementFixed,
+    /// `placement_writes: forward`: the region the write was forwarded to did not answer (502).
+    ForwardFailed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -1,7 +1,8 @@
 //! Placement end to end, on three real `mrr serve` processes: the article's VIP users, kept in
 //! eu-central and us-west only. Tokyo never receives them (reads answer 404 `not_placed`,
 //! writes 409 `not_placed_here`) while its stream keeps flowing; a record moves when its
-//! `regions` change; a relay outside a record's placement never stands in for its content.
+//! `regions` change; a relay outside a record's placement never stands in for its content;
+//! with `placement_writes: forward` a write made in Tokyo is carried out in Europe.
 
 mod common;
 
@@ -116,5 +117,40 @@ async fn a_relay_outside_the_placement_holds_rather_than_skip_content() -> anyho
     cluster.partition(EU, US_WEST, false).await?;
     wait_value(&c[US_WEST], "users/vip2", &json!({"id": "vip2", "name": "Ben"})).await?;
     wait_value(&c[US_WEST], "users/after", &after).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_placement_writes_forward_a_write_outside_the_placement_is_made_inside_it() -> anyhow::Result<()> {
+    let forward =
+        |config: &str| config.replacen("replication_rules:\n", "replication_rules:\n  placement_writes: forward\n", 1);
+    let cluster = Cluster::start_with(forward).await?;
+    let c = &cluster.clients;
+    // A new VIP record written in Tokyo: made in eu-central, the first region of its placement.
+    let vip = json!({"id": "vip3", "name": "Cleo", "__metadata": {"regions": ["eu-central", "us-west"]}});
+    let made = c[TOKYO].publish("users", &vip).await?;
+    assert_eq!(made.origin_region, "eu-central");
+    let want = json!({"id": "vip3", "name": "Cleo"});
+    wait_value(&c[US_WEST], "users/vip3", &want).await?;
+    assert_eq!(c[EU].query("users/vip3").await?.map(|r| r.value), Some(want));
+    // Nothing stored in Tokyo: not there yet, then its marker.
+    let in_tokyo = read_code(&c[TOKYO], "users/vip3").await?;
+    assert!(matches!(in_tokyo, Some(ErrorCode::NotFound | ErrorCode::NotPlaced)), "{in_tokyo:?}");
+    wait_not_placed(&c[TOKYO], "users/vip3").await?;
+    // An update of it from Tokyo, which now knows where it lives.
+    let updated = c[TOKYO].put("users/vip3", &json!({"name": "Cleo", "tier": "gold"})).await?;
+    assert_eq!(updated.origin_region, "eu-central");
+    assert_eq!(updated.metadata.regions, ["eu-central", "us-west"], "the update kept the placement");
+    assert_eq!(updated.value["tier"], "gold");
+    wait_value(&c[US_WEST], "users/vip3", &updated.value).await?;
+    // A batch commits all or nothing in one region: refused, not forwarded.
+    let item = mrr_client::BatchItem {
+        topic: "users".into(),
+        op: mrr_client::BatchOp::Put,
+        id: Some("vip3".into()),
+        record: Some(json!({"name": "Zed"})),
+    };
+    let batch = c[TOKYO].batch(vec![item]).await;
+    assert!(matches!(&batch, Err(ClientError::Api { status: 409, code: ErrorCode::NotPlacedHere, .. })), "{batch:?}");
     Ok(())
 }

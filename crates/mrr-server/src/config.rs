@@ -86,6 +86,22 @@ pub struct TopicConfig {
     /// (default `replication_rules.regions`).
     #[serde(default)]
     pub regions: Option<Vec<String>>,
+    /// A write in a region outside the record's placement: `refuse` (409) or `forward` it to
+    /// a region of the placement (default `replication_rules.placement_writes`).
+    #[serde(default)]
+    pub placement_writes: Option<PlacementWrites>,
+}
+
+/// What a region does with a write to a record not placed in it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementWrites {
+    /// 409 `not_placed_here`, naming the regions to write in.
+    #[default]
+    Refuse,
+    /// Sent on to the first region of the placement with an `api:` address; its answer is
+    /// returned (single-record writes; batches are refused).
+    Forward,
 }
 
 /// `lanes:`. A list given replaces that lane's default flags; a flag may map to one lane only.
@@ -235,11 +251,18 @@ pub struct ReplicationRules {
     /// Where records live when neither the write nor its topic says: `["*"]`, every region.
     #[serde(default)]
     pub regions: Vec<String>,
+    #[serde(default)]
+    pub placement_writes: PlacementWrites,
 }
 
 impl Default for ReplicationRules {
     fn default() -> Self {
-        Self { default_ttl: default_ttl(), conflict_strategy: ConflictStrategy::Timestamp, regions: Vec::new() }
+        Self {
+            default_ttl: default_ttl(),
+            conflict_strategy: ConflictStrategy::Timestamp,
+            regions: Vec::new(),
+            placement_writes: PlacementWrites::Refuse,
+        }
     }
 }
 
@@ -498,6 +521,26 @@ impl Config {
         Ok(Policies::new(default, topics).with_lanes(lanes).with_placement(placement))
     }
 
+    /// The forwarder of `placement_writes: forward`, when any topic (or the default) asks
+    /// for it.
+    pub fn forwarder(&self) -> Result<Option<crate::forward::Forwarder>, reqwest::Error> {
+        let all = self.replication_rules.placement_writes == PlacementWrites::Forward;
+        let with = |w: PlacementWrites| {
+            self.topics.iter().filter(move |(_, t)| t.placement_writes == Some(w)).map(|(n, _)| n.clone()).collect()
+        };
+        let topics: std::collections::BTreeSet<String> = with(PlacementWrites::Forward);
+        if !all && topics.is_empty() {
+            return Ok(None);
+        }
+        let apis = self
+            .regions
+            .iter()
+            .filter(|r| r.name != self.region)
+            .filter_map(|r| Some((r.name.to_string(), r.api.clone()?)))
+            .collect();
+        crate::forward::Forwarder::new(apis, all, topics, with(PlacementWrites::Refuse)).map(Some)
+    }
+
     fn build_placement(
         &self,
         invalid: &dyn Fn(&str, String, &str) -> ConfigError,
@@ -703,7 +746,10 @@ replication_rules:
         assert_eq!(c.policies.placement.regions_of("vips"), ["eu-central", "us-west"]);
         assert!(c.policies.placement.regions_of("users").is_empty(), "every region by default");
         let err = parse(&format!("{GOOD}topics:\n  vips: {{ regions: [eu-centrl] }}\n")).expect_err("typo").to_string();
-        assert!(err.contains("mrr-config.yaml:") && err.contains("eu-centrl") && err.contains("not in `regions`"), "{err}");
+        assert!(
+            err.contains("mrr-config.yaml:") && err.contains("eu-centrl") && err.contains("not in `regions`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct AppState {
     pub health: crate::health::Thresholds,
     pub metrics: crate::metrics::ServerMetrics,
     pub replication_metrics: mrr_replication::metrics::ReplicationMetrics,
+    /// `placement_writes: forward` for some topic: how to reach the other regions' APIs.
+    pub forwarder: Option<Arc<crate::forward::Forwarder>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -61,11 +63,13 @@ pub struct ApiError {
     status: StatusCode,
     code: ErrorCode,
     message: String,
+    /// `not_placed_here`: where the record lives (`x-mrr-placed-in`), for forwarding.
+    placed_in: Option<axum::http::HeaderValue>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), placed_in: None }
     }
 
     pub(crate) fn message_text(&self) -> &str {
@@ -80,7 +84,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message } };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(v) = self.placed_in {
+            response.headers_mut().insert(crate::forward::PLACED_IN, v);
+        }
+        response
     }
 }
 
@@ -93,9 +101,10 @@ impl From<WriteError> for ApiError {
             WriteError::Rejected(r @ Rejection::NoSuchDeadLetter(_)) => {
                 Self::new(StatusCode::NOT_FOUND, ErrorCode::DeadLetterNotFound, r.to_string())
             }
-            WriteError::Rejected(r @ Rejection::NotPlacedHere { .. }) => {
-                Self::new(StatusCode::CONFLICT, ErrorCode::NotPlacedHere, r.to_string())
-            }
+            WriteError::Rejected(r @ Rejection::NotPlacedHere { regions, .. }) => Self {
+                placed_in: crate::forward::placed_in_header(regions),
+                ..Self::new(StatusCode::CONFLICT, ErrorCode::NotPlacedHere, r.to_string())
+            },
             WriteError::Rejected(r @ Rejection::PlacementFixed { .. }) => {
                 Self::new(StatusCode::CONFLICT, ErrorCode::PlacementFixed, r.to_string())
             }
@@ -196,6 +205,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { ([("content-type", "application/json")], openapi_json()) }))
         .nest("/v1", v1)
+        .layer(middleware::from_fn_with_state(state.clone(), crate::forward::forward_placement))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint; see /openapi.json")
         })

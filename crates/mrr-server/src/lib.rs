@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod dev;
+pub mod forward;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -27,6 +27,8 @@ pub enum StartError {
     ApiListen { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Replication(#[from] mrr_replication::StartError),
+    #[error("cannot build the HTTP client for placement_writes: forward: {0}")]
+    Forwarder(String),
 }
 
 /// Tuning that is not in the config file, for tests and `mrr dev`.
@@ -179,6 +181,7 @@ impl Node {
             },
             metrics: crate::metrics::ServerMetrics::new(recorder.as_ref(), metrics_handle.clone()),
             replication_metrics: replicator.metrics.clone(),
+            forwarder: config.forwarder().map_err(|e| StartError::Forwarder(e.to_string()))?.map(Arc::new),
         };
         // Histogram samples are folded into buckets here and at every scrape; the conflict log
         // is trimmed to its retention every 12 ticks (a minute).

@@ -62,6 +62,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts three regions and waits until every region is connected to every other.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|config| config.to_owned()).await
+    }
+
+    /// As `start`, with each region's config text passed through `edit` first.
+    pub async fn start_with(edit: impl Fn(&str) -> String) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("mrr-test-").tempdir()?;
         let base_port = free_base_port();
         let out = Command::new(env!("CARGO_BIN_EXE_mrr"))
@@ -72,6 +77,10 @@ impl Cluster {
             .output()?;
         if !out.status.success() {
             bail!("mrr dev --write-configs failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        for region in REGIONS {
+            let path = dir.path().join("configs").join(format!("{region}.yaml"));
+            std::fs::write(&path, edit(&std::fs::read_to_string(&path)?))?;
         }
         let clients = (0..3)
             .map(|k| mrr_client::connect(&format!("http://127.0.0.1:{}", base_port + 10 * k as u16), None))

@@ -1,0 +1,166 @@
+//! `placement_writes: forward`: a single-record write made in a region outside the record's
+//! placement is sent on to a region inside it, and that region's answer is returned.
+//!
+//! The writer decides placement (it refuses with 409 `not_placed_here` and the regions the
+//! record lives in, in the `x-mrr-placed-in` header); this layer only replays the request once,
+//! over HTTP, to the first of those regions with an `api:` address. A forwarded request carries
+//! `x-mrr-forwarded-from` and is never forwarded again, so two regions with stale views cannot
+//! bounce a write between them. Batches are not forwarded: a batch commits all or nothing in
+//! one region. It must not decide placement itself or touch the store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use mrr_api::ErrorCode;
+use mrr_core::RegionName;
+
+use crate::http::{ApiError, AppState};
+
+/// On a 409 `not_placed_here`: the regions the record lives in, comma-separated.
+pub const PLACED_IN: &str = "x-mrr-placed-in";
+/// On a forwarded request: the region it was first made in.
+pub const FORWARDED_FROM: &str = "x-mrr-forwarded-from";
+/// On a forwarded answer: the region that answered.
+pub const FORWARDED_TO: &str = "x-mrr-forwarded-to";
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct Forwarder {
+    client: reqwest::Client,
+    /// Region name to API base URL, from `regions[].api`.
+    apis: BTreeMap<String, String>,
+    /// Topics whose writes are forwarded; `all` when `replication_rules.placement_writes` is
+    /// `forward` (then `except` lists topics set back to `refuse`).
+    all: bool,
+    topics: BTreeSet<String>,
+    except: BTreeSet<String>,
+}
+
+impl Forwarder {
+    pub fn new(
+        apis: BTreeMap<String, String>,
+        all: bool,
+        topics: BTreeSet<String>,
+        except: BTreeSet<String>,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
+        Ok(Self { client, apis, all, topics, except })
+    }
+
+    fn forwards(&self, topic: &str) -> bool {
+        (self.all && !self.except.contains(topic)) || self.topics.contains(topic)
+    }
+}
+
+/// The topic of a single-record write path (`/v1/records/{topic}[/{id}[/ops]]`).
+fn write_topic<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
+    if *method == Method::GET {
+        return None;
+    }
+    path.strip_prefix("/v1/records/")?.split('/').next().filter(|t| !t.is_empty())
+}
+
+pub async fn forward_placement(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(forwarder) = state.forwarder.clone() else { return next.run(request).await };
+    let topic = write_topic(request.method(), request.uri().path()).map(str::to_owned);
+    let eligible =
+        topic.as_deref().is_some_and(|t| forwarder.forwards(t)) && !request.headers().contains_key(FORWARDED_FROM);
+    if !eligible {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match to_bytes(body, state.limits.body_bytes_max).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::BodyTooLarge,
+                format!("body over {} bytes", state.limits.body_bytes_max),
+            )
+            .into_response()
+        }
+    };
+    let local = next.run(Request::from_parts(parts.clone(), Body::from(bytes.clone()))).await;
+    if local.status() != StatusCode::CONFLICT {
+        return local;
+    }
+    let Some(placed_in) = local.headers().get(PLACED_IN).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
+        return local;
+    };
+    let target = placed_in
+        .split(',')
+        .filter(|r| *r != state.region.as_str())
+        .find_map(|r| forwarder.apis.get(r).map(|api| (r.to_owned(), api.clone())));
+    let Some((region, api)) = target else {
+        // No region of the placement has an `api:` address: the refusal stands.
+        return local;
+    };
+    let url = format!("{}{}", api.trim_end_matches('/'), parts.uri.path_and_query().map_or("", |p| p.as_str()));
+    let mut out = forwarder.client.request(parts.method.clone(), &url).body(bytes);
+    for name in ["content-type", "authorization", "x-api-key"] {
+        if let Some(v) = parts.headers.get(name) {
+            out = out.header(name, v);
+        }
+    }
+    out = out.header(FORWARDED_FROM, state.region.as_str());
+    match relay(out).await {
+        Ok(mut response) => {
+            if let Ok(v) = HeaderValue::from_str(&region) {
+                response.headers_mut().insert(FORWARDED_TO, v);
+            }
+            tracing::debug!(to = %region, url = %url, "forwarded a write made outside the record's placement");
+            response
+        }
+        Err(e) => {
+            tracing::warn!(to = %region, url = %url, error = %e, "forwarding a write to a region of its placement failed");
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::ForwardFailed,
+                format!("the record lives in {placed_in}; forwarding the write to {region} failed: {e}"),
+            )
+            .into_response()
+        }
+    }
+}
+
+async fn relay(request: reqwest::RequestBuilder) -> Result<Response, reqwest::Error> {
+    let answer = request.send().await?;
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = answer.headers().get("content-type").cloned();
+    let body = answer.bytes().await?;
+    let mut response = (status, body).into_response();
+    if let Some(ct) = content_type.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+        response.headers_mut().insert("content-type", ct);
+    }
+    Ok(response)
+}
+
+/// The `x-mrr-placed-in` value for a placement: its entries that are region names (a peer's
+/// metadata is not trusted to be header-safe).
+pub fn placed_in_header(regions: &[String]) -> Option<HeaderValue> {
+    let names: Vec<&str> =
+        regions.iter().map(String::as_str).filter(|r| RegionName::new(r.to_string()).is_ok()).collect();
+    HeaderValue::from_str(&names.join(",")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_single_record_writes_are_forwarded() {
+        assert_eq!(write_topic(&Method::PUT, "/v1/records/users/u1"), Some("users"));
+        assert_eq!(write_topic(&Method::POST, "/v1/records/users"), Some("users"));
+        assert_eq!(write_topic(&Method::POST, "/v1/records/users/u1/ops"), Some("users"));
+        assert_eq!(write_topic(&Method::GET, "/v1/records/users/u1"), None);
+        assert_eq!(write_topic(&Method::POST, "/v1/batch"), None);
+        let f = Forwarder::new(BTreeMap::new(), true, BTreeSet::new(), ["audit".to_owned()].into()).expect("client");
+        assert!(f.forwards("users") && !f.forwards("audit"));
+    }
+}
