@@ -28,6 +28,12 @@ pub fn places(metadata: &Metadata, region: &RegionName) -> bool {
     everywhere(&metadata.regions) || metadata.regions.iter().any(|r| r == region.as_str())
 }
 
+/// The first entry of `regions` that is neither `*` nor a region of the cluster: a misspelt
+/// region would place a record nowhere that exists.
+pub fn unknown_region<'a>(regions: &'a [String], cluster: &[RegionName]) -> Option<&'a str> {
+    regions.iter().map(String::as_str).find(|r| *r != EVERYWHERE && !cluster.iter().any(|c| c.as_str() == *r))
+}
+
 /// Whether two placements admit the same regions (order and duplicates aside).
 pub fn same(a: &Metadata, b: &Metadata) -> bool {
     match (everywhere(&a.regions), everywhere(&b.regions)) {
@@ -110,6 +116,10 @@ mod tests {
         assert!(places(&meta(&["*"]), &r("ap")));
         assert!(places(&meta(&["eu", "us"]), &r("us")));
         assert!(!places(&meta(&["eu", "us"]), &r("ap")));
+
+        let cluster = [r("eu"), r("us")];
+        assert_eq!(unknown_region(&meta(&["*", "eu", "us"]).regions, &cluster), None);
+        assert_eq!(unknown_region(&meta(&["eu", "uss"]).regions, &cluster), Some("uss"));
 
         assert!(same(&meta(&["eu", "us"]), &meta(&["us", "eu", "us"])));
         assert!(same(&meta(&[]), &meta(&["*"])));

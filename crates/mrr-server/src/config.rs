@@ -545,17 +545,14 @@ impl Config {
         &self,
         invalid: &dyn Fn(&str, String, &str) -> ConfigError,
     ) -> Result<PlacementDefaults, ConfigError> {
-        let check = |regions: &[String]| {
-            for r in regions {
-                if r != mrr_core::placement::EVERYWHERE && !self.regions.iter().any(|known| known.name.as_str() == r) {
-                    return Err(invalid(
-                        r,
-                        format!("placement names region {r:?}, which is not in `regions`"),
-                        "name regions listed under `regions:`, or \"*\" for all of them",
-                    ));
-                }
-            }
-            Ok(())
+        let cluster: Vec<RegionName> = self.regions.iter().map(|r| r.name.clone()).collect();
+        let check = |regions: &[String]| match mrr_core::placement::unknown_region(regions, &cluster) {
+            Some(r) => Err(invalid(
+                r,
+                format!("placement names region {r:?}, which is not in `regions`"),
+                "name regions listed under `regions:`, or \"*\" for all of them",
+            )),
+            None => Ok(()),
         };
         check(&self.replication_rules.regions)?;
         let mut topics = BTreeMap::new();

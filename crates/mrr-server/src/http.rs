@@ -670,18 +670,12 @@ fn split_record(
                 .map_err(|e| ApiError::bad(ErrorCode::InvalidMetadata, format!("__metadata: {e}")))?,
         ),
     };
-    for r in metadata.iter().flat_map(|m| &m.regions) {
-        if r != mrr_core::placement::EVERYWHERE && !regions.iter().any(|known| known.as_str() == r) {
-            // A misspelt region would place the record nowhere that exists.
-            let known: Vec<&str> = regions.iter().map(RegionName::as_str).collect();
-            return Err(ApiError::bad(
-                ErrorCode::InvalidMetadata,
-                format!(
-                    "__metadata.regions: {r:?} is neither \"*\" nor a region of this cluster ({})",
-                    known.join(", ")
-                ),
-            ));
-        }
+    if let Some(r) = metadata.as_ref().and_then(|m| mrr_core::placement::unknown_region(&m.regions, regions)) {
+        let known: Vec<&str> = regions.iter().map(RegionName::as_str).collect();
+        return Err(ApiError::bad(
+            ErrorCode::InvalidMetadata,
+            format!("__metadata.regions: {r:?} is neither \"*\" nor a region of this cluster ({})", known.join(", ")),
+        ));
     }
     let metadata = metadata.map(|m| Metadata { regions: m.regions, sync_flags: m.sync_flags });
     Ok((object, metadata))

@@ -222,6 +222,7 @@ impl Engine {
         // Placement is checked for the whole request before any of it applies, following the
         // metadata each op leaves for the next one on the same key.
         let mut placed: BTreeMap<Key, Metadata> = BTreeMap::new();
+        let mut metadatas = Vec::with_capacity(ops.len());
         for op in &ops {
             let key = key_of(op);
             let current =
@@ -253,14 +254,15 @@ impl Engine {
                     }));
                 }
             }
-            placed.insert(key, metadata);
+            placed.insert(key, metadata.clone());
+            metadatas.push(metadata);
         }
         let mut out = Vec::with_capacity(ops.len());
-        for op in ops {
+        // Each op writes the metadata its check above settled.
+        for (op, metadata) in ops.into_iter().zip(metadatas) {
             let key = key_of(&op);
             let current = Self::current(pending, &reads, &key);
             // The metadata decides the lane, the lane the sequence the stamp carries.
-            let metadata = self.metadata_of(&op, &key, current.as_ref().map(|r| &r.metadata));
             let stream = Stream::new(self.local.clone(), self.policies.lanes.lane_of(&key.topic, &metadata));
             let seq = pending.vv.get(&stream) + 1;
             let version = Version { ts: self.hlc.now(physical_ms), region: self.local.clone() };
