@@ -133,8 +133,9 @@ pub enum ErrorCode {
     NotPlaced,
     /// Write in a region outside the record's placement (409).
     NotPlacedHere,
-    /// A write that would move a `merge` or `custom` record to another placement (409).
-    PlacementFixed,
+    /// A move of a record this region is still completing: it lacks the content of writes made
+    /// concurrently with an earlier move (409; retry, or move it from another region).
+    PlacementPending,
     /// `placement_writes: forward`: the region the write was forwarded to did not answer (502).
     ForwardFailed,
 }

@@ -68,6 +68,13 @@ pub enum Op {
     /// region needs to advance its vector and know the key's placement
     /// ([`crate::placement`]).
     Marker,
+    /// A region holding the record lacks the content of these changes (it received them as
+    /// markers): each change's origin answers with a [`Op::Transfer`]. Changes nothing itself.
+    Want { ids: Vec<ChangeId> },
+    /// Content for the regions of this change's placement (the region that asked): the changes
+    /// in [`Change::carried`]. Changes neither the key's version nor its placement. With
+    /// `carried` empty, the marker of a transfer.
+    Transfer,
 }
 
 /// One write, identified cluster-wide by `(origin, lane, seq)`. Sequence numbers are contiguous
@@ -88,6 +95,13 @@ pub struct Change {
     pub deps: VersionVector,
     /// Set on a dead letter's replay: the change whose content this one applies (once).
     pub replay_of: Option<Replay>,
+    /// Whether this change sets the key's placement: a record's creation, or a write naming a
+    /// placement other than the record's. The newest such change decides where the key lives
+    /// ([`crate::placement`]); other writes carry the placement their writer saw, for shipping.
+    pub moves: bool,
+    /// Content carried besides the change's own: the changes a [`Op::Transfer`] delivers, and
+    /// under `custom` the mover's fold history, which a move carries to regions without it.
+    pub carried: Vec<Change>,
 }
 
 impl Change {
@@ -104,7 +118,7 @@ impl Change {
         Record {
             value: match &self.op {
                 Op::Put { value } => Some(value.clone()),
-                Op::Delete | Op::Marker => None,
+                Op::Delete | Op::Marker | Op::Want { .. } | Op::Transfer => None,
                 Op::Merge { delta } => delta.materialize(),
             },
             metadata: self.metadata.clone(),
@@ -117,15 +131,33 @@ impl Change {
                 Op::Merge { delta } => Some(delta.clone()),
                 _ => None,
             },
+            placed_by: self.moves.then(|| self.version.clone()),
+            lacking: Default::default(),
         }
+    }
+
+    /// Whether this change carries content for its placement (not a marker of one; wants
+    /// carry none and need none).
+    pub fn has_content(&self) -> bool {
+        match &self.op {
+            Op::Marker => false,
+            Op::Transfer => !self.carried.is_empty(),
+            Op::Put { .. } | Op::Delete | Op::Merge { .. } | Op::Want { .. } => true,
+        }
+    }
+
+    /// Whether this change writes the record (wants and transfers do not).
+    pub fn writes(&self) -> bool {
+        !matches!(self.op, Op::Want { .. } | Op::Transfer)
     }
 
     /// Payload bytes, for accounting and batch sizing.
     pub fn payload_len(&self) -> usize {
-        match &self.op {
+        (match &self.op {
             Op::Put { value } => value.len(),
-            Op::Delete | Op::Marker => 0,
+            Op::Delete | Op::Marker | Op::Transfer => 0,
+            Op::Want { ids } => ids.len() * 16,
             Op::Merge { delta } => delta.approx_len(),
-        }
+        }) + self.carried.iter().map(Change::payload_len).sum::<usize>()
     }
 }

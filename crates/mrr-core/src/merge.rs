@@ -80,6 +80,8 @@ mod tests {
                 seq: w * 10 + u64::from(l),
                 deps: Default::default(),
                 doc: None,
+                placed_by: None,
+                lacking: Default::default(),
             }
         })
     }

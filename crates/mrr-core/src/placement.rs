@@ -1,12 +1,18 @@
 //! Placement: which regions a record may live in (`__metadata.regions`), and what a change
 //! becomes on its way to a region outside it.
 //!
-//! The placement of a key is the `regions` of its newest change (the record's metadata under
-//! every conflict rule), so every region, holding content or not, decides it the same way. A
-//! region outside a change's placement receives a *marker* instead: the change without its
-//! content — key, version, placement, deps, stream and sequence — so its cursor and vector
-//! advance and the newest placement is known everywhere. This module decides; it does no IO and
-//! does not apply anything (the writer's engine does).
+//! The placement of a key is the `regions` of its newest *move* ([`Change::moves`]: a
+//! creation, or a write naming a placement other than the record's), so every region, holding
+//! content or not, decides it the same way, and a write that merely keeps the placement it saw
+//! never undoes a concurrent move. A region outside a change's placement receives a *marker*
+//! instead: the change without its content — key, version, placement, deps, stream and
+//! sequence — so its cursor and vector advance and every move is known everywhere.
+//!
+//! A move carries the mover's whole state, so a region it places the record in starts
+//! complete up to the move's causal past; what it admitted beyond that without content (writes
+//! concurrent with the move, which reached it as markers) it asks of their origins with a
+//! want, answered by a transfer. This module decides; it does no IO and does not apply
+//! anything (the writer's engine does).
 
 use std::borrow::Cow;
 
@@ -60,11 +66,17 @@ pub enum Shipment {
 }
 
 pub fn shipment(change: &Change, peer: &RegionName) -> Shipment {
-    match (places(&change.metadata, peer), matches!(change.op, Op::Marker)) {
+    match (places(&change.metadata, peer), change.has_content()) {
         (false, _) => Shipment::Marker,
-        (true, false) => Shipment::Full,
-        (true, true) => Shipment::Hold,
+        (true, true) => Shipment::Full,
+        (true, false) => Shipment::Hold,
     }
+}
+
+/// Whether `change` sets the placement of a key whose current placement was set by the move
+/// at `placed_by` (`None`: no move has arrived yet). Newest move wins, everywhere alike.
+pub fn decides(change: &Change, placed_by: Option<&crate::version::Version>) -> bool {
+    change.moves && placed_by.is_none_or(|v| change.version > *v)
 }
 
 /// What one read of the changelog becomes for `peer`: the changes to send (markers where the
@@ -88,9 +100,14 @@ pub fn for_peer<'a>(changes: &'a [Change], peer: &RegionName) -> ForPeer<'a> {
     ForPeer { changes: out, held_at: None }
 }
 
-/// The change as a region outside its placement receives it.
+/// The change as a region outside its placement receives it. A transfer's marker stays a
+/// transfer (it writes nothing) with nothing carried.
 pub fn to_marker(change: &Change) -> Change {
-    Change { op: Op::Marker, replay_of: None, ..change.clone() }
+    let op = match change.op {
+        Op::Transfer => Op::Transfer,
+        _ => Op::Marker,
+    };
+    Change { op, replay_of: None, carried: Vec::new(), ..change.clone() }
 }
 
 #[cfg(test)]
@@ -139,6 +156,8 @@ mod tests {
             version: Version { ts: Timestamp { wall_ms: 1, logical: 0 }, region: r("eu") },
             deps: VersionVector::new(),
             replay_of: None,
+            moves: true,
+            carried: vec![],
         };
         assert_eq!(shipment(&change, &r("us")), Shipment::Full);
         assert_eq!(shipment(&change, &r("ap")), Shipment::Marker);

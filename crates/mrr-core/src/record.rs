@@ -1,6 +1,7 @@
 //! Records: the replicated unit, a JSON object under `topic/id`, with the metadata that travels
 //! with it and the version that last wrote it.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -58,6 +59,14 @@ pub struct Record {
     pub deps: VersionVector,
     /// Under `conflict_strategy: merge`, the CRDT state `value` is materialised from.
     pub doc: Option<Doc>,
+    /// The version of the move that set `metadata.regions` (the newest change with
+    /// [`crate::Change::moves`]); `None` until one has arrived here, when the placement is the
+    /// one the first change to arrive named.
+    pub placed_by: Option<Version>,
+    /// Changes of this key this region admitted but holds no content of (they reached it as
+    /// markers while it held the record), asked of their origins with a want. Empty where the
+    /// record is not placed: a region outside the placement holds nothing to complete.
+    pub lacking: BTreeSet<ChangeId>,
 }
 
 impl Record {

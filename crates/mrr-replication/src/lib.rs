@@ -60,7 +60,8 @@ pub(crate) const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// 2: changes carry their causal past, merge deltas and replays; Hello carries the policy digest.
 /// 3: sequences, version vectors and cursors are per (origin, lane).
 /// 4: placement markers (`Change.marker`).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: moves, wants and transfers (`Change.moves`, `carried`, `want`, `transfer`).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 #[derive(Clone, Debug)]
 pub struct PeerConfig {

@@ -31,9 +31,20 @@ pub fn change_to_wire(c: &Change) -> proto::Change {
         id: c.key.id.clone(),
         value: match &c.op {
             Op::Put { value } => Some(value.clone()),
-            Op::Delete | Op::Merge { .. } | Op::Marker => None,
+            _ => None,
         },
         marker: matches!(c.op, Op::Marker),
+        moves: c.moves,
+        carried: c.carried.iter().map(change_to_wire).collect(),
+        want: matches!(c.op, Op::Want { .. }),
+        wanted: match &c.op {
+            Op::Want { ids } => ids
+                .iter()
+                .map(|id| proto::ChangeRef { origin: id.origin.to_string(), lane: id.lane.to_wire(), seq: id.seq })
+                .collect(),
+            _ => Vec::new(),
+        },
+        transfer: matches!(c.op, Op::Transfer),
         regions: c.metadata.regions.clone(),
         sync_flags: c.metadata.sync_flags.clone(),
         wall_ms: c.version.ts.wall_ms,
@@ -83,23 +94,36 @@ pub fn change_from_wire(c: proto::Change) -> Result<Change, WireError> {
             return Err(WireError(format!("change {}:{} value is not a JSON object", c.origin, c.seq)));
         }
     }
-    Ok(Change {
+    let change = Change {
         origin: region(&c.origin)?,
         lane: lane(c.lane)?,
         seq: c.seq,
         key: Key::new(c.topic, c.id),
-        op: match (c.marker, c.value, c.merge_delta) {
-            (false, Some(value), None) => Op::Put { value },
-            (false, None, Some(delta)) => Op::Merge { delta: merge_delta(&delta)? },
-            (false, None, None) => Op::Delete,
-            (true, None, None) => Op::Marker,
-            (true, _, _) => {
-                return Err(WireError(format!("change {}:{} is a placement marker with content", c.origin, c.seq)))
-            }
-            (false, Some(_), Some(_)) => {
+        op: match (c.marker, c.want, c.transfer, c.value, c.merge_delta) {
+            (false, false, false, Some(value), None) => Op::Put { value },
+            (false, false, false, None, Some(delta)) => Op::Merge { delta: merge_delta(&delta)? },
+            (false, false, false, None, None) => Op::Delete,
+            (true, false, false, None, None) => Op::Marker,
+            (false, true, false, None, None) => Op::Want {
+                ids: c
+                    .wanted
+                    .into_iter()
+                    .map(|r| Ok(ChangeId { origin: region(&r.origin)?, lane: lane(r.lane)?, seq: r.seq }))
+                    .collect::<Result<_, WireError>>()?,
+            },
+            (false, false, true, None, None) => Op::Transfer,
+            (false, false, false, Some(_), Some(_)) => {
                 return Err(WireError(format!("change {}:{} has a value and a merge delta", c.origin, c.seq)))
             }
+            _ => {
+                return Err(WireError(format!(
+                    "change {}:{} is a marker, want or transfer with content, or more than one of them",
+                    c.origin, c.seq
+                )))
+            }
         },
+        moves: c.moves,
+        carried: c.carried.into_iter().map(change_from_wire).collect::<Result<_, _>>()?,
         metadata: Metadata { regions: c.regions, sync_flags: c.sync_flags },
         version: Version { ts: Timestamp::new(c.wall_ms, c.logical), region: region(&c.version_region)? },
         deps: vv_from_wire(c.deps)?,
@@ -110,7 +134,18 @@ pub fn change_from_wire(c: proto::Change) -> Result<Change, WireError> {
             }),
             None => None,
         },
-    })
+    };
+    // Carried content belongs to the change's key and carries nothing further: a peer cannot
+    // deliver content for another record, or nest without bound.
+    if let Some(x) = change.carried.iter().find(|x| x.key != change.key || !x.carried.is_empty()) {
+        return Err(WireError(format!(
+            "change {}:{} carries {} of another key or with content of its own",
+            change.origin,
+            change.seq,
+            x.id()
+        )));
+    }
+    Ok(change)
 }
 
 /// Whether `bytes` is one JSON object, checked without building it (no allocation per field:
@@ -151,6 +186,8 @@ mod tests {
                 id: ChangeId { origin: region("eu-central").expect("valid"), lane: Lane::Normal, seq: 2 },
                 version: Version { ts: Timestamp::new(4, 0), region: region("eu-central").expect("valid") },
             }),
+            moves: true,
+            carried: vec![],
         };
         assert_eq!(change_from_wire(change_to_wire(&c)), Ok(c.clone()));
         let stamp = mrr_core::doc::Stamp { version: c.version.clone(), lane: c.lane, seq: 7, deps: c.deps.clone() };

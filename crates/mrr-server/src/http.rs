@@ -105,8 +105,8 @@ impl From<WriteError> for ApiError {
                 placed_in: crate::forward::placed_in_header(regions),
                 ..Self::new(StatusCode::CONFLICT, ErrorCode::NotPlacedHere, r.to_string())
             },
-            WriteError::Rejected(r @ Rejection::PlacementFixed { .. }) => {
-                Self::new(StatusCode::CONFLICT, ErrorCode::PlacementFixed, r.to_string())
+            WriteError::Rejected(r @ Rejection::PlacementPending { .. }) => {
+                Self::new(StatusCode::CONFLICT, ErrorCode::PlacementPending, r.to_string())
             }
             WriteError::Storage(_) | WriteError::Stopped => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, e.to_string())

@@ -140,12 +140,9 @@ fn workload_op(
     let flags = ["SYNC_PRIORITY=1", "BULK", "TIER_1"];
     // (`kind` is 0 under `timestamp`, whose schedules predate lanes: the write number varies it.)
     let pick = (u64::from(kind / 11) + n) % 3;
-    // Under `timestamp` most writes keep the placement and one in four names one (often a
-    // move). Under `merge` and `custom` a record's placement is fixed once it exists.
+    // Most writes keep the placement and one in four names one (often a move).
     let regions = match placements.len() {
         0 => vec![],
-        // The topic's `regions:` places them (see `policies`).
-        _ if strategy != Strategy::Timestamp => vec![],
         len if (n / 3 + u64::from(kind)) % 4 == 0 => {
             placements[((n / 7 + u64::from(kind / 3)) % len as u64) as usize].clone()
         }
@@ -233,6 +230,9 @@ pub struct RunReport {
     pub acked_per_lane: [usize; 3],
     /// Writes refused because the record is not placed in the region written to.
     pub refused_not_placed: usize,
+    /// Moves refused because the region still lacked content of writes concurrent with an
+    /// earlier move.
+    pub refused_pending: usize,
     /// Acknowledged writes that named a placement other than every region.
     pub acked_placed: usize,
 }
@@ -321,6 +321,7 @@ struct World {
     /// The placements writes name (`SimConfig::placement`), each including r0.
     placements: Vec<Vec<String>>,
     refused_not_placed: usize,
+    refused_pending: usize,
     acked_placed: usize,
 }
 
@@ -348,6 +349,7 @@ pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result
         acked_writes: world.acked,
         acked_per_lane: world.acked_per_lane,
         refused_not_placed: world.refused_not_placed,
+        refused_pending: world.refused_pending,
         acked_placed: world.acked_placed,
     })
 }
@@ -417,6 +419,7 @@ impl World {
             acked_per_lane: [0; 3],
             placements: Vec::new(),
             refused_not_placed: 0,
+            refused_pending: 0,
             acked_placed: 0,
         };
         if world.cfg.placement {
@@ -610,6 +613,10 @@ impl World {
             // A client in a region outside the record's placement is told so; nothing applies.
             Err(mrr_writer::LocalFailure::Rejected(mrr_writer::Rejection::NotPlacedHere { .. })) => {
                 self.refused_not_placed += 1;
+                return Ok(());
+            }
+            Err(mrr_writer::LocalFailure::Rejected(mrr_writer::Rejection::PlacementPending { .. })) => {
+                self.refused_pending += 1;
                 return Ok(());
             }
             Err(e) => {

@@ -34,6 +34,8 @@ fn change(stream_name: &str, seq: u64, topic: &str, id: &str, value: Option<&str
         version: Version { ts, region: origin },
         deps: VersionVector::new(),
         replay_of: None,
+        moves: false,
+        carried: vec![],
     }
 }
 

@@ -85,8 +85,9 @@ pub enum StoreError {
 
 /// The layout and encoding of stored records and changes. Bumped when an existing directory
 /// could no longer be read: 2 added each change's causal past and the merge document; 3 split
-/// each origin's changelog and version-vector entry into priority lanes.
-pub const STORAGE_FORMAT: u32 = 3;
+/// each origin's changelog and version-vector entry into priority lanes; 4 added the move that
+/// placed a record, the changes it lacks, and moves, wants and transfers in the changelog.
+pub const STORAGE_FORMAT: u32 = 4;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

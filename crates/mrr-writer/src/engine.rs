@@ -48,8 +48,8 @@ pub enum Rejection {
     NoSuchDeadLetter(ChangeId),
     #[error("{key} is placed in {regions:?}, not in {local}: write it in one of those regions")]
     NotPlacedHere { key: Key, regions: Vec<String>, local: RegionName },
-    #[error("{key} is placed in {regions:?} and its topic uses conflict_strategy {strategy}, where a record's placement is fixed once it exists: write it without `__metadata.regions` (or with the same), or copy it to a new id; moving records is supported under `timestamp`")]
-    PlacementFixed { key: Key, regions: Vec<String>, strategy: &'static str },
+    #[error("{key} (placed in {regions:?}) is still receiving the content of {lacking} write(s) made concurrently with a move, and a move carries the whole record: retry shortly, or move it from another region of its placement")]
+    PlacementPending { key: Key, regions: Vec<String>, lacking: usize },
 }
 
 /// Why a local request failed.
@@ -225,8 +225,8 @@ impl Engine {
         let mut metadatas = Vec::with_capacity(ops.len());
         for op in &ops {
             let key = key_of(op);
-            let current =
-                placed.get(&key).cloned().or_else(|| Self::current(pending, &reads, &key).map(|r| r.metadata));
+            let record = Self::current(pending, &reads, &key);
+            let current = placed.get(&key).cloned().or_else(|| record.as_ref().map(|r| r.metadata.clone()));
             let metadata = self.metadata_of(op, &key, current.as_ref());
             let refused = match &current {
                 Some(now) => !placement::places(now, &self.local),
@@ -240,34 +240,45 @@ impl Engine {
                     local: self.local.clone(),
                 }));
             }
-            // Moving a record is safe only where the newest write carries the whole record. Under
-            // `merge` and `custom` a region the record moves to would miss the content of writes
-            // concurrent with the move (they reach it as markers), so placement stays fixed.
-            let rule = self.policies.rule(&key.topic);
-            if let Some(now) = current.as_ref().filter(|now| !placement::same(now, &metadata)) {
-                if !matches!(rule, Rule::Timestamp) {
-                    let regions = now.regions.clone();
-                    return Err(LocalFailure::Rejected(Rejection::PlacementFixed {
-                        key,
-                        regions,
-                        strategy: rule.name(),
-                    }));
-                }
+            // A creation, or a placement other than the record's, is a move: it carries the
+            // whole record, which this region must then hold whole.
+            let moves = current.as_ref().is_none_or(|now| !placement::same(now, &metadata));
+            if let Some(r) = record.as_ref().filter(|r| moves && !r.lacking.is_empty()) {
+                return Err(LocalFailure::Rejected(Rejection::PlacementPending {
+                    key,
+                    regions: r.metadata.regions.clone(),
+                    lacking: r.lacking.len(),
+                }));
             }
             placed.insert(key, metadata.clone());
-            metadatas.push(metadata);
+            metadatas.push((metadata, moves));
         }
         let mut out = Vec::with_capacity(ops.len());
         // Each op writes the metadata its check above settled.
-        for (op, metadata) in ops.into_iter().zip(metadatas) {
+        for (op, (metadata, moves)) in ops.into_iter().zip(metadatas) {
             let key = key_of(&op);
             let current = Self::current(pending, &reads, &key);
+            // Under `custom` a move carries the mover's fold history.
+            let history = match self.policies.rule(&key.topic) {
+                Rule::Custom(_) if moves => self.fold_history(pending, store, &key)?,
+                _ => Vec::new(),
+            };
             // The metadata decides the lane, the lane the sequence the stamp carries.
             let stream = Stream::new(self.local.clone(), self.policies.lanes.lane_of(&key.topic, &metadata));
             let seq = pending.vv.get(&stream) + 1;
             let version = Version { ts: self.hlc.now(physical_ms), region: self.local.clone() };
             let stamp = Stamp { version, lane: stream.lane, seq, deps: pending.vv.clone() };
-            let change = self.local_change(op, &key, metadata, current.as_ref(), &stamp, &letters);
+            let mut change = self.local_change(op, &key, metadata, current.as_ref(), &stamp, &letters);
+            change.moves = moves;
+            change.carried = history;
+            if let (true, Op::Merge { delta }, Some(doc)) =
+                (moves, &mut change.op, current.as_ref().and_then(|r| r.doc.as_ref()))
+            {
+                // A merge move carries the whole document.
+                let mut whole = doc.clone();
+                whole.join(delta);
+                *delta = whole;
+            }
             pending.vv.advance(&stream, seq);
             let record = self.apply_change(pending, store, &reads, change)?;
             out.push(Committed { key: key.clone(), record });
@@ -359,11 +370,13 @@ impl Engine {
             version: stamp.version.clone(),
             deps: stamp.deps.clone(),
             replay_of,
+            moves: false,
+            carried: Vec::new(),
         }
     }
 
-    /// Applies one admitted change (local or remote) under its topic's rule, queues what it
-    /// logs, and returns the key's new state.
+    /// Applies one admitted change that writes the record (local or remote) under its topic's
+    /// rule and the key's placement, queues what it logs, and returns the key's new state.
     fn apply_change(
         &mut self,
         pending: &mut Pending,
@@ -371,40 +384,266 @@ impl Engine {
         reads: &Reads,
         change: Change,
     ) -> Result<Record, StoreError> {
-        let current = Self::current(pending, reads, &change.key);
+        debug_assert!(change.writes(), "wants and transfers have their own paths");
+        let key = change.key.clone();
+        let current = Self::current(pending, reads, &key);
         let policies = self.policies.clone();
-        let rule = policies.rule(&change.key.topic);
-        let placed_before = current.as_ref().is_some_and(|r| placement::places(&r.metadata, &self.local));
-        // A marker, or any change older than a placement that excludes this region, moves only
-        // the key's placement register: (version, metadata) of its newest change.
-        let stub_newer = current.as_ref().is_some_and(|r| !placed_before && r.version > change.version);
-        let record = if matches!(change.op, Op::Marker) || stub_newer {
-            match current {
+        let rule = policies.rule(&key.topic);
+        let placed_by = current.as_ref().and_then(|r| r.placed_by.clone());
+        // The newest move places the key; until one has arrived, the first change's placement.
+        let (regions, placed_by) = match &current {
+            _ if placement::decides(&change, placed_by.as_ref()) => {
+                (change.metadata.regions.clone(), Some(change.version.clone()))
+            }
+            Some(r) => (r.metadata.regions.clone(), placed_by),
+            None => (change.metadata.regions.clone(), None),
+        };
+        let placement_now = Metadata { regions, sync_flags: Vec::new() };
+        let held_before = current.as_ref().is_some_and(|r| placement::places(&r.metadata, &self.local));
+        if !placement::places(&placement_now, &self.local) {
+            // Not placed here (any more): the copy goes, the placement register stays.
+            if held_before && matches!(rule, Rule::Custom(_)) {
+                pending.history.retain(|(k, _), _| *k != key);
+                pending.histories_dropped.insert(key.clone());
+            }
+            let newest = match current {
                 Some(c) if c.version > change.version => c,
                 _ => change.to_record(),
-            }
+            };
+            let record = Record {
+                value: None,
+                doc: None,
+                metadata: Metadata { regions: placement_now.regions, ..newest.metadata.clone() },
+                placed_by,
+                lacking: BTreeSet::new(),
+                ..newest
+            };
+            pending.overlay.insert(key, record.clone());
+            // Content this region may not hold is not kept in its changelog either, except its
+            // own writes (a move away from here), whose origin answers wants with them.
+            let logged = if change.has_content() && change.origin != self.local {
+                placement::to_marker(&change)
+            } else {
+                change
+            };
+            pending.changes.push(logged);
+            return Ok(record);
+        }
+        let base = current.as_ref().filter(|_| held_before).cloned();
+        let mut lacking = base.as_ref().map(|r| r.lacking.clone()).unwrap_or_default();
+        let lacked_before = lacking.clone();
+        let mut record = if change.has_content() {
+            let contents: Vec<&Change> = change.carried.iter().chain(std::iter::once(&change)).collect();
+            self.apply_content(pending, store, base, rule, &contents)?
         } else {
-            // A stub holds nothing to merge with.
-            let current = current.filter(|_| placed_before);
-            match rule {
-                Rule::Timestamp => self.apply_lww(pending, current, &change),
-                Rule::Merge => self.apply_merge(pending, current, &change),
-                Rule::Custom(resolver) => self.apply_fold(pending, store, current, &change, resolver.as_ref())?,
-            }
+            // A write concurrent with a move that placed the record here, made where the
+            // record was not yet placed here: its content comes from its origin.
+            lacking.insert(change.id());
+            base.unwrap_or_else(|| Record { value: None, doc: None, ..change.to_record() })
         };
-        let record = if placement::places(&record.metadata, &self.local) {
-            record
-        } else {
-            // Not placed here (any more): the copy goes, the placement register stays.
-            if matches!(rule, Rule::Custom(_)) {
-                pending.history.retain(|(k, _), _| *k != change.key);
-                pending.histories_dropped.insert(change.key.clone());
+        if !held_before && current.is_some() {
+            // Placed here by this move, which carries the whole record up to its causal past.
+            // What this region admitted beyond that is either in its changelog (admitted while
+            // it held the record before) or must be asked for.
+            let (contents, ids) = self.admitted_unseen(pending, store, &key, &change)?;
+            lacking.extend(ids);
+            if !contents.is_empty() {
+                let contents: Vec<&Change> = contents.iter().collect();
+                record = self.apply_content(pending, store, Some(record), rule, &contents)?;
             }
-            Record { value: None, doc: None, ..record }
-        };
-        pending.overlay.insert(change.key.clone(), record.clone());
+        }
+        record.metadata.regions = placement_now.regions;
+        record.placed_by = placed_by;
+        let wanted: Vec<ChangeId> = lacking.difference(&lacked_before).cloned().collect();
+        record.lacking = lacking;
+        pending.overlay.insert(key.clone(), record.clone());
         pending.changes.push(change);
+        if !wanted.is_empty() {
+            self.emit(pending, key, Op::Want { ids: wanted }, Metadata::default(), Vec::new());
+        }
         Ok(record)
+    }
+
+    /// Applies the content of `changes` (admitted here, now or before) to `base`, this region's
+    /// copy, under the key's rule. Idempotent: content already applied changes nothing.
+    fn apply_content(
+        &self,
+        pending: &mut Pending,
+        store: &dyn Store,
+        base: Option<Record>,
+        rule: &Rule,
+        changes: &[&Change],
+    ) -> Result<Record, StoreError> {
+        debug_assert!(!changes.is_empty() && changes.iter().all(|c| c.has_content() && c.writes()));
+        Ok(match rule {
+            Rule::Custom(resolver) => self.apply_fold(pending, store, base, changes, resolver.as_ref())?,
+            _ => {
+                let mut record = base;
+                for change in changes {
+                    record = Some(match rule {
+                        Rule::Merge => self.apply_merge(pending, record, change),
+                        _ => self.apply_lww(pending, record, change),
+                    });
+                }
+                record.unwrap_or_else(|| unreachable!("at least one change"))
+            }
+        })
+    }
+
+    /// The changes of `key` this region admitted that `mover` had not seen (its causal past
+    /// is what its whole-record content covers): the content of those it holds in its
+    /// changelog, and the ids of those it received as markers.
+    fn admitted_unseen(
+        &self,
+        pending: &Pending,
+        store: &dyn Store,
+        key: &Key,
+        mover: &Change,
+    ) -> Result<(Vec<Change>, BTreeSet<ChangeId>), StoreError> {
+        const PAGE: usize = 512;
+        let mut admitted = Vec::new();
+        for (stream, head) in pending.vv.iter() {
+            let mut after = mover.deps.get(stream);
+            while after < head {
+                let page = store.changes_after(stream, after, PAGE)?;
+                let Some(last) = page.last().map(|c| c.seq) else { break };
+                after = last;
+                admitted.extend(page.into_iter().filter(|c| c.key == *key));
+            }
+        }
+        // This group's changes are not in the store yet.
+        admitted.extend(pending.changes.iter().filter(|c| c.key == *key && !c.id().seen_by(&mover.deps)).cloned());
+        let mut contents = Vec::new();
+        let mut ids = BTreeSet::new();
+        for change in admitted {
+            if change.id() == mover.id() {
+                continue;
+            }
+            match &change.op {
+                Op::Marker => {
+                    ids.insert(change.id());
+                }
+                Op::Want { .. } | Op::Transfer => contents.extend(change.carried),
+                _ => {
+                    contents.extend(change.carried.iter().cloned());
+                    contents.push(Change { carried: Vec::new(), ..change });
+                }
+            }
+        }
+        for c in &contents {
+            ids.remove(&c.id());
+        }
+        Ok((contents, ids))
+    }
+
+    /// A region's want reaches every region; this one answers for the changes it wrote, from
+    /// its own changelog, which keeps every change it wrote whole.
+    fn answer_want(&mut self, pending: &mut Pending, store: &dyn Store, want: &Change) -> Result<(), StoreError> {
+        let Op::Want { ids } = &want.op else { unreachable!("called for wants") };
+        let mut carried = Vec::new();
+        for id in ids.iter().filter(|id| id.origin == self.local) {
+            let found = store.changes_after(&id.stream(), id.seq - 1, 1)?.into_iter().find(|c| c.seq == id.seq);
+            match found {
+                Some(c) if c.key == want.key && c.writes() && c.has_content() => {
+                    carried.push(Change { carried: Vec::new(), ..c })
+                }
+                // Not a change this region wrote for that key: a confused or hostile peer.
+                _ => {
+                    tracing::warn!(want = %want.id(), wanted = %id, key = %want.key, "want names no change of ours for this key; ignored")
+                }
+            }
+        }
+        if !carried.is_empty() {
+            let to = Metadata { regions: vec![want.origin.to_string()], sync_flags: Vec::new() };
+            self.emit(pending, want.key.clone(), Op::Transfer, to, carried);
+        }
+        Ok(())
+    }
+
+    /// A transfer's content, applied where the record is held (it is what this region asked
+    /// for); elsewhere, or if the record has moved away since, nothing of it is kept.
+    fn apply_transfer(
+        &mut self,
+        pending: &mut Pending,
+        store: &dyn Store,
+        reads: &Reads,
+        transfer: Change,
+    ) -> Result<(), StoreError> {
+        let current = Self::current(pending, reads, &transfer.key);
+        let held = current.filter(|r| placement::places(&r.metadata, &self.local));
+        match held {
+            Some(cur) if transfer.has_content() => {
+                let rule = self.policies.rule(&transfer.key.topic).clone();
+                let contents: Vec<&Change> = transfer.carried.iter().collect();
+                let mut record = self.apply_content(pending, store, Some(cur.clone()), &rule, &contents)?;
+                // Content only: the placement stays; what arrived is no longer lacking.
+                record.metadata.regions = cur.metadata.regions;
+                record.placed_by = cur.placed_by;
+                record.lacking = cur.lacking;
+                for c in &transfer.carried {
+                    record.lacking.remove(&c.id());
+                }
+                pending.overlay.insert(transfer.key.clone(), record);
+                pending.changes.push(transfer);
+            }
+            _ => pending.changes.push(placement::to_marker(&transfer)),
+        }
+        Ok(())
+    }
+
+    /// Writes a change of this region's own (a want or a transfer) into the group.
+    fn emit(&mut self, pending: &mut Pending, key: Key, op: Op, metadata: Metadata, carried: Vec<Change>) {
+        let stream = Stream::normal(self.local.clone());
+        let seq = pending.vv.get(&stream) + 1;
+        let change = Change {
+            origin: self.local.clone(),
+            lane: stream.lane,
+            seq,
+            key,
+            op,
+            metadata,
+            version: Version { ts: self.hlc.now(pending.now_ms), region: self.local.clone() },
+            deps: pending.vv.clone(),
+            replay_of: None,
+            moves: false,
+            carried,
+        };
+        pending.vv.advance(&stream, seq);
+        pending.changes.push(change);
+    }
+
+    /// The whole fold history of a `custom` key here, as the changes a move carries.
+    fn fold_history(&self, pending: &Pending, store: &dyn Store, key: &Key) -> Result<Vec<Change>, StoreError> {
+        let mut entries: BTreeMap<Version, FoldEntry> = BTreeMap::new();
+        if !pending.histories_dropped.contains(key) {
+            let first = Version { ts: mrr_core::Timestamp::new(0, 0), region: self.local.clone() };
+            let (_, stored) = store.history_from(key, &first)?;
+            entries.extend(stored.into_iter().map(|e| (e.version.clone(), e)));
+        }
+        for ((k, v), e) in &pending.history {
+            if k == key {
+                entries.insert(v.clone(), e.clone());
+            }
+        }
+        Ok(entries
+            .into_values()
+            .map(|e| Change {
+                origin: e.id.origin,
+                lane: e.id.lane,
+                seq: e.id.seq,
+                key: key.clone(),
+                op: match e.value {
+                    Some(value) => Op::Put { value },
+                    None => Op::Delete,
+                },
+                metadata: e.metadata,
+                version: e.version,
+                deps: e.deps,
+                replay_of: e.replay_of,
+                moves: false,
+                carried: Vec::new(),
+            })
+            .collect())
     }
 
     fn apply_lww(&self, pending: &mut Pending, current: Option<Record>, change: &Change) -> Record {
@@ -446,7 +685,7 @@ impl Engine {
             // name takes their version; deterministic, whatever this region holds.
             Op::Put { value } => Doc::put_delta(None, &object_of(value), &stamp),
             Op::Delete => Doc::delete_delta(None, &stamp),
-            Op::Marker => unreachable!("markers never reach a rule"),
+            Op::Marker | Op::Want { .. } | Op::Transfer => unreachable!("only content reaches a rule"),
         };
         let mut doc = current.as_ref().and_then(|r| r.doc.clone()).unwrap_or_default();
         let lost = doc.join_reporting(&delta);
@@ -465,6 +704,8 @@ impl Engine {
                 seq: change.seq,
                 deps: change.deps.clone(),
                 doc: Some(doc),
+                placed_by: None,
+                lacking: BTreeSet::new(),
             },
         }
     }
@@ -490,21 +731,23 @@ impl Engine {
         }
     }
 
-    /// `custom`: inserts the change into the key's fold history at its version and re-folds
-    /// from there; see [`mrr_core::fold`].
+    /// `custom`: inserts the changes into the key's fold history at their versions and
+    /// re-folds from the first; see [`mrr_core::fold`]. A change already in the history (same
+    /// id at the same version: content applied before) is not inserted again.
     fn apply_fold(
         &self,
         pending: &mut Pending,
         store: &dyn Store,
         current: Option<Record>,
-        change: &Change,
+        changes: &[&Change],
         resolver: &dyn Resolver,
     ) -> Result<Record, StoreError> {
-        let key = &change.key;
+        let Some(first) = changes.iter().map(|c| &c.version).min() else { unreachable!("at least one change") };
+        let key = &changes[0].key;
         let (stored_before, stored_after) = if pending.histories_dropped.contains(key) {
             (None, Vec::new())
         } else {
-            store.history_from(key, &change.version)?
+            store.history_from(key, first)?
         };
         // The group's own, not yet committed, entries shadow the stored ones.
         let mut tail: BTreeMap<Version, FoldEntry> = stored_after.into_iter().map(|e| (e.version.clone(), e)).collect();
@@ -513,29 +756,34 @@ impl Engine {
             if k != key {
                 continue;
             }
-            if *v >= change.version {
+            if v >= first {
                 tail.insert(v.clone(), e.clone());
             } else if before.as_ref().is_none_or(|b| b.version <= *v) {
                 // `<=`: the group's copy of an entry is newer than the stored one.
                 before = Some(e.clone());
             }
         }
-        let new = FoldEntry {
-            id: change.id(),
-            version: change.version.clone(),
-            deps: change.deps.clone(),
-            value: match &change.op {
-                Op::Put { value } => Some(value.clone()),
-                Op::Delete | Op::Marker => None,
-                Op::Merge { delta } => delta.materialize(),
-            },
-            metadata: change.metadata.clone(),
-            replay_of: change.replay_of.clone(),
-            after: FoldState::default(),
-            outcome: Outcome::ReplaySkipped,
-        };
         let previous: BTreeMap<Version, Outcome> = tail.iter().map(|(v, e)| (v.clone(), e.outcome.clone())).collect();
-        tail.insert(new.version.clone(), new);
+        for change in changes {
+            if tail.get(&change.version).is_some_and(|e| e.id == change.id()) {
+                continue;
+            }
+            let entry = FoldEntry {
+                id: change.id(),
+                version: change.version.clone(),
+                deps: change.deps.clone(),
+                value: match &change.op {
+                    Op::Put { value } => Some(value.clone()),
+                    Op::Merge { delta } => delta.materialize(),
+                    Op::Delete | Op::Marker | Op::Want { .. } | Op::Transfer => None,
+                },
+                metadata: change.metadata.clone(),
+                replay_of: change.replay_of.clone(),
+                after: FoldState::default(),
+                outcome: Outcome::ReplaySkipped,
+            };
+            tail.insert(entry.version.clone(), entry);
+        }
         let mut state = before.map(|b| b.after).unwrap_or_default();
         let versions: Vec<Version> = tail.keys().cloned().collect();
         for v in versions {
@@ -563,9 +811,11 @@ impl Engine {
                 seq: head.id.seq,
                 deps: head.deps,
                 doc: None,
+                placed_by: None,
+                lacking: BTreeSet::new(),
             },
             // Nothing was ever applied (every change failed): the key keeps what it had.
-            None => current.unwrap_or_else(|| Record { value: None, ..change.to_record() }),
+            None => current.unwrap_or_else(|| Record { value: None, ..changes[changes.len() - 1].to_record() }),
         })
     }
 
@@ -706,7 +956,16 @@ impl Engine {
                 break;
             }
             pending.vv.advance(&stream, change.seq);
-            self.apply_change(pending, store, &reads, change)?;
+            match change.op {
+                Op::Want { .. } => {
+                    self.answer_want(pending, store, &change)?;
+                    pending.changes.push(change);
+                }
+                Op::Transfer => self.apply_transfer(pending, store, &reads, change)?,
+                _ => {
+                    self.apply_change(pending, store, &reads, change)?;
+                }
+            }
             out.applied += 1;
             out.admitted.push(position);
         }
@@ -1104,31 +1363,108 @@ mod tests {
         assert_eq!((to_b.changes.len(), to_b.held_at), (0, Some(1)));
     }
 
+    /// A move and a write concurrent with it, under `merge` and `custom`: the region the move
+    /// adds gets the write only as a marker, asks its origin for it, and ends with what the
+    /// others hold; the region the move does not add keeps nothing.
     #[test]
-    fn merge_and_custom_records_keep_their_placement_and_stay_only_where_placed() {
-        let (sa, sc) = (MemStore::new(), MemStore::new());
-        let (mut a, mut c) = (engine("a"), engine("c"));
-        local(&mut a, &sa, vec![put_in("profiles", "p", json!({"name": "Kaito"}), &["a", "b"])], 1_000);
-        local(&mut a, &sa, vec![put_in("logs", "l", json!({"lines": ["a1"]}), &["a", "b"])], 1_000);
-        for (topic, id) in [("profiles", "p"), ("logs", "l")] {
-            let mut p = a.begin(1_001);
-            let moved = a.apply_local(&mut p, &sa, vec![put_in(topic, id, json!({}), &["a", "c"])], 1_001);
-            assert!(matches!(moved, Err(LocalFailure::Rejected(Rejection::PlacementFixed { .. }))), "{moved:?}");
+    fn merge_and_custom_records_move_and_the_moved_to_region_gets_concurrent_writes() {
+        for (topic, first, by_a, by_b) in [
+            ("profiles", json!({"name": "Kaito"}), json!({"tier": "gold"}), json!({"city": "Osaka"})),
+            ("logs", json!({"log": "1;"}), json!({"log": "a;"}), json!({"log": "b;"})),
+        ] {
+            let (sa, sb, sc) = (MemStore::new(), MemStore::new(), MemStore::new());
+            let (mut a, mut b, mut c) = (engine("a"), engine("b"), engine("c"));
+            let key = Key::new(topic, "k");
+            local(&mut a, &sa, vec![put_in(topic, "k", first, &["a", "b"])], 1_000);
+            ship(&sa, (&mut b, &sb), 1_001);
+            ship(&sa, (&mut c, &sc), 1_001);
+            // a moves the record to every region while b, unaware, writes under [a, b].
+            let moved = match topic {
+                "profiles" => LocalOp::Patch {
+                    key: key.clone(),
+                    fields: by_a.to_string().into_bytes(),
+                    metadata: Some(placed(&["a", "b", "c"])),
+                },
+                _ => put_in(topic, "k", by_a, &["a", "b", "c"]),
+            };
+            let out = local(&mut a, &sa, vec![moved], 1_002);
+            assert!(out[0].record.lacking.is_empty());
+            let concurrent = match topic {
+                "profiles" => {
+                    LocalOp::Patch { key: key.clone(), fields: by_b.to_string().into_bytes(), metadata: None }
+                }
+                _ => kv(topic, "k", by_b),
+            };
+            local(&mut b, &sb, vec![concurrent], 1_002);
+            // c hears of b's write (a marker: b placed it in [a, b]) before a's move.
+            ship(&sb, (&mut c, &sc), 1_003);
+            assert_eq!(value(&sc, topic, "k"), None, "not placed in c yet");
+            ship(&sa, (&mut c, &sc), 1_004);
+            let held = sc.get(&key).expect("get").expect("record");
+            assert_eq!(held.metadata.regions, ["a", "b", "c"]);
+            assert_eq!(held.lacking.len(), 1, "b's write is lacking: {held:?}");
+            let want = changes_of(&sc, "c");
+            assert!(matches!(&want[0].op, Op::Want { ids } if ids[0].origin == r("b")), "{want:?}");
+            ship(&sa, (&mut b, &sb), 1_005);
+            ship(&sb, (&mut a, &sa), 1_005);
+            // The want reaches b, whose transfer reaches c (and a marker of it reaches a).
+            ship(&sc, (&mut b, &sb), 1_006);
+            ship(&sc, (&mut a, &sa), 1_006);
+            ship(&sb, (&mut c, &sc), 1_007);
+            ship(&sb, (&mut a, &sa), 1_007);
+            let (va, vb, vc) = (value(&sa, topic, "k"), value(&sb, topic, "k"), value(&sc, topic, "k"));
+            assert!(va.is_some());
+            assert_eq!((&va, &va), (&vb, &vc), "{topic}: all three converge");
+            assert!(sc.get(&key).expect("get").expect("record").lacking.is_empty());
+            let v = va.unwrap_or_default();
+            match topic {
+                "profiles" => assert_eq!(v, json!({"name": "Kaito", "tier": "gold", "city": "Osaka"})),
+                _ => assert!(v["log"].as_str().is_some_and(|l| l.contains("a;") && l.contains("b;")), "{v}"),
+            }
+            // The transfer's marker kept nothing in a.
+            assert!(changes_of(&sa, "b").iter().all(|c| c.op != Op::Transfer || c.carried.is_empty()));
         }
-        // The same placement, spelt in another order, is no move.
-        let patch = LocalOp::Patch {
-            key: Key::new("profiles", "p"),
-            fields: json!({"tier": "gold"}).to_string().into_bytes(),
-            metadata: Some(placed(&["b", "a"])),
-        };
-        local(&mut a, &sa, vec![patch, kv("logs", "l", json!({"lines": ["a1", "a2"]}))], 1_002);
-        ship(&sa, (&mut c, &sc), 1_003);
-        assert_eq!(value(&sc, "profiles", "p"), None);
-        assert_eq!(value(&sc, "logs", "l"), None);
+    }
+
+    #[test]
+    fn a_move_out_drops_the_copy_and_history_and_a_concurrent_write_does_not_undo_the_move() {
+        let (sa, sb) = (MemStore::new(), MemStore::new());
+        let (mut a, mut b) = (engine("a"), engine("b"));
         let logs = Key::new("logs", "l");
+        local(&mut a, &sa, vec![put_in("logs", "l", json!({"log": "1;"}), &["a", "b"])], 1_000);
+        ship(&sa, (&mut b, &sb), 1_001);
+        // a moves the record to itself; b, unaware, writes later (a newer version).
+        local(&mut a, &sa, vec![put_in("logs", "l", json!({"log": "2;"}), &["a"])], 1_002);
+        local(&mut b, &sb, vec![kv("logs", "l", json!({"log": "3;"}))], 1_010);
+        ship(&sa, (&mut b, &sb), 1_011);
+        ship(&sb, (&mut a, &sa), 1_011);
+        assert_eq!(value(&sb, "logs", "l"), None, "b's newer write keeps the placement it saw, and moves nothing");
         let first = Version { ts: Timestamp { wall_ms: 0, logical: 0 }, region: r("a") };
-        assert_eq!(sc.history_from(&logs, &first).expect("history"), (None, vec![]), "no fold history in c");
-        assert_eq!(sa.history_from(&logs, &first).expect("history").1.len(), 2);
+        assert_eq!(sb.history_from(&logs, &first).expect("history"), (None, vec![]), "no fold history in b");
+        let v = value(&sa, "logs", "l").unwrap_or_default();
+        // a's move saw 1 (an update); b's write is concurrent with it: the handler merges them.
+        assert_eq!(v["log"], "2;3;", "a holds b's write");
+    }
+
+    #[test]
+    fn a_move_is_refused_while_this_region_lacks_content() {
+        let (sa, sb, sc) = (MemStore::new(), MemStore::new(), MemStore::new());
+        let (mut a, mut b, mut c) = (engine("a"), engine("b"), engine("c"));
+        local(&mut a, &sa, vec![put_in("profiles", "p", json!({"n": 1}), &["a", "b"])], 1_000);
+        ship(&sa, (&mut b, &sb), 1_001);
+        ship(&sa, (&mut c, &sc), 1_001);
+        local(&mut a, &sa, vec![put_in("profiles", "p", json!({"n": 2}), &["a", "b", "c"])], 1_002);
+        local(&mut b, &sb, vec![kv("profiles", "p", json!({"m": 1}))], 1_002);
+        ship(&sb, (&mut c, &sc), 1_003);
+        ship(&sa, (&mut c, &sc), 1_003);
+        let mut p = c.begin(1_004);
+        let moved = c.apply_local(&mut p, &sc, vec![put_in("profiles", "p", json!({}), &["c"])], 1_004);
+        assert!(
+            matches!(moved, Err(LocalFailure::Rejected(Rejection::PlacementPending { lacking: 1, .. }))),
+            "{moved:?}"
+        );
+        // Writes that keep the placement are accepted meanwhile.
+        local(&mut c, &sc, vec![kv("profiles", "p", json!({"n": 3}))], 1_005);
     }
 
     #[test]

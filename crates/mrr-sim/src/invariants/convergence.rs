@@ -1,6 +1,6 @@
 //! After the heal, every region holds the same version vector and agrees on every key's
-//! newest version and placement; the regions a record is placed in hold the same record
-//! (tombstones included), the others hold no content of it.
+//! placement and the move that set it; the regions a record is placed in hold the same record
+//! (tombstones included) and lack nothing, the others hold no content of it.
 
 use mrr_core::placement::places;
 
@@ -37,17 +37,21 @@ impl Invariant for Convergence {
             let placed: Vec<&FinalState> = regions.iter().filter(|r| places(&record.metadata, &r.region)).collect();
             for r in regions {
                 let (k, other) = &r.records[i];
-                if k != key || other.version != record.version || other.metadata != record.metadata {
+                if k != key || other.placed_by != record.placed_by || other.metadata.regions != record.metadata.regions
+                {
                     return Err(format!(
-                        "{} and {} differ on {key}: {:?} {:?} vs {k} {:?} {:?}",
+                        "{} and {} differ on {key}'s placement: {:?} by {:?} vs {k} {:?} by {:?}",
                         first.region,
                         r.region,
-                        record.version,
                         record.metadata.regions,
-                        other.version,
-                        other.metadata.regions
+                        record.placed_by,
+                        other.metadata.regions,
+                        other.placed_by
                     ));
                 }
+            }
+            if let Some(r) = placed.iter().find(|r| !r.records[i].1.lacking.is_empty()) {
+                return Err(format!("{} still lacks {:?} of {key}", r.region, r.records[i].1.lacking));
             }
             if let Some(p) = placed.first() {
                 for r in &placed[1..] {

@@ -92,7 +92,7 @@ pub fn all(names: &[RegionName], counters: bool) -> Vec<Box<dyn Invariant>> {
         Box::new(VvMonotonic::new(regions)),
         Box::new(NoDoubleApply::new(regions)),
         Box::new(NoLoop),
-        Box::new(NoResurrection::new(regions)),
+        Box::new(NoResurrection::new(names.to_vec())),
         Box::new(AckedWrites::default()),
         Box::new(Convergence),
     ];

@@ -1,6 +1,8 @@
 //! No deleted record comes back, and more generally no record goes back in time: in every
-//! region the version stored for a key only ever increases, so a tombstone is replaced only by
-//! a newer write, never by an older put delivered late or twice.
+//! region the version stored for a key only ever increases while the region holds it, so a
+//! tombstone is replaced only by a newer write, never by an older put delivered late or twice.
+//! A region the record is not placed in shows nothing; when a move places it there again, it
+//! starts from the move's state (the newer writes it knew only as markers follow).
 
 use std::collections::BTreeMap;
 
@@ -11,12 +13,13 @@ use super::Invariant;
 
 #[derive(Debug)]
 pub struct NoResurrection {
+    names: Vec<mrr_core::RegionName>,
     versions: Vec<BTreeMap<Key, (Version, bool)>>,
 }
 
 impl NoResurrection {
-    pub fn new(regions: usize) -> Self {
-        Self { versions: vec![BTreeMap::new(); regions] }
+    pub fn new(names: Vec<mrr_core::RegionName>) -> Self {
+        Self { versions: vec![BTreeMap::new(); names.len()], names }
     }
 }
 
@@ -27,6 +30,10 @@ impl Invariant for NoResurrection {
 
     fn on_commit(&mut self, node: usize, batch: &CommitBatch, _: &mrr_core::VersionVector) -> Result<(), String> {
         for (key, record) in &batch.records {
+            if !mrr_core::placement::places(&record.metadata, &self.names[node]) {
+                self.versions[node].remove(key);
+                continue;
+            }
             if let Some((before, was_tombstone)) = self.versions[node].get(key) {
                 if record.version < *before {
                     let what = if *was_tombstone { "deleted record resurrected" } else { "record rolled back" };

@@ -4,7 +4,7 @@
 //! content in its changelog even when the write moved the record away: it is what it ships.
 
 use mrr_core::placement::places;
-use mrr_core::{Op, RegionName};
+use mrr_core::RegionName;
 use mrr_storage::CommitBatch;
 
 use super::Invariant;
@@ -33,7 +33,7 @@ impl Invariant for Placement {
             }
         }
         for change in &batch.changes {
-            if change.origin != *here && !places(&change.metadata, here) && change.op != Op::Marker {
+            if change.origin != *here && !places(&change.metadata, here) && change.has_content() {
                 return Err(format!(
                     "{here} received content of {} ({}), placed in {:?}",
                     change.id(),
