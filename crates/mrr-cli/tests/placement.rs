@@ -1,7 +1,8 @@
 //! Placement end to end, on three real `mrr serve` processes: the article's VIP users, kept in
 //! eu-central and us-west only. Tokyo never receives them (reads answer 404 `not_placed`,
 //! writes 409 `not_placed_here`) while its stream keeps flowing; a record moves when its
-//! `regions` change; a relay outside a record's placement never stands in for its content;
+//! `regions` change, under `merge` too, with a write concurrent with the move reaching the
+//! region the move adds; a relay outside a record's placement never stands in for its content;
 //! with `placement_writes: forward` a write made in Tokyo is carried out in Europe.
 
 mod common;
@@ -152,5 +153,38 @@ async fn with_placement_writes_forward_a_write_outside_the_placement_is_made_ins
     };
     let batch = c[TOKYO].batch(vec![item]).await;
     assert!(matches!(&batch, Err(ClientError::Api { status: 409, code: ErrorCode::NotPlacedHere, .. })), "{batch:?}");
+    Ok(())
+}
+
+/// A `merge` record moves while another region, cut off from the mover, updates it under the
+/// placement it last saw. Tokyo, which the move adds, receives that update only as a marker
+/// (its writer placed it in Europe and America), asks us-west for it, and ends with the same
+/// document as the other two: every field of both writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_record_moves_and_the_added_region_gets_writes_made_concurrently() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let c = &cluster.clients;
+    let profile = json!({"id": "p1", "name": "Ana", "__metadata": {"regions": ["eu-central", "us-west"]}});
+    c[EU].publish("profiles", &profile).await?;
+    wait_value(&c[US_WEST], "profiles/p1", &json!({"id": "p1", "name": "Ana"})).await?;
+    wait_not_placed(&c[TOKYO], "profiles/p1").await?;
+
+    cluster.partition(EU, US_WEST, true).await?;
+    wait_for("us-west to notice the partition", CONVERGE, || async {
+        let s = c[US_WEST].status().await?;
+        Ok(s.peers.iter().any(|p| p.region == "eu-central" && p.inbound_streams == 0).then_some(()))
+    })
+    .await?;
+    // Concurrent: us-west has not seen the move when it writes.
+    let moved = json!({"tier": "gold", "__metadata": {"regions": ["*"]}});
+    c[EU].patch("profiles/p1", &moved).await?;
+    c[US_WEST].patch("profiles/p1", &json!({"city": "Osaka"})).await?;
+
+    cluster.partition(EU, US_WEST, false).await?;
+    let whole = json!({"id": "p1", "name": "Ana", "tier": "gold", "city": "Osaka"});
+    for region in [TOKYO, US_WEST, EU] {
+        let r = wait_value(&c[region], "profiles/p1", &whole).await?;
+        assert_eq!(r.metadata.regions, ["*"], "the move decides the placement everywhere");
+    }
     Ok(())
 }

@@ -80,11 +80,14 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let mut converge_ms_max = 0;
     let mut events = 0;
+    let (mut transfers, mut pending) = (0, 0);
     for seed in args.seed_start..args.seed_start + args.seeds {
         match run(seed, &args.config, args.keep.as_ref()) {
             Ok(report) => {
                 converge_ms_max = converge_ms_max.max(report.converge_ms);
                 events += report.events;
+                transfers += report.transfers_received;
+                pending += report.refused_pending;
             }
             Err(violation) => {
                 eprintln!("FAILED {violation}");
@@ -127,5 +130,8 @@ fn main() -> ExitCode {
         events,
         converge_ms_max
     );
+    if args.config.placement {
+        println!("placement: {transfers} transfers completed moved records, {pending} moves refused as pending");
+    }
     ExitCode::SUCCESS
 }

@@ -233,6 +233,9 @@ pub struct RunReport {
     /// Moves refused because the region still lacked content of writes concurrent with an
     /// earlier move.
     pub refused_pending: usize,
+    /// Transfers that arrived with content where they were asked for: writes concurrent with
+    /// a move, completed in a region the move placed the record in.
+    pub transfers_received: usize,
     /// Acknowledged writes that named a placement other than every region.
     pub acked_placed: usize,
 }
@@ -322,6 +325,7 @@ struct World {
     placements: Vec<Vec<String>>,
     refused_not_placed: usize,
     refused_pending: usize,
+    transfers_received: usize,
     acked_placed: usize,
 }
 
@@ -350,6 +354,7 @@ pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result
         acked_per_lane: world.acked_per_lane,
         refused_not_placed: world.refused_not_placed,
         refused_pending: world.refused_pending,
+        transfers_received: world.transfers_received,
         acked_placed: world.acked_placed,
     })
 }
@@ -420,6 +425,7 @@ impl World {
             placements: Vec::new(),
             refused_not_placed: 0,
             refused_pending: 0,
+            transfers_received: 0,
             acked_placed: 0,
         };
         if world.cfg.placement {
@@ -566,7 +572,12 @@ impl World {
         let Some(batch) = engine.finish(pending) else { return Ok(()) };
         store.commit(&batch).map_err(|e| Violation::simulator(self.seed, self.now, e))?;
         engine.committed(&batch);
+        let here = engine.local();
+        let transfers =
+            batch.changes.iter().filter(|c| c.origin != *here && c.op == mrr_core::Op::Transfer && c.has_content());
+        let transfers = transfers.count();
         let applied = engine.applied().clone();
+        self.transfers_received += transfers;
         for inv in &mut self.invariants {
             inv.on_commit(node, &batch, &applied)
                 .map_err(|detail| Violation::broken(self.seed, self.now, inv.as_ref(), detail))?;

@@ -8,13 +8,14 @@ use mrr_sim::{run, SimConfig, Strategy};
 
 fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
     let mut per_lane = [0; 3];
-    let (mut placed, mut refused) = (0, 0);
+    let (mut placed, mut refused, mut transfers) = (0, 0, 0);
     for seed in seeds {
         match run(seed, config, None) {
             Ok(report) => {
                 per_lane.iter_mut().zip(report.acked_per_lane).for_each(|(t, n)| *t += n);
                 placed += report.acked_placed;
                 refused += report.refused_not_placed;
+                transfers += report.transfers_received;
             }
             Err(v) => panic!(
                 "{v}\nreplay: cargo run --release -p mrr-sim -- --seed {seed} --regions {} --strategy {}{}{}{}",
@@ -29,15 +30,17 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
     // Every lane carried writes, so cross-lane overtaking was part of every sweep.
     assert!(per_lane.iter().all(|n| *n > 0), "writes per lane (urgent, normal, bulk): {per_lane:?}");
     // With placement, records really lived in some regions only and clients were refused
-    // elsewhere, so markers, placement registers and held relays were all exercised.
+    // elsewhere, so markers, placement registers and held relays were all exercised; and
+    // writes raced moves, so regions a move placed records in asked for and got their content.
     if config.placement {
         assert!(placed > 0 && refused > 0, "placed writes {placed}, refused outside their placement {refused}");
+        assert!(transfers > 0, "no transfer completed a moved record");
     }
 }
 
 /// Records placed in some regions only (`__metadata.regions`, topic `regions:`): regions
 /// outside get markers and hold no content, relays never stand in for content they lack, and
-/// under `timestamp` records move between placements while writes race the moves.
+/// records move between placements under every rule while writes race the moves.
 #[test]
 fn placement_records_live_only_where_placed() {
     let placed = SimConfig { placement: true, ..SimConfig::default() };
