@@ -2,7 +2,8 @@
 # WAN catch-up of one region after a cut: two `mrr serve` regions behind `mrr wan-proxy`
 # (50 ms one way), the path cut while BACKLOG_S seconds of writes at RATE/s pile up, then
 # mended; prints how long the reader took to hold every write. PERF=1 also records a CPU
-# profile of both nodes during the catch-up (needs `perf`, Debian package linux-perf).
+# profile of both nodes during the catch-up (needs `perf`, Debian package linux-perf);
+# WINDOW_LOG=file samples changes sent and the lower lanes' window every 50 ms after the mend.
 # Listens on 127.0.0.1:26000-26012 only; stops what it started by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,15 @@ if [ "${PERF:-0}" = 1 ]; then
 fi
 want=$(mrr_applied 26000); behind=$(( want - $(mrr_applied 26010) ))
 t0=$(date +%s%3N); kill -USR2 "$P1" "$P2"
+if [ -n "${WINDOW_LOG:-}" ]; then
+  # ms since the mend, changes sent to the reader so far, the lower lanes' window in bytes.
+  (for _ in $(seq 1 100); do
+    m=$(curl -s http://127.0.0.1:26000/metrics)
+    sent=$(awk '/^mrr_peer_sent_changes_total\{peer="us-west"/ {s += $2} END {printf "%d", s}' <<<"$m")
+    win=$(awk '/^mrr_peer_window_bytes\{peer="us-west"/ {print $2}' <<<"$m")
+    echo "$(( $(date +%s%3N) - t0 )) $sent $win"; sleep 0.05
+  done) >"$WINDOW_LOG" & PIDS+=($!)
+fi
 for _ in $(seq 1 6000); do [ "$(mrr_applied 26010)" -ge "$want" ] && break; sleep 0.02; done
 took=$(( $(date +%s%3N) - t0 ))
 # Summed over lanes (one series per lane since lanes exist, one before).
