@@ -79,9 +79,12 @@ async fn vip_users_live_in_europe_and_america_only_and_move_when_their_regions_c
     for k in [TOKYO, EU] {
         wait_value(&c[k], "users/vip1", &want).await?;
     }
-    // And then European only: the other two delete their copies.
+    // And then European only, decided in us-west: the other two delete their copies. The
+    // answer is the record as Europe now holds it, not the delete us-west's copy reads as.
     let eu_only = json!({"id": "vip1", "name": "Ana", "tier": "platinum", "__metadata": {"regions": ["eu-central"]}});
-    c[EU].put("users/vip1", &eu_only).await?;
+    let moved = c[US_WEST].put("users/vip1", &eu_only).await?;
+    assert!(!moved.deleted, "{moved:?}");
+    assert_eq!((&moved.value, &moved.metadata.regions), (&want, &vec!["eu-central".to_owned()]));
     wait_not_placed(&c[TOKYO], "users/vip1").await?;
     wait_not_placed(&c[US_WEST], "users/vip1").await?;
     assert_eq!(c[EU].query("users/vip1").await?.map(|r| r.value), Some(want));

@@ -376,7 +376,9 @@ impl Engine {
     }
 
     /// Applies one admitted change that writes the record (local or remote) under its topic's
-    /// rule and the key's placement, queues what it logs, and returns the key's new state.
+    /// rule and the key's placement, queues what it logs, and returns the key's new state (for
+    /// a local write moving the record away, its state where it is now placed; see
+    /// [`Committed`]).
     fn apply_change(
         &mut self,
         pending: &mut Pending,
@@ -401,6 +403,19 @@ impl Engine {
         let placement_now = Metadata { regions, sync_flags: Vec::new() };
         let held_before = current.as_ref().is_some_and(|r| placement::places(&r.metadata, &self.local));
         if !placement::places(&placement_now, &self.local) {
+            // A write made here that moves the record away answers with the record as the
+            // regions it now lives in hold it, not with the register this region keeps (which
+            // would read as a delete). Computed before the history goes; a local write follows
+            // everything this region admitted, so it logs no conflict.
+            let written = match &current {
+                Some(c) if held_before && change.origin == self.local && change.has_content() => {
+                    let mut w = self.apply_content(pending, store, Some(c.clone()), rule, &[&change])?;
+                    w.metadata.regions.clone_from(&placement_now.regions);
+                    w.placed_by.clone_from(&placed_by);
+                    Some(w)
+                }
+                _ => None,
+            };
             // Not placed here (any more): the copy goes, the placement register stays.
             if held_before && matches!(rule, Rule::Custom(_)) {
                 pending.history.retain(|(k, _), _| *k != key);
@@ -427,7 +442,7 @@ impl Engine {
                 change
             };
             pending.changes.push(logged);
-            return Ok(record);
+            return Ok(written.unwrap_or(record));
         }
         let base = current.as_ref().filter(|_| held_before).cloned();
         let mut lacking = base.as_ref().map(|r| r.lacking.clone()).unwrap_or_default();
@@ -1444,6 +1459,39 @@ mod tests {
         let v = value(&sa, "logs", "l").unwrap_or_default();
         // a's move saw 1 (an update); b's write is concurrent with it: the handler merges them.
         assert_eq!(v["log"], "2;3;", "a holds b's write");
+    }
+
+    #[test]
+    fn a_write_moving_the_record_away_answers_with_the_record_not_a_delete() {
+        for (topic, first, moved, want) in [
+            ("users", json!({"n": 1}), json!({"n": 2}), json!({"n": 2})),
+            ("profiles", json!({"n": 1}), json!({"m": 2}), json!({"n": 1, "m": 2})),
+            ("logs", json!({"log": "1;"}), json!({"log": "2;"}), json!({"log": "2;"})),
+        ] {
+            let (sa, sb) = (MemStore::new(), MemStore::new());
+            let (mut a, mut b) = (engine("a"), engine("b"));
+            local(&mut a, &sa, vec![put_in(topic, "k", first, &["a", "b"])], 1_000);
+            ship(&sa, (&mut b, &sb), 1_001);
+            let op = match topic {
+                // A merge write names only the fields it changes.
+                "profiles" => LocalOp::Patch {
+                    key: Key::new(topic, "k"),
+                    fields: serde_json::to_vec(&moved).unwrap_or_default(),
+                    metadata: Some(Metadata { regions: vec!["a".into()], sync_flags: vec![] }),
+                },
+                _ => put_in(topic, "k", moved, &["a"]),
+            };
+            let out = local(&mut b, &sb, vec![op], 1_002);
+            let answered = &out[0].record;
+            assert!(!answered.is_tombstone(), "{topic}: the answer reads as a delete");
+            let answered_value: Value =
+                serde_json::from_slice(answered.value.as_deref().unwrap_or(b"null")).unwrap_or(Value::Null);
+            assert_eq!(answered_value, want, "{topic}");
+            assert_eq!(answered.metadata.regions, ["a"], "{topic}");
+            assert_eq!(value(&sb, topic, "k"), None, "{topic}: b keeps no copy");
+            ship(&sb, (&mut a, &sa), 1_003);
+            assert_eq!(value(&sa, topic, "k"), Some(want), "{topic}: a holds what b answered");
+        }
     }
 
     #[test]

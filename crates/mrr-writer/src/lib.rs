@@ -77,7 +77,9 @@ impl LocalOp {
     }
 }
 
-/// A committed local write: the record state it produced, with version and token.
+/// A committed local write: the record state it produced, with version and token. For a write
+/// that moves the record out of this region, the state it has where it is now placed; this
+/// region keeps only the placement.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committed {
     pub key: Key,
