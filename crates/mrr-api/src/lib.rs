@@ -55,6 +55,12 @@ pub struct RecordEnvelope {
     /// Wall-clock time of the surviving write at its origin (ms since the Unix epoch).
     pub updated_at_ms: u64,
     pub token: WriteToken,
+    /// Writes this region has admitted (its applied vector counts them) whose content has not
+    /// reached it yet: writes concurrent with a move that just placed the record here, asked of
+    /// their origins. A read-your-writes check holds out while its token is listed here.
+    /// Omitted when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lacking: Vec<WriteToken>,
 }
 
 /// One operation of a batch publish.

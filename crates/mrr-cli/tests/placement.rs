@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_for, Cluster};
+use common::{wait_for, Cluster, REGIONS};
 use mrr_api::ErrorCode;
 use mrr_client::{Client, ClientError, RecordEnvelope};
 use serde_json::{json, Value};
@@ -100,11 +100,7 @@ async fn a_relay_outside_the_placement_holds_rather_than_skip_content() -> anyho
     let cluster = Cluster::start().await?;
     let c = &cluster.clients;
     cluster.partition(EU, US_WEST, true).await?;
-    wait_for("us-west to notice the partition", CONVERGE, || async {
-        let s = c[US_WEST].status().await?;
-        Ok(s.peers.iter().any(|p| p.region == "eu-central" && p.inbound_streams == 0).then_some(()))
-    })
-    .await?;
+    wait_cut(c, US_WEST, REGIONS[EU]).await?;
     let before = json!({"id": "before", "v": 1});
     c[EU].publish("users", &before).await?;
     // Relayed through Tokyo while the pair is cut.
@@ -121,6 +117,61 @@ async fn a_relay_outside_the_placement_holds_rather_than_skip_content() -> anyho
     cluster.partition(EU, US_WEST, false).await?;
     wait_value(&c[US_WEST], "users/vip2", &json!({"id": "vip2", "name": "Ben"})).await?;
     wait_value(&c[US_WEST], "users/after", &after).await?;
+    Ok(())
+}
+
+/// Waits until `k` no longer receives a stream from `peer`.
+async fn wait_cut(c: &[Client], k: usize, peer: &str) -> anyhow::Result<()> {
+    wait_for(&format!("{} to notice the cut from {peer}", REGIONS[k]), CONVERGE, || async {
+        let s = c[k].status().await?;
+        Ok(s.peers.iter().any(|p| p.region == peer && p.inbound_streams == 0).then_some(()))
+    })
+    .await
+}
+
+/// A region a move places a record in, which holds only the marker of a write concurrent
+/// with the move, lists that write's token as lacking until its content arrives, so a
+/// read-your-writes check cannot mistake the record for one that includes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_lists_the_writes_it_lacks_until_their_content_arrives() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let c = &cluster.clients;
+    let profile = json!({"id": "p2", "name": "Ana", "__metadata": {"regions": ["eu-central", "us-west"]}});
+    c[EU].publish("profiles", &profile).await?;
+    wait_value(&c[US_WEST], "profiles/p2", &json!({"id": "p2", "name": "Ana"})).await?;
+    wait_not_placed(&c[TOKYO], "profiles/p2").await?;
+
+    // us-west writes while cut from eu-central; Tokyo, outside the placement, gets a marker.
+    cluster.partition(EU, US_WEST, true).await?;
+    cluster.partition(EU, TOKYO, true).await?;
+    wait_cut(c, US_WEST, REGIONS[EU]).await?;
+    wait_cut(c, TOKYO, REGIONS[EU]).await?;
+    let city = c[US_WEST].patch("profiles/p2", &json!({"city": "Osaka"})).await?;
+    let stream = match city.token.lane.as_str() {
+        "normal" => city.token.origin.clone(),
+        lane => format!("{}.{lane}", city.token.origin),
+    };
+    wait_for("Tokyo to admit us-west's write", CONVERGE, || async {
+        let applied = c[TOKYO].status().await?.applied;
+        Ok((applied.get(&stream).copied().unwrap_or(0) >= city.token.seq).then_some(()))
+    })
+    .await?;
+    // us-west is cut off from both; eu-central, which has not seen the write, moves the record
+    // everywhere. Tokyo gets the move, finds the marker, and asks us-west, which cannot answer.
+    cluster.partition(TOKYO, US_WEST, true).await?;
+    wait_cut(c, TOKYO, REGIONS[US_WEST]).await?;
+    cluster.partition(EU, TOKYO, false).await?;
+    c[EU].patch("profiles/p2", &json!({"tier": "gold", "__metadata": {"regions": ["*"]}})).await?;
+    let partial = wait_value(&c[TOKYO], "profiles/p2", &json!({"id": "p2", "name": "Ana", "tier": "gold"})).await?;
+    assert_eq!(partial.lacking, std::slice::from_ref(&city.token), "Tokyo shows the record without the write it lacks");
+
+    cluster.partition(TOKYO, US_WEST, false).await?;
+    cluster.partition(EU, US_WEST, false).await?;
+    let whole = json!({"id": "p2", "name": "Ana", "tier": "gold", "city": "Osaka"});
+    for region in [TOKYO, US_WEST, EU] {
+        let r = wait_value(&c[region], "profiles/p2", &whole).await?;
+        assert!(r.lacking.is_empty(), "{r:?}");
+    }
     Ok(())
 }
 
@@ -173,11 +224,7 @@ async fn a_merge_record_moves_and_the_added_region_gets_writes_made_concurrently
     wait_not_placed(&c[TOKYO], "profiles/p1").await?;
 
     cluster.partition(EU, US_WEST, true).await?;
-    wait_for("us-west to notice the partition", CONVERGE, || async {
-        let s = c[US_WEST].status().await?;
-        Ok(s.peers.iter().any(|p| p.region == "eu-central" && p.inbound_streams == 0).then_some(()))
-    })
-    .await?;
+    wait_cut(c, US_WEST, REGIONS[EU]).await?;
     // Concurrent: us-west has not seen the move when it writes.
     let moved = json!({"tier": "gold", "__metadata": {"regions": ["*"]}});
     c[EU].patch("profiles/p1", &moved).await?;

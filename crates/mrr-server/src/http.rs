@@ -749,6 +749,11 @@ pub fn envelope(key: &Key, r: &Record) -> RecordEnvelope {
         version: version_info(&r.version),
         origin_region: r.version.region.to_string(),
         updated_at_ms: r.version.ts.wall_ms,
-        token: WriteToken { origin: r.origin.to_string(), lane: r.lane.name().to_owned(), seq: r.seq },
+        token: token(&r.change_id()),
+        lacking: r.lacking.iter().map(token).collect(),
     }
+}
+
+fn token(id: &mrr_core::ChangeId) -> WriteToken {
+    WriteToken { origin: id.origin.to_string(), lane: id.lane.name().to_owned(), seq: id.seq }
 }
