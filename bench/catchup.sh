@@ -4,6 +4,7 @@
 # mended; prints how long the reader took to hold every write. PERF=1 also records a CPU
 # profile of both nodes during the catch-up (needs `perf`, Debian package linux-perf);
 # WINDOW_LOG=file samples changes sent and the lower lanes' window every 50 ms after the mend.
+# QUEUE_TARGET=100ms sets lanes.queue_delay_target (default 25ms).
 # Listens on 127.0.0.1:26000-26012 only; stops what it started by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."

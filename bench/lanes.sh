@@ -9,8 +9,11 @@
 #   one-lane: neither carries flags (every change in the normal lane: a single FIFO stream,
 #            which is what replication was before lanes).
 # Listens on 127.0.0.1:26100-26111 only; stops what it started by its pid.
+# QUEUE_TARGET=100ms sets lanes.queue_delay_target (default 25ms); MODES=lanes runs one mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 RUNS=${RUNS:-3}
 BULK=${BULK:-20000}
 URGENT=${URGENT:-50}
@@ -36,6 +39,7 @@ data_dir: $dir/mrr-$region
 listen: { api: 127.0.0.1:$api, peer: 127.0.0.1:$peer }
 durability: fsync
 links: $link
+$(mrr_lanes_config)
 regions:
   - name: ap-northeast
     endpoint: http://127.0.0.1:26101
@@ -46,7 +50,7 @@ CONF
 }
 
 for run in $(seq 1 "$RUNS"); do
-  for mode in lanes one-lane; do
+  for mode in ${MODES:-lanes one-lane}; do
     d="$W/$run-$mode"; mkdir -p "$d"; configs "$d"
     MRR_LOG=warn $MRR serve -c "$d/ap-northeast.yaml" 2>"$d/a.log" & A=$!; PIDS+=("$A")
     MRR_LOG=warn $MRR serve -c "$d/us-west.yaml" 2>"$d/b.log" & B=$!; PIDS+=("$B")

@@ -3,6 +3,12 @@
 # Writer region ap-northeast (API 26000, peer 26001) reaches the reader us-west (API 26010,
 # peer 26011) through a wan-proxy on 26002; us-west reaches ap-northeast through 26012.
 
+# mrr_lanes_config: a `lanes:` line setting queue_delay_target to $QUEUE_TARGET (e.g. 100ms)
+# when that is set; nothing otherwise (builds before lanes refuse the key).
+mrr_lanes_config() {
+  if [ -n "${QUEUE_TARGET:-}" ]; then echo "lanes: { queue_delay_target: $QUEUE_TARGET }"; fi
+}
+
 # mrr_two_region_configs DIR: writes DIR/ap-northeast.yaml and DIR/us-west.yaml.
 mrr_two_region_configs() {
   local dir=$1 region api peer
@@ -15,6 +21,7 @@ secret: "bench-secret-0123456789"
 data_dir: $dir/mrr-$region
 listen: { api: 127.0.0.1:$api, peer: 127.0.0.1:$peer }
 durability: fsync
+$(mrr_lanes_config)
 regions:
   - name: ap-northeast
     endpoint: $( [ "$region" = ap-northeast ] && echo http://127.0.0.1:26001 || echo http://127.0.0.1:26012 )
