@@ -40,6 +40,22 @@ impl ConflictEntry {
     pub fn ident(&self) -> (ChangeId, ChangeId) {
         (self.loser.id.clone(), self.winner.id.clone())
     }
+
+    /// Joins a later report of the same conflict into this one. A conflict can be reported
+    /// again (a fold revisits it; under `merge`, a move's whole document rejoins fields this
+    /// region already resolved), possibly naming only some of the fields: the entry keeps
+    /// every field ever reported (in the order first reported) and the first time it was seen.
+    /// Idempotent and associative; commutative up to the order of `fields`, so no report of a
+    /// conflict can take a field out of its entry.
+    pub fn absorb(&mut self, later: &ConflictEntry) {
+        debug_assert_eq!(self.ident(), later.ident(), "one conflict");
+        for f in &later.fields {
+            if !self.fields.contains(f) {
+                self.fields.push(f.clone());
+            }
+        }
+        self.detected_at_ms = self.detected_at_ms.min(later.detected_at_ms);
+    }
 }
 
 /// Retention of the conflict log: the entries to drop so that none is older than

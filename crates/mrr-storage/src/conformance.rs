@@ -119,7 +119,7 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     let (x1, x2, x3) = (fold_entry(&a1), fold_entry(&b1), fold_entry(&a2));
     let mut batch = CommitBatch { hlc_high_water: state.hlc_high_water, ..CommitBatch::default() };
     batch.history = vec![(a1.key.clone(), x2.clone()), (a1.key.clone(), x1.clone()), (a2.key.clone(), x3.clone())];
-    // Conflict log and dead letters: keyed by ids, overwritten in place, removable.
+    // Conflict log and dead letters: keyed by ids, joined or overwritten in place, removable.
     let side = |c: &Change| Side { id: c.id(), version: c.version.clone(), value: None };
     let conflict = ConflictEntry {
         key: a1.key.clone(),
@@ -146,6 +146,21 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     assert_eq!(store.history_entry(&a1.key, &b1.version).expect("entry"), Some(x2.clone()));
     assert_eq!(store.history_from(&a2.key, &a1.version).expect("history"), (None, vec![x3]), "other keys stay out");
     assert_eq!(store.conflicts().expect("conflicts"), vec![conflict.clone()]);
+    // Reported again, later and naming other fields: one entry with every field, first seen.
+    let with_fields = |fields: &[&str], detected_at_ms: u64| ConflictEntry {
+        fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+        detected_at_ms,
+        ..conflict.clone()
+    };
+    let again = CommitBatch {
+        conflicts: vec![with_fields(&["a", "b"], 8), with_fields(&["c"], 9)],
+        hlc_high_water: state.hlc_high_water,
+        ..CommitBatch::default()
+    };
+    store.commit(&again).expect("commit");
+    let again = CommitBatch { conflicts: vec![with_fields(&["b"], 10)], ..again };
+    store.commit(&again).expect("commit");
+    assert_eq!(store.conflicts().expect("conflicts"), vec![with_fields(&["a", "b", "c"], 7)]);
     store.expire_conflicts(&[conflict.ident()]).expect("expire");
     assert!(store.conflicts().expect("conflicts").is_empty());
     store

@@ -2,6 +2,7 @@
 //! `custom` keys), `conflicts` and `dlq` in one database, so a commit spanning them is one
 //! atomic write batch through fjall's journal.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -151,8 +152,26 @@ impl Store for FjallStore {
         for (key, entry) in &batch.history {
             wb.insert(&self.history, encoding::history_key(key, &entry.version), encode(entry));
         }
+        // A conflict reported again joins what is logged (see `ConflictEntry::absorb`).
+        let mut conflicts: BTreeMap<Vec<u8>, ConflictEntry> = BTreeMap::new();
         for entry in &batch.conflicts {
-            wb.insert(&self.conflicts, encoding::conflict_key(&entry.ident()), encode(entry));
+            let k = encoding::conflict_key(&entry.ident());
+            if let Some(logged) = conflicts.get_mut(&k) {
+                logged.absorb(entry);
+                continue;
+            }
+            let joined = match self.conflicts.get(&k)? {
+                Some(bytes) => {
+                    let mut logged: ConflictEntry = decode("conflict entry", &k, &bytes)?;
+                    logged.absorb(entry);
+                    logged
+                }
+                None => entry.clone(),
+            };
+            conflicts.insert(k, joined);
+        }
+        for (k, entry) in &conflicts {
+            wb.insert(&self.conflicts, k.clone(), encode(entry));
         }
         for id in &batch.dead_letters_cleared {
             wb.remove(&self.dlq, encoding::change_id_key(id));

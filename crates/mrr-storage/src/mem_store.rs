@@ -85,7 +85,12 @@ impl Store for MemStore {
             inner.history.insert((k.clone(), e.version.clone()), e.clone());
         }
         for e in &batch.conflicts {
-            inner.conflicts.insert(e.ident(), e.clone());
+            match inner.conflicts.get_mut(&e.ident()) {
+                Some(logged) => logged.absorb(e),
+                None => {
+                    inner.conflicts.insert(e.ident(), e.clone());
+                }
+            }
         }
         for id in &batch.dead_letters_cleared {
             inner.dlq.remove(id);
