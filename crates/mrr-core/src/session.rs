@@ -100,6 +100,8 @@ struct Window {
     base_history: VecDeque<(u64, u64)>,
     /// Smoothed bytes per change, to size reads to the room left in the window.
     change_bytes_avg: u64,
+    /// How long the receiver took to apply the group before the one being acknowledged.
+    previous_apply_ms: u64,
 }
 
 impl Window {
@@ -109,6 +111,7 @@ impl Window {
             slow_start: true,
             base_history: VecDeque::new(),
             change_bytes_avg: 256,
+            previous_apply_ms: 0,
         }
     }
 
@@ -315,7 +318,8 @@ impl OutboundSession {
 
     /// A cumulative acknowledgement: the peer's whole applied vector, the origins it now
     /// receives directly, and how long the peer took to apply the group it answers (left out
-    /// of round-trip samples: a fixed commit cost is not a queue).
+    /// of round-trip samples: a fixed commit cost is not a queue; so is up to a target's worth
+    /// of the previous group's, which a batch arriving during it waited for).
     pub fn on_ack(&mut self, peer_vv: &VersionVector, peer_direct: BTreeSet<RegionName>, apply_ms: u64, now_ms: u64) {
         if !self.acked.dominates(peer_vv) {
             self.progress_ms = now_ms;
@@ -328,13 +332,22 @@ impl OutboundSession {
         self.peer_direct = peer_direct;
         let (acked, limits) = (&self.acked, &self.limits);
         let window = &mut self.window;
+        // A flight that arrived while the receiver applied the previous group waited for it; an
+        // urgent one would too, whatever the window, so up to a target's worth of that wait is
+        // not counted as queue.
+        let receiver_ms = apply_ms + window.previous_apply_ms.min(limits.queue_delay_target_ms);
+        let mut completed = false;
         self.flights.retain(|f| {
             let done = acked.get(&f.stream) >= f.last_seq;
             if done {
-                window.on_sample(limits, now_ms.saturating_sub(f.sent_ms).saturating_sub(apply_ms), f.bytes, now_ms);
+                completed = true;
+                window.on_sample(limits, now_ms.saturating_sub(f.sent_ms).saturating_sub(receiver_ms), f.bytes, now_ms);
             }
             !done
         });
+        if completed {
+            window.previous_apply_ms = apply_ms;
+        }
     }
 
     /// Changes are in flight and the peer's acknowledgements have not moved for `timeout_ms`,
