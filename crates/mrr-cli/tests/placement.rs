@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::{wait_for, Cluster, REGIONS};
 use mrr_api::ErrorCode;
 use mrr_client::{Client, ClientError, RecordEnvelope};
+use mrr_core::{Lane, RegionName, Stream};
 use serde_json::{json, Value};
 
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -120,6 +121,16 @@ async fn a_relay_outside_the_placement_holds_rather_than_skip_content() -> anyho
     Ok(())
 }
 
+/// Publishes `profiles/{id}` (`{"name": "Ana"}`, a `merge` topic) placed in eu-central and
+/// us-west from eu-central, and waits until us-west holds it and Tokyo answers `not_placed`.
+async fn european_american_profile(c: &[Client], id: &str) -> anyhow::Result<()> {
+    let profile = json!({"id": id, "name": "Ana", "__metadata": {"regions": ["eu-central", "us-west"]}});
+    c[EU].publish("profiles", &profile).await?;
+    let path = format!("profiles/{id}");
+    wait_value(&c[US_WEST], &path, &json!({"id": id, "name": "Ana"})).await?;
+    wait_not_placed(&c[TOKYO], &path).await
+}
+
 /// Waits until `k` no longer receives a stream from `peer`.
 async fn wait_cut(c: &[Client], k: usize, peer: &str) -> anyhow::Result<()> {
     wait_for(&format!("{} to notice the cut from {peer}", REGIONS[k]), CONVERGE, || async {
@@ -136,10 +147,7 @@ async fn wait_cut(c: &[Client], k: usize, peer: &str) -> anyhow::Result<()> {
 async fn a_region_lists_the_writes_it_lacks_until_their_content_arrives() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let c = &cluster.clients;
-    let profile = json!({"id": "p2", "name": "Ana", "__metadata": {"regions": ["eu-central", "us-west"]}});
-    c[EU].publish("profiles", &profile).await?;
-    wait_value(&c[US_WEST], "profiles/p2", &json!({"id": "p2", "name": "Ana"})).await?;
-    wait_not_placed(&c[TOKYO], "profiles/p2").await?;
+    european_american_profile(c, "p2").await?;
 
     // us-west writes while cut from eu-central; Tokyo, outside the placement, gets a marker.
     cluster.partition(EU, US_WEST, true).await?;
@@ -147,10 +155,9 @@ async fn a_region_lists_the_writes_it_lacks_until_their_content_arrives() -> any
     wait_cut(c, US_WEST, REGIONS[EU]).await?;
     wait_cut(c, TOKYO, REGIONS[EU]).await?;
     let city = c[US_WEST].patch("profiles/p2", &json!({"city": "Osaka"})).await?;
-    let stream = match city.token.lane.as_str() {
-        "normal" => city.token.origin.clone(),
-        lane => format!("{}.{lane}", city.token.origin),
-    };
+    // The applied vector names streams as `mrr_core::Stream` displays them.
+    let lane = Lane::from_name(&city.token.lane).ok_or_else(|| anyhow::anyhow!("lane {}", city.token.lane))?;
+    let stream = Stream::new(RegionName::new(city.token.origin.clone())?, lane).to_string();
     wait_for("Tokyo to admit us-west's write", CONVERGE, || async {
         let applied = c[TOKYO].status().await?.applied;
         Ok((applied.get(&stream).copied().unwrap_or(0) >= city.token.seq).then_some(()))
@@ -218,10 +225,7 @@ async fn with_placement_writes_forward_a_write_outside_the_placement_is_made_ins
 async fn a_merge_record_moves_and_the_added_region_gets_writes_made_concurrently() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let c = &cluster.clients;
-    let profile = json!({"id": "p1", "name": "Ana", "__metadata": {"regions": ["eu-central", "us-west"]}});
-    c[EU].publish("profiles", &profile).await?;
-    wait_value(&c[US_WEST], "profiles/p1", &json!({"id": "p1", "name": "Ana"})).await?;
-    wait_not_placed(&c[TOKYO], "profiles/p1").await?;
+    european_american_profile(c, "p1").await?;
 
     cluster.partition(EU, US_WEST, true).await?;
     wait_cut(c, US_WEST, REGIONS[EU]).await?;
