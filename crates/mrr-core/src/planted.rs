@@ -15,6 +15,14 @@ pub enum Bug {
     DuplicatesBypassMerge,
     /// The outbound session forgets that a peer never needs its own changes back.
     SendOwnChangesBack,
+    /// A writer request that fails part way (a storage read error) keeps what it did before
+    /// failing in the group's commit: a remote batch can then count changes as applied that
+    /// were never stored, and a client told "failed" finds half its batch committed.
+    KeepFailedRequests,
+    /// Changes replicate as soon as they are committed, before the disk has them: after a
+    /// power loss under `durability: buffered` the region reuses sequence numbers its peers
+    /// already hold with other content.
+    ReplicateBeforeDurable,
 }
 
 #[cfg(feature = "planted-bugs")]

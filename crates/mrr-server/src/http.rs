@@ -108,7 +108,7 @@ impl From<WriteError> for ApiError {
             WriteError::Rejected(r @ Rejection::PlacementPending { .. }) => {
                 Self::new(StatusCode::CONFLICT, ErrorCode::PlacementPending, r.to_string())
             }
-            WriteError::Storage(_) | WriteError::Stopped => {
+            WriteError::Storage(_) | WriteError::Stopped | WriteError::Failed(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, e.to_string())
             }
         }

@@ -53,6 +53,10 @@ impl Store for SimDisk {
         self.live.changes_after(stream, after_seq, limit)
     }
 
+    fn changes_within(&self, stream: &Stream, after_seq: u64, limit: usize, bytes_max: u64) -> Result<Vec<Change>> {
+        self.live.changes_within(stream, after_seq, limit, bytes_max)
+    }
+
     fn recover(&self) -> Result<RecoveredState> {
         self.live.recover()
     }

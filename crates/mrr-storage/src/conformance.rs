@@ -103,6 +103,11 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     assert_eq!(store.changes_after(&stream("us-west"), 0, 10).expect("changes"), vec![b1.clone(), o1.clone()]);
     assert_eq!(store.changes_after(&stream("ap-northeast.urgent"), 0, 10).expect("changes"), vec![u1.clone()]);
     assert!(store.changes_after(&stream("ap-northeast.bulk"), 0, 10).expect("changes").is_empty());
+    // Bounded in bytes too: stopping before the change that passes the bound, never at none.
+    assert_eq!(store.changes_within(&ap, 0, 10, 1).expect("changes"), vec![a1.clone()], "one travels alone");
+    assert_eq!(store.changes_within(&ap, 0, 10, u64::MAX).expect("changes"), vec![a1.clone(), a2.clone()]);
+    assert_eq!(store.changes_within(&ap, 0, 1, u64::MAX).expect("changes"), vec![a1.clone()]);
+    assert!(store.changes_within(&ap, 2, 10, 1).expect("changes").is_empty());
 
     let state = store.recover().expect("recover");
     assert_eq!(state.vv.get(&ap), 2);
@@ -206,6 +211,75 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     }
 }
 
+/// Everything a store holds that a commit writes, to compare before and after a fault.
+fn contents<S: Store>(store: &S, keys: &[&Key], streams: &[Stream]) -> String {
+    let records: Vec<_> = keys.iter().map(|k| store.get(k).expect("get")).collect();
+    let changes: Vec<_> = streams.iter().map(|s| store.changes_after(s, 0, 100).expect("changes")).collect();
+    let history: Vec<_> = keys
+        .iter()
+        .map(|k| store.history_from(k, &Version { ts: Timestamp::ZERO, region: region("a") }).expect("history"))
+        .collect();
+    format!(
+        "{records:?}\n{changes:?}\n{history:?}\n{:?}\n{:?}\n{:?}",
+        store.recover().expect("recover"),
+        store.conflicts().expect("conflicts"),
+        store.dead_letters().expect("dlq")
+    )
+}
+
+/// The injected-fault cases, run over `store` wrapped in a [`crate::faults::FaultyStore`]: a
+/// failed read changes nothing and the next read succeeds; a failed commit leaves every
+/// keyspace exactly as it was, and the same batch commits afterwards.
+pub fn run_faults<S: Store>(store: S) {
+    let store = crate::faults::FaultyStore::new(store);
+    let plan = store.plan();
+    let mut clock = Hlc::new(Timestamp::ZERO, 200);
+    let a1 = change("ap-northeast", 1, "users", "u001", Some(r#"{"name":"Kaito"}"#), clock.now(1));
+    let a2 = change("ap-northeast", 2, "logs", "l1", Some(r#"{"n":1}"#), clock.now(2));
+    let b1 = change("us-west.urgent", 1, "users", "u001", None, clock.now(3));
+    store.commit(&batch_of(vec![a1.clone()])).expect("commit");
+    let keys = [&a1.key, &a2.key];
+    let streams = [stream("ap-northeast"), stream("us-west.urgent")];
+    let before = contents(&store, &keys, &streams);
+
+    plan.fail_read_in(1);
+    assert!(store.get(&a1.key).is_err(), "the armed read fails");
+    assert_eq!(store.get(&a1.key).expect("the next read succeeds"), Some(a1.to_record()));
+    plan.fail_read_in(2);
+    assert!(store.changes_after(&streams[0], 0, 10).is_ok());
+    assert!(store.changes_within(&streams[0], 0, 10, 1_000).is_err(), "the second read from arming fails");
+
+    // A batch touching every keyspace fails to commit and leaves nothing.
+    let mut batch = batch_of(vec![a2.clone(), b1.clone()]);
+    batch.history = vec![(a2.key.clone(), fold_entry(&a2))];
+    batch.histories_dropped = vec![a1.key.clone()];
+    let side = |c: &Change| Side { id: c.id(), version: c.version.clone(), value: None };
+    batch.conflicts = vec![ConflictEntry {
+        key: a1.key.clone(),
+        strategy: "timestamp".into(),
+        resolution: "last_writer_wins".into(),
+        loser: side(&a1),
+        winner: side(&b1),
+        fields: Vec::new(),
+        detected_at_ms: 7,
+    }];
+    batch.dead_letters = vec![DeadLetter {
+        id: a2.id(),
+        key: a2.key.clone(),
+        version: a2.version.clone(),
+        reason: "handler failed".into(),
+        value: None,
+        failed_at_ms: 9,
+    }];
+    plan.fail_commit_in(1);
+    let err = store.commit(&batch).expect_err("the armed commit fails");
+    assert!(err.to_string().contains("commit"), "{err}");
+    assert_eq!(contents(&store, &keys, &streams), before, "a failed commit leaves the store as it was");
+    store.commit(&batch).expect("the same batch commits afterwards");
+    assert_ne!(contents(&store, &keys, &streams), before);
+    assert_eq!(store.recover().expect("recover").vv.get(&streams[1]), 1);
+}
+
 #[cfg(test)]
 mod tests {
     use crate::{Durability, FjallStore, MemStore};
@@ -213,6 +287,17 @@ mod tests {
     #[test]
     fn mem_store_conforms() {
         super::run(MemStore::new(), |_| None);
+    }
+
+    #[test]
+    fn mem_store_conforms_under_injected_faults() {
+        super::run_faults(MemStore::new());
+    }
+
+    #[test]
+    fn fjall_store_conforms_under_injected_faults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        super::run_faults(FjallStore::open(dir.path(), Durability::Fsync).expect("open"));
     }
 
     #[test]

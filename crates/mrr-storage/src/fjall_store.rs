@@ -109,6 +109,22 @@ impl Store for FjallStore {
         Ok(out)
     }
 
+    fn changes_within(&self, stream: &Stream, after_seq: u64, limit: usize, bytes_max: u64) -> Result<Vec<Change>> {
+        let start = encoding::change_key(stream, after_seq.saturating_add(1));
+        let end = encoding::change_key(stream, u64::MAX);
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for item in self.changes.range(start..=end).take(limit) {
+            let (k, v) = item.into_inner()?;
+            bytes += v.len() as u64;
+            if bytes > bytes_max && !out.is_empty() {
+                break;
+            }
+            out.push(decode("change", &k, &v)?);
+        }
+        Ok(out)
+    }
+
     fn recover(&self) -> Result<RecoveredState> {
         let mut state = RecoveredState::default();
         for item in self.meta.prefix(encoding::VV_PREFIX) {

@@ -9,6 +9,7 @@
 
 pub mod conformance;
 mod encoding;
+pub mod faults;
 mod fjall_store;
 mod mem_store;
 
@@ -78,6 +79,9 @@ pub enum StoreError {
     Engine(#[from] fjall::Error),
     #[error("corrupt {what} at key {key:?}: {reason}")]
     Corrupt { what: &'static str, key: Vec<u8>, reason: String },
+    /// The operating system refused a read or write.
+    #[error("storage {op} failed: {source}")]
+    Io { op: &'static str, source: std::io::Error },
     /// The directory holds data in a format this release does not read. Fatal at start-up.
     #[error("the data directory holds storage format {found}, this release reads format {expected}: move the directory aside and restart; the region then catches up from its peers (they keep their changelogs)")]
     Format { found: u32, expected: u32 },
@@ -101,6 +105,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Changes of `stream` with `seq > after_seq`, in sequence order, at most `limit`.
     fn changes_after(&self, stream: &Stream, after_seq: u64, limit: usize) -> Result<Vec<Change>>;
+
+    /// Like [`Store::changes_after`], and stopping before the change that would take the
+    /// stored size of those read past `bytes_max`; the first change is always read (a change
+    /// larger than the bound travels alone). Sizes replication batches by bytes, not count.
+    fn changes_within(&self, stream: &Stream, after_seq: u64, limit: usize, bytes_max: u64) -> Result<Vec<Change>>;
 
     fn recover(&self) -> Result<RecoveredState>;
 

@@ -2,8 +2,9 @@
 //! produce the commit batch and the replies. Deterministic given the physical time passed in,
 //! so the simulator runs the same code the server does.
 //!
-//! Each request is all-or-nothing within a group: its reads happen before any of its effects,
-//! so a read error leaves the group's pending state as it was.
+//! Each request is all-or-nothing within a group: it runs under a savepoint of the group's
+//! [`Pending`] state, rolled back when the request fails (a rejection, or a storage error part
+//! way through), so the rest of the group commits without it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use mrr_core::{
 };
 use mrr_storage::{CommitBatch, RecoveredState, Store, StoreError};
 
+use crate::pending::Pending;
 use crate::{Committed, LocalOp, Refusal};
 
 /// What happened to a batch of remote changes.
@@ -73,22 +75,6 @@ pub struct Engine {
     policies: Arc<Policies>,
 }
 
-/// The state of one group commit under construction.
-#[derive(Debug)]
-pub struct Pending {
-    overlay: BTreeMap<Key, Record>,
-    changes: Vec<Change>,
-    vv: VersionVector,
-    history: BTreeMap<(Key, Version), FoldEntry>,
-    conflicts: Vec<ConflictEntry>,
-    dead_letters: BTreeMap<ChangeId, DeadLetter>,
-    cleared: BTreeSet<ChangeId>,
-    /// `custom` keys that left this region's placement in this group: their stored fold
-    /// history is gone (see [`CommitBatch::histories_dropped`]).
-    histories_dropped: BTreeSet<Key>,
-    now_ms: u64,
-}
-
 /// The record reads of one request, taken before any of its effects.
 type Reads = BTreeMap<Key, Option<Record>>;
 
@@ -122,17 +108,7 @@ impl Engine {
     }
 
     pub fn begin(&self, now_ms: u64) -> Pending {
-        Pending {
-            overlay: BTreeMap::new(),
-            changes: Vec::new(),
-            vv: self.applied.clone(),
-            history: BTreeMap::new(),
-            conflicts: Vec::new(),
-            dead_letters: BTreeMap::new(),
-            cleared: BTreeSet::new(),
-            histories_dropped: BTreeSet::new(),
-            now_ms,
-        }
+        Pending::new(self.applied.clone(), now_ms)
     }
 
     /// The batch to commit, or `None` when the group changed nothing.
@@ -146,15 +122,15 @@ impl Engine {
             vv.raise(&stream, pending.vv.get(&stream));
         }
         Some(CommitBatch {
-            records: pending.overlay.into_iter().collect(),
+            records: pending.overlay.into_inner().into_iter().collect(),
             changes: pending.changes,
             vv,
             hlc_high_water: self.hlc.last(),
-            history: pending.history.into_iter().map(|((k, _), e)| (k, e)).collect(),
-            histories_dropped: pending.histories_dropped.into_iter().collect(),
+            history: pending.history.into_inner().into_iter().map(|((k, _), e)| (k, e)).collect(),
+            histories_dropped: pending.histories_dropped.into_inner().into_keys().collect(),
             conflicts: pending.conflicts,
-            dead_letters: pending.dead_letters.into_values().collect(),
-            dead_letters_cleared: pending.cleared.into_iter().collect(),
+            dead_letters: pending.dead_letters.into_inner().into_values().collect(),
+            dead_letters_cleared: pending.cleared.into_inner().into_keys().collect(),
         })
     }
 
@@ -181,7 +157,19 @@ impl Engine {
         pending.overlay.get(key).cloned().or_else(|| reads.get(key).cloned().flatten())
     }
 
+    /// Applies one client request to the group: all of it, or (on a rejection or a storage
+    /// error) nothing of it.
     pub fn apply_local(
+        &mut self,
+        pending: &mut Pending,
+        store: &dyn Store,
+        ops: Vec<LocalOp>,
+        physical_ms: u64,
+    ) -> Result<Vec<Committed>, LocalFailure> {
+        pending.request(|pending| self.local_request(pending, store, ops, physical_ms))
+    }
+
+    fn local_request(
         &mut self,
         pending: &mut Pending,
         store: &dyn Store,
@@ -419,7 +407,7 @@ impl Engine {
             // Not placed here (any more): the copy goes, the placement register stays.
             if held_before && matches!(rule, Rule::Custom(_)) {
                 pending.history.retain(|(k, _), _| *k != key);
-                pending.histories_dropped.insert(key.clone());
+                pending.histories_dropped.add(key.clone());
             }
             let newest = match current {
                 Some(c) if c.version > change.version => c,
@@ -630,12 +618,12 @@ impl Engine {
     /// The whole fold history of a `custom` key here, as the changes a move carries.
     fn fold_history(&self, pending: &Pending, store: &dyn Store, key: &Key) -> Result<Vec<Change>, StoreError> {
         let mut entries: BTreeMap<Version, FoldEntry> = BTreeMap::new();
-        if !pending.histories_dropped.contains(key) {
+        if !pending.histories_dropped.contains_key(key) {
             let first = Version { ts: mrr_core::Timestamp::new(0, 0), region: self.local.clone() };
             let (_, stored) = store.history_from(key, &first)?;
             entries.extend(stored.into_iter().map(|e| (e.version.clone(), e)));
         }
-        for ((k, v), e) in &pending.history {
+        for ((k, v), e) in pending.history.iter() {
             if k == key {
                 entries.insert(v.clone(), e.clone());
             }
@@ -759,7 +747,7 @@ impl Engine {
     ) -> Result<Record, StoreError> {
         let Some(first) = changes.iter().map(|c| &c.version).min() else { unreachable!("at least one change") };
         let key = &changes[0].key;
-        let (stored_before, stored_after) = if pending.histories_dropped.contains(key) {
+        let (stored_before, stored_after) = if pending.histories_dropped.contains_key(key) {
             (None, Vec::new())
         } else {
             store.history_from(key, first)?
@@ -767,7 +755,7 @@ impl Engine {
         // The group's own, not yet committed, entries shadow the stored ones.
         let mut tail: BTreeMap<Version, FoldEntry> = stored_after.into_iter().map(|e| (e.version.clone(), e)).collect();
         let mut before = stored_before;
-        for ((k, v), e) in &pending.history {
+        for ((k, v), e) in pending.history.iter() {
             if k != key {
                 continue;
             }
@@ -853,7 +841,7 @@ impl Engine {
             Some(e) => Some(e.clone()),
             None => match pending.history.get(&key_version) {
                 Some(e) => Some(e.clone()),
-                None if pending.histories_dropped.contains(key) => None,
+                None if pending.histories_dropped.contains_key(key) => None,
                 None => store.history_entry(&key_version.0, &target.version)?,
             },
         };
@@ -880,7 +868,7 @@ impl Engine {
                 *replayed_by = Some(Replay { id: entry.id.clone(), version: entry.version.clone() });
             }
             if pending.dead_letters.remove(&t.id).is_none() {
-                pending.cleared.insert(t.id.clone());
+                pending.cleared.add(t.id.clone());
             }
             match tail.get_mut(&t.version) {
                 Some(in_tail) => *in_tail = t.clone(),
@@ -932,11 +920,24 @@ impl Engine {
         if matches!(was, Some(Outcome::Failed { replayed_by: None, .. }))
             && pending.dead_letters.remove(&entry.id).is_none()
         {
-            pending.cleared.insert(entry.id.clone());
+            pending.cleared.add(entry.id.clone());
         }
     }
 
+    /// Applies a peer's batch to the group, in order, up to the first change it must refuse
+    /// (see [`RemoteOutcome::refused`]). A storage error leaves nothing of the batch in the
+    /// group: its changes are not counted as applied, and the peer sends them again.
     pub fn apply_remote(
+        &mut self,
+        pending: &mut Pending,
+        store: &dyn Store,
+        changes: Vec<Change>,
+        physical_ms: u64,
+    ) -> Result<RemoteOutcome, StoreError> {
+        pending.request(|pending| self.remote_request(pending, store, changes, physical_ms))
+    }
+
+    fn remote_request(
         &mut self,
         pending: &mut Pending,
         store: &dyn Store,

@@ -10,6 +10,7 @@
 //! (replication does), and never acknowledges a write before its commit returned.
 
 mod engine;
+mod pending;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,7 +22,8 @@ use mrr_core::{
 use mrr_storage::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use engine::{Engine, LocalFailure, Pending, Rejection, RemoteOutcome};
+pub use engine::{Engine, LocalFailure, Rejection, RemoteOutcome};
+pub use pending::Pending;
 
 /// Wall-clock time from the operating system.
 #[derive(Clone, Copy, Debug, Default)]
@@ -93,6 +95,11 @@ pub enum WriteError {
     Storage(Arc<StoreError>),
     #[error("the writer has stopped")]
     Stopped,
+    /// A commit failed in a way that may have left part of it on disk (it reached the store,
+    /// then failed): the writer takes no more writes, since what it would build on is unknown.
+    /// Reads keep working; a restart recovers from what the disk holds.
+    #[error("writes are stopped: {0}; restart the node to recover from what the disk holds")]
+    Failed(Arc<str>),
     /// The request is not valid for its topic; nothing was applied.
     #[error("{0}")]
     Rejected(Rejection),
@@ -138,6 +145,7 @@ pub struct Writer {
     tx: mpsc::Sender<Request>,
     applied: watch::Receiver<VersionVector>,
     durable: watch::Receiver<VersionVector>,
+    failed: Arc<std::sync::OnceLock<Arc<str>>>,
 }
 
 impl Writer {
@@ -169,11 +177,18 @@ impl Writer {
                 durable
             }
         };
+        let failed = Arc::new(std::sync::OnceLock::new());
+        let writer_failed = failed.clone();
         std::thread::Builder::new()
             .name("mrr-writer".into())
-            .spawn(move || run(engine, rx, store, clock, applied_tx, config))
+            .spawn(move || run(engine, rx, store, clock, applied_tx, config, &writer_failed))
             .map_err(thread_error)?;
-        Ok(Self { tx, applied, durable })
+        Ok(Self { tx, applied, durable, failed })
+    }
+
+    /// Why the writer stopped taking writes, if it has (see [`WriteError::Failed`]).
+    pub fn failed(&self) -> Option<Arc<str>> {
+        self.failed.get().cloned()
     }
 
     /// Applies client writes; returns once they are committed (durably, by default).
@@ -237,6 +252,7 @@ fn run(
     clock: Arc<dyn PhysicalClock>,
     applied_tx: watch::Sender<VersionVector>,
     config: WriterConfig,
+    failed: &std::sync::OnceLock<Arc<str>>,
 ) {
     let mut group = Vec::with_capacity(config.group_requests_max);
     while let Some(first) = rx.blocking_recv() {
@@ -246,6 +262,12 @@ fn run(
                 Ok(r) => group.push(r),
                 Err(_) => break,
             }
+        }
+        if let Some(reason) = failed.get() {
+            for request in group.drain(..) {
+                request.refuse(WriteError::Failed(reason.clone()));
+            }
+            continue;
         }
         let mut pending = engine.begin(clock.now_ms());
         let mut replies = Vec::with_capacity(group.len());
@@ -277,11 +299,35 @@ fn run(
             }
             Err(e) => {
                 // Neon-style: reported once, here, to every caller that shared the commit.
-                tracing::error!(error = %e, "commit failed; the group's writes were not applied");
+                // A refused commit leaves the store as it was, and the next group goes ahead;
+                // one that reached the store before failing (an fsync error after the write)
+                // may have left part of itself, and nothing more can safely build on that.
+                let untouched = matches!(store.recover(), Ok(r) if r.vv == *engine.applied());
+                if untouched {
+                    tracing::error!(error = %e, "commit failed; the group's writes were not applied");
+                } else {
+                    let reason: Arc<str> = format!("a commit failed after reaching the disk ({e})").into();
+                    tracing::error!(error = %e, "commit failed part way; this node takes no more writes until it restarts (reads go on)");
+                    let _ = failed.set(reason);
+                }
                 let e = WriteError::Storage(Arc::new(e));
                 for reply in replies {
                     reply.send(Err(e.clone()));
                 }
+            }
+        }
+    }
+}
+
+impl Request {
+    fn refuse(self, e: WriteError) {
+        // A caller that gave up waiting dropped its receiver; nothing to tell it.
+        match self {
+            Request::Local { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Request::Remote { reply, .. } => {
+                let _ = reply.send(Err(e));
             }
         }
     }
