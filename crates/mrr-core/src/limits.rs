@@ -25,6 +25,16 @@ impl Default for Limits {
     }
 }
 
+/// The largest peer message a receiver decodes (and a compressed batch may inflate to). Every
+/// batch is cut far below it (`OutboundLimits::batch_bytes_max`), and a single change must
+/// fit it: [`Limits::record_bytes_max`] may not exceed [`RECORD_BYTES_MAX_ALLOWED`].
+pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The largest `record_bytes_max` a config may set: a change carries its record with metadata,
+/// causal past and (under `merge`) a document that can be a few times the value, and must
+/// still fit one peer message.
+pub const RECORD_BYTES_MAX_ALLOWED: usize = PEER_MESSAGE_BYTES_MAX / 8;
+
 pub const TOPIC_LEN_MAX: usize = 64;
 pub const ID_LEN_MAX: usize = 256;
 

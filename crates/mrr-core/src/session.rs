@@ -33,6 +33,10 @@ use crate::vv::{Admission, VersionVector};
 pub struct OutboundLimits {
     /// Changes in one batch.
     pub batch_changes_max: usize,
+    /// Stored bytes of the changes in one batch, in every lane: far below what a receiver
+    /// accepts ([`crate::limits::PEER_MESSAGE_BYTES_MAX`]), so a batch of many large records
+    /// is never refused. A single change larger than this travels alone.
+    pub batch_bytes_max: u64,
     /// Changes sent but not yet acknowledged, per lane; beyond this the lane waits for acks.
     pub inflight_changes_max: u64,
     /// Queueing delay the normal and bulk lanes may add in front of an urgent change.
@@ -46,6 +50,7 @@ impl Default for OutboundLimits {
     fn default() -> Self {
         Self {
             batch_changes_max: 1_024,
+            batch_bytes_max: 4 * 1024 * 1024,
             inflight_changes_max: 65_536,
             queue_delay_target_ms: 25,
             window_bytes_min: 16 * 1024,
@@ -54,12 +59,15 @@ impl Default for OutboundLimits {
     }
 }
 
-/// Read `limit` changes of `stream` with `seq > after_seq` from the changelog, then send them.
+/// Read up to `limit` changes of `stream` with `seq > after_seq` from the changelog, stopping
+/// before the one that would take their stored size past `bytes_max` (the first is always
+/// read), then send them as one batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadRequest {
     pub stream: Stream,
     pub after_seq: u64,
     pub limit: usize,
+    pub bytes_max: u64,
 }
 
 /// One batch handed to the transport and not yet acknowledged.
@@ -102,6 +110,8 @@ struct Window {
     change_bytes_avg: u64,
     /// How long the receiver took to apply the group before the one being acknowledged.
     previous_apply_ms: u64,
+    /// The queueing delay of the last sample.
+    queue_ms: u64,
 }
 
 impl Window {
@@ -112,6 +122,7 @@ impl Window {
             base_history: VecDeque::new(),
             change_bytes_avg: 256,
             previous_apply_ms: 0,
+            queue_ms: 0,
         }
     }
 
@@ -124,8 +135,17 @@ impl Window {
         (self.bytes / BATCHES_PER_WINDOW).max(BATCH_BYTES_MIN)
     }
 
-    /// A flight of `bytes` completed after `rtt_ms`.
-    fn on_sample(&mut self, limits: &OutboundLimits, rtt_ms: u64, bytes: u64, now_ms: u64) {
+    /// A flight of `bytes` completed after `rtt_ms` (the receiver's apply of the group that
+    /// answered it already taken out), of which up to `waited_ms` may have been spent waiting
+    /// for the receiver's previous group rather than in a queue the window controls.
+    ///
+    /// Only `rtt_ms` feeds the base. A flight that arrived as the previous group finished
+    /// waited for none of it, so taking `waited_ms` out of base samples too would set the base
+    /// up to a target below the path's real round trip: the queue would then never read below
+    /// the target, and a window driven to its floor under load could never grow back (measured
+    /// on three regions at 55-115 ms: bases 22 ms low, queues 24-27 ms against the 25 ms target,
+    /// windows stuck at 16 KiB, backlogs draining at 700 changes/s).
+    fn on_sample(&mut self, limits: &OutboundLimits, rtt_ms: u64, waited_ms: u64, bytes: u64, now_ms: u64) {
         let bucket = now_ms / BASE_BUCKET_MS;
         match self.base_history.back_mut() {
             Some((b, min)) if *b == bucket => *min = (*min).min(rtt_ms),
@@ -137,7 +157,8 @@ impl Window {
             }
         }
         let base = self.base_rtt_ms().unwrap_or(rtt_ms);
-        let queue_ms = rtt_ms.saturating_sub(base) as f64;
+        self.queue_ms = rtt_ms.saturating_sub(base).saturating_sub(waited_ms);
+        let queue_ms = self.queue_ms as f64;
         let target_ms = limits.queue_delay_target_ms.max(1) as f64;
         // +1 with an empty queue, 0 on target, -1 (floor) at twice the target or more.
         let off_target = ((target_ms - queue_ms) / target_ms).max(-1.0);
@@ -192,7 +213,7 @@ impl OutboundSession {
         now_ms: u64,
     ) -> Self {
         assert!(local != peer, "a session connects two different regions");
-        assert!(limits.batch_changes_max > 0 && limits.inflight_changes_max > 0);
+        assert!(limits.batch_changes_max > 0 && limits.inflight_changes_max > 0 && limits.batch_bytes_max > 0);
         assert!(limits.window_bytes_min > 0 && limits.window_bytes_min <= limits.window_bytes_max);
         Self {
             local,
@@ -241,6 +262,16 @@ impl OutboundSession {
         self.window.bytes
     }
 
+    /// The lowest recent round trip, taken as the path without a queue (`None` before a sample).
+    pub fn base_rtt_ms(&self) -> Option<u64> {
+        self.window.base_rtt_ms()
+    }
+
+    /// The queueing delay the window controller measured on its last sample.
+    pub fn queue_delay_ms(&self) -> u64 {
+        self.window.queue_ms
+    }
+
     /// Changes the peer still needs from this session in `lane`, sent or not.
     pub fn backlog_changes_in(&self, local_vv: &VersionVector, lane: Lane) -> u64 {
         local_vv
@@ -255,20 +286,21 @@ impl OutboundSession {
         Lane::ALL.into_iter().map(|lane| self.backlog_changes_in(local_vv, lane)).sum()
     }
 
-    /// How many changes `lane` may send now (0: it waits).
-    fn room(&self, lane: Lane) -> u64 {
+    /// How many changes, and how many bytes, `lane` may send now (0 changes: it waits).
+    fn room(&self, lane: Lane) -> (u64, u64) {
         let changes = self.limits.inflight_changes_max.saturating_sub(self.inflight_changes_in(lane));
         if lane == Lane::Urgent {
-            return changes;
+            return (changes, self.limits.batch_bytes_max);
         }
         let inflight_bytes = self.inflight_bytes();
         if inflight_bytes >= self.window.bytes {
-            return 0;
+            return (0, 0);
         }
-        let bytes = (self.window.bytes - inflight_bytes).min(self.window.batch_bytes_max());
+        let bytes =
+            (self.window.bytes - inflight_bytes).min(self.window.batch_bytes_max()).min(self.limits.batch_bytes_max);
         // At least one change, or a window smaller than a change would never send it.
         let by_bytes = (bytes / self.window.change_bytes_avg.max(1)).max(1);
-        changes.min(by_bytes)
+        (changes.min(by_bytes), bytes)
     }
 
     /// The next read to make, or `None` when there is nothing to send or every lane with work
@@ -276,7 +308,7 @@ impl OutboundSession {
     /// origins in name order.
     pub fn next_read(&self, local_vv: &VersionVector) -> Option<ReadRequest> {
         Lane::ALL.into_iter().find_map(|lane| {
-            let room = self.room(lane);
+            let (room, bytes_max) = self.room(lane);
             if room == 0 {
                 return None;
             }
@@ -290,6 +322,7 @@ impl OutboundSession {
                     stream: stream.clone(),
                     after_seq,
                     limit: usize::try_from(pending.min(room)).unwrap_or(usize::MAX).min(self.limits.batch_changes_max),
+                    bytes_max,
                 })
             })
         })
@@ -335,13 +368,14 @@ impl OutboundSession {
         // A flight that arrived while the receiver applied the previous group waited for it; an
         // urgent one would too, whatever the window, so up to a target's worth of that wait is
         // not counted as queue.
-        let receiver_ms = apply_ms + window.previous_apply_ms.min(limits.queue_delay_target_ms);
+        let waited_ms = window.previous_apply_ms.min(limits.queue_delay_target_ms);
         let mut completed = false;
         self.flights.retain(|f| {
             let done = acked.get(&f.stream) >= f.last_seq;
             if done {
                 completed = true;
-                window.on_sample(limits, now_ms.saturating_sub(f.sent_ms).saturating_sub(receiver_ms), f.bytes, now_ms);
+                let rtt_ms = now_ms.saturating_sub(f.sent_ms).saturating_sub(apply_ms);
+                window.on_sample(limits, rtt_ms, waited_ms, f.bytes, now_ms);
             }
             !done
         });
@@ -413,7 +447,7 @@ mod tests {
         let mut s = session(limits(3, 100));
         let local = vv(&[("a", 10)]);
         let read = s.next_read(&local).expect("work");
-        assert_eq!(read, ReadRequest { stream: st("a"), after_seq: 2, limit: 3 });
+        assert_eq!(read, ReadRequest { stream: st("a"), after_seq: 2, limit: 3, bytes_max: 4 * 1024 });
         s.on_sent(&st("a"), 3, 5, 300, 0);
         // No ack yet, and the next batch is ready anyway: pipelining.
         let read = s.next_read(&local).expect("work");
@@ -525,6 +559,7 @@ mod tests {
         let local = vv(&[("a.bulk", 50_000), ("a.urgent", 1)]);
         let read = s.next_read(&local).expect("urgent has its own window");
         assert_eq!((read.stream, read.limit), (st("a.urgent"), 1));
+        assert_eq!(read.bytes_max, OutboundLimits::default().batch_bytes_max, "bounded in bytes all the same");
     }
 
     /// A FIFO path (one TCP connection, one capped link): `rate` bytes per ms, `delay_ms` each
@@ -577,6 +612,90 @@ mod tests {
         let (rate, mean_wait, _) = drive_path(100_000, 1, 300);
         assert!(rate * 100 >= 100_000 * 85, "link use {rate} B/ms of 100000");
         assert!(mean_wait <= OutboundLimits::default().queue_delay_target_ms * 2, "{mean_wait} ms");
+    }
+
+    /// A FIFO path of `rate` bytes per ms and `delay_ms` each way to a receiver that applies
+    /// in groups, as the inbound runtime does: whatever has arrived when it is idle, for
+    /// `apply_ms(now_ms, changes)`, then one cumulative ack carrying that apply time. Batches
+    /// arriving during an apply wait for it. Drives an endless bulk backlog of 200-byte changes
+    /// until `run_ms` and returns, per second of simulated time, (changes delivered, window
+    /// bytes at the end of that second).
+    fn drive_receiver(rate: u64, delay_ms: u64, run_ms: u64, apply_ms: impl Fn(u64, u64) -> u64) -> Vec<(u64, u64)> {
+        let mut s = session(limits(1_024, 1_000_000));
+        let bulk = st("a.bulk");
+        let local = vv(&[("a.bulk", u64::MAX / 2)]);
+        let (mut now_us, mut link_free_us, mut seq) = (0u64, 0u64, 0u64);
+        // Arrivals at the receiver: (at µs, last seq); acks at the sender: (at µs, seq, apply ms).
+        let mut arrivals: VecDeque<(u64, u64)> = VecDeque::new();
+        let mut acks: VecDeque<(u64, u64, u64)> = VecDeque::new();
+        let mut receiver_free_us = 0u64;
+        let mut per_second = vec![(0u64, 0u64); usize::try_from(run_ms / 1_000).expect("small")];
+        let mut acked_seq = 0u64;
+        while now_us < run_ms * 1_000 {
+            while let Some(read) = s.next_read(&local) {
+                let bytes = read.limit as u64 * 200;
+                let last = seq + read.limit as u64;
+                s.on_sent(&bulk, seq + 1, last, bytes, now_us / 1_000);
+                seq = last;
+                link_free_us = link_free_us.max(now_us) + bytes * 1_000 / rate;
+                arrivals.push_back((link_free_us + delay_ms * 1_000, last));
+            }
+            // The receiver starts a group when it is idle and something has arrived.
+            let start_us = match arrivals.front() {
+                Some(&(at, _)) => at.max(receiver_free_us),
+                None => u64::MAX,
+            };
+            let next_ack_us = acks.front().map_or(u64::MAX, |a| a.0);
+            if start_us <= next_ack_us {
+                let mut last = 0;
+                while let Some(&(at, l)) = arrivals.front() {
+                    if at > start_us {
+                        break;
+                    }
+                    last = l;
+                    arrivals.pop_front();
+                }
+                let took_ms = apply_ms(start_us / 1_000, last - acked_seq.max(last.min(acked_seq)));
+                receiver_free_us = start_us + took_ms * 1_000;
+                // Decoding, the ack's encoding and the transport add a few ms the apply time
+                // does not include, on every round trip alike.
+                acks.push_back((receiver_free_us + (delay_ms + 3) * 1_000, last, took_ms));
+                acked_seq = last;
+                continue;
+            }
+            let Some((at_us, last, took_ms)) = acks.pop_front() else { panic!("nothing in flight") };
+            let before = s.acked().get(&bulk);
+            now_us = at_us;
+            s.on_ack(&vv(&[("a.bulk", last)]), BTreeSet::new(), took_ms, now_us / 1_000);
+            if let Some(slot) = per_second.get_mut(usize::try_from(now_us / 1_000_000).expect("small")) {
+                slot.0 += last - before;
+                slot.1 = s.window_bytes();
+            }
+        }
+        per_second
+    }
+
+    #[test]
+    fn the_window_recovers_once_a_loaded_receiver_is_idle_again() {
+        // 10 MB/s, 65 ms each way (a 130 ms round trip, as between mrr dev's regions). For 20 s
+        // the receiver's writer is busy with local load: a group takes 30-90 ms whatever its
+        // size, so some flights arrive just as a group ends and wait for none of it. Then the
+        // load ends and a group costs 1 ms plus 5 µs a change.
+        let load_ms = 20_000;
+        let apply = |now_ms: u64, changes: u64| {
+            if now_ms < load_ms {
+                30 + (now_ms * 7_919) % 60
+            } else {
+                1 + changes * 5 / 1_000
+            }
+        };
+        let seconds = drive_receiver(10_000, 65, 40_000, apply);
+        // From a few seconds after the load ends the backlog drains at link or apply speed: a
+        // 10 MB/s link carries 50,000 changes/s; the receiver applies ~150,000/s. The 16 KiB
+        // floor would carry ~600/s.
+        for (i, (changes, window)) in seconds.iter().enumerate().skip(25) {
+            assert!(*changes >= 25_000, "second {i}: {changes} changes/s with a window of {window} bytes: {seconds:?}");
+        }
     }
 
     #[test]

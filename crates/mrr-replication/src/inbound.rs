@@ -25,7 +25,8 @@ use crate::Context;
 const APPLY_CHANGES_MAX: usize = 8_192;
 
 pub(crate) async fn serve(ctx: Context, listener: TcpListener) {
-    let svc = PeerServer::new(Service { ctx: ctx.clone() }).max_decoding_message_size(64 * 1024 * 1024);
+    let svc = PeerServer::new(Service { ctx: ctx.clone() })
+        .max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);
     let incoming = TcpListenerStream::new(listener);
     if let Err(e) = tonic::transport::Server::builder()
         .tcp_nodelay(true)

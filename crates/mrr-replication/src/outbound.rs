@@ -110,7 +110,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
         .initial_connection_window_size(crate::H2_CONNECTION_WINDOW_BYTES)
         .http2_keep_alive_interval(cfg.heartbeat_interval * 4);
     let channel = endpoint.connect().await?;
-    let mut client = PeerClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let mut client = PeerClient::new(channel).max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);
 
     let (tx, rx) = mpsc::channel::<proto::ToAcceptor>(64);
     let link: LinkSender<proto::ToAcceptor> = ctx.links.sender(&peer.region, tx, cfg.peer_timeout);
@@ -241,7 +241,7 @@ async fn pump(
     let mut sent_any = false;
     let sender_durable = wire::vv_to_wire(&local_vv.of_origin(&ctx.config.local));
     while let Some(read) = session.next_read(local_vv) {
-        let changes = ctx.store.changes_after(&read.stream, read.after_seq, read.limit)?;
+        let changes = ctx.store.changes_within(&read.stream, read.after_seq, read.limit, read.bytes_max)?;
         let Some(first_seq) = changes.first().map(|c| c.seq) else {
             // The vector said these exist; the log must hold them (retention never outruns acks).
             tracing::error!(stream = %read.stream, after_seq = read.after_seq, "changelog is missing changes the version vector covers");
@@ -275,6 +275,10 @@ async fn pump(
     if let Some(m) = ctx.metrics.peer(session.peer()) {
         m.backlog.set(session.backlog_changes(local_vv) as f64);
         m.window_bytes.set(session.window_bytes() as f64);
+        if let Some(base_ms) = session.base_rtt_ms() {
+            m.base_rtt_seconds.set(base_ms as f64 / 1_000.0);
+        }
+        m.queue_delay_seconds.set(session.queue_delay_ms() as f64 / 1_000.0);
     }
     Ok(sent_any)
 }

@@ -226,7 +226,7 @@ mod tests {
 /// Batches whose encoded changes reach this size are sent zstd-compressed.
 pub const COMPRESS_MIN_BYTES: usize = 4 * 1024;
 /// A compressed batch may not expand beyond this (a peer cannot make us allocate more).
-pub const DECOMPRESSED_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub const DECOMPRESSED_BYTES_MAX: usize = mrr_core::limits::PEER_MESSAGE_BYTES_MAX;
 /// Fast compression: replication is latency-sensitive and batches are already grouped.
 const ZSTD_LEVEL: i32 = 1;
 

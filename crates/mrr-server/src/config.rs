@@ -444,6 +444,18 @@ impl Config {
                 "body_bytes_max must be >= record_bytes_max; batch_records_max and json_depth_max must be positive",
             ));
         }
+        if self.limits.record_bytes_max > mrr_core::limits::RECORD_BYTES_MAX_ALLOWED {
+            return Err(invalid(
+                "record_bytes_max:",
+                format!(
+                    "limits.record_bytes_max {} is above {}: a change carrying such a record might not fit one peer message ({} bytes)",
+                    self.limits.record_bytes_max,
+                    mrr_core::limits::RECORD_BYTES_MAX_ALLOWED,
+                    mrr_core::limits::PEER_MESSAGE_BYTES_MAX
+                ),
+                "set limits.record_bytes_max to 8388608 (8 MiB) or less",
+            ));
+        }
         if self.health.lag_warn >= self.health.lag_critical {
             return Err(invalid(
                 "lag_warn:",

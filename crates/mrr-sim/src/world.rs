@@ -679,7 +679,8 @@ impl World {
                     break;
                 };
                 let Some(read) = session.next_read(durable) else { break };
-                let changes = store.changes_after(&read.stream, read.after_seq, read.limit).unwrap_or_default();
+                let changes =
+                    store.changes_within(&read.stream, read.after_seq, read.limit, read.bytes_max).unwrap_or_default();
                 let Some(first) = changes.first().map(|c| c.seq) else { break };
                 let shipped = mrr_core::placement::for_peer(&changes, session.peer());
                 let Some(last) = shipped.changes.last().map(|c| c.seq) else {
