@@ -6,6 +6,7 @@
 //! on an async runtime, so the server and a simulator drive exactly the same code.
 
 pub mod change;
+pub mod clock_check;
 pub mod conflict;
 pub mod doc;
 pub mod fold;

@@ -159,6 +159,9 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
         }
     }
 
+    if skew_known {
+        ctx.status.observe_clock(&peer.region, est.skew_ms, est.rtt_ms / 2, ctx.clock.now_ms());
+    }
     // Session time is monotonic milliseconds since the stream started.
     let started = Instant::now();
     let mono_ms = move || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -170,7 +173,6 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
         s.outbound = state::CONNECTED.into();
         s.last_error = None;
         s.rtt_ms = Some(est.rtt_ms);
-        s.clock_skew_ms = skew_known.then_some(est.skew_ms);
         s.handshakes += 1;
         s.acked = vv_map(session.acked());
     });
@@ -197,6 +199,19 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
                     return Err(SessionEnd::Closed);
                 };
                 last_heard = Instant::now();
+                // Every ack says the peer's clock when it was sent, about half the handshake's
+                // round trip ago: the offset is followed between handshakes, so a clock that
+                // steps is noticed within a heartbeat.
+                let now_wall = ctx.clock.now_ms();
+                let half_rtt = i64::try_from(est.rtt_ms / 2).unwrap_or(i64::MAX);
+                let offset_ms = i64::try_from(ack.wall_ms).unwrap_or(i64::MAX).saturating_add(half_rtt)
+                    .saturating_sub(i64::try_from(now_wall).unwrap_or(i64::MAX));
+                if skew_known {
+                    ctx.status.observe_clock(&peer.region, offset_ms, est.rtt_ms / 2, now_wall);
+                    if let Some(m) = ctx.metrics.peer(&peer.region) {
+                        m.clock_skew_seconds.set(offset_ms as f64 / 1_000.0);
+                    }
+                }
                 let vv = wire::vv_from_wire(ack.applied)?;
                 let direct = wire::regions_from_wire(ack.direct_origins)?;
                 session.on_ack(&vv, direct, u64::from(ack.apply_ms), mono_ms());

@@ -27,6 +27,8 @@ struct Entry {
     /// `(second, changes)` buckets, oldest first.
     received: VecDeque<(u64, u64)>,
     caught_up_at_ms: Option<u64>,
+    /// The peer's clock as last measured, and when (this node's wall ms).
+    clock: Option<(mrr_core::clock_check::PeerOffset, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -86,6 +88,26 @@ impl StatusBoard {
         if let Some(e) = self.lock().get_mut(peer) {
             e.caught_up_at_ms = Some(e.caught_up_at_ms.map_or(peer_wall_ms, |c| c.max(peer_wall_ms)));
         }
+    }
+
+    /// `peer`'s clock minus this node's is `offset_ms`, known to within `uncertainty_ms`,
+    /// as measured at `now_ms`.
+    pub fn observe_clock(&self, peer: &RegionName, offset_ms: i64, uncertainty_ms: u64, now_ms: u64) {
+        if let Some(e) = self.lock().get_mut(peer) {
+            e.status.clock_skew_ms = Some(offset_ms);
+            let offset = mrr_core::clock_check::PeerOffset { peer: peer.clone(), offset_ms, uncertainty_ms };
+            e.clock = Some((offset, now_ms));
+        }
+    }
+
+    /// The peers' clocks measured within `fresh_ms` of `now_ms`.
+    pub fn clock_offsets(&self, now_ms: u64, fresh_ms: u64) -> Vec<mrr_core::clock_check::PeerOffset> {
+        self.lock()
+            .values()
+            .filter_map(|e| e.clock.as_ref())
+            .filter(|(_, at)| now_ms.saturating_sub(*at) <= fresh_ms)
+            .map(|(o, _)| o.clone())
+            .collect()
     }
 
     /// Every peer's status, with the derived figures computed as of `now_ms`.

@@ -21,12 +21,15 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// `dead_letters`: the size of the dead-letter queue; changes waiting there make the node warn.
+/// `critical`: node-level conditions that make it critical whatever its peers' lag (a clock
+/// beyond max_clock_skew, a writer stopped by a failed commit), each a sentence.
 pub fn evaluate(
     region: &str,
     peers: &[PeerStatus],
     thresholds: Thresholds,
     uptime: Duration,
     dead_letters: u64,
+    critical: &[String],
 ) -> Health {
     let (warn_ms, critical_ms, target_ms) =
         (ms(thresholds.lag_warn), ms(thresholds.lag_critical), ms(thresholds.freshness_target));
@@ -68,7 +71,14 @@ pub fn evaluate(
     if dead_letters > 0 {
         warnings.push(format!("{dead_letters} change(s) in the dead-letter queue: see GET /v1/dlq"));
     }
-    let node = if warnings.is_empty() { HealthStatus::Ok } else { HealthStatus::Warn };
+    let node = if !critical.is_empty() {
+        HealthStatus::Critical
+    } else if warnings.is_empty() {
+        HealthStatus::Ok
+    } else {
+        HealthStatus::Warn
+    };
+    warnings.splice(0..0, critical.iter().cloned());
     Health {
         status: regions.iter().map(|r| r.status).chain([node]).max().unwrap_or(HealthStatus::Ok),
         dead_letters,
@@ -103,13 +113,19 @@ mod tests {
 
     #[test]
     fn thresholds_and_worst_status() {
-        let h =
-            evaluate("a", &[peer("b", Some(120), true), peer("c", Some(6_000), true)], T, Duration::from_secs(60), 0);
+        let h = evaluate(
+            "a",
+            &[peer("b", Some(120), true), peer("c", Some(6_000), true)],
+            T,
+            Duration::from_secs(60),
+            0,
+            &[],
+        );
         assert_eq!(h.status, HealthStatus::Warn);
         assert_eq!(h.regions[0].status, HealthStatus::Ok);
         assert!(!h.regions[0].beyond_freshness_target);
         assert!(h.regions[1].beyond_freshness_target);
-        let h = evaluate("a", &[peer("b", Some(31_000), false)], T, Duration::from_secs(60), 0);
+        let h = evaluate("a", &[peer("b", Some(31_000), false)], T, Duration::from_secs(60), 0, &[]);
         assert_eq!(h.status, HealthStatus::Critical);
         assert!(h.regions[0].reason.as_deref().is_some_and(|r| r.contains("no stream from b")), "{h:?}");
     }
@@ -117,11 +133,11 @@ mod tests {
     #[test]
     fn a_region_never_heard_from_turns_critical_with_uptime() {
         let never = [peer("b", None, false)];
-        assert_eq!(evaluate("a", &never, T, Duration::from_secs(1), 0).status, HealthStatus::Ok);
-        assert_eq!(evaluate("a", &never, T, Duration::from_secs(10), 0).status, HealthStatus::Warn);
-        assert_eq!(evaluate("a", &never, T, Duration::from_secs(30), 0).status, HealthStatus::Critical);
-        assert_eq!(evaluate("a", &[], T, Duration::from_secs(99), 0).status, HealthStatus::Ok);
-        let dlq = evaluate("a", &[], T, Duration::from_secs(99), 2);
+        assert_eq!(evaluate("a", &never, T, Duration::from_secs(1), 0, &[]).status, HealthStatus::Ok);
+        assert_eq!(evaluate("a", &never, T, Duration::from_secs(10), 0, &[]).status, HealthStatus::Warn);
+        assert_eq!(evaluate("a", &never, T, Duration::from_secs(30), 0, &[]).status, HealthStatus::Critical);
+        assert_eq!(evaluate("a", &[], T, Duration::from_secs(99), 0, &[]).status, HealthStatus::Ok);
+        let dlq = evaluate("a", &[], T, Duration::from_secs(99), 2, &[]);
         assert_eq!(dlq.status, HealthStatus::Warn);
         assert!(dlq.warnings[0].contains("2 change(s) in the dead-letter queue"), "{dlq:?}");
     }

@@ -49,6 +49,8 @@ pub struct AppState {
     pub replication_metrics: mrr_replication::metrics::ReplicationMetrics,
     /// `placement_writes: forward` for some topic: how to reach the other regions' APIs.
     pub forwarder: Option<Arc<crate::forward::Forwarder>>,
+    /// Whether the node takes writes now (clock, writer).
+    pub admission: Arc<crate::admission::Admission>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -247,7 +249,15 @@ struct HealthQuery {
 async fn health(State(state): State<AppState>, Query(q): Query<HealthQuery>) -> ApiResult<(StatusCode, Json<Health>)> {
     let peers = state.status.snapshot(state.clock.now_ms());
     let dead_letters = crate::review::refresh_dlq_gauges(&state)?;
-    let h = crate::health::evaluate(state.region.as_str(), &peers, state.health, state.started.elapsed(), dead_letters);
+    let critical = state.admission.critical(&state);
+    let h = crate::health::evaluate(
+        state.region.as_str(),
+        &peers,
+        state.health,
+        state.started.elapsed(),
+        dead_letters,
+        &critical,
+    );
     let code = if q.strict && h.status == mrr_api::HealthStatus::Critical {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -260,6 +270,7 @@ async fn health(State(state): State<AppState>, Query(q): Query<HealthQuery>) -> 
 #[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.replication_metrics.refresh(&state.status.snapshot(state.clock.now_ms()));
+    state.admission.clock(&state);
     state.metrics.storage_bytes.set(state.store.disk_bytes() as f64);
     if let Err(e) = crate::review::refresh_dlq_gauges(&state) {
         // Rendered anyway: the other families are still worth scraping.
@@ -581,6 +592,7 @@ fn links_view(links: &Links) -> LinksView {
 
 /// Writes through the writer and records the latency (request to durable commit).
 async fn timed_write(state: &AppState, latency: &metrics::Histogram, ops: Vec<LocalOp>) -> ApiResult<Vec<Committed>> {
+    state.admission.check_write(state)?;
     let started = std::time::Instant::now();
     match state.writer.write(ops).await {
         Ok(c) => {

@@ -3,6 +3,7 @@
 //! Reads the config, opens the store, starts the writer and replication, and serves the HTTP
 //! API. Protocol logic lives in the crates it wires together; this crate holds none.
 
+pub mod admission;
 pub mod config;
 pub mod dev;
 pub mod forward;

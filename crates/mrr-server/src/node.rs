@@ -182,6 +182,7 @@ impl Node {
             metrics: crate::metrics::ServerMetrics::new(recorder.as_ref(), metrics_handle.clone()),
             replication_metrics: replicator.metrics.clone(),
             forwarder: config.forwarder().map_err(|e| StartError::Forwarder(e.to_string()))?.map(Arc::new),
+            admission: crate::admission::Admission::new(max_skew_ms, recorder.as_ref()),
         };
         // Histogram samples are folded into buckets here and at every scrape; the conflict log
         // is trimmed to its retention every 12 ticks (a minute).

@@ -103,6 +103,11 @@ impl Engine {
         &self.applied
     }
 
+    /// The last timestamp this engine issued or observed.
+    pub fn hlc_last(&self) -> mrr_core::Timestamp {
+        self.hlc.last()
+    }
+
     pub fn policies(&self) -> &Policies {
         &self.policies
     }

@@ -146,6 +146,8 @@ pub struct Writer {
     applied: watch::Receiver<VersionVector>,
     durable: watch::Receiver<VersionVector>,
     failed: Arc<std::sync::OnceLock<Arc<str>>>,
+    /// Wall milliseconds of the HLC's last timestamp, as of the last group.
+    hlc_wall_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Writer {
@@ -178,12 +180,20 @@ impl Writer {
             }
         };
         let failed = Arc::new(std::sync::OnceLock::new());
-        let writer_failed = failed.clone();
+        let hlc_wall_ms = Arc::new(std::sync::atomic::AtomicU64::new(engine.hlc_last().wall_ms));
+        let shared = Shared { failed: failed.clone(), hlc_wall_ms: hlc_wall_ms.clone() };
         std::thread::Builder::new()
             .name("mrr-writer".into())
-            .spawn(move || run(engine, rx, store, clock, applied_tx, config, &writer_failed))
+            .spawn(move || run(engine, rx, store, clock, applied_tx, config, &shared))
             .map_err(thread_error)?;
-        Ok(Self { tx, applied, durable, failed })
+        Ok(Self { tx, applied, durable, failed, hlc_wall_ms })
+    }
+
+    /// Wall milliseconds of the last timestamp the writer issued or observed: ahead of the
+    /// system clock after a forward step that was undone, which [`mrr_core::clock_check`]
+    /// needs to know.
+    pub fn hlc_wall_ms(&self) -> u64 {
+        self.hlc_wall_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Why the writer stopped taking writes, if it has (see [`WriteError::Failed`]).
@@ -252,8 +262,9 @@ fn run(
     clock: Arc<dyn PhysicalClock>,
     applied_tx: watch::Sender<VersionVector>,
     config: WriterConfig,
-    failed: &std::sync::OnceLock<Arc<str>>,
+    shared: &Shared,
 ) {
+    let failed = &shared.failed;
     let mut group = Vec::with_capacity(config.group_requests_max);
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
@@ -283,6 +294,7 @@ fn run(
                 }
             }
         }
+        shared.hlc_wall_ms.store(engine.hlc_last().wall_ms, std::sync::atomic::Ordering::Relaxed);
         let commit = match engine.finish(pending) {
             Some(batch) => store.commit(&batch).map(|()| Some(batch)),
             None => Ok(None),
@@ -317,6 +329,12 @@ fn run(
             }
         }
     }
+}
+
+/// What the writer thread shares with its handles.
+struct Shared {
+    failed: Arc<std::sync::OnceLock<Arc<str>>>,
+    hlc_wall_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Request {
