@@ -1,11 +1,13 @@
 //! The simulated disk: a [`MemStore`] that remembers which commits were persisted, so a power
 //! loss can take away exactly what `durability: buffered` allows (commits since the last
-//! persist) and nothing that `durability: fsync` promised.
+//! persist) and nothing that `durability: fsync` promised; and that fails reads and commits
+//! where its [`FaultPlan`] says (a failing disk), through the same [`FaultyStore`] the tests use.
 
 use std::sync::{Mutex, PoisonError};
 
 use mrr_core::fold::FoldEntry;
 use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Stream, Version, VersionVector};
+use mrr_storage::faults::{FaultPlan, FaultyStore};
 use mrr_storage::{CommitBatch, MemStore, RecoveredState, Result, Store};
 
 #[derive(Debug, Default)]
@@ -17,14 +19,19 @@ struct Journal {
 
 #[derive(Debug)]
 pub struct SimDisk {
-    live: MemStore,
+    live: FaultyStore<MemStore>,
     buffered: bool,
     journal: Mutex<Journal>,
 }
 
 impl SimDisk {
     pub fn new(buffered: bool) -> Self {
-        Self { live: MemStore::new(), buffered, journal: Mutex::default() }
+        Self { live: FaultyStore::new(MemStore::new()), buffered, journal: Mutex::default() }
+    }
+
+    /// The faults armed on this disk.
+    pub fn faults(&self) -> std::sync::Arc<FaultPlan> {
+        self.live.plan()
     }
 
     /// The machine loses power: what was not persisted is gone.
@@ -36,7 +43,7 @@ impl SimDisk {
             // Replaying into a fresh memory store cannot fail.
             let _ = live.commit(batch);
         }
-        self.live = live;
+        self.live = FaultyStore::with_plan(live, self.live.plan());
     }
 }
 

@@ -20,7 +20,7 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--faults F] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom] [--no-deletes] [--placement]".into()
+    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom] [--no-deletes] [--placement]".into()
 }
 
 fn parse() -> Result<Args, String> {
@@ -48,6 +48,9 @@ fn parse() -> Result<Args, String> {
             "--regions" => a.config.regions = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--writes" => a.config.writes = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--faults" => a.config.faults = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
+            "--keys" => a.config.keys = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
+            "--disk-faults" => a.config.disk_faults = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
+            "--clock-steps" => a.config.clock_steps = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--phase-ms" => a.config.fault_phase_ms = num(value()?)?,
             "--durability" => {
                 a.config.buffered = match value()?.as_str() {
@@ -106,15 +109,8 @@ fn main() -> ExitCode {
                 eprintln!("which fails with: {shortest}");
                 let list: Vec<String> = keep.iter().map(ToString::to_string).collect();
                 eprintln!(
-                    "replay: cargo run --release -p mrr-sim -- --seed {seed} --durability {} --strategy {}{}{} --regions {} --writes {} --faults {} --phase-ms {} --keep-faults {}",
-                    if args.config.buffered { "buffered" } else { "fsync" },
-                    args.config.strategy,
-                    if args.config.deletes { "" } else { " --no-deletes" },
-                    if args.config.placement { " --placement" } else { "" },
-                    args.config.regions,
-                    args.config.writes,
-                    args.config.faults,
-                    args.config.fault_phase_ms,
+                    "replay: cargo run --release -p mrr-sim -- --seed {seed} {} --keep-faults {}",
+                    args.config.flags(),
                     list.join(",")
                 );
                 return ExitCode::FAILURE;

@@ -36,6 +36,19 @@ pub enum FaultEvent {
         node: usize,
         offset_ms: i64,
     },
+    /// The node's clock steps by `step_ms` on top of its offset (0: the step is undone). A
+    /// step beyond `max_clock_skew` makes peers refuse what it stamps, and its HLC stays ahead
+    /// after the step back.
+    ClockStep {
+        node: usize,
+        step_ms: i64,
+    },
+    /// The node's disk fails the `read_in`th read from now, or its `commit_in`th commit.
+    Disk {
+        node: usize,
+        read_in: Option<u64>,
+        commit_in: Option<u64>,
+    },
 }
 
 impl fmt::Display for FaultEvent {
@@ -47,6 +60,11 @@ impl fmt::Display for FaultEvent {
             FaultEvent::PowerLoss { node } => write!(f, "power loss r{node}"),
             FaultEvent::Restart { node } => write!(f, "restart r{node}"),
             FaultEvent::Clock { node, offset_ms } => write!(f, "clock r{node} {offset_ms:+}ms"),
+            FaultEvent::ClockStep { node, step_ms } => write!(f, "clock step r{node} {step_ms:+}ms"),
+            FaultEvent::Disk { node, read_in: Some(n), .. } => write!(f, "disk r{node} fails read {n} from now"),
+            FaultEvent::Disk { node, commit_in, .. } => {
+                write!(f, "disk r{node} fails commit {} from now", commit_in.unwrap_or(1))
+            }
         }
     }
 }
@@ -108,6 +126,36 @@ impl Schedule {
                 }
             }
         }
+        // Failing disks and clock steps come from streams of their own, after the episodes
+        // above, so that adding them left the rest of every seed's schedule as it was.
+        let mut disk = StdRng::seed_from_u64(seed ^ 0x6469_736b);
+        for _ in 0..config.disk_faults {
+            let at = disk.random_range(0..phase);
+            let node = disk.random_range(0..n);
+            let (read_in, commit_in) = match disk.random_range(0..3u8) {
+                0 => (None, Some(disk.random_range(1..=3))),
+                _ => (Some(disk.random_range(1..=12)), None),
+            };
+            faults.push((at, FaultEvent::Disk { node, read_in, commit_in }));
+            // Half the time the process then dies and restarts (recovering from what the
+            // failed request left on disk: nothing).
+            if disk.random_ratio(1, 2) {
+                let crash = (at + disk.random_range(1..500)).min(phase);
+                faults.push((crash, FaultEvent::Crash { node }));
+                faults.push(((crash + disk.random_range(100..2_000)).min(phase), FaultEvent::Restart { node }));
+            }
+        }
+        let mut step = StdRng::seed_from_u64(seed ^ 0x7374_6570);
+        for _ in 0..config.clock_steps {
+            let at = step.random_range(0..phase);
+            let until = (at + step.random_range(200..3_000)).min(phase);
+            let node = step.random_range(0..n);
+            let skew = i64::try_from(config.max_skew_ms).unwrap_or(i64::MAX);
+            let step_ms = step.random_range(skew * 2..=skew * 8);
+            faults.push((at, FaultEvent::ClockStep { node, step_ms }));
+            faults.push((until, FaultEvent::ClockStep { node, step_ms: 0 }));
+        }
+        // Stable: faults at the same instant keep the order they were generated in.
         faults.sort_by_key(|(at, _)| *at);
         let mut writes: Vec<(u64, WriteEvent)> = (0..config.writes)
             .map(|_| {

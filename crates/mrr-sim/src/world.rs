@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use mrr_core::session::{OutboundLimits, OutboundSession};
 use mrr_core::{Key, Metadata, RegionName};
 use mrr_storage::Store;
-use mrr_writer::{Engine, LocalOp, Pending};
+use mrr_writer::{DurableRule, Engine, LocalOp, Pending};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::disk::SimDisk;
@@ -36,6 +36,10 @@ pub struct SimConfig {
     pub keys: usize,
     /// Fault episodes in the fault phase.
     pub faults: usize,
+    /// Failing-disk episodes: a read or a commit fails, and half the time the node restarts.
+    pub disk_faults: usize,
+    /// Clock steps beyond `max_skew_ms`, each undone within the fault phase.
+    pub clock_steps: usize,
     pub fault_phase_ms: u64,
     /// The run fails if regions have not converged this long after the heal.
     pub heal_deadline_ms: u64,
@@ -192,6 +196,8 @@ impl Default for SimConfig {
             writes: 200,
             keys: 8,
             faults: 6,
+            disk_faults: 2,
+            clock_steps: 1,
             fault_phase_ms: 10_000,
             heal_deadline_ms: 60_000,
             max_skew_ms: 200,
@@ -218,6 +224,28 @@ impl Default for SimConfig {
     }
 }
 
+impl SimConfig {
+    /// The `mrr-sim` flags that run exactly this configuration: every setting the command line
+    /// can set, whether or not it differs from the default, so a replay never depends on
+    /// defaults that may have changed since.
+    pub fn flags(&self) -> String {
+        format!(
+            "--regions {} --writes {} --keys {} --faults {} --disk-faults {} --clock-steps {} --phase-ms {} --durability {} --strategy {}{}{}",
+            self.regions,
+            self.writes,
+            self.keys,
+            self.faults,
+            self.disk_faults,
+            self.clock_steps,
+            self.fault_phase_ms,
+            if self.buffered { "buffered" } else { "fsync" },
+            self.strategy,
+            if self.deletes { "" } else { " --no-deletes" },
+            if self.placement { " --placement" } else { "" },
+        )
+    }
+}
+
 /// A successful run.
 #[derive(Clone, Debug)]
 pub struct RunReport {
@@ -238,6 +266,8 @@ pub struct RunReport {
     pub transfers_received: usize,
     /// Acknowledged writes that named a placement other than every region.
     pub acked_placed: usize,
+    /// Requests and commits a failing disk refused (none of them applied anything).
+    pub storage_errors: usize,
 }
 
 /// A broken invariant.
@@ -294,9 +324,11 @@ struct Node {
     store: SimDisk,
     /// `None` while the process is down.
     engine: Option<Engine>,
-    /// What is persisted; only this is replicated (as `Writer::durable` in the server).
-    durable: mrr_core::VersionVector,
+    /// What is persisted; only this is replicated: the server's own rule.
+    durable: DurableRule,
     clock_offset_ms: i64,
+    /// A clock step on top of the offset (`FaultEvent::ClockStep`).
+    clock_step_ms: i64,
     out: Vec<Option<Out>>,
     inc: Vec<Option<In>>,
 }
@@ -327,6 +359,9 @@ struct World {
     refused_pending: usize,
     transfers_received: usize,
     acked_placed: usize,
+    storage_errors: usize,
+    /// A violation found where no `Step` returns (the pump).
+    broken: Option<Violation>,
 }
 
 type Step = Result<(), Violation>;
@@ -356,6 +391,7 @@ pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result
         refused_pending: world.refused_pending,
         transfers_received: world.transfers_received,
         acked_placed: world.acked_placed,
+        storage_errors: world.storage_errors,
     })
 }
 
@@ -396,8 +432,9 @@ impl World {
             .map(|i| Node {
                 store: SimDisk::new(cfg.buffered),
                 engine: Some(Engine::new(names[i].clone(), Default::default(), cfg.max_skew_ms, policies.clone())),
-                durable: mrr_core::VersionVector::new(),
+                durable: DurableRule::new(cfg.buffered, mrr_core::VersionVector::new()),
                 clock_offset_ms: 0,
+                clock_step_ms: 0,
                 out: (0..n).map(|j| (j != i).then_some(Out::Down { retry_at: 0, backoff: BACKOFF_MIN_MS })).collect(),
                 inc: (0..n).map(|_| None).collect(),
             })
@@ -427,6 +464,8 @@ impl World {
             refused_pending: 0,
             transfers_received: 0,
             acked_placed: 0,
+            storage_errors: 0,
+            broken: None,
         };
         if world.cfg.placement {
             let name = |i: usize| world.names[i].to_string();
@@ -466,7 +505,8 @@ impl World {
     }
 
     fn physical_ms(&self, node: usize) -> u64 {
-        (EPOCH_MS + self.now).saturating_add_signed(self.nodes[node].clock_offset_ms)
+        let n = &self.nodes[node];
+        (EPOCH_MS + self.now).saturating_add_signed(n.clock_offset_ms.saturating_add(n.clock_step_ms))
     }
 
     fn run_to_end(&mut self) -> Step {
@@ -480,6 +520,9 @@ impl World {
                 Event::Fault(f) => self.fault(f)?,
                 Event::Sync(k) => self.sync(k)?,
                 Event::Heal => self.heal()?,
+            }
+            if let Some(v) = self.broken.take() {
+                return Err(v);
             }
             if let Some(healed) = self.healed_at {
                 if self.converged_at.is_none() && self.converged() {
@@ -565,12 +608,22 @@ impl World {
             .collect()
     }
 
-    /// Commits `pending` at `node` and runs the commit hooks.
-    fn commit(&mut self, node: usize, pending: Pending) -> Step {
+    /// Commits `pending` at `node` and runs the commit hooks. `Ok(false)`: the disk refused
+    /// the commit and nothing of the group applied (its requests fail, as the writer answers).
+    fn commit(&mut self, node: usize, pending: Pending) -> Result<bool, Violation> {
         let Node { engine, store, .. } = &mut self.nodes[node];
-        let Some(engine) = engine.as_mut() else { return Ok(()) };
-        let Some(batch) = engine.finish(pending) else { return Ok(()) };
-        store.commit(&batch).map_err(|e| Violation::simulator(self.seed, self.now, e))?;
+        let Some(engine) = engine.as_mut() else { return Ok(false) };
+        let Some(batch) = engine.finish(pending) else { return Ok(true) };
+        if store.commit(&batch).is_err() {
+            self.storage_errors += 1;
+            // An injected failure strikes before the store is touched: the writer finds it
+            // as it was and goes on.
+            let on_disk = store.recover().map_err(|e| Violation::simulator(self.seed, self.now, e))?;
+            if on_disk.vv != *engine.applied() {
+                return Err(Violation::simulator(self.seed, self.now, "a refused commit reached the store"));
+            }
+            return Ok(false);
+        }
         engine.committed(&batch);
         let here = engine.local();
         let transfers =
@@ -582,11 +635,8 @@ impl World {
             inv.on_commit(node, &batch, &applied)
                 .map_err(|detail| Violation::broken(self.seed, self.now, inv.as_ref(), detail))?;
         }
-        if !self.cfg.buffered {
-            // Under fsync every commit is durable when it returns.
-            self.nodes[node].durable = applied;
-        }
-        Ok(())
+        self.nodes[node].durable.committed(&applied);
+        Ok(true)
     }
 
     /// Under `buffered`: persist the journal, then what it covered may replicate.
@@ -596,7 +646,7 @@ impl World {
         let Some(engine) = n.engine.as_ref() else { return Ok(()) };
         let snapshot = engine.applied().clone();
         n.store.persist().map_err(|e| Violation::simulator(self.seed, self.now, e))?;
-        n.durable = snapshot.clone();
+        n.durable.persisted(&snapshot);
         for inv in &mut self.invariants {
             inv.on_durable(node, &snapshot);
         }
@@ -630,15 +680,19 @@ impl World {
                 self.refused_pending += 1;
                 return Ok(());
             }
-            Err(e) => {
-                let e = match e {
-                    mrr_writer::LocalFailure::Store(e) => e.to_string(),
-                    mrr_writer::LocalFailure::Rejected(r) => r.to_string(),
-                };
-                return Err(Violation::simulator(self.seed, self.now, e));
+            // A failing disk: the client is told. The writer commits the rest of the group
+            // whatever one request did (here the group is this request alone), so whatever
+            // the request left in it would land.
+            Err(mrr_writer::LocalFailure::Store(_)) => {
+                self.storage_errors += 1;
+                self.commit(w.node, pending)?;
+                return Ok(());
             }
+            Err(mrr_writer::LocalFailure::Rejected(r)) => return Err(Violation::simulator(self.seed, self.now, r)),
         };
-        self.commit(w.node, pending)?;
+        if !self.commit(w.node, pending)? {
+            return Ok(());
+        }
         for c in committed {
             let acked = AckedWrite {
                 node: w.node,
@@ -675,13 +729,35 @@ impl World {
         for peer in 0..n {
             loop {
                 let Node { engine, store, out, durable, .. } = &mut self.nodes[node];
+                let durable = durable.durable();
                 let (Some(_), Some(Out::Up { epoch, session, .. })) = (engine.as_ref(), out[peer].as_mut()) else {
                     break;
                 };
                 let Some(read) = session.next_read(durable) else { break };
-                let changes =
-                    store.changes_within(&read.stream, read.after_seq, read.limit, read.bytes_max).unwrap_or_default();
-                let Some(first) = changes.first().map(|c| c.seq) else { break };
+                // A read the disk fails stops this pump (the runtime ends the session; the
+                // next event pumps again).
+                let Ok(changes) = store.changes_within(&read.stream, read.after_seq, read.limit, read.bytes_max) else {
+                    break;
+                };
+                // The vector says these changes exist: the changelog must hold them, in order,
+                // as the runtime checks before it sends (a hole ends its session with an error).
+                let first = changes.first().map(|c| c.seq);
+                if first != Some(read.after_seq + 1) {
+                    let detail = format!(
+                        "r{node}'s changelog of {} has a hole: after seq {} the next held is {first:?}, its vector covers {}",
+                        read.stream,
+                        read.after_seq,
+                        durable.get(&read.stream)
+                    );
+                    self.broken.get_or_insert(Violation {
+                        seed: self.seed,
+                        invariant: "changelog_contiguous",
+                        at_ms: self.now,
+                        detail,
+                    });
+                    break;
+                }
+                let first = read.after_seq + 1;
                 let shipped = mrr_core::placement::for_peer(&changes, session.peer());
                 let Some(last) = shipped.changes.last().map(|c| c.seq) else {
                     session.hold(&read.stream, first);
@@ -741,10 +817,19 @@ impl World {
                 }
                 let Some(engine) = engine.as_mut() else { return Ok(()) };
                 let mut pending = engine.begin(physical);
-                let outcome = engine
-                    .apply_remote(&mut pending, store, changes, physical)
-                    .map_err(|e| Violation::simulator(self.seed, self.now, e))?;
-                self.commit(node, pending)?;
+                let applied = engine.apply_remote(&mut pending, store, changes, physical);
+                // A failing disk ends the stream without an ack, as the acceptor does; the
+                // dialer resends from what was acknowledged.
+                let Ok(outcome) = applied else {
+                    self.storage_errors += 1;
+                    self.commit(node, pending)?;
+                    self.nodes[node].inc[from] = None;
+                    return Ok(());
+                };
+                if !self.commit(node, pending)? {
+                    self.nodes[node].inc[from] = None;
+                    return Ok(());
+                }
                 if let Some(r) = &outcome.refused {
                     for inv in &mut self.invariants {
                         inv.on_refusal(node, r)
@@ -846,7 +931,7 @@ impl World {
             FaultEvent::Crash { node } => self.crash(node),
             FaultEvent::PowerLoss { node } => {
                 if self.nodes[node].engine.is_some() {
-                    let durable = self.nodes[node].durable.clone();
+                    let durable = self.nodes[node].durable.durable().clone();
                     for inv in &mut self.invariants {
                         inv.on_power_loss(node, &durable);
                     }
@@ -856,6 +941,16 @@ impl World {
             }
             FaultEvent::Restart { node } => self.restart(node)?,
             FaultEvent::Clock { node, offset_ms } => self.nodes[node].clock_offset_ms = offset_ms,
+            FaultEvent::ClockStep { node, step_ms } => self.nodes[node].clock_step_ms = step_ms,
+            FaultEvent::Disk { node, read_in, commit_in } => {
+                let plan = self.nodes[node].store.faults();
+                if let Some(n) = read_in {
+                    plan.fail_read_in(n);
+                }
+                if let Some(n) = commit_in {
+                    plan.fail_commit_in(n);
+                }
+            }
         }
         Ok(())
     }
@@ -881,7 +976,7 @@ impl World {
                 .map_err(|detail| Violation::broken(self.seed, self.now, inv.as_ref(), detail))?;
         }
         let n = &mut self.nodes[node];
-        n.durable = recovered.vv.clone();
+        n.durable = DurableRule::new(self.cfg.buffered, recovered.vv.clone());
         n.engine = Some(Engine::new(
             self.names[node].clone(),
             recovered,
@@ -898,6 +993,11 @@ impl World {
     /// offsets stay as they are: convergence must not need perfect clocks.
     fn heal(&mut self) -> Step {
         self.cut.clear();
+        // Disks are repaired and clock steps undone; offsets within max_clock_skew stay.
+        for n in &mut self.nodes {
+            n.store.faults().disarm();
+            n.clock_step_ms = 0;
+        }
         for node in 0..self.cfg.regions {
             self.restart(node)?;
         }

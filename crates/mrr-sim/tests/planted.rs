@@ -51,3 +51,30 @@ fn a_failing_seed_replays_exactly() {
     let again = first_violation(Bug::DuplicatesBypassMerge, &config, v.seed..v.seed + 1).expect("fails again");
     assert_eq!(again, v, "same seed, same violation, same time");
 }
+
+/// A failing disk part way through a request: the bug keeps what the request did before the
+/// error in the group's commit, so a remote change can be counted as applied without being
+/// stored.
+#[test]
+fn catches_a_failed_request_that_leaves_part_of_itself_committed() {
+    // Reads part way through a request happen under `custom` (fold histories).
+    let config = SimConfig { strategy: mrr_sim::Strategy::Custom, disk_faults: 8, ..SimConfig::default() };
+    let v = first_violation(Bug::KeepFailedRequests, &config, 0..200).expect("a half-applied request must be caught");
+    assert!(
+        ["changelog_contiguous", "convergence", "no_acknowledged_write_lost"].contains(&v.invariant),
+        "caught by an unexpected invariant: {v}"
+    );
+    assert!(run(v.seed, &config, None).is_ok(), "{v}");
+}
+
+/// The production durable rule with its bug: under `durability: buffered` changes replicate
+/// before the disk has them, and a power loss makes the region reuse sequence numbers its
+/// peers already hold.
+#[test]
+fn catches_changes_replicated_before_they_are_durable() {
+    let config = SimConfig { buffered: true, ..SimConfig::default() };
+    let v = first_violation(Bug::ReplicateBeforeDurable, &config, 0..300)
+        .expect("replicating volatile changes must be caught");
+    assert!(run(v.seed, &config, None).is_ok(), "{v}");
+    eprintln!("caught: {v}");
+}

@@ -17,14 +17,7 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
                 refused += report.refused_not_placed;
                 transfers += report.transfers_received;
             }
-            Err(v) => panic!(
-                "{v}\nreplay: cargo run --release -p mrr-sim -- --seed {seed} --regions {} --strategy {}{}{}{}",
-                config.regions,
-                config.strategy,
-                if config.deletes { "" } else { " --no-deletes" },
-                if config.placement { " --placement" } else { "" },
-                if config.buffered { " --durability buffered" } else { "" },
-            ),
+            Err(v) => panic!("{v}\nreplay: cargo run --release -p mrr-sim -- --seed {seed} {}", config.flags()),
         }
     }
     // Every lane carried writes, so cross-lane overtaking was part of every sweep.

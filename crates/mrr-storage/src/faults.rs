@@ -57,6 +57,12 @@ impl FaultPlan {
         self.reads.load(Ordering::SeqCst)
     }
 
+    /// Nothing fails any more (the disk is repaired).
+    pub fn disarm(&self) {
+        self.fail_read_at.store(NEVER, Ordering::SeqCst);
+        self.fail_commit_at.store(NEVER, Ordering::SeqCst);
+    }
+
     /// Whether an armed fault has not struck yet.
     pub fn armed(&self) -> bool {
         self.fail_read_at.load(Ordering::SeqCst) != NEVER || self.fail_commit_at.load(Ordering::SeqCst) != NEVER
@@ -91,7 +97,13 @@ pub struct FaultyStore<S> {
 
 impl<S: Store> FaultyStore<S> {
     pub fn new(inner: S) -> Self {
-        Self { inner, plan: Arc::default() }
+        Self::with_plan(inner, Arc::default())
+    }
+
+    /// `inner` failing where an existing `plan` says (a store rebuilt after a power loss keeps
+    /// the faults armed on the old one).
+    pub fn with_plan(inner: S, plan: Arc<FaultPlan>) -> Self {
+        Self { inner, plan }
     }
 
     pub fn plan(&self) -> Arc<FaultPlan> {

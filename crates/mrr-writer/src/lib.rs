@@ -9,6 +9,7 @@
 //! The writer does not validate client input (the API does), does not talk to peers
 //! (replication does), and never acknowledges a write before its commit returned.
 
+mod durable;
 mod engine;
 mod pending;
 
@@ -22,6 +23,7 @@ use mrr_core::{
 use mrr_storage::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use durable::DurableRule;
 pub use engine::{Engine, LocalFailure, Rejection, RemoteOutcome};
 pub use pending::Pending;
 
@@ -166,22 +168,20 @@ impl Writer {
         let (tx, rx) = mpsc::channel(config.queue_requests_max);
         let thread_error =
             |e: std::io::Error| StoreError::Corrupt { what: "writer thread", key: Vec::new(), reason: e.to_string() };
-        let durable = match config.sync_interval {
-            None => applied.clone(),
-            Some(interval) => {
-                // What was recovered from disk is durable by definition.
-                let (durable_tx, durable) = watch::channel(applied.borrow().clone());
-                let (applied, store) = (applied.clone(), store.clone());
-                std::thread::Builder::new()
-                    .name("mrr-syncer".into())
-                    .spawn(move || sync(store, applied, durable_tx, interval))
-                    .map_err(thread_error)?;
-                durable
-            }
-        };
+        // What was recovered from disk is durable by definition.
+        let rule =
+            Arc::new(std::sync::Mutex::new(DurableRule::new(config.sync_interval.is_some(), engine.applied().clone())));
+        let (durable_tx, durable) = watch::channel(engine.applied().clone());
+        if let Some(interval) = config.sync_interval {
+            let (applied, store, rule, durable_tx) = (applied.clone(), store.clone(), rule.clone(), durable_tx.clone());
+            std::thread::Builder::new()
+                .name("mrr-syncer".into())
+                .spawn(move || sync(store, applied, &rule, durable_tx, interval))
+                .map_err(thread_error)?;
+        }
         let failed = Arc::new(std::sync::OnceLock::new());
         let hlc_wall_ms = Arc::new(std::sync::atomic::AtomicU64::new(engine.hlc_last().wall_ms));
-        let shared = Shared { failed: failed.clone(), hlc_wall_ms: hlc_wall_ms.clone() };
+        let shared = Shared { failed: failed.clone(), hlc_wall_ms: hlc_wall_ms.clone(), rule, durable_tx };
         std::thread::Builder::new()
             .name("mrr-writer".into())
             .spawn(move || run(engine, rx, store, clock, applied_tx, config, &shared))
@@ -233,6 +233,7 @@ impl Writer {
 fn sync(
     store: Arc<dyn Store>,
     applied: watch::Receiver<VersionVector>,
+    rule: &std::sync::Mutex<DurableRule>,
     durable_tx: watch::Sender<VersionVector>,
     interval: std::time::Duration,
 ) {
@@ -248,7 +249,10 @@ fn sync(
         }
         match store.persist() {
             Ok(()) => {
-                durable_tx.send_replace(snapshot);
+                let mut rule = rule.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if rule.persisted(&snapshot) {
+                    durable_tx.send_replace(rule.durable().clone());
+                }
             }
             Err(e) => tracing::error!(error = %e, "persist failed; replication waits until the disk takes it"),
         }
@@ -304,6 +308,10 @@ fn run(
                 if let Some(batch) = batch {
                     engine.committed(&batch);
                     applied_tx.send_replace(engine.applied().clone());
+                    let mut rule = shared.rule.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if rule.committed(engine.applied()) {
+                        shared.durable_tx.send_replace(rule.durable().clone());
+                    }
                 }
                 for reply in replies {
                     reply.send(Ok(()));
@@ -335,6 +343,9 @@ fn run(
 struct Shared {
     failed: Arc<std::sync::OnceLock<Arc<str>>>,
     hlc_wall_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Decides what may replicate; the syncer shares it under `buffered`.
+    rule: Arc<std::sync::Mutex<DurableRule>>,
+    durable_tx: watch::Sender<VersionVector>,
 }
 
 impl Request {
