@@ -144,6 +144,8 @@ pub enum ErrorCode {
     PlacementPending,
     /// `placement_writes: forward`: the region the write was forwarded to did not answer (502).
     ForwardFailed,
+    /// The path exists, the method does not (405).
+    MethodNotAllowed,
     /// This node's clock is too far ahead of its peers' for its writes to replicate (503).
     ClockSkew,
 }

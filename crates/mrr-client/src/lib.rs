@@ -156,6 +156,11 @@ impl Client {
         self.send(self.http.get(format!("{}/v1/admin/links", self.base))).await
     }
 
+    /// The emulated link from this node to `peer`.
+    pub async fn link(&self, peer: &str) -> Result<LinkSettings> {
+        self.send(self.http.get(format!("{}/v1/admin/links/{peer}", self.base))).await
+    }
+
     /// Changes the emulated link from this node to `peer`.
     pub async fn set_link(&self, peer: &str, settings: LinkSettings) -> Result<LinksView> {
         self.send(self.http.put(format!("{}/v1/admin/links/{peer}", self.base)).json(&settings)).await

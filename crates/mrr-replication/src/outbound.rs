@@ -181,7 +181,6 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut last_sent = Instant::now();
-    let mut last_cursor_save = Instant::now();
     loop {
         let local_vv = applied.borrow_and_update().clone();
         if pump(ctx, &mut session, &local_vv, &link, mono_ms()).await? {
@@ -216,10 +215,6 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
                 let direct = wire::regions_from_wire(ack.direct_origins)?;
                 session.on_ack(&vv, direct, u64::from(ack.apply_ms), mono_ms());
                 ctx.status.update(&peer.region, |s| s.acked = vv_map(session.acked()));
-                if last_cursor_save.elapsed() >= cfg.heartbeat_interval {
-                    ctx.store.save_peer_cursor(&peer.region, session.acked())?;
-                    last_cursor_save = Instant::now();
-                }
                 if !ack.refused.is_empty() {
                     return Err(SessionEnd::ChangeRefused(ack.refused));
                 }

@@ -126,6 +126,29 @@ impl From<mrr_storage::StoreError> for ApiError {
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
+/// `Query<T>` whose refusal is the API's JSON error (`invalid_query`), not axum's plain text.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => Ok(Self(q)),
+            Err(e) => Err(ApiError::bad(ErrorCode::InvalidQuery, format!("{}; see /openapi.json", e.body_text()))),
+        }
+    }
+}
+
+fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+        "this path does not take that method; see /openapi.json",
+    )
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -150,6 +173,7 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
         batch,
         node_status,
         get_links,
+        get_link,
         set_link
     ),
     components(schemas(
@@ -200,7 +224,8 @@ pub fn router(state: AppState) -> Router {
         .route("/status", get(node_status))
         .route("/watch/applied", get(watch_applied))
         .route("/admin/links", get(get_links))
-        .route("/admin/links/{peer}", put(set_link))
+        .route("/admin/links/{peer}", get(get_link).put(set_link))
+        .method_not_allowed_fallback(|| async { method_not_allowed() })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/health", get(health))
@@ -211,6 +236,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint; see /openapi.json")
         })
+        .method_not_allowed_fallback(|| async { method_not_allowed() })
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(state)
 }
@@ -246,7 +272,10 @@ struct HealthQuery {
 /// Overall and per-region health from freshness lag (warn and critical thresholds in config).
 #[utoipa::path(get, path = "/health", params(HealthQuery),
     responses((status = 200, body = Health), (status = 503, body = Health, description = "critical, with ?strict=true")))]
-async fn health(State(state): State<AppState>, Query(q): Query<HealthQuery>) -> ApiResult<(StatusCode, Json<Health>)> {
+async fn health(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<HealthQuery>,
+) -> ApiResult<(StatusCode, Json<Health>)> {
     let peers = state.status.snapshot(state.clock.now_ms());
     let dead_letters = crate::review::refresh_dlq_gauges(&state)?;
     let critical = state.admission.critical(&state);
@@ -449,7 +478,7 @@ const LIST_LIMIT_MAX: usize = 1_000;
 async fn list_records(
     State(state): State<AppState>,
     Path(topic): Path<String>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<RecordList>> {
     validate_topic(&topic).map_err(|e| ApiError::bad(ErrorCode::InvalidTopic, e.to_string()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, LIST_LIMIT_MAX);
@@ -553,6 +582,24 @@ async fn watch_applied(State(state): State<AppState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/v1/admin/links", responses((status = 200, body = LinksView)))]
 async fn get_links(State(state): State<AppState>) -> Json<LinksView> {
     Json(links_view(&state.links))
+}
+
+/// The emulated link from this node to `peer`.
+#[utoipa::path(get, path = "/v1/admin/links/{peer}", params(("peer" = String, Path)),
+    responses((status = 200, body = LinkSettings), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn get_link(State(state): State<AppState>, Path(peer): Path<String>) -> ApiResult<Json<LinkSettings>> {
+    if !state.links.is_enabled() {
+        let e = mrr_replication::link::LinkError::Disabled;
+        return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::LinksDisabled, e.to_string()));
+    }
+    let settings = RegionName::new(peer.clone()).ok().and_then(|r| state.links.all().get(&r).copied());
+    settings.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownRegion,
+            format!("{peer} is not a peer of {}", state.region),
+        )
+    })
 }
 
 /// Change the emulated link from this node to `peer` (delay, jitter, partition).

@@ -2,7 +2,7 @@
 //! (`/v1/dlq`). Reads come from the store; a replay is an ordinary write through the writer
 //! (so it replicates and applies once cluster-wide); a discard removes this region's entry only.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use mrr_api::{
@@ -66,7 +66,7 @@ const PAGE_MAX: usize = 1_000;
 #[utoipa::path(get, path = "/v1/conflicts", params(ConflictQuery), responses((status = 200, body = ConflictList)))]
 pub async fn list_conflicts(
     State(state): State<AppState>,
-    Query(q): Query<ConflictQuery>,
+    crate::http::ApiQuery(q): crate::http::ApiQuery<ConflictQuery>,
 ) -> ApiResult<Json<ConflictList>> {
     let limit = q.limit.unwrap_or(100).clamp(1, PAGE_MAX);
     let since = q.since.unwrap_or(0);

@@ -98,6 +98,14 @@ async fn bad_requests_get_stable_codes_and_store_nothing() -> anyhow::Result<()>
         ("POST", "/v1/batch".into(), b"{\"items\":[{\"topic\":\"t\",\"oops\":1}]}".to_vec(), 400, "invalid_json"),
         ("GET", "/v1/records/users/nope".into(), vec![], 404, "not_found"),
         ("GET", "/v1/nowhere".into(), vec![], 404, "not_found"),
+        // Query strings and methods are refused with the same JSON body and stable codes.
+        ("GET", "/v1/records/users?limit=many".into(), vec![], 400, "invalid_query"),
+        ("GET", "/v1/records/users?colour=red".into(), vec![], 400, "invalid_query"),
+        ("GET", "/health?strict=perhaps".into(), vec![], 400, "invalid_query"),
+        ("GET", "/v1/conflicts?limit=-1".into(), vec![], 400, "invalid_query"),
+        ("DELETE", "/v1/records/users".into(), vec![], 405, "method_not_allowed"),
+        ("POST", "/health".into(), vec![], 405, "method_not_allowed"),
+        ("GET", "/v1/admin/links/us-west".into(), vec![], 409, "links_disabled"),
         ("PUT", "/v1/admin/links/eu-central".into(), b"{}".to_vec(), 409, "links_disabled"),
     ];
     for (method, path, body, status, code) in cases {

@@ -54,6 +54,7 @@ async fn a_clock_stepped_ahead_refuses_writes_until_it_is_back_and_nothing_ackno
     let cut = mrr_client::LinkSettings { partitioned: true, ..Default::default() };
     c[0].set_link("us-west", cut).await?;
     c[1].set_link("ap-northeast", cut).await?;
+    assert!(c[0].link("us-west").await?.partitioned, "GET /v1/admin/links/{{peer}} shows the cut");
     tokio::time::sleep(Duration::from_millis(300)).await; // no ack is on its way any more
     clock.offset_ms.store(5_000, Ordering::Relaxed);
     let mut acknowledged = vec!["users/stamped-ahead".to_owned()];

@@ -6,7 +6,7 @@
 use std::sync::{Mutex, PoisonError};
 
 use mrr_core::fold::FoldEntry;
-use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Stream, Version, VersionVector};
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version};
 use mrr_storage::faults::{FaultPlan, FaultyStore};
 use mrr_storage::{CommitBatch, MemStore, RecoveredState, Result, Store};
 
@@ -81,14 +81,6 @@ impl Store for SimDisk {
         let Journal { synced, unsynced } = &mut *journal;
         synced.append(unsynced);
         Ok(())
-    }
-
-    fn save_peer_cursor(&self, peer: &RegionName, vv: &VersionVector) -> Result<()> {
-        self.live.save_peer_cursor(peer, vv)
-    }
-
-    fn peer_cursor(&self, peer: &RegionName) -> Result<Option<VersionVector>> {
-        self.live.peer_cursor(peer)
     }
 
     fn history_from(&self, key: &Key, version: &Version) -> Result<(Option<FoldEntry>, Vec<FoldEntry>)> {

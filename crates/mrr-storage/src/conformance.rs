@@ -115,11 +115,6 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     assert_eq!(state.vv.get(&stream("us-west")), 2);
     assert_eq!(state.hlc_high_water, u1.version.ts);
 
-    let cursor: VersionVector = [(ap.clone(), 2), (stream("us-west.bulk"), 4)].into_iter().collect();
-    store.save_peer_cursor(&region("eu-central"), &cursor).expect("save cursor");
-    assert_eq!(store.peer_cursor(&region("eu-central")).expect("cursor"), Some(cursor.clone()));
-    assert_eq!(store.peer_cursor(&region("us-west")).expect("cursor"), None);
-
     // Fold history: entries of one key in version order, split around a version.
     let (x1, x2, x3) = (fold_entry(&a1), fold_entry(&b1), fold_entry(&a2));
     let mut batch = CommitBatch { hlc_high_water: state.hlc_high_water, ..CommitBatch::default() };
@@ -207,7 +202,6 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
         assert_eq!(store.get(&a2.key).expect("get"), Some(a2.to_record()));
         assert_eq!(store.changes_after(&ap, 0, 10).expect("changes"), vec![a1, a2]);
         assert_eq!(store.recover().expect("recover"), state);
-        assert_eq!(store.peer_cursor(&region("eu-central")).expect("cursor"), Some(cursor));
     }
 }
 

@@ -4,7 +4,7 @@
 //! `(origin, lane, seq)` with `seq` big-endian. Topics, ids and region names never contain NUL
 //! (validated at the edges), so NUL is a safe separator.
 
-use mrr_core::{ChangeId, Key, RegionName, Stream, Version};
+use mrr_core::{ChangeId, Key, Stream, Version};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{Result, StoreError};
@@ -68,10 +68,6 @@ pub fn vv_key(stream: &Stream) -> Vec<u8> {
 pub const VV_PREFIX: &[u8] = b"vv\0";
 pub const HLC_KEY: &[u8] = b"hlc";
 pub const FORMAT_KEY: &[u8] = b"format";
-
-pub fn peer_key(peer: &RegionName) -> Vec<u8> {
-    [b"peer\0".as_slice(), peer.as_str().as_bytes()].concat()
-}
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serialising plain data structs into a Vec cannot fail.

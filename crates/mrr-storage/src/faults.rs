@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mrr_core::fold::FoldEntry;
-use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Stream, Version, VersionVector};
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version};
 
 use crate::{CommitBatch, RecoveredState, Result, Store, StoreError};
 
@@ -151,14 +151,6 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn persist(&self) -> Result<()> {
         self.inner.persist()
-    }
-
-    fn save_peer_cursor(&self, peer: &RegionName, vv: &VersionVector) -> Result<()> {
-        self.inner.save_peer_cursor(peer, vv)
-    }
-
-    fn peer_cursor(&self, peer: &RegionName) -> Result<Option<VersionVector>> {
-        self.inner.peer_cursor(peer)
     }
 
     fn history_from(&self, key: &Key, version: &Version) -> Result<(Option<FoldEntry>, Vec<FoldEntry>)> {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use mrr_core::fold::FoldEntry;
-use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Stream, Version, VersionVector};
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version};
 
 use crate::encoding::{self, decode, decode_u64, encode};
 use crate::{CommitBatch, Durability, RecoveredState, Result, Store, STORAGE_FORMAT};
@@ -202,19 +202,6 @@ impl Store for FjallStore {
     fn persist(&self) -> Result<()> {
         self.db.persist(PersistMode::SyncData)?;
         Ok(())
-    }
-
-    fn save_peer_cursor(&self, peer: &RegionName, vv: &VersionVector) -> Result<()> {
-        self.meta.insert(encoding::peer_key(peer), encode(vv))?;
-        Ok(())
-    }
-
-    fn peer_cursor(&self, peer: &RegionName) -> Result<Option<VersionVector>> {
-        let k = encoding::peer_key(peer);
-        match self.meta.get(&k)? {
-            Some(v) => Ok(Some(decode("peer cursor", &k, &v)?)),
-            None => Ok(None),
-        }
     }
 
     fn history_from(&self, key: &Key, version: &Version) -> Result<(Option<FoldEntry>, Vec<FoldEntry>)> {

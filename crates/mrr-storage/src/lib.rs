@@ -14,9 +14,7 @@ mod fjall_store;
 mod mem_store;
 
 use mrr_core::fold::FoldEntry;
-use mrr_core::{
-    Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Stream, Timestamp, Version, VersionVector,
-};
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Timestamp, Version, VersionVector};
 
 pub use fjall_store::FjallStore;
 pub use mem_store::MemStore;
@@ -118,10 +116,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every commit so far durable (fsync). Under [`Durability::Fsync`] commits already are.
     fn persist(&self) -> Result<()>;
-
-    /// The last cumulative ack a peer sent, kept for status and log retention.
-    fn save_peer_cursor(&self, peer: &RegionName, vv: &VersionVector) -> Result<()>;
-    fn peer_cursor(&self, peer: &RegionName) -> Result<Option<VersionVector>>;
 
     /// The fold history of a `custom` key around `version`: the last entry before it, and every
     /// entry at or after it, in version order.

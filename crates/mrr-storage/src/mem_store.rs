@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use mrr_core::fold::FoldEntry;
-use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, RegionName, Stream, Version, VersionVector};
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version};
 
 use crate::{CommitBatch, RecoveredState, Result, Store};
 
@@ -19,7 +19,6 @@ struct Inner {
     records: BTreeMap<Key, Record>,
     changes: BTreeMap<(Stream, u64), Change>,
     state: RecoveredState,
-    peers: BTreeMap<RegionName, VersionVector>,
     history: BTreeMap<(Key, Version), FoldEntry>,
     conflicts: BTreeMap<(ChangeId, ChangeId), ConflictEntry>,
     dlq: BTreeMap<ChangeId, DeadLetter>,
@@ -119,15 +118,6 @@ impl Store for MemStore {
 
     fn persist(&self) -> Result<()> {
         Ok(())
-    }
-
-    fn save_peer_cursor(&self, peer: &RegionName, vv: &VersionVector) -> Result<()> {
-        self.lock().peers.insert(peer.clone(), vv.clone());
-        Ok(())
-    }
-
-    fn peer_cursor(&self, peer: &RegionName) -> Result<Option<VersionVector>> {
-        Ok(self.lock().peers.get(peer).cloned())
     }
 
     fn history_from(&self, key: &Key, version: &Version) -> Result<(Option<FoldEntry>, Vec<FoldEntry>)> {

@@ -171,12 +171,6 @@ impl Store for WritesThenFails {
     fn persist(&self) -> mrr_storage::Result<()> {
         self.0.persist()
     }
-    fn save_peer_cursor(&self, p: &RegionName, vv: &mrr_core::VersionVector) -> mrr_storage::Result<()> {
-        self.0.save_peer_cursor(p, vv)
-    }
-    fn peer_cursor(&self, p: &RegionName) -> mrr_storage::Result<Option<mrr_core::VersionVector>> {
-        self.0.peer_cursor(p)
-    }
     fn history_from(
         &self,
         k: &Key,
