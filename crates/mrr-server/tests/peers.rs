@@ -89,11 +89,21 @@ async fn peers_speaking_another_protocol_or_cluster_get_a_precise_status() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_stamped_beyond_max_clock_skew_are_refused_then_delivered_once_clocks_agree() -> anyhow::Result<()> {
     let fast = Arc::new(ShiftedClock::default());
-    fast.offset_ms.store(1_500, std::sync::atomic::Ordering::Relaxed);
-    let p = pair_with(["same-secret-0123456789"; 2], [Some(fast.clone()), None], "").await?;
+    let p = pair_with(["same-secret-0123456789"; 2], [Some(fast.clone()), None], "links: {}\n").await?;
     let clients = &p.clients;
-    // Tokyo's clock runs 1.5 s fast: its write is stamped 1.5 s in us-west's future.
+    clients[0].put("users/first", &json!({"n": 0})).await?;
+    wait_for_record(&clients[1], "users/first").await?;
+    // Tokyo's clock jumps 1.5 s ahead while us-west cannot be heard, so Tokyo does not know yet
+    // (once it does, it refuses writes itself: tests/clock.rs) and takes a write stamped 1.5 s
+    // in us-west's future.
+    let cut = mrr_client::LinkSettings { partitioned: true, ..Default::default() };
+    clients[0].set_link("us-west", cut).await?;
+    clients[1].set_link("ap-northeast", cut).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await; // no ack is on its way any more
+    fast.offset_ms.store(1_500, std::sync::atomic::Ordering::Relaxed);
     let w = clients[0].publish("users", &json!({"id": "early"})).await?;
+    clients[0].set_link("us-west", Default::default()).await?;
+    clients[1].set_link("ap-northeast", Default::default()).await?;
     let err = wait_for_error(&clients[0], "refused change").await?;
     assert!(err.contains("max_clock_skew"), "{err}");
     assert_eq!(clients[1].query("users/early").await?, None, "refused, not applied");
