@@ -4,9 +4,10 @@
 //! WAN between Tokyo, San Francisco and Frankfurt. Configs are written as commented YAML and
 //! parsed back before use, so `mrr dev` and `mrr serve -c` run exactly the same settings.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, LanesConfig, ReplicationRules, TopicConfig};
 
 /// One-way delay between two regions, in ms. The article's three regions get measured-looking
 /// figures; any other pair gets 50 ms.
@@ -69,12 +70,21 @@ pub struct DevRegion {
     pub peer_port: u16,
 }
 
+/// The rules of the config a cluster was derived from (`mrr dev -c FILE`), every field of
+/// them: written back as they were, handler paths made absolute.
+#[derive(Debug, Clone)]
+pub struct DerivedRules {
+    pub replication_rules: ReplicationRules,
+    pub topics: BTreeMap<String, TopicConfig>,
+    pub lanes: LanesConfig,
+}
+
 #[derive(Debug, Clone)]
 pub struct DevCluster {
     pub regions: Vec<DevRegion>,
-    pub default_ttl: String,
-    pub conflict_strategy: String,
+    /// The article cluster's sample topics (`None` when derived from a config).
     pub topics: Vec<DevTopic>,
+    pub derived: Option<DerivedRules>,
     pub secret: String,
     pub data_dir: PathBuf,
 }
@@ -98,31 +108,23 @@ impl DevCluster {
                 DevRegion { name, coordinator, api_port, peer_port: api_port + 1 }
             })
             .collect();
-        let (default_ttl, conflict_strategy, topics) = match from {
+        let (topics, derived) = match from {
             Some(c) => {
-                let topics = c
-                    .topics
-                    .iter()
-                    .map(|(name, t)| DevTopic {
-                        name: name.clone(),
-                        strategy: t.conflict_strategy.unwrap_or(c.replication_rules.conflict_strategy).name(),
-                        handler: t.handler.as_ref().map(|h| {
-                            DevHandler::Path(
-                                std::path::absolute(c.base_dir.join(h)).unwrap_or_else(|_| c.base_dir.join(h)),
-                            )
-                        }),
-                    })
-                    .collect();
-                (
-                    humantime_ms(c.replication_rules.default_ttl),
-                    c.replication_rules.conflict_strategy.name().to_owned(),
-                    topics,
-                )
+                let mut topics = c.topics.clone();
+                for t in topics.values_mut() {
+                    if let Some(h) = t.handler.as_mut() {
+                        let joined = c.base_dir.join(&*h);
+                        *h = std::path::absolute(&joined).unwrap_or(joined);
+                    }
+                }
+                let rules =
+                    DerivedRules { replication_rules: c.replication_rules.clone(), topics, lanes: c.lanes.clone() };
+                (Vec::new(), Some(rules))
             }
-            None => ("500ms".into(), "timestamp".into(), sample_topics()),
+            None => (sample_topics(), None),
         };
         let secret: String = (0..32).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect();
-        Ok(Self { regions, default_ttl, conflict_strategy, topics, secret, data_dir })
+        Ok(Self { regions, topics, derived, secret, data_dir })
     }
 
     /// The YAML config of region `k`.
@@ -156,10 +158,15 @@ impl DevCluster {
                 s.push_str("    role: coordinator\n");
             }
         }
-        s.push_str(&format!(
-            "replication_rules:\n  default_ttl: {}\n  conflict_strategy: {}\n",
-            self.default_ttl, self.conflict_strategy
-        ));
+        if let Some(d) = &self.derived {
+            // Flow mappings (YAML takes JSON) carry every field of the source's rules.
+            s.push_str("# The rules of the config this cluster was derived from.\n");
+            s.push_str(&format!("replication_rules: {}\n", json(&d.replication_rules)));
+            s.push_str(&format!("topics: {}\n", json(&d.topics)));
+            s.push_str(&format!("lanes: {}\n", json(&d.lanes)));
+        } else {
+            s.push_str("replication_rules:\n  default_ttl: 500ms\n  conflict_strategy: timestamp\n");
+        }
         if !self.topics.is_empty() {
             s.push_str("# Conflict rules per topic (docs/conflicts.md).\ntopics:\n");
             for t in &self.topics {
@@ -201,8 +208,10 @@ impl DevCluster {
     }
 }
 
-fn humantime_ms(d: std::time::Duration) -> String {
-    format!("{}ms", d.as_millis())
+/// A config section as one line of JSON, which YAML reads as a flow mapping.
+fn json<T: serde::Serialize>(section: &T) -> String {
+    // Config sections are plain data: serialising them cannot fail.
+    serde_json::to_string(section).unwrap_or_else(|e| unreachable!("config section to JSON: {e}"))
 }
 
 #[cfg(test)]
@@ -233,5 +242,38 @@ mod tests {
         assert_eq!(sf.coordinator().map(|r| r.as_str()), Some("ap-northeast"));
         assert_eq!(sf.links.as_ref().map(|l| l.len()), Some(2));
         assert!(DevCluster::new(65_530, PathBuf::from("/tmp/x"), None).is_err());
+    }
+
+    #[test]
+    fn a_cluster_derived_from_a_config_keeps_every_rule_of_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("h.rhai"), "fn resolve(current, incoming) { incoming }").expect("write");
+        let text = [
+            "cluster: c",
+            "region: a",
+            "secret: \"0123456789abcdef\"",
+            "data_dir: d",
+            "listen: { api: 127.0.0.1:1, peer: 127.0.0.1:2 }",
+            "regions:",
+            "  - { name: a, endpoint: http://127.0.0.1:2 }",
+            "  - { name: b, endpoint: http://127.0.0.1:3 }",
+            "replication_rules: { default_ttl: 750ms, conflict_strategy: merge, regions: [a, b], placement_writes: forward }",
+            "topics:",
+            "  vips: { conflict_strategy: timestamp, lane: urgent, regions: [b], placement_writes: refuse }",
+            "  stock: { conflict_strategy: custom, handler: h.rhai, lane: bulk }",
+            "lanes: { urgent: [HOT], bulk: [COLD, BULK], queue_delay_target: 80ms }",
+        ]
+        .join("\n");
+        let from = Config::parse(&dir.path().join("src.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        let derived = DevCluster::new(7800, PathBuf::from("/tmp/x"), Some(&from)).expect("layout");
+        let out = dir.path().join("out");
+        for (_, c) in derived.configs(&out).expect("valid configs") {
+            assert_eq!(json(&c.replication_rules), json(&from.replication_rules));
+            assert_eq!(json(&c.lanes), json(&from.lanes));
+            let mut want = from.topics.clone();
+            want.values_mut().filter_map(|t| t.handler.as_mut()).for_each(|h| *h = dir.path().join(&*h));
+            assert_eq!(json(&c.topics), json(&want), "every topic field, handlers found where the source is");
+            assert_eq!(c.policies.digest(), from.policies.digest());
+        }
     }
 }
