@@ -281,3 +281,77 @@ async fn bench_reports_latency_and_lag_for_every_region_pair() -> anyhow::Result
     assert!(md.contains("| lag ap-northeast → eu-central |"), "{md}");
     Ok(())
 }
+
+/// `mrr dev` starts its regions one after another in one process: the first does not warn
+/// that the others refuse connections while they are still starting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mrr_dev_starts_without_warnings() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = common::free_base_port();
+    let log_path = dir.path().join("dev.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mrr"))
+        .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("MRR_LOG", "info,fjall=warn,lsm_tree=warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let clients: Vec<Client> = (0..3u16)
+        .map(|k| mrr_client::connect(&format!("http://127.0.0.1:{}", base + 10 * k), None))
+        .collect::<Result<_, _>>()?;
+    let connected = async {
+        for c in &clients {
+            wait_for("every stream up", Duration::from_secs(30), || async {
+                let s = c.status().await?;
+                Ok(s.peers.iter().all(|p| p.outbound == "connected" && p.inbound_streams > 0).then_some(()))
+            })
+            .await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    child.kill()?; // by its own pid
+    child.wait()?;
+    connected?;
+    let log = std::fs::read_to_string(&log_path)?;
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+    assert!(warnings.is_empty(), "mrr dev warned while it started: {warnings:#?}");
+    Ok(())
+}
+
+/// Once idle, freshness reads as the link's delay, within `default_ttl` (500 ms), not as the
+/// heartbeat period; and regions started one after another do not warn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_cluster_starts_quietly_and_an_idle_one_reads_fresh() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    for c in &cluster.clients {
+        wait_for("a first word from every peer", Duration::from_secs(10), || async {
+            Ok(c.status().await?.peers.iter().all(|p| p.freshness_lag_ms.is_some()).then_some(()))
+        })
+        .await?;
+    }
+    // Sampled over two seconds (four heartbeat periods): every pair, every time.
+    for _ in 0..20 {
+        for (k, c) in cluster.clients.iter().enumerate() {
+            let h = c.health().await?;
+            for r in &h.regions {
+                assert!(
+                    !r.beyond_freshness_target && r.lag_ms < 300,
+                    "{} sees {} {} ms behind at idle: {h:?}",
+                    REGIONS[k],
+                    r.region,
+                    r.lag_ms
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for k in 0..REGIONS.len() {
+        let log = cluster.log(k);
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+        assert!(warnings.is_empty(), "{} warned while the cluster started: {warnings:#?}", REGIONS[k]);
+    }
+    Ok(())
+}

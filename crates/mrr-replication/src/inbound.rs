@@ -187,7 +187,7 @@ async fn session(
                 if changes.is_empty() {
                     if let Some((durable, wall_ms)) = freshness {
                         if ctx.writer.applied().borrow().dominates(&durable) {
-                            ctx.status.caught_up(peer, wall_ms);
+                            ctx.status.caught_up(peer, wall_ms, ctx.clock.now_ms());
                         }
                     }
                     continue;
@@ -201,7 +201,7 @@ async fn session(
                 record_apply(ctx, peer, &outcome, &written, n, bytes, now_ms);
                 if let Some((durable, wall_ms)) = freshness {
                     if outcome.vv.dominates(&durable) {
-                        ctx.status.caught_up(peer, wall_ms);
+                        ctx.status.caught_up(peer, wall_ms, ctx.clock.now_ms());
                     }
                 }
                 let refused = outcome.refused.as_ref().map(ToString::to_string).unwrap_or_default();

@@ -129,7 +129,12 @@ impl Replicator {
         links: Links,
         recorder: metrics::SharedRecorder,
     ) -> Result<Self, StartError> {
-        let status = StatusBoard::new(&config.local, config.peers.iter().map(|p| (&p.region, p.endpoint.as_str())));
+        let heartbeat_ms = u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
+        let status = StatusBoard::new(
+            &config.local,
+            config.peers.iter().map(|p| (&p.region, p.endpoint.as_str())),
+            heartbeat_ms,
+        );
         let metrics =
             metrics::ReplicationMetrics::new(recorder, &config.local, config.peers.iter().map(|p| p.region.clone()));
         let ctx = Context {

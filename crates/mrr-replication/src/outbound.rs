@@ -60,6 +60,9 @@ pub(crate) async fn run(ctx: Context, peer: PeerConfig) {
     let backoff_min = ctx.config.reconnect_backoff_min;
     let mut backoff = backoff_min;
     let mut last_logged: Option<String> = None;
+    // Regions started together come up in some order: a peer that refuses connections in the
+    // first peer timeout is still starting, not down.
+    let starting_until = Instant::now() + ctx.config.peer_timeout;
     loop {
         ctx.status.update(&peer.region, |s| s.outbound = state::CONNECTING.into());
         let started = Instant::now();
@@ -75,7 +78,10 @@ pub(crate) async fn run(ctx: Context, peer: PeerConfig) {
         }
         // One warning per distinct failure: a peer that stays down does not flood the log.
         let text = end.to_string();
-        if last_logged.as_deref() == Some(text.as_str()) {
+        let starting = matches!(end, SessionEnd::Connect(_)) && Instant::now() < starting_until;
+        if starting {
+            tracing::debug!(peer = %peer.region, error = %text, "peer not accepting connections yet; it may still be starting");
+        } else if last_logged.as_deref() == Some(text.as_str()) {
             tracing::debug!(peer = %peer.region, error = %text, "replication stream to peer still down");
         } else {
             tracing::warn!(peer = %peer.region, endpoint = %peer.endpoint, error = %text, retry_in_ms = backoff.as_millis() as u64, "replication stream to peer ended");

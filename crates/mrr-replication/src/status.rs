@@ -26,7 +26,8 @@ struct Entry {
     lag_samples: VecDeque<u64>,
     /// `(second, changes)` buckets, oldest first.
     received: VecDeque<(u64, u64)>,
-    caught_up_at_ms: Option<u64>,
+    /// The newest `(peer wall ms, this node's wall ms on receipt)` this node was caught up with.
+    caught_up: Option<(u64, u64)>,
     /// The peer's clock as last measured, and when (this node's wall ms).
     clock: Option<(mrr_core::clock_check::PeerOffset, u64)>,
 }
@@ -34,10 +35,18 @@ struct Entry {
 #[derive(Clone, Debug)]
 pub struct StatusBoard {
     inner: Arc<Mutex<BTreeMap<RegionName, Entry>>>,
+    /// How long an idle, healthy stream may go between two messages (its heartbeat period
+    /// with slack): silence past it is staleness.
+    quiet_ms: u64,
 }
 
 impl StatusBoard {
-    pub fn new<'a>(local: &RegionName, peers: impl Iterator<Item = (&'a RegionName, &'a str)>) -> Self {
+    /// `heartbeat_ms`: how often an idle peer stream sends a heartbeat.
+    pub fn new<'a>(
+        local: &RegionName,
+        peers: impl Iterator<Item = (&'a RegionName, &'a str)>,
+        heartbeat_ms: u64,
+    ) -> Self {
         let map = peers
             .filter(|(r, _)| *r != local)
             .map(|(r, e)| {
@@ -50,7 +59,9 @@ impl StatusBoard {
                 (r.clone(), Entry { status, ..Default::default() })
             })
             .collect();
-        Self { inner: Arc::new(Mutex::new(map)) }
+        // A heartbeat goes out once a tick finds the stream idle for a period: up to two
+        // periods apart.
+        Self { inner: Arc::new(Mutex::new(map)), quiet_ms: heartbeat_ms.saturating_mul(2) }
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<RegionName, Entry>> {
@@ -83,10 +94,13 @@ impl StatusBoard {
         }
     }
 
-    /// This node holds everything `peer` had when its clock read `peer_wall_ms`.
-    pub fn caught_up(&self, peer: &RegionName, peer_wall_ms: u64) {
+    /// This node holds everything `peer` had when its clock read `peer_wall_ms`; it learned
+    /// so at `now_ms` (its own clock).
+    pub fn caught_up(&self, peer: &RegionName, peer_wall_ms: u64, now_ms: u64) {
         if let Some(e) = self.lock().get_mut(peer) {
-            e.caught_up_at_ms = Some(e.caught_up_at_ms.map_or(peer_wall_ms, |c| c.max(peer_wall_ms)));
+            if e.caught_up.is_none_or(|(wall, _)| peer_wall_ms >= wall) {
+                e.caught_up = Some((peer_wall_ms, now_ms));
+            }
         }
     }
 
@@ -121,7 +135,14 @@ impl StatusBoard {
                 let pct = |p: usize| (!sorted.is_empty()).then(|| sorted[(sorted.len() - 1) * p / 100]);
                 s.lag_ms_p50 = pct(50);
                 s.lag_ms_p99 = pct(99);
-                s.freshness_lag_ms = e.caught_up_at_ms.map(|c| now_ms.saturating_sub(c));
+                // How stale this node's copy of the peer may be: as stale as it was when it last
+                // heard it was caught up (the link's delay), plus however long the next word is
+                // overdue. On an idle, healthy stream that is the link, not the heartbeat
+                // period; on a stalled one it grows without bound.
+                s.freshness_lag_ms = e.caught_up.map(|(wall, heard)| {
+                    let overdue = now_ms.saturating_sub(heard).saturating_sub(self.quiet_ms);
+                    heard.saturating_sub(wall) + overdue
+                });
                 let second = now_ms / 1_000;
                 let in_window: u64 =
                     e.received.iter().filter(|(sec, _)| *sec + RATE_WINDOW_S > second).map(|(_, n)| n).sum();
@@ -149,20 +170,36 @@ mod tests {
     fn percentiles_rate_and_freshness() {
         let a = RegionName::new("a").expect("valid");
         let b = RegionName::new("b").expect("valid");
-        let board = StatusBoard::new(&a, [(&b, "http://b")].into_iter());
+        let board = StatusBoard::new(&a, [(&b, "http://b")].into_iter(), 500);
         for lag in 1..=100 {
             board.record_applied(&b, 2, lag, 50_000);
         }
-        board.caught_up(&b, 49_000);
-        board.caught_up(&b, 48_000); // older news never moves freshness back
-        let s = &board.snapshot(50_500)[0];
+        // Caught up with b as of its 49,000, heard at 49,055: 55 ms behind.
+        board.caught_up(&b, 49_000, 49_055);
+        board.caught_up(&b, 48_000, 49_060); // older news never moves freshness back
+        let s = &board.snapshot(50_000)[0];
         assert_eq!((s.lag_ms_p50, s.lag_ms_p99), (Some(50), Some(99)));
         assert_eq!(s.changes_received, 200);
         assert_eq!(s.received_per_s, 20.0);
-        assert_eq!(s.freshness_lag_ms, Some(1_500));
-        // Ten seconds later the rate window is empty and freshness has kept growing.
+        assert_eq!(s.freshness_lag_ms, Some(55), "within two heartbeat periods: the link's delay");
+        // Ten seconds later the rate window is empty and freshness has grown by the silence
+        // beyond two heartbeat periods.
         let s = &board.snapshot(61_000)[0];
         assert_eq!(s.received_per_s, 0.0);
-        assert_eq!(s.freshness_lag_ms, Some(12_000));
+        assert_eq!(s.freshness_lag_ms, Some(55 + 61_000 - 49_055 - 1_000));
+    }
+
+    #[test]
+    fn an_idle_healthy_stream_reads_as_its_link_delay_between_heartbeats() {
+        let (a, b) = (RegionName::new("a").expect("valid"), RegionName::new("b").expect("valid"));
+        let board = StatusBoard::new(&a, [(&b, "http://b")].into_iter(), 500);
+        // Heartbeats every 500 ms over a 115 ms link; sampled at any moment in between.
+        for beat in 0..20u64 {
+            let sent = 10_000 + beat * 500;
+            board.caught_up(&b, sent, sent + 115);
+            for t in [sent + 115, sent + 300, sent + 614] {
+                assert_eq!(board.snapshot(t)[0].freshness_lag_ms, Some(115), "at {t}");
+            }
+        }
     }
 }

@@ -37,7 +37,7 @@ where
 }
 
 /// Finds a base port whose six ports are free right now.
-fn free_base_port() -> u16 {
+pub fn free_base_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     // Below Linux's ephemeral range (32768+), so outgoing connections of other tests never
     // sit on these ports; the processes bind them themselves moments later.
