@@ -348,10 +348,10 @@ async fn a_fresh_cluster_starts_quietly_and_an_idle_one_reads_fresh() -> anyhow:
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for k in 0..REGIONS.len() {
+    for (k, region) in REGIONS.iter().enumerate() {
         let log = cluster.log(k);
         let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
-        assert!(warnings.is_empty(), "{} warned while the cluster started: {warnings:#?}", REGIONS[k]);
+        assert!(warnings.is_empty(), "{region} warned while the cluster started: {warnings:#?}");
     }
     Ok(())
 }
