@@ -314,8 +314,14 @@ pub struct ConflictView {
 pub struct ConflictList {
     /// Oldest first.
     pub conflicts: Vec<ConflictView>,
-    /// Pass as `since` for the next page; absent on the last page.
+    /// Pass as `since` for the next page; absent on the last page. Pages end between two
+    /// detection times where they can; a page of entries that all share one millisecond
+    /// with the next cannot, and `since` would then repeat some: `next_cursor` never does.
     pub next_since: Option<u64>,
+    /// Pass as `cursor` for the next page (exact: nothing repeated, nothing skipped); absent
+    /// on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// A change this region admitted but could not apply.
@@ -335,5 +341,14 @@ pub struct DeadLetterView {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeadLetterList {
+    /// In id order.
     pub dead_letters: Vec<DeadLetterView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+    /// Letters in the queue, and its bound (`dlq.max_entries`).
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default)]
+    pub max_entries: u64,
 }

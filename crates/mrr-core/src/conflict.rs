@@ -58,22 +58,26 @@ impl ConflictEntry {
     }
 }
 
-/// Retention of the conflict log: the entries to drop so that none is older than
-/// `retention_ms` and at most `entries_max` remain (oldest dropped first).
+/// Retention of the conflict log: of `oldest` (the log's oldest entries, oldest first, out of
+/// `total`), the ones to drop so that none is older than `retention_ms` and at most
+/// `entries_max` remain (oldest dropped first). Needs only the head of the log: what goes is
+/// always a prefix of it.
 pub fn expired(
-    entries: &[ConflictEntry],
+    oldest: &[ConflictEntry],
+    total: usize,
     now_ms: u64,
     retention_ms: u64,
     entries_max: usize,
 ) -> Vec<(ChangeId, ChangeId)> {
-    let mut by_age: Vec<&ConflictEntry> = entries.iter().collect();
-    by_age.sort_by_key(|e| (e.detected_at_ms, e.ident()));
-    let over = by_age.len().saturating_sub(entries_max);
+    debug_assert!(oldest
+        .windows(2)
+        .all(|w| (w[0].detected_at_ms, w[0].ident()) <= (w[1].detected_at_ms, w[1].ident())));
+    let over = total.saturating_sub(entries_max);
     let horizon_ms = now_ms.saturating_sub(retention_ms);
-    by_age
+    oldest
         .iter()
         .enumerate()
-        .filter(|(i, e)| *i < over || e.detected_at_ms < horizon_ms)
+        .take_while(|(i, e)| *i < over || e.detected_at_ms < horizon_ms)
         .map(|(_, e)| e.ident())
         .collect()
 }
@@ -118,10 +122,11 @@ mod tests {
 
     #[test]
     fn retention_drops_the_old_and_the_oldest_beyond_the_cap() {
-        let entries: Vec<_> = [(1, 10), (2, 50), (3, 30), (4, 90)].map(|(s, t)| entry(s, t)).to_vec();
+        // Oldest first, as the log's time index hands them out; the log holds 6 in all.
+        let entries: Vec<_> = [(1, 10), (3, 30), (2, 50), (4, 90)].map(|(s, t)| entry(s, t)).to_vec();
         let seqs = |v: Vec<(ChangeId, ChangeId)>| v.into_iter().map(|(l, _)| l.seq).collect::<Vec<_>>();
-        assert_eq!(seqs(expired(&entries, 100, 1_000, 10)), Vec::<u64>::new());
-        assert_eq!(seqs(expired(&entries, 100, 60, 10)), [1, 3], "older than 40 ms");
-        assert_eq!(seqs(expired(&entries, 100, 1_000, 2)), [1, 3], "two oldest beyond the cap");
+        assert_eq!(seqs(expired(&entries, 6, 100, 1_000, 10)), Vec::<u64>::new());
+        assert_eq!(seqs(expired(&entries, 6, 100, 60, 10)), [1, 3], "older than 40 ms");
+        assert_eq!(seqs(expired(&entries, 6, 100, 1_000, 4)), [1, 3], "two oldest beyond the cap");
     }
 }

@@ -58,6 +58,9 @@ pub struct Config {
     pub topics: BTreeMap<String, TopicConfig>,
     #[serde(default)]
     pub conflict_log: ConflictLogConfig,
+    /// The dead-letter queue's bound.
+    #[serde(default)]
+    pub dlq: DlqConfig,
     /// Which `syncFlags` put a write in which priority lane, and how much queue the lower lanes
     /// may build in front of urgent changes.
     #[serde(default)]
@@ -153,6 +156,26 @@ fn default_conflict_retention() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
 }
 fn default_conflict_entries_max() -> usize {
+    100_000
+}
+
+/// `dlq:`. The queue never drops a letter: at `max_entries` this region stops applying
+/// replicated changes of `custom` topics (they wait at their senders, nothing is lost) until an
+/// operator replays or discards letters; from 90% of it `/health` is critical.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqConfig {
+    #[serde(default = "default_dlq_entries_max")]
+    pub max_entries: u64,
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        Self { max_entries: default_dlq_entries_max() }
+    }
+}
+
+fn default_dlq_entries_max() -> u64 {
     100_000
 }
 
@@ -523,6 +546,13 @@ impl Config {
         }
         let lanes = self.build_lanes(&invalid)?;
         let placement = self.build_placement(&invalid)?;
+        if self.dlq.max_entries == 0 {
+            return Err(invalid(
+                "max_entries:",
+                "dlq.max_entries is 0".into(),
+                "bound the dead-letter queue with a positive size, e.g. dlq: { max_entries: 100000 }",
+            ));
+        }
         if self.conflict_log.max_entries == 0 {
             return Err(invalid(
                 "max_entries:",

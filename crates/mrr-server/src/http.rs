@@ -51,6 +51,8 @@ pub struct AppState {
     pub forwarder: Option<Arc<crate::forward::Forwarder>>,
     /// Whether the node takes writes now (clock, writer).
     pub admission: Arc<crate::admission::Admission>,
+    /// `dlq.max_entries`.
+    pub dlq_max_entries: u64,
 }
 
 impl std::fmt::Debug for AppState {
@@ -278,7 +280,14 @@ async fn health(
 ) -> ApiResult<(StatusCode, Json<Health>)> {
     let peers = state.status.snapshot(state.clock.now_ms());
     let dead_letters = crate::review::refresh_dlq_gauges(&state)?;
-    let critical = state.admission.critical(&state);
+    let mut critical = state.admission.critical(&state);
+    // Near its bound the queue is about to hold replication back: say so before it does.
+    if dead_letters.saturating_mul(10) >= state.dlq_max_entries.saturating_mul(9) {
+        critical.push(format!(
+            "the dead-letter queue holds {dead_letters} of at most {} (dlq.max_entries): when full, replicated changes of custom topics wait; replay or discard letters (GET /v1/dlq)",
+            state.dlq_max_entries
+        ));
+    }
     let h = crate::health::evaluate(
         state.region.as_str(),
         &peers,

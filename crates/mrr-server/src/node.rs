@@ -108,7 +108,8 @@ impl Node {
             Durability::Fsync => None,
             Durability::Buffered => Some(options.sync_interval),
         };
-        let writer_config = WriterConfig { sync_interval, ..WriterConfig::default() };
+        let writer_config =
+            WriterConfig { sync_interval, dead_letters_max: config.dlq.max_entries, ..WriterConfig::default() };
         let writer = Writer::start(
             config.region.clone(),
             max_skew_ms,
@@ -183,6 +184,7 @@ impl Node {
             replication_metrics: replicator.metrics.clone(),
             forwarder: config.forwarder().map_err(|e| StartError::Forwarder(e.to_string()))?.map(Arc::new),
             admission: crate::admission::Admission::new(max_skew_ms, recorder.as_ref()),
+            dlq_max_entries: config.dlq.max_entries,
         };
         // Histogram samples are folded into buckets here and at every scrape; the conflict log
         // is trimmed to its retention every 12 ticks (a minute).

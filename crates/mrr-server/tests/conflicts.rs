@@ -196,3 +196,64 @@ async fn custom_handlers_merge_in_version_order_and_dead_letters_replay_once() -
     assert!(matches!(err, mrr_client::ClientError::Api { status: 400, .. }), "{err}");
     Ok(())
 }
+
+/// The dead-letter queue has a bound and never drops a letter: near it health is critical;
+/// at it, replicated changes of `custom` topics wait at their senders while other topics flow;
+/// once an operator makes room they apply (and fail again, into the queue, as they must).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_dead_letter_queue_holds_changes_back_until_there_is_room() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let strict = dir.path().join("strict.rhai");
+    std::fs::write(
+        &strict,
+        "fn resolve(current, incoming) { if incoming.bad == true { throw \"refused: bad\"; } incoming }",
+    )?;
+    let extra = format!(
+        "links: {{}}\ndlq: {{ max_entries: 1 }}\ntopics:\n  strict: {{ conflict_strategy: custom, handler: {} }}\n",
+        strict.display()
+    );
+    let p = pair_with(["same-secret-0123456789"; 2], [None, None], &extra).await?;
+    let c = &p.clients;
+    let letters = |client: &Client| {
+        let client = client.clone();
+        async move { anyhow::Ok(client.dead_letters().await?) }
+    };
+    // One failed concurrent write fills both queues (1 of 1).
+    c[0].put("strict/k", &json!({"v": 1})).await?;
+    converge(c, "strict/k", |v| v["v"] == 1).await?;
+    partition(c, true).await?;
+    c[0].put("strict/k", &json!({"v": 2})).await?;
+    c[1].put("strict/k", &json!({"v": 3, "bad": true})).await?;
+    partition(c, false).await?;
+    for client in c {
+        let start = Instant::now();
+        while letters(client).await?.total < 1 {
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "no dead letter");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let list = letters(client).await?;
+        assert_eq!((list.total, list.max_entries, list.dead_letters.len()), (1, 1, 1));
+        let health = client.health().await?;
+        assert_eq!(health.status, mrr_client::HealthStatus::Critical, "{health:?}");
+        assert!(health.warnings.iter().any(|w| w.contains("dlq.max_entries")), "{health:?}");
+    }
+    // Another pair of concurrent writes, one failing: each region's queue is full, so each
+    // waits for the other's strict change, which is refused with the reason, not dropped.
+    partition(c, true).await?;
+    c[0].put("strict/k", &json!({"v": 4})).await?;
+    c[1].put("strict/k", &json!({"v": 5, "bad": true})).await?;
+    partition(c, false).await?;
+    for client in c {
+        common::wait_for_error(client, "dead-letter queue is full").await?;
+    }
+    // Room made in both regions: the held changes apply (the failing one fails again, into
+    // the queue), and the regions converge.
+    for client in c {
+        let id = letters(client).await?.dead_letters[0].id.clone();
+        client.discard(&id).await?;
+    }
+    converge(c, "strict/k", |v| v["v"] == 4).await?;
+    c[0].put("users/u1", &json!({"n": 1})).await?;
+    common::wait_for_record(&c[1], "users/u1").await?;
+    Ok(())
+}

@@ -8,7 +8,7 @@ use std::sync::{Mutex, PoisonError};
 use mrr_core::fold::FoldEntry;
 use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version};
 use mrr_storage::faults::{FaultPlan, FaultyStore};
-use mrr_storage::{CommitBatch, MemStore, RecoveredState, Result, Store};
+use mrr_storage::{CommitBatch, ConflictCursor, MemStore, RecoveredState, Result, Store};
 
 #[derive(Debug, Default)]
 struct Journal {
@@ -91,16 +91,33 @@ impl Store for SimDisk {
         self.live.history_entry(key, version)
     }
 
-    fn conflicts(&self) -> Result<Vec<ConflictEntry>> {
-        self.live.conflicts()
+    fn conflicts_after(
+        &self,
+        since_ms: u64,
+        after: Option<&ConflictCursor>,
+        limit: usize,
+    ) -> Result<Vec<ConflictEntry>> {
+        self.live.conflicts_after(since_ms, after, limit)
+    }
+
+    fn conflict_count(&self) -> u64 {
+        self.live.conflict_count()
     }
 
     fn expire_conflicts(&self, idents: &[(ChangeId, ChangeId)]) -> Result<()> {
         self.live.expire_conflicts(idents)
     }
 
-    fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        self.live.dead_letters()
+    fn dead_letters_after(&self, after: Option<&ChangeId>, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.live.dead_letters_after(after, limit)
+    }
+
+    fn dead_letter_count(&self) -> u64 {
+        self.live.dead_letter_count()
+    }
+
+    fn oldest_dead_letter_ms(&self) -> Result<Option<u64>> {
+        self.live.oldest_dead_letter_ms()
     }
 
     fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>> {

@@ -182,6 +182,63 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     let a2_id = ChangeId { origin: ap.origin.clone(), lane: ap.lane, seq: 2 };
     assert_eq!(store.dead_letter(&a2_id).expect("dlq"), Some(letter(&a2)));
 
+    // Operator reads page through time indexes and counts, never whole logs.
+    let logged = |seq: u64, at_ms: u64| {
+        let loser = change("us-west", 100 + seq, "t", &format!("k{seq}"), None, Timestamp::new(seq, 0));
+        ConflictEntry { loser: side(&loser), detected_at_ms: at_ms, ..conflict.clone() }
+    };
+    let count_before = store.conflict_count();
+    let many: Vec<ConflictEntry> =
+        [(1, 300), (2, 100), (3, 200), (4, 100), (5, 400)].map(|(s, t)| logged(s, t)).to_vec();
+    store
+        .commit(&CommitBatch {
+            conflicts: many.clone(),
+            hlc_high_water: state.hlc_high_water,
+            ..CommitBatch::default()
+        })
+        .expect("commit");
+    assert_eq!(store.conflict_count(), count_before + 5);
+    let times = |v: &[ConflictEntry]| v.iter().map(|e| e.detected_at_ms).collect::<Vec<_>>();
+    let first = store.conflicts_after(100, None, 2).expect("page");
+    assert_eq!(times(&first), [100, 100], "detection order, from `since`");
+    let cursor = crate::ConflictCursor::of(&first[1]);
+    assert_eq!(crate::ConflictCursor::decode(&cursor.encode()), Some(cursor.clone()), "cursors round-trip");
+    let rest = store.conflicts_after(0, Some(&cursor), 10).expect("page");
+    assert_eq!(times(&rest), [200, 300, 400], "a cursor resumes strictly after the entry it names");
+    store.commit(&CommitBatch { conflicts: vec![many[0].clone()], ..CommitBatch::default() }).expect("commit");
+    assert_eq!(store.conflict_count(), count_before + 5, "a conflict reported again is not counted twice");
+    store.expire_conflicts(&[many[1].ident(), many[1].ident()]).expect("expire");
+    assert_eq!(store.conflict_count(), count_before + 4, "each entry that goes is counted once");
+    assert_eq!(times(&store.conflicts_after(100, None, 10).expect("page")), [100, 200, 300, 400]);
+    store.expire_conflicts(&many.iter().map(ConflictEntry::ident).collect::<Vec<_>>()).expect("expire");
+    assert_eq!(store.conflict_count(), count_before);
+    let letters_before = store.dead_letter_count();
+    let timed = |c: &Change, at: u64| DeadLetter { failed_at_ms: at, ..letter(c) };
+    let (d1, d2) = (
+        change("us-west", 201, "t", "d1", None, clock.now(20)),
+        change("us-west", 202, "t", "d2", None, clock.now(21)),
+    );
+    store
+        .commit(&CommitBatch {
+            dead_letters: vec![timed(&d1, 50), timed(&d2, 40)],
+            hlc_high_water: state.hlc_high_water,
+            ..CommitBatch::default()
+        })
+        .expect("commit");
+    assert_eq!(store.dead_letter_count(), letters_before + 2);
+    assert_eq!(
+        store.oldest_dead_letter_ms().expect("oldest"),
+        Some(9),
+        "a2's letter, failed at 9, is still the oldest"
+    );
+    let page = store.dead_letters_after(None, 1).expect("page");
+    assert_eq!(store.dead_letters_after(Some(&page[0].id), 100).expect("page").len() as u64, letters_before + 1);
+    store.discard_dead_letter(&d2.id()).expect("discard");
+    store.discard_dead_letter(&d2.id()).expect("discarding twice is a no-op");
+    let cleared = CommitBatch { dead_letters_cleared: vec![d1.id(), d1.id()], ..CommitBatch::default() };
+    store.commit(&cleared).expect("commit");
+    assert_eq!(store.dead_letter_count(), letters_before, "each letter counted out once");
+
     // Keys leaving the region's placement lose their fold history, atomically; an entry the
     // same batch writes for such a key is its new history.
     let dropped = CommitBatch {
@@ -202,6 +259,9 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
         assert_eq!(store.get(&a2.key).expect("get"), Some(a2.to_record()));
         assert_eq!(store.changes_after(&ap, 0, 10).expect("changes"), vec![a1, a2]);
         assert_eq!(store.recover().expect("recover"), state);
+        assert_eq!(store.conflict_count(), 1, "counts are rebuilt when the store opens");
+        assert_eq!(store.dead_letter_count(), 1);
+        assert_eq!(store.oldest_dead_letter_ms().expect("oldest"), Some(9));
     }
 }
 

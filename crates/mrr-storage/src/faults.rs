@@ -12,7 +12,7 @@ use std::sync::Arc;
 use mrr_core::fold::FoldEntry;
 use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version};
 
-use crate::{CommitBatch, RecoveredState, Result, Store, StoreError};
+use crate::{CommitBatch, ConflictCursor, RecoveredState, Result, Store, StoreError};
 
 const NEVER: u64 = u64::MAX;
 
@@ -163,18 +163,36 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.history_entry(key, version)
     }
 
-    fn conflicts(&self) -> Result<Vec<ConflictEntry>> {
-        self.plan.read("conflicts")?;
-        self.inner.conflicts()
+    fn conflicts_after(
+        &self,
+        since_ms: u64,
+        after: Option<&ConflictCursor>,
+        limit: usize,
+    ) -> Result<Vec<ConflictEntry>> {
+        self.plan.read("conflicts_after")?;
+        self.inner.conflicts_after(since_ms, after, limit)
+    }
+
+    fn conflict_count(&self) -> u64 {
+        self.inner.conflict_count()
     }
 
     fn expire_conflicts(&self, idents: &[(ChangeId, ChangeId)]) -> Result<()> {
         self.inner.expire_conflicts(idents)
     }
 
-    fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        self.plan.read("dead_letters")?;
-        self.inner.dead_letters()
+    fn dead_letters_after(&self, after: Option<&ChangeId>, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.plan.read("dead_letters_after")?;
+        self.inner.dead_letters_after(after, limit)
+    }
+
+    fn dead_letter_count(&self) -> u64 {
+        self.inner.dead_letter_count()
+    }
+
+    fn oldest_dead_letter_ms(&self) -> Result<Option<u64>> {
+        self.plan.read("oldest_dead_letter_ms")?;
+        self.inner.oldest_dead_letter_ms()
     }
 
     fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>> {

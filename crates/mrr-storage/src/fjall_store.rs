@@ -1,16 +1,20 @@
 //! [`Store`] on fjall: keyspaces `records`, `changes`, `meta`, `history` (fold entries of
 //! `custom` keys), `conflicts` and `dlq` in one database, so a commit spanning them is one
-//! atomic write batch through fjall's journal.
+//! atomic write batch through fjall's journal. `conflicts_by_time` and `dlq_by_time` index
+//! the conflict log and the dead-letter queue by time, in the same batches, and their sizes
+//! are counted, so operator reads and retention never scan a whole log.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use mrr_core::fold::FoldEntry;
 use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version};
 
 use crate::encoding::{self, decode, decode_u64, encode};
-use crate::{CommitBatch, Durability, RecoveredState, Result, Store, STORAGE_FORMAT};
+use crate::{CommitBatch, ConflictCursor, Durability, RecoveredState, Result, Store, STORAGE_FORMAT};
 
 pub struct FjallStore {
     db: Database,
@@ -20,6 +24,13 @@ pub struct FjallStore {
     history: Keyspace,
     conflicts: Keyspace,
     dlq: Keyspace,
+    conflicts_by_time: Keyspace,
+    dlq_by_time: Keyspace,
+    conflict_count: AtomicU64,
+    dead_letter_count: AtomicU64,
+    /// Serialises the writer's commits with the removals made outside them (retention, an
+    /// operator's discard), so the counts and time indexes stay exact.
+    write_lock: Mutex<()>,
     durability: Durability,
 }
 
@@ -38,9 +49,55 @@ impl FjallStore {
         let history = db.keyspace("history", KeyspaceCreateOptions::default)?;
         let conflicts = db.keyspace("conflicts", KeyspaceCreateOptions::default)?;
         let dlq = db.keyspace("dlq", KeyspaceCreateOptions::default)?;
-        let store = Self { db, records, changes, meta, history, conflicts, dlq, durability };
+        let conflicts_by_time = db.keyspace("conflicts_by_time", KeyspaceCreateOptions::default)?;
+        let dlq_by_time = db.keyspace("dlq_by_time", KeyspaceCreateOptions::default)?;
+        let store = Self {
+            db,
+            records,
+            changes,
+            meta,
+            history,
+            conflicts,
+            dlq,
+            conflicts_by_time,
+            dlq_by_time,
+            conflict_count: AtomicU64::new(0),
+            dead_letter_count: AtomicU64::new(0),
+            write_lock: Mutex::new(()),
+            durability,
+        };
         store.check_format()?;
+        store.open_indexes()?;
         Ok(store)
+    }
+
+    /// Counts the two logs (once, at open) and builds their time indexes when a directory
+    /// written before them has entries but no index.
+    fn open_indexes(&self) -> Result<()> {
+        let (mut conflicts, mut letters) = (0u64, 0u64);
+        let rebuild_conflicts = self.conflicts_by_time.is_empty()?;
+        let rebuild_letters = self.dlq_by_time.is_empty()?;
+        let mut wb = self.db.batch();
+        for item in self.conflicts.iter() {
+            let (k, v) = item.into_inner()?;
+            conflicts += 1;
+            if rebuild_conflicts {
+                let e: ConflictEntry = decode("conflict entry", &k, &v)?;
+                wb.insert(&self.conflicts_by_time, conflict_time_key(e.detected_at_ms, &k), k.to_vec());
+            }
+        }
+        for item in self.dlq.iter() {
+            let (k, v) = item.into_inner()?;
+            letters += 1;
+            if rebuild_letters {
+                let d: DeadLetter = decode("dead letter", &k, &v)?;
+                wb.insert(&self.dlq_by_time, letter_time_key(d.failed_at_ms, &k), Vec::new());
+            }
+        }
+        wb.commit()?;
+        self.conflict_count.store(conflicts, Ordering::SeqCst);
+        self.dead_letter_count.store(letters, Ordering::SeqCst);
+        Ok(())
     }
 
     /// A new directory is stamped with [`STORAGE_FORMAT`]; an existing one must carry it. A
@@ -139,6 +196,7 @@ impl Store for FjallStore {
     }
 
     fn commit(&self, batch: &CommitBatch) -> Result<()> {
+        let _serialised = self.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let mut wb = self.db.batch().durability(match self.durability {
             Durability::Fsync => Some(PersistMode::SyncData),
             Durability::Buffered => None,
@@ -169,33 +227,69 @@ impl Store for FjallStore {
             wb.insert(&self.history, encoding::history_key(key, &entry.version), encode(entry));
         }
         // A conflict reported again joins what is logged (see `ConflictEntry::absorb`).
-        let mut conflicts: BTreeMap<Vec<u8>, ConflictEntry> = BTreeMap::new();
+        // `(entry, detection time it is indexed under, or None when new)`.
+        let mut conflicts: BTreeMap<Vec<u8>, (ConflictEntry, Option<u64>)> = BTreeMap::new();
         for entry in &batch.conflicts {
             let k = encoding::conflict_key(&entry.ident());
-            if let Some(logged) = conflicts.get_mut(&k) {
+            if let Some((logged, _)) = conflicts.get_mut(&k) {
                 logged.absorb(entry);
                 continue;
             }
             let joined = match self.conflicts.get(&k)? {
                 Some(bytes) => {
                     let mut logged: ConflictEntry = decode("conflict entry", &k, &bytes)?;
+                    let indexed_at = logged.detected_at_ms;
                     logged.absorb(entry);
-                    logged
+                    (logged, Some(indexed_at))
                 }
-                None => entry.clone(),
+                None => (entry.clone(), None),
             };
             conflicts.insert(k, joined);
         }
-        for (k, entry) in &conflicts {
+        let mut new_conflicts = 0u64;
+        for (k, (entry, indexed_at)) in &conflicts {
             wb.insert(&self.conflicts, k.clone(), encode(entry));
+            match indexed_at {
+                Some(at) if *at == entry.detected_at_ms => {}
+                Some(at) => {
+                    wb.remove(&self.conflicts_by_time, conflict_time_key(*at, k));
+                    wb.insert(&self.conflicts_by_time, conflict_time_key(entry.detected_at_ms, k), k.clone());
+                }
+                None => {
+                    new_conflicts += 1;
+                    wb.insert(&self.conflicts_by_time, conflict_time_key(entry.detected_at_ms, k), k.clone());
+                }
+            }
         }
-        for id in &batch.dead_letters_cleared {
-            wb.remove(&self.dlq, encoding::change_id_key(id));
+        // Letters a batch clears and letters it queues are disjoint (the engine keeps them so);
+        // each removal takes its time-index key along.
+        let (mut letters_added, mut letters_gone) = (0u64, 0u64);
+        let cleared: std::collections::BTreeSet<Vec<u8>> =
+            batch.dead_letters_cleared.iter().map(encoding::change_id_key).collect();
+        for k in cleared {
+            if let Some(bytes) = self.dlq.get(&k)? {
+                let old: DeadLetter = decode("dead letter", &k, &bytes)?;
+                wb.remove(&self.dlq, k.clone());
+                wb.remove(&self.dlq_by_time, letter_time_key(old.failed_at_ms, &k));
+                letters_gone += 1;
+            }
         }
         for letter in &batch.dead_letters {
-            wb.insert(&self.dlq, encoding::change_id_key(&letter.id), encode(letter));
+            let k = encoding::change_id_key(&letter.id);
+            match self.dlq.get(&k)? {
+                Some(bytes) => {
+                    let old: DeadLetter = decode("dead letter", &k, &bytes)?;
+                    wb.remove(&self.dlq_by_time, letter_time_key(old.failed_at_ms, &k));
+                }
+                None => letters_added += 1,
+            }
+            wb.insert(&self.dlq, k.clone(), encode(letter));
+            wb.insert(&self.dlq_by_time, letter_time_key(letter.failed_at_ms, &k), Vec::new());
         }
         wb.commit()?;
+        self.conflict_count.fetch_add(new_conflicts, Ordering::SeqCst);
+        self.dead_letter_count.fetch_add(letters_added, Ordering::SeqCst);
+        self.dead_letter_count.fetch_sub(letters_gone, Ordering::SeqCst);
         Ok(())
     }
 
@@ -231,21 +325,82 @@ impl Store for FjallStore {
         }
     }
 
-    fn conflicts(&self) -> Result<Vec<ConflictEntry>> {
-        decode_all(&self.conflicts, "conflict entry")
+    fn conflicts_after(
+        &self,
+        since_ms: u64,
+        after: Option<&ConflictCursor>,
+        limit: usize,
+    ) -> Result<Vec<ConflictEntry>> {
+        let start = match after {
+            Some(c) => {
+                let mut k = conflict_time_key(c.detected_at_ms, &encoding::conflict_key(&c.ident));
+                k.push(0); // strictly after
+                k
+            }
+            None => since_ms.to_be_bytes().to_vec(),
+        };
+        let mut out = Vec::new();
+        for item in self.conflicts_by_time.range(start..).take(limit) {
+            let (_, k) = item.into_inner()?;
+            // Written with its index entry in one batch; absent only if removed meanwhile.
+            if let Some(bytes) = self.conflicts.get(&k)? {
+                out.push(decode("conflict entry", &k, &bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn conflict_count(&self) -> u64 {
+        self.conflict_count.load(Ordering::SeqCst)
     }
 
     fn expire_conflicts(&self, idents: &[(ChangeId, ChangeId)]) -> Result<()> {
+        let _serialised = self.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let mut wb = self.db.batch();
-        for ident in idents {
-            wb.remove(&self.conflicts, encoding::conflict_key(ident));
+        let mut gone = 0u64;
+        let keys: std::collections::BTreeSet<Vec<u8>> = idents.iter().map(encoding::conflict_key).collect();
+        for k in keys {
+            if let Some(bytes) = self.conflicts.get(&k)? {
+                let e: ConflictEntry = decode("conflict entry", &k, &bytes)?;
+                wb.remove(&self.conflicts_by_time, conflict_time_key(e.detected_at_ms, &k));
+                wb.remove(&self.conflicts, k);
+                gone += 1;
+            }
         }
         wb.commit()?;
+        self.conflict_count.fetch_sub(gone, Ordering::SeqCst);
         Ok(())
     }
 
-    fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        decode_all(&self.dlq, "dead letter")
+    fn dead_letters_after(&self, after: Option<&ChangeId>, limit: usize) -> Result<Vec<DeadLetter>> {
+        let start = match after {
+            Some(id) => {
+                let mut k = encoding::change_id_key(id);
+                k.push(0);
+                k
+            }
+            None => Vec::new(),
+        };
+        let mut out = Vec::new();
+        for item in self.dlq.range(start..).take(limit) {
+            let (k, v) = item.into_inner()?;
+            out.push(decode("dead letter", &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn dead_letter_count(&self) -> u64 {
+        self.dead_letter_count.load(Ordering::SeqCst)
+    }
+
+    fn oldest_dead_letter_ms(&self) -> Result<Option<u64>> {
+        match self.dlq_by_time.first_key_value() {
+            Some(item) => {
+                let (k, _) = item.into_inner()?;
+                Ok(Some(decode_u64("dead-letter time index", &k, &k[..8.min(k.len())])?))
+            }
+            None => Ok(None),
+        }
     }
 
     fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>> {
@@ -257,7 +412,15 @@ impl Store for FjallStore {
     }
 
     fn discard_dead_letter(&self, id: &ChangeId) -> Result<()> {
-        self.dlq.remove(encoding::change_id_key(id))?;
+        let _serialised = self.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let k = encoding::change_id_key(id);
+        let Some(bytes) = self.dlq.get(&k)? else { return Ok(()) };
+        let old: DeadLetter = decode("dead letter", &k, &bytes)?;
+        let mut wb = self.db.batch();
+        wb.remove(&self.dlq_by_time, letter_time_key(old.failed_at_ms, &k));
+        wb.remove(&self.dlq, k);
+        wb.commit()?;
+        self.dead_letter_count.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -273,14 +436,14 @@ fn record_key_end(key: &Key) -> Vec<u8> {
     end
 }
 
-/// Every value of `keyspace`, in key order.
-fn decode_all<T: serde::de::DeserializeOwned>(keyspace: &Keyspace, what: &'static str) -> Result<Vec<T>> {
-    let mut out = Vec::new();
-    for item in keyspace.iter() {
-        let (k, v) = item.into_inner()?;
-        out.push(decode(what, &k, &v)?);
-    }
-    Ok(out)
+/// The time-index key of a conflict-log entry: detection time (big-endian), then its key.
+fn conflict_time_key(detected_at_ms: u64, conflict_key: &[u8]) -> Vec<u8> {
+    [detected_at_ms.to_be_bytes().as_slice(), conflict_key].concat()
+}
+
+/// The time-index key of a dead letter: first failure (big-endian), then its key.
+fn letter_time_key(failed_at_ms: u64, letter_key: &[u8]) -> Vec<u8> {
+    [failed_at_ms.to_be_bytes().as_slice(), letter_key].concat()
 }
 
 #[cfg(test)]

@@ -64,6 +64,38 @@ impl CommitBatch {
     }
 }
 
+/// A position in the conflict log's detection order: the entry a page ended with.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConflictCursor {
+    pub detected_at_ms: u64,
+    pub ident: (ChangeId, ChangeId),
+}
+
+impl ConflictCursor {
+    pub fn of(entry: &ConflictEntry) -> Self {
+        Self { detected_at_ms: entry.detected_at_ms, ident: entry.ident() }
+    }
+
+    /// `<detected_at_ms>.<loser id>.<winner id>`, as the API hands it out.
+    pub fn encode(&self) -> String {
+        format!("{}.{}.{}", self.detected_at_ms, self.ident.0, self.ident.1)
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(3, '.');
+        let detected_at_ms = parts.next()?.parse().ok()?;
+        // Change ids may hold dots (`us-west.urgent-3`); the loser's ends at its `-<seq>`.
+        let rest = parts.collect::<Vec<_>>().join(".");
+        let split = rest
+            .char_indices()
+            .filter(|(_, c)| *c == '.')
+            .map(|(i, _)| i)
+            .find(|&i| ChangeId::parse(&rest[..i]).is_some() && ChangeId::parse(&rest[i + 1..]).is_some())?;
+        let ident = (ChangeId::parse(&rest[..split])?, ChangeId::parse(&rest[split + 1..])?);
+        Some(Self { detected_at_ms, ident })
+    }
+}
+
 /// What a node needs from disk to resume.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveredState {
@@ -124,15 +156,41 @@ pub trait Store: Send + Sync + 'static {
     /// One fold entry.
     fn history_entry(&self, key: &Key, version: &Version) -> Result<Option<FoldEntry>>;
 
-    /// The whole conflict log, in no particular order (the caller filters and sorts).
-    fn conflicts(&self) -> Result<Vec<ConflictEntry>>;
+    /// Conflict-log entries in detection order (`detected_at_ms`, then ident): from `since_ms`
+    /// on, or strictly after `after` when given; at most `limit`. Served from a time index,
+    /// so a page costs the same however long the log is.
+    fn conflicts_after(
+        &self,
+        since_ms: u64,
+        after: Option<&ConflictCursor>,
+        limit: usize,
+    ) -> Result<Vec<ConflictEntry>>;
+
+    /// Entries in the conflict log, kept as a count (never a scan).
+    fn conflict_count(&self) -> u64;
 
     /// Drops conflict-log entries (retention), by [`ConflictEntry::ident`]. Outside the writer's
-    /// commits: nothing else deletes them, and a concurrent re-log of one is harmless.
+    /// commits, and serialised with them, so counts and indexes stay exact.
     fn expire_conflicts(&self, idents: &[(ChangeId, ChangeId)]) -> Result<()>;
 
-    /// Every dead letter, in id order.
-    fn dead_letters(&self) -> Result<Vec<DeadLetter>>;
+    /// Dead letters in id order, strictly after `after`; at most `limit`.
+    fn dead_letters_after(&self, after: Option<&ChangeId>, limit: usize) -> Result<Vec<DeadLetter>>;
+
+    /// Letters in the dead-letter queue, kept as a count (never a scan).
+    fn dead_letter_count(&self) -> u64;
+
+    /// When the oldest dead letter first failed (from a time index).
+    fn oldest_dead_letter_ms(&self) -> Result<Option<u64>>;
+
+    /// The whole conflict log, oldest first. For tests and tools: it reads every entry.
+    fn conflicts(&self) -> Result<Vec<ConflictEntry>> {
+        self.conflicts_after(0, None, usize::MAX)
+    }
+
+    /// Every dead letter, in id order. For tests and tools: it reads every letter.
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        self.dead_letters_after(None, usize::MAX)
+    }
 
     fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>>;
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use mrr_core::fold::FoldEntry;
 use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version};
 
-use crate::{CommitBatch, RecoveredState, Result, Store};
+use crate::{CommitBatch, ConflictCursor, RecoveredState, Result, Store};
 
 #[derive(Debug, Default)]
 pub struct MemStore {
@@ -21,7 +21,27 @@ struct Inner {
     state: RecoveredState,
     history: BTreeMap<(Key, Version), FoldEntry>,
     conflicts: BTreeMap<(ChangeId, ChangeId), ConflictEntry>,
+    /// The conflict log in detection order.
+    conflicts_by_time: BTreeMap<u64, std::collections::BTreeSet<(ChangeId, ChangeId)>>,
     dlq: BTreeMap<ChangeId, DeadLetter>,
+    dlq_by_time: std::collections::BTreeSet<(u64, ChangeId)>,
+}
+
+impl Inner {
+    fn unindex_conflict(&mut self, at_ms: u64, ident: &(ChangeId, ChangeId)) {
+        if let Some(set) = self.conflicts_by_time.get_mut(&at_ms) {
+            set.remove(ident);
+            if set.is_empty() {
+                self.conflicts_by_time.remove(&at_ms);
+            }
+        }
+    }
+
+    fn remove_letter(&mut self, id: &ChangeId) {
+        if let Some(d) = self.dlq.remove(id) {
+            self.dlq_by_time.remove(&(d.failed_at_ms, d.id));
+        }
+    }
 }
 
 impl MemStore {
@@ -101,16 +121,27 @@ impl Store for MemStore {
         }
         for e in &batch.conflicts {
             match inner.conflicts.get_mut(&e.ident()) {
-                Some(logged) => logged.absorb(e),
+                Some(logged) => {
+                    let was = logged.detected_at_ms;
+                    logged.absorb(e);
+                    let now = logged.detected_at_ms;
+                    if now != was {
+                        inner.unindex_conflict(was, &e.ident());
+                        inner.conflicts_by_time.entry(now).or_default().insert(e.ident());
+                    }
+                }
                 None => {
                     inner.conflicts.insert(e.ident(), e.clone());
+                    inner.conflicts_by_time.entry(e.detected_at_ms).or_default().insert(e.ident());
                 }
             }
         }
         for id in &batch.dead_letters_cleared {
-            inner.dlq.remove(id);
+            inner.remove_letter(id);
         }
         for d in &batch.dead_letters {
+            inner.remove_letter(&d.id);
+            inner.dlq_by_time.insert((d.failed_at_ms, d.id.clone()));
             inner.dlq.insert(d.id.clone(), d.clone());
         }
         Ok(())
@@ -133,20 +164,58 @@ impl Store for MemStore {
         Ok(self.lock().history.get(&(key.clone(), version.clone())).cloned())
     }
 
-    fn conflicts(&self) -> Result<Vec<ConflictEntry>> {
-        Ok(self.lock().conflicts.values().cloned().collect())
+    fn conflicts_after(
+        &self,
+        since_ms: u64,
+        after: Option<&ConflictCursor>,
+        limit: usize,
+    ) -> Result<Vec<ConflictEntry>> {
+        let inner = self.lock();
+        let start = after.map_or(since_ms, |c| c.detected_at_ms);
+        let mut out = Vec::new();
+        for (at_ms, idents) in inner.conflicts_by_time.range(start..) {
+            for ident in idents {
+                if after.is_some_and(|c| c.detected_at_ms == *at_ms && *ident <= c.ident) {
+                    continue;
+                }
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                out.extend(inner.conflicts.get(ident).cloned());
+            }
+        }
+        Ok(out)
+    }
+
+    fn conflict_count(&self) -> u64 {
+        self.lock().conflicts.len() as u64
     }
 
     fn expire_conflicts(&self, idents: &[(ChangeId, ChangeId)]) -> Result<()> {
         let mut inner = self.lock();
         for ident in idents {
-            inner.conflicts.remove(ident);
+            if let Some(e) = inner.conflicts.remove(ident) {
+                inner.unindex_conflict(e.detected_at_ms, ident);
+            }
         }
         Ok(())
     }
 
-    fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        Ok(self.lock().dlq.values().cloned().collect())
+    fn dead_letters_after(&self, after: Option<&ChangeId>, limit: usize) -> Result<Vec<DeadLetter>> {
+        let inner = self.lock();
+        let from = match after {
+            Some(id) => std::ops::Bound::Excluded(id.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        Ok(inner.dlq.range((from, std::ops::Bound::Unbounded)).take(limit).map(|(_, d)| d.clone()).collect())
+    }
+
+    fn dead_letter_count(&self) -> u64 {
+        self.lock().dlq.len() as u64
+    }
+
+    fn oldest_dead_letter_ms(&self) -> Result<Option<u64>> {
+        Ok(self.lock().dlq_by_time.first().map(|(t, _)| *t))
     }
 
     fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>> {
@@ -154,7 +223,7 @@ impl Store for MemStore {
     }
 
     fn discard_dead_letter(&self, id: &ChangeId) -> Result<()> {
-        self.lock().dlq.remove(id);
+        self.lock().remove_letter(id);
         Ok(())
     }
 

@@ -972,6 +972,12 @@ impl Engine {
                     break;
                 }
             }
+            // A full dead-letter queue never drops a letter: a change that could add one (its
+            // topic runs a handler) waits at its sender until there is room.
+            if pending.dead_letters_full() && matches!(self.policies.rule(&change.key.topic), Rule::Custom(_)) {
+                out.refused = Some(Refusal::DeadLettersFull { id: change.id() });
+                break;
+            }
             if let Err(skew) = self.hlc.observe(change.version.ts, physical_ms) {
                 out.refused = Some(Refusal::ClockSkew { id: change.id(), skew });
                 break;

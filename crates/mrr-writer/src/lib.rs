@@ -116,6 +116,8 @@ pub enum Refusal {
     Loop { id: ChangeId },
     #[error("change {id} refused: {skew}")]
     ClockSkew { id: ChangeId, skew: ClockSkewError },
+    #[error("change {id} waits: this region's dead-letter queue is full (dlq.max_entries); replay or discard letters (GET /v1/dlq) to go on")]
+    DeadLettersFull { id: ChangeId },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -128,11 +130,14 @@ pub struct WriterConfig {
     /// commits reach OS buffers only (`durability: buffered`) and a syncer thread persists them
     /// this often; only then are they [`Writer::durable`].
     pub sync_interval: Option<std::time::Duration>,
+    /// The dead-letter queue's bound: at it, replicated changes of `custom` topics wait
+    /// (refused, so their senders keep them) rather than a letter being dropped.
+    pub dead_letters_max: u64,
 }
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        Self { group_requests_max: 512, queue_requests_max: 4_096, sync_interval: None }
+        Self { group_requests_max: 512, queue_requests_max: 4_096, sync_interval: None, dead_letters_max: 100_000 }
     }
 }
 
@@ -285,6 +290,7 @@ fn run(
             continue;
         }
         let mut pending = engine.begin(clock.now_ms());
+        pending.limit_dead_letters(config.dead_letters_max.saturating_sub(store.dead_letter_count()));
         let mut replies = Vec::with_capacity(group.len());
         for request in group.drain(..) {
             match request {

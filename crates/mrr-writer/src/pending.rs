@@ -107,6 +107,8 @@ pub struct Pending {
     /// history is gone (see [`mrr_storage::CommitBatch::histories_dropped`]).
     pub(crate) histories_dropped: JournaledSet<Key>,
     pub(crate) now_ms: u64,
+    /// New dead letters the queue can still take (`None`: unbounded).
+    pub(crate) dead_letter_room: Option<u64>,
     /// Set while a request is being applied.
     open: Option<Savepoint>,
 }
@@ -131,8 +133,19 @@ impl Pending {
             cleared: Journaled::default(),
             histories_dropped: Journaled::default(),
             now_ms,
+            dead_letter_room: None,
             open: None,
         }
+    }
+
+    /// Bounds the dead letters this group may add to what the queue can still take.
+    pub fn limit_dead_letters(&mut self, room: u64) {
+        self.dead_letter_room = Some(room);
+    }
+
+    /// Whether the queue is full: a change that might add a letter must wait.
+    pub(crate) fn dead_letters_full(&self) -> bool {
+        self.dead_letter_room.is_some_and(|room| self.dead_letters.len() as u64 >= room)
     }
 
     /// Runs one request against the group: its effects stay if it succeeds, and the group is

@@ -181,14 +181,32 @@ impl Store for WritesThenFails {
     fn history_entry(&self, k: &Key, v: &mrr_core::Version) -> mrr_storage::Result<Option<mrr_core::fold::FoldEntry>> {
         self.0.history_entry(k, v)
     }
-    fn conflicts(&self) -> mrr_storage::Result<Vec<mrr_core::ConflictEntry>> {
-        self.0.conflicts()
+    fn conflicts_after(
+        &self,
+        s: u64,
+        a: Option<&mrr_storage::ConflictCursor>,
+        l: usize,
+    ) -> mrr_storage::Result<Vec<mrr_core::ConflictEntry>> {
+        self.0.conflicts_after(s, a, l)
+    }
+    fn conflict_count(&self) -> u64 {
+        self.0.conflict_count()
     }
     fn expire_conflicts(&self, i: &[(mrr_core::ChangeId, mrr_core::ChangeId)]) -> mrr_storage::Result<()> {
         self.0.expire_conflicts(i)
     }
-    fn dead_letters(&self) -> mrr_storage::Result<Vec<mrr_core::DeadLetter>> {
-        self.0.dead_letters()
+    fn dead_letters_after(
+        &self,
+        a: Option<&mrr_core::ChangeId>,
+        l: usize,
+    ) -> mrr_storage::Result<Vec<mrr_core::DeadLetter>> {
+        self.0.dead_letters_after(a, l)
+    }
+    fn dead_letter_count(&self) -> u64 {
+        self.0.dead_letter_count()
+    }
+    fn oldest_dead_letter_ms(&self) -> mrr_storage::Result<Option<u64>> {
+        self.0.oldest_dead_letter_ms()
     }
     fn dead_letter(&self, id: &mrr_core::ChangeId) -> mrr_storage::Result<Option<mrr_core::DeadLetter>> {
         self.0.dead_letter(id)
@@ -214,4 +232,46 @@ async fn a_commit_that_failed_after_reaching_the_disk_stops_writes_and_reads_go_
     assert!(again.to_string().contains("restart"), "{again}");
     // The store is not written to again: the sequence the failed commit used is not reused.
     assert!(store.get(&Key::new("users", "u2")).expect("reads go on").is_none());
+}
+
+/// A full dead-letter queue never drops a letter: a replicated change of a topic whose handler
+/// could fail waits at its sender (refused, named), while other topics go on.
+#[test]
+fn a_full_dead_letter_queue_holds_custom_changes_back_and_lets_others_through() {
+    let (mut a, mut b, mut c) = (engine("a"), engine("b"), engine("c"));
+    let (sa, sb, sc) = (MemStore::new(), MemStore::new(), MemStore::new());
+    // a and b write logs/k concurrently; b's write is one the handler refuses.
+    write(&mut a, &sa, vec![put("logs", "k", 1)], 1_000);
+    let refused = LocalOp::Put {
+        key: Key::new("logs", "k"),
+        value: json!({ "log": "!" }).to_string().into_bytes(),
+        metadata: Metadata::default(),
+    };
+    write(&mut b, &sb, vec![refused], 1_001);
+    write(&mut a, &sa, vec![put("logs", "k", 2), put("users", "u", 3)], 1_002);
+    let from_a = changelog(&sa, "a");
+    let apply = |c: &mut Engine, changes: Vec<Change>, room: u64| {
+        let mut p = c.begin(2_000);
+        p.limit_dead_letters(room);
+        let out = c.apply_remote(&mut p, &sc, changes, 2_000).expect("apply");
+        if let Some(batch) = c.finish(p) {
+            sc.commit(&batch).expect("commit");
+            c.committed(&batch);
+        }
+        out
+    };
+    let out = apply(&mut c, vec![from_a[0].clone()], 1);
+    assert_eq!((out.applied, out.refused), (1, None));
+    let out = apply(&mut c, changelog(&sb, "b"), 1);
+    assert_eq!((out.applied, out.dead_letters), (1, 1), "the refused write is a dead letter");
+    // The queue (bound 1) is full: a's next custom change waits; nothing after it applies.
+    let out = apply(&mut c, from_a[1..].to_vec(), 1 - sc.dead_letter_count());
+    assert!(matches!(out.refused, Some(mrr_writer::Refusal::DeadLettersFull { .. })), "{out:?}");
+    assert_eq!(out.applied, 0);
+    assert!(out.refused.as_ref().is_some_and(|r| r.to_string().contains("GET /v1/dlq")));
+    // A timestamp topic's changes never dead-letter: they go through a full queue.
+    write(&mut b, &sb, vec![put("users", "v", 4)], 1_003);
+    let out = apply(&mut c, changelog(&sb, "b")[1..].to_vec(), 0);
+    assert_eq!((out.applied, &out.refused), (1, &None), "{out:?}");
+    assert_eq!(sc.dead_letter_count(), 1, "the letter is still there: nothing was dropped");
 }
