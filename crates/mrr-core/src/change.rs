@@ -75,6 +75,14 @@ pub enum Op {
     /// in [`Change::carried`]. Changes neither the key's version nor its placement. With
     /// `carried` empty, the marker of a transfer.
     Transfer,
+    /// Part of the fold history a move of a `custom` record carries, in version order, sent
+    /// ahead of the move on the move's stream when the whole history would not fit one change
+    /// ([`crate::limits::CARRIED_BYTES_MAX`]): the entries in [`Change::carried`], for the
+    /// regions of the move's placement (its `metadata.regions`). A region that holds the record
+    /// applies them as content; one the move is about to place it in folds them into the key's
+    /// history, which the move then continues. Changes neither the key's version nor its
+    /// placement; with `carried` empty, its marker.
+    History,
 }
 
 /// One write, identified cluster-wide by `(origin, lane, seq)`. Sequence numbers are contiguous
@@ -118,7 +126,7 @@ impl Change {
         Record {
             value: match &self.op {
                 Op::Put { value } => Some(value.clone()),
-                Op::Delete | Op::Marker | Op::Want { .. } | Op::Transfer => None,
+                Op::Delete | Op::Marker | Op::Want { .. } | Op::Transfer | Op::History => None,
                 Op::Merge { delta } => delta.materialize(),
             },
             metadata: self.metadata.clone(),
@@ -141,21 +149,21 @@ impl Change {
     pub fn has_content(&self) -> bool {
         match &self.op {
             Op::Marker => false,
-            Op::Transfer => !self.carried.is_empty(),
+            Op::Transfer | Op::History => !self.carried.is_empty(),
             Op::Put { .. } | Op::Delete | Op::Merge { .. } | Op::Want { .. } => true,
         }
     }
 
     /// Whether this change writes the record (wants and transfers do not).
     pub fn writes(&self) -> bool {
-        !matches!(self.op, Op::Want { .. } | Op::Transfer)
+        !matches!(self.op, Op::Want { .. } | Op::Transfer | Op::History)
     }
 
     /// Payload bytes, for accounting and batch sizing.
     pub fn payload_len(&self) -> usize {
         (match &self.op {
             Op::Put { value } => value.len(),
-            Op::Delete | Op::Marker | Op::Transfer => 0,
+            Op::Delete | Op::Marker | Op::Transfer | Op::History => 0,
             Op::Want { ids } => ids.len() * 16,
             Op::Merge { delta } => delta.approx_len(),
         }) + self.carried.iter().map(Change::payload_len).sum::<usize>()

@@ -35,6 +35,10 @@ pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// still fit one peer message.
 pub const RECORD_BYTES_MAX_ALLOWED: usize = PEER_MESSAGE_BYTES_MAX / 8;
 
+/// Stored bytes a change may carry besides its own content (a `custom` move's fold history),
+/// about: a longer history goes ahead of the move in pieces of this size ([`crate::Op::History`]).
+pub const CARRIED_BYTES_MAX: usize = 1024 * 1024;
+
 pub const TOPIC_LEN_MAX: usize = 64;
 pub const ID_LEN_MAX: usize = 256;
 

@@ -100,11 +100,12 @@ pub fn for_peer<'a>(changes: &'a [Change], peer: &RegionName) -> ForPeer<'a> {
     ForPeer { changes: out, held_at: None }
 }
 
-/// The change as a region outside its placement receives it. A transfer's marker stays a
-/// transfer (it writes nothing) with nothing carried.
+/// The change as a region outside its placement receives it. The marker of a transfer or of a
+/// history piece keeps its op (it writes nothing) with nothing carried.
 pub fn to_marker(change: &Change) -> Change {
     let op = match change.op {
         Op::Transfer => Op::Transfer,
+        Op::History => Op::History,
         _ => Op::Marker,
     };
     Change { op, replay_of: None, carried: Vec::new(), ..change.clone() }

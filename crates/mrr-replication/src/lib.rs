@@ -61,7 +61,8 @@ pub(crate) const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// 3: sequences, version vectors and cursors are per (origin, lane).
 /// 4: placement markers (`Change.marker`).
 /// 5: moves, wants and transfers (`Change.moves`, `carried`, `want`, `transfer`).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: a custom move's long fold history goes ahead of it in pieces (`Change.history`).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 #[derive(Clone, Debug)]
 pub struct PeerConfig {

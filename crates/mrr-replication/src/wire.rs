@@ -45,6 +45,7 @@ pub fn change_to_wire(c: &Change) -> proto::Change {
             _ => Vec::new(),
         },
         transfer: matches!(c.op, Op::Transfer),
+        history: matches!(c.op, Op::History),
         regions: c.metadata.regions.clone(),
         sync_flags: c.metadata.sync_flags.clone(),
         wall_ms: c.version.ts.wall_ms,
@@ -99,11 +100,15 @@ pub fn change_from_wire(c: proto::Change) -> Result<Change, WireError> {
         lane: lane(c.lane)?,
         seq: c.seq,
         key: Key::new(c.topic, c.id),
-        op: match (c.marker, c.want, c.transfer, c.value, c.merge_delta) {
+        op: match (c.marker, c.want, c.transfer || c.history, c.value, c.merge_delta) {
             (false, false, false, Some(value), None) => Op::Put { value },
             (false, false, false, None, Some(delta)) => Op::Merge { delta: merge_delta(&delta)? },
             (false, false, false, None, None) => Op::Delete,
             (true, false, false, None, None) => Op::Marker,
+            (false, false, true, None, None) if c.transfer && c.history => {
+                return Err(WireError(format!("change {}:{} is both a transfer and a history piece", c.origin, c.seq)))
+            }
+            (false, false, true, None, None) if c.history => Op::History,
             (false, true, false, None, None) => Op::Want {
                 ids: c
                     .wanted

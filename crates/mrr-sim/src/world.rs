@@ -28,6 +28,9 @@ const SYNC_MS: u64 = 50;
 /// After convergence, keep delivering stragglers (late duplicates) this long before the end.
 const SETTLE_MS: u64 = 2_000;
 const TOPIC: &str = "t";
+/// Small, so that every move of a `custom` record with more than a few fold entries sends its
+/// history ahead in pieces (`Op::History`).
+const CARRIED_BYTES_MAX: usize = 256;
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -268,6 +271,8 @@ pub struct RunReport {
     pub acked_placed: usize,
     /// Requests and commits a failing disk refused (none of them applied anything).
     pub storage_errors: usize,
+    /// Pieces of a `custom` move's history, sent ahead of the move, received with content.
+    pub history_pieces_received: usize,
 }
 
 /// A broken invariant.
@@ -360,6 +365,7 @@ struct World {
     transfers_received: usize,
     acked_placed: usize,
     storage_errors: usize,
+    history_pieces_received: usize,
     /// A violation found where no `Step` returns (the pump).
     broken: Option<Violation>,
 }
@@ -392,6 +398,7 @@ pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result
         transfers_received: world.transfers_received,
         acked_placed: world.acked_placed,
         storage_errors: world.storage_errors,
+        history_pieces_received: world.history_pieces_received,
     })
 }
 
@@ -431,7 +438,10 @@ impl World {
         let nodes = (0..n)
             .map(|i| Node {
                 store: SimDisk::new(cfg.buffered),
-                engine: Some(Engine::new(names[i].clone(), Default::default(), cfg.max_skew_ms, policies.clone())),
+                engine: Some(
+                    Engine::new(names[i].clone(), Default::default(), cfg.max_skew_ms, policies.clone())
+                        .with_carried_bytes_max(CARRIED_BYTES_MAX),
+                ),
                 durable: DurableRule::new(cfg.buffered, mrr_core::VersionVector::new()),
                 clock_offset_ms: 0,
                 clock_step_ms: 0,
@@ -465,6 +475,7 @@ impl World {
             transfers_received: 0,
             acked_placed: 0,
             storage_errors: 0,
+            history_pieces_received: 0,
             broken: None,
         };
         if world.cfg.placement {
@@ -629,6 +640,9 @@ impl World {
         let transfers =
             batch.changes.iter().filter(|c| c.origin != *here && c.op == mrr_core::Op::Transfer && c.has_content());
         let transfers = transfers.count();
+        let pieces =
+            batch.changes.iter().filter(|c| c.origin != *here && c.op == mrr_core::Op::History && c.has_content());
+        self.history_pieces_received += pieces.count();
         let applied = engine.applied().clone();
         self.transfers_received += transfers;
         for inv in &mut self.invariants {
@@ -977,12 +991,15 @@ impl World {
         }
         let n = &mut self.nodes[node];
         n.durable = DurableRule::new(self.cfg.buffered, recovered.vv.clone());
-        n.engine = Some(Engine::new(
-            self.names[node].clone(),
-            recovered,
-            self.cfg.max_skew_ms,
-            policies(self.cfg.strategy, self.cfg.placement),
-        ));
+        n.engine = Some(
+            Engine::new(
+                self.names[node].clone(),
+                recovered,
+                self.cfg.max_skew_ms,
+                policies(self.cfg.strategy, self.cfg.placement),
+            )
+            .with_carried_bytes_max(CARRIED_BYTES_MAX),
+        );
         for o in n.out.iter_mut().flatten() {
             *o = Out::Down { retry_at: self.now, backoff: BACKOFF_MIN_MS };
         }

@@ -8,7 +8,7 @@ use mrr_sim::{run, SimConfig, Strategy};
 
 fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
     let mut per_lane = [0; 3];
-    let (mut placed, mut refused, mut transfers) = (0, 0, 0);
+    let (mut placed, mut refused, mut transfers, mut pieces) = (0, 0, 0, 0);
     for seed in seeds {
         match run(seed, config, None) {
             Ok(report) => {
@@ -16,6 +16,7 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
                 placed += report.acked_placed;
                 refused += report.refused_not_placed;
                 transfers += report.transfers_received;
+                pieces += report.history_pieces_received;
             }
             Err(v) => panic!("{v}\nreplay: cargo run --release -p mrr-sim -- --seed {seed} {}", config.flags()),
         }
@@ -28,6 +29,10 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
     if config.placement {
         assert!(placed > 0 && refused > 0, "placed writes {placed}, refused outside their placement {refused}");
         assert!(transfers > 0, "no transfer completed a moved record");
+        // Under custom, moves sent their fold histories ahead of themselves in pieces.
+        if config.strategy == Strategy::Custom {
+            assert!(pieces > 0, "no move of a custom record sent its history in pieces");
+        }
     }
 }
 

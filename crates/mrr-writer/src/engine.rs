@@ -73,6 +73,9 @@ pub struct Engine {
     hlc: Hlc,
     applied: VersionVector,
     policies: Arc<Policies>,
+    /// Bytes a change may carry besides its own content; a longer `custom` history goes ahead
+    /// of its move in [`Op::History`] pieces.
+    carried_bytes_max: usize,
 }
 
 /// The record reads of one request, taken before any of its effects.
@@ -92,7 +95,21 @@ fn side_of_record(r: &Record) -> Side {
 
 impl Engine {
     pub fn new(local: RegionName, recovered: RecoveredState, max_skew_ms: u64, policies: Arc<Policies>) -> Self {
-        Self { local, hlc: Hlc::new(recovered.hlc_high_water, max_skew_ms), applied: recovered.vv, policies }
+        Self {
+            local,
+            hlc: Hlc::new(recovered.hlc_high_water, max_skew_ms),
+            applied: recovered.vv,
+            policies,
+            carried_bytes_max: mrr_core::limits::CARRIED_BYTES_MAX,
+        }
+    }
+
+    /// The same engine, carrying at most `bytes` in one change (the simulator sets it small so
+    /// that every move of a `custom` record sends its history in pieces).
+    pub fn with_carried_bytes_max(mut self, bytes: usize) -> Self {
+        assert!(bytes > 0, "a piece carries at least one entry");
+        self.carried_bytes_max = bytes;
+        self
     }
 
     pub fn local(&self) -> &RegionName {
@@ -251,13 +268,24 @@ impl Engine {
         for (op, (metadata, moves)) in ops.into_iter().zip(metadatas) {
             let key = key_of(&op);
             let current = Self::current(pending, &reads, &key);
-            // Under `custom` a move carries the mover's fold history.
-            let history = match self.policies.rule(&key.topic) {
+            // Under `custom` a move carries the mover's fold history; what would not fit one
+            // change goes ahead of it, in order, on the move's stream.
+            let mut history = match self.policies.rule(&key.topic) {
                 Rule::Custom(_) if moves => self.fold_history(pending, store, &key)?,
                 _ => Vec::new(),
             };
             // The metadata decides the lane, the lane the sequence the stamp carries.
             let stream = Stream::new(self.local.clone(), self.policies.lanes.lane_of(&key.topic, &metadata));
+            let pieces = history_pieces(std::mem::take(&mut history), self.carried_bytes_max);
+            let last = pieces.len().saturating_sub(1);
+            for (i, piece) in pieces.into_iter().enumerate() {
+                if i == last {
+                    history = piece;
+                } else {
+                    let to = Metadata { regions: metadata.regions.clone(), sync_flags: Vec::new() };
+                    self.emit_on(pending, stream.clone(), key.clone(), Op::History, to, piece);
+                }
+            }
             let seq = pending.vv.get(&stream) + 1;
             let version = Version { ts: self.hlc.now(physical_ms), region: self.local.clone() };
             let stamp = Stamp { version, lane: stream.lane, seq, deps: pending.vv.clone() };
@@ -441,7 +469,18 @@ impl Engine {
         let mut lacking = base.as_ref().map(|r| r.lacking.clone()).unwrap_or_default();
         let lacked_before = lacking.clone();
         let mut record = if change.has_content() {
-            let contents: Vec<&Change> = change.carried.iter().chain(std::iter::once(&change)).collect();
+            // A custom move that places the record here may have sent the front of its
+            // history ahead of itself: those pieces are in this region's changelog.
+            let ahead = match rule {
+                Rule::Custom(_) if !held_before && change.moves => self.pieces_ahead(pending, store, &change)?,
+                _ => Vec::new(),
+            };
+            let contents: Vec<&Change> = ahead
+                .iter()
+                .flat_map(|p| p.carried.iter())
+                .chain(change.carried.iter())
+                .chain(std::iter::once(&change))
+                .collect();
             self.apply_content(pending, store, base, rule, &contents)?
         } else {
             // A write concurrent with a move that placed the record here, made where the
@@ -531,7 +570,7 @@ impl Engine {
                 Op::Marker => {
                     ids.insert(change.id());
                 }
-                Op::Want { .. } | Op::Transfer => contents.extend(change.carried),
+                Op::Want { .. } | Op::Transfer | Op::History => contents.extend(change.carried),
                 _ => {
                     contents.extend(change.carried.iter().cloned());
                     contents.push(Change { carried: Vec::new(), ..change });
@@ -599,9 +638,82 @@ impl Engine {
         Ok(())
     }
 
+    /// The [`Op::History`] pieces `mover` sent ahead of itself, oldest first: the changes of its
+    /// key just before it on its stream, in this group or in the changelog.
+    fn pieces_ahead(&self, pending: &Pending, store: &dyn Store, mover: &Change) -> Result<Vec<Change>, StoreError> {
+        let stream = mover.stream();
+        let mut pieces = Vec::new();
+        let mut seq = mover.seq;
+        while seq > 1 {
+            seq -= 1;
+            let in_group = pending.changes.iter().rev().find(|c| c.stream() == stream && c.seq == seq).cloned();
+            let found = match in_group {
+                Some(c) => Some(c),
+                None => store.changes_after(&stream, seq - 1, 1)?.into_iter().find(|c| c.seq == seq),
+            };
+            match found {
+                Some(c) if c.op == Op::History && c.key == mover.key => pieces.push(c),
+                _ => break,
+            }
+        }
+        pieces.reverse();
+        Ok(pieces)
+    }
+
+    /// A piece of a `custom` move's history, ahead of the move. Where the record is held it is
+    /// content (idempotent fold insertion, placement untouched); where the move is about to
+    /// place it, it is kept whole in the changelog, and the move folds it in when it arrives
+    /// ([`Engine::pieces_ahead`]); outside the move's placement only its marker is kept.
+    fn apply_history(
+        &mut self,
+        pending: &mut Pending,
+        store: &dyn Store,
+        reads: &Reads,
+        history: Change,
+    ) -> Result<(), StoreError> {
+        let policies = self.policies.clone();
+        let Rule::Custom(resolver) = policies.rule(&history.key.topic) else {
+            // Only custom moves send one; a peer whose policies differ was refused at handshake.
+            tracing::warn!(change = %history.id(), key = %history.key, "fold history for a topic without a handler; kept as a marker");
+            pending.changes.push(placement::to_marker(&history));
+            return Ok(());
+        };
+        if !placement::places(&history.metadata, &self.local) || !history.has_content() {
+            pending.changes.push(placement::to_marker(&history));
+            return Ok(());
+        }
+        let current = Self::current(pending, reads, &history.key);
+        let contents: Vec<&Change> = history.carried.iter().collect();
+        // Where the move is about to place it, the piece waits whole in the changelog below
+        // for the move that follows (`pieces_ahead`).
+        if let Some(cur) = current.filter(|r| placement::places(&r.metadata, &self.local)) {
+            let rule = Rule::Custom(resolver.clone());
+            let mut record = self.apply_content(pending, store, Some(cur.clone()), &rule, &contents)?;
+            record.metadata.regions = cur.metadata.regions;
+            record.placed_by = cur.placed_by;
+            record.lacking = cur.lacking;
+            pending.overlay.insert(history.key.clone(), record);
+        }
+        pending.changes.push(history);
+        Ok(())
+    }
+
     /// Writes a change of this region's own (a want or a transfer) into the group.
     fn emit(&mut self, pending: &mut Pending, key: Key, op: Op, metadata: Metadata, carried: Vec<Change>) {
-        let stream = Stream::normal(self.local.clone());
+        self.emit_on(pending, Stream::normal(self.local.clone()), key, op, metadata, carried);
+    }
+
+    /// Writes a change of this region's own that writes no record on `stream`.
+    fn emit_on(
+        &mut self,
+        pending: &mut Pending,
+        stream: Stream,
+        key: Key,
+        op: Op,
+        metadata: Metadata,
+        carried: Vec<Change>,
+    ) {
+        debug_assert!(stream.origin == self.local);
         let seq = pending.vv.get(&stream) + 1;
         let change = Change {
             origin: self.local.clone(),
@@ -693,7 +805,7 @@ impl Engine {
             // name takes their version; deterministic, whatever this region holds.
             Op::Put { value } => Doc::put_delta(None, &object_of(value), &stamp),
             Op::Delete => Doc::delete_delta(None, &stamp),
-            Op::Marker | Op::Want { .. } | Op::Transfer => unreachable!("only content reaches a rule"),
+            Op::Marker | Op::Want { .. } | Op::Transfer | Op::History => unreachable!("only content reaches a rule"),
         };
         let mut doc = current.as_ref().and_then(|r| r.doc.clone()).unwrap_or_default();
         let lost = doc.join_reporting(&delta);
@@ -783,7 +895,7 @@ impl Engine {
                 value: match &change.op {
                     Op::Put { value } => Some(value.clone()),
                     Op::Merge { delta } => delta.materialize(),
-                    Op::Delete | Op::Marker | Op::Want { .. } | Op::Transfer => None,
+                    Op::Delete | Op::Marker | Op::Want { .. } | Op::Transfer | Op::History => None,
                 },
                 metadata: change.metadata.clone(),
                 replay_of: change.replay_of.clone(),
@@ -989,6 +1101,7 @@ impl Engine {
                     pending.changes.push(change);
                 }
                 Op::Transfer => self.apply_transfer(pending, store, &reads, change)?,
+                Op::History => self.apply_history(pending, store, &reads, change)?,
                 _ => {
                     self.apply_change(pending, store, &reads, change)?;
                 }
@@ -1001,6 +1114,28 @@ impl Engine {
         out.vv = pending.vv.clone();
         Ok(out)
     }
+}
+
+/// `history` (oldest first) cut into pieces of about `bytes_max` stored bytes each, at least one
+/// entry a piece; the last piece is what the move itself carries. Empty in, one empty piece out.
+fn history_pieces(history: Vec<Change>, bytes_max: usize) -> Vec<Vec<Change>> {
+    // The entry's payload and a fixed allowance for its id, version, metadata and causal past.
+    let size = |c: &Change| c.payload_len() + 64 + c.deps.iter().count() * 24;
+    let mut pieces = vec![Vec::new()];
+    let mut bytes = 0;
+    for entry in history {
+        let n = size(&entry);
+        let full = pieces.last().is_some_and(|p| !p.is_empty()) && bytes + n > bytes_max;
+        if full {
+            pieces.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += n;
+        if let Some(p) = pieces.last_mut() {
+            p.push(entry);
+        }
+    }
+    pieces
 }
 
 /// Queues a conflict-log entry. `rule` is (strategy, resolution); `sides` is (loser, winner).
@@ -1393,6 +1528,46 @@ mod tests {
     /// A move and a write concurrent with it, under `merge` and `custom`: the region the move
     /// adds gets the write only as a marker, asks its origin for it, and ends with what the
     /// others hold; the region the move does not add keeps nothing.
+    #[test]
+    fn a_long_custom_history_moves_in_pieces_ahead_of_the_move_and_the_fold_continues() {
+        let (sa, sb) = (MemStore::new(), MemStore::new());
+        let (mut a, mut b) = (engine("a").with_carried_bytes_max(300), engine("b"));
+        let key = Key::new("logs", "k");
+        // Forty writes of logs/k in a alone: a fold history of forty entries.
+        local(&mut a, &sa, vec![put_in("logs", "k", json!({"log": "0;"}), &["a"])], 1_000);
+        for i in 1..40 {
+            local(&mut a, &sa, vec![kv("logs", "k", json!({"log": format!("{i};")}))], 1_000 + i);
+        }
+        ship(&sa, (&mut b, &sb), 1_100);
+        assert_eq!(value(&sb, "logs", "k"), None, "not placed in b");
+        // The move to [a, b] sends the history ahead of itself in bounded pieces.
+        local(&mut a, &sa, vec![put_in("logs", "k", json!({"log": "moved;"}), &["a", "b"])], 1_200);
+        let log = changes_of(&sa, "a");
+        let pieces: Vec<&Change> = log.iter().filter(|c| c.op == Op::History).collect();
+        assert!(pieces.len() >= 5, "{} pieces", pieces.len());
+        for p in &pieces {
+            let bytes: usize = p.carried.iter().map(|c| c.payload_len() + 64 + c.deps.iter().count() * 24).sum();
+            assert!(p.carried.len() == 1 || bytes <= 300, "a piece of {bytes} bytes");
+            assert_eq!(p.metadata.regions, ["a", "b"]);
+        }
+        let mover = log.last().expect("the move");
+        assert!(mover.moves && mover.carried.len() < 40, "the move carries only the last piece");
+        let carried: usize = pieces.iter().map(|p| p.carried.len()).sum::<usize>() + mover.carried.len();
+        assert_eq!(carried, 40, "every entry of the history, once");
+        // b folds the pieces, then the move continues the fold: the same state as a.
+        ship(&sa, (&mut b, &sb), 1_201);
+        assert_eq!(value(&sb, "logs", "k"), value(&sa, "logs", "k"));
+        let history = |s: &MemStore| {
+            let first = Version { ts: Timestamp::new(0, 0), region: r("a") };
+            s.history_from(&key, &first).expect("history").1.into_iter().map(|e| (e.id, e.after)).collect::<Vec<_>>()
+        };
+        assert_eq!(history(&sb), history(&sa), "b's fold history is a's, entry for entry");
+        // A later write in b folds on top, and a sees the same.
+        local(&mut b, &sb, vec![kv("logs", "k", json!({"log": "b;"}))], 1_300);
+        ship(&sb, (&mut a, &sa), 1_301);
+        assert_eq!(value(&sa, "logs", "k"), value(&sb, "logs", "k"));
+    }
+
     #[test]
     fn merge_and_custom_records_move_and_the_moved_to_region_gets_concurrent_writes() {
         for (topic, first, by_a, by_b) in [
