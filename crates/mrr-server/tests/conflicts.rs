@@ -33,6 +33,16 @@ async fn converge(clients: &[Client], path: &str, check: impl Fn(&Value) -> bool
     }
 }
 
+/// A handler that refuses any incoming write with `"bad": true` (a dead letter).
+fn strict_handler(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join("strict.rhai");
+    std::fs::write(
+        &path,
+        "fn resolve(current, incoming) { if incoming.bad == true { throw \"refused: bad\"; } incoming }",
+    )?;
+    Ok(path)
+}
+
 fn metric(text: &str, line_start: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
 }
@@ -121,11 +131,7 @@ async fn merge_keeps_concurrent_fields_adds_counters_and_logs_each_loser_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_handlers_merge_in_version_order_and_dead_letters_replay_once() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let strict = dir.path().join("strict.rhai");
-    std::fs::write(
-        &strict,
-        "fn resolve(current, incoming) { if incoming.bad == true { throw \"refused: bad\"; } incoming }",
-    )?;
+    let strict = strict_handler(dir.path())?;
     let inventory = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/handlers/inventory.rhai");
     let extra = format!(
         "links: {{}}\ntopics:\n  inventory: {{ conflict_strategy: custom, handler: {inventory} }}\n  strict: {{ conflict_strategy: custom, handler: {} }}\n",
@@ -203,11 +209,7 @@ async fn custom_handlers_merge_in_version_order_and_dead_letters_replay_once() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_dead_letter_queue_holds_changes_back_until_there_is_room() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let strict = dir.path().join("strict.rhai");
-    std::fs::write(
-        &strict,
-        "fn resolve(current, incoming) { if incoming.bad == true { throw \"refused: bad\"; } incoming }",
-    )?;
+    let strict = strict_handler(dir.path())?;
     let extra = format!(
         "links: {{}}\ndlq: {{ max_entries: 1 }}\ntopics:\n  strict: {{ conflict_strategy: custom, handler: {} }}\n",
         strict.display()

@@ -52,6 +52,20 @@ fn fold_entry(c: &Change) -> FoldEntry {
     }
 }
 
+/// `loser` lost to `winner`, detected at `at_ms`.
+fn conflict_between(loser: &Change, winner: &Change, at_ms: u64) -> ConflictEntry {
+    let side = |c: &Change| Side { id: c.id(), version: c.version.clone(), value: None };
+    ConflictEntry {
+        key: loser.key.clone(),
+        strategy: "timestamp".into(),
+        resolution: "last_writer_wins".into(),
+        loser: side(loser),
+        winner: side(winner),
+        fields: Vec::new(),
+        detected_at_ms: at_ms,
+    }
+}
+
 fn batch_of(changes: Vec<Change>) -> CommitBatch {
     let mut vv = VersionVector::new();
     let mut high = Timestamp::ZERO;
@@ -121,15 +135,7 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     batch.history = vec![(a1.key.clone(), x2.clone()), (a1.key.clone(), x1.clone()), (a2.key.clone(), x3.clone())];
     // Conflict log and dead letters: keyed by ids, joined or overwritten in place, removable.
     let side = |c: &Change| Side { id: c.id(), version: c.version.clone(), value: None };
-    let conflict = ConflictEntry {
-        key: a1.key.clone(),
-        strategy: "timestamp".into(),
-        resolution: "last_writer_wins".into(),
-        loser: side(&a1),
-        winner: side(&b1),
-        fields: Vec::new(),
-        detected_at_ms: 7,
-    };
+    let conflict = conflict_between(&a1, &b1, 7);
     let letter = |c: &Change| DeadLetter {
         id: c.id(),
         key: c.key.clone(),
@@ -307,16 +313,7 @@ pub fn run_faults<S: Store>(store: S) {
     let mut batch = batch_of(vec![a2.clone(), b1.clone()]);
     batch.history = vec![(a2.key.clone(), fold_entry(&a2))];
     batch.histories_dropped = vec![a1.key.clone()];
-    let side = |c: &Change| Side { id: c.id(), version: c.version.clone(), value: None };
-    batch.conflicts = vec![ConflictEntry {
-        key: a1.key.clone(),
-        strategy: "timestamp".into(),
-        resolution: "last_writer_wins".into(),
-        loser: side(&a1),
-        winner: side(&b1),
-        fields: Vec::new(),
-        detected_at_ms: 7,
-    }];
+    batch.conflicts = vec![conflict_between(&a1, &b1, 7)];
     batch.dead_letters = vec![DeadLetter {
         id: a2.id(),
         key: a2.key.clone(),
