@@ -562,6 +562,29 @@ mod tests {
         assert_eq!(read.bytes_max, OutboundLimits::default().batch_bytes_max, "bounded in bytes all the same");
     }
 
+    /// Sends every batch of 200-byte bulk changes `s` allows at `now_us` over a FIFO link of
+    /// `rate` bytes per ms that is busy until `link_free_us`; returns, per batch, its last seq,
+    /// its bytes, and when its last byte leaves the link (µs).
+    fn send_ready(
+        s: &mut OutboundSession,
+        seq: &mut u64,
+        link_free_us: &mut u64,
+        now_us: u64,
+        rate: u64,
+    ) -> Vec<(u64, u64, u64)> {
+        let (bulk, local) = (st("a.bulk"), vv(&[("a.bulk", u64::MAX / 2)]));
+        let mut sent = Vec::new();
+        while let Some(read) = s.next_read(&local) {
+            let bytes = read.limit as u64 * 200;
+            let last = *seq + read.limit as u64;
+            s.on_sent(&bulk, *seq + 1, last, bytes, now_us / 1_000);
+            *seq = last;
+            *link_free_us = (*link_free_us).max(now_us) + bytes * 1_000 / rate;
+            sent.push((last, bytes, *link_free_us));
+        }
+        sent
+    }
+
     /// A FIFO path (one TCP connection, one capped link): `rate` bytes per ms, `delay_ms` each
     /// way, time kept in microseconds and shown to the session in whole milliseconds, as the
     /// runtime does. Drives a session with an endless bulk backlog of 200-byte changes for
@@ -570,19 +593,12 @@ mod tests {
     /// ack).
     fn drive_path(rate: u64, delay_ms: u64, run_ms: u64) -> (u64, u64, u64) {
         let mut s = session(limits(1_024, 1_000_000));
-        let bulk = st("a.bulk");
-        let local = vv(&[("a.bulk", u64::MAX / 2)]);
         let (mut now_us, mut free_at_us, mut seq) = (0u64, 0u64, 0u64);
         let mut acks: VecDeque<(u64, u64, u64)> = VecDeque::new(); // (ack at µs, last seq, bytes)
         let (mut delivered_late, mut waits_us) = (0u64, Vec::new());
         while now_us < run_ms * 1_000 {
-            while let Some(read) = s.next_read(&local) {
-                let bytes = read.limit as u64 * 200;
-                let last = seq + read.limit as u64;
-                s.on_sent(&bulk, seq + 1, last, bytes, now_us / 1_000);
-                seq = last;
-                free_at_us = free_at_us.max(now_us) + bytes * 1_000 / rate;
-                acks.push_back((free_at_us + 2_000 * delay_ms, last, bytes));
+            for (last, bytes, left_us) in send_ready(&mut s, &mut seq, &mut free_at_us, now_us, rate) {
+                acks.push_back((left_us + 2_000 * delay_ms, last, bytes));
             }
             let Some((at_us, last, bytes)) = acks.pop_front() else { panic!("nothing in flight") };
             now_us = at_us;
@@ -623,7 +639,6 @@ mod tests {
     fn drive_receiver(rate: u64, delay_ms: u64, run_ms: u64, apply_ms: impl Fn(u64, u64) -> u64) -> Vec<(u64, u64)> {
         let mut s = session(limits(1_024, 1_000_000));
         let bulk = st("a.bulk");
-        let local = vv(&[("a.bulk", u64::MAX / 2)]);
         let (mut now_us, mut link_free_us, mut seq) = (0u64, 0u64, 0u64);
         // Arrivals at the receiver: (at µs, last seq); acks at the sender: (at µs, seq, apply ms).
         let mut arrivals: VecDeque<(u64, u64)> = VecDeque::new();
@@ -632,13 +647,8 @@ mod tests {
         let mut per_second = vec![(0u64, 0u64); usize::try_from(run_ms / 1_000).expect("small")];
         let mut acked_seq = 0u64;
         while now_us < run_ms * 1_000 {
-            while let Some(read) = s.next_read(&local) {
-                let bytes = read.limit as u64 * 200;
-                let last = seq + read.limit as u64;
-                s.on_sent(&bulk, seq + 1, last, bytes, now_us / 1_000);
-                seq = last;
-                link_free_us = link_free_us.max(now_us) + bytes * 1_000 / rate;
-                arrivals.push_back((link_free_us + delay_ms * 1_000, last));
+            for (last, _, left_us) in send_ready(&mut s, &mut seq, &mut link_free_us, now_us, rate) {
+                arrivals.push_back((left_us + delay_ms * 1_000, last));
             }
             // The receiver starts a group when it is idle and something has arrived.
             let start_us = match arrivals.front() {
@@ -655,7 +665,7 @@ mod tests {
                     last = l;
                     arrivals.pop_front();
                 }
-                let took_ms = apply_ms(start_us / 1_000, last - acked_seq.max(last.min(acked_seq)));
+                let took_ms = apply_ms(start_us / 1_000, last - acked_seq);
                 receiver_free_us = start_us + took_ms * 1_000;
                 // Decoding, the ack's encoding and the transport add a few ms the apply time
                 // does not include, on every round trip alike.

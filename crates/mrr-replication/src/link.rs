@@ -74,6 +74,14 @@ impl Links {
         self.inner.specs.borrow().clone()
     }
 
+    /// The link to `peer`, as it is.
+    pub fn get(&self, peer: &RegionName) -> Result<LinkSpec, LinkError> {
+        if !self.inner.enabled {
+            return Err(LinkError::Disabled);
+        }
+        self.inner.specs.borrow().get(peer).copied().ok_or_else(|| LinkError::UnknownPeer(peer.to_string()))
+    }
+
     pub fn set(&self, peer: &RegionName, spec: LinkSpec) -> Result<(), LinkError> {
         if !self.inner.enabled {
             return Err(LinkError::Disabled);

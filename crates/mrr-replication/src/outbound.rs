@@ -207,11 +207,13 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
                 // Every ack says the peer's clock when it was sent, about half the handshake's
                 // round trip ago: the offset is followed between handshakes, so a clock that
                 // steps is noticed within a heartbeat.
-                let now_wall = ctx.clock.now_ms();
-                let half_rtt = i64::try_from(est.rtt_ms / 2).unwrap_or(i64::MAX);
-                let offset_ms = i64::try_from(ack.wall_ms).unwrap_or(i64::MAX).saturating_add(half_rtt)
-                    .saturating_sub(i64::try_from(now_wall).unwrap_or(i64::MAX));
                 if skew_known {
+                    let now_wall = ctx.clock.now_ms();
+                    let half_rtt = i64::try_from(est.rtt_ms / 2).unwrap_or(i64::MAX);
+                    let offset_ms = i64::try_from(ack.wall_ms)
+                        .unwrap_or(i64::MAX)
+                        .saturating_add(half_rtt)
+                        .saturating_sub(i64::try_from(now_wall).unwrap_or(i64::MAX));
                     ctx.status.observe_clock(&peer.region, offset_ms, est.rtt_ms / 2, now_wall);
                     if let Some(m) = ctx.metrics.peer(&peer.region) {
                         m.clock_skew_seconds.set(offset_ms as f64 / 1_000.0);

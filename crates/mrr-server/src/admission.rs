@@ -3,7 +3,8 @@
 //! Two node-level conditions stop writes while reads go on: a clock too far ahead of the
 //! peers' for the writes to replicate ([`mrr_core::clock_check`], 503 `clock_skew`), and a
 //! writer stopped by a commit that failed part way ([`mrr_writer::WriteError::Failed`], which
-//! the writer answers itself). Both make `/health` critical. Each change of the clock verdict
+//! the writer answers itself). Both make `/health` critical, and so does a dead-letter queue
+//! near its bound, which is about to hold replication back. Each change of the clock verdict
 //! is logged once, here, where it is decided. This module decides nothing about replication.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,14 +68,20 @@ impl Admission {
         }
     }
 
-    /// Node-level reasons for `/health` to be critical.
-    pub fn critical(&self, state: &AppState) -> Vec<String> {
+    /// Node-level reasons for `/health` to be critical; `dead_letters`: the queue's size.
+    pub fn critical(&self, state: &AppState, dead_letters: u64) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(s) = self.clock(state) {
             out.push(s.to_string());
         }
         if let Some(reason) = state.writer.failed() {
             out.push(format!("writes are stopped: {reason}; restart the node to recover from what the disk holds"));
+        }
+        if dead_letters.saturating_mul(10) >= state.dlq_max_entries.saturating_mul(9) {
+            out.push(format!(
+                "the dead-letter queue holds {dead_letters} of at most {} (dlq.max_entries): when full, replicated changes of custom topics wait; replay or discard letters (GET /v1/dlq)",
+                state.dlq_max_entries
+            ));
         }
         out
     }

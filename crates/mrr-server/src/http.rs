@@ -21,6 +21,7 @@ use mrr_api::{
 };
 use mrr_core::limits::{json_depth, validate_id, validate_topic, Limits};
 use mrr_core::{FieldOp, Key, Metadata, Record, RegionName, Version};
+use mrr_replication::link::LinkError;
 use mrr_replication::{LinkSpec, Links, StatusBoard};
 use mrr_storage::Store;
 use mrr_writer::{Committed, LocalOp, Rejection, WriteError, Writer};
@@ -280,14 +281,7 @@ async fn health(
 ) -> ApiResult<(StatusCode, Json<Health>)> {
     let peers = state.status.snapshot(state.clock.now_ms());
     let dead_letters = crate::review::refresh_dlq_gauges(&state)?;
-    let mut critical = state.admission.critical(&state);
-    // Near its bound the queue is about to hold replication back: say so before it does.
-    if dead_letters.saturating_mul(10) >= state.dlq_max_entries.saturating_mul(9) {
-        critical.push(format!(
-            "the dead-letter queue holds {dead_letters} of at most {} (dlq.max_entries): when full, replicated changes of custom topics wait; replay or discard letters (GET /v1/dlq)",
-            state.dlq_max_entries
-        ));
-    }
+    let critical = state.admission.critical(&state, dead_letters);
     let h = crate::health::evaluate(
         state.region.as_str(),
         &peers,
@@ -597,18 +591,21 @@ async fn get_links(State(state): State<AppState>) -> Json<LinksView> {
 #[utoipa::path(get, path = "/v1/admin/links/{peer}", params(("peer" = String, Path)),
     responses((status = 200, body = LinkSettings), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn get_link(State(state): State<AppState>, Path(peer): Path<String>) -> ApiResult<Json<LinkSettings>> {
-    if !state.links.is_enabled() {
-        let e = mrr_replication::link::LinkError::Disabled;
-        return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::LinksDisabled, e.to_string()));
-    }
-    let settings = RegionName::new(peer.clone()).ok().and_then(|r| state.links.all().get(&r).copied());
-    settings.map(Json).ok_or_else(|| {
-        ApiError::new(
+    let region =
+        RegionName::new(peer.clone()).map_err(|_| link_error(&state, &peer, LinkError::UnknownPeer(peer.clone())))?;
+    state.links.get(&region).map(Json).map_err(|e| link_error(&state, &peer, e))
+}
+
+/// A link request's refusal: 409 `links_disabled` without emulation, 404 `unknown_region`.
+fn link_error(state: &AppState, peer: &str, e: LinkError) -> ApiError {
+    match e {
+        LinkError::Disabled => ApiError::new(StatusCode::CONFLICT, ErrorCode::LinksDisabled, e.to_string()),
+        LinkError::UnknownPeer(_) => ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::UnknownRegion,
             format!("{peer} is not a peer of {}", state.region),
-        )
-    })
+        ),
+    }
 }
 
 /// Change the emulated link from this node to `peer` (delay, jitter, partition).
@@ -620,21 +617,10 @@ async fn set_link(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<LinksView>> {
     let settings: LinkSettings = serde_json::from_slice(&body_bytes(body)?).map_err(|e| json_error(&e))?;
-    let unknown = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::UnknownRegion,
-            format!("{peer} is not a peer of {}", state.region),
-        )
-    };
-    let region = RegionName::new(peer.clone()).map_err(|_| unknown())?;
+    let region =
+        RegionName::new(peer.clone()).map_err(|_| link_error(&state, &peer, LinkError::UnknownPeer(peer.clone())))?;
     let spec: LinkSpec = settings;
-    state.links.set(&region, spec).map_err(|e| match e {
-        mrr_replication::link::LinkError::Disabled => {
-            ApiError::new(StatusCode::CONFLICT, ErrorCode::LinksDisabled, e.to_string())
-        }
-        mrr_replication::link::LinkError::UnknownPeer(_) => unknown(),
-    })?;
+    state.links.set(&region, spec).map_err(|e| link_error(&state, &peer, e))?;
     tracing::info!(peer = %region, delay_ms = spec.delay_ms, jitter_ms = spec.jitter_ms, partitioned = spec.partitioned, bandwidth_bytes_per_s = spec.bandwidth_bytes_per_s, "link changed");
     Ok(Json(links_view(&state.links)))
 }

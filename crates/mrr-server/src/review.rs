@@ -160,13 +160,15 @@ pub async fn list_dead_letters(
     let limit = q.limit.unwrap_or(100).clamp(1, PAGE_MAX);
     let after = q.after.as_deref().map(parse_id).transpose()?;
     let mut letters = state.store.dead_letters_after(after.as_ref(), limit + 1)?;
-    let next_after = (letters.len() > limit).then(|| {
+    let next_after = if letters.len() > limit {
         letters.truncate(limit);
         letters.last().map(|d| d.id.to_string())
-    });
+    } else {
+        None
+    };
     Ok(Json(DeadLetterList {
         dead_letters: letters.iter().map(letter_view).collect(),
-        next_after: next_after.flatten(),
+        next_after,
         total: state.store.dead_letter_count(),
         max_entries: state.dlq_max_entries,
     }))

@@ -56,10 +56,6 @@ impl Store for SimDisk {
         self.live.scan(topic, after_id, limit)
     }
 
-    fn changes_after(&self, stream: &Stream, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
-        self.live.changes_after(stream, after_seq, limit)
-    }
-
     fn changes_within(&self, stream: &Stream, after_seq: u64, limit: usize, bytes_max: u64) -> Result<Vec<Change>> {
         self.live.changes_within(stream, after_seq, limit, bytes_max)
     }

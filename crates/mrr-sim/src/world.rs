@@ -131,6 +131,16 @@ fn policies(strategy: Strategy, placement: bool) -> std::sync::Arc<mrr_core::Pol
     std::sync::Arc::new(policies.with_placement(defaults))
 }
 
+/// A region's engine, as the simulator runs every one (small history pieces).
+fn engine(
+    name: &RegionName,
+    recovered: mrr_storage::RecoveredState,
+    cfg: &SimConfig,
+    policies: std::sync::Arc<mrr_core::Policies>,
+) -> Engine {
+    Engine::new(name.clone(), recovered, cfg.max_skew_ms, policies).with_carried_bytes_max(CARRIED_BYTES_MAX)
+}
+
 /// The operation a scheduled write performs under `strategy`. Deterministic in its inputs.
 /// `replaces`: whether whole-record puts (which drop fields they lack, counters included) and
 /// deletes are part of the workload.
@@ -438,10 +448,7 @@ impl World {
         let nodes = (0..n)
             .map(|i| Node {
                 store: SimDisk::new(cfg.buffered),
-                engine: Some(
-                    Engine::new(names[i].clone(), Default::default(), cfg.max_skew_ms, policies.clone())
-                        .with_carried_bytes_max(CARRIED_BYTES_MAX),
-                ),
+                engine: Some(engine(&names[i], Default::default(), &cfg, policies.clone())),
                 durable: DurableRule::new(cfg.buffered, mrr_core::VersionVector::new()),
                 clock_offset_ms: 0,
                 clock_step_ms: 0,
@@ -991,15 +998,8 @@ impl World {
         }
         let n = &mut self.nodes[node];
         n.durable = DurableRule::new(self.cfg.buffered, recovered.vv.clone());
-        n.engine = Some(
-            Engine::new(
-                self.names[node].clone(),
-                recovered,
-                self.cfg.max_skew_ms,
-                policies(self.cfg.strategy, self.cfg.placement),
-            )
-            .with_carried_bytes_max(CARRIED_BYTES_MAX),
-        );
+        n.engine =
+            Some(engine(&self.names[node], recovered, &self.cfg, policies(self.cfg.strategy, self.cfg.placement)));
         for o in n.out.iter_mut().flatten() {
             *o = Out::Down { retry_at: self.now, backoff: BACKOFF_MIN_MS };
         }

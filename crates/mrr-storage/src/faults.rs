@@ -130,11 +130,6 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.scan(topic, after_id, limit)
     }
 
-    fn changes_after(&self, stream: &Stream, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
-        self.plan.read("changes_after")?;
-        self.inner.changes_after(stream, after_seq, limit)
-    }
-
     fn changes_within(&self, stream: &Stream, after_seq: u64, limit: usize, bytes_max: u64) -> Result<Vec<Change>> {
         self.plan.read("changes_within")?;
         self.inner.changes_within(stream, after_seq, limit, bytes_max)

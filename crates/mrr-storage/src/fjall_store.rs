@@ -83,7 +83,7 @@ impl FjallStore {
             conflicts += 1;
             if rebuild_conflicts {
                 let e: ConflictEntry = decode("conflict entry", &k, &v)?;
-                wb.insert(&self.conflicts_by_time, conflict_time_key(e.detected_at_ms, &k), k.to_vec());
+                wb.insert(&self.conflicts_by_time, time_key(e.detected_at_ms, &k), k.to_vec());
             }
         }
         for item in self.dlq.iter() {
@@ -91,7 +91,7 @@ impl FjallStore {
             letters += 1;
             if rebuild_letters {
                 let d: DeadLetter = decode("dead letter", &k, &v)?;
-                wb.insert(&self.dlq_by_time, letter_time_key(d.failed_at_ms, &k), Vec::new());
+                wb.insert(&self.dlq_by_time, time_key(d.failed_at_ms, &k), Vec::new());
             }
         }
         wb.commit()?;
@@ -155,21 +155,10 @@ impl Store for FjallStore {
         Ok(out)
     }
 
-    fn changes_after(&self, stream: &Stream, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
-        let start = encoding::change_key(stream, after_seq.saturating_add(1));
-        let end = encoding::change_key(stream, u64::MAX);
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for item in self.changes.range(start..=end).take(limit) {
-            let (k, v) = item.into_inner()?;
-            out.push(decode("change", &k, &v)?);
-        }
-        Ok(out)
-    }
-
     fn changes_within(&self, stream: &Stream, after_seq: u64, limit: usize, bytes_max: u64) -> Result<Vec<Change>> {
         let start = encoding::change_key(stream, after_seq.saturating_add(1));
         let end = encoding::change_key(stream, u64::MAX);
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(limit.min(1024));
         let mut bytes = 0u64;
         for item in self.changes.range(start..=end).take(limit) {
             let (k, v) = item.into_inner()?;
@@ -252,12 +241,12 @@ impl Store for FjallStore {
             match indexed_at {
                 Some(at) if *at == entry.detected_at_ms => {}
                 Some(at) => {
-                    wb.remove(&self.conflicts_by_time, conflict_time_key(*at, k));
-                    wb.insert(&self.conflicts_by_time, conflict_time_key(entry.detected_at_ms, k), k.clone());
+                    wb.remove(&self.conflicts_by_time, time_key(*at, k));
+                    wb.insert(&self.conflicts_by_time, time_key(entry.detected_at_ms, k), k.clone());
                 }
                 None => {
                     new_conflicts += 1;
-                    wb.insert(&self.conflicts_by_time, conflict_time_key(entry.detected_at_ms, k), k.clone());
+                    wb.insert(&self.conflicts_by_time, time_key(entry.detected_at_ms, k), k.clone());
                 }
             }
         }
@@ -270,7 +259,7 @@ impl Store for FjallStore {
             if let Some(bytes) = self.dlq.get(&k)? {
                 let old: DeadLetter = decode("dead letter", &k, &bytes)?;
                 wb.remove(&self.dlq, k.clone());
-                wb.remove(&self.dlq_by_time, letter_time_key(old.failed_at_ms, &k));
+                wb.remove(&self.dlq_by_time, time_key(old.failed_at_ms, &k));
                 letters_gone += 1;
             }
         }
@@ -279,12 +268,12 @@ impl Store for FjallStore {
             match self.dlq.get(&k)? {
                 Some(bytes) => {
                     let old: DeadLetter = decode("dead letter", &k, &bytes)?;
-                    wb.remove(&self.dlq_by_time, letter_time_key(old.failed_at_ms, &k));
+                    wb.remove(&self.dlq_by_time, time_key(old.failed_at_ms, &k));
                 }
                 None => letters_added += 1,
             }
             wb.insert(&self.dlq, k.clone(), encode(letter));
-            wb.insert(&self.dlq_by_time, letter_time_key(letter.failed_at_ms, &k), Vec::new());
+            wb.insert(&self.dlq_by_time, time_key(letter.failed_at_ms, &k), Vec::new());
         }
         wb.commit()?;
         self.conflict_count.fetch_add(new_conflicts, Ordering::SeqCst);
@@ -333,7 +322,7 @@ impl Store for FjallStore {
     ) -> Result<Vec<ConflictEntry>> {
         let start = match after {
             Some(c) => {
-                let mut k = conflict_time_key(c.detected_at_ms, &encoding::conflict_key(&c.ident));
+                let mut k = time_key(c.detected_at_ms, &encoding::conflict_key(&c.ident));
                 k.push(0); // strictly after
                 k
             }
@@ -362,7 +351,7 @@ impl Store for FjallStore {
         for k in keys {
             if let Some(bytes) = self.conflicts.get(&k)? {
                 let e: ConflictEntry = decode("conflict entry", &k, &bytes)?;
-                wb.remove(&self.conflicts_by_time, conflict_time_key(e.detected_at_ms, &k));
+                wb.remove(&self.conflicts_by_time, time_key(e.detected_at_ms, &k));
                 wb.remove(&self.conflicts, k);
                 gone += 1;
             }
@@ -417,7 +406,7 @@ impl Store for FjallStore {
         let Some(bytes) = self.dlq.get(&k)? else { return Ok(()) };
         let old: DeadLetter = decode("dead letter", &k, &bytes)?;
         let mut wb = self.db.batch();
-        wb.remove(&self.dlq_by_time, letter_time_key(old.failed_at_ms, &k));
+        wb.remove(&self.dlq_by_time, time_key(old.failed_at_ms, &k));
         wb.remove(&self.dlq, k);
         wb.commit()?;
         self.dead_letter_count.fetch_sub(1, Ordering::SeqCst);
@@ -436,14 +425,10 @@ fn record_key_end(key: &Key) -> Vec<u8> {
     end
 }
 
-/// The time-index key of a conflict-log entry: detection time (big-endian), then its key.
-fn conflict_time_key(detected_at_ms: u64, conflict_key: &[u8]) -> Vec<u8> {
-    [detected_at_ms.to_be_bytes().as_slice(), conflict_key].concat()
-}
-
-/// The time-index key of a dead letter: first failure (big-endian), then its key.
-fn letter_time_key(failed_at_ms: u64, letter_key: &[u8]) -> Vec<u8> {
-    [failed_at_ms.to_be_bytes().as_slice(), letter_key].concat()
+/// The key of an entry in a time index (`conflicts_by_time`, `dlq_by_time`): the time
+/// (big-endian, so keys sort by it), then the entry's own key.
+fn time_key(at_ms: u64, key: &[u8]) -> Vec<u8> {
+    [at_ms.to_be_bytes().as_slice(), key].concat()
 }
 
 #[cfg(test)]

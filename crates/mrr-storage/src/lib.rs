@@ -133,13 +133,16 @@ pub trait Store: Send + Sync + 'static {
     /// Records of `topic` in id order, starting after `after_id`, tombstones included.
     fn scan(&self, topic: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<(Key, Record)>>;
 
-    /// Changes of `stream` with `seq > after_seq`, in sequence order, at most `limit`.
-    fn changes_after(&self, stream: &Stream, after_seq: u64, limit: usize) -> Result<Vec<Change>>;
-
-    /// Like [`Store::changes_after`], and stopping before the change that would take the
-    /// stored size of those read past `bytes_max`; the first change is always read (a change
-    /// larger than the bound travels alone). Sizes replication batches by bytes, not count.
+    /// Changes of `stream` with `seq > after_seq`, in sequence order, at most `limit`, stopping
+    /// before the change that would take the stored size of those read past `bytes_max`; the
+    /// first change is always read (a change larger than the bound travels alone). Sizes
+    /// replication batches by bytes, not count.
     fn changes_within(&self, stream: &Stream, after_seq: u64, limit: usize, bytes_max: u64) -> Result<Vec<Change>>;
+
+    /// Changes of `stream` with `seq > after_seq`, in sequence order, at most `limit`.
+    fn changes_after(&self, stream: &Stream, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
+        self.changes_within(stream, after_seq, limit, u64::MAX)
+    }
 
     fn recover(&self) -> Result<RecoveredState>;
 

@@ -276,15 +276,11 @@ impl Engine {
             };
             // The metadata decides the lane, the lane the sequence the stamp carries.
             let stream = Stream::new(self.local.clone(), self.policies.lanes.lane_of(&key.topic, &metadata));
-            let pieces = history_pieces(std::mem::take(&mut history), self.carried_bytes_max);
-            let last = pieces.len().saturating_sub(1);
-            for (i, piece) in pieces.into_iter().enumerate() {
-                if i == last {
-                    history = piece;
-                } else {
-                    let to = Metadata { regions: metadata.regions.clone(), sync_flags: Vec::new() };
-                    self.emit_on(pending, stream.clone(), key.clone(), Op::History, to, piece);
-                }
+            let mut pieces = history_pieces(std::mem::take(&mut history), self.carried_bytes_max);
+            history = pieces.pop().unwrap_or_default();
+            for piece in pieces {
+                let to = Metadata { regions: metadata.regions.clone(), sync_flags: Vec::new() };
+                self.emit_on(pending, stream.clone(), key.clone(), Op::History, to, piece);
             }
             let seq = pending.vv.get(&stream) + 1;
             let version = Version { ts: self.hlc.now(physical_ms), region: self.local.clone() };
@@ -1116,15 +1112,19 @@ impl Engine {
     }
 }
 
+/// What one carried entry counts for against [`mrr_core::limits::CARRIED_BYTES_MAX`]: its
+/// payload and a fixed allowance for its id, version, metadata and causal past.
+fn carried_size(c: &Change) -> usize {
+    c.payload_len() + 64 + c.deps.iter().count() * 24
+}
+
 /// `history` (oldest first) cut into pieces of about `bytes_max` stored bytes each, at least one
 /// entry a piece; the last piece is what the move itself carries. Empty in, one empty piece out.
 fn history_pieces(history: Vec<Change>, bytes_max: usize) -> Vec<Vec<Change>> {
-    // The entry's payload and a fixed allowance for its id, version, metadata and causal past.
-    let size = |c: &Change| c.payload_len() + 64 + c.deps.iter().count() * 24;
     let mut pieces = vec![Vec::new()];
     let mut bytes = 0;
     for entry in history {
-        let n = size(&entry);
+        let n = carried_size(&entry);
         let full = pieces.last().is_some_and(|p| !p.is_empty()) && bytes + n > bytes_max;
         if full {
             pieces.push(Vec::new());
@@ -1546,7 +1546,7 @@ mod tests {
         let pieces: Vec<&Change> = log.iter().filter(|c| c.op == Op::History).collect();
         assert!(pieces.len() >= 5, "{} pieces", pieces.len());
         for p in &pieces {
-            let bytes: usize = p.carried.iter().map(|c| c.payload_len() + 64 + c.deps.iter().count() * 24).sum();
+            let bytes: usize = p.carried.iter().map(carried_size).sum();
             assert!(p.carried.len() == 1 || bytes <= 300, "a piece of {bytes} bytes");
             assert_eq!(p.metadata.regions, ["a", "b"]);
         }

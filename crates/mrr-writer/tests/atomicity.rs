@@ -155,9 +155,6 @@ impl Store for WritesThenFails {
     fn scan(&self, t: &str, a: Option<&str>, l: usize) -> mrr_storage::Result<Vec<(Key, mrr_core::Record)>> {
         self.0.scan(t, a, l)
     }
-    fn changes_after(&self, s: &Stream, a: u64, l: usize) -> mrr_storage::Result<Vec<Change>> {
-        self.0.changes_after(s, a, l)
-    }
     fn changes_within(&self, s: &Stream, a: u64, l: usize, b: u64) -> mrr_storage::Result<Vec<Change>> {
         self.0.changes_within(s, a, l, b)
     }
