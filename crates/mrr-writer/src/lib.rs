@@ -11,6 +11,7 @@
 
 mod durable;
 mod engine;
+mod group;
 mod pending;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use durable::DurableRule;
 pub use engine::{Engine, LocalFailure, Rejection, RemoteOutcome};
+pub use group::{Answer, Built, GroupCommit, Settled, Work};
 pub use pending::Pending;
 
 /// Wall-clock time from the operating system.
@@ -187,9 +189,10 @@ impl Writer {
         let failed = Arc::new(std::sync::OnceLock::new());
         let hlc_wall_ms = Arc::new(std::sync::atomic::AtomicU64::new(engine.hlc_last().wall_ms));
         let shared = Shared { failed: failed.clone(), hlc_wall_ms: hlc_wall_ms.clone(), rule, durable_tx };
+        let core = GroupCommit::new(engine, config.dead_letters_max);
         std::thread::Builder::new()
             .name("mrr-writer".into())
-            .spawn(move || run(engine, rx, store, clock, applied_tx, config, &shared))
+            .spawn(move || run(core, rx, store, clock, applied_tx, config, &shared))
             .map_err(thread_error)?;
         Ok(Self { tx, applied, durable, failed, hlc_wall_ms })
     }
@@ -265,7 +268,7 @@ fn sync(
 }
 
 fn run(
-    mut engine: Engine,
+    mut core: GroupCommit,
     mut rx: mpsc::Receiver<Request>,
     store: Arc<dyn Store>,
     clock: Arc<dyn PhysicalClock>,
@@ -273,7 +276,6 @@ fn run(
     config: WriterConfig,
     shared: &Shared,
 ) {
-    let failed = &shared.failed;
     let mut group = Vec::with_capacity(config.group_requests_max);
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
@@ -283,64 +285,26 @@ fn run(
                 Err(_) => break,
             }
         }
-        if let Some(reason) = failed.get() {
-            for request in group.drain(..) {
-                request.refuse(WriteError::Failed(reason.clone()));
+        let (work, replies): (Vec<_>, Vec<_>) = group.drain(..).map(Request::split).unzip();
+        let built = core.build(&*store, work, &*clock);
+        shared.hlc_wall_ms.store(core.engine().hlc_last().wall_ms, std::sync::atomic::Ordering::Relaxed);
+        let commit = built.batch().map_or(Ok(()), |batch| store.commit(batch));
+        let settled = {
+            let mut rule = shared.rule.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let settled = core.settle(built, commit, &*store, &mut rule);
+            if settled.durable_moved {
+                shared.durable_tx.send_replace(rule.durable().clone());
             }
-            continue;
-        }
-        let mut pending = engine.begin(clock.now_ms());
-        pending.limit_dead_letters(config.dead_letters_max.saturating_sub(store.dead_letter_count()));
-        let mut replies = Vec::with_capacity(group.len());
-        for request in group.drain(..) {
-            match request {
-                Request::Local { ops, reply } => {
-                    let out = engine.apply_local(&mut pending, &*store, ops, clock.now_ms());
-                    replies.push(Reply::Local(reply, out));
-                }
-                Request::Remote { changes, reply } => {
-                    let out = engine.apply_remote(&mut pending, &*store, changes, clock.now_ms());
-                    replies.push(Reply::Remote(reply, out));
-                }
-            }
-        }
-        shared.hlc_wall_ms.store(engine.hlc_last().wall_ms, std::sync::atomic::Ordering::Relaxed);
-        let commit = match engine.finish(pending) {
-            Some(batch) => store.commit(&batch).map(|()| Some(batch)),
-            None => Ok(None),
+            settled
         };
-        match commit {
-            Ok(batch) => {
-                if let Some(batch) = batch {
-                    engine.committed(&batch);
-                    applied_tx.send_replace(engine.applied().clone());
-                    let mut rule = shared.rule.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    if rule.committed(engine.applied()) {
-                        shared.durable_tx.send_replace(rule.durable().clone());
-                    }
-                }
-                for reply in replies {
-                    reply.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                // Neon-style: reported once, here, to every caller that shared the commit.
-                // A refused commit leaves the store as it was, and the next group goes ahead;
-                // one that reached the store before failing (an fsync error after the write)
-                // may have left part of itself, and nothing more can safely build on that.
-                let untouched = matches!(store.recover(), Ok(r) if r.vv == *engine.applied());
-                if untouched {
-                    tracing::error!(error = %e, "commit failed; the group's writes were not applied");
-                } else {
-                    let reason: Arc<str> = format!("a commit failed after reaching the disk ({e})").into();
-                    tracing::error!(error = %e, "commit failed part way; this node takes no more writes until it restarts (reads go on)");
-                    let _ = failed.set(reason);
-                }
-                let e = WriteError::Storage(Arc::new(e));
-                for reply in replies {
-                    reply.send(Err(e.clone()));
-                }
-            }
+        if settled.committed.is_some() {
+            applied_tx.send_replace(core.engine().applied().clone());
+        }
+        if let Some(reason) = core.failed() {
+            let _ = shared.failed.set(reason.clone());
+        }
+        for (reply, answer) in replies.into_iter().zip(settled.answers) {
+            reply.send(answer);
         }
     }
 }
@@ -355,38 +319,30 @@ struct Shared {
 }
 
 impl Request {
-    fn refuse(self, e: WriteError) {
-        // A caller that gave up waiting dropped its receiver; nothing to tell it.
+    fn split(self) -> (Work, Reply) {
         match self {
-            Request::Local { reply, .. } => {
-                let _ = reply.send(Err(e));
-            }
-            Request::Remote { reply, .. } => {
-                let _ = reply.send(Err(e));
-            }
+            Request::Local { ops, reply } => (Work::Local(ops), Reply::Local(reply)),
+            Request::Remote { changes, reply } => (Work::Remote(changes), Reply::Remote(reply)),
         }
     }
 }
 
 enum Reply {
-    Local(oneshot::Sender<Result<Vec<Committed>, WriteError>>, Result<Vec<Committed>, LocalFailure>),
-    Remote(oneshot::Sender<Result<RemoteOutcome, WriteError>>, Result<RemoteOutcome, StoreError>),
+    Local(oneshot::Sender<Result<Vec<Committed>, WriteError>>),
+    Remote(oneshot::Sender<Result<RemoteOutcome, WriteError>>),
 }
 
 impl Reply {
-    fn send(self, commit: Result<(), WriteError>) {
+    fn send(self, answer: Answer) {
         // A caller that gave up waiting dropped its receiver; its write still committed.
-        match self {
-            Reply::Local(tx, out) => {
-                let out = out.map_err(|e| match e {
-                    LocalFailure::Store(e) => WriteError::Storage(Arc::new(e)),
-                    LocalFailure::Rejected(r) => WriteError::Rejected(r),
-                });
-                let _ = tx.send(commit.and(out));
+        match (self, answer) {
+            (Reply::Local(tx), Answer::Local(out)) => {
+                let _ = tx.send(out);
             }
-            Reply::Remote(tx, out) => {
-                let _ = tx.send(commit.and(out.map_err(|e| WriteError::Storage(Arc::new(e)))));
+            (Reply::Remote(tx), Answer::Remote(out)) => {
+                let _ = tx.send(out);
             }
+            (_, answer) => unreachable!("GroupCommit answers every request in its own kind, got {answer:?}"),
         }
     }
 }
