@@ -1,11 +1,13 @@
 //! The accepting side: the gRPC service peers dial. It checks the Hello before answering (so a
 //! peer speaking the wrong cluster or protocol gets a precise gRPC status), proves itself,
-//! verifies the dialer's proof, then applies batches through the writer and answers each
-//! group with a cumulative ack. Batches that arrive while one is being applied are applied
-//! together: the same group commit the API gets.
+//! verifies the dialer's proof, then runs the stream's [`InboundSession`]: batches that
+//! arrived while one was being applied go to the writer together (the same group commit the
+//! API gets) and each apply is answered with a cumulative ack. The decisions are the session's,
+//! which the simulator drives too; this file does the IO, status and metrics.
 
 use std::pin::Pin;
 
+use mrr_core::session::{Apply, InboundLimits, InboundSession, Next, Tick};
 use mrr_core::RegionName;
 use rand::Rng;
 use tokio::net::TcpListener;
@@ -164,68 +166,78 @@ async fn session(
         m.connected_in.set(1.0);
     }
 
+    // The session's clock is monotonic: a wall-clock step must not time a stream out.
+    let started = Instant::now();
+    let mono_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let limits = InboundLimits {
+        apply_changes_max: APPLY_CHANGES_MAX,
+        heartbeat_ms: millis(cfg.heartbeat_interval),
+        timeout_ms: millis(cfg.peer_timeout),
+    };
+    let mut inbound = InboundSession::new(peer.clone(), limits, mono_ms());
     let mut tick = interval(cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    let mut last_sent = Instant::now();
     loop {
         tokio::select! {
             msg = stream.message() => {
                 let Some(msg) = msg?.and_then(|m| m.msg) else { return Ok(()) };
-                last_heard = Instant::now();
-                let mut received = Received::default();
-                collect(peer, msg, &mut received)?;
-                // Whatever else already arrived joins this apply: one commit, one ack.
-                while received.changes.len() < APPLY_CHANGES_MAX {
-                    match ready_message(&mut stream) {
-                        Some(Ok(proto::ToAcceptor { msg: Some(m) })) => collect(peer, m, &mut received)?,
-                        Some(Ok(proto::ToAcceptor { msg: None })) | None => break,
-                        Some(Err(e)) => return Err(e),
-                    }
-                }
-                let Received { changes, bytes, freshness } = received;
-                if changes.is_empty() {
-                    if let Some((durable, wall_ms)) = freshness {
-                        if ctx.writer.applied().borrow().dominates(&durable) {
-                            ctx.status.caught_up(peer, wall_ms, ctx.clock.now_ms());
+                arrive(&mut inbound, msg, mono_ms())?;
+                loop {
+                    // Whatever else already arrived joins this apply: one commit, one ack.
+                    while inbound.wants_more() {
+                        match ready_message(&mut stream) {
+                            Some(Ok(proto::ToAcceptor { msg: Some(m) })) => arrive(&mut inbound, m, mono_ms())?,
+                            Some(Ok(proto::ToAcceptor { msg: None })) | None => break,
+                            Some(Err(e)) => return Err(e),
                         }
                     }
-                    continue;
-                }
-                let n = changes.len() as u64;
-                let written: Vec<_> = changes.iter().map(|c| (c.origin.clone(), c.key.topic.clone(), c.version.ts.wall_ms)).collect();
-                let apply_started = Instant::now();
-                let outcome = ctx.writer.apply_remote(changes).await.map_err(|e| Status::unavailable(e.to_string()))?;
-                let apply_ms = u32::try_from(apply_started.elapsed().as_millis()).unwrap_or(u32::MAX);
-                let now_ms = ctx.clock.now_ms();
-                record_apply(ctx, peer, &outcome, &written, n, bytes, now_ms);
-                if let Some((durable, wall_ms)) = freshness {
-                    if outcome.vv.dominates(&durable) {
+                    let applied = ctx.writer.applied().borrow().clone();
+                    let apply = match inbound.next(&applied) {
+                        Next::Idle => break,
+                        Next::CaughtUp { wall_ms } => {
+                            ctx.status.caught_up(peer, wall_ms, ctx.clock.now_ms());
+                            break;
+                        }
+                        Next::Apply(apply) => apply,
+                    };
+                    let Apply { changes, bytes, freshness, .. } = apply;
+                    let n = changes.len() as u64;
+                    let written: Vec<_> = changes.iter().map(|c| (c.origin.clone(), c.key.topic.clone(), c.version.ts.wall_ms)).collect();
+                    let apply_started = Instant::now();
+                    let outcome = ctx.writer.apply_remote(changes).await.map_err(|e| Status::unavailable(e.to_string()))?;
+                    let apply_ms = u32::try_from(apply_started.elapsed().as_millis()).unwrap_or(u32::MAX);
+                    record_apply(ctx, peer, &outcome, &written, n, bytes, ctx.clock.now_ms());
+                    let done = inbound.on_applied(freshness, &outcome.vv, outcome.refused.is_some(), mono_ms());
+                    if let Some(wall_ms) = done.caught_up {
                         ctx.status.caught_up(peer, wall_ms, ctx.clock.now_ms());
                     }
-                }
-                let refused = outcome.refused.as_ref().map(ToString::to_string).unwrap_or_default();
-                if let Some(r) = &outcome.refused {
-                    tracing::error!(peer = %peer, refusal = %r, "refused a replicated change; the peer will resume from the last applied one");
-                }
-                send(link, to_dialer::Msg::Ack(ack(ctx, &outcome.vv, refused.clone(), apply_ms))).await?;
-                last_sent = Instant::now();
-                if !refused.is_empty() {
-                    return Ok(());
+                    let refused = outcome.refused.as_ref().map(ToString::to_string).unwrap_or_default();
+                    if let Some(r) = &outcome.refused {
+                        tracing::error!(peer = %peer, refusal = %r, "refused a replicated change; the peer will resume from the last applied one");
+                    }
+                    send(link, to_dialer::Msg::Ack(ack(ctx, &outcome.vv, refused, apply_ms))).await?;
+                    if done.close {
+                        return Ok(());
+                    }
                 }
             }
-            _ = tick.tick() => {
-                if last_heard.elapsed() > cfg.peer_timeout {
-                    return Err(Status::deadline_exceeded(format!("nothing heard from {peer} for {:?}", cfg.peer_timeout)));
-                }
-                if last_sent.elapsed() >= cfg.heartbeat_interval {
+            _ = tick.tick() => match inbound.on_tick(mono_ms()) {
+                Tick::Quiet => {}
+                Tick::Heartbeat => {
                     let vv = ctx.writer.applied().borrow().clone();
                     send(link, to_dialer::Msg::Ack(ack(ctx, &vv, String::new(), 0))).await?;
-                    last_sent = Instant::now();
+                    inbound.on_sent(mono_ms());
+                }
+                Tick::TimedOut { silent_ms } => {
+                    return Err(Status::deadline_exceeded(format!("nothing heard from {peer} for {silent_ms} ms")));
                 }
             }
         }
     }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Status and metrics for one applied group from `peer`. `written` holds each change's origin,
@@ -281,37 +293,23 @@ fn ack(ctx: &Context, vv: &mrr_core::VersionVector, refused: String, apply_ms: u
     }
 }
 
-/// What arrived on a stream since the last apply.
-#[derive(Default)]
-struct Received {
-    changes: Vec<mrr_core::Change>,
-    bytes: u64,
-    /// The newest `(sender's durable streams, sender wall_ms)` the dialer reported.
-    freshness: Option<(mrr_core::VersionVector, u64)>,
-}
-
-/// The dialer's durable position: its own streams only.
-fn durable_of(peer: &RegionName, entries: Vec<proto::VvEntry>) -> Result<mrr_core::VersionVector, Status> {
-    let vv = wire::vv_from_wire(entries).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    if vv.iter().any(|(s, _)| &s.origin != peer) {
-        return Err(Status::invalid_argument("sender_durable names streams of another region"));
-    }
-    Ok(vv)
-}
-
-fn collect(peer: &RegionName, msg: to_acceptor::Msg, into: &mut Received) -> Result<(), Status> {
+/// Hands one message of the stream to the session.
+fn arrive(inbound: &mut InboundSession, msg: to_acceptor::Msg, now_ms: u64) -> Result<(), Status> {
+    let invalid = |e: &dyn std::fmt::Display| Status::invalid_argument(e.to_string());
     match msg {
         to_acceptor::Msg::Batch(mut b) => {
-            into.bytes += prost::Message::encoded_len(&b) as u64;
-            into.freshness = Some((durable_of(peer, std::mem::take(&mut b.sender_durable))?, b.wall_ms));
-            for c in wire::batch_changes(b).map_err(|e| Status::invalid_argument(e.to_string()))? {
-                into.changes.push(wire::change_from_wire(c).map_err(|e| Status::invalid_argument(e.to_string()))?);
+            let bytes = prost::Message::encoded_len(&b) as u64;
+            let durable = wire::vv_from_wire(std::mem::take(&mut b.sender_durable)).map_err(|e| invalid(&e))?;
+            let wall_ms = b.wall_ms;
+            let mut changes = Vec::new();
+            for c in wire::batch_changes(b).map_err(|e| invalid(&e))? {
+                changes.push(wire::change_from_wire(c).map_err(|e| invalid(&e))?);
             }
-            Ok(())
+            inbound.on_batch(changes, bytes, durable, wall_ms, now_ms).map_err(|e| invalid(&e))
         }
         to_acceptor::Msg::Heartbeat(h) => {
-            into.freshness = Some((durable_of(peer, h.sender_durable)?, h.wall_ms));
-            Ok(())
+            let durable = wire::vv_from_wire(h.sender_durable).map_err(|e| invalid(&e))?;
+            inbound.on_heartbeat(durable, h.wall_ms, now_ms).map_err(|e| invalid(&e))
         }
         to_acceptor::Msg::Hello(_) | to_acceptor::Msg::Auth(_) => {
             Err(Status::invalid_argument("handshake message after the handshake"))

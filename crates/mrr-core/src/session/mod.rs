@@ -17,10 +17,15 @@
 //! then stays near `queue_delay_target_ms`, and the lower lanes still fill the link. Urgent
 //! changes are not held by the controller; their bytes count against it.
 //!
-//! [`admit_incoming`] is the receiving side's rule for one change: apply, drop as duplicate,
-//! or refuse as a protocol violation (gap, loop).
+//! [`InboundSession`] is the accepting side of one stream: it groups what arrived into applies,
+//! decides when to ack and when the stream is dead. [`admit_incoming`] is its rule for one
+//! change: apply, drop as duplicate, or refuse as a protocol violation (gap, loop).
 //!
 //! The runtime around these does the IO; nothing here reads a clock or a socket.
+
+mod inbound;
+
+pub use inbound::{Apply, Freshness, InboundError, InboundLimits, InboundSession, Next, Tick};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
