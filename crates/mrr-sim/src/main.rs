@@ -20,7 +20,7 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom] [--no-deletes] [--placement]".into()
+    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--slow-disks S] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom] [--no-deletes] [--placement]".into()
 }
 
 fn parse() -> Result<Args, String> {
@@ -51,6 +51,7 @@ fn parse() -> Result<Args, String> {
             "--keys" => a.config.keys = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--disk-faults" => a.config.disk_faults = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--clock-steps" => a.config.clock_steps = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
+            "--slow-disks" => a.config.slow_disks = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--phase-ms" => a.config.fault_phase_ms = num(value()?)?,
             "--durability" => {
                 a.config.buffered = match value()?.as_str() {
@@ -84,6 +85,7 @@ fn main() -> ExitCode {
     let mut converge_ms_max = 0;
     let mut events = 0;
     let (mut transfers, mut pending) = (0, 0);
+    let (mut grouped_commits, mut grouped_applies, mut storage_errors) = (0, 0, 0);
     for seed in args.seed_start..args.seed_start + args.seeds {
         match run(seed, &args.config, args.keep.as_ref()) {
             Ok(report) => {
@@ -91,6 +93,9 @@ fn main() -> ExitCode {
                 events += report.events;
                 transfers += report.transfers_received;
                 pending += report.refused_pending;
+                grouped_commits += report.grouped_commits;
+                grouped_applies += report.grouped_applies;
+                storage_errors += report.storage_errors;
             }
             Err(violation) => {
                 eprintln!("FAILED {violation}");
@@ -125,6 +130,9 @@ fn main() -> ExitCode {
         args.seeds as f64 / secs,
         events,
         converge_ms_max
+    );
+    println!(
+        "writer: {grouped_commits} commits of several requests, {grouped_applies} applies of several batches, {storage_errors} requests and commits failed by the disk"
     );
     if args.config.placement {
         println!("placement: {transfers} transfers completed moved records, {pending} moves refused as pending");

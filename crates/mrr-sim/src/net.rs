@@ -9,10 +9,27 @@ use mrr_core::{Change, RegionName, VersionVector};
 #[derive(Clone, Debug)]
 pub enum Body {
     Hello,
-    Welcome { applied: VersionVector, direct: BTreeSet<RegionName> },
-    Batch { changes: Vec<Change> },
-    Ack { applied: VersionVector, direct: BTreeSet<RegionName>, refused: bool },
-    Heartbeat,
+    Welcome {
+        applied: VersionVector,
+        direct: BTreeSet<RegionName>,
+    },
+    /// `durable`: the sender's own durable streams; `wall_ms`: its clock when it sent this.
+    Batch {
+        changes: Vec<Change>,
+        durable: VersionVector,
+        wall_ms: u64,
+    },
+    /// `apply_ms`: how long the receiver's writer took (queue and commit) for what this acks.
+    Ack {
+        applied: VersionVector,
+        direct: BTreeSet<RegionName>,
+        refused: bool,
+        apply_ms: u64,
+    },
+    Heartbeat {
+        durable: VersionVector,
+        wall_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug)]

@@ -43,6 +43,12 @@ pub enum FaultEvent {
         node: usize,
         step_ms: i64,
     },
+    /// The node's commits take `commit_ms` from now on (a slow disk; back to normal when
+    /// another such event says so, or at the heal).
+    SlowDisk {
+        node: usize,
+        commit_ms: u64,
+    },
     /// The node's disk fails the `read_in`th read from now, or its `commit_in`th commit.
     Disk {
         node: usize,
@@ -61,6 +67,7 @@ impl fmt::Display for FaultEvent {
             FaultEvent::Restart { node } => write!(f, "restart r{node}"),
             FaultEvent::Clock { node, offset_ms } => write!(f, "clock r{node} {offset_ms:+}ms"),
             FaultEvent::ClockStep { node, step_ms } => write!(f, "clock step r{node} {step_ms:+}ms"),
+            FaultEvent::SlowDisk { node, commit_ms } => write!(f, "disk r{node} commits take {commit_ms}ms"),
             FaultEvent::Disk { node, read_in: Some(n), .. } => write!(f, "disk r{node} fails read {n} from now"),
             FaultEvent::Disk { node, commit_in, .. } => {
                 write!(f, "disk r{node} fails commit {} from now", commit_in.unwrap_or(1))
@@ -154,6 +161,14 @@ impl Schedule {
             let step_ms = step.random_range(skew * 2..=skew * 8);
             faults.push((at, FaultEvent::ClockStep { node, step_ms }));
             faults.push((until, FaultEvent::ClockStep { node, step_ms: 0 }));
+        }
+        let mut slow = StdRng::seed_from_u64(seed ^ 0x736c_6f77);
+        for _ in 0..config.slow_disks {
+            let at = slow.random_range(0..phase);
+            let until = (at + slow.random_range(500..4_000)).min(phase);
+            let node = slow.random_range(0..n);
+            faults.push((at, FaultEvent::SlowDisk { node, commit_ms: slow.random_range(50..=400) }));
+            faults.push((until, FaultEvent::SlowDisk { node, commit_ms: 0 }));
         }
         // Stable: faults at the same instant keep the order they were generated in.
         faults.sort_by_key(|(at, _)| *at);

@@ -1,15 +1,18 @@
 //! The event loop: simulated time, network, disks and clocks around the real core.
 //!
-//! The glue here mirrors `mrr-replication`'s runtime (dial, handshake, pump, apply, ack,
-//! heartbeat, timeout, backoff) step for step, but every decision it makes is the core's:
-//! `Engine` admits and merges, `OutboundSession` chooses what to send, `MemStore` stores.
+//! The glue here mirrors `mrr-replication`'s runtime (dial, handshake, pump, ack, heartbeat,
+//! timeout, backoff) step for step, but every decision it makes is the shipped code's:
+//! `GroupCommit` groups requests into commits and answers them, `Engine` admits and merges,
+//! `DurableRule` says what may replicate, `OutboundSession` chooses what to send,
+//! `InboundSession` groups what arrived into applies and decides the acks, `MemStore` stores.
+//! What stays here is time: a writer queue per node whose commits take the disk's latency.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use mrr_core::session::{OutboundLimits, OutboundSession};
-use mrr_core::{Key, Metadata, RegionName};
+use mrr_core::session::{Freshness, InboundLimits, InboundSession, Next, OutboundLimits, OutboundSession, Tick};
+use mrr_core::{Key, Metadata, PhysicalClock, RegionName, VersionVector};
 use mrr_storage::Store;
-use mrr_writer::{DurableRule, Engine, LocalOp, Pending};
+use mrr_writer::{Answer, Built, DurableRule, Engine, GroupCommit, LocalOp, Work, WriteError};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::disk::SimDisk;
@@ -25,6 +28,11 @@ const BACKOFF_MIN_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 2_000;
 /// Under `buffered`, how often a node persists its journal.
 const SYNC_MS: u64 = 50;
+/// A commit's latency on a healthy disk; a slow disk (`FaultEvent::SlowDisk`) takes longer.
+/// Requests that arrive meanwhile wait and go together in the next commit.
+const COMMIT_MS: u64 = 2;
+/// Changes in one inbound apply at most: small, so that the bound engages.
+const APPLY_CHANGES_MAX: usize = 24;
 /// After convergence, keep delivering stragglers (late duplicates) this long before the end.
 const SETTLE_MS: u64 = 2_000;
 const TOPIC: &str = "t";
@@ -43,6 +51,8 @@ pub struct SimConfig {
     pub disk_faults: usize,
     /// Clock steps beyond `max_skew_ms`, each undone within the fault phase.
     pub clock_steps: usize,
+    /// Slow-disk episodes: commits take hundreds of milliseconds for a while.
+    pub slow_disks: usize,
     pub fault_phase_ms: u64,
     /// The run fails if regions have not converged this long after the heal.
     pub heal_deadline_ms: u64,
@@ -131,14 +141,16 @@ fn policies(strategy: Strategy, placement: bool) -> std::sync::Arc<mrr_core::Pol
     std::sync::Arc::new(policies.with_placement(defaults))
 }
 
-/// A region's engine, as the simulator runs every one (small history pieces).
-fn engine(
+/// A region's writer, as the simulator runs every one (small history pieces).
+fn writer(
     name: &RegionName,
     recovered: mrr_storage::RecoveredState,
     cfg: &SimConfig,
     policies: std::sync::Arc<mrr_core::Policies>,
-) -> Engine {
-    Engine::new(name.clone(), recovered, cfg.max_skew_ms, policies).with_carried_bytes_max(CARRIED_BYTES_MAX)
+) -> GroupCommit {
+    let engine =
+        Engine::new(name.clone(), recovered, cfg.max_skew_ms, policies).with_carried_bytes_max(CARRIED_BYTES_MAX);
+    GroupCommit::new(engine, mrr_writer::WriterConfig::default().dead_letters_max)
 }
 
 /// The operation a scheduled write performs under `strategy`. Deterministic in its inputs.
@@ -211,6 +223,7 @@ impl Default for SimConfig {
             faults: 6,
             disk_faults: 2,
             clock_steps: 1,
+            slow_disks: 1,
             fault_phase_ms: 10_000,
             heal_deadline_ms: 60_000,
             max_skew_ms: 200,
@@ -243,13 +256,14 @@ impl SimConfig {
     /// defaults that may have changed since.
     pub fn flags(&self) -> String {
         format!(
-            "--regions {} --writes {} --keys {} --faults {} --disk-faults {} --clock-steps {} --phase-ms {} --durability {} --strategy {}{}{}",
+            "--regions {} --writes {} --keys {} --faults {} --disk-faults {} --clock-steps {} --slow-disks {} --phase-ms {} --durability {} --strategy {}{}{}",
             self.regions,
             self.writes,
             self.keys,
             self.faults,
             self.disk_faults,
             self.clock_steps,
+            self.slow_disks,
             self.fault_phase_ms,
             if self.buffered { "buffered" } else { "fsync" },
             self.strategy,
@@ -283,6 +297,10 @@ pub struct RunReport {
     pub storage_errors: usize,
     /// Pieces of a `custom` move's history, sent ahead of the move, received with content.
     pub history_pieces_received: usize,
+    /// Commits that carried more than one request (group commit engaged).
+    pub grouped_commits: usize,
+    /// Inbound applies that took more than one batch.
+    pub grouped_applies: usize,
 }
 
 /// A broken invariant.
@@ -318,6 +336,11 @@ enum Event {
     Write(WriteEvent),
     Fault(FaultEvent),
     Sync(usize),
+    /// A node's commit returned (`incarnation`: of the process that started it).
+    Committed {
+        node: usize,
+        incarnation: u64,
+    },
     Heal,
 }
 
@@ -331,14 +354,40 @@ enum Out {
 #[derive(Debug)]
 struct In {
     epoch: u64,
-    last_heard: u64,
+    session: InboundSession,
+}
+
+/// What to do with a request's answer.
+#[derive(Debug)]
+enum Then {
+    /// A client write: tell the invariants what was acknowledged.
+    Client { w: WriteEvent, incr: Option<i64> },
+    /// An inbound apply: ack it on its stream. `queued_at`: when it reached the writer.
+    Remote { from: usize, epoch: u64, freshness: Option<Freshness>, queued_at: u64 },
+}
+
+/// A physical clock that reads one instant: the simulated node's clock when its writer ran.
+struct ReadsAt(u64);
+
+impl PhysicalClock for ReadsAt {
+    fn now_ms(&self) -> u64 {
+        self.0
+    }
 }
 
 #[derive(Debug)]
 struct Node {
     store: SimDisk,
-    /// `None` while the process is down.
-    engine: Option<Engine>,
+    /// The writer; `None` while the process is down.
+    writer: Option<GroupCommit>,
+    /// Requests waiting for the writer.
+    queue: VecDeque<(Work, Then)>,
+    /// The group whose commit is in flight.
+    committing: Option<(Built, Vec<Then>)>,
+    /// How long a commit takes now.
+    commit_ms: u64,
+    /// Bumped when the process dies, so that a commit it started never returns to its successor.
+    incarnation: u64,
     /// What is persisted; only this is replicated: the server's own rule.
     durable: DurableRule,
     clock_offset_ms: i64,
@@ -376,11 +425,24 @@ struct World {
     acked_placed: usize,
     storage_errors: usize,
     history_pieces_received: usize,
+    grouped_commits: usize,
+    grouped_applies: usize,
     /// A violation found where no `Step` returns (the pump).
     broken: Option<Violation>,
 }
 
 type Step = Result<(), Violation>;
+
+impl Node {
+    fn engine(&self) -> Option<&Engine> {
+        self.writer.as_ref().map(GroupCommit::engine)
+    }
+}
+
+/// Payload plus a fixed overhead per change stands in for the encoded size.
+fn encoded_len(c: &mrr_core::Change) -> u64 {
+    c.payload_len() as u64 + 64
+}
 
 /// Runs one seed. `keep` restricts the schedule's faults to those indices (for shrinking and
 /// replay); `None` keeps them all.
@@ -409,6 +471,8 @@ pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result
         acked_placed: world.acked_placed,
         storage_errors: world.storage_errors,
         history_pieces_received: world.history_pieces_received,
+        grouped_commits: world.grouped_commits,
+        grouped_applies: world.grouped_applies,
     })
 }
 
@@ -448,7 +512,11 @@ impl World {
         let nodes = (0..n)
             .map(|i| Node {
                 store: SimDisk::new(cfg.buffered),
-                engine: Some(engine(&names[i], Default::default(), &cfg, policies.clone())),
+                writer: Some(writer(&names[i], Default::default(), &cfg, policies.clone())),
+                queue: VecDeque::new(),
+                committing: None,
+                commit_ms: COMMIT_MS,
+                incarnation: 0,
                 durable: DurableRule::new(cfg.buffered, mrr_core::VersionVector::new()),
                 clock_offset_ms: 0,
                 clock_step_ms: 0,
@@ -483,6 +551,8 @@ impl World {
             acked_placed: 0,
             storage_errors: 0,
             history_pieces_received: 0,
+            grouped_commits: 0,
+            grouped_applies: 0,
             broken: None,
         };
         if world.cfg.placement {
@@ -537,6 +607,7 @@ impl World {
                 Event::Write(w) => self.client_write(w)?,
                 Event::Fault(f) => self.fault(f)?,
                 Event::Sync(k) => self.sync(k)?,
+                Event::Committed { node, incarnation } => self.committed(node, incarnation)?,
                 Event::Heal => self.heal()?,
             }
             if let Some(v) = self.broken.take() {
@@ -550,7 +621,7 @@ impl World {
                     Some(c) if self.now >= c + SETTLE_MS => return self.finish(),
                     None if self.now > healed + self.cfg.heal_deadline_ms => {
                         let vvs: Vec<_> =
-                            self.nodes.iter().filter_map(|n| n.engine.as_ref().map(|e| e.applied().clone())).collect();
+                            self.nodes.iter().filter_map(|n| n.engine().map(|e| e.applied().clone())).collect();
                         return Err(self.violation(
                             "convergence",
                             format!("not converged {} ms after the heal: {vvs:?}", self.cfg.heal_deadline_ms),
@@ -564,7 +635,7 @@ impl World {
     }
 
     fn converged(&self) -> bool {
-        let mut vvs = self.nodes.iter().map(|n| n.engine.as_ref().map(Engine::applied));
+        let mut vvs = self.nodes.iter().map(|n| n.engine().map(Engine::applied));
         let Some(Some(first)) = vvs.next() else { return false };
         vvs.all(|v| v == Some(first))
     }
@@ -626,45 +697,83 @@ impl World {
             .collect()
     }
 
-    /// Commits `pending` at `node` and runs the commit hooks. `Ok(false)`: the disk refused
-    /// the commit and nothing of the group applied (its requests fail, as the writer answers).
-    fn commit(&mut self, node: usize, pending: Pending) -> Result<bool, Violation> {
-        let Node { engine, store, .. } = &mut self.nodes[node];
-        let Some(engine) = engine.as_mut() else { return Ok(false) };
-        let Some(batch) = engine.finish(pending) else { return Ok(true) };
-        if store.commit(&batch).is_err() {
+    /// The writer takes the next group, if it is idle and requests wait: the group is built
+    /// now (reads happen now) and its commit returns after the disk's latency.
+    fn start_commit(&mut self, node: usize) {
+        let physical = self.physical_ms(node);
+        let n = &mut self.nodes[node];
+        let Some(writer) = n.writer.as_mut() else { return };
+        if n.committing.is_some() || n.queue.is_empty() {
+            return;
+        }
+        let take = n.queue.len().min(mrr_writer::WriterConfig::default().group_requests_max);
+        let (work, thens): (Vec<_>, Vec<_>) = n.queue.drain(..take).unzip();
+        let built = writer.build(&n.store, work, &ReadsAt(physical));
+        if built.len() > 1 {
+            self.grouped_commits += 1;
+        }
+        n.committing = Some((built, thens));
+        let (at, incarnation) = (self.now + n.commit_ms, n.incarnation);
+        self.at(at, Event::Committed { node, incarnation });
+    }
+
+    /// A commit returned: the disk takes the batch (or fails it), the writer settles, and every
+    /// request of the group is answered.
+    fn committed(&mut self, node: usize, incarnation: u64) -> Step {
+        let Node { writer, store, committing, durable, incarnation: now_incarnation, .. } = &mut self.nodes[node];
+        if *now_incarnation != incarnation {
+            return Ok(());
+        }
+        let (Some(writer), Some((built, thens))) = (writer.as_mut(), committing.take()) else { return Ok(()) };
+        let commit = built.batch().map_or(Ok(()), |batch| store.commit(batch));
+        let refused = commit.is_err();
+        let settled = writer.settle(built, commit, store, durable);
+        if refused {
             self.storage_errors += 1;
-            // An injected failure strikes before the store is touched: the writer finds it
-            // as it was and goes on.
-            let on_disk = store.recover().map_err(|e| Violation::simulator(self.seed, self.now, e))?;
-            if on_disk.vv != *engine.applied() {
+            // An injected failure strikes before the store is touched: the writer must find it
+            // as it was and go on.
+            if writer.failed().is_some() {
                 return Err(Violation::simulator(self.seed, self.now, "a refused commit reached the store"));
             }
-            return Ok(false);
         }
-        engine.committed(&batch);
-        let here = engine.local();
-        let transfers =
-            batch.changes.iter().filter(|c| c.origin != *here && c.op == mrr_core::Op::Transfer && c.has_content());
-        let transfers = transfers.count();
-        let pieces =
-            batch.changes.iter().filter(|c| c.origin != *here && c.op == mrr_core::Op::History && c.has_content());
-        self.history_pieces_received += pieces.count();
-        let applied = engine.applied().clone();
-        self.transfers_received += transfers;
-        for inv in &mut self.invariants {
-            inv.on_commit(node, &batch, &applied)
-                .map_err(|detail| Violation::broken(self.seed, self.now, inv.as_ref(), detail))?;
+        if let Some(batch) = &settled.committed {
+            let here = writer.engine().local().clone();
+            let applied = writer.engine().applied().clone();
+            let received = |op: &mrr_core::Op| {
+                batch.changes.iter().filter(|c| c.origin != here && c.op == *op && c.has_content()).count()
+            };
+            self.transfers_received += received(&mrr_core::Op::Transfer);
+            self.history_pieces_received += received(&mrr_core::Op::History);
+            for inv in &mut self.invariants {
+                inv.on_commit(node, batch, &applied)
+                    .map_err(|detail| Violation::broken(self.seed, self.now, inv.as_ref(), detail))?;
+            }
         }
-        self.nodes[node].durable.committed(&applied);
-        Ok(true)
+        for (answer, then) in settled.answers.into_iter().zip(thens) {
+            match (answer, then) {
+                (Answer::Local(out), Then::Client { w, incr }) => self.client_answered(w, incr, out)?,
+                (Answer::Remote(out), Then::Remote { from, epoch, freshness, queued_at }) => {
+                    self.remote_answered(node, from, epoch, freshness, queued_at, out)?;
+                }
+                (answer, then) => {
+                    return Err(Violation::simulator(
+                        self.seed,
+                        self.now,
+                        format!("the writer answered {then:?} with {answer:?}"),
+                    ))
+                }
+            }
+        }
+        self.pump(node);
+        self.start_commit(node);
+        Ok(())
     }
 
     /// Under `buffered`: persist the journal, then what it covered may replicate.
     fn sync(&mut self, node: usize) -> Step {
         self.at(self.now + SYNC_MS, Event::Sync(node));
         let n = &mut self.nodes[node];
-        let Some(engine) = n.engine.as_ref() else { return Ok(()) };
+        let Some(engine) = n.engine() else { return Ok(()) };
         let snapshot = engine.applied().clone();
         n.store.persist().map_err(|e| Violation::simulator(self.seed, self.now, e))?;
         n.durable.persisted(&snapshot);
@@ -676,10 +785,9 @@ impl World {
     }
 
     fn client_write(&mut self, w: WriteEvent) -> Step {
-        if self.healed_at.is_some() {
+        if self.healed_at.is_some() || self.nodes[w.node].writer.is_none() {
             return Ok(());
         }
-        let physical = self.physical_ms(w.node);
         self.writes_done += 1;
         let key = Key::new(TOPIC, format!("k{}", w.key));
         let (op, incr) = if w.delete {
@@ -687,33 +795,39 @@ impl World {
         } else {
             workload_op(self.cfg.strategy, self.cfg.deletes, &self.placements, key, w.kind, self.writes_done)
         };
-        let Node { engine, store, .. } = &mut self.nodes[w.node];
-        let Some(engine) = engine.as_mut() else { return Ok(()) };
-        let mut pending = engine.begin(physical);
-        let committed = match engine.apply_local(&mut pending, store, vec![op], physical) {
+        let node = w.node;
+        self.nodes[node].queue.push_back((Work::Local(vec![op]), Then::Client { w, incr }));
+        self.start_commit(node);
+        Ok(())
+    }
+
+    /// A client write's answer came back.
+    fn client_answered(
+        &mut self,
+        w: WriteEvent,
+        incr: Option<i64>,
+        out: Result<Vec<mrr_writer::Committed>, WriteError>,
+    ) -> Step {
+        use mrr_writer::Rejection;
+        let committed = match out {
             Ok(committed) => committed,
             // A client in a region outside the record's placement is told so; nothing applies.
-            Err(mrr_writer::LocalFailure::Rejected(mrr_writer::Rejection::NotPlacedHere { .. })) => {
+            Err(WriteError::Rejected(Rejection::NotPlacedHere { .. })) => {
                 self.refused_not_placed += 1;
                 return Ok(());
             }
-            Err(mrr_writer::LocalFailure::Rejected(mrr_writer::Rejection::PlacementPending { .. })) => {
+            Err(WriteError::Rejected(Rejection::PlacementPending { .. })) => {
                 self.refused_pending += 1;
                 return Ok(());
             }
-            // A failing disk: the client is told. The writer commits the rest of the group
-            // whatever one request did (here the group is this request alone), so whatever
-            // the request left in it would land.
-            Err(mrr_writer::LocalFailure::Store(_)) => {
+            // A failing disk: the client is told, and nothing of its request applied (the
+            // invariants check that against every commit).
+            Err(WriteError::Storage(_)) => {
                 self.storage_errors += 1;
-                self.commit(w.node, pending)?;
                 return Ok(());
             }
-            Err(mrr_writer::LocalFailure::Rejected(r)) => return Err(Violation::simulator(self.seed, self.now, r)),
+            Err(e) => return Err(Violation::simulator(self.seed, self.now, e)),
         };
-        if !self.commit(w.node, pending)? {
-            return Ok(());
-        }
         for c in committed {
             let acked = AckedWrite {
                 node: w.node,
@@ -740,8 +854,83 @@ impl World {
                 inv.on_acked(&acked);
             }
         }
-        self.pump(w.node);
         Ok(())
+    }
+
+    /// Hands the stream's next apply to the writer, as the acceptor does.
+    fn feed_writer(&mut self, node: usize, from: usize) {
+        let now = self.now;
+        let Node { writer, inc, queue, .. } = &mut self.nodes[node];
+        let (Some(writer), Some(c)) = (writer.as_ref(), inc[from].as_mut()) else { return };
+        match c.session.next(writer.engine().applied()) {
+            Next::Idle | Next::CaughtUp { .. } => {}
+            Next::Apply(apply) => {
+                if apply.batches > 1 {
+                    self.grouped_applies += 1;
+                }
+                let then = Then::Remote { from, epoch: c.epoch, freshness: apply.freshness, queued_at: now };
+                queue.push_back((Work::Remote(apply.changes), then));
+                self.start_commit(node);
+            }
+        }
+    }
+
+    /// An inbound apply's answer came back: ack it (the ack is cumulative), or end the stream.
+    fn remote_answered(
+        &mut self,
+        node: usize,
+        from: usize,
+        epoch: u64,
+        freshness: Option<Freshness>,
+        queued_at: u64,
+        out: Result<mrr_writer::RemoteOutcome, WriteError>,
+    ) -> Step {
+        let live = matches!(&self.nodes[node].inc[from], Some(c) if c.epoch == epoch);
+        let outcome = match out {
+            Ok(outcome) => outcome,
+            // A failing disk ends the stream without an ack, as the acceptor does; the dialer
+            // resends from what was acknowledged.
+            Err(_) => {
+                self.storage_errors += 1;
+                if live {
+                    self.nodes[node].inc[from] = None;
+                }
+                return Ok(());
+            }
+        };
+        if let Some(r) = &outcome.refused {
+            for inv in &mut self.invariants {
+                inv.on_refusal(node, r)
+                    .map_err(|detail| Violation::broken(self.seed, self.now, inv.as_ref(), detail))?;
+            }
+        }
+        // The stream this answers may have ended meanwhile; its changes committed all the same.
+        if !live {
+            return Ok(());
+        }
+        let now = self.now;
+        let refused = outcome.refused.is_some();
+        let done = match self.nodes[node].inc[from].as_mut() {
+            Some(c) => c.session.on_applied(freshness, &outcome.vv, refused, now),
+            None => return Ok(()),
+        };
+        let direct = self.direct(node);
+        let apply_ms = now - queued_at;
+        self.send(node, from, epoch, Body::Ack { applied: outcome.vv, direct, refused, apply_ms });
+        if done.close {
+            self.nodes[node].inc[from] = None;
+        } else {
+            self.feed_writer(node, from);
+        }
+        Ok(())
+    }
+
+    /// This node's own durable streams and its clock: what a dialer reports with everything
+    /// it sends.
+    fn position(&self, node: usize) -> (VersionVector, u64) {
+        let own = &self.names[node];
+        let durable = self.nodes[node].durable.durable().iter().filter(|(s, _)| &s.origin == own);
+        (durable.map(|(s, seq)| (s.clone(), seq)).collect(), self.physical_ms(node))
     }
 
     /// Sends every batch the node's sessions allow now.
@@ -749,9 +938,10 @@ impl World {
         let n = self.cfg.regions;
         for peer in 0..n {
             loop {
-                let Node { engine, store, out, durable, .. } = &mut self.nodes[node];
+                let (position, wall_ms) = self.position(node);
+                let Node { writer, store, out, durable, .. } = &mut self.nodes[node];
                 let durable = durable.durable();
-                let (Some(_), Some(Out::Up { epoch, session, .. })) = (engine.as_ref(), out[peer].as_mut()) else {
+                let (Some(_), Some(Out::Up { epoch, session, .. })) = (writer.as_ref(), out[peer].as_mut()) else {
                     break;
                 };
                 let Some(read) = session.next_read(durable) else { break };
@@ -784,28 +974,39 @@ impl World {
                     session.hold(&read.stream, first);
                     continue;
                 };
-                // Payload plus a fixed overhead per change stands in for the encoded size.
-                let bytes = shipped.changes.iter().map(|c| c.payload_len() as u64 + 64).sum();
+                let bytes = shipped.changes.iter().map(|c| encoded_len(c)).sum();
                 session.on_sent(&read.stream, first, last, bytes, self.now);
                 if let Some(seq) = shipped.held_at {
                     session.hold(&read.stream, seq);
                 }
                 let changes: Vec<_> = shipped.changes.into_iter().map(|c| c.into_owned()).collect();
                 let epoch = *epoch;
-                self.send(node, peer, epoch, Body::Batch { changes });
+                self.send(node, peer, epoch, Body::Batch { changes, durable: position, wall_ms });
             }
         }
     }
 
     fn deliver(&mut self, msg: Msg) -> Step {
         let (node, from, epoch) = (msg.to, msg.from, msg.epoch);
-        if self.nodes[node].engine.is_none() {
+        if self.nodes[node].writer.is_none() {
             return Ok(());
         }
+        let now = self.now;
         match msg.body {
             Body::Hello => {
-                self.nodes[node].inc[from] = Some(In { epoch, last_heard: self.now });
-                let applied = self.nodes[node].engine.as_ref().map(|e| e.applied().clone()).unwrap_or_default();
+                // A duplicated Hello of the stream already open (TCP never delivers one twice;
+                // the network here does) must not restart its session.
+                if matches!(&self.nodes[node].inc[from], Some(c) if c.epoch == epoch) {
+                    return Ok(());
+                }
+                let limits = InboundLimits {
+                    apply_changes_max: APPLY_CHANGES_MAX,
+                    heartbeat_ms: TICK_MS,
+                    timeout_ms: TIMEOUT_MS,
+                };
+                let session = InboundSession::new(self.names[from].clone(), limits, now);
+                self.nodes[node].inc[from] = Some(In { epoch, session });
+                let applied = self.nodes[node].engine().map(|e| e.applied().clone()).unwrap_or_default();
                 let direct = self.direct(node);
                 self.send(node, from, epoch, Body::Welcome { applied, direct });
             }
@@ -818,72 +1019,38 @@ impl World {
                             applied,
                             direct,
                             self.cfg.limits.clone(),
-                            self.now,
+                            now,
                         );
                         self.nodes[node].out[from] =
-                            Some(Out::Up { epoch, session: Box::new(session), last_heard: self.now });
+                            Some(Out::Up { epoch, session: Box::new(session), last_heard: now });
                         self.pump(node);
                     }
                 }
             }
-            Body::Batch { changes } => {
-                let live = matches!(&self.nodes[node].inc[from], Some(c) if c.epoch == epoch);
-                if !live {
-                    return Ok(());
-                }
-                let physical = self.physical_ms(node);
-                let Node { engine, store, inc, .. } = &mut self.nodes[node];
-                if let Some(c) = inc[from].as_mut() {
-                    c.last_heard = self.now;
-                }
-                let Some(engine) = engine.as_mut() else { return Ok(()) };
-                let mut pending = engine.begin(physical);
-                let applied = engine.apply_remote(&mut pending, store, changes, physical);
-                // A failing disk ends the stream without an ack, as the acceptor does; the
-                // dialer resends from what was acknowledged.
-                let Ok(outcome) = applied else {
-                    self.storage_errors += 1;
-                    self.commit(node, pending)?;
-                    self.nodes[node].inc[from] = None;
-                    return Ok(());
-                };
-                if !self.commit(node, pending)? {
-                    self.nodes[node].inc[from] = None;
-                    return Ok(());
-                }
-                if let Some(r) = &outcome.refused {
-                    for inv in &mut self.invariants {
-                        inv.on_refusal(node, r)
-                            .map_err(|detail| Violation::broken(self.seed, self.now, inv.as_ref(), detail))?;
-                    }
-                }
-                let refused = outcome.refused.is_some();
-                let direct = self.direct(node);
-                self.send(node, from, epoch, Body::Ack { applied: outcome.vv, direct, refused });
-                if refused {
-                    self.nodes[node].inc[from] = None;
-                }
-                self.pump(node);
+            Body::Batch { changes, durable, wall_ms } => {
+                let bytes = changes.iter().map(encoded_len).sum();
+                let Some(c) = self.nodes[node].inc[from].as_mut().filter(|c| c.epoch == epoch) else { return Ok(()) };
+                c.session
+                    .on_batch(changes, bytes, durable, wall_ms, now)
+                    .map_err(|e| Violation::simulator(self.seed, now, e))?;
+                self.feed_writer(node, from);
             }
-            Body::Ack { applied, direct, refused } => {
-                let now = self.now;
+            Body::Heartbeat { durable, wall_ms } => {
+                let Some(c) = self.nodes[node].inc[from].as_mut().filter(|c| c.epoch == epoch) else { return Ok(()) };
+                c.session.on_heartbeat(durable, wall_ms, now).map_err(|e| Violation::simulator(self.seed, now, e))?;
+                self.feed_writer(node, from);
+            }
+            Body::Ack { applied, direct, refused, apply_ms } => {
                 let backoff = self.backoff();
                 if let Some(Out::Up { epoch: e, session, last_heard }) = self.nodes[node].out[from].as_mut() {
                     if *e == epoch {
                         *last_heard = now;
-                        session.on_ack(&applied, direct, 0, now);
+                        session.on_ack(&applied, direct, apply_ms, now);
                         if refused {
                             self.nodes[node].out[from] = Some(Out::Down { retry_at: now + backoff, backoff });
                         } else {
                             self.pump(node);
                         }
-                    }
-                }
-            }
-            Body::Heartbeat => {
-                if let Some(c) = self.nodes[node].inc[from].as_mut() {
-                    if c.epoch == epoch {
-                        c.last_heard = self.now;
                     }
                 }
             }
@@ -897,10 +1064,11 @@ impl World {
 
     fn tick(&mut self, node: usize) -> Step {
         self.at(self.now + TICK_MS, Event::Tick(node));
-        if self.nodes[node].engine.is_none() {
+        if self.nodes[node].writer.is_none() {
             return Ok(());
         }
         let now = self.now;
+        let (position, wall_ms) = self.position(node);
         for peer in 0..self.cfg.regions {
             let next = match self.nodes[node].out[peer].take() {
                 None => None,
@@ -920,21 +1088,25 @@ impl World {
                     Some(Out::Down { retry_at: now + BACKOFF_MIN_MS, backoff: BACKOFF_MIN_MS })
                 }
                 Some(Out::Up { epoch, session, last_heard }) => {
-                    self.send(node, peer, epoch, Body::Heartbeat);
+                    self.send(node, peer, epoch, Body::Heartbeat { durable: position.clone(), wall_ms });
                     Some(Out::Up { epoch, session, last_heard })
                 }
                 other => other,
             };
             self.nodes[node].out[peer] = next;
         }
-        let applied = self.nodes[node].engine.as_ref().map(|e| e.applied().clone()).unwrap_or_default();
+        let applied = self.nodes[node].engine().map(|e| e.applied().clone()).unwrap_or_default();
         for peer in 0..self.cfg.regions {
-            let Some(c) = &self.nodes[node].inc[peer] else { continue };
-            if now - c.last_heard > TIMEOUT_MS {
-                self.nodes[node].inc[peer] = None;
-            } else {
-                let (epoch, direct) = (c.epoch, self.direct(node));
-                self.send(node, peer, epoch, Body::Ack { applied: applied.clone(), direct, refused: false });
+            let Some(c) = self.nodes[node].inc[peer].as_mut() else { continue };
+            match c.session.on_tick(now) {
+                Tick::Quiet => {}
+                Tick::TimedOut { .. } => self.nodes[node].inc[peer] = None,
+                Tick::Heartbeat => {
+                    c.session.on_sent(now);
+                    let (epoch, direct) = (c.epoch, self.direct(node));
+                    let ack = Body::Ack { applied: applied.clone(), direct, refused: false, apply_ms: 0 };
+                    self.send(node, peer, epoch, ack);
+                }
             }
         }
         self.pump(node);
@@ -951,7 +1123,7 @@ impl World {
             }
             FaultEvent::Crash { node } => self.crash(node),
             FaultEvent::PowerLoss { node } => {
-                if self.nodes[node].engine.is_some() {
+                if self.nodes[node].writer.is_some() {
                     let durable = self.nodes[node].durable.durable().clone();
                     for inv in &mut self.invariants {
                         inv.on_power_loss(node, &durable);
@@ -963,6 +1135,7 @@ impl World {
             FaultEvent::Restart { node } => self.restart(node)?,
             FaultEvent::Clock { node, offset_ms } => self.nodes[node].clock_offset_ms = offset_ms,
             FaultEvent::ClockStep { node, step_ms } => self.nodes[node].clock_step_ms = step_ms,
+            FaultEvent::SlowDisk { node, commit_ms } => self.nodes[node].commit_ms = commit_ms.max(COMMIT_MS),
             FaultEvent::Disk { node, read_in, commit_in } => {
                 let plan = self.nodes[node].store.faults();
                 if let Some(n) = read_in {
@@ -978,7 +1151,12 @@ impl World {
 
     fn crash(&mut self, node: usize) {
         let n = &mut self.nodes[node];
-        n.engine = None;
+        // The process and everything it held in memory: the writer, its queue, the commit in
+        // flight (whose requests were never answered).
+        n.writer = None;
+        n.queue.clear();
+        n.committing = None;
+        n.incarnation += 1;
         for o in n.out.iter_mut().flatten() {
             *o = Out::Down { retry_at: u64::MAX, backoff: BACKOFF_MIN_MS };
         }
@@ -988,7 +1166,7 @@ impl World {
     }
 
     fn restart(&mut self, node: usize) -> Step {
-        if self.nodes[node].engine.is_some() {
+        if self.nodes[node].writer.is_some() {
             return Ok(());
         }
         let recovered = self.nodes[node].store.recover().map_err(|e| Violation::simulator(self.seed, self.now, e))?;
@@ -998,8 +1176,8 @@ impl World {
         }
         let n = &mut self.nodes[node];
         n.durable = DurableRule::new(self.cfg.buffered, recovered.vv.clone());
-        n.engine =
-            Some(engine(&self.names[node], recovered, &self.cfg, policies(self.cfg.strategy, self.cfg.placement)));
+        n.writer =
+            Some(writer(&self.names[node], recovered, &self.cfg, policies(self.cfg.strategy, self.cfg.placement)));
         for o in n.out.iter_mut().flatten() {
             *o = Out::Down { retry_at: self.now, backoff: BACKOFF_MIN_MS };
         }
@@ -1014,6 +1192,7 @@ impl World {
         for n in &mut self.nodes {
             n.store.faults().disarm();
             n.clock_step_ms = 0;
+            n.commit_ms = COMMIT_MS;
         }
         for node in 0..self.cfg.regions {
             self.restart(node)?;

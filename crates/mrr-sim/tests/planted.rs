@@ -27,7 +27,7 @@ fn catches_duplicates_that_bypass_the_merge() {
 #[test]
 fn catches_last_writer_wins_without_its_region_tie_break() {
     // Few keys and many writes under clock skew make equal timestamps from two regions common.
-    let config = SimConfig { keys: 2, writes: 400, ..SimConfig::default() };
+    let config = SimConfig { keys: 1, writes: 600, ..SimConfig::default() };
     let v =
         first_violation(Bug::IgnoreRegionTieBreak, &config, 0..300).expect("a tie resolved differently must be caught");
     assert!(

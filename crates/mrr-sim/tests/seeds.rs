@@ -9,6 +9,7 @@ use mrr_sim::{run, SimConfig, Strategy};
 fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
     let mut per_lane = [0; 3];
     let (mut placed, mut refused, mut transfers, mut pieces) = (0, 0, 0, 0);
+    let (mut grouped_commits, mut grouped_applies, mut storage_errors) = (0, 0, 0);
     for seed in seeds {
         match run(seed, config, None) {
             Ok(report) => {
@@ -17,10 +18,17 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
                 refused += report.refused_not_placed;
                 transfers += report.transfers_received;
                 pieces += report.history_pieces_received;
+                grouped_commits += report.grouped_commits;
+                grouped_applies += report.grouped_applies;
+                storage_errors += report.storage_errors;
             }
             Err(v) => panic!("{v}\nreplay: cargo run --release -p mrr-sim -- --seed {seed} {}", config.flags()),
         }
     }
+    // The shipped writer and acceptor logic ran with queues behind slow commits: commits of
+    // several requests, applies of several batches; and failing disks failed some of them.
+    assert!(grouped_commits > 0 && grouped_applies > 0, "grouped commits {grouped_commits}, applies {grouped_applies}");
+    assert!(storage_errors > 0, "no request or commit failed on a failing disk");
     // Every lane carried writes, so cross-lane overtaking was part of every sweep.
     assert!(per_lane.iter().all(|n| *n > 0), "writes per lane (urgent, normal, bulk): {per_lane:?}");
     // With placement, records really lived in some regions only and clients were refused
