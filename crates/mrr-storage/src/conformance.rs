@@ -8,6 +8,7 @@ use mrr_core::{
     Version, VersionVector,
 };
 
+use crate::log::LogStore;
 use crate::{CommitBatch, Store};
 
 fn region(s: &str) -> RegionName {
@@ -331,9 +332,66 @@ pub fn run_faults<S: Store>(store: S) {
     assert_eq!(store.recover().expect("recover").vv.get(&streams[1]), 1);
 }
 
+/// The contract of a [`LogStore`]: a fresh, empty log; `reopen` as for [`run`].
+pub fn run_log<L: LogStore>(log: L, reopen: impl FnOnce(L) -> Option<L>) {
+    let entry = |i: u64| (i, format!("entry {i}").into_bytes());
+    assert_eq!(log.last().expect("last"), None, "an empty log");
+    assert_eq!(log.get_value("vote").expect("get"), None);
+
+    log.append(&(1..=10).map(entry).collect::<Vec<_>>()).expect("append");
+    assert_eq!(log.last().expect("last"), Some(entry(10)));
+    assert_eq!(log.range(3, 6, 100).expect("range"), (3..6).map(entry).collect::<Vec<_>>(), "until is exclusive");
+    assert_eq!(log.range(3, 6, 2).expect("range").len(), 2, "bounded by limit");
+    assert!(log.range(6, 3, 100).expect("range").is_empty());
+    assert_eq!(log.range(0, u64::MAX, 100).expect("range").len(), 10);
+
+    // A new leader overwrites a conflicting tail: cut after 7, append 8' and 9'.
+    log.truncate_after(Some(7)).expect("truncate");
+    assert_eq!(log.last().expect("last"), Some(entry(7)));
+    log.append(&[(8, b"8'".to_vec()), (9, b"9'".to_vec())]).expect("append");
+    assert_eq!(log.range(7, 10, 10).expect("range").iter().map(|(i, _)| *i).collect::<Vec<_>>(), [7, 8, 9]);
+    assert_eq!(log.range(8, 9, 1).expect("range"), vec![(8, b"8'".to_vec())]);
+
+    // The head goes once a snapshot covers it.
+    log.purge_through(4).expect("purge");
+    assert_eq!(log.range(0, 100, 100).expect("range").first().map(|(i, _)| *i), Some(5));
+
+    log.put_value("vote", b"term 3").expect("put");
+    log.put_value("vote", b"term 4").expect("put");
+    log.put_value("committed", b"7").expect("put");
+    assert_eq!(log.get_value("vote").expect("get").as_deref(), Some(&b"term 4"[..]));
+
+    let Some(log) = reopen(log) else { return };
+    assert_eq!(log.last().expect("last"), Some((9, b"9'".to_vec())), "entries survive a reopen");
+    assert_eq!(log.range(0, 100, 100).expect("range").len(), 5, "and so do truncation and purge");
+    assert_eq!(log.get_value("vote").expect("get").as_deref(), Some(&b"term 4"[..]));
+    assert_eq!(log.get_value("committed").expect("get").as_deref(), Some(&b"7"[..]));
+    log.truncate_after(None).expect("truncate all");
+    assert_eq!(log.last().expect("last"), None);
+}
+
 #[cfg(test)]
 mod tests {
+    use crate::log::MemLog;
     use crate::{Durability, FjallStore, MemStore};
+
+    #[test]
+    fn mem_log_conforms() {
+        super::run_log(MemLog::new(), |_| None);
+    }
+
+    #[test]
+    fn fjall_log_conforms_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FjallStore::open(dir.path(), Durability::Buffered).expect("open");
+        let log = store.log("consensus").expect("log");
+        super::run_log(log, |log| {
+            drop(log);
+            drop(store);
+            let store = FjallStore::open(dir.path(), Durability::Buffered).expect("reopen");
+            Some(store.log("consensus").expect("log"))
+        });
+    }
 
     #[test]
     fn mem_store_conforms() {

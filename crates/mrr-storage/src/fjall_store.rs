@@ -41,6 +41,12 @@ impl std::fmt::Debug for FjallStore {
 }
 
 impl FjallStore {
+    /// A durable log (see [`crate::log`]) named `name` in this store's database: its writes
+    /// share the journal with the records but are fsynced on their own.
+    pub fn log(&self, name: &str) -> Result<crate::log::FjallLog> {
+        crate::log::FjallLog::open(self.db.clone(), name)
+    }
+
     pub fn open(path: &Path, durability: Durability) -> Result<Self> {
         let db = Database::builder(path).open()?;
         let records = db.keyspace("records", KeyspaceCreateOptions::default)?;

@@ -11,6 +11,7 @@ pub mod conformance;
 mod encoding;
 pub mod faults;
 mod fjall_store;
+pub mod log;
 mod mem_store;
 
 use mrr_core::fold::FoldEntry;
