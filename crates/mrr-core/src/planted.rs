@@ -23,6 +23,10 @@ pub enum Bug {
     /// power loss under `durability: buffered` the region reuses sequence numbers its peers
     /// already hold with other content.
     ReplicateBeforeDurable,
+    /// A strong read is served from the region's own state without asking the leader for a
+    /// read index: a follower that has not yet applied a committed write answers with the
+    /// value before it.
+    ReadWithoutReadIndex,
 }
 
 #[cfg(feature = "planted-bugs")]

@@ -18,6 +18,7 @@ mod disk;
 pub mod invariants;
 mod net;
 mod schedule;
+pub mod strong;
 mod world;
 
 pub use schedule::{FaultEvent, Schedule};

@@ -2,6 +2,7 @@
 //!
 //! cargo run --release -p mrr-sim -- --seed-start 0 --seeds 500
 //! cargo run --release -p mrr-sim -- --seed 42 [--keep-faults 0,3]
+//! cargo run --release -p mrr-sim -- --strong --seeds 500     (the strong tier: consensus)
 //!
 //! Exits non-zero on the first violation, after printing the seed, the shortest fault
 //! schedule that still fails, and the command that replays it.
@@ -10,6 +11,7 @@ use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use mrr_sim::strong::{run_strong, StrongConfig};
 use mrr_sim::{run, shrink, Schedule, SimConfig};
 
 struct Args {
@@ -17,14 +19,18 @@ struct Args {
     seeds: u64,
     keep: Option<BTreeSet<usize>>,
     config: SimConfig,
+    /// `--strong`: run the strong tier's simulation instead.
+    strong: Option<StrongConfig>,
 }
 
 fn usage() -> String {
-    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--slow-disks S] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom] [--no-deletes] [--placement]".into()
+    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--slow-disks S] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom] [--no-deletes] [--placement]\n       mrr-sim --strong [--seed-start S --seeds N | --seed X] [--regions 3..5] [--strong-clients C] [--strong-ops O] [--faults F] [--phase-ms MS]".into()
 }
 
 fn parse() -> Result<Args, String> {
-    let mut a = Args { seed_start: 0, seeds: 100, keep: None, config: SimConfig::default() };
+    let mut a = Args { seed_start: 0, seeds: 100, keep: None, config: SimConfig::default(), strong: None };
+    let mut strong = StrongConfig::default();
+    let (mut is_strong, mut faults_given, mut phase_given) = (false, false, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value\n{}", usage()));
@@ -47,12 +53,23 @@ fn parse() -> Result<Args, String> {
             }
             "--regions" => a.config.regions = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--writes" => a.config.writes = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
-            "--faults" => a.config.faults = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
+            "--faults" => {
+                a.config.faults = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?;
+                faults_given = true;
+            }
+            "--strong" => is_strong = true,
+            "--strong-clients" => {
+                strong.clients_per_region = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?
+            }
+            "--strong-ops" => strong.ops_per_client = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--keys" => a.config.keys = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--disk-faults" => a.config.disk_faults = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--clock-steps" => a.config.clock_steps = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--slow-disks" => a.config.slow_disks = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
-            "--phase-ms" => a.config.fault_phase_ms = num(value()?)?,
+            "--phase-ms" => {
+                a.config.fault_phase_ms = num(value()?)?;
+                phase_given = true;
+            }
             "--durability" => {
                 a.config.buffered = match value()?.as_str() {
                     "fsync" => false,
@@ -70,6 +87,16 @@ fn parse() -> Result<Args, String> {
     if !(3..=5).contains(&a.config.regions) {
         return Err("--regions must be 3 to 5".into());
     }
+    if is_strong {
+        strong.regions = a.config.regions;
+        if faults_given {
+            strong.faults = a.config.faults;
+        }
+        if phase_given {
+            strong.fault_phase_ms = a.config.fault_phase_ms;
+        }
+        a.strong = Some(strong);
+    }
     Ok(a)
 }
 
@@ -81,6 +108,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(cfg) = &args.strong {
+        return strong_main(&args, cfg);
+    }
     let started = Instant::now();
     let mut converge_ms_max = 0;
     let mut events = 0;
@@ -137,5 +167,43 @@ fn main() -> ExitCode {
     if args.config.placement {
         println!("placement: {transfers} transfers completed moved records, {pending} moves refused as pending");
     }
+    ExitCode::SUCCESS
+}
+
+/// `--strong`: seeds of the strong tier, with failover times.
+fn strong_main(args: &Args, cfg: &StrongConfig) -> ExitCode {
+    let started = Instant::now();
+    let (mut acknowledged, mut unknown, mut kills) = (0, 0, 0);
+    let mut failovers = Vec::new();
+    for seed in args.seed_start..args.seed_start + args.seeds {
+        match run_strong(seed, cfg) {
+            Ok(r) => {
+                acknowledged += r.ops_acknowledged;
+                unknown += r.ops_unknown;
+                kills += r.leader_kills;
+                failovers.extend(r.failovers_ms);
+            }
+            Err(v) => {
+                eprintln!("FAILED {v}");
+                eprintln!("replay: cargo run --release -p mrr-sim -- --seed {seed} {}", cfg.flags());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    failovers.sort_unstable();
+    let pct = |p: usize| failovers.get((failovers.len().saturating_sub(1)) * p / 100).copied().unwrap_or(0);
+    println!(
+        "{} strong seeds from {} passed: {:.1} seeds/s, {acknowledged} operations acknowledged, {unknown} with unknown outcome",
+        args.seeds,
+        args.seed_start,
+        args.seeds as f64 / started.elapsed().as_secs_f64()
+    );
+    println!(
+        "failover after {kills} leader kills ({} measured): p50 {} ms, p99 {} ms, max {} ms (simulated)",
+        failovers.len(),
+        pct(50),
+        pct(99),
+        failovers.last().copied().unwrap_or(0)
+    );
     ExitCode::SUCCESS
 }

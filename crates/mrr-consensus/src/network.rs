@@ -1,0 +1,251 @@
+//! The group's messages and how they travel: every RPC is one request and one answer, encoded
+//! here (postcard) and carried by a [`Transport`] — the node's own gRPC connection to each peer
+//! (never the bulk replication stream, so a backlog there cannot delay a heartbeat), or the
+//! simulator's network.
+//!
+//! Not here: authentication and the sockets (the transport's), what the receiving node does with
+//! a request (`node.rs`).
+
+use std::time::Duration;
+
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{RaftNetworkFactory, RaftNetworkV2};
+use serde::{Deserialize, Serialize};
+
+use crate::log_store::{decode, encode};
+use crate::state_machine::{BoxFuture, SnapshotData};
+use crate::types::{Command, LogId, Member, NodeId, Response, SnapshotMeta, Types, Vote};
+
+/// Why a call did not get an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// Carries one encoded request to a member and brings back its encoded answer.
+pub trait Transport: Send + Sync + 'static {
+    fn call(&self, to: NodeId, request: Vec<u8>, timeout: Duration) -> BoxFuture<Result<Vec<u8>, TransportError>>;
+}
+
+/// Why the leader did not take a proposal or a read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refused {
+    /// This node is not the leader; `leader` is the one it knows of.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// The leader cannot currently reach a quorum (its lease expired).
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// Appended, but whether it commits is not known (the leader changed, or the bound ran out).
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub(crate) enum Request {
+    Append(AppendEntriesRequest<Types>),
+    Vote(VoteRequest<Types>),
+    PreVote(VoteRequest<Types>),
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        position: Vec<u8>,
+        data: Vec<u8>,
+    },
+    TransferLeader(TransferLeaderRequest<Types>),
+    /// A follower hands a proposal to the leader.
+    Propose(Command),
+    /// A follower asks the leader for the log index a linearizable read must wait for.
+    ReadIndex,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub(crate) enum Reply {
+    Append(Result<AppendEntriesResponse<Types>, String>),
+    Vote(Result<VoteResponse<Types>, String>),
+    Snapshot(Result<SnapshotResponse<Types>, String>),
+    TransferLeader(Result<TransferLeaderResponse<Types>, String>),
+    Propose(Result<(LogId, Response), Refused>),
+    ReadIndex(Result<u64, Refused>),
+}
+
+impl Request {
+    pub(crate) fn encode(&self) -> std::io::Result<Vec<u8>> {
+        encode("consensus request", self)
+    }
+    pub(crate) fn decode(bytes: &[u8]) -> std::io::Result<Self> {
+        decode("consensus request", bytes)
+    }
+}
+
+impl Reply {
+    pub(crate) fn encode(&self) -> std::io::Result<Vec<u8>> {
+        encode("consensus reply", self)
+    }
+    pub(crate) fn decode(bytes: &[u8]) -> std::io::Result<Self> {
+        decode("consensus reply", bytes)
+    }
+}
+
+/// Makes one [`Client`] per member.
+#[derive(Clone)]
+pub struct Network {
+    transport: std::sync::Arc<dyn Transport>,
+    /// Bound on any RPC but a snapshot's.
+    rpc_timeout: Duration,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network").field("rpc_timeout", &self.rpc_timeout).finish_non_exhaustive()
+    }
+}
+
+impl Network {
+    pub fn new(transport: std::sync::Arc<dyn Transport>, rpc_timeout: Duration) -> Self {
+        Self { transport, rpc_timeout }
+    }
+
+    /// Sends `request` to `to`, bounded by `timeout`.
+    pub(crate) async fn call(&self, to: NodeId, request: &Request, timeout: Duration) -> Result<Reply, TransportError> {
+        let bytes = request.encode().map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        let answer = self.transport.call(to, bytes, timeout).await?;
+        Reply::decode(&answer).map_err(|e| TransportError::Unreachable(format!("undecodable answer: {e}")))
+    }
+}
+
+impl RaftNetworkFactory<Types> for Network {
+    type Network = Client;
+
+    async fn new_client(&mut self, target: NodeId, _node: &Member) -> Client {
+        Client { net: self.clone(), target }
+    }
+}
+
+/// The connection to one member, as openraft's replication and election tasks see it.
+#[derive(Debug)]
+pub struct Client {
+    net: Network,
+    target: NodeId,
+}
+
+fn rpc_error(e: TransportError) -> RPCError<Types> {
+    match e {
+        TransportError::Timeout(_) => RPCError::Network(NetworkError::new(&e)),
+        TransportError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Remote(String);
+
+/// The answer was of the wrong kind, or the remote node failed: retry later.
+fn remote_error(what: &str) -> RPCError<Types> {
+    RPCError::Unreachable(Unreachable::new(&Remote(what.to_owned())))
+}
+
+impl Client {
+    /// An RPC's bound: openraft's own (the heartbeat interval for appends and votes) or ours,
+    /// whichever is longer, so a slow WAN path does not turn every append into a timeout.
+    fn timeout(&self, option: &RPCOption) -> Duration {
+        option.hard_ttl().max(self.net.rpc_timeout)
+    }
+}
+
+impl RaftNetworkV2<Types> for Client {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<Types>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<Types>, RPCError<Types>> {
+        let timeout = self.timeout(&option);
+        match self.net.call(self.target, &Request::Append(rpc), timeout).await.map_err(rpc_error)? {
+            Reply::Append(Ok(r)) => Ok(r),
+            Reply::Append(Err(e)) => Err(remote_error(&e)),
+            _ => Err(remote_error("answer of another kind to an append")),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<Types>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<Types>, RPCError<Types>> {
+        let timeout = self.timeout(&option);
+        match self.net.call(self.target, &Request::Vote(rpc), timeout).await.map_err(rpc_error)? {
+            Reply::Vote(Ok(r)) => Ok(r),
+            Reply::Vote(Err(e)) => Err(remote_error(&e)),
+            _ => Err(remote_error("answer of another kind to a vote")),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<Types>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<Types>, RPCError<Types>> {
+        let timeout = self.timeout(&option);
+        match self.net.call(self.target, &Request::PreVote(rpc), timeout).await.map_err(rpc_error)? {
+            Reply::Vote(Ok(r)) => Ok(r),
+            Reply::Vote(Err(e)) => Err(remote_error(&e)),
+            _ => Err(remote_error("answer of another kind to a pre-vote")),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<Types, SnapshotData>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<Types>, StreamingError<Types>> {
+        let request = Request::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            position: snapshot.snapshot.position,
+            data: snapshot.snapshot.data,
+        };
+        let timeout = option.hard_ttl().max(self.net.rpc_timeout * 20);
+        let call = self.net.call(self.target, &request, timeout);
+        tokio::pin!(call);
+        tokio::pin!(cancel);
+        let reply = tokio::select! {
+            biased;
+            closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+            reply = &mut call => reply.map_err(|e| StreamingError::from(rpc_error(e)))?,
+        };
+        match reply {
+            Reply::Snapshot(Ok(r)) => Ok(r),
+            Reply::Snapshot(Err(e)) => Err(StreamingError::from(remote_error(&e))),
+            _ => Err(StreamingError::from(remote_error("answer of another kind to a snapshot"))),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<Types>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<Types>, RPCError<Types>> {
+        let timeout = self.timeout(&option);
+        match self.net.call(self.target, &Request::TransferLeader(req), timeout).await.map_err(rpc_error)? {
+            Reply::TransferLeader(Ok(r)) => Ok(r),
+            Reply::TransferLeader(Err(e)) => Err(remote_error(&e)),
+            _ => Err(remote_error("answer of another kind to a leadership transfer")),
+        }
+    }
+}
