@@ -246,6 +246,25 @@ pub struct NodeStatus {
     pub applied: BTreeMap<String, u64>,
     pub storage_bytes: u64,
     pub peers: Vec<PeerStatus>,
+    /// The strong tier's coordinator as this region knows it.
+    pub consensus: CoordinatorInfo,
+}
+
+/// `GET /v1/cluster/coordinator`: the coordinator (the strong tier's Raft leader) as this region
+/// knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CoordinatorInfo {
+    /// `null` while no leader is known (an election is under way, or no quorum is reachable).
+    pub coordinator: Option<String>,
+    pub term: u64,
+    /// The region with `role: coordinator`, which leadership returns to after a failover.
+    pub preferred: Option<String>,
+    /// When this region learned of the current coordinator (its clock, ms since the epoch).
+    pub since_ms: Option<u64>,
+    /// Coordinator changes this region has seen since it started.
+    pub leader_changes: u64,
+    /// Whether this region is the coordinator.
+    pub is_local: bool,
 }
 
 /// One line of `GET /v1/watch/applied`: the applied version vector after a commit.

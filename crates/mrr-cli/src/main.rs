@@ -168,9 +168,12 @@ enum ChaosAction {
 fn init_logging(debug: bool) {
     // The storage engine's own progress lines are noise to an operator.
     let default = if debug {
-        "info,fjall=warn,lsm_tree=warn,mrr_replication=debug,mrr_server=debug,mrr_writer=debug"
+        "info,fjall=warn,lsm_tree=warn,openraft=warn,mrr_replication=debug,mrr_server=debug,mrr_writer=debug,mrr_consensus=debug"
     } else {
-        "info,fjall=warn,lsm_tree=warn"
+        // openraft warns on every failed heartbeat to an unreachable peer (several a second
+        // while a region is down or still starting); MRR logs what matters of it itself: each
+        // coordinator change, and refused or failing consensus calls.
+        "info,fjall=warn,lsm_tree=warn,openraft=error"
     };
     let filter = EnvFilter::try_from_env("MRR_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -576,11 +579,14 @@ async fn status(target: &Target) -> anyhow::Result<()> {
     let c = client(target)?;
     let s = c.status().await?;
     let h = c.health().await?;
+    let k = &s.consensus;
     println!(
-        "cluster {}  region {}  coordinator {}  health {:?}",
+        "cluster {}  region {}  coordinator {} (term {}, preferred {})  health {:?}",
         s.cluster,
         s.region,
-        s.coordinator.as_deref().unwrap_or("-"),
+        k.coordinator.as_deref().unwrap_or("none (election under way or no quorum)"),
+        k.term,
+        k.preferred.as_deref().unwrap_or("-"),
         h.status
     );
     let applied: Vec<String> = s.applied.iter().map(|(o, n)| format!("{o}:{n}")).collect();
@@ -618,7 +624,7 @@ async fn status(target: &Target) -> anyhow::Result<()> {
             format!("{:.1}", p.received_per_s),
             opt(p.rtt_ms),
             p.clock_skew_ms.map_or_else(|| "-".to_owned(), |v| v.to_string()),
-            if s.coordinator.as_deref() == Some(p.region.as_str()) { "yes".into() } else { String::new() },
+            if k.coordinator.as_deref() == Some(p.region.as_str()) { "yes".into() } else { String::new() },
             p.last_error.clone().unwrap_or_default(),
         ]);
     }

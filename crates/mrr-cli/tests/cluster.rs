@@ -293,7 +293,7 @@ async fn mrr_dev_starts_without_warnings() -> anyhow::Result<()> {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mrr"))
         .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir.path().join("data"))
-        .env("MRR_LOG", "info,fjall=warn,lsm_tree=warn")
+        .env("MRR_LOG", "info,fjall=warn,lsm_tree=warn,openraft=error")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)

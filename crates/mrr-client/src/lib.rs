@@ -122,6 +122,11 @@ impl Client {
         self.send(self.http.get(format!("{}/v1/status", self.base))).await
     }
 
+    /// The coordinator (the strong tier's leader) as this region knows it.
+    pub async fn coordinator(&self) -> Result<mrr_api::CoordinatorInfo> {
+        self.send(self.http.get(format!("{}/v1/cluster/coordinator", self.base))).await
+    }
+
     /// The node's metrics in Prometheus text format.
     pub async fn metrics(&self) -> Result<String> {
         let url = format!("{}/metrics", self.base);

@@ -43,18 +43,22 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// Timers for a cluster whose largest "round trip to the nearest other region" is
-    /// `nearest_rtt_ms` (every node's quorum partner): heartbeat 1.4× that (room for jitter
-    /// and a follower's fsync), election timeouts from 1.5× and 3× the heartbeat. Failure
-    /// detection then takes 4.5–6 heartbeats after the last one heard, plus a pre-vote and a
+    /// Timers for a cluster whose largest round trip between two regions is `rtt_ms`.
+    ///
+    /// openraft bounds a heartbeat's answer by the heartbeat interval, so the interval must
+    /// exceed the round trip from the leader to its farthest follower: 1.4× it leaves room for
+    /// jitter and a follower's fsync. Election timeouts are 1.25× and 1.875× the heartbeat
+    /// (openraft needs the minimum above 1.2×). A follower stands for election only after its
+    /// lease (the maximum) plus a draw in `[min, max)`: 3.1–3.75 heartbeats of silence, so
+    /// three heartbeats in a row must be lost before a false failover; then a pre-vote and a
     /// vote round trip.
-    pub fn from_rtt(nearest_rtt_ms: u64) -> Self {
-        let heartbeat_ms = (nearest_rtt_ms.saturating_mul(14) / 10).max(50);
-        let election_min_ms = heartbeat_ms.saturating_mul(3) / 2;
+    pub fn from_rtt(rtt_ms: u64) -> Self {
+        let heartbeat_ms = (rtt_ms.saturating_mul(14) / 10).max(50);
+        let election_min_ms = heartbeat_ms.saturating_mul(5) / 4;
         Self {
             heartbeat_ms,
             election_min_ms,
-            election_max_ms: election_min_ms.saturating_mul(2),
+            election_max_ms: election_min_ms.saturating_mul(3) / 2,
             rpc_timeout_ms: heartbeat_ms.saturating_mul(2),
             return_after_ms: 5_000,
             request_timeout_ms: 10_000,
@@ -141,6 +145,11 @@ pub struct CoordinatorStatus {
     /// The last log index this node applied.
     pub applied_index: Option<u64>,
     pub is_leader: bool,
+    /// This node's committed vote, `(term, leader)`: a leader elected by a quorum. Leaders are
+    /// ordered by this pair (openraft's advanced leader ids: two candidates of one term may
+    /// both be elected, the higher id fencing the lower), so at every node it only grows;
+    /// unlike `is_leader`, it never lags behind a step-down.
+    pub committed_vote: Option<(u64, NodeId)>,
 }
 
 type RaftNode = Raft<Types, StateMachine>;
@@ -526,12 +535,14 @@ fn watch_status(
         leader_changes: 0,
         applied_index: None,
         is_leader: false,
+        committed_vote: None,
     };
     let (tx, rx) = watch::channel(initial);
     tokio::spawn(async move {
         loop {
-            let (leader, term, ack, applied, state) = {
+            let (leader, term, ack, applied, state, vote) = {
                 let m = metrics.borrow_watched();
+                let vote = m.vote.is_committed().then(|| (m.vote.leader_id().term, m.vote.leader_id().node_id));
                 (
                     m.current_leader,
                     m.current_term,
@@ -540,6 +551,7 @@ fn watch_status(
                         .map(|t| u64::try_from(openraft::Instant::elapsed(&**t).as_millis()).unwrap_or(u64::MAX)),
                     m.last_applied.as_ref().map(|l| l.index()),
                     m.state,
+                    vote,
                 )
             };
             let coordinator = leader.and_then(|l| config.members.name(l).cloned());
@@ -556,6 +568,7 @@ fn watch_status(
                 s.millis_since_quorum_ack = ack;
                 s.applied_index = applied;
                 s.is_leader = state == ServerState::Leader;
+                s.committed_vote = vote;
             });
             if metrics.changed().await.is_err() {
                 return;

@@ -44,6 +44,12 @@ openraft::declare_raft_types!(
         D = Command,
         R = Response,
         Node = Member,
+        // openraft's advanced leader ids: a leader is (term, node id), so two candidates of
+        // one term can both win and the higher fences the lower, instead of splitting the
+        // vote and waiting out another timeout. Measured in `mrr-sim --strong` (1,000 seeds,
+        // `mrr dev`'s delays, ±20 % jitter, 1 % loss): failover p99 2.26 s, against 4.83 s
+        // with standard one-leader-per-term ids (docs/architecture.md).
+        LeaderId = openraft::impls::leader_id_adv::LeaderId<u64, u64>,
         AsyncRuntime = Runtime,
 );
 

@@ -29,6 +29,14 @@ const APPLY_CHANGES_MAX: usize = 8_192;
 pub(crate) async fn serve(ctx: Context, listener: TcpListener) {
     let svc = PeerServer::new(Service { ctx: ctx.clone() })
         .max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);
+    let consensus = crate::consensus_link::ConsensusService {
+        config: std::sync::Arc::new(ctx.config.consensus_link()),
+        slot: ctx.consensus.clone(),
+        links: ctx.links.clone(),
+    };
+    let consensus = crate::proto::consensus_server::ConsensusServer::new(consensus)
+        .max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);
     let incoming = TcpListenerStream::new(listener);
     if let Err(e) = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -38,6 +46,7 @@ pub(crate) async fn serve(ctx: Context, listener: TcpListener) {
         .initial_stream_window_size(crate::H2_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(crate::H2_CONNECTION_WINDOW_BYTES)
         .add_service(svc)
+        .add_service(consensus)
         .serve_with_incoming(incoming)
         .await
     {

@@ -11,6 +11,7 @@
 //! This crate knows nothing of HTTP or client requests: it reads the changelog from the
 //! [`mrr_storage::Store`] and applies what it receives through the [`mrr_writer::Writer`].
 
+pub mod consensus_link;
 pub mod handshake;
 mod inbound;
 pub mod link;
@@ -102,6 +103,25 @@ pub(crate) struct Context {
     pub links: Links,
     pub status: StatusBoard,
     pub metrics: metrics::ReplicationMetrics,
+    /// The strong tier, once started; the peer listener answers its calls.
+    pub consensus: consensus_link::ConsensusSlot,
+}
+
+/// What replication runs on: the node's store, writer and clock, its links, its metrics
+/// recorder, and the slot its strong tier's voter goes into once started.
+pub struct Deps {
+    pub store: Arc<dyn Store>,
+    pub writer: Writer,
+    pub clock: Arc<dyn PhysicalClock>,
+    pub links: Links,
+    pub recorder: metrics::SharedRecorder,
+    pub consensus: consensus_link::ConsensusSlot,
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deps").field("links", &self.links).finish_non_exhaustive()
+    }
 }
 
 /// The running replication side of a node.
@@ -121,15 +141,8 @@ pub enum StartError {
 
 impl Replicator {
     /// Serves peers on `listener` and starts one dialer per peer.
-    pub async fn start(
-        config: ReplicationConfig,
-        listener: TcpListener,
-        store: Arc<dyn Store>,
-        writer: Writer,
-        clock: Arc<dyn PhysicalClock>,
-        links: Links,
-        recorder: metrics::SharedRecorder,
-    ) -> Result<Self, StartError> {
+    pub async fn start(config: ReplicationConfig, listener: TcpListener, deps: Deps) -> Result<Self, StartError> {
+        let Deps { store, writer, clock, links, recorder, consensus } = deps;
         let heartbeat_ms = u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
         let status = StatusBoard::new(
             &config.local,
@@ -146,6 +159,7 @@ impl Replicator {
             links: links.clone(),
             status: status.clone(),
             metrics: metrics.clone(),
+            consensus,
         };
         // Every log line of this node's sessions names the node's region (several nodes share a
         // process under `mrr dev`).
@@ -174,5 +188,17 @@ impl Drop for Replicator {
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context").field("local", &self.config.local).finish_non_exhaustive()
+    }
+}
+
+impl ReplicationConfig {
+    /// What the strong tier's connection needs of this config.
+    pub fn consensus_link(&self) -> consensus_link::ConsensusLinkConfig {
+        consensus_link::ConsensusLinkConfig {
+            cluster: self.cluster.clone(),
+            local: self.local.clone(),
+            secret: self.secret.clone(),
+            peers: self.peers.iter().map(|p| (p.region.clone(), p.endpoint.clone())).collect(),
+        }
     }
 }

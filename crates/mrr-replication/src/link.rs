@@ -53,17 +53,33 @@ struct Inner {
     enabled: bool,
     seed: u64,
     specs: watch::Sender<BTreeMap<RegionName, LinkSpec>>,
+    /// Jitter of single messages ([`Links::pass`]).
+    rng: std::sync::Mutex<StdRng>,
 }
 
 impl Links {
     /// Production: messages go straight to the socket.
     pub fn disabled() -> Self {
-        Self { inner: Arc::new(Inner { enabled: false, seed: 0, specs: watch::channel(BTreeMap::new()).0 }) }
+        Self {
+            inner: Arc::new(Inner {
+                enabled: false,
+                seed: 0,
+                specs: watch::channel(BTreeMap::new()).0,
+                rng: std::sync::Mutex::new(StdRng::seed_from_u64(0)),
+            }),
+        }
     }
 
     /// Emulation on, with a link per peer.
     pub fn emulated(seed: u64, specs: BTreeMap<RegionName, LinkSpec>) -> Self {
-        Self { inner: Arc::new(Inner { enabled: true, seed, specs: watch::channel(specs).0 }) }
+        Self {
+            inner: Arc::new(Inner {
+                enabled: true,
+                seed,
+                specs: watch::channel(specs).0,
+                rng: std::sync::Mutex::new(StdRng::seed_from_u64(seed ^ 0x636f_6e73)),
+            }),
+        }
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -94,6 +110,30 @@ impl Links {
             }
         });
         result
+    }
+
+    /// One message to `peer` outside a stream (the strong tier's calls): returns once the link
+    /// would have delivered it — after its delay and jitter, and not while it is partitioned.
+    /// The bandwidth cap is not applied: these messages are small.
+    pub async fn pass(&self, peer: &RegionName) {
+        if !self.inner.enabled {
+            return;
+        }
+        let mut specs = self.inner.specs.subscribe();
+        loop {
+            let spec = specs.borrow_and_update().get(peer).copied().unwrap_or_default();
+            if !spec.partitioned {
+                let jitter_ms = match spec.jitter_ms {
+                    0 => 0,
+                    j => self.inner.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner).random_range(0..=j),
+                };
+                tokio::time::sleep(Duration::from_millis(spec.delay_ms + jitter_ms)).await;
+                return;
+            }
+            if specs.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Wraps the channel that feeds a stream to `peer` in that peer's link. A send that cannot

@@ -61,6 +61,9 @@ pub struct Config {
     /// The dead-letter queue's bound.
     #[serde(default)]
     pub dlq: DlqConfig,
+    /// The strong tier's Raft timers (every field optional; see [`ConsensusConfig`]).
+    #[serde(default)]
+    pub consensus: ConsensusConfig,
     /// Which `syncFlags` put a write in which priority lane, and how much queue the lower lanes
     /// may build in front of urgent changes.
     #[serde(default)]
@@ -177,6 +180,51 @@ impl Default for DlqConfig {
 
 fn default_dlq_entries_max() -> u64 {
     100_000
+}
+
+/// `consensus:`. The Raft group's timers derive from `rtt_ms`, the largest round trip between
+/// two regions (a leader's heartbeat must be answered by its farthest follower within the
+/// interval): heartbeat 1.4× that, election timeouts 1.25× and 1.875× the heartbeat (see
+/// `mrr_consensus::Timing::from_rtt`). Each may be set on its own. Without `rtt_ms`, a node
+/// under WAN emulation (`links:`) takes twice its slowest link's delay and jitter; otherwise
+/// 250 ms (Tokyo to Frankfurt is about 230 ms).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsensusConfig {
+    #[serde(default)]
+    pub rtt_ms: Option<u64>,
+    #[serde(default)]
+    pub heartbeat_ms: Option<u64>,
+    #[serde(default)]
+    pub election_min_ms: Option<u64>,
+    #[serde(default)]
+    pub election_max_ms: Option<u64>,
+    /// How long the `role: coordinator` region must be healthy and caught up before leadership
+    /// returns to it after a failover.
+    #[serde(default)]
+    pub return_after_ms: Option<u64>,
+    /// Bound on a strong write or read, leader changes included; past it, 503.
+    #[serde(default)]
+    pub request_timeout_ms: Option<u64>,
+}
+
+impl ConsensusConfig {
+    const RTT_MS_DEFAULT: u64 = 250;
+
+    /// The timers this node runs with. `links`: its emulated links, if any.
+    pub fn timing(&self, links: Option<&BTreeMap<RegionName, LinkSettings>>) -> mrr_consensus::Timing {
+        let slowest = links.and_then(|l| l.values().map(|s| s.delay_ms + s.jitter_ms).max()).map(|one_way| 2 * one_way);
+        let rtt_ms = self.rtt_ms.or(slowest).unwrap_or(Self::RTT_MS_DEFAULT);
+        let mut t = mrr_consensus::Timing::from_rtt(rtt_ms);
+        if let Some(h) = self.heartbeat_ms {
+            t.heartbeat_ms = h;
+        }
+        t.election_min_ms = self.election_min_ms.unwrap_or(t.election_min_ms);
+        t.election_max_ms = self.election_max_ms.unwrap_or(t.election_max_ms);
+        t.return_after_ms = self.return_after_ms.unwrap_or(t.return_after_ms);
+        t.request_timeout_ms = self.request_timeout_ms.unwrap_or(t.request_timeout_ms);
+        t
+    }
 }
 
 /// Lag thresholds of `/health`.

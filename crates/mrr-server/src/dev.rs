@@ -178,6 +178,18 @@ impl DevCluster {
                 s.push_str(&format!("  {}: {{ conflict_strategy: {}{handler} }}\n", t.name, t.strategy));
             }
         }
+        // The strong tier's timers: the largest round trip between two regions.
+        let rtt_ms = self
+            .regions
+            .iter()
+            .flat_map(|a| {
+                self.regions.iter().filter(move |b| b.name != a.name).map(move |b| 2 * delay_ms(&a.name, &b.name))
+            })
+            .max()
+            .unwrap_or(0);
+        s.push_str(&format!(
+            "# The strong tier's Raft timers derive from the largest round trip between regions.\nconsensus:\n  rtt_ms: {rtt_ms}\n"
+        ));
         s.push_str("# Emulated WAN: one-way delay from this region to each peer.\nlinks:\n");
         for r in self.regions.iter().filter(|r| r.name != me.name) {
             s.push_str(&format!("  {}: {{ delay_ms: {}, jitter_ms: 0 }}\n", r.name, delay_ms(&me.name, &r.name)));

@@ -54,6 +54,8 @@ pub struct AppState {
     pub admission: Arc<crate::admission::Admission>,
     /// `dlq.max_entries`.
     pub dlq_max_entries: u64,
+    /// This region's voter in the strong tier's group: who the coordinator is.
+    pub consensus: mrr_consensus::Consensus,
 }
 
 impl std::fmt::Debug for AppState {
@@ -175,6 +177,7 @@ fn method_not_allowed() -> ApiError {
         list_records,
         batch,
         node_status,
+        cluster_coordinator,
         get_links,
         get_link,
         set_link
@@ -196,6 +199,7 @@ fn method_not_allowed() -> ApiError {
         mrr_api::RegionHealth,
         mrr_api::HealthStatus,
         NodeStatus,
+        mrr_api::CoordinatorInfo,
         mrr_api::PeerStatus,
         LinkSettings,
         LinksView,
@@ -225,6 +229,7 @@ pub fn router(state: AppState) -> Router {
         .route("/dlq/{id}/replay", post(crate::review::replay_dead_letter))
         .route("/batch", post(batch))
         .route("/status", get(node_status))
+        .route("/cluster/coordinator", get(cluster_coordinator))
         .route("/watch/applied", get(watch_applied))
         .route("/admin/links", get(get_links))
         .route("/admin/links/{peer}", get(get_link).put(set_link))
@@ -559,7 +564,26 @@ async fn node_status(State(state): State<AppState>) -> Json<NodeStatus> {
         applied,
         storage_bytes: state.store.disk_bytes(),
         peers: state.status.snapshot(state.clock.now_ms()),
+        consensus: coordinator_info(&state),
     })
+}
+
+fn coordinator_info(state: &AppState) -> mrr_api::CoordinatorInfo {
+    let s = state.consensus.status();
+    mrr_api::CoordinatorInfo {
+        coordinator: s.coordinator.map(|r| r.to_string()),
+        term: s.term,
+        preferred: s.preferred.map(|r| r.to_string()),
+        since_ms: s.since_ms,
+        leader_changes: s.leader_changes,
+        is_local: s.is_leader,
+    }
+}
+
+/// The coordinator (the strong tier's Raft leader) as this region knows it.
+#[utoipa::path(get, path = "/v1/cluster/coordinator", responses((status = 200, body = mrr_api::CoordinatorInfo)))]
+async fn cluster_coordinator(State(state): State<AppState>) -> Json<mrr_api::CoordinatorInfo> {
+    Json(coordinator_info(&state))
 }
 
 /// A stream of newline-delimited JSON [`mrr_api::AppliedEvent`]s: the current applied version

@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod consensus;
 pub mod dev;
 pub mod forward;
 pub mod health;

@@ -29,6 +29,8 @@ pub enum StartError {
     Replication(#[from] mrr_replication::StartError),
     #[error("cannot build the HTTP client for placement_writes: forward: {0}")]
     Forwarder(String),
+    #[error(transparent)]
+    Consensus(#[from] crate::consensus::ConsensusStartError),
 }
 
 /// Tuning that is not in the config file, for tests and `mrr dev`.
@@ -64,6 +66,8 @@ pub struct Node {
     api: JoinHandle<()>,
     upkeep: JoinHandle<()>,
     stop: watch::Sender<bool>,
+    /// This region's voter in the strong tier's group.
+    pub consensus: mrr_consensus::Consensus,
 }
 
 /// Listeners bound before the node starts (tests bind port 0 and learn the port first, so no
@@ -99,10 +103,11 @@ impl Node {
         let data = config.data_dir.display().to_string();
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: data.clone(), source })?;
-        let store: Arc<dyn Store> = Arc::new(
-            FjallStore::open(&config.data_dir, config.durability)
-                .map_err(|source| StartError::Store { path: data.clone(), source })?,
-        );
+        let fjall = FjallStore::open(&config.data_dir, config.durability)
+            .map_err(|source| StartError::Store { path: data.clone(), source })?;
+        let consensus_log: Arc<dyn mrr_storage::log::LogStore> =
+            Arc::new(fjall.log("consensus").map_err(|source| StartError::Store { path: data.clone(), source })?);
+        let store: Arc<dyn Store> = Arc::new(fjall);
         let max_skew_ms = u64::try_from(config.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
         let sync_interval = match config.durability {
             Durability::Fsync => None,
@@ -151,14 +156,23 @@ impl Node {
             policy_digest: config.policies.digest(),
         };
         let (recorder, metrics_handle) = crate::metrics::recorder();
-        let replicator = Replicator::start(
-            replication,
-            peer_listener,
-            store.clone(),
-            writer.clone(),
-            options.clock.clone(),
+        let consensus_slot = mrr_replication::consensus_link::ConsensusSlot::default();
+        let deps = mrr_replication::Deps {
+            store: store.clone(),
+            writer: writer.clone(),
+            clock: options.clock.clone(),
+            links: links.clone(),
+            recorder: recorder.clone(),
+            consensus: consensus_slot.clone(),
+        };
+        let replicator = Replicator::start(replication, peer_listener, deps).await?;
+        let consensus = crate::consensus::start(
+            &config,
+            consensus_log,
+            consensus_slot,
             links.clone(),
-            recorder.clone(),
+            options.clock.clone(),
+            &recorder,
         )
         .await?;
 
@@ -185,6 +199,7 @@ impl Node {
             forwarder: config.forwarder().map_err(|e| StartError::Forwarder(e.to_string()))?.map(Arc::new),
             admission: crate::admission::Admission::new(max_skew_ms, recorder.as_ref()),
             dlq_max_entries: config.dlq.max_entries,
+            consensus: consensus.clone(),
         };
         // Histogram samples are folded into buckets here and at every scrape; the conflict log
         // is trimmed to its retention every 12 ticks (a minute).
@@ -223,14 +238,15 @@ impl Node {
             }
         });
         tracing::info!(region = %config.region, api = %api_addr, peer = %config.listen.peer, cluster = %config.cluster, "node serving");
-        Ok(Self { api_addr, replicator, writer, api, upkeep, stop })
+        Ok(Self { api_addr, replicator, writer, api, upkeep, stop, consensus })
     }
 
     /// Runs until the API server stops.
     pub async fn wait(self) {
-        let Node { api, replicator, stop, upkeep, .. } = self;
+        let Node { api, replicator, stop, upkeep, consensus, .. } = self;
         upkeep.abort();
         let _ = api.await;
+        consensus.shutdown().await;
         drop(replicator);
         drop(stop);
     }

@@ -107,7 +107,7 @@ impl Cluster {
         let child = Command::new(env!("CARGO_BIN_EXE_mrr"))
             .args(["serve", "-c"])
             .arg(self.config_path(k))
-            .env("MRR_LOG", "info,fjall=warn,lsm_tree=warn")
+            .env("MRR_LOG", "info,fjall=warn,lsm_tree=warn,openraft=error")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -1,0 +1,143 @@
+//! The strong tier's own connection to each peer: [`ConsensusLink`] carries `mrr-consensus`'s
+//! encoded requests as unary gRPC calls on a channel per peer that is separate from the
+//! replication stream (so megabytes of bulk changes queued there never delay a heartbeat), and
+//! the `Consensus` service answers the calls peers make. Every call names its sender and target
+//! and carries an HMAC of them and the body under the cluster secret; a call that fails the
+//! check is refused before its body is decoded. Under WAN emulation each call passes the
+//! sender's link on the way out and the receiver's link on the way back, like any message.
+//!
+//! Not here: what the requests mean (`mrr-consensus`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use mrr_consensus::{BoxFuture, Consensus, NodeId, Transport, TransportError};
+use mrr_core::RegionName;
+use sha2::Sha256;
+use tonic::{Request, Response, Status};
+
+use crate::link::Links;
+use crate::proto::{self, consensus_client::ConsensusClient};
+
+type HmacSha256 = Hmac<Sha256>;
+
+const ROLE: &[u8] = b"mrr-consensus-v1";
+
+fn mac(secret: &str, cluster: &str, from: &str, to: &str, body: &[u8]) -> HmacSha256 {
+    let mut mac =
+        HmacSha256::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!("hmac key of any length"));
+    for part in [ROLE, cluster.as_bytes(), from.as_bytes(), to.as_bytes(), body] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    mac
+}
+
+/// Where each member is reached, and the secret that proves who calls.
+#[derive(Clone, Debug)]
+pub struct ConsensusLinkConfig {
+    pub cluster: String,
+    pub local: RegionName,
+    pub secret: String,
+    /// Each peer's region and `http://host:port` of its peer listener.
+    pub peers: Vec<(RegionName, String)>,
+}
+
+/// The calling side: one lazily connected channel per peer.
+#[derive(Clone, Debug)]
+pub struct ConsensusLink {
+    config: Arc<ConsensusLinkConfig>,
+    channels: Arc<BTreeMap<NodeId, (RegionName, tonic::transport::Channel)>>,
+    links: Links,
+}
+
+impl ConsensusLink {
+    pub fn new(config: ConsensusLinkConfig, links: Links) -> Result<Self, String> {
+        let mut channels = BTreeMap::new();
+        for (region, url) in &config.peers {
+            let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+                .map_err(|e| format!("peer endpoint {url} of {region}: {e}"))?
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_secs(2))
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5));
+            channels.insert(mrr_consensus::node_id(region), (region.clone(), endpoint.connect_lazy()));
+        }
+        Ok(Self { config: Arc::new(config), channels: Arc::new(channels), links })
+    }
+}
+
+impl Transport for ConsensusLink {
+    fn call(&self, to: NodeId, request: Vec<u8>, timeout: Duration) -> BoxFuture<Result<Vec<u8>, TransportError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let Some((region, channel)) = this.channels.get(&to).cloned() else {
+                return Err(TransportError::Unreachable(format!("node {to} is not a peer")));
+            };
+            let c = &this.config;
+            let proof = mac(&c.secret, &c.cluster, c.local.as_str(), region.as_str(), &request).finalize().into_bytes();
+            let call = proto::ConsensusCall {
+                cluster: c.cluster.clone(),
+                from: c.local.to_string(),
+                to: region.to_string(),
+                proof: proof.to_vec(),
+                body: request,
+            };
+            let exchange = async {
+                this.links.pass(&region).await;
+                let mut client = ConsensusClient::new(channel)
+                    .max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);
+                client.call(Request::new(call)).await
+            };
+            match tokio::time::timeout(timeout, exchange).await {
+                Err(_) => Err(TransportError::Timeout(timeout)),
+                Ok(Err(status)) => Err(TransportError::Unreachable(format!("{region}: {}", status.message()))),
+                Ok(Ok(answer)) => Ok(answer.into_inner().body),
+            }
+        })
+    }
+}
+
+/// Filled once the node's consensus has started; calls before that are refused (the caller
+/// retries, as for any unreachable peer).
+pub type ConsensusSlot = Arc<OnceLock<Consensus>>;
+
+/// The answering side, served on the peer listener.
+#[derive(Clone, Debug)]
+pub(crate) struct ConsensusService {
+    pub config: Arc<ConsensusLinkConfig>,
+    pub slot: ConsensusSlot,
+    pub links: Links,
+}
+
+#[tonic::async_trait]
+impl proto::consensus_server::Consensus for ConsensusService {
+    async fn call(&self, request: Request<proto::ConsensusCall>) -> Result<Response<proto::ConsensusAnswer>, Status> {
+        let call = request.into_inner();
+        let c = &self.config;
+        if call.cluster != c.cluster || call.to != c.local.as_str() {
+            return Err(Status::failed_precondition(format!(
+                "consensus call for {}/{} reached {}/{}",
+                call.cluster, call.to, c.cluster, c.local
+            )));
+        }
+        let from = RegionName::new(call.from.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !c.peers.iter().any(|(r, _)| *r == from) {
+            return Err(Status::permission_denied(format!("{from} is not a member of this cluster")));
+        }
+        if mac(&c.secret, &c.cluster, from.as_str(), c.local.as_str(), &call.body).verify_slice(&call.proof).is_err() {
+            tracing::warn!(from = %from, "refused a consensus call with a wrong proof (cluster secret differs?)");
+            return Err(Status::unauthenticated("consensus call proof does not match the cluster secret"));
+        }
+        let Some(consensus) = self.slot.get() else {
+            return Err(Status::unavailable("consensus is starting"));
+        };
+        let body = consensus.handle(&call.body).await;
+        // The answer travels this node's link back to the caller.
+        self.links.pass(&from).await;
+        Ok(Response::new(proto::ConsensusAnswer { body }))
+    }
+}
