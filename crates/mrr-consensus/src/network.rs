@@ -163,6 +163,22 @@ impl Client {
     fn timeout(&self, option: &RPCOption) -> Duration {
         option.hard_ttl().max(self.net.rpc_timeout)
     }
+
+    /// One call; `pick` takes the answer of the expected kind out of the reply.
+    async fn exchange<T>(
+        &self,
+        request: Request,
+        option: &RPCOption,
+        what: &str,
+        pick: impl FnOnce(Reply) -> Option<Result<T, String>>,
+    ) -> Result<T, RPCError<Types>> {
+        let reply = self.net.call(self.target, &request, self.timeout(option)).await.map_err(rpc_error)?;
+        match pick(reply) {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(e)) => Err(remote_error(&e)),
+            None => Err(remote_error(&format!("answer of another kind to {what}"))),
+        }
+    }
 }
 
 impl RaftNetworkV2<Types> for Client {
@@ -173,12 +189,11 @@ impl RaftNetworkV2<Types> for Client {
         rpc: AppendEntriesRequest<Types>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<Types>, RPCError<Types>> {
-        let timeout = self.timeout(&option);
-        match self.net.call(self.target, &Request::Append(rpc), timeout).await.map_err(rpc_error)? {
-            Reply::Append(Ok(r)) => Ok(r),
-            Reply::Append(Err(e)) => Err(remote_error(&e)),
-            _ => Err(remote_error("answer of another kind to an append")),
-        }
+        self.exchange(Request::Append(rpc), &option, "an append", |r| match r {
+            Reply::Append(a) => Some(a),
+            _ => None,
+        })
+        .await
     }
 
     async fn vote(
@@ -186,12 +201,11 @@ impl RaftNetworkV2<Types> for Client {
         rpc: VoteRequest<Types>,
         option: RPCOption,
     ) -> Result<VoteResponse<Types>, RPCError<Types>> {
-        let timeout = self.timeout(&option);
-        match self.net.call(self.target, &Request::Vote(rpc), timeout).await.map_err(rpc_error)? {
-            Reply::Vote(Ok(r)) => Ok(r),
-            Reply::Vote(Err(e)) => Err(remote_error(&e)),
-            _ => Err(remote_error("answer of another kind to a vote")),
-        }
+        self.exchange(Request::Vote(rpc), &option, "a vote", |r| match r {
+            Reply::Vote(v) => Some(v),
+            _ => None,
+        })
+        .await
     }
 
     async fn pre_vote(
@@ -199,12 +213,11 @@ impl RaftNetworkV2<Types> for Client {
         rpc: VoteRequest<Types>,
         option: RPCOption,
     ) -> Result<VoteResponse<Types>, RPCError<Types>> {
-        let timeout = self.timeout(&option);
-        match self.net.call(self.target, &Request::PreVote(rpc), timeout).await.map_err(rpc_error)? {
-            Reply::Vote(Ok(r)) => Ok(r),
-            Reply::Vote(Err(e)) => Err(remote_error(&e)),
-            _ => Err(remote_error("answer of another kind to a pre-vote")),
-        }
+        self.exchange(Request::PreVote(rpc), &option, "a pre-vote", |r| match r {
+            Reply::Vote(v) => Some(v),
+            _ => None,
+        })
+        .await
     }
 
     async fn full_snapshot(
@@ -241,11 +254,10 @@ impl RaftNetworkV2<Types> for Client {
         req: TransferLeaderRequest<Types>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<Types>, RPCError<Types>> {
-        let timeout = self.timeout(&option);
-        match self.net.call(self.target, &Request::TransferLeader(req), timeout).await.map_err(rpc_error)? {
-            Reply::TransferLeader(Ok(r)) => Ok(r),
-            Reply::TransferLeader(Err(e)) => Err(remote_error(&e)),
-            _ => Err(remote_error("answer of another kind to a leadership transfer")),
-        }
+        self.exchange(Request::TransferLeader(req), &option, "a leadership transfer", |r| match r {
+            Reply::TransferLeader(t) => Some(t),
+            _ => None,
+        })
+        .await
     }
 }
