@@ -183,8 +183,7 @@ fn default_dlq_entries_max() -> u64 {
 }
 
 /// `consensus:`. The Raft group's timers derive from `rtt_ms`, the largest round trip between
-/// two regions (a leader's heartbeat must be answered by its farthest follower within the
-/// interval): heartbeat 1.4× that, election timeouts 1.25× and 1.875× the heartbeat (see
+/// two regions: heartbeat 1.1× that, election timeouts 1.25× and 1.875× the heartbeat (see
 /// `mrr_consensus::Timing::from_rtt`). Each may be set on its own. Without `rtt_ms`, a node
 /// under WAN emulation (`links:`) takes twice its slowest link's delay and jitter; otherwise
 /// 250 ms (Tokyo to Frankfurt is about 230 ms).

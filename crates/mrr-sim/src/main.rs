@@ -173,7 +173,7 @@ fn main() -> ExitCode {
 /// `--strong`: seeds of the strong tier, with failover times.
 fn strong_main(args: &Args, cfg: &StrongConfig) -> ExitCode {
     let started = Instant::now();
-    let (mut acknowledged, mut unknown, mut kills) = (0, 0, 0);
+    let (mut acknowledged, mut unknown, mut kills, mut leaders) = (0, 0, 0, 0);
     let mut failovers = Vec::new();
     for seed in args.seed_start..args.seed_start + args.seeds {
         match run_strong(seed, cfg) {
@@ -181,6 +181,7 @@ fn strong_main(args: &Args, cfg: &StrongConfig) -> ExitCode {
                 acknowledged += r.ops_acknowledged;
                 unknown += r.ops_unknown;
                 kills += r.leader_kills;
+                leaders += r.leaders_seen;
                 failovers.extend(r.failovers_ms);
             }
             Err(v) => {
@@ -198,6 +199,7 @@ fn strong_main(args: &Args, cfg: &StrongConfig) -> ExitCode {
         args.seed_start,
         args.seeds as f64 / started.elapsed().as_secs_f64()
     );
+    println!("{leaders} leaders elected in all (a failover-free seed elects one)");
     println!(
         "failover after {kills} leader kills ({} measured): p50 {} ms, p99 {} ms, max {} ms (simulated)",
         failovers.len(),

@@ -404,6 +404,12 @@ async fn run_in(seed: u64, cfg: StrongConfig) -> Result<StrongReport, Violation>
         }
     }
 
+    // The fault phase lasts its whole length, faults or not (a calm run checks for failovers
+    // nobody caused).
+    tokio::time::sleep_until(start + Duration::from_millis(cfg.fault_phase_ms)).await;
+    if let Some(v) = broken.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        return Err(v);
+    }
     // Heal: every link mends, every region is up.
     {
         let mut w = world.lock().await;
@@ -458,7 +464,20 @@ async fn run_in(seed: u64, cfg: StrongConfig) -> Result<StrongReport, Violation>
         }
         for key in 0..cfg.keys {
             let invoke_ms = now_ms(start);
-            match node.read_barrier().await {
+            let retry = async {
+                loop {
+                    match node.read_barrier().await {
+                        Ok(i) => return Ok(i),
+                        Err(e) if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline => {
+                            return Err(e)
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            };
+            match tokio::time::timeout_at(deadline, retry).await.unwrap_or_else(|_| {
+                Err(mrr_consensus::ConsensusError::Unavailable { waited_ms: 0, detail: "heal deadline".into() })
+            }) {
                 Ok(_) => history.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default().push(Op {
                     client: usize::MAX - i,
                     invoke_ms,
