@@ -36,6 +36,7 @@ pub struct ApplyBatch {
 /// A consistent copy of the application's replicated state, at `position`.
 #[derive(Debug, Clone)]
 pub struct SnapshotData {
+    /// As stored by [`Apply::apply`]; empty when nothing has been applied yet.
     pub position: Vec<u8>,
     pub data: Vec<u8>,
 }
@@ -92,7 +93,8 @@ impl RaftSnapshotBuilder<Types> for StateMachine {
 
     async fn build_snapshot(&mut self) -> Result<openraft::alias::SnapshotOf<Types, SnapshotData>, io::Error> {
         let data = self.app.snapshot().await?;
-        let (last_log_id, last_membership) = position_of(Some(data.position.clone()))?;
+        // An empty position: nothing applied yet (a snapshot of the initial state).
+        let (last_log_id, last_membership) = position_of((!data.position.is_empty()).then(|| data.position.clone()))?;
         let meta = SnapshotMeta { last_log_id, last_membership };
         self.remember(meta.clone(), data.clone());
         Ok(Snapshot { meta, snapshot: data })
