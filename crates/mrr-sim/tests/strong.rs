@@ -4,7 +4,7 @@
 //! history per key, and liveness after the heal. A planted bug proves the checks bite.
 
 use mrr_core::planted::{self, Bug};
-use mrr_sim::strong::{run_strong, StrongConfig};
+use mrr_sim::strong::{quorum_loss, run_strong, StrongConfig};
 
 fn sweep(cfg: &StrongConfig, seeds: std::ops::Range<u64>) -> Vec<mrr_sim::strong::StrongReport> {
     seeds
@@ -57,5 +57,15 @@ fn no_false_failover_in_ten_minutes_of_jitter_and_loss() {
         StrongConfig { faults: 0, fault_phase_ms: 600_000, ops_per_client: 100, keys: 20, ..StrongConfig::default() };
     for r in sweep(&cfg, 0..3) {
         assert_eq!(r.leaders_seen, 1, "seed {}: leaders {:?}", r.seed, r.leaders_seen);
+    }
+}
+
+/// With two of three regions gone, the one left answers strong writes and reads as unavailable
+/// within the request bound: a leader left alone stops (its lease), a follower finds no leader.
+#[test]
+fn without_a_quorum_strong_operations_fail_within_the_bound() {
+    for seed in 0..3 {
+        let outcomes = quorum_loss(seed, &StrongConfig::default()).unwrap_or_else(|v| panic!("{v}"));
+        assert_eq!(outcomes.len(), 2, "both scenarios ran");
     }
 }

@@ -186,8 +186,8 @@ fn violation(seed: u64, invariant: &'static str, at_ms: u64, detail: String) -> 
     Violation { seed, invariant, at_ms, detail }
 }
 
-async fn run_in(seed: u64, cfg: StrongConfig) -> Result<StrongReport, Violation> {
-    let start = tokio::time::Instant::now();
+/// The regions, started (the preferred one first: it forms the group), at `start`.
+async fn build_world(seed: u64, cfg: &StrongConfig, start: tokio::time::Instant) -> Result<World, Violation> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x7374_726f_6e67);
     let names: Vec<RegionName> =
         (0..cfg.regions).map(|i| RegionName::new(format!("r{i}")).unwrap_or_else(|e| unreachable!("{e}"))).collect();
@@ -227,11 +227,15 @@ async fn run_in(seed: u64, cfg: StrongConfig) -> Result<StrongReport, Violation>
         })
         .collect();
     let mut world = World { seed, cfg: cfg.clone(), config, net, regions, clock: Arc::new(SimClock(start)), starts: 0 };
-    // The preferred region first: it forms the group.
     for i in 0..cfg.regions {
         world.start(i).await.map_err(|e| violation(seed, "simulator", now_ms(start), e))?;
     }
-    let world = Arc::new(tokio::sync::Mutex::new(world));
+    Ok(world)
+}
+
+async fn run_in(seed: u64, cfg: StrongConfig) -> Result<StrongReport, Violation> {
+    let start = tokio::time::Instant::now();
+    let world = Arc::new(tokio::sync::Mutex::new(build_world(seed, &cfg, start).await?));
     let history: History = Arc::default();
     let leaders: Arc<Mutex<BTreeMap<(u64, NodeId), ()>>> = Arc::default();
     let broken: Arc<Mutex<Option<Violation>>> = Arc::default();
@@ -521,4 +525,66 @@ async fn run_in(seed: u64, cfg: StrongConfig) -> Result<StrongReport, Violation>
         }
     }
     Ok(report)
+}
+
+/// How a region left alone answers strong operations, per scenario: the time until its write
+/// and its read failed.
+#[derive(Clone, Debug)]
+pub struct QuorumLoss {
+    pub write_failed_after_ms: u64,
+    pub read_failed_after_ms: u64,
+}
+
+/// Two of three regions gone: first both followers (the leader is left without a quorum),
+/// then, in a fresh group, the leader and one follower (a follower is left without a leader).
+/// Strong operations in the region left must fail within the request bound — reads as
+/// unavailable, writes as unavailable or (accepted before the leader's lease ran out) unknown —
+/// never hang and never succeed.
+pub fn quorum_loss(seed: u64, cfg: &StrongConfig) -> Result<Vec<QuorumLoss>, Violation> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build();
+    let rt = rt.map_err(|e| violation(seed, "simulator", 0, e.to_string()))?;
+    rt.block_on(async {
+        let mut out = Vec::new();
+        for keep in [0usize, 2] {
+            let start = tokio::time::Instant::now();
+            let mut world = build_world(seed, cfg, start).await?;
+            let first = world.regions[0].node.clone();
+            if let Some(n) = &first {
+                let command = Command(app::encode(&Proposal { request_id: 1, op: RegisterOp::Write { key: 0, value: 1 } }));
+                n.propose(command).await.map_err(|e| violation(seed, "strong_liveness", now_ms(start), e.to_string()))?;
+            }
+            for i in (0..cfg.regions).filter(|i| *i != keep) {
+                world.kill(i).await;
+            }
+            let Some(node) = world.regions[keep].node.clone() else { continue };
+            let bound_ms = world.config.timing.request_timeout_ms + world.config.timing.rpc_timeout_ms * 4;
+            let t0 = tokio::time::Instant::now();
+            let command = Command(app::encode(&Proposal { request_id: 2, op: RegisterOp::Write { key: 0, value: 2 } }));
+            let written = node.propose(command).await;
+            let write_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let t1 = tokio::time::Instant::now();
+            let read = node.read_barrier().await;
+            let read_ms = u64::try_from(t1.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let left = &world.regions[keep].name;
+            match (&written, &read) {
+                // A leader whose lease had not yet run out accepts the write and cannot commit
+                // it: "unknown" (it commits if the regions come back), never success.
+                (Err(_), Err(mrr_consensus::ConsensusError::Unavailable { .. }))
+                    if write_ms <= bound_ms && read_ms <= bound_ms => {}
+                _ => {
+                    return Err(violation(
+                        seed,
+                        "quorum_loss",
+                        now_ms(start),
+                        format!("{left} alone: write {written:?} after {write_ms} ms, read {read:?} after {read_ms} ms (bound {bound_ms} ms)"),
+                    ))
+                }
+            }
+            out.push(QuorumLoss { write_failed_after_ms: write_ms, read_failed_after_ms: read_ms });
+            if let Some(n) = &world.regions[keep].node {
+                n.shutdown().await;
+            }
+        }
+        Ok(out)
+    })
 }
