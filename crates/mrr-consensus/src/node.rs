@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::log_store::{Io, LogAdapter};
 use crate::network::{Network, Refused, Reply, Request, Transport};
 use crate::state_machine::{Apply, StateMachine};
-use crate::types::{node_id, Command, Member, NodeId, Response, Runtime};
+use crate::types::{node_id, Command, Member, NodeId, Response, Runtime, Types};
 
 /// The group's timers, in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,7 +155,6 @@ pub struct CoordinatorStatus {
 }
 
 type RaftNode = Raft<Types, StateMachine>;
-use crate::types::Types;
 
 /// A region's voter. Cheap to clone.
 #[derive(Clone)]
@@ -254,10 +253,6 @@ impl Consensus {
         self.status.clone()
     }
 
-    pub fn region_of(&self, id: NodeId) -> Option<&RegionName> {
-        self.config.members.name(id)
-    }
-
     fn deadline(&self) -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_millis(self.config.timing.request_timeout_ms)
     }
@@ -324,10 +319,7 @@ impl Consensus {
                 Err(Refused::Unknown(detail)) => return Err(ConsensusError::Unknown(detail)),
                 Err(r) => {
                     last = r.to_string();
-                    // A leader change is under way: give it a moment, bounded by the deadline.
-                    let pause = Duration::from_millis(self.config.timing.heartbeat_ms / 2);
-                    tokio::time::sleep(pause.min(deadline.saturating_duration_since(tokio::time::Instant::now())))
-                        .await;
+                    self.pause_before_retry(deadline).await;
                 }
             }
         }
@@ -382,9 +374,7 @@ impl Consensus {
                 }
                 Err(r) => {
                     last = r.to_string();
-                    let pause = Duration::from_millis(self.config.timing.heartbeat_ms / 2);
-                    tokio::time::sleep(pause.min(deadline.saturating_duration_since(tokio::time::Instant::now())))
-                        .await;
+                    self.pause_before_retry(deadline).await;
                 }
             }
         }
@@ -415,32 +405,35 @@ impl Consensus {
     /// Waits until this region applied `index`, or the deadline.
     pub async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) -> Result<(), ConsensusError> {
         let started = tokio::time::Instant::now();
-        let mut metrics = self.raft.metrics();
         let reached = |m: &openraft::RaftMetrics<Types>| m.last_applied.as_ref().is_some_and(|l| l.index() >= index);
-        loop {
-            if reached(&metrics.borrow_watched()) {
-                return Ok(());
+        match self.wait_metrics(deadline, reached).await {
+            Ok(_) => Ok(()),
+            Err(openraft::metrics::WaitError::Timeout(..)) => {
+                Err(self.unavailable(started, format!("index {index} not applied here")))
             }
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(fatal(e)),
-                Err(_) => return Err(self.unavailable(started, format!("index {index} not applied here"))),
-            }
+            Err(e) => Err(fatal(e)),
         }
     }
 
     /// The leader this node knows of, waiting (until `deadline`) while there is none.
     async fn leader_within(&self, deadline: tokio::time::Instant) -> Option<NodeId> {
-        let mut metrics = self.raft.metrics();
-        loop {
-            if let Some(l) = metrics.borrow_watched().current_leader {
-                return Some(l);
-            }
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return None,
-            }
-        }
+        self.wait_metrics(deadline, |m| m.current_leader.is_some()).await.ok().and_then(|m| m.current_leader)
+    }
+
+    /// openraft's own wait on its metrics, bounded by `deadline`.
+    async fn wait_metrics(
+        &self,
+        deadline: tokio::time::Instant,
+        until: impl Fn(&openraft::RaftMetrics<Types>) -> bool + Send,
+    ) -> Result<openraft::RaftMetrics<Types>, openraft::metrics::WaitError> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.raft.wait(Some(left)).metrics(until, "consensus").await
+    }
+
+    /// Before trying again: a leader change is under way, give it a moment (within the bound).
+    async fn pause_before_retry(&self, deadline: tokio::time::Instant) {
+        let pause = Duration::from_millis(self.config.timing.heartbeat_ms / 2);
+        tokio::time::sleep(pause.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
     }
 
     /// Answers a peer's request (the transport's server side calls this).

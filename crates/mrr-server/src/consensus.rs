@@ -37,15 +37,23 @@ fn io_error(e: mrr_storage::StoreError) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+impl GroupState {
+    /// Stores `position` (fsynced), off the runtime's threads.
+    async fn store(&self, position: Vec<u8>) -> io::Result<()> {
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.put_value(APPLIED, &position))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .map_err(io_error)
+    }
+}
+
 impl Apply for GroupState {
     fn apply(&self, batch: ApplyBatch) -> BoxFuture<io::Result<Vec<Response>>> {
-        let log = self.log.clone();
+        let this = Self { log: self.log.clone() };
         Box::pin(async move {
             let answers = batch.commands.iter().map(|_| Response(UNSUPPORTED.to_vec())).collect();
-            tokio::task::spawn_blocking(move || log.put_value(APPLIED, &batch.position))
-                .await
-                .map_err(|e| io::Error::other(e.to_string()))?
-                .map_err(io_error)?;
+            this.store(batch.position).await?;
             Ok(answers)
         })
     }
@@ -60,13 +68,8 @@ impl Apply for GroupState {
     }
 
     fn restore(&self, snapshot: SnapshotData) -> BoxFuture<io::Result<()>> {
-        let log = self.log.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || log.put_value(APPLIED, &snapshot.position))
-                .await
-                .map_err(|e| io::Error::other(e.to_string()))?
-                .map_err(io_error)
-        })
+        let this = Self { log: self.log.clone() };
+        Box::pin(async move { this.store(snapshot.position).await })
     }
 }
 

@@ -168,6 +168,27 @@ impl World {
 
 type History = Arc<Mutex<BTreeMap<u8, Vec<Op>>>>;
 
+/// Calls `op` until it succeeds or `deadline` passes (then the last error), as a client would.
+async fn retry_until<T, F, Fut>(deadline: tokio::time::Instant, mut op: F) -> Result<T, mrr_consensus::ConsensusError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, mrr_consensus::ConsensusError>>,
+{
+    let pause = Duration::from_millis(100);
+    let attempts = async {
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if tokio::time::Instant::now() + pause >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(pause).await,
+            }
+        }
+    };
+    tokio::time::timeout_at(deadline, attempts).await.unwrap_or_else(|_| {
+        Err(mrr_consensus::ConsensusError::Unavailable { waited_ms: 0, detail: "past the heal deadline".into() })
+    })
+}
+
 fn now_ms(start: tokio::time::Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
@@ -202,9 +223,7 @@ async fn build_world(seed: u64, cfg: &StrongConfig, start: tokio::time::Instant)
         loss_per_mille: cfg.loss_per_mille,
         cut: Default::default(),
         up: Default::default(),
-        epoch: start,
         messages: 0,
-        trace: Vec::new(),
     });
     // The largest round trip between two regions, as `mrr dev` writes it into `consensus.rtt_ms`.
     let rtt_ms = 2 * net.with(|s| s.delay_ms.values().copied().max().unwrap_or(0));
@@ -440,18 +459,8 @@ async fn run_in(seed: u64, cfg: StrongConfig) -> Result<StrongReport, Violation>
         // A client retries (with the same request id, so the write applies once) until the
         // bound: liveness is that it gets through, not that the first attempt does.
         let command = Command(app::encode(&proposal));
-        let retry = async {
-            loop {
-                match node.propose(command.clone()).await {
-                    Ok(r) => return Ok(r),
-                    Err(e) if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline => return Err(e),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        };
-        let written = tokio::time::timeout_at(deadline, retry).await;
-        match written {
-            Ok(Ok(_)) => history.lock().unwrap_or_else(PoisonError::into_inner).entry(0).or_default().push(Op {
+        match retry_until(deadline, || node.propose(command.clone())).await {
+            Ok(_) => history.lock().unwrap_or_else(PoisonError::into_inner).entry(0).or_default().push(Op {
                 client: usize::MAX - i,
                 invoke_ms,
                 return_ms: Some(now_ms(start)),
@@ -468,20 +477,7 @@ async fn run_in(seed: u64, cfg: StrongConfig) -> Result<StrongReport, Violation>
         }
         for key in 0..cfg.keys {
             let invoke_ms = now_ms(start);
-            let retry = async {
-                loop {
-                    match node.read_barrier().await {
-                        Ok(i) => return Ok(i),
-                        Err(e) if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline => {
-                            return Err(e)
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                    }
-                }
-            };
-            match tokio::time::timeout_at(deadline, retry).await.unwrap_or_else(|_| {
-                Err(mrr_consensus::ConsensusError::Unavailable { waited_ms: 0, detail: "heal deadline".into() })
-            }) {
+            match retry_until(deadline, || node.read_barrier()).await {
                 Ok(_) => history.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default().push(Op {
                     client: usize::MAX - i,
                     invoke_ms,
@@ -512,11 +508,6 @@ async fn run_in(seed: u64, cfg: StrongConfig) -> Result<StrongReport, Violation>
         }
     }
     report.messages = world.lock().await.net.with(|s| s.messages);
-    if std::env::var_os("MRR_SIM_TRACE").is_some() {
-        for t in world.lock().await.net.with(|s| s.trace.clone()) {
-            eprintln!("TRACE {t:?}");
-        }
-    }
     report.leaders_seen = leaders.lock().unwrap_or_else(PoisonError::into_inner).len();
     let w = world.lock().await;
     for r in &w.regions {

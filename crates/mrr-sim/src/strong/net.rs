@@ -23,10 +23,7 @@ pub struct NetState {
     pub cut: BTreeSet<(NodeId, NodeId)>,
     /// The nodes that are up.
     pub up: BTreeMap<NodeId, Consensus>,
-    pub epoch: tokio::time::Instant,
     pub messages: u64,
-    /// Every message's (send time, from, to, request bytes' first byte), for replay checks.
-    pub trace: Vec<(u64, NodeId, NodeId, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,11 +41,9 @@ impl SimNet {
     }
 
     /// The delay of one message, or `None` when it is lost.
-    fn hop(&self, from: NodeId, to: NodeId, tag: u64) -> Option<Duration> {
-        let now = tokio::time::Instant::now();
+    fn hop(&self, from: NodeId, to: NodeId) -> Option<Duration> {
         self.with(|s| {
             s.messages += 1;
-            s.trace.push((u64::try_from((now - s.epoch).as_millis()).unwrap_or(0), from, to, tag));
             if s.cut.contains(&(from, to)) {
                 return None;
             }
@@ -77,13 +72,13 @@ impl Transport for Endpoint {
         let (net, from) = (self.net.clone(), self.from);
         Box::pin(async move {
             let exchange = async {
-                let there = net.hop(from, to, request.len() as u64);
+                let there = net.hop(from, to);
                 let Some(there) = there else { return std::future::pending().await };
                 tokio::time::sleep(there).await;
                 let Some(target) = net.with(|s| s.up.get(&to).cloned()) else { return std::future::pending().await };
                 let answer = target.handle(&request).await;
                 // The sender may have died meanwhile; its caller is gone then, and so is this.
-                let Some(back) = net.hop(to, from, answer.len() as u64) else { return std::future::pending().await };
+                let Some(back) = net.hop(to, from) else { return std::future::pending().await };
                 tokio::time::sleep(back).await;
                 answer
             };
