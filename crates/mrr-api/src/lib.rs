@@ -148,12 +148,40 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// This node's clock is too far ahead of its peers' for its writes to replicate (503).
     ClockSkew,
+    /// `?consistency=strong` or an atomic update on a topic that is not `consistency: strong`
+    /// (400): there is no linearizable answer to give.
+    NotStrong,
+    /// The strong tier has no quorum (or lost it while the request waited): the write was not
+    /// acknowledged (503). When the message says the outcome is unknown, it may still apply;
+    /// retrying with the same `request_id` is safe.
+    StrongQuorumUnavailable,
+    /// An atomic update's `if` did not hold; `current` is the record as it is (409).
+    PreconditionFailed,
+    /// An atomic update's `if` does not parse, or is too deep or too large (400).
+    InvalidCondition,
+    /// An order comparison (`gt`, `gte`, ...) met a field of another type (422).
+    ConditionTypeMismatch,
+    /// An atomic update's `then` cannot apply to the record (`incr` of a string...) (422).
+    InvalidUpdate,
+    /// An atomic update without `request_id` (400).
+    MissingRequestId,
+    /// A `request_id` used before for a different request (409).
+    RequestIdReused,
+    /// `?consistency=` names no level this node serves (400).
+    InvalidConsistency,
+    /// `__metadata.regions` on a strong topic, whose records live in every region (400).
+    StrongPlacement,
+    /// A batch mixing strong and eventual topics (400): they commit by different paths.
+    MixedConsistency,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
+    /// `precondition_failed`: the record as it is (absent when it does not exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<Box<RecordEnvelope>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -56,6 +56,10 @@ pub struct Policies {
     /// The `regions` a write gets when it names none: per topic, else the cluster default
     /// (empty: every region). Not in the digest: a change carries its placement explicitly.
     pub placement: PlacementDefaults,
+    /// Topics with `consistency: strong`: every write goes through the strong tier's log
+    /// ([`crate::strong`]). In the digest: regions that disagree would apply a topic's writes
+    /// by different paths.
+    pub strong: std::collections::BTreeSet<String>,
 }
 
 /// Default `regions` per topic (`topics.<t>.regions`, `replication_rules.regions`).
@@ -79,7 +83,13 @@ impl Default for Policies {
 
 impl Policies {
     pub fn new(default: Rule, topics: BTreeMap<String, Rule>) -> Self {
-        Self { default, topics, lanes: LaneRules::default(), placement: PlacementDefaults::default() }
+        Self {
+            default,
+            topics,
+            lanes: LaneRules::default(),
+            placement: PlacementDefaults::default(),
+            strong: Default::default(),
+        }
     }
 
     pub fn with_lanes(mut self, lanes: LaneRules) -> Self {
@@ -90,6 +100,16 @@ impl Policies {
     pub fn with_placement(mut self, placement: PlacementDefaults) -> Self {
         self.placement = placement;
         self
+    }
+
+    pub fn with_strong(mut self, topics: impl IntoIterator<Item = String>) -> Self {
+        self.strong = topics.into_iter().collect();
+        self
+    }
+
+    /// Whether `topic` is `consistency: strong`.
+    pub fn is_strong(&self, topic: &str) -> bool {
+        self.strong.contains(topic)
     }
 
     pub fn rule(&self, topic: &str) -> &Rule {
@@ -106,6 +126,10 @@ impl Policies {
         let mut s = format!("default={}", describe(&self.default));
         for (topic, rule) in &self.topics {
             s.push_str(&format!(";{topic}={}", describe(rule)));
+        }
+        if !self.strong.is_empty() {
+            let strong: Vec<&str> = self.strong.iter().map(String::as_str).collect();
+            s.push_str(&format!(";strong={}", strong.join(",")));
         }
         s
     }

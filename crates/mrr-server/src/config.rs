@@ -96,6 +96,21 @@ pub struct TopicConfig {
     /// a region of the placement (default `replication_rules.placement_writes`).
     #[serde(default)]
     pub placement_writes: Option<PlacementWrites>,
+    /// `eventual` (default): writes commit locally and replicate asynchronously. `strong`:
+    /// every write is committed by a quorum through the strong tier's log before it is
+    /// acknowledged, and reads may ask for `?consistency=strong`. Fixed per topic: every
+    /// region must say the same (the policy digest covers it).
+    #[serde(default)]
+    pub consistency: TopicConsistency,
+}
+
+/// A topic's consistency.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopicConsistency {
+    #[default]
+    Eventual,
+    Strong,
 }
 
 /// What a region does with a write to a record not placed in it.
@@ -463,6 +478,16 @@ impl Config {
         }
         let mut seen = std::collections::BTreeSet::new();
         for r in &self.regions {
+            if r.name.as_str() == mrr_core::strong::STRONG_ORIGIN {
+                return Err(invalid(
+                    &format!("name: {}", r.name),
+                    format!(
+                        "a region cannot be named {:?}: that name is the strong tier's changelog stream",
+                        r.name.as_str()
+                    ),
+                    "rename the region",
+                ));
+            }
             if !seen.insert(&r.name) {
                 return Err(invalid(
                     &format!("name: {}", r.name),
@@ -557,6 +582,7 @@ impl Config {
             }
         };
         let mut topics = BTreeMap::new();
+        let mut strong = Vec::new();
         for (topic, t) in &self.topics {
             let at = format!("{topic}:");
             mrr_core::limits::validate_topic(topic).map_err(|e| {
@@ -589,6 +615,25 @@ impl Config {
                 (ConflictStrategy::Timestamp, None) => Rule::Timestamp,
                 (ConflictStrategy::Merge, None) => Rule::Merge,
             };
+            if t.consistency == TopicConsistency::Strong {
+                if t.conflict_strategy.is_some_and(|c| c != ConflictStrategy::Timestamp) {
+                    return Err(invalid(
+                        &at,
+                        format!("topic {topic} is consistency: strong and names conflict_strategy {}", strategy.name()),
+                        "a strong topic's writes are ordered by its log, so there are no conflicts to resolve: remove `conflict_strategy:`",
+                    ));
+                }
+                if t.regions.is_some() {
+                    return Err(invalid(
+                        &at,
+                        format!("topic {topic} is consistency: strong and names regions"),
+                        "strong records live in every region (each holds the log): remove `regions:`",
+                    ));
+                }
+                strong.push(topic.clone());
+                topics.insert(topic.clone(), Rule::Timestamp);
+                continue;
+            }
             topics.insert(topic.clone(), rule);
         }
         let lanes = self.build_lanes(&invalid)?;
@@ -607,7 +652,7 @@ impl Config {
                 "keep at least one entry, e.g. 100000",
             ));
         }
-        Ok(Policies::new(default, topics).with_lanes(lanes).with_placement(placement))
+        Ok(Policies::new(default, topics).with_lanes(lanes).with_placement(placement).with_strong(strong))
     }
 
     /// The forwarder of `placement_writes: forward`, when any topic (or the default) asks

@@ -5,71 +5,82 @@
 //! The leader is the coordinator every region reports (`GET /v1/cluster/coordinator`, status,
 //! metrics, and the log line `Coordinator elected: <region> (term <n>)`).
 //!
-//! What the group orders today is its own membership and leadership: strong topics and atomic
-//! updates, whose commands the writer will apply, are not built yet, so a command reaching
-//! this state machine is answered as unsupported (no node of this version proposes one).
+//! The group's state machine is the strong topics' records: each committed command (a
+//! [`StrongCommand`], JSON) goes to the writer with the position after it, and the writer
+//! evaluates it, applies it as ordinary changes of the reserved `strong` stream and commits
+//! both in one batch ([`mrr_writer::StrongBatch`]), so the applied position never parts from
+//! the records it describes. The outcome (postcard-encoded [`StrongOutcome`]) is the command's
+//! response, which the proposing region's API turns into its answer.
 
 use std::io;
 use std::sync::Arc;
 
 use metrics::{Key, Level, Metadata, Unit};
 use mrr_consensus::{Apply, ApplyBatch, BoxFuture, Consensus, ConsensusConfig, Io, Members, Response, SnapshotData};
+use mrr_core::strong::{StrongCommand, StrongOutcome};
 use mrr_core::PhysicalClock;
 use mrr_replication::consensus_link::{ConsensusLink, ConsensusSlot};
 use mrr_replication::metrics::SharedRecorder;
 use mrr_replication::Links;
 use mrr_storage::log::LogStore;
+use mrr_storage::Store;
+use mrr_writer::{StrongBatch, Writer};
 
 use crate::config::{peer_url, Config};
 
-const APPLIED: &str = "applied_position";
-/// What an unsupported command is answered.
-pub const UNSUPPORTED: &[u8] = b"unsupported command";
+/// Where a node of the release before strong topics kept the position (the log's values).
+const APPLIED_BEFORE_STRONG: &str = "applied_position";
 
-/// The state machine of a group that orders only its own configuration: its applied position,
-/// kept beside the log (the position is the whole state, so storing it is the atomic commit).
-#[derive(Debug)]
-struct GroupState {
+/// The strong topics' state machine: the writer applies, the store keeps the position.
+#[derive(Clone)]
+struct StrongState {
+    writer: Writer,
+    store: Arc<dyn Store>,
     log: Arc<dyn LogStore>,
 }
 
-fn io_error(e: mrr_storage::StoreError) -> io::Error {
-    io::Error::other(e.to_string())
-}
-
-impl GroupState {
-    /// Stores `position` (fsynced), off the runtime's threads.
-    async fn store(&self, position: Vec<u8>) -> io::Result<()> {
-        let log = self.log.clone();
-        tokio::task::spawn_blocking(move || log.put_value(APPLIED, &position))
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?
-            .map_err(io_error)
+impl std::fmt::Debug for StrongState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StrongState").finish_non_exhaustive()
     }
 }
 
-impl Apply for GroupState {
+fn io_error(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Decodes a command response.
+pub fn outcome_of(response: &Response) -> Result<StrongOutcome, String> {
+    postcard::from_bytes(&response.0).map_err(|e| format!("undecodable strong answer: {e}"))
+}
+
+impl Apply for StrongState {
     fn apply(&self, batch: ApplyBatch) -> BoxFuture<io::Result<Vec<Response>>> {
-        let this = Self { log: self.log.clone() };
+        let this = self.clone();
         Box::pin(async move {
-            let answers = batch.commands.iter().map(|_| Response(UNSUPPORTED.to_vec())).collect();
-            this.store(batch.position).await?;
-            Ok(answers)
+            let commands = batch.commands.iter().map(|(_, c)| StrongCommand::decode(&c.0)).collect();
+            let outcomes =
+                this.writer.apply_strong(StrongBatch { commands, position: batch.position }).await.map_err(io_error)?;
+            outcomes.iter().map(|o| postcard::to_stdvec(o).map(Response).map_err(io_error)).collect()
         })
     }
 
     fn position(&self) -> io::Result<Option<Vec<u8>>> {
-        self.log.get_value(APPLIED).map_err(io_error)
+        match self.store.recover().map_err(io_error)?.strong_position {
+            Some(p) => Ok(Some(p)),
+            // Only membership and leader entries were applied before strong topics existed.
+            None => self.log.get_value(APPLIED_BEFORE_STRONG).map_err(io_error),
+        }
     }
 
     fn snapshot(&self) -> BoxFuture<io::Result<SnapshotData>> {
-        let position = self.position();
-        Box::pin(async move { Ok(SnapshotData { position: position?.unwrap_or_default(), data: Vec::new() }) })
+        // The group never builds snapshots (`SnapshotPolicy::Never`) and keeps its whole log,
+        // so no follower is ever sent one; a snapshot of the records is issue 18's.
+        Box::pin(async { Err(io::Error::other("strong-state snapshots are not built: the log is kept whole")) })
     }
 
-    fn restore(&self, snapshot: SnapshotData) -> BoxFuture<io::Result<()>> {
-        let this = Self { log: self.log.clone() };
-        Box::pin(async move { this.store(snapshot.position).await })
+    fn restore(&self, _snapshot: SnapshotData) -> BoxFuture<io::Result<()>> {
+        Box::pin(async { Err(io::Error::other("strong-state snapshots are not installed: the log is kept whole")) })
     }
 }
 
@@ -89,6 +100,8 @@ pub async fn start(
     links: Links,
     clock: Arc<dyn PhysicalClock>,
     recorder: &SharedRecorder,
+    writer: Writer,
+    store: Arc<dyn Store>,
 ) -> Result<Consensus, ConsensusStartError> {
     let regions: Vec<_> = config.regions.iter().map(|r| (r.name.clone(), peer_url(&r.endpoint))).collect();
     let members = Members::new(&regions)?;
@@ -110,7 +123,7 @@ pub async fn start(
         preferred: config.coordinator().cloned(),
         timing: config.consensus.timing(config.links.as_ref()),
     };
-    let app = Arc::new(GroupState { log: log.clone() });
+    let app = Arc::new(StrongState { writer, store, log: log.clone() });
     let consensus =
         Consensus::start(consensus_config, log, Io::Blocking, app, Arc::new(link), clock, rand::random()).await?;
     let _ = slot.set(consensus.clone());

@@ -54,8 +54,11 @@ pub struct AppState {
     pub admission: Arc<crate::admission::Admission>,
     /// `dlq.max_entries`.
     pub dlq_max_entries: u64,
-    /// This region's voter in the strong tier's group: who the coordinator is.
+    /// This region's voter in the strong tier's group: the coordinator, strong writes and
+    /// linearizable reads.
     pub consensus: mrr_consensus::Consensus,
+    /// Topics with `consistency: strong`.
+    pub strong_topics: Arc<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -72,11 +75,13 @@ pub struct ApiError {
     message: String,
     /// `not_placed_here`: where the record lives (`x-mrr-placed-in`), for forwarding.
     placed_in: Option<axum::http::HeaderValue>,
+    /// `precondition_failed`: the record as it is.
+    pub(crate) current: Option<Box<RecordEnvelope>>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), placed_in: None }
+        Self { status, code, message: message.into(), placed_in: None, current: None }
     }
 
     pub(crate) fn message_text(&self) -> &str {
@@ -90,7 +95,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message } };
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, current: self.current } };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(v) = self.placed_in {
             response.headers_mut().insert(crate::forward::PLACED_IN, v);
@@ -114,6 +119,9 @@ impl From<WriteError> for ApiError {
             },
             WriteError::Rejected(r @ Rejection::PlacementPending { .. }) => {
                 Self::new(StatusCode::CONFLICT, ErrorCode::PlacementPending, r.to_string())
+            }
+            WriteError::Rejected(r @ Rejection::StrongTopic { .. }) => {
+                Self::bad(ErrorCode::MixedConsistency, r.to_string())
             }
             WriteError::Storage(_) | WriteError::Stopped | WriteError::Failed(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, e.to_string())
@@ -168,6 +176,7 @@ fn method_not_allowed() -> ApiError {
         put_record,
         patch_record,
         record_ops,
+        crate::strong::atomic,
         get_record,
         delete_record,
         crate::review::list_conflicts,
@@ -223,6 +232,7 @@ pub fn router(state: AppState) -> Router {
         .route("/records/{topic}", post(publish).get(list_records))
         .route("/records/{topic}/{id}", put(put_record).patch(patch_record).get(get_record).delete(delete_record))
         .route("/records/{topic}/{id}/ops", post(record_ops))
+        .route("/records/{topic}/{id}/atomic", post(crate::strong::atomic))
         .route("/conflicts", get(crate::review::list_conflicts))
         .route("/dlq", get(crate::review::list_dead_letters))
         .route("/dlq/{id}", axum::routing::delete(crate::review::discard_dead_letter))
@@ -382,7 +392,7 @@ async fn record_ops(
     write_one(&state, LocalOp::Ops { key, ops }).await
 }
 
-fn parse_ops(limits: &Limits, value: Value) -> ApiResult<Vec<FieldOp>> {
+pub(crate) fn parse_ops(limits: &Limits, value: Value) -> ApiResult<Vec<FieldOp>> {
     let list = match value {
         Value::Array(items) => items,
         Value::Object(mut m) if m.contains_key("ops") && m.len() == 1 => match m.remove("ops") {
@@ -425,14 +435,26 @@ fn parse_ops(limits: &Limits, value: Value) -> ApiResult<Vec<FieldOp>> {
     Ok(ops)
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct ReadQuery {
+    /// `local` (default): this region's copy, as stale as its apply lag. `strong`
+    /// (`consistency: strong` topics): linearizable, every write acknowledged before the read
+    /// is in the answer (a lease read at the coordinator, a read index elsewhere).
+    consistency: Option<String>,
+}
+
 /// Query one record: `query('users/u001')`.
-#[utoipa::path(get, path = "/v1/records/{topic}/{id}", params(("topic" = String, Path), ("id" = String, Path)),
-    responses((status = 200, body = RecordEnvelope), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/records/{topic}/{id}", params(("topic" = String, Path), ("id" = String, Path), ReadQuery),
+    responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn get_record(
     State(state): State<AppState>,
     Path((topic, id)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> ApiResult<Json<RecordEnvelope>> {
     let key = parse_key(&topic, &id)?;
+    let level = crate::strong::ReadConsistency::parse(q.consistency.as_deref())?;
+    crate::strong::read_barrier(&state, &key.topic, level).await?;
     match state.store.get(&key)? {
         Some(r) if !mrr_core::placement::places(&r.metadata, &state.region) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -477,6 +499,8 @@ struct ListQuery {
     /// Include deleted records (tombstones).
     #[serde(default)]
     include_deleted: bool,
+    /// `local` (default) or `strong`, as for one record.
+    consistency: Option<String>,
 }
 
 const LIST_LIMIT_MAX: usize = 1_000;
@@ -489,6 +513,8 @@ async fn list_records(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<RecordList>> {
     validate_topic(&topic).map_err(|e| ApiError::bad(ErrorCode::InvalidTopic, e.to_string()))?;
+    let level = crate::strong::ReadConsistency::parse(q.consistency.as_deref())?;
+    crate::strong::read_barrier(&state, &topic, level).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, LIST_LIMIT_MAX);
     let mut records = Vec::new();
     let mut after = q.after;
@@ -548,6 +574,11 @@ async fn batch(State(state): State<AppState>, body: Result<Bytes, BytesRejection
             }
         };
         ops.push(op);
+    }
+    if crate::strong::is_strong(&state, ops.iter().filter_map(LocalOp::key))? {
+        let writes = ops.into_iter().map(crate::strong::strong_write_of).collect::<ApiResult<Vec<_>>>()?;
+        let records = crate::strong::write(&state, &state.metrics.write_latency_batch, writes, None).await?;
+        return Ok(Json(BatchResponse { results: records.iter().map(|(k, r)| envelope(k, r)).collect() }));
     }
     let committed = timed_write(&state, &state.metrics.write_latency_batch, ops).await?;
     Ok(Json(BatchResponse { results: committed.iter().map(|c| envelope(&c.key, &c.record)).collect() }))
@@ -679,6 +710,9 @@ pub(crate) async fn write_one(state: &AppState, op: LocalOp) -> ApiResult<Json<R
         LocalOp::Ops { .. } => &state.metrics.write_latency_ops,
         LocalOp::Delete { .. } => &state.metrics.write_latency_delete,
     };
+    if crate::strong::is_strong(state, op.key().into_iter())? {
+        return crate::strong::write_one(state, latency, op).await;
+    }
     let committed: Vec<Committed> = timed_write(state, latency, vec![op]).await?;
     let c = committed.first().ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, "writer returned no result")
@@ -686,7 +720,7 @@ pub(crate) async fn write_one(state: &AppState, op: LocalOp) -> ApiResult<Json<R
     Ok(Json(envelope(&c.key, &c.record)))
 }
 
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -700,7 +734,7 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     })
 }
 
-fn json_error(e: &serde_json::Error) -> ApiError {
+pub(crate) fn json_error(e: &serde_json::Error) -> ApiError {
     if e.to_string().contains("recursion limit") {
         ApiError::bad(ErrorCode::TooDeep, "JSON nesting exceeds the parser's limit")
     } else {
@@ -708,7 +742,7 @@ fn json_error(e: &serde_json::Error) -> ApiError {
     }
 }
 
-fn parse_key(topic: &str, id: &str) -> ApiResult<Key> {
+pub(crate) fn parse_key(topic: &str, id: &str) -> ApiResult<Key> {
     validate_topic(topic).map_err(|e| ApiError::bad(ErrorCode::InvalidTopic, e.to_string()))?;
     validate_id(id).map_err(|e| ApiError::bad(ErrorCode::InvalidId, e.to_string()))?;
     Ok(Key::new(topic, id))

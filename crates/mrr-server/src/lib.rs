@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod review;
+pub mod strong;
 
 pub use config::Config;
 pub use node::{Listeners, Node, NodeOptions, StartError};

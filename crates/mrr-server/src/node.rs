@@ -173,6 +173,8 @@ impl Node {
             links.clone(),
             options.clock.clone(),
             &recorder,
+            writer.clone(),
+            store.clone(),
         )
         .await?;
 
@@ -200,6 +202,7 @@ impl Node {
             admission: crate::admission::Admission::new(max_skew_ms, recorder.as_ref()),
             dlq_max_entries: config.dlq.max_entries,
             consensus: consensus.clone(),
+            strong_topics: Arc::new(config.policies.strong.clone()),
         };
         // Histogram samples are folded into buckets here and at every scrape; the conflict log
         // is trimmed to its retention every 12 ticks (a minute).

@@ -116,6 +116,10 @@ impl Store for SimDisk {
         self.live.oldest_dead_letter_ms()
     }
 
+    fn strong_request(&self, request_id: &str) -> Result<Option<Vec<u8>>> {
+        self.live.strong_request(request_id)
+    }
+
     fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>> {
         self.live.dead_letter(id)
     }

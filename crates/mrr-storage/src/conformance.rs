@@ -259,8 +259,24 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     assert_eq!(store.history_from(&a2.key, &a1.version).expect("history"), (None, vec![]));
     assert_eq!(store.history_entry(&a1.key, &x1.version).expect("entry"), None);
 
+    // The strong tier's position and answered requests commit with a batch and stay until
+    // a later batch moves them.
+    assert_eq!(store.strong_request("r1").expect("request"), None);
+    let strong = CommitBatch {
+        strong_position: Some(b"p1".to_vec()),
+        strong_requests: vec![("r1".into(), b"answer".to_vec())],
+        ..CommitBatch::default()
+    };
+    assert!(!strong.is_empty(), "a position alone is something to commit");
+    store.commit(&strong).expect("commit");
+    store.commit(&CommitBatch { hlc_high_water: state.hlc_high_water, ..CommitBatch::default() }).expect("commit");
+    assert_eq!(store.recover().expect("recover").strong_position.as_deref(), Some(&b"p1"[..]));
+    assert_eq!(store.strong_request("r1").expect("request").as_deref(), Some(&b"answer"[..]));
+    let state = store.recover().expect("recover");
+
     // Everything survives a reopen.
     if let Some(store) = reopen(store) {
+        assert_eq!(store.strong_request("r1").expect("request").as_deref(), Some(&b"answer"[..]));
         assert_eq!(store.history_from(&a1.key, &b1.version).expect("history"), (None, vec![x2]));
         assert_eq!(store.conflicts().expect("conflicts"), vec![conflict]);
         assert_eq!(store.get(&a2.key).expect("get"), Some(a2.to_record()));

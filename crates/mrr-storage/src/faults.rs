@@ -190,6 +190,11 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.oldest_dead_letter_ms()
     }
 
+    fn strong_request(&self, request_id: &str) -> Result<Option<Vec<u8>>> {
+        self.plan.read("strong_request")?;
+        self.inner.strong_request(request_id)
+    }
+
     fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>> {
         self.plan.read("dead_letter")?;
         self.inner.dead_letter(id)

@@ -2,7 +2,8 @@
 //! `custom` keys), `conflicts` and `dlq` in one database, so a commit spanning them is one
 //! atomic write batch through fjall's journal. `conflicts_by_time` and `dlq_by_time` index
 //! the conflict log and the dead-letter queue by time, in the same batches, and their sizes
-//! are counted, so operator reads and retention never scan a whole log.
+//! are counted, so operator reads and retention never scan a whole log. `strong_requests` holds
+//! the strong tier's answered request ids, written in the commit that applied them.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,6 +27,7 @@ pub struct FjallStore {
     dlq: Keyspace,
     conflicts_by_time: Keyspace,
     dlq_by_time: Keyspace,
+    strong_requests: Keyspace,
     conflict_count: AtomicU64,
     dead_letter_count: AtomicU64,
     /// Serialises the writer's commits with the removals made outside them (retention, an
@@ -57,6 +59,7 @@ impl FjallStore {
         let dlq = db.keyspace("dlq", KeyspaceCreateOptions::default)?;
         let conflicts_by_time = db.keyspace("conflicts_by_time", KeyspaceCreateOptions::default)?;
         let dlq_by_time = db.keyspace("dlq_by_time", KeyspaceCreateOptions::default)?;
+        let strong_requests = db.keyspace("strong_requests", KeyspaceCreateOptions::default)?;
         let store = Self {
             db,
             records,
@@ -67,6 +70,7 @@ impl FjallStore {
             dlq,
             conflicts_by_time,
             dlq_by_time,
+            strong_requests,
             conflict_count: AtomicU64::new(0),
             dead_letter_count: AtomicU64::new(0),
             write_lock: Mutex::new(()),
@@ -187,6 +191,7 @@ impl Store for FjallStore {
         if let Some(v) = self.meta.get(encoding::HLC_KEY)? {
             state.hlc_high_water = decode("hlc high water", encoding::HLC_KEY, &v)?;
         }
+        state.strong_position = self.meta.get(encoding::STRONG_POSITION_KEY)?.map(|v| v.to_vec());
         Ok(state)
     }
 
@@ -206,6 +211,12 @@ impl Store for FjallStore {
             wb.insert(&self.meta, encoding::vv_key(stream), seq.to_be_bytes().to_vec());
         }
         wb.insert(&self.meta, encoding::HLC_KEY.to_vec(), encode(&batch.hlc_high_water));
+        if let Some(p) = &batch.strong_position {
+            wb.insert(&self.meta, encoding::STRONG_POSITION_KEY.to_vec(), p.clone());
+        }
+        for (id, answer) in &batch.strong_requests {
+            wb.insert(&self.strong_requests, id.as_bytes().to_vec(), answer.clone());
+        }
         // Removal and insertion of one key in a batch would depend on the batch's order: an
         // entry the batch writes is kept out of the removal instead.
         let written: std::collections::BTreeSet<Vec<u8>> =
@@ -396,6 +407,10 @@ impl Store for FjallStore {
             }
             None => Ok(None),
         }
+    }
+
+    fn strong_request(&self, request_id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.strong_requests.get(request_id.as_bytes())?.map(|v| v.to_vec()))
     }
 
     fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>> {

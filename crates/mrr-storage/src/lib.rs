@@ -51,6 +51,11 @@ pub struct CommitBatch {
     pub dead_letters: Vec<DeadLetter>,
     /// Dead letters that no longer apply: replayed, discarded, or applied by a re-fold.
     pub dead_letters_cleared: Vec<ChangeId>,
+    /// The strong tier's applied position (opaque to this crate), committed with the writes
+    /// it made so that the two never part: a restart resumes the log exactly after them.
+    pub strong_position: Option<Vec<u8>>,
+    /// Strong requests applied, by request id (opaque answers), so a retry applies once.
+    pub strong_requests: Vec<(String, Vec<u8>)>,
 }
 
 impl CommitBatch {
@@ -62,6 +67,8 @@ impl CommitBatch {
             && self.conflicts.is_empty()
             && self.dead_letters.is_empty()
             && self.dead_letters_cleared.is_empty()
+            && self.strong_position.is_none()
+            && self.strong_requests.is_empty()
     }
 }
 
@@ -102,6 +109,8 @@ impl ConflictCursor {
 pub struct RecoveredState {
     pub vv: VersionVector,
     pub hlc_high_water: Timestamp,
+    /// As last committed in [`CommitBatch::strong_position`].
+    pub strong_position: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +206,9 @@ pub trait Store: Send + Sync + 'static {
     }
 
     fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>>;
+
+    /// The answer stored for a strong request id ([`CommitBatch::strong_requests`]).
+    fn strong_request(&self, request_id: &str) -> Result<Option<Vec<u8>>>;
 
     /// Removes a dead letter from this region's queue (an operator's discard).
     fn discard_dead_letter(&self, id: &ChangeId) -> Result<()>;

@@ -25,6 +25,7 @@ struct Inner {
     conflicts_by_time: BTreeMap<u64, std::collections::BTreeSet<(ChangeId, ChangeId)>>,
     dlq: BTreeMap<ChangeId, DeadLetter>,
     dlq_by_time: std::collections::BTreeSet<(u64, ChangeId)>,
+    strong_requests: BTreeMap<String, Vec<u8>>,
 }
 
 impl Inner {
@@ -105,6 +106,12 @@ impl Store for MemStore {
         }
         inner.state.vv.join(&batch.vv);
         inner.state.hlc_high_water = batch.hlc_high_water;
+        if let Some(p) = &batch.strong_position {
+            inner.state.strong_position = Some(p.clone());
+        }
+        for (id, answer) in &batch.strong_requests {
+            inner.strong_requests.insert(id.clone(), answer.clone());
+        }
         for key in &batch.histories_dropped {
             inner.history.retain(|(k, _), _| k != key);
         }
@@ -208,6 +215,10 @@ impl Store for MemStore {
 
     fn oldest_dead_letter_ms(&self) -> Result<Option<u64>> {
         Ok(self.lock().dlq_by_time.first().map(|(t, _)| *t))
+    }
+
+    fn strong_request(&self, request_id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock().strong_requests.get(request_id).cloned())
     }
 
     fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>> {

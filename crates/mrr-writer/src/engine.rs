@@ -23,6 +23,8 @@ use mrr_storage::{CommitBatch, RecoveredState, Store, StoreError};
 use crate::pending::Pending;
 use crate::{Committed, LocalOp, Refusal};
 
+mod strong;
+
 /// What happened to a batch of remote changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RemoteOutcome {
@@ -50,6 +52,8 @@ pub enum Rejection {
     NoSuchDeadLetter(ChangeId),
     #[error("{key} is placed in {regions:?}, not in {local}: write it in one of those regions")]
     NotPlacedHere { key: Key, regions: Vec<String>, local: RegionName },
+    #[error("topic {topic} is `consistency: strong`: its writes go through the strong tier's log")]
+    StrongTopic { topic: String },
     #[error("{key} (placed in {regions:?}) is still receiving the content of {lacking} write(s) made concurrently with a move, and a move carries the whole record: retry shortly, or move it from another region of its placement")]
     PlacementPending { key: Key, regions: Vec<String>, lacking: usize },
 }
@@ -135,7 +139,7 @@ impl Engine {
 
     /// The batch to commit, or `None` when the group changed nothing.
     pub fn finish(&self, pending: Pending) -> Option<CommitBatch> {
-        if pending.changes.is_empty() {
+        if pending.is_empty() {
             return None;
         }
         let mut vv = VersionVector::new();
@@ -153,6 +157,8 @@ impl Engine {
             conflicts: pending.conflicts,
             dead_letters: pending.dead_letters.into_inner().into_values().collect(),
             dead_letters_cleared: pending.cleared.into_inner().into_keys().collect(),
+            strong_position: pending.strong_position,
+            strong_requests: pending.strong_requests.into_inner().into_iter().collect(),
         })
     }
 
@@ -198,6 +204,9 @@ impl Engine {
         ops: Vec<LocalOp>,
         physical_ms: u64,
     ) -> Result<Vec<Committed>, LocalFailure> {
+        if let Some(key) = ops.iter().filter_map(LocalOp::key).find(|k| self.policies.is_strong(&k.topic)) {
+            return Err(LocalFailure::Rejected(Rejection::StrongTopic { topic: key.topic.clone() }));
+        }
         let mut reads = Self::prefetch(pending, store, ops.iter().filter_map(LocalOp::key))?;
         // Replays read their dead letter (and its key) up front, like every other read.
         let mut letters = BTreeMap::new();
@@ -1079,6 +1088,16 @@ impl Engine {
                     out.refused = Some(Refusal::Loop { id: change.id() });
                     break;
                 }
+                Incoming::Strong => {
+                    out.refused = Some(Refusal::Strong { id: change.id() });
+                    break;
+                }
+            }
+            // A strong topic changes only through the log; a peer's write to one means it
+            // runs other policies than this region (which the handshake should have refused).
+            if self.policies.is_strong(&change.key.topic) {
+                out.refused = Some(Refusal::StrongTopic { id: change.id(), topic: change.key.topic.clone() });
+                break;
             }
             // A full dead-letter queue never drops a letter: a change that could add one (its
             // topic runs a handler) waits at its sender until there is room.

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use mrr_core::strong::{Invalid, StrongCommand, StrongOutcome};
 use mrr_core::{Change, PhysicalClock};
 use mrr_storage::{CommitBatch, Store, StoreError};
 
@@ -24,6 +25,17 @@ use crate::{Committed, LocalOp, WriteError};
 pub enum Work {
     Local(Vec<LocalOp>),
     Remote(Vec<Change>),
+    Strong(StrongBatch),
+}
+
+/// Committed entries of the strong tier's log, in log order, and the position after them.
+#[derive(Debug)]
+pub struct StrongBatch {
+    /// One per command entry; an entry that does not decode is answered as invalid, the same
+    /// way in every region.
+    pub commands: Vec<Result<StrongCommand, Invalid>>,
+    /// Committed with the commands' effects ([`mrr_storage::CommitBatch::strong_position`]).
+    pub position: Vec<u8>,
 }
 
 /// A request's answer, in the kind of its [`Work`].
@@ -31,6 +43,7 @@ pub enum Work {
 pub enum Answer {
     Local(Result<Vec<Committed>, WriteError>),
     Remote(Result<RemoteOutcome, WriteError>),
+    Strong(Result<Vec<StrongOutcome>, WriteError>),
 }
 
 /// A group applied to the engine but not yet committed.
@@ -106,6 +119,7 @@ impl GroupCommit {
             let refuse = |w: Work| match w {
                 Work::Local(_) => Answer::Local(Err(WriteError::Failed(reason.clone()))),
                 Work::Remote(_) => Answer::Remote(Err(WriteError::Failed(reason.clone()))),
+                Work::Strong(_) => Answer::Strong(Err(WriteError::Failed(reason.clone()))),
             };
             return Built { answers: work.into_iter().map(refuse).collect(), batch: None };
         }
@@ -125,9 +139,27 @@ impl GroupCommit {
                     let out = self.engine.apply_remote(&mut pending, store, changes, clock.now_ms());
                     Answer::Remote(out.map_err(|e| WriteError::Storage(Arc::new(e))))
                 }
+                Work::Strong(batch) => Answer::Strong(self.strong(&mut pending, store, batch)),
             })
             .collect();
         Built { answers, batch: self.engine.finish(pending) }
+    }
+
+    /// Applies a strong batch command by command. A read that fails part way stops the batch
+    /// without moving the position: the commands applied before it commit with the group
+    /// (each with its request id), so applying the batch again answers them as repeats.
+    fn strong(
+        &mut self,
+        pending: &mut crate::Pending,
+        store: &dyn Store,
+        batch: StrongBatch,
+    ) -> Result<Vec<StrongOutcome>, WriteError> {
+        let mut out = Vec::with_capacity(batch.commands.len());
+        for command in batch.commands {
+            out.push(self.engine.apply_strong(pending, store, command).map_err(|e| WriteError::Storage(Arc::new(e)))?);
+        }
+        self.engine.strong_position(pending, batch.position);
+        Ok(out)
     }
 
     /// The group's commit returned `commit` (`Ok` when there was nothing to commit). `store`
@@ -167,6 +199,7 @@ impl GroupCommit {
                     .map(|a| match a {
                         Answer::Local(_) => Answer::Local(Err(e.clone())),
                         Answer::Remote(_) => Answer::Remote(Err(e.clone())),
+                        Answer::Strong(_) => Answer::Strong(Err(e.clone())),
                     })
                     .collect();
                 Settled { answers, committed: None, durable_moved: false }

@@ -17,6 +17,7 @@ mod pending;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use mrr_core::strong::StrongOutcome;
 use mrr_core::{
     Change, ChangeId, ClockSkewError, FieldOp, Key, Metadata, PhysicalClock, Policies, Record, RegionName,
     VersionVector,
@@ -26,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use durable::DurableRule;
 pub use engine::{Engine, LocalFailure, Rejection, RemoteOutcome};
-pub use group::{Answer, Built, GroupCommit, Settled, Work};
+pub use group::{Answer, Built, GroupCommit, Settled, StrongBatch, Work};
 pub use pending::Pending;
 
 /// Wall-clock time from the operating system.
@@ -118,6 +119,10 @@ pub enum Refusal {
     Loop { id: ChangeId },
     #[error("change {id} refused: {skew}")]
     ClockSkew { id: ChangeId, skew: ClockSkewError },
+    #[error("change {id} is of the strong tier's stream, which reaches a region only through its log")]
+    Strong { id: ChangeId },
+    #[error("change {id} writes {topic}, a `consistency: strong` topic here: regions must agree on each topic's consistency")]
+    StrongTopic { id: ChangeId, topic: String },
     #[error("change {id} waits: this region's dead-letter queue is full (dlq.max_entries); replay or discard letters (GET /v1/dlq) to go on")]
     DeadLettersFull { id: ChangeId },
 }
@@ -146,6 +151,7 @@ impl Default for WriterConfig {
 enum Request {
     Local { ops: Vec<LocalOp>, reply: oneshot::Sender<Result<Vec<Committed>, WriteError>> },
     Remote { changes: Vec<Change>, reply: oneshot::Sender<Result<RemoteOutcome, WriteError>> },
+    Strong { batch: StrongBatch, reply: oneshot::Sender<Result<Vec<StrongOutcome>, WriteError>> },
 }
 
 /// Handle to the writer thread. Cheap to clone.
@@ -220,6 +226,14 @@ impl Writer {
     pub async fn apply_remote(&self, changes: Vec<Change>) -> Result<RemoteOutcome, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Request::Remote { changes, reply }).await.map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// Applies committed entries of the strong tier's log, with their position; returns once
+    /// committed, with one outcome per command.
+    pub async fn apply_strong(&self, batch: StrongBatch) -> Result<Vec<StrongOutcome>, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::Strong { batch, reply }).await.map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)?
     }
 
@@ -323,6 +337,7 @@ impl Request {
         match self {
             Request::Local { ops, reply } => (Work::Local(ops), Reply::Local(reply)),
             Request::Remote { changes, reply } => (Work::Remote(changes), Reply::Remote(reply)),
+            Request::Strong { batch, reply } => (Work::Strong(batch), Reply::Strong(reply)),
         }
     }
 }
@@ -330,6 +345,7 @@ impl Request {
 enum Reply {
     Local(oneshot::Sender<Result<Vec<Committed>, WriteError>>),
     Remote(oneshot::Sender<Result<RemoteOutcome, WriteError>>),
+    Strong(oneshot::Sender<Result<Vec<StrongOutcome>, WriteError>>),
 }
 
 impl Reply {
@@ -340,6 +356,9 @@ impl Reply {
                 let _ = tx.send(out);
             }
             (Reply::Remote(tx), Answer::Remote(out)) => {
+                let _ = tx.send(out);
+            }
+            (Reply::Strong(tx), Answer::Strong(out)) => {
                 let _ = tx.send(out);
             }
             (_, answer) => unreachable!("GroupCommit answers every request in its own kind, got {answer:?}"),

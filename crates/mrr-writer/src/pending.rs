@@ -106,6 +106,10 @@ pub struct Pending {
     /// `custom` keys that left this region's placement in this group: their stored fold
     /// history is gone (see [`mrr_storage::CommitBatch::histories_dropped`]).
     pub(crate) histories_dropped: JournaledSet<Key>,
+    /// Strong requests applied in this group, by request id: their stored answers.
+    pub(crate) strong_requests: Journaled<String, Vec<u8>>,
+    /// The strong tier's position after this group (set once per group, outside requests).
+    pub(crate) strong_position: Option<Vec<u8>>,
     pub(crate) now_ms: u64,
     /// New dead letters the queue can still take (`None`: unbounded).
     pub(crate) dead_letter_room: Option<u64>,
@@ -132,6 +136,8 @@ impl Pending {
             dead_letters: Journaled::default(),
             cleared: Journaled::default(),
             histories_dropped: Journaled::default(),
+            strong_requests: Journaled::default(),
+            strong_position: None,
             now_ms,
             dead_letter_room: None,
             open: None,
@@ -163,6 +169,7 @@ impl Pending {
             self.dead_letters.release();
             self.cleared.release();
             self.histories_dropped.release();
+            self.strong_requests.release();
         } else {
             self.changes.truncate(savepoint.changes);
             self.conflicts.truncate(savepoint.conflicts);
@@ -172,13 +179,14 @@ impl Pending {
             self.dead_letters.rollback();
             self.cleared.rollback();
             self.histories_dropped.rollback();
+            self.strong_requests.rollback();
         }
         out
     }
 
     /// Nothing in the group yet.
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+        self.changes.is_empty() && self.strong_position.is_none()
     }
 }
 

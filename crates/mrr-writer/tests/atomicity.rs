@@ -205,6 +205,9 @@ impl Store for WritesThenFails {
     fn oldest_dead_letter_ms(&self) -> mrr_storage::Result<Option<u64>> {
         self.0.oldest_dead_letter_ms()
     }
+    fn strong_request(&self, request_id: &str) -> mrr_storage::Result<Option<Vec<u8>>> {
+        self.0.strong_request(request_id)
+    }
     fn dead_letter(&self, id: &mrr_core::ChangeId) -> mrr_storage::Result<Option<mrr_core::DeadLetter>> {
         self.0.dead_letter(id)
     }

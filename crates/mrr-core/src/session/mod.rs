@@ -244,6 +244,10 @@ impl OutboundSession {
 
     /// Whether changes of `origin` go to this peer through this session.
     pub fn carries(&self, origin: &RegionName) -> bool {
+        // Strong changes reach every region through the log, never through a session.
+        if origin.as_str() == crate::strong::STRONG_ORIGIN {
+            return false;
+        }
         let loops_back = origin == &self.peer && !crate::planted::active(crate::planted::Bug::SendOwnChangesBack);
         !loops_back && (origin == &self.local || !self.peer_direct.contains(origin))
     }
@@ -409,11 +413,17 @@ pub enum Incoming {
     },
     /// Protocol violation: a peer sent this node its own change.
     Loop,
+    /// Protocol violation: a peer sent a change of the strong tier's stream, which every
+    /// region writes from the log itself.
+    Strong,
 }
 
 pub fn admit_incoming(local: &RegionName, applied: &VersionVector, stream: &Stream, seq: u64) -> Incoming {
     if &stream.origin == local {
         return Incoming::Loop;
+    }
+    if stream.origin.as_str() == crate::strong::STRONG_ORIGIN {
+        return Incoming::Strong;
     }
     match applied.admit(stream, seq) {
         Admission::Next => Incoming::Apply,
