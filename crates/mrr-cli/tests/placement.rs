@@ -64,7 +64,7 @@ async fn vip_users_live_in_europe_and_america_only_and_move_when_their_regions_c
     // A write in Tokyo is refused with what to do; nothing changes anywhere.
     let refused = c[TOKYO].put("users/vip1", &json!({"name": "Eve"})).await;
     match refused {
-        Err(ClientError::Api { status: 409, code: ErrorCode::NotPlacedHere, message }) => {
+        Err(ClientError::Api { status: 409, code: ErrorCode::NotPlacedHere, message, .. }) => {
             assert!(message.contains("eu-central") && message.contains("us-west"), "{message}");
         }
         other => panic!("expected 409 not_placed_here, got {other:?}"),

@@ -15,7 +15,16 @@ pub enum ClientError {
     #[error("request to {url} failed: {source}")]
     Http { url: String, source: reqwest::Error },
     #[error("{status} {code:?}: {message}")]
-    Api { status: u16, code: ErrorCode, message: String },
+    Api {
+        status: u16,
+        code: ErrorCode,
+        message: String,
+        /// `precondition_failed`: the record as it is.
+        current: Option<Box<RecordEnvelope>>,
+    },
+    /// [`Client::atomic_update`] lost the compare-and-set to other writers on every attempt.
+    #[error("{path}: the record changed under each of {attempts} attempts (other writers won the compare-and-set); retry later, or express the update as an atomic condition (Client::atomic), which never needs retries")]
+    Contended { path: String, attempts: u32 },
     #[error("unexpected response {status} from {url}: {body}")]
     Unexpected { url: String, status: u16, body: String },
     #[error("{0:?} is not a record path; write it as topic/id, e.g. users/u001")]
@@ -210,6 +219,83 @@ impl Client {
         self.send(self.http.delete(format!("{}/v1/dlq/{id}", self.base))).await
     }
 
+    /// Reads a record linearizably (`?consistency=strong`, topics with `consistency: strong`):
+    /// every write acknowledged anywhere before the call is in the answer.
+    pub async fn query_strong(&self, path: &str) -> Result<Option<RecordEnvelope>> {
+        let (topic, id) = split_path(path)?;
+        let url = format!("{}/v1/records/{topic}/{id}?consistency=strong", self.base);
+        match self.send(self.http.get(url)).await {
+            Ok(r) => Ok(Some(r)),
+            Err(ClientError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An atomic update (`POST .../atomic`): `then` applies only if `condition` holds, in one
+    /// step of the strong tier's state machine. `request_id` makes a retry of this call apply
+    /// once. A condition that does not hold is `Api { code: PreconditionFailed, current, .. }`.
+    pub async fn atomic(
+        &self,
+        path: &str,
+        condition: &Value,
+        then: &Value,
+        request_id: &str,
+    ) -> Result<RecordEnvelope> {
+        let (topic, id) = split_path(path)?;
+        let body = serde_json::json!({"if": condition, "then": then, "request_id": request_id});
+        self.send(self.http.post(format!("{}/v1/records/{topic}/{id}/atomic", self.base)).json(&body)).await
+    }
+
+    /// The article's `AtomicUpdate(topic, id, func(current) {...}, WithRetry(n))`: reads the
+    /// record linearizably, runs `update` on its fields (an absent record starts as `{"id"}`),
+    /// and writes the fields it changed with a compare-and-set on the version it read. When
+    /// another writer got there first, it reads and runs `update` again, up to `retries` more
+    /// times, then answers [`ClientError::Contended`]. An `update` that changes nothing writes
+    /// nothing and answers the record as read (`None` if it does not exist).
+    pub async fn atomic_update(
+        &self,
+        topic: &str,
+        id: &str,
+        mut update: impl FnMut(&mut serde_json::Map<String, Value>),
+        retries: u32,
+    ) -> Result<Option<RecordEnvelope>> {
+        let path = format!("{topic}/{id}");
+        for _ in 0..=retries {
+            let current = self.query_strong(&path).await?;
+            let before = match current.as_ref().map(|r| &r.value) {
+                Some(Value::Object(m)) => m.clone(),
+                _ => serde_json::Map::from_iter([("id".to_owned(), Value::String(id.to_owned()))]),
+            };
+            let mut after = before.clone();
+            update(&mut after);
+            let mut ops: Vec<Value> = after
+                .iter()
+                .filter(|(k, v)| before.get(*k) != Some(*v))
+                .map(|(k, v)| serde_json::json!({"op": "set", "field": k, "value": v}))
+                .collect();
+            ops.extend(
+                before
+                    .keys()
+                    .filter(|k| !after.contains_key(*k))
+                    .map(|k| serde_json::json!({"op": "set", "field": k, "value": null})),
+            );
+            if ops.is_empty() {
+                return Ok(current);
+            }
+            let condition = match &current {
+                Some(r) => serde_json::json!({"$version": r.version.hlc}),
+                None => serde_json::json!({"$exists": false}),
+            };
+            let request_id = format!("{:032x}", rand::random::<u128>());
+            match self.atomic(&path, &condition, &Value::Array(ops), &request_id).await {
+                Ok(r) => return Ok(Some(r)),
+                Err(ClientError::Api { code: ErrorCode::PreconditionFailed, .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Contended { path, attempts: retries + 1 })
+    }
+
     async fn send<T: DeserializeOwned>(&self, mut request: reqwest::RequestBuilder) -> Result<T> {
         if let Some(k) = &self.api_key {
             request = request.bearer_auth(k);
@@ -226,7 +312,12 @@ impl Client {
             });
         }
         match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(e) => Err(ClientError::Api { status: status.as_u16(), code: e.error.code, message: e.error.message }),
+            Ok(e) => Err(ClientError::Api {
+                status: status.as_u16(),
+                code: e.error.code,
+                message: e.error.message,
+                current: e.error.current,
+            }),
             Err(_) => Err(ClientError::Unexpected {
                 url,
                 status: status.as_u16(),

@@ -177,6 +177,11 @@ impl DevCluster {
                 };
                 s.push_str(&format!("  {}: {{ conflict_strategy: {}{handler} }}\n", t.name, t.strategy));
             }
+            if self.derived.is_none() {
+                s.push_str(
+                    "  # Linearizable: every write committed by a quorum through the coordinator's log (docs/consistency.md).\n  stock: { consistency: strong }\n",
+                );
+            }
         }
         // The strong tier's timers: the largest round trip between two regions.
         let rtt_ms = self

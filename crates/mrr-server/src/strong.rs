@@ -65,7 +65,7 @@ fn not_strong(topic: &str, what: &str) -> ApiError {
     ApiError::bad(
         ErrorCode::NotStrong,
         format!(
-            "topic {topic} is not `consistency: strong`, so {what} has no linearizable answer here; declare it under `topics:` (every region alike) or read with consistency=local"
+            "topic {topic} is not `consistency: strong`, so {what} cannot be served here; declare the topic `consistency: strong` under `topics:` (in every region alike), or read with consistency=local"
         ),
     )
 }

@@ -18,7 +18,7 @@ use serde_json::json;
 async fn put(client: &Client, path: &str) -> anyhow::Result<Result<RecordEnvelope, String>> {
     match client.put(path, &json!({"at": path})).await {
         Ok(r) => Ok(Ok(r)),
-        Err(ClientError::Api { status: 503, code: ErrorCode::ClockSkew, message }) => Ok(Err(message)),
+        Err(ClientError::Api { status: 503, code: ErrorCode::ClockSkew, message, .. }) => Ok(Err(message)),
         Err(e) => Err(e.into()),
     }
 }
