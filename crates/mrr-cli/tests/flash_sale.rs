@@ -78,7 +78,8 @@ async fn buyer(clients: Vec<Client>, home: usize, buyer: usize, sold: Arc<Atomic
                 }
                 // No definite answer: the same request again, elsewhere. Not a new request id:
                 // that one may have applied.
-                Err(ClientError::Api { code: ErrorCode::StrongQuorumUnavailable, .. }) | Err(ClientError::Http { .. }) => {
+                Err(ClientError::Api { code: ErrorCode::StrongQuorumUnavailable, .. })
+                | Err(ClientError::Http { .. }) => {
                     retried = true;
                     region = (region + 1) % clients.len();
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -130,7 +131,9 @@ async fn a_flash_sale_never_oversells_while_the_coordinator_is_killed_and_restar
         told += bought.items;
         retried += bought.retried;
     }
-    eprintln!("sold {told}; {sold_while_down} while the coordinator was down; {retried} requests answered after a retry");
+    eprintln!(
+        "sold {told}; {sold_while_down} while the coordinator was down; {retried} requests answered after a retry"
+    );
     assert!(sold_while_down > 0, "the sale went on without the old coordinator");
 
     // Every region ends with the same stock, never below zero, and exactly what the buyers
