@@ -410,7 +410,7 @@ pub enum StrongOutcome {
     /// The condition did not hold; the record as it is (`None`: absent).
     PreconditionFailed {
         key: Key,
-        current: Option<Record>,
+        current: Option<Box<Record>>,
     },
     Invalid(Invalid),
 }

@@ -92,17 +92,30 @@ pub enum ConsensusStartError {
     Link(String),
 }
 
+/// Where the voter keeps its log and applies what commits.
+#[derive(Clone)]
+pub struct Storage {
+    pub log: Arc<dyn LogStore>,
+    pub writer: Writer,
+    pub store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").finish_non_exhaustive()
+    }
+}
+
 /// Starts the voter and fills `slot`, so the peer listener answers its peers' calls.
 pub async fn start(
     config: &Config,
-    log: Arc<dyn LogStore>,
+    storage: Storage,
     slot: ConsensusSlot,
     links: Links,
     clock: Arc<dyn PhysicalClock>,
     recorder: &SharedRecorder,
-    writer: Writer,
-    store: Arc<dyn Store>,
 ) -> Result<Consensus, ConsensusStartError> {
+    let Storage { log, writer, store } = storage;
     let regions: Vec<_> = config.regions.iter().map(|r| (r.name.clone(), peer_url(&r.endpoint))).collect();
     let members = Members::new(&regions)?;
     let peers = regions.iter().filter(|(r, _)| *r != config.region).cloned().collect();

@@ -166,17 +166,10 @@ impl Node {
             consensus: consensus_slot.clone(),
         };
         let replicator = Replicator::start(replication, peer_listener, deps).await?;
-        let consensus = crate::consensus::start(
-            &config,
-            consensus_log,
-            consensus_slot,
-            links.clone(),
-            options.clock.clone(),
-            &recorder,
-            writer.clone(),
-            store.clone(),
-        )
-        .await?;
+        let storage = crate::consensus::Storage { log: consensus_log, writer: writer.clone(), store: store.clone() };
+        let consensus =
+            crate::consensus::start(&config, storage, consensus_slot, links.clone(), options.clock.clone(), &recorder)
+                .await?;
 
         let state = AppState {
             cluster: config.cluster.clone(),

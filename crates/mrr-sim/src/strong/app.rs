@@ -1,14 +1,21 @@
 //! The simulated strong tier's application: registers by key, with writes and compare-and-set
-//! ordered by the group, and the request-id table that makes a retried command apply once.
-//! Its state is its "disk": it survives a crash of the node (the consensus log does too), as
-//! an applied-and-fsynced state machine would.
+//! ordered by the group, applied by the node's own strong path — each command becomes a
+//! [`StrongCommand`] (a put, or an atomic update whose condition is the compare) that
+//! [`GroupCommit`] evaluates, dedups by request id and commits with the position to a
+//! [`MemStore`], exactly as a node's writer does. Its store is its "disk": it survives a crash
+//! of the node (the consensus log does too), as an applied-and-fsynced state machine would.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use mrr_consensus::{Apply, ApplyBatch, BoxFuture, Command, Response, SnapshotData};
+use mrr_core::strong::{Condition, Invalid, StrongCommand, StrongOutcome, StrongWrite};
+use mrr_core::{FieldOp, Key, Metadata, PhysicalClock, Policies, RegionName, Rule};
+use mrr_storage::{MemStore, RecoveredState, Store};
+use mrr_writer::{Answer, DurableRule, Engine, GroupCommit, StrongBatch, Work};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RegisterOp {
@@ -34,84 +41,169 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).unwrap_or_else(|e| unreachable!("plain data encodes: {e}"))
 }
 
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-struct State {
-    values: BTreeMap<u8, u64>,
-    answered: BTreeMap<u64, Outcome>,
-    position: Option<Vec<u8>>,
-    /// Commands applied, duplicates excluded.
-    applied: u64,
+/// The strong topic the registers live in.
+const TOPIC: &str = "registers";
+
+fn key_of(key: u8) -> Key {
+    Key::new(TOPIC, key.to_string())
 }
 
-#[derive(Debug, Default, Clone)]
+/// The command a proposal is: a put, or an update of `v` whose condition is the compare
+/// (a register never written holds 0).
+fn command_of(p: &Proposal) -> StrongCommand {
+    let write = match p.op {
+        RegisterOp::Write { key, value } => StrongWrite::Put {
+            key: key_of(key),
+            value: json!({ "v": value }).to_string(),
+            metadata: Metadata::default(),
+        },
+        RegisterOp::Cas { key, expect, new } => {
+            let test =
+                if expect == 0 { json!({"$or": [{"v": 0}, {"$exists": false}]}) } else { json!({ "v": expect }) };
+            StrongWrite::Update {
+                key: key_of(key),
+                condition: Some(Condition::parse(&test).unwrap_or_else(|e| unreachable!("a valid condition: {e}"))),
+                ops: vec![FieldOp::Set { field: "v".into(), value: json!(new) }],
+            }
+        }
+    };
+    StrongCommand::new(p.request_id.to_string(), 0, vec![write])
+}
+
+/// The strong path never reads the writer's clock (versions come from the command).
+struct NoClock;
+
+impl PhysicalClock for NoClock {
+    fn now_ms(&self) -> u64 {
+        0
+    }
+}
+
+struct Inner {
+    core: GroupCommit,
+    store: MemStore,
+    rule: DurableRule,
+    /// What each applied request found before it: the simulator's own bookkeeping, for the
+    /// answer (the strong path answers with the new record, the checker wants the old value).
+    befores: BTreeMap<u64, u64>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct Registers {
-    state: Arc<Mutex<State>>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Default for Registers {
+    fn default() -> Self {
+        let policies = Policies::new(Rule::Timestamp, BTreeMap::new()).with_strong([TOPIC.to_owned()]);
+        let local = RegionName::new("sim").unwrap_or_else(|_| unreachable!("a valid name"));
+        let engine = Engine::new(local, RecoveredState::default(), 0, Arc::new(policies));
+        let inner = Inner {
+            core: GroupCommit::new(engine, u64::MAX),
+            store: MemStore::new(),
+            rule: DurableRule::new(false, mrr_core::VersionVector::new()),
+            befores: BTreeMap::new(),
+        };
+        Self { inner: Arc::new(Mutex::new(inner)) }
+    }
+}
+
+fn value_in(store: &MemStore, key: &Key) -> u64 {
+    let record = store.get(key).ok().flatten().filter(|r| !r.is_tombstone());
+    let value: Option<Value> = record.and_then(|r| serde_json::from_slice(r.value.as_deref()?).ok());
+    value.and_then(|v| v["v"].as_u64()).unwrap_or(0)
+}
+
+fn invalid_data(e: impl ToString) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
 impl Registers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn value(&self, key: u8) -> u64 {
-        self.lock().values.get(&key).copied().unwrap_or(0)
+        value_in(&self.lock().store, &key_of(key))
+    }
+
+    fn apply_now(&self, batch: ApplyBatch) -> io::Result<Vec<Response>> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let proposals = batch
+            .commands
+            .iter()
+            .map(|(_, Command(bytes))| postcard::from_bytes::<Proposal>(bytes).map_err(invalid_data))
+            .collect::<io::Result<Vec<_>>>()?;
+        // What each register holds before each command, walking the batch in order.
+        let mut now: BTreeMap<u8, u64> = BTreeMap::new();
+        for p in &proposals {
+            let key = match p.op {
+                RegisterOp::Write { key, .. } | RegisterOp::Cas { key, .. } => key,
+            };
+            now.entry(key).or_insert_with(|| value_in(&inner.store, &key_of(key)));
+        }
+        let commands: Vec<Result<StrongCommand, Invalid>> = proposals.iter().map(|p| Ok(command_of(p))).collect();
+        let built = inner.core.build(
+            &inner.store,
+            [Work::Strong(StrongBatch { commands, position: batch.position })],
+            &NoClock,
+        );
+        let commit = built.batch().map_or(Ok(()), |b| inner.store.commit(b));
+        let settled = inner.core.settle(built, commit, &inner.store, &mut inner.rule);
+        let outcomes = match settled.answers.into_iter().next() {
+            Some(Answer::Strong(Ok(outcomes))) => outcomes,
+            other => return Err(io::Error::other(format!("the strong path failed: {other:?}"))),
+        };
+        let mut out = Vec::with_capacity(outcomes.len());
+        for (p, outcome) in proposals.iter().zip(outcomes) {
+            let (key, value) = match p.op {
+                RegisterOp::Write { key, value } | RegisterOp::Cas { key, new: value, .. } => (key, value),
+            };
+            let held = now.get(&key).copied().unwrap_or(0);
+            let answer = match outcome {
+                StrongOutcome::Applied { .. } => {
+                    inner.befores.insert(p.request_id, held);
+                    now.insert(key, value);
+                    Outcome { applied: true, before: held }
+                }
+                StrongOutcome::Repeated { .. } => {
+                    let before = inner.befores.get(&p.request_id).copied().ok_or_else(|| {
+                        io::Error::other(format!("request {} answered as a repeat but never applied", p.request_id))
+                    })?;
+                    Outcome { applied: true, before }
+                }
+                StrongOutcome::PreconditionFailed { .. } => Outcome { applied: false, before: held },
+                StrongOutcome::Invalid(e) => return Err(io::Error::other(format!("command refused: {e}"))),
+            };
+            out.push(Response(encode(&answer)));
+        }
+        Ok(out)
     }
 }
 
 impl Apply for Registers {
     fn apply(&self, batch: ApplyBatch) -> BoxFuture<io::Result<Vec<Response>>> {
-        let mut s = self.lock();
-        let mut out = Vec::with_capacity(batch.commands.len());
-        for (_, Command(bytes)) in batch.commands {
-            let p = postcard::from_bytes::<Proposal>(&bytes)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
-            let outcome = match p {
-                Err(e) => return Box::pin(async move { Err(e) }),
-                Ok(p) => match s.answered.get(&p.request_id) {
-                    Some(o) => *o,
-                    None => {
-                        let (key, next, applied) = match p.op {
-                            RegisterOp::Write { key, value } => (key, Some(value), true),
-                            RegisterOp::Cas { key, expect, new } => {
-                                let now = s.values.get(&key).copied().unwrap_or(0);
-                                (key, (now == expect).then_some(new), now == expect)
-                            }
-                        };
-                        let before = s.values.get(&key).copied().unwrap_or(0);
-                        if let Some(v) = next {
-                            s.values.insert(key, v);
-                        }
-                        s.applied += 1;
-                        let o = Outcome { applied, before };
-                        s.answered.insert(p.request_id, o);
-                        o
-                    }
-                },
-            };
-            out.push(Response(encode(&outcome)));
-        }
-        s.position = Some(batch.position);
-        Box::pin(async move { Ok(out) })
+        let out = self.apply_now(batch);
+        Box::pin(async move { out })
     }
 
     fn position(&self) -> io::Result<Option<Vec<u8>>> {
-        Ok(self.lock().position.clone())
+        self.lock().store.recover().map(|r| r.strong_position).map_err(io::Error::other)
     }
 
     fn snapshot(&self) -> BoxFuture<io::Result<SnapshotData>> {
-        let s = self.lock().clone();
-        Box::pin(async move { Ok(SnapshotData { position: s.position.clone().unwrap_or_default(), data: encode(&s) }) })
+        // As on a node: the group keeps its whole log and never builds a snapshot.
+        Box::pin(async { Err(io::Error::other("strong-state snapshots are not built: the log is kept whole")) })
     }
 
-    fn restore(&self, snapshot: SnapshotData) -> BoxFuture<io::Result<()>> {
-        let restored = postcard::from_bytes::<State>(&snapshot.data)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
-        let this = self.clone();
-        Box::pin(async move {
-            let mut state = restored?;
-            state.position = Some(snapshot.position);
-            *this.lock() = state;
-            Ok(())
-        })
+    fn restore(&self, _snapshot: SnapshotData) -> BoxFuture<io::Result<()>> {
+        Box::pin(async { Err(io::Error::other("strong-state snapshots are not installed: the log is kept whole")) })
     }
 }

@@ -99,7 +99,7 @@ impl Engine {
             let (value, metadata) = match evaluate(write, current.as_ref()) {
                 Err(invalid) => return Err(Abort::Answer(StrongOutcome::Invalid(invalid))),
                 Ok(Effect::PreconditionFailed) => {
-                    let current = current.filter(|r| !r.is_tombstone());
+                    let current = current.filter(|r| !r.is_tombstone()).map(Box::new);
                     return Err(Abort::Answer(StrongOutcome::PreconditionFailed { key: key.clone(), current }));
                 }
                 Ok(Effect::Write { value, metadata }) => (value, metadata),
