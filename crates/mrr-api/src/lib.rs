@@ -173,6 +173,8 @@ pub enum ErrorCode {
     StrongPlacement,
     /// A batch mixing strong and eventual topics (400): they commit by different paths.
     MixedConsistency,
+    /// An atomic update names a `function` its topic does not declare (400).
+    UnknownFunction,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -60,6 +60,9 @@ pub struct Policies {
     /// ([`crate::strong`]). In the digest: regions that disagree would apply a topic's writes
     /// by different paths.
     pub strong: std::collections::BTreeSet<String>,
+    /// Update functions of strong topics, by topic and name. In the digest: every region runs
+    /// them in its state machine.
+    pub functions: BTreeMap<String, BTreeMap<String, Arc<dyn crate::strong::UpdateFunction>>>,
 }
 
 /// Default `regions` per topic (`topics.<t>.regions`, `replication_rules.regions`).
@@ -89,6 +92,7 @@ impl Policies {
             lanes: LaneRules::default(),
             placement: PlacementDefaults::default(),
             strong: Default::default(),
+            functions: BTreeMap::new(),
         }
     }
 
@@ -105,6 +109,19 @@ impl Policies {
     pub fn with_strong(mut self, topics: impl IntoIterator<Item = String>) -> Self {
         self.strong = topics.into_iter().collect();
         self
+    }
+
+    pub fn with_functions(
+        mut self,
+        functions: BTreeMap<String, BTreeMap<String, Arc<dyn crate::strong::UpdateFunction>>>,
+    ) -> Self {
+        self.functions = functions;
+        self
+    }
+
+    /// The update function `name` of strong topic `topic`.
+    pub fn function(&self, topic: &str, name: &str) -> Option<&Arc<dyn crate::strong::UpdateFunction>> {
+        self.functions.get(topic)?.get(name)
     }
 
     /// Whether `topic` is `consistency: strong`.
@@ -130,6 +147,11 @@ impl Policies {
         if !self.strong.is_empty() {
             let strong: Vec<&str> = self.strong.iter().map(String::as_str).collect();
             s.push_str(&format!(";strong={}", strong.join(",")));
+        }
+        for (topic, functions) in &self.functions {
+            for (name, f) in functions {
+                s.push_str(&format!(";fn:{topic}.{name}={}", f.fingerprint()));
+            }
         }
         s
     }

@@ -51,6 +51,18 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
+/// A named update function of a strong topic (`topics.<t>.functions` in the config): given the
+/// record (`None`: absent or deleted) and the caller's arguments, the new record, or `None` to
+/// leave it as it is (answered as a failed precondition); an error refuses the request. Runs
+/// inside the state machine in every region, so it must be deterministic: no clock, no
+/// randomness, no IO (the Rhai sandbox has none).
+pub trait UpdateFunction: Send + Sync + std::fmt::Debug {
+    fn call(&self, current: Option<&Map<String, Value>>, args: &Value) -> Result<Option<Map<String, Value>>, String>;
+
+    /// Identifies the function's code, for the cross-region policy digest.
+    fn fingerprint(&self) -> String;
+}
+
 /// A comparison operator of a condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Cmp {
@@ -321,6 +333,10 @@ pub enum Invalid {
     Overflow { field: String },
     #[error("request id {request_id:?} was used before for a different request")]
     RequestReused { request_id: String },
+    #[error("update function {function} failed: {message}")]
+    FunctionFailed { function: String, message: String },
+    #[error("topic {topic} has no update function {function}")]
+    NoSuchFunction { topic: String, function: String },
     #[error("topic {topic} is not `consistency: strong` here")]
     NotStrong { topic: String },
     #[error("the command does not decode: {0}")]
@@ -352,6 +368,13 @@ pub enum StrongWrite {
         condition: Option<Condition>,
         ops: Vec<FieldOp>,
     },
+    /// The topic's update function `function` called with `args` (JSON text): `/atomic` with
+    /// `function`.
+    Call {
+        key: Key,
+        function: String,
+        args: String,
+    },
 }
 
 impl StrongWrite {
@@ -360,7 +383,8 @@ impl StrongWrite {
             StrongWrite::Put { key, .. }
             | StrongWrite::Patch { key, .. }
             | StrongWrite::Delete { key }
-            | StrongWrite::Update { key, .. } => key,
+            | StrongWrite::Update { key, .. }
+            | StrongWrite::Call { key, .. } => key,
         }
     }
 }
@@ -444,8 +468,9 @@ fn kind(v: &Value) -> String {
     }
 }
 
-/// Evaluates one write against `current` (the key's record, tombstone or absent included).
-pub fn evaluate(write: &StrongWrite, current: Option<&Record>) -> Result<Effect, Invalid> {
+/// Evaluates one write against `current` (the key's record, tombstone or absent included);
+/// `policies` holds the topics' update functions.
+pub fn evaluate(write: &StrongWrite, current: Option<&Record>, policies: &crate::Policies) -> Result<Effect, Invalid> {
     let live = current.filter(|r| !r.is_tombstone());
     let metadata_now = || current.map(|r| r.metadata.clone()).unwrap_or_default();
     let object = || live.and_then(|r| r.value.as_deref()).map(object_of);
@@ -478,6 +503,21 @@ pub fn evaluate(write: &StrongWrite, current: Option<&Record>) -> Result<Effect,
                 apply_op(&mut obj, op)?;
             }
             Effect::Write { value: Some(encode(obj)), metadata: metadata_now() }
+        }
+        StrongWrite::Call { key, function, args } => {
+            let f = policies
+                .function(&key.topic, function)
+                .ok_or_else(|| Invalid::NoSuchFunction { topic: key.topic.clone(), function: function.clone() })?;
+            let args: Value = serde_json::from_str(args).map_err(|e| Invalid::Undecodable(e.to_string()))?;
+            let failed = |message: String| Invalid::FunctionFailed { function: function.clone(), message };
+            match f.call(object().as_ref(), &args).map_err(failed)? {
+                None => Effect::PreconditionFailed,
+                Some(mut obj) => {
+                    // The id is the key's, whatever the function returned.
+                    obj.insert("id".into(), Value::String(key.id.clone()));
+                    Effect::Write { value: Some(encode(obj)), metadata: metadata_now() }
+                }
+            }
         }
     })
 }
@@ -646,11 +686,11 @@ mod tests {
         };
         let v = next_version(None, 10);
         let three = record(json!({"id": "sku-1", "available": 3}), v.clone());
-        let after = value_of(evaluate(&deduct, Some(&three)).expect("evaluates"));
+        let after = value_of(evaluate(&deduct, Some(&three), &crate::Policies::default()).expect("evaluates"));
         assert_eq!(after, json!({"id": "sku-1", "available": 1}));
         let one = record(after, next_version(Some(&v), 5));
-        assert_eq!(evaluate(&deduct, Some(&one)), Ok(Effect::PreconditionFailed));
-        assert_eq!(evaluate(&deduct, None), Ok(Effect::PreconditionFailed));
+        assert_eq!(evaluate(&deduct, Some(&one), &crate::Policies::default()), Ok(Effect::PreconditionFailed));
+        assert_eq!(evaluate(&deduct, None, &crate::Policies::default()), Ok(Effect::PreconditionFailed));
     }
 
     #[test]
@@ -666,7 +706,7 @@ mod tests {
             ],
         };
         assert_eq!(
-            value_of(evaluate(&create, None).expect("ok")),
+            value_of(evaluate(&create, None, &crate::Policies::default()).expect("ok")),
             json!({"id": "sku-2", "available": 10, "tags": ["sale"]})
         );
         let text = record(json!({"available": "ten"}), next_version(None, 1));
@@ -675,9 +715,9 @@ mod tests {
             condition: None,
             ops: vec![FieldOp::Incr { field: "available".into(), by: 1 }],
         };
-        assert!(matches!(evaluate(&incr, Some(&text)), Err(Invalid::NotANumber { .. })));
+        assert!(matches!(evaluate(&incr, Some(&text), &crate::Policies::default()), Err(Invalid::NotANumber { .. })));
         let max = record(json!({"available": i64::MAX}), next_version(None, 1));
-        assert!(matches!(evaluate(&incr, Some(&max)), Err(Invalid::Overflow { .. })));
+        assert!(matches!(evaluate(&incr, Some(&max), &crate::Policies::default()), Err(Invalid::Overflow { .. })));
     }
 
     #[test]

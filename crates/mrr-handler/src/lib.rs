@@ -1,5 +1,7 @@
-//! Custom conflict handlers: a Rhai script defining `fn resolve(current, incoming)`, run in a
-//! sandbox behind [`mrr_core::Resolver`].
+//! Rhai scripts run in a sandbox: custom conflict handlers (a script defining
+//! `fn resolve(current, incoming)`, behind [`mrr_core::Resolver`]) and the update functions of
+//! strong topics (a script defining `fn update(current, args)`, behind
+//! [`mrr_core::strong::UpdateFunction`], run by the strong tier's state machine).
 //!
 //! The sandbox: no IO of any kind (Rhai has none built in; `import` is compiled out, `eval` is
 //! disabled, `print`/`debug` go nowhere), no clock (compiled out — a handler must be
@@ -54,9 +56,12 @@ pub enum CompileError {
         "conflict handler {path} defines no `fn resolve(current, incoming)`: add one that returns the merged record"
     )]
     NoResolve { path: String },
+    #[error("update function {path} defines no `fn update(current, args)`: add one that returns the new record, or () to leave it as it is")]
+    NoUpdate { path: String },
 }
 
-pub struct RhaiHandler {
+/// A compiled script and its sandbox.
+struct Script {
     engine: Engine,
     ast: AST,
     path: String,
@@ -64,9 +69,116 @@ pub struct RhaiHandler {
     result_bytes_max: usize,
 }
 
+impl Script {
+    fn load(path: &Path, limits: Limits) -> Result<Self, CompileError> {
+        let shown = path.display().to_string();
+        let source =
+            std::fs::read_to_string(path).map_err(|source| CompileError::Read { path: shown.clone(), source })?;
+        Self::compile(&shown, &source, limits)
+    }
+
+    fn compile(name: &str, source: &str, limits: Limits) -> Result<Self, CompileError> {
+        let engine = sandbox(&limits);
+        let ast = engine.compile(source).map_err(|e| CompileError::Syntax {
+            path: name.to_owned(),
+            line: e.1.line().unwrap_or(0),
+            column: e.1.position().unwrap_or(0),
+            message: e.0.to_string(),
+        })?;
+        let digest = Sha256::digest(source.as_bytes());
+        let fingerprint = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Ok(Self { engine, ast, path: name.to_owned(), fingerprint, result_bytes_max: limits.result_bytes_max })
+    }
+
+    fn defines(&self, entry: &str, params: usize) -> bool {
+        self.ast.iter_functions().any(|f| f.name == entry && f.params.len() == params)
+    }
+
+    fn call(&self, entry: &str, args: impl rhai::FuncArgs) -> Result<Dynamic, String> {
+        self.engine.call_fn(&mut Scope::new(), &self.ast, entry, args).map_err(|e| format!("{}: {e}", self.path))
+    }
+
+    /// The script's answer as a record, within the result bound.
+    fn record(&self, entry: &str, out: &Dynamic) -> Result<Map<String, Value>, String> {
+        let value: Value = rhai::serde::from_dynamic(out)
+            .map_err(|e| format!("{}: {entry} returned no JSON value: {e}", self.path))?;
+        let Value::Object(record) = value else {
+            return Err(format!("{}: {entry} must return an object map, returned {value}", self.path));
+        };
+        let len = Value::Object(record.clone()).to_string().len();
+        if len > self.result_bytes_max {
+            return Err(format!("{}: record of {len} bytes exceeds {} bytes", self.path, self.result_bytes_max));
+        }
+        Ok(record)
+    }
+}
+
+fn dynamic(v: Value) -> Result<Dynamic, String> {
+    rhai::serde::to_dynamic(v).map_err(|e| format!("value not representable: {e}"))
+}
+
+pub struct RhaiHandler {
+    script: Script,
+}
+
 impl fmt::Debug for RhaiHandler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RhaiHandler").field("path", &self.path).field("fingerprint", &self.fingerprint).finish()
+        f.debug_struct("RhaiHandler")
+            .field("path", &self.script.path)
+            .field("fingerprint", &self.script.fingerprint)
+            .finish()
+    }
+}
+
+/// A strong topic's update function: `fn update(current, args)` gets the record (`()` when it
+/// does not exist) and the caller's `args`, and returns the new record, or `()` to leave it
+/// (answered 409 `precondition_failed`); a thrown error refuses the request (422). Runs inside
+/// the state machine, in every region, so it gets the same sandbox as a handler.
+pub struct RhaiFunction {
+    script: Script,
+}
+
+impl fmt::Debug for RhaiFunction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RhaiFunction")
+            .field("path", &self.script.path)
+            .field("fingerprint", &self.script.fingerprint)
+            .finish()
+    }
+}
+
+impl RhaiFunction {
+    pub fn load(path: &Path, limits: Limits) -> Result<Self, CompileError> {
+        Self::checked(Script::load(path, limits)?)
+    }
+
+    pub fn compile(name: &str, source: &str, limits: Limits) -> Result<Self, CompileError> {
+        Self::checked(Script::compile(name, source, limits)?)
+    }
+
+    fn checked(script: Script) -> Result<Self, CompileError> {
+        if !script.defines("update", 2) {
+            return Err(CompileError::NoUpdate { path: script.path });
+        }
+        Ok(Self { script })
+    }
+}
+
+impl mrr_core::strong::UpdateFunction for RhaiFunction {
+    fn call(&self, current: Option<&Map<String, Value>>, args: &Value) -> Result<Option<Map<String, Value>>, String> {
+        let current = match current {
+            Some(m) => dynamic(Value::Object(m.clone()))?,
+            None => Dynamic::UNIT,
+        };
+        let out = self.script.call("update", (current, dynamic(args.clone())?))?;
+        if out.is_unit() {
+            return Ok(None);
+        }
+        self.script.record("update", &out).map(Some)
+    }
+
+    fn fingerprint(&self) -> String {
+        self.script.fingerprint.clone()
     }
 }
 
@@ -87,27 +199,19 @@ fn sandbox(limits: &Limits) -> Engine {
 
 impl RhaiHandler {
     pub fn load(path: &Path, limits: Limits) -> Result<Self, CompileError> {
-        let shown = path.display().to_string();
-        let source =
-            std::fs::read_to_string(path).map_err(|source| CompileError::Read { path: shown.clone(), source })?;
-        Self::compile(&shown, &source, limits)
+        Self::checked(Script::load(path, limits)?)
     }
 
     /// Compiles `source`; `name` is how errors and the policy digest refer to it.
     pub fn compile(name: &str, source: &str, limits: Limits) -> Result<Self, CompileError> {
-        let engine = sandbox(&limits);
-        let ast = engine.compile(source).map_err(|e| CompileError::Syntax {
-            path: name.to_owned(),
-            line: e.1.line().unwrap_or(0),
-            column: e.1.position().unwrap_or(0),
-            message: e.0.to_string(),
-        })?;
-        if !ast.iter_functions().any(|f| f.name == "resolve" && f.params.len() == 2) {
-            return Err(CompileError::NoResolve { path: name.to_owned() });
+        Self::checked(Script::compile(name, source, limits)?)
+    }
+
+    fn checked(script: Script) -> Result<Self, CompileError> {
+        if !script.defines("resolve", 2) {
+            return Err(CompileError::NoResolve { path: script.path });
         }
-        let digest = Sha256::digest(source.as_bytes());
-        let fingerprint = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        Ok(Self { engine, ast, path: name.to_owned(), fingerprint, result_bytes_max: limits.result_bytes_max })
+        Ok(Self { script })
     }
 }
 
@@ -117,27 +221,13 @@ impl Resolver for RhaiHandler {
         current: &Map<String, Value>,
         incoming: &Map<String, Value>,
     ) -> Result<Map<String, Value>, String> {
-        let arg = |m: &Map<String, Value>| {
-            rhai::serde::to_dynamic(Value::Object(m.clone())).map_err(|e| format!("record not representable: {e}"))
-        };
-        let out: Dynamic = self
-            .engine
-            .call_fn(&mut Scope::new(), &self.ast, "resolve", (arg(current)?, arg(incoming)?))
-            .map_err(|e| format!("{}: {e}", self.path))?;
-        let value: Value = rhai::serde::from_dynamic(&out)
-            .map_err(|e| format!("{}: resolve returned no JSON value: {e}", self.path))?;
-        let Value::Object(merged) = value else {
-            return Err(format!("{}: resolve must return an object map, returned {value}", self.path));
-        };
-        let len = Value::Object(merged.clone()).to_string().len();
-        if len > self.result_bytes_max {
-            return Err(format!("{}: merged record of {len} bytes exceeds {} bytes", self.path, self.result_bytes_max));
-        }
-        Ok(merged)
+        let arg = |m: &Map<String, Value>| dynamic(Value::Object(m.clone()));
+        let out = self.script.call("resolve", (arg(current)?, arg(incoming)?))?;
+        self.script.record("resolve", &out)
     }
 
     fn fingerprint(&self) -> String {
-        self.fingerprint.clone()
+        self.script.fingerprint.clone()
     }
 }
 
@@ -192,6 +282,23 @@ mod tests {
         let delivered = obj(json!({"id": "o1", "status": "delivered", "items": []}));
         assert_eq!(h.resolve(&cancelled, &delivered).expect("resolve").get("status"), Some(&json!("cancelled")));
         assert_eq!(h.resolve(&delivered, &cancelled).expect("resolve").get("status"), Some(&json!("cancelled")));
+    }
+
+    #[test]
+    fn the_reserve_sample_takes_stock_only_while_it_lasts() {
+        use mrr_core::strong::UpdateFunction;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/handlers/reserve.rhai");
+        let f = RhaiFunction::load(&path, Limits::default()).unwrap_or_else(|e| panic!("{e}"));
+        let stock = obj(json!({"id": "s", "available": 3}));
+        let after = f.call(Some(&stock), &json!({"qty": 2})).expect("runs").expect("reserves");
+        assert_eq!(Value::Object(after.clone()), json!({"id": "s", "available": 1, "reserved": 2}));
+        assert_eq!(f.call(Some(&after), &json!({"qty": 2})).expect("runs"), None, "not enough: left as it is");
+        assert!(f.call(None, &json!({"qty": 1})).expect_err("absent").contains("no such item"));
+        assert!(f.call(Some(&stock), &json!({"qty": "two"})).is_err());
+        assert!(matches!(
+            RhaiFunction::compile("x.rhai", "fn resolve(c, i) { c }", Limits::default()),
+            Err(CompileError::NoUpdate { .. })
+        ));
     }
 
     #[test]

@@ -102,6 +102,11 @@ pub struct TopicConfig {
     /// region must say the same (the policy digest covers it).
     #[serde(default)]
     pub consistency: TopicConsistency,
+    /// Update functions of a strong topic, by name: Rhai scripts (relative to this config
+    /// file) defining `fn update(current, args)`, called by `POST .../atomic` with
+    /// `{"function": name}` and run in the strong tier's state machine.
+    #[serde(default)]
+    pub functions: BTreeMap<String, PathBuf>,
 }
 
 /// A topic's consistency.
@@ -583,6 +588,7 @@ impl Config {
         };
         let mut topics = BTreeMap::new();
         let mut strong = Vec::new();
+        let mut functions = BTreeMap::new();
         for (topic, t) in &self.topics {
             let at = format!("{topic}:");
             mrr_core::limits::validate_topic(topic).map_err(|e| {
@@ -630,9 +636,37 @@ impl Config {
                         "strong records live in every region (each holds the log): remove `regions:`",
                     ));
                 }
+                let mut named = BTreeMap::new();
+                for (name, file) in &t.functions {
+                    let valid = !name.is_empty()
+                        && name.len() <= 64
+                        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                    if !valid {
+                        return Err(invalid(
+                            &at,
+                            format!("topic {topic}: function name {name:?} is not valid"),
+                            "name functions with 1-64 characters from a-z, 0-9 and _",
+                        ));
+                    }
+                    let f = mrr_handler::RhaiFunction::load(&self.base_dir.join(file), mrr_handler::Limits::default())
+                        .map_err(|e| {
+                            invalid(&at, e.to_string(), "fix the script; it must define fn update(current, args)")
+                        })?;
+                    named.insert(name.clone(), Arc::new(f) as Arc<dyn mrr_core::strong::UpdateFunction>);
+                }
+                if !named.is_empty() {
+                    functions.insert(topic.clone(), named);
+                }
                 strong.push(topic.clone());
                 topics.insert(topic.clone(), Rule::Timestamp);
                 continue;
+            }
+            if !t.functions.is_empty() {
+                return Err(invalid(
+                    &at,
+                    format!("topic {topic} declares functions but is not consistency: strong"),
+                    "update functions run in the strong tier's state machine: add `consistency: strong`, or remove `functions:`",
+                ));
             }
             topics.insert(topic.clone(), rule);
         }
@@ -652,7 +686,11 @@ impl Config {
                 "keep at least one entry, e.g. 100000",
             ));
         }
-        Ok(Policies::new(default, topics).with_lanes(lanes).with_placement(placement).with_strong(strong))
+        Ok(Policies::new(default, topics)
+            .with_lanes(lanes)
+            .with_placement(placement)
+            .with_strong(strong)
+            .with_functions(functions))
     }
 
     /// The forwarder of `placement_writes: forward`, when any topic (or the default) asks
@@ -824,6 +862,22 @@ replication_rules:
         assert_eq!(c.peers().count(), 2);
         assert_eq!(c.durability, Durability::Fsync);
         assert_eq!(c.listen.api.port(), 7800);
+    }
+
+    #[test]
+    fn strong_topics_are_in_the_digest_and_refuse_what_does_not_apply_to_them() {
+        let c = parse(&format!("{GOOD}topics:\n  stock: {{ consistency: strong }}\n")).expect("valid");
+        assert!(c.policies.is_strong("stock") && !c.policies.is_strong("users"));
+        let eventual = parse(&format!("{GOOD}topics:\n  stock: {{ consistency: eventual }}\n")).expect("valid");
+        assert_ne!(c.policies.digest(), eventual.policies.digest(), "regions that disagree refuse each other");
+        let refused =
+            |topic: &str| parse(&format!("{GOOD}topics:\n  stock: {topic}\n")).expect_err("refused").to_string();
+        assert!(refused("{ consistency: strong, conflict_strategy: merge }").contains("no conflicts to resolve"));
+        assert!(refused("{ consistency: strong, regions: [us-west] }").contains("every region"));
+        assert!(refused("{ functions: { f: x.rhai } }").contains("consistency: strong"));
+        assert!(refused("{ consistency: strong, functions: { F: x.rhai } }").contains("not valid"));
+        let named = GOOD.replace("name: eu-central", "name: strong");
+        assert!(parse(&named).expect_err("reserved").to_string().contains("strong tier"));
     }
 
     #[test]

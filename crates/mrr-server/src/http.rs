@@ -59,6 +59,8 @@ pub struct AppState {
     pub consensus: mrr_consensus::Consensus,
     /// Topics with `consistency: strong`.
     pub strong_topics: Arc<std::collections::BTreeSet<String>>,
+    /// Names of the strong topics' update functions, by topic.
+    pub functions: Arc<BTreeMap<String, std::collections::BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for AppState {

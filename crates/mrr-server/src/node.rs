@@ -196,6 +196,9 @@ impl Node {
             dlq_max_entries: config.dlq.max_entries,
             consensus: consensus.clone(),
             strong_topics: Arc::new(config.policies.strong.clone()),
+            functions: Arc::new(
+                config.policies.functions.iter().map(|(t, f)| (t.clone(), f.keys().cloned().collect())).collect(),
+            ),
         };
         // Histogram samples are folded into buckets here and at every scrape; the conflict log
         // is trimmed to its retention every 12 ticks (a minute).

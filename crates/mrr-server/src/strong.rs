@@ -185,11 +185,15 @@ fn refused(invalid: Invalid) -> ApiError {
         Invalid::TypeMismatch { .. } => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ConditionTypeMismatch, message)
         }
-        Invalid::NotANumber { .. } | Invalid::NotAnArray { .. } | Invalid::Overflow { .. } => {
+        Invalid::NotANumber { .. }
+        | Invalid::NotAnArray { .. }
+        | Invalid::Overflow { .. }
+        | Invalid::FunctionFailed { .. } => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidUpdate, message)
         }
         Invalid::RequestReused { .. } => ApiError::new(StatusCode::CONFLICT, ErrorCode::RequestIdReused, message),
         Invalid::NotStrong { .. } => ApiError::bad(ErrorCode::NotStrong, message),
+        Invalid::NoSuchFunction { .. } => ApiError::bad(ErrorCode::UnknownFunction, message),
         Invalid::Undecodable(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::InvalidJson, message),
     }
 }
@@ -200,15 +204,7 @@ pub(crate) async fn write_one(
     latency: &metrics::Histogram,
     op: LocalOp,
 ) -> ApiResult<Json<RecordEnvelope>> {
-    let records = write(state, latency, vec![strong_write_of(op)?], None).await?;
-    let (key, record) = records.first().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::StorageUnavailable,
-            "the strong tier returned no record",
-        )
-    })?;
-    Ok(Json(envelope(key, record)))
+    answer_one(write(state, latency, vec![strong_write_of(op)?], None).await?)
 }
 
 /// Atomic update: `{"if": <condition>, "then": [<operations>], "request_id": "..."}`. The
@@ -219,9 +215,12 @@ pub(crate) async fn write_one(
 /// strings, `exists`), combine with `$and`, `$or`, `$not`, and test the record itself with
 /// `$exists` and `$version` (compare-and-set on the `version.hlc` it was read at).
 /// Operations are those of `/ops` (`incr`, `set`, `add`, `remove`) on the plain document.
-/// `request_id` is required: a retry with the same id and body applies once and answers the
-/// first answer; the same id with another body is 409 `request_id_reused`. The topic must be
-/// `consistency: strong`.
+/// Instead of `if`/`then`, `{"function": "<name>", "args": {...}}` calls an update function the
+/// topic declares (`topics.<t>.functions` in the config: a Rhai `fn update(current, args)`
+/// returning the new record, or `()` to leave it, answered 409), run in the state machine
+/// like a condition. `request_id` is required: a retry with the same id and body applies once
+/// and answers the first answer; the same id with another body is 409 `request_id_reused`.
+/// The topic must be `consistency: strong`.
 #[utoipa::path(post, path = "/v1/records/{topic}/{id}/atomic", request_body = Object,
     params(("topic" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = RecordEnvelope), (status = 400, body = mrr_api::ErrorBody),
@@ -240,10 +239,12 @@ pub(crate) async fn atomic(
             "an atomic update is an object: {\"if\":..., \"then\":[...], \"request_id\":\"...\"}",
         ));
     };
-    if let Some(k) = body.keys().find(|k| !matches!(k.as_str(), "if" | "then" | "request_id")) {
+    if let Some(k) = body.keys().find(|k| !matches!(k.as_str(), "if" | "then" | "function" | "args" | "request_id")) {
         return Err(ApiError::bad(
             ErrorCode::InvalidCondition,
-            format!("unknown field {k:?}: an atomic update has `if`, `then` and `request_id`"),
+            format!(
+                "unknown field {k:?}: an atomic update has `if` and `then`, or `function` and `args`, and `request_id`"
+            ),
         ));
     }
     if !state.strong_topics.contains(&topic) {
@@ -264,6 +265,39 @@ pub(crate) async fn atomic(
             ))
         }
     };
+    if let Some(function) = body.remove("function") {
+        if body.contains_key("if") || body.contains_key("then") {
+            return Err(ApiError::bad(
+                ErrorCode::InvalidCondition,
+                "send either `function` and `args`, or `if` and `then`",
+            ));
+        }
+        let Value::String(function) = function else {
+            return Err(ApiError::bad(
+                ErrorCode::UnknownFunction,
+                "`function` is the name of one of the topic's update functions",
+            ));
+        };
+        if !state.functions.get(&topic).is_some_and(|names| names.contains(&function)) {
+            let declared = state
+                .functions
+                .get(&topic)
+                .map(|n| n.iter().cloned().collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            return Err(ApiError::bad(
+                ErrorCode::UnknownFunction,
+                format!("topic {topic} declares no update function {function:?} (declared: [{declared}]); add it under topics.{topic}.functions"),
+            ));
+        }
+        let args = body.remove("args").unwrap_or(Value::Null);
+        if mrr_core::limits::json_depth(&args) > state.limits.json_depth_max
+            || args.to_string().len() > state.limits.record_bytes_max
+        {
+            return Err(ApiError::bad(ErrorCode::TooDeep, "`args` is too deep or too large"));
+        }
+        let call = StrongWrite::Call { key, function, args: args.to_string() };
+        return answer_one(write(&state, &state.metrics.write_latency_ops, vec![call], Some(request_id)).await?);
+    }
     let condition = match body.remove("if") {
         None | Some(Value::Null) => None,
         Some(c) => Some(Condition::parse(&c).map_err(|e| {
@@ -282,7 +316,10 @@ pub(crate) async fn atomic(
         )),
     };
     let update = StrongWrite::Update { key, condition, ops };
-    let records = write(&state, &state.metrics.write_latency_ops, vec![update], Some(request_id)).await?;
+    answer_one(write(&state, &state.metrics.write_latency_ops, vec![update], Some(request_id)).await?)
+}
+
+fn answer_one(records: Vec<(Key, Record)>) -> ApiResult<Json<RecordEnvelope>> {
     let (key, record) = records.first().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -12,10 +12,13 @@ use mrr_server::{Config, Node, NodeOptions};
 use serde_json::{json, Value};
 
 async fn node(dir: &Path) -> anyhow::Result<(Node, Client)> {
+    let reserve = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/handlers/reserve.rhai");
     let text = format!(
         "cluster: t\nregion: us-west\nsecret: \"0123456789abcdef\"\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:0 }}\n\
-         regions:\n  - name: us-west\n    endpoint: http://127.0.0.1:1\n    role: coordinator\ntopics:\n  stock: {{ consistency: strong }}\n",
-        dir.display()
+         regions:\n  - name: us-west\n    endpoint: http://127.0.0.1:1\n    role: coordinator\n\
+         topics:\n  stock: {{ consistency: strong, functions: {{ reserve: \"{}\" }} }}\n",
+        dir.display(),
+        reserve.display()
     );
     let config = Config::parse(Path::new("test.yaml"), &text)?;
     let node = Node::start(config, NodeOptions::default()).await?;
@@ -138,6 +141,35 @@ async fn atomic_updates_apply_or_answer_with_the_record_and_bad_ones_apply_nothi
             && c.query("users/m").await?.is_none()
             && c.query("stock/p").await?.is_none()
     );
+    node.shutdown();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_named_update_function_takes_the_place_of_if_and_then() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (node, c) = node(dir.path()).await?;
+    c.put("stock/f", &json!({"available": 3})).await?;
+    let http = reqwest::Client::new();
+    let call = |body: Value| {
+        let (http, url) = (http.clone(), format!("{}/v1/records/stock/f/atomic", c.endpoint()));
+        async move {
+            let r = http.post(url).json(&body).send().await?;
+            anyhow::Ok((r.status().as_u16(), r.json::<Value>().await?))
+        }
+    };
+    let (status, body) = call(json!({"function": "reserve", "args": {"qty": 2}, "request_id": "f1"})).await?;
+    assert_eq!((status, &body["value"]), (200, &json!({"id": "f", "available": 1, "reserved": 2})), "{body}");
+    let (status, body) = call(json!({"function": "reserve", "args": {"qty": 2}, "request_id": "f2"})).await?;
+    assert_eq!((status, &body["error"]["code"]), (409, &json!("precondition_failed")), "{body}");
+    assert_eq!(body["error"]["current"]["value"]["available"], json!(1));
+    let (status, body) = call(json!({"function": "reserve", "args": {"qty": "x"}, "request_id": "f3"})).await?;
+    assert_eq!((status, &body["error"]["code"]), (422, &json!("invalid_update")), "{body}");
+    let (status, body) = call(json!({"function": "refund", "args": {}, "request_id": "f4"})).await?;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!("unknown_function")), "{body}");
+    let (status, body) = call(json!({"function": "reserve", "if": {}, "then": [], "request_id": "f5"})).await?;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!("invalid_condition")), "{body}");
+    assert_eq!(c.query("stock/f").await?.map(|r| r.value["available"].clone()), Some(json!(1)));
     node.shutdown();
     Ok(())
 }

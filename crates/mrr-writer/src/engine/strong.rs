@@ -96,7 +96,7 @@ impl Engine {
                 return Err(Abort::Answer(StrongOutcome::Invalid(Invalid::NotStrong { topic: key.topic.clone() })));
             }
             let current = Self::current(pending, &reads, key);
-            let (value, metadata) = match evaluate(write, current.as_ref()) {
+            let (value, metadata) = match evaluate(write, current.as_ref(), &self.policies) {
                 Err(invalid) => return Err(Abort::Answer(StrongOutcome::Invalid(invalid))),
                 Ok(Effect::PreconditionFailed) => {
                     let current = current.filter(|r| !r.is_tombstone()).map(Box::new);
