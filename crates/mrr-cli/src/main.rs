@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod proxy;
+mod strong_bench;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -126,6 +127,8 @@ enum Command {
     /// A TCP proxy adding a one-way delay each way (SIGUSR1 cuts, SIGUSR2 mends), to put MRR and
     /// other systems behind the same emulated WAN in benchmarks.
     WanProxy(proxy::ProxyArgs),
+    /// The same linearizable workload against MRR's strong tier or etcd (bench/strong_compare.sh).
+    StrongBench(strong_bench::StrongBenchArgs),
     /// Inject network faults into a running cluster through its emulated links.
     Chaos {
         /// Any region's config: it lists every region and its `api` address.
@@ -295,6 +298,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::WanProxy(args) => proxy::run(args).await,
+        Command::StrongBench(args) => {
+            println!("{}", strong_bench::run(args).await?);
+            Ok(())
+        }
         Command::Chaos { config, api_key, action } => chaos(&config, api_key.as_deref(), action).await,
     }
 }

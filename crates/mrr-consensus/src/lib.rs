@@ -18,7 +18,7 @@ mod state_machine;
 mod types;
 
 pub use log_store::{Io, LogAdapter};
-pub use network::{Refused, Transport, TransportError};
+pub use network::{Pipe, Refused, Transport, TransportError};
 pub use node::{Consensus, ConsensusConfig, ConsensusError, CoordinatorStatus, Members, StartError, Timing};
 pub use state_machine::{Apply, ApplyBatch, BoxFuture, SnapshotData, StateMachine};
 pub use types::{node_id, Command, Member, NodeId, Response, Runtime, Types};

@@ -30,10 +30,33 @@ pub enum TransportError {
     Unreachable(String),
 }
 
+/// An ordered pipe to one member: requests sent in, answers out in the same order, on one
+/// connection. Appends travel on it pipelined (many in flight), which is what keeps a leader's
+/// next entries from waiting a round trip behind the previous append.
+pub struct Pipe {
+    pub requests: tokio::sync::mpsc::Sender<Vec<u8>>,
+    pub answers: futures_util::stream::BoxStream<'static, Result<Vec<u8>, TransportError>>,
+}
+
+impl std::fmt::Debug for Pipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipe").finish_non_exhaustive()
+    }
+}
+
 /// Carries one encoded request to a member and brings back its encoded answer.
 pub trait Transport: Send + Sync + 'static {
     fn call(&self, to: NodeId, request: Vec<u8>, timeout: Duration) -> BoxFuture<Result<Vec<u8>, TransportError>>;
+
+    /// Opens an ordered pipe to `to`, if this transport has them (`None`: appends go one call
+    /// at a time, each waiting for the previous answer).
+    fn pipe(&self, _to: NodeId) -> BoxFuture<Result<Option<Pipe>, TransportError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
+
+/// Appends in flight on one pipe at most.
+const PIPELINE_APPENDS_MAX: usize = 64;
 
 /// Why the leader did not take a proposal or a read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -181,8 +204,125 @@ impl Client {
     }
 }
 
+/// Where an append starts and ends, to turn its answer into a stream result.
+type AppendRange = (Option<LogId>, Option<LogId>);
+
+fn range_of(req: &AppendEntriesRequest<Types>) -> AppendRange {
+    use openraft::entry::RaftEntry;
+    let last = req.entries.last().map(|e| e.log_id()).or(req.prev_log_id);
+    (req.prev_log_id, last)
+}
+
+impl Client {
+    /// Pipelined appends over `pipe`: requests are sent as they come (at most
+    /// [`PIPELINE_APPENDS_MAX`] unanswered), answers are matched to them in order. The stream
+    /// ends at the first failure or partial success, as openraft's sequential one does, and
+    /// fails when the oldest unanswered append waited longer than `timeout`.
+    fn pipelined<S>(
+        pipe: Pipe,
+        input: S,
+        timeout: Duration,
+    ) -> futures_util::stream::BoxStream<'static, Result<openraft::raft::StreamAppendResult<Types>, RPCError<Types>>>
+    where
+        S: futures_util::Stream<Item = AppendEntriesRequest<Types>> + Send + Unpin + 'static,
+    {
+        use futures_util::StreamExt;
+        use std::collections::VecDeque;
+        use std::sync::{Arc, Mutex, PoisonError};
+        let Pipe { requests, answers } = pipe;
+        let sent: Arc<Mutex<VecDeque<(tokio::time::Instant, AppendRange)>>> = Arc::default();
+        let room = Arc::new(tokio::sync::Semaphore::new(PIPELINE_APPENDS_MAX));
+        let feeder = {
+            let (sent, room) = (sent.clone(), room.clone());
+            let mut input = input;
+            async move {
+                while let Some(req) = input.next().await {
+                    let Ok(permit) = room.clone().acquire_owned().await else { return };
+                    permit.forget();
+                    let range = range_of(&req);
+                    let Ok(bytes) = Request::Append(req).encode() else { return };
+                    sent.lock().unwrap_or_else(PoisonError::into_inner).push_back((tokio::time::Instant::now(), range));
+                    if requests.send(bytes).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        let feeder = tokio::spawn(feeder);
+        let state = (answers, sent, room, feeder, false);
+        futures_util::stream::unfold(state, move |(mut answers, sent, room, feeder, done)| async move {
+            if done {
+                feeder.abort();
+                return None;
+            }
+            let answer = loop {
+                let oldest = sent.lock().unwrap_or_else(PoisonError::into_inner).front().map(|(at, _)| *at);
+                let wait = match oldest {
+                    Some(at) => (at + timeout).saturating_duration_since(tokio::time::Instant::now()),
+                    None => timeout,
+                };
+                match tokio::time::timeout(wait, answers.next()).await {
+                    Ok(a) => break a,
+                    Err(_) if oldest.is_some() => break Some(Err(TransportError::Timeout(timeout))),
+                    // Idle: nothing was waiting for an answer.
+                    Err(_) => continue,
+                }
+            };
+            let out = match answer {
+                None => {
+                    feeder.abort();
+                    return None;
+                }
+                Some(Err(e)) => Err(rpc_error(e)),
+                Some(Ok(bytes)) => {
+                    room.add_permits(1);
+                    let range = sent.lock().unwrap_or_else(PoisonError::into_inner).pop_front();
+                    match (Reply::decode(&bytes), range) {
+                        (Ok(Reply::Append(Ok(resp))), Some((_, (prev, last)))) => {
+                            let partial = match &resp {
+                                AppendEntriesResponse::PartialSuccess(p) => Some(*p),
+                                _ => None,
+                            };
+                            let result = resp.into_stream_result(prev, last);
+                            let stop = result.is_err() || partial.is_some_and(|p| p != last);
+                            return Some((Ok(result), (answers, sent, room, feeder, stop)));
+                        }
+                        (Ok(Reply::Append(Err(e))), _) => Err(remote_error(&e)),
+                        (Ok(_), _) => Err(remote_error("answer of another kind to an append")),
+                        (Err(e), _) => Err(remote_error(&format!("undecodable answer: {e}"))),
+                    }
+                }
+            };
+            Some((out, (answers, sent, room, feeder, true)))
+        })
+        .boxed()
+    }
+}
+
 impl RaftNetworkV2<Types> for Client {
     type SnapshotData = SnapshotData;
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> openraft::base::BoxFuture<
+        's,
+        Result<
+            openraft::base::BoxStream<'s, Result<openraft::raft::StreamAppendResult<Types>, RPCError<Types>>>,
+            RPCError<Types>,
+        >,
+    >
+    where
+        S: futures_util::Stream<Item = AppendEntriesRequest<Types>> + Send + Unpin + 'static,
+    {
+        Box::pin(async move {
+            match self.net.transport.pipe(self.target).await.map_err(rpc_error)? {
+                Some(pipe) => Ok(Self::pipelined(pipe, input, self.timeout(&option))),
+                None => openraft::network::stream_append_sequential(self, input, option).await,
+            }
+        })
+    }
 
     async fn append_entries(
         &mut self,

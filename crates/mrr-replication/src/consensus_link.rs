@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
-use mrr_consensus::{BoxFuture, Consensus, NodeId, Transport, TransportError};
+use mrr_consensus::{BoxFuture, Consensus, NodeId, Pipe, Transport, TransportError};
 use mrr_core::RegionName;
 use sha2::Sha256;
 use tonic::{Request, Response, Status};
@@ -69,27 +70,80 @@ impl ConsensusLink {
     }
 }
 
+/// Messages waiting on a pipe, each way, at most.
+const PIPE_QUEUE_MAX: usize = 256;
+
+impl ConsensusLink {
+    /// A call to `region`, signed.
+    fn signed(&self, region: &RegionName, body: Vec<u8>) -> proto::ConsensusCall {
+        let c = &self.config;
+        let proof = mac(&c.secret, &c.cluster, c.local.as_str(), region.as_str(), &body).finalize().into_bytes();
+        proto::ConsensusCall {
+            cluster: c.cluster.clone(),
+            from: c.local.to_string(),
+            to: region.to_string(),
+            proof: proof.to_vec(),
+            body,
+        }
+    }
+
+    fn peer(&self, to: NodeId) -> Result<(RegionName, ConsensusClient<tonic::transport::Channel>), TransportError> {
+        let Some((region, channel)) = self.channels.get(&to).cloned() else {
+            return Err(TransportError::Unreachable(format!("node {to} is not a peer")));
+        };
+        let client = ConsensusClient::new(channel)
+            .max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);
+        Ok((region, client))
+    }
+}
+
 impl Transport for ConsensusLink {
+    fn pipe(&self, to: NodeId) -> BoxFuture<Result<Option<Pipe>, TransportError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let (region, mut client) = this.peer(to)?;
+            let (requests, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPE_QUEUE_MAX);
+            let (signed_tx, signed_rx) = tokio::sync::mpsc::channel(PIPE_QUEUE_MAX);
+            let signer = this.clone();
+            let to = region.clone();
+            tokio::spawn(async move {
+                let mut rx = rx;
+                while let Some(body) = rx.recv().await {
+                    if signed_tx.send(signer.signed(&to, body)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let outgoing = tokio_stream::wrappers::ReceiverStream::new(this.links.delay_line(&region, signed_rx));
+            // Not awaited here: the call's answer headers may wait for its first request, which
+            // the caller sends only once it has the pipe.
+            let opened = async move {
+                match client.pipe(Request::new(outgoing)).await {
+                    Ok(answers) => answers
+                        .into_inner()
+                        .map(|a| {
+                            a.map(|answer| answer.body).map_err(|s| TransportError::Unreachable(s.message().to_owned()))
+                        })
+                        .boxed(),
+                    Err(status) => futures_util::stream::once(async move {
+                        Err(TransportError::Unreachable(format!("{region}: {}", status.message())))
+                    })
+                    .boxed(),
+                }
+            };
+            let answers = futures_util::stream::once(opened).flatten();
+            Ok(Some(Pipe { requests, answers: Box::pin(answers) }))
+        })
+    }
+
     fn call(&self, to: NodeId, request: Vec<u8>, timeout: Duration) -> BoxFuture<Result<Vec<u8>, TransportError>> {
         let this = self.clone();
         Box::pin(async move {
-            let Some((region, channel)) = this.channels.get(&to).cloned() else {
-                return Err(TransportError::Unreachable(format!("node {to} is not a peer")));
-            };
-            let c = &this.config;
-            let proof = mac(&c.secret, &c.cluster, c.local.as_str(), region.as_str(), &request).finalize().into_bytes();
-            let call = proto::ConsensusCall {
-                cluster: c.cluster.clone(),
-                from: c.local.to_string(),
-                to: region.to_string(),
-                proof: proof.to_vec(),
-                body: request,
-            };
+            let (region, mut client) = this.peer(to)?;
+            let call = this.signed(&region, request);
             let exchange = async {
                 this.links.pass(&region).await;
-                let mut client = ConsensusClient::new(channel)
-                    .max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);
                 client.call(Request::new(call)).await
             };
             match tokio::time::timeout(timeout, exchange).await {
@@ -113,10 +167,9 @@ pub(crate) struct ConsensusService {
     pub links: Links,
 }
 
-#[tonic::async_trait]
-impl proto::consensus_server::Consensus for ConsensusService {
-    async fn call(&self, request: Request<proto::ConsensusCall>) -> Result<Response<proto::ConsensusAnswer>, Status> {
-        let call = request.into_inner();
+impl ConsensusService {
+    /// Checks a call's cluster, target, sender and proof before its body is looked at.
+    fn verify(&self, call: &proto::ConsensusCall) -> Result<RegionName, Status> {
         let c = &self.config;
         if call.cluster != c.cluster || call.to != c.local.as_str() {
             return Err(Status::failed_precondition(format!(
@@ -132,6 +185,67 @@ impl proto::consensus_server::Consensus for ConsensusService {
             tracing::warn!(from = %from, "refused a consensus call with a wrong proof (cluster secret differs?)");
             return Err(Status::unauthenticated("consensus call proof does not match the cluster secret"));
         }
+        Ok(from)
+    }
+}
+
+type AnswerStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<proto::ConsensusAnswer, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::consensus_server::Consensus for ConsensusService {
+    type PipeStream = AnswerStream;
+
+    async fn pipe(
+        &self,
+        request: Request<tonic::Streaming<proto::ConsensusCall>>,
+    ) -> Result<Response<Self::PipeStream>, Status> {
+        let mut calls = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(PIPE_QUEUE_MAX);
+        let this = self.clone();
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<RegionName>();
+        // Answered one by one, in the order sent: an append is handled only after the one
+        // before it.
+        tokio::spawn(async move {
+            let mut first_tx = Some(first_tx);
+            while let Ok(Some(call)) = calls.message().await {
+                let answer = match this.verify(&call) {
+                    Err(status) => Err(status),
+                    Ok(from) => {
+                        if let Some(f) = first_tx.take() {
+                            let _ = f.send(from);
+                        }
+                        match this.slot.get() {
+                            None => Err(Status::unavailable("consensus is starting")),
+                            Some(consensus) => Ok(proto::ConsensusAnswer { body: consensus.handle(&call.body).await }),
+                        }
+                    }
+                };
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        // Answers travel this node's link back to the caller, once the caller is known.
+        let links = self.links.clone();
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(PIPE_QUEUE_MAX);
+        tokio::spawn(async move {
+            let mut rx = match first_rx.await {
+                Ok(from) => links.delay_line(&from, rx),
+                Err(_) => rx,
+            };
+            while let Some(a) = rx.recv().await {
+                if out_tx.send(a).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx))))
+    }
+
+    async fn call(&self, request: Request<proto::ConsensusCall>) -> Result<Response<proto::ConsensusAnswer>, Status> {
+        let call = request.into_inner();
+        let from = self.verify(&call)?;
         let Some(consensus) = self.slot.get() else {
             return Err(Status::unavailable("consensus is starting"));
         };
