@@ -112,10 +112,14 @@ impl DevCluster {
             Some(c) => {
                 let mut topics = c.topics.clone();
                 for t in topics.values_mut() {
+                    let absolute = |p: &mut PathBuf| {
+                        let joined = c.base_dir.join(&*p);
+                        *p = std::path::absolute(&joined).unwrap_or(joined);
+                    };
                     if let Some(h) = t.handler.as_mut() {
-                        let joined = c.base_dir.join(&*h);
-                        *h = std::path::absolute(&joined).unwrap_or(joined);
+                        absolute(h);
                     }
+                    t.functions.values_mut().for_each(absolute);
                 }
                 let rules =
                     DerivedRules { replication_rules: c.replication_rules.clone(), topics, lanes: c.lanes.clone() };
