@@ -45,7 +45,7 @@ pub struct Timing {
 impl Timing {
     /// Timers for a cluster whose largest round trip between two regions is `rtt_ms`.
     ///
-    /// Heartbeat 1.1× that plus [`Timing::ANSWER_MARGIN_MS`]: every follower hears from the
+    /// Heartbeat 1.1× that, and at least [`Timing::ANSWER_MARGIN_MS`] above it: every follower hears from the
     /// leader at least that often, and the leader's lease, which needs the answer of one
     /// follower (its nearest, in a group of three) within the interval, keeps a margin even
     /// where every path has the largest round trip — the answer also waits for the follower's
@@ -61,7 +61,7 @@ impl Timing {
     pub const ANSWER_MARGIN_MS: u64 = 30;
 
     pub fn from_rtt(rtt_ms: u64) -> Self {
-        let heartbeat_ms = (rtt_ms.saturating_mul(11) / 10 + Self::ANSWER_MARGIN_MS).max(50);
+        let heartbeat_ms = (rtt_ms.saturating_mul(11) / 10).max(rtt_ms.saturating_add(Self::ANSWER_MARGIN_MS)).max(50);
         let election_min_ms = heartbeat_ms.saturating_mul(5) / 4;
         Self {
             heartbeat_ms,

@@ -364,7 +364,7 @@ async fn patch_record(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<RecordEnvelope>> {
     let key = parse_key(&topic, &id)?;
-    let value: Value = serde_json::from_slice(&body_bytes(body)?).map_err(|e| json_error(&e))?;
+    let value: Value = json_body(body)?;
     let (mut fields, metadata) = split_record(&state.limits, &state.regions, value)?;
     if fields.get("id").is_some_and(|v| v.as_str() != Some(id.as_str())) {
         return Err(ApiError::bad(ErrorCode::IdMismatch, "a patch cannot change `id`"));
@@ -389,7 +389,7 @@ async fn record_ops(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<RecordEnvelope>> {
     let key = parse_key(&topic, &id)?;
-    let value: Value = serde_json::from_slice(&body_bytes(body)?).map_err(|e| json_error(&e))?;
+    let value: Value = json_body(body)?;
     let ops = parse_ops(&state.limits, value)?;
     write_one(&state, LocalOp::Ops { key, ops }).await
 }
@@ -673,7 +673,7 @@ async fn set_link(
     Path(peer): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<LinksView>> {
-    let settings: LinkSettings = serde_json::from_slice(&body_bytes(body)?).map_err(|e| json_error(&e))?;
+    let settings: LinkSettings = json_body(body)?;
     let region =
         RegionName::new(peer.clone()).map_err(|_| link_error(&state, &peer, LinkError::UnknownPeer(peer.clone())))?;
     let spec: LinkSpec = settings;
@@ -734,6 +734,11 @@ pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes
             ApiError::bad(ErrorCode::InvalidJson, e.body_text())
         }
     })
+}
+
+/// A request body as JSON of type `T`, with the API's errors for a bad body.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    serde_json::from_slice(&body_bytes(body)?).map_err(|e| json_error(&e))
 }
 
 pub(crate) fn json_error(e: &serde_json::Error) -> ApiError {

@@ -25,7 +25,7 @@ use mrr_core::{Key, Record};
 use mrr_writer::LocalOp;
 use serde_json::Value;
 
-use crate::http::{body_bytes, envelope, json_error, parse_key, parse_ops, ApiError, ApiResult, AppState};
+use crate::http::{envelope, json_body, parse_key, parse_ops, ApiError, ApiResult, AppState};
 
 /// `?consistency=` of a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,7 +232,7 @@ pub(crate) async fn atomic(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<RecordEnvelope>> {
     let key = parse_key(&topic, &id)?;
-    let value: Value = serde_json::from_slice(&body_bytes(body)?).map_err(|e| json_error(&e))?;
+    let value: Value = json_body(body)?;
     let Value::Object(mut body) = value else {
         return Err(ApiError::bad(
             ErrorCode::NotAnObject,
