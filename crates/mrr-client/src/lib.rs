@@ -76,8 +76,13 @@ impl Client {
 
     /// The record at `topic/id` in this region, or `None` if it does not exist or was deleted.
     pub async fn query(&self, path: &str) -> Result<Option<RecordEnvelope>> {
+        self.read(path, "").await
+    }
+
+    /// One record, read with `query` (`""` or `?consistency=...`); `None` when absent or deleted.
+    async fn read(&self, path: &str, query: &str) -> Result<Option<RecordEnvelope>> {
         let (topic, id) = split_path(path)?;
-        match self.send(self.http.get(format!("{}/v1/records/{topic}/{id}", self.base))).await {
+        match self.send(self.http.get(format!("{}/v1/records/{topic}/{id}{query}", self.base))).await {
             Ok(r) => Ok(Some(r)),
             Err(ClientError::Api { code: ErrorCode::NotFound | ErrorCode::Deleted, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -222,13 +227,7 @@ impl Client {
     /// Reads a record linearizably (`?consistency=strong`, topics with `consistency: strong`):
     /// every write acknowledged anywhere before the call is in the answer.
     pub async fn query_strong(&self, path: &str) -> Result<Option<RecordEnvelope>> {
-        let (topic, id) = split_path(path)?;
-        let url = format!("{}/v1/records/{topic}/{id}?consistency=strong", self.base);
-        match self.send(self.http.get(url)).await {
-            Ok(r) => Ok(Some(r)),
-            Err(ClientError::Api { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.read(path, "?consistency=strong").await
     }
 
     /// An atomic update (`POST .../atomic`): `then` applies only if `condition` holds, in one

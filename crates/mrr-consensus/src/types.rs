@@ -64,10 +64,5 @@ pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<Types>;
 /// names whatever order its config lists them in. Two names that collide are refused when the
 /// members are built ([`crate::Members::new`]).
 pub fn node_id(region: &RegionName) -> NodeId {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in region.as_str().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    mrr_core::strong::fnv1a(region.as_str().as_bytes())
 }

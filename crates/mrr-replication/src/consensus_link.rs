@@ -72,6 +72,20 @@ impl ConsensusLink {
 
 /// Messages waiting on a pipe, each way, at most.
 const PIPE_QUEUE_MAX: usize = 256;
+/// A pipe whose connection stopped draining for this long closes (openraft opens another).
+const PIPE_STALL: Duration = Duration::from_secs(10);
+
+impl crate::link::WireLen for proto::ConsensusCall {
+    fn wire_len(&self) -> usize {
+        self.body.len() + self.proof.len() + self.from.len() + self.to.len() + self.cluster.len()
+    }
+}
+
+impl crate::link::WireLen for Result<proto::ConsensusAnswer, Status> {
+    fn wire_len(&self) -> usize {
+        self.as_ref().map_or(0, |a| a.body.len())
+    }
+}
 
 impl ConsensusLink {
     /// A call to `region`, signed.
@@ -103,19 +117,19 @@ impl Transport for ConsensusLink {
         let this = self.clone();
         Box::pin(async move {
             let (region, mut client) = this.peer(to)?;
-            let (requests, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPE_QUEUE_MAX);
+            let (requests, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPE_QUEUE_MAX);
             let (signed_tx, signed_rx) = tokio::sync::mpsc::channel(PIPE_QUEUE_MAX);
-            let signer = this.clone();
-            let to = region.clone();
+            // Signed, then through this node's link to the peer, in order.
+            let link = this.links.sender(&region, signed_tx, PIPE_STALL);
+            let (signer, to) = (this.clone(), region.clone());
             tokio::spawn(async move {
-                let mut rx = rx;
                 while let Some(body) = rx.recv().await {
-                    if signed_tx.send(signer.signed(&to, body)).await.is_err() {
+                    if link.send(signer.signed(&to, body)).await.is_err() {
                         return;
                     }
                 }
             });
-            let outgoing = tokio_stream::wrappers::ReceiverStream::new(this.links.delay_line(&region, signed_rx));
+            let outgoing = tokio_stream::wrappers::ReceiverStream::new(signed_rx);
             // Not awaited here: the call's answer headers may wait for its first request, which
             // the caller sends only once it has the pipe.
             let opened = async move {
@@ -202,18 +216,15 @@ impl proto::consensus_server::Consensus for ConsensusService {
         let mut calls = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(PIPE_QUEUE_MAX);
         let this = self.clone();
-        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<RegionName>();
         // Answered one by one, in the order sent: an append is handled only after the one
-        // before it.
+        // before it. Answers travel this node's link back to the caller, once it is known.
         tokio::spawn(async move {
-            let mut first_tx = Some(first_tx);
+            let mut link = None;
             while let Ok(Some(call)) = calls.message().await {
                 let answer = match this.verify(&call) {
                     Err(status) => Err(status),
                     Ok(from) => {
-                        if let Some(f) = first_tx.take() {
-                            let _ = f.send(from);
-                        }
+                        link.get_or_insert_with(|| this.links.sender(&from, tx.clone(), PIPE_STALL));
                         match this.slot.get() {
                             None => Err(Status::unavailable("consensus is starting")),
                             Some(consensus) => Ok(proto::ConsensusAnswer { body: consensus.handle(&call.body).await }),
@@ -221,26 +232,16 @@ impl proto::consensus_server::Consensus for ConsensusService {
                     }
                 };
                 let failed = answer.is_err();
-                if tx.send(answer).await.is_err() || failed {
+                let sent = match &link {
+                    Some(link) => link.send(answer).await.is_ok(),
+                    None => tx.send(answer).await.is_ok(),
+                };
+                if !sent || failed {
                     return;
                 }
             }
         });
-        // Answers travel this node's link back to the caller, once the caller is known.
-        let links = self.links.clone();
-        let (out_tx, out_rx) = tokio::sync::mpsc::channel(PIPE_QUEUE_MAX);
-        tokio::spawn(async move {
-            let mut rx = match first_rx.await {
-                Ok(from) => links.delay_line(&from, rx),
-                Err(_) => rx,
-            };
-            while let Some(a) = rx.recv().await {
-                if out_tx.send(a).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx))))
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn call(&self, request: Request<proto::ConsensusCall>) -> Result<Response<proto::ConsensusAnswer>, Status> {

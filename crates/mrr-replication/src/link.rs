@@ -136,52 +136,6 @@ impl Links {
         }
     }
 
-    /// Messages to `peer` on an ordered pipe (the strong tier's appends): each is delayed as
-    /// [`Links::pass`] would delay it, counted from when it was sent, and they arrive in the
-    /// order sent — many in flight, none overtaking another. Without emulation, `rx` as is.
-    pub fn delay_line<T: Send + 'static>(&self, peer: &RegionName, rx: mpsc::Receiver<T>) -> mpsc::Receiver<T> {
-        if !self.inner.enabled {
-            return rx;
-        }
-        let (stamped_tx, mut stamped_rx) = mpsc::channel::<(tokio::time::Instant, T)>(rx.max_capacity().max(1));
-        let (out_tx, out_rx) = mpsc::channel(rx.max_capacity().max(1));
-        let (this, stamped_peer, mut rx) = (self.clone(), peer.clone(), rx);
-        tokio::spawn(async move {
-            let peer = stamped_peer;
-            // Stamped on arrival; jitter never reorders (a message is due no earlier than the
-            // one before it).
-            let mut last = tokio::time::Instant::now();
-            while let Some(item) = rx.recv().await {
-                let spec = this.inner.specs.borrow().get(&peer).copied().unwrap_or_default();
-                let jitter_ms = match spec.jitter_ms {
-                    0 => 0,
-                    j => this.inner.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner).random_range(0..=j),
-                };
-                last = last.max(tokio::time::Instant::now() + Duration::from_millis(spec.delay_ms + jitter_ms));
-                if stamped_tx.send((last, item)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let (this, peer) = (self.clone(), peer.clone());
-        tokio::spawn(async move {
-            let mut specs = this.inner.specs.subscribe();
-            while let Some((due, item)) = stamped_rx.recv().await {
-                tokio::time::sleep_until(due).await;
-                // A partitioned path holds what is on it until the heal.
-                while specs.borrow_and_update().get(&peer).is_some_and(|s| s.partitioned) {
-                    if specs.changed().await.is_err() {
-                        return;
-                    }
-                }
-                if out_tx.send(item).await.is_err() {
-                    return;
-                }
-            }
-        });
-        out_rx
-    }
-
     /// Wraps the channel that feeds a stream to `peer` in that peer's link. A send that cannot
     /// proceed for `stall_timeout` (the socket below stopped draining: a black-holed path keeps
     /// TCP open and full) fails, so the session's liveness checks are never starved.

@@ -31,20 +31,6 @@ use crate::config::{peer_url, Config};
 /// Where a node of the release before strong topics kept the position (the log's values).
 const APPLIED_BEFORE_STRONG: &str = "applied_position";
 
-/// The strong topics' state machine: the writer applies, the store keeps the position.
-#[derive(Clone)]
-struct StrongState {
-    writer: Writer,
-    store: Arc<dyn Store>,
-    log: Arc<dyn LogStore>,
-}
-
-impl std::fmt::Debug for StrongState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StrongState").finish_non_exhaustive()
-    }
-}
-
 fn io_error(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
@@ -54,7 +40,8 @@ pub fn outcome_of(response: &Response) -> Result<StrongOutcome, String> {
     postcard::from_bytes(&response.0).map_err(|e| format!("undecodable strong answer: {e}"))
 }
 
-impl Apply for StrongState {
+/// The strong topics' state machine: the writer applies, the store keeps the position.
+impl Apply for Storage {
     fn apply(&self, batch: ApplyBatch) -> BoxFuture<io::Result<Vec<Response>>> {
         let this = self.clone();
         Box::pin(async move {
@@ -92,7 +79,7 @@ pub enum ConsensusStartError {
     Link(String),
 }
 
-/// Where the voter keeps its log and applies what commits.
+/// Where the voter keeps its log and applies what commits: also its state machine.
 #[derive(Clone)]
 pub struct Storage {
     pub log: Arc<dyn LogStore>,
@@ -115,7 +102,6 @@ pub async fn start(
     clock: Arc<dyn PhysicalClock>,
     recorder: &SharedRecorder,
 ) -> Result<Consensus, ConsensusStartError> {
-    let Storage { log, writer, store } = storage;
     let regions: Vec<_> = config.regions.iter().map(|r| (r.name.clone(), peer_url(&r.endpoint))).collect();
     let members = Members::new(&regions)?;
     let peers = regions.iter().filter(|(r, _)| *r != config.region).cloned().collect();
@@ -136,9 +122,10 @@ pub async fn start(
         preferred: config.coordinator().cloned(),
         timing: config.consensus.timing(config.links.as_ref()),
     };
-    let app = Arc::new(StrongState { writer, store, log: log.clone() });
+    let log = storage.log.clone();
     let consensus =
-        Consensus::start(consensus_config, log, Io::Blocking, app, Arc::new(link), clock, rand::random()).await?;
+        Consensus::start(consensus_config, log, Io::Blocking, Arc::new(storage), Arc::new(link), clock, rand::random())
+            .await?;
     let _ = slot.set(consensus.clone());
     export_metrics(&consensus, recorder);
     Ok(consensus)

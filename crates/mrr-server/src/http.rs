@@ -691,18 +691,24 @@ fn links_view(links: &Links) -> LinksView {
 
 /// Writes through the writer and records the latency (request to durable commit).
 async fn timed_write(state: &AppState, latency: &metrics::Histogram, ops: Vec<LocalOp>) -> ApiResult<Vec<Committed>> {
+    timed(state, latency, async { state.writer.write(ops).await.map_err(ApiError::from) }).await
+}
+
+/// A write admitted by [`crate::admission`], its latency (request to acknowledgement) recorded
+/// in `latency`, its failure counted: the one wrapper of the eventual and the strong path.
+pub(crate) async fn timed<T>(
+    state: &AppState,
+    latency: &metrics::Histogram,
+    write: impl std::future::Future<Output = ApiResult<T>>,
+) -> ApiResult<T> {
     state.admission.check_write(state)?;
     let started = std::time::Instant::now();
-    match state.writer.write(ops).await {
-        Ok(c) => {
-            latency.record(started.elapsed().as_secs_f64());
-            Ok(c)
-        }
-        Err(e) => {
-            state.metrics.write_errors.increment(1);
-            Err(e.into())
-        }
+    let result = write.await;
+    match &result {
+        Ok(_) => latency.record(started.elapsed().as_secs_f64()),
+        Err(_) => state.metrics.write_errors.increment(1),
     }
+    result
 }
 
 pub(crate) async fn write_one(state: &AppState, op: LocalOp) -> ApiResult<Json<RecordEnvelope>> {

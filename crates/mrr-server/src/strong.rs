@@ -145,17 +145,10 @@ pub(crate) async fn write(
     writes: Vec<StrongWrite>,
     request_id: Option<String>,
 ) -> ApiResult<Vec<(Key, Record)>> {
-    state.admission.check_write(state)?;
-    let started = std::time::Instant::now();
     // Without a client id, one of the node's own: the forward to the leader may be retried.
     let request_id = request_id.unwrap_or_else(|| format!("{}-{:032x}", state.region, rand::random::<u128>()));
     let command = StrongCommand::new(request_id, state.clock.now_ms(), writes);
-    let result = propose(state, &command).await;
-    match &result {
-        Ok(_) => latency.record(started.elapsed().as_secs_f64()),
-        Err(_) => state.metrics.write_errors.increment(1),
-    }
-    result
+    crate::http::timed(state, latency, propose(state, &command)).await
 }
 
 async fn propose(state: &AppState, command: &StrongCommand) -> ApiResult<Vec<(Key, Record)>> {
