@@ -129,8 +129,11 @@ impl RaftLogStorage<Types> for LogAdapter {
         self.put(VOTE, vote).await
     }
 
+    /// A hint (openraft needs no durable commit index: a restart that reads an older one
+    /// learns the rest from the leader), so it costs no fsync on every commit.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.put(COMMITTED, &committed).await
+        let bytes = encode(COMMITTED, &committed)?;
+        self.run(move |log| log.put_hint(COMMITTED, &bytes)).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {

@@ -44,7 +44,9 @@ pub struct SnapshotData {
 /// What the Raft state machine asks of the application.
 pub trait Apply: Send + Sync + 'static {
     /// Applies the batch; one response per command, in order. Returns once the effects and
-    /// the position are durable.
+    /// the position are applied (readable), together; they need not be durable yet, as long
+    /// as a crash takes both back together: a restart resumes from the position that reached
+    /// the disk, and the log, which is never purged past what is durable here, replays the rest.
     fn apply(&self, batch: ApplyBatch) -> BoxFuture<io::Result<Vec<Response>>>;
     /// The position last stored by [`Apply::apply`] or [`Apply::restore`] (`None`: nothing
     /// applied yet).
@@ -68,6 +70,10 @@ fn position_of(bytes: Option<Vec<u8>>) -> io::Result<Position> {
 #[derive(Clone)]
 pub struct StateMachine {
     app: Arc<dyn Apply>,
+    /// The position the application holds, read from it once and then kept here: every apply
+    /// needs the membership it stands at, and asking the application each time costs a read
+    /// of its store per batch. `None` until read (and again after a failed apply).
+    applied: Arc<std::sync::Mutex<Option<Position>>>,
     /// The snapshot built or installed last, served to followers that need one.
     current: Arc<std::sync::Mutex<Option<(SnapshotMeta, SnapshotData)>>>,
 }
@@ -80,7 +86,21 @@ impl std::fmt::Debug for StateMachine {
 
 impl StateMachine {
     pub fn new(app: Arc<dyn Apply>) -> Self {
-        Self { app, current: Arc::default() }
+        Self { app, current: Arc::default(), applied: Arc::default() }
+    }
+
+    fn applied(&self) -> io::Result<Position> {
+        let mut cached = self.applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(p) = &*cached {
+            return Ok(p.clone());
+        }
+        let p = position_of(self.app.position()?)?;
+        *cached = Some(p.clone());
+        Ok(p)
+    }
+
+    fn set_applied(&self, position: Option<Position>) {
+        *self.applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = position;
     }
 
     fn remember(&self, meta: SnapshotMeta, data: SnapshotData) {
@@ -106,14 +126,14 @@ impl RaftStateMachine<Types> for StateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<Position, io::Error> {
-        position_of(self.app.position()?)
+        self.applied()
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
         Strm: futures_util::Stream<Item = Result<EntryResponder<Types>, io::Error>> + Unpin + Send,
     {
-        let (_, mut membership) = position_of(self.app.position()?)?;
+        let (_, mut membership) = self.applied()?;
         let mut commands = Vec::new();
         let mut responders = Vec::new();
         let mut last = None;
@@ -136,8 +156,11 @@ impl RaftStateMachine<Types> for StateMachine {
         if last.is_none() {
             return Ok(());
         }
-        let position = encode("applied position", &(last, membership))?;
-        let mut answers = self.app.apply(ApplyBatch { commands, position }).await?.into_iter();
+        let position = encode("applied position", &(last, membership.clone()))?;
+        let answers = self.app.apply(ApplyBatch { commands, position }).await;
+        // A failed apply may have landed in part: read the position back next time.
+        self.set_applied(answers.as_ref().ok().map(|_| (last, membership)));
+        let mut answers = answers?.into_iter();
         for (responder, has_command) in responders {
             let answer = if has_command { answers.next().unwrap_or_default() } else { Response::default() };
             if let Some(r) = responder {
@@ -154,7 +177,9 @@ impl RaftStateMachine<Types> for StateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         let position = encode("applied position", &(meta.last_log_id, meta.last_membership.clone()))?;
         let data = SnapshotData { position, data: snapshot.data };
+        self.set_applied(None);
         self.app.restore(data.clone()).await?;
+        self.set_applied(Some((meta.last_log_id, meta.last_membership.clone())));
         self.remember(meta.clone(), data);
         Ok(())
     }
@@ -164,5 +189,67 @@ impl RaftStateMachine<Types> for StateMachine {
     ) -> Result<Option<openraft::alias::SnapshotOf<Types, SnapshotData>>, io::Error> {
         let current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         Ok(current.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use openraft::impls::leader_id_adv::LeaderId;
+
+    use super::*;
+    use crate::types::Entry;
+
+    /// An application whose whole state is its position, counting how often it is asked for it.
+    #[derive(Default)]
+    struct Counting {
+        position: Mutex<Option<Vec<u8>>>,
+        asked: AtomicUsize,
+    }
+
+    impl Apply for Counting {
+        fn apply(&self, batch: ApplyBatch) -> BoxFuture<io::Result<Vec<Response>>> {
+            *self.position.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(batch.position);
+            let answers = batch.commands.iter().map(|_| Response::default()).collect();
+            Box::pin(async move { Ok(answers) })
+        }
+
+        fn position(&self) -> io::Result<Option<Vec<u8>>> {
+            self.asked.fetch_add(1, Ordering::Relaxed);
+            Ok(self.position.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+        }
+
+        fn snapshot(&self) -> BoxFuture<io::Result<SnapshotData>> {
+            Box::pin(async { Err(io::Error::other("not in this test")) })
+        }
+
+        fn restore(&self, _snapshot: SnapshotData) -> BoxFuture<io::Result<()>> {
+            Box::pin(async { Err(io::Error::other("not in this test")) })
+        }
+    }
+
+    fn blank(index: u64) -> Entry {
+        Entry::new_blank(LogId::new(LeaderId { term: 1, node_id: 7 }, index))
+    }
+
+    #[tokio::test]
+    async fn the_application_is_asked_for_its_position_once() {
+        let app = Arc::new(Counting::default());
+        let mut sm = StateMachine::new(app.clone());
+        assert_eq!(sm.applied_state().await.expect("position").0, None);
+        for index in 1..=50 {
+            let entries = futures_util::stream::iter([Ok((blank(index), None))]);
+            sm.apply(entries).await.expect("apply");
+        }
+        let (last, _) = sm.applied_state().await.expect("position");
+        assert_eq!(last.map(|l| l.index), Some(50));
+        // Each read went through the application's store: with a memtable of many versions of
+        // the position key, that cost grew with every commit.
+        assert_eq!(app.asked.load(Ordering::Relaxed), 1, "read once, then kept");
+        // A fresh state machine (a restart) reads what the application stored.
+        let (last, _) = StateMachine::new(app.clone()).applied_state().await.expect("position");
+        assert_eq!(last.map(|l| l.index), Some(50));
     }
 }

@@ -34,9 +34,11 @@ impl SimDisk {
         self.live.plan()
     }
 
-    /// The machine loses power: what was not persisted is gone.
-    pub fn power_loss(&mut self) {
+    /// The machine loses power: what was not persisted is gone. Returns how many commits that
+    /// took back.
+    pub fn power_loss(&mut self) -> usize {
         let journal = self.journal.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let lost = journal.unsynced.len();
         journal.unsynced.clear();
         let live = MemStore::new();
         for batch in &journal.synced {
@@ -44,6 +46,7 @@ impl SimDisk {
             let _ = live.commit(batch);
         }
         self.live = FaultyStore::with_plan(live, self.live.plan());
+        lost
     }
 }
 

@@ -173,7 +173,7 @@ fn main() -> ExitCode {
 /// `--strong`: seeds of the strong tier, with failover times.
 fn strong_main(args: &Args, cfg: &StrongConfig) -> ExitCode {
     let started = Instant::now();
-    let (mut acknowledged, mut unknown, mut kills, mut leaders) = (0, 0, 0, 0);
+    let (mut acknowledged, mut unknown, mut kills, mut leaders, mut replayed) = (0, 0, 0, 0, 0);
     let mut failovers = Vec::new();
     for seed in args.seed_start..args.seed_start + args.seeds {
         match run_strong(seed, cfg) {
@@ -182,6 +182,7 @@ fn strong_main(args: &Args, cfg: &StrongConfig) -> ExitCode {
                 unknown += r.ops_unknown;
                 kills += r.leader_kills;
                 leaders += r.leaders_seen;
+                replayed += r.applies_replayed;
                 failovers.extend(r.failovers_ms);
             }
             Err(v) => {
@@ -200,6 +201,7 @@ fn strong_main(args: &Args, cfg: &StrongConfig) -> ExitCode {
         args.seeds as f64 / started.elapsed().as_secs_f64()
     );
     println!("{leaders} leaders elected in all (a failover-free seed elects one)");
+    println!("{replayed} applies taken back by kills before they reached the disk, replayed from the log");
     println!(
         "failover after {kills} leader kills ({} measured): p50 {} ms, p99 {} ms, max {} ms (simulated)",
         failovers.len(),

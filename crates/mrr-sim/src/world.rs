@@ -1128,7 +1128,7 @@ impl World {
                     for inv in &mut self.invariants {
                         inv.on_power_loss(node, &durable);
                     }
-                    self.nodes[node].store.power_loss();
+                    let _ = self.nodes[node].store.power_loss();
                     self.crash(node);
                 }
             }

@@ -374,14 +374,16 @@ pub fn run_log<L: LogStore>(log: L, reopen: impl FnOnce(L) -> Option<L>) {
 
     log.put_value("vote", b"term 3").expect("put");
     log.put_value("vote", b"term 4").expect("put");
-    log.put_value("committed", b"7").expect("put");
+    log.put_hint("committed", b"6").expect("hint");
+    log.put_hint("committed", b"7").expect("hint");
     assert_eq!(log.get_value("vote").expect("get").as_deref(), Some(&b"term 4"[..]));
+    assert_eq!(log.get_value("committed").expect("get").as_deref(), Some(&b"7"[..]), "a hint reads back at once");
 
     let Some(log) = reopen(log) else { return };
     assert_eq!(log.last().expect("last"), Some((9, b"9'".to_vec())), "entries survive a reopen");
     assert_eq!(log.range(0, 100, 100).expect("range").len(), 5, "and so do truncation and purge");
     assert_eq!(log.get_value("vote").expect("get").as_deref(), Some(&b"term 4"[..]));
-    assert_eq!(log.get_value("committed").expect("get").as_deref(), Some(&b"7"[..]));
+    assert_eq!(log.get_value("committed").expect("get").as_deref(), Some(&b"7"[..]), "a clean close keeps hints");
     log.truncate_after(None).expect("truncate all");
     assert_eq!(log.last().expect("last"), None);
 }

@@ -198,8 +198,8 @@ impl Store for FjallStore {
     fn commit(&self, batch: &CommitBatch) -> Result<()> {
         let _serialised = self.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let mut wb = self.db.batch().durability(match self.durability {
-            Durability::Fsync => Some(PersistMode::SyncData),
-            Durability::Buffered => None,
+            Durability::Fsync if !batch.from_strong_log => Some(PersistMode::SyncData),
+            Durability::Fsync | Durability::Buffered => None,
         });
         for (key, record) in &batch.records {
             wb.insert(&self.records, encoding::record_key(key), encode(record));

@@ -56,6 +56,12 @@ pub struct CommitBatch {
     pub strong_position: Option<Vec<u8>>,
     /// Strong requests applied, by request id (opaque answers), so a retry applies once.
     pub strong_requests: Vec<(String, Vec<u8>)>,
+    /// Every effect of this batch applies entries of the strong tier's log, which is fsynced
+    /// on its own and replayed from [`Self::strong_position`] after a restart. The store then
+    /// writes it without an fsync (it reaches the disk with the next durable commit): a crash
+    /// takes it back whole, to a position the log replays from, never in part. The log must
+    /// keep every entry after the last position that reached the disk (see `mrr-consensus`).
+    pub from_strong_log: bool,
 }
 
 impl CommitBatch {

@@ -2,7 +2,10 @@
 //! consensus protocol asks of a disk. Append, read a range, cut the tail, drop the head, read and
 //! write a named value — each on disk (fsynced) when the call returns, whatever the record
 //! store's `durability` says, because a vote or a log entry that a crash takes back can elect two
-//! leaders in one term.
+//! leaders in one term. The one exception is a *hint* ([`LogStore::put_hint`]): a value the
+//! protocol can recompute (the commit index), written without an fsync of its own. It reaches
+//! the disk with the next durable call, and since the journal is one sequence, a hint that
+//! survives a crash never names more than the durable writes before it.
 //!
 //! It knows nothing of terms, votes or Raft: entries and values are bytes. [`FjallLog`] keeps
 //! them in two keyspaces of the node's fjall database; [`MemLog`] serves tests and the simulator.
@@ -28,6 +31,8 @@ pub trait LogStore: Send + Sync + std::fmt::Debug {
     fn purge_through(&self, index: u64) -> Result<()>;
     fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>>;
     fn put_value(&self, name: &str, value: &[u8]) -> Result<()>;
+    /// Writes a value a crash may take back to an older one: no fsync of its own.
+    fn put_hint(&self, name: &str, value: &[u8]) -> Result<()>;
 }
 
 /// Removals run in bounded batches, so truncating a long log never builds one huge batch.
@@ -158,6 +163,11 @@ impl LogStore for FjallLog {
         self.values.insert(name, value)?;
         self.sync()
     }
+
+    fn put_hint(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.values.insert(name, value)?;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -230,5 +240,9 @@ impl LogStore for MemLog {
     fn put_value(&self, name: &str, value: &[u8]) -> Result<()> {
         self.lock().values.insert(name.to_owned(), value.to_vec());
         Ok(())
+    }
+
+    fn put_hint(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.put_value(name, value)
     }
 }

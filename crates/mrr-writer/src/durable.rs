@@ -7,9 +7,19 @@
 //! So replication ships only the vector this rule calls durable. The writer thread and the
 //! syncer (IO) feed it; the simulator drives the same rule.
 //!
+//! The strong stream is never in it: it never leaves a region, and its applies are not fsynced
+//! with the store (the strong tier's log holds them; `CommitBatch::from_strong_log`). Leaving
+//! it out also keeps a strong-only commit from waking every outbound session for nothing.
+//!
 //! Pure: no IO, no clock.
 
+use mrr_core::strong::STRONG_ORIGIN;
 use mrr_core::VersionVector;
+
+/// `vv` without the strong stream.
+fn replicable(vv: &VersionVector) -> VersionVector {
+    vv.iter().filter(|(s, _)| s.origin.as_str() != STRONG_ORIGIN).map(|(s, n)| (s.clone(), n)).collect()
+}
 
 #[derive(Clone, Debug)]
 pub struct DurableRule {
@@ -20,27 +30,32 @@ pub struct DurableRule {
 impl DurableRule {
     /// `recovered`: what the store holds at start-up, durable by definition.
     pub fn new(buffered: bool, recovered: VersionVector) -> Self {
-        Self { buffered, durable: recovered }
+        Self { buffered, durable: replicable(&recovered) }
     }
 
     /// A commit landed and `applied` is the new applied vector. Returns whether the durable
     /// vector moved.
     pub fn committed(&mut self, applied: &VersionVector) -> bool {
         let on_disk = !self.buffered || mrr_core::planted::active(mrr_core::planted::Bug::ReplicateBeforeDurable);
-        if on_disk && self.durable != *applied {
-            self.durable.join(applied);
-            return true;
+        if !on_disk {
+            return false;
         }
-        false
+        let applied = replicable(applied);
+        if self.durable.dominates(&applied) {
+            return false;
+        }
+        self.durable.join(&applied);
+        true
     }
 
     /// A persist covering every commit up to `snapshot` (the applied vector taken before it
     /// started) returned. Returns whether the durable vector moved.
     pub fn persisted(&mut self, snapshot: &VersionVector) -> bool {
-        if self.durable.dominates(snapshot) {
+        let snapshot = replicable(snapshot);
+        if self.durable.dominates(&snapshot) {
             return false;
         }
-        self.durable.join(snapshot);
+        self.durable.join(&snapshot);
         true
     }
 
@@ -73,5 +88,18 @@ mod tests {
         assert!(r.persisted(&vv(4)));
         assert_eq!(r.durable(), &vv(4));
         assert!(!r.persisted(&vv(3)), "an older snapshot never moves it back");
+    }
+
+    #[test]
+    fn the_strong_stream_is_never_durable_here() {
+        let strong = Stream::normal(RegionName::new(STRONG_ORIGIN).expect("valid"));
+        let with_strong = |n: u64, s: u64| -> VersionVector {
+            vv(n).iter().map(|(k, v)| (k.clone(), v)).chain([(strong.clone(), s)]).collect()
+        };
+        let mut r = DurableRule::new(false, with_strong(1, 4));
+        assert_eq!(r.durable(), &vv(1), "not even what was recovered");
+        assert!(!r.committed(&with_strong(1, 9)), "a strong-only commit moves nothing that replicates");
+        assert!(r.committed(&with_strong(2, 9)));
+        assert_eq!(r.durable(), &vv(2));
     }
 }

@@ -147,7 +147,17 @@ impl Engine {
             let stream = c.stream();
             vv.raise(&stream, pending.vv.get(&stream));
         }
+        // Only strong applies (their changes, records and request ids, nothing else): the
+        // strong log holds all of it durably already.
+        let from_strong_log = pending.strong_position.is_some()
+            && pending.changes.iter().all(|c| c.origin.as_str() == mrr_core::strong::STRONG_ORIGIN)
+            && pending.history.is_empty()
+            && pending.histories_dropped.is_empty()
+            && pending.conflicts.is_empty()
+            && pending.dead_letters.is_empty()
+            && pending.cleared.is_empty();
         Some(CommitBatch {
+            from_strong_log,
             records: pending.overlay.into_inner().into_iter().collect(),
             changes: pending.changes,
             vv,

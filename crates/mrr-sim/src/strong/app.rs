@@ -2,8 +2,11 @@
 //! ordered by the group, applied by the node's own strong path — each command becomes a
 //! [`StrongCommand`] (a put, or an atomic update whose condition is the compare) that
 //! [`GroupCommit`] evaluates, dedups by request id and commits with the position to a
-//! [`MemStore`], exactly as a node's writer does. Its store is its "disk": it survives a crash
-//! of the node (the consensus log does too), as an applied-and-fsynced state machine would.
+//! simulated disk, exactly as a node's writer does. Like a node's, those commits are not
+//! fsynced (the consensus log is: `CommitBatch::from_strong_log`); they reach the disk when a
+//! later commit syncs, here every [`PERSIST_EVERY`] applies. A kill takes back what had not
+//! reached it ([`Registers::power_loss`]), and the restarted node replays the log from the
+//! position that survived — the recovery path a node's crash takes.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -12,10 +15,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use mrr_consensus::{Apply, ApplyBatch, BoxFuture, Command, Response, SnapshotData};
 use mrr_core::strong::{Condition, Invalid, StrongCommand, StrongOutcome, StrongWrite};
 use mrr_core::{FieldOp, Key, Metadata, PhysicalClock, Policies, RegionName, Rule};
-use mrr_storage::{MemStore, RecoveredState, Store};
+use mrr_storage::{RecoveredState, Store};
 use mrr_writer::{Answer, DurableRule, Engine, GroupCommit, StrongBatch, Work};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+use crate::disk::SimDisk;
+
+/// How often a node's strong applies reach the disk: a node syncs them with its next eventual
+/// commit, whenever that comes; the simulator syncs every so many applies.
+const PERSIST_EVERY: u64 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RegisterOp {
@@ -81,7 +90,12 @@ impl PhysicalClock for NoClock {
 
 struct Inner {
     core: GroupCommit,
-    store: MemStore,
+    /// A buffered disk: every commit waits for a persist.
+    store: SimDisk,
+    applies: u64,
+    /// Power losses so far: a read that began in one life and ends in another was answered by
+    /// a process that died (its client saw the connection drop, not a value).
+    lives: u64,
     rule: DurableRule,
     /// What each applied request found before it: the simulator's own bookkeeping, for the
     /// answer (the strong path answers with the new record, the checker wants the old value).
@@ -101,12 +115,11 @@ pub struct Registers {
 
 impl Default for Registers {
     fn default() -> Self {
-        let policies = Policies::new(Rule::Timestamp, BTreeMap::new()).with_strong([TOPIC.to_owned()]);
-        let local = RegionName::new("sim").unwrap_or_else(|_| unreachable!("a valid name"));
-        let engine = Engine::new(local, RecoveredState::default(), 0, Arc::new(policies));
         let inner = Inner {
-            core: GroupCommit::new(engine, u64::MAX),
-            store: MemStore::new(),
+            core: core_over(RecoveredState::default()),
+            store: SimDisk::new(true),
+            applies: 0,
+            lives: 0,
             rule: DurableRule::new(false, mrr_core::VersionVector::new()),
             befores: BTreeMap::new(),
         };
@@ -114,7 +127,14 @@ impl Default for Registers {
     }
 }
 
-fn value_in(store: &MemStore, key: &Key) -> u64 {
+/// The writer a node starts with over what its disk recovered.
+fn core_over(recovered: RecoveredState) -> GroupCommit {
+    let policies = Policies::new(Rule::Timestamp, BTreeMap::new()).with_strong([TOPIC.to_owned()]);
+    let local = RegionName::new("sim").unwrap_or_else(|_| unreachable!("a valid name"));
+    GroupCommit::new(Engine::new(local, recovered, 0, Arc::new(policies)), u64::MAX)
+}
+
+fn value_in(store: &dyn Store, key: &Key) -> u64 {
     let record = store.get(key).ok().flatten().filter(|r| !r.is_tombstone());
     let value: Option<Value> = record.and_then(|r| serde_json::from_slice(r.value.as_deref()?).ok());
     value.and_then(|v| v["v"].as_u64()).unwrap_or(0)
@@ -131,6 +151,29 @@ impl Registers {
 
     pub fn value(&self, key: u8) -> u64 {
         value_in(&self.lock().store, &key_of(key))
+    }
+
+    /// Which life of the node this is (see [`Inner::lives`]).
+    pub fn life(&self) -> u64 {
+        self.lock().lives
+    }
+
+    /// The register's value, if the node is still in life `life`.
+    pub fn value_in_life(&self, key: u8, life: u64) -> Option<u64> {
+        let inner = self.lock();
+        (inner.lives == life).then(|| value_in(&inner.store, &key_of(key)))
+    }
+
+    /// The node died: what its disk had not persisted is gone, and the writer restarts over
+    /// what is left (the consensus log replays the rest once the node is back).
+    /// Returns how many applies that took back.
+    pub fn power_loss(&self) -> usize {
+        let mut inner = self.lock();
+        let lost = inner.store.power_loss();
+        let recovered = inner.store.recover().unwrap_or_else(|e| unreachable!("a memory store recovers: {e}"));
+        inner.core = core_over(recovered);
+        inner.lives += 1;
+        lost
     }
 
     fn apply_now(&self, batch: ApplyBatch) -> io::Result<Vec<Response>> {
@@ -155,7 +198,14 @@ impl Registers {
             [Work::Strong(StrongBatch { commands, position: batch.position })],
             &NoClock,
         );
+        if let Some(b) = built.batch() {
+            assert!(b.from_strong_log, "a batch of strong applies only is marked replayable from the log");
+        }
         let commit = built.batch().map_or(Ok(()), |b| inner.store.commit(b));
+        inner.applies += 1;
+        if inner.applies % PERSIST_EVERY == 0 {
+            inner.store.persist().map_err(io::Error::other)?;
+        }
         let settled = inner.core.settle(built, commit, &inner.store, &mut inner.rule);
         let outcomes = match settled.answers.into_iter().next() {
             Some(Answer::Strong(Ok(outcomes))) => outcomes,

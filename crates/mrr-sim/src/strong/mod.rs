@@ -84,6 +84,8 @@ pub struct StrongReport {
     pub messages: u64,
     /// The distinct leaders (term, node) seen.
     pub leaders_seen: usize,
+    /// Applies that kills took back before they reached the disk, replayed from the log.
+    pub applies_replayed: usize,
 }
 
 /// `mrr dev`'s one-way delays between its three regions (ms), and 20-120 ms for the others.
@@ -153,12 +155,13 @@ impl World {
         Ok(())
     }
 
-    async fn kill(&mut self, i: usize) {
+    /// Kills region `i`'s node; returns how many of its applies the kill took back.
+    async fn kill(&mut self, i: usize) -> usize {
         let r = &mut self.regions[i];
-        if let Some(node) = r.node.take() {
-            self.net.with(|s| s.up.remove(&r.id));
-            node.shutdown().await;
-        }
+        let Some(node) = r.node.take() else { return 0 };
+        self.net.with(|s| s.up.remove(&r.id));
+        node.shutdown().await;
+        r.app.power_loss()
     }
 
     fn leader(&self) -> Option<usize> {
@@ -319,13 +322,13 @@ async fn run_in(seed: u64, cfg: StrongConfig) -> Result<StrongReport, Violation>
                 let invoke_ms = now_ms(start);
                 let choice = rng.random_range(0..3u8);
                 let kind_and_return = if choice == 0 {
-                    match node.read_barrier().await {
-                        Ok(_) => {
-                            let v = registers.value(key);
+                    let life = registers.life();
+                    match node.read_barrier().await.ok().and_then(|_| registers.value_in_life(key, life)) {
+                        Some(v) => {
                             last_seen.insert(key, v);
                             Some((Kind::Read(v), Some(now_ms(start))))
                         }
-                        Err(_) => None,
+                        None => None,
                     }
                 } else {
                     let value = (c as u64 + 1) * 1_000_000 + counter;
@@ -374,7 +377,7 @@ async fn run_in(seed: u64, cfg: StrongConfig) -> Result<StrongReport, Violation>
         match kind {
             0 => {
                 let Some(l) = w.leader() else { continue };
-                w.kill(l).await;
+                report.applies_replayed += w.kill(l).await;
                 report.leader_kills += 1;
                 let killed = w.regions[l].id;
                 drop(w);
@@ -402,7 +405,7 @@ async fn run_in(seed: u64, cfg: StrongConfig) -> Result<StrongReport, Violation>
             }
             1 => {
                 let i = fault_rng.random_range(0..w.cfg.regions);
-                w.kill(i).await;
+                report.applies_replayed += w.kill(i).await;
                 drop(w);
                 tokio::time::sleep(Duration::from_millis(fault_rng.random_range(500..3_000))).await;
                 world.lock().await.start(i).await.map_err(|e| violation(seed, "simulator", now_ms(start), e))?;
