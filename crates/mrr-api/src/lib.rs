@@ -175,6 +175,32 @@ pub enum ErrorCode {
     MixedConsistency,
     /// An atomic update names a `function` its topic does not declare (400).
     UnknownFunction,
+    /// A session token (`x-mrr-session`, `?session=`) does not decode, is too large, or names
+    /// another cluster (400).
+    InvalidSessionToken,
+    /// `consistency=read_your_writes` without a session token (400).
+    MissingSessionToken,
+    /// The region did not come to hold the session's writes within `wait_ms` (504); `missing`
+    /// says which streams it lacks.
+    SessionNotReached,
+    /// `consistency=bounded` without a valid `max_staleness_ms` (1 ms to 1 day) (400).
+    InvalidStaleness,
+    /// The region's copy could not be shown fresh within `max_staleness_ms` in time (504).
+    StalenessNotMet,
+    /// `wait_ms` outside 0 to 60,000 (400).
+    InvalidWait,
+    /// `?ack=` is not `local`, `quorum`, `all` or a region count, or its wait is out of range
+    /// (400).
+    InvalidAck,
+    /// `?ack=` asks for more regions than the cluster has, or for a region whose link is cut by
+    /// an operator (409); nothing was written.
+    AckUnreachable,
+    /// The write is applied and durable here but not yet in as many regions as `?ack=` asked
+    /// within the wait (504); it is not undone. `acked_by` lists the regions that have it.
+    AckTimeout,
+    /// A topic with `throttle_when_lag_critical` refuses writes while a region's lag is past
+    /// `health.lag_critical` (503, `Retry-After`).
+    LagCritical,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -184,6 +210,21 @@ pub struct ErrorDetail {
     /// `precondition_failed`: the record as it is (absent when it does not exist).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<Box<RecordEnvelope>>,
+    /// `session_not_reached`: the streams this region has not applied far enough.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<StreamProgress>,
+    /// `ack_timeout`: the regions that hold the write durably (this one included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acked_by: Vec<String>,
+}
+
+/// How far a region has applied one stream, against what a session needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StreamProgress {
+    /// `<origin>` or `<origin>.<lane>`.
+    pub stream: String,
+    pub applied: u64,
+    pub needed: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -2,9 +2,16 @@
 //! [`Client::query`] (`"users/u001"`), [`Client::delete`].
 //!
 //! A client talks to one region's node over HTTP; it holds no replication logic and does not
-//! depend on the server.
+//! depend on the server. It carries a session: every write's answer names the write in a
+//! session token (`x-mrr-session`), which the client merges into its own and sends with
+//! every request, so a [`Consistency::ReadYourWrites`] read sees this session's writes. Clients
+//! made with [`Client::in_region`] share the session: write in Tokyo, read your write in
+//! Frankfurt.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use mrr_core::session_token::SessionToken;
 
 pub use mrr_api::*;
 use serde::de::DeserializeOwned;
@@ -39,7 +46,26 @@ pub struct Client {
     base: String,
     api_key: Option<String>,
     http: reqwest::Client,
+    /// The session's token: every write this client (and those sharing its session) made.
+    session: Arc<Mutex<Option<SessionToken>>>,
 }
+
+/// What a read may miss (`?consistency=`, `docs/consistency.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// This region's copy as it is.
+    Local,
+    /// Linearizable (`consistency: strong` topics).
+    Strong,
+    /// Every write of this client's session is in the answer, wherever it was made; waits up
+    /// to the server's default (2 s), then `SessionNotReached`.
+    ReadYourWrites,
+    /// No older than `max_staleness_ms` for any region's writes.
+    Bounded { max_staleness_ms: u64 },
+}
+
+/// The header a session token travels in.
+pub const SESSION_HEADER: &str = "x-mrr-session";
 
 /// Connects to the node at `endpoint` (`http://host:port`). No request is made until the
 /// first call.
@@ -48,7 +74,12 @@ pub fn connect(endpoint: &str, api_key: Option<&str>) -> Result<Client> {
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|source| ClientError::Http { url: endpoint.to_owned(), source })?;
-    Ok(Client { base: endpoint.trim_end_matches('/').to_owned(), api_key: api_key.map(str::to_owned), http })
+    Ok(Client {
+        base: endpoint.trim_end_matches('/').to_owned(),
+        api_key: api_key.map(str::to_owned),
+        http,
+        session: Arc::default(),
+    })
 }
 
 fn split_path(path: &str) -> Result<(&str, &str)> {
@@ -61,6 +92,42 @@ fn split_path(path: &str) -> Result<(&str, &str)> {
 impl Client {
     pub fn endpoint(&self) -> &str {
         &self.base
+    }
+
+    /// A client of the node at `endpoint` (another region) sharing this one's key and session:
+    /// its read-your-writes reads see the writes made through this one, and the other way.
+    pub fn in_region(&self, endpoint: &str) -> Client {
+        Client { base: endpoint.trim_end_matches('/').to_owned(), ..self.clone() }
+    }
+
+    /// The session token as it stands (what a read-your-writes read waits for), to hand to
+    /// another process.
+    pub fn session_token(&self) -> Option<String> {
+        self.session.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(SessionToken::encode)
+    }
+
+    /// Takes in a token from elsewhere (another process's [`Client::session_token`]).
+    pub fn merge_session_token(&self, token: &str) {
+        if let Ok(t) = SessionToken::parse(token) {
+            let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+            match &mut *session {
+                // A token of another cluster replaces the session rather than mixing with it.
+                Some(mine) if mine.cluster() == t.cluster() => mine.merge(&t),
+                _ => *session = Some(t),
+            }
+        }
+    }
+
+    /// The record at `topic/id` read at `level`; `None` if it does not exist or was deleted.
+    pub async fn query_with(&self, path: &str, level: Consistency) -> Result<Option<RecordEnvelope>> {
+        match level {
+            Consistency::Local => self.read(path, "").await,
+            Consistency::Strong => self.read(path, "?consistency=strong").await,
+            Consistency::ReadYourWrites => self.read(path, "?consistency=read_your_writes").await,
+            Consistency::Bounded { max_staleness_ms } => {
+                self.read(path, &format!("?consistency=bounded&max_staleness_ms={max_staleness_ms}")).await
+            }
+        }
     }
 
     /// Publishes `record` (a JSON object with an `id`, optionally `__metadata`) to `topic`.
@@ -299,7 +366,13 @@ impl Client {
         if let Some(k) = &self.api_key {
             request = request.bearer_auth(k);
         }
+        if let Some(token) = self.session_token() {
+            request = request.header(SESSION_HEADER, token);
+        }
         let response = request.send().await.map_err(|source| ClientError::Http { url: self.base.clone(), source })?;
+        if let Some(token) = response.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+            self.merge_session_token(token);
+        }
         let status = response.status();
         let url = response.url().to_string();
         let body = response.bytes().await.map_err(|source| ClientError::Http { url: url.clone(), source })?;

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod record;
 pub mod region;
 pub mod session;
+pub mod session_token;
 pub mod strong;
 pub mod version;
 pub mod vv;

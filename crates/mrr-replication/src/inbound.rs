@@ -297,6 +297,7 @@ fn record_apply(
 fn ack(ctx: &Context, vv: &mrr_core::VersionVector, refused: String, apply_ms: u32) -> proto::Ack {
     proto::Ack {
         applied: wire::vv_to_wire(vv),
+        durable: wire::vv_to_wire(&ctx.writer.durable().borrow()),
         direct_origins: ctx.status.direct_origins().iter().map(ToString::to_string).collect(),
         wall_ms: ctx.clock.now_ms(),
         refused,

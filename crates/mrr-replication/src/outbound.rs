@@ -220,6 +220,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
                     }
                 }
                 let vv = wire::vv_from_wire(ack.applied)?;
+                ctx.status.peer_durable(&peer.region, wire::vv_from_wire(ack.durable)?);
                 let direct = wire::regions_from_wire(ack.direct_origins)?;
                 session.on_ack(&vv, direct, u64::from(ack.apply_ms), mono_ms());
                 ctx.status.update(&peer.region, |s| s.acked = vv_map(session.acked()));

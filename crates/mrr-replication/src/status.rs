@@ -1,5 +1,7 @@
 //! What each peer session last reported, for `/v1/status`, `mrr status`, `/health` and
-//! metrics gauges. Sessions write here; nothing here drives replication.
+//! metrics gauges, and what the API's waits need: how fresh this region's copy of each peer's
+//! writes is (bounded-staleness reads) and what each peer holds durably (`?ack=` writes), with
+//! a change signal to wait on. Sessions write here; nothing here drives replication.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -30,6 +32,8 @@ struct Entry {
     caught_up: Option<(u64, u64)>,
     /// The peer's clock as last measured, and when (this node's wall ms).
     clock: Option<(mrr_core::clock_check::PeerOffset, u64)>,
+    /// What the peer said it holds durably, in its latest ack to this node.
+    durable: VersionVector,
 }
 
 #[derive(Clone, Debug)]
@@ -38,6 +42,8 @@ pub struct StatusBoard {
     /// How long an idle, healthy stream may go between two messages (its heartbeat period
     /// with slack): silence past it is staleness.
     quiet_ms: u64,
+    /// Bumped whenever a freshness or a peer's durable vector moves.
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StatusBoard {
@@ -61,7 +67,60 @@ impl StatusBoard {
             .collect();
         // A heartbeat goes out once a tick finds the stream idle for a period: up to two
         // periods apart.
-        Self { inner: Arc::new(Mutex::new(map)), quiet_ms: heartbeat_ms.saturating_mul(2) }
+        Self {
+            inner: Arc::new(Mutex::new(map)),
+            quiet_ms: heartbeat_ms.saturating_mul(2),
+            changed: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    /// Changes whenever a peer's freshness or durable vector moves: wait on it, then look again.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// `peer` holds `durable` on its disk (from its ack).
+    pub fn peer_durable(&self, peer: &RegionName, durable: VersionVector) {
+        let moved = match self.lock().get_mut(peer) {
+            Some(e) if !e.durable.dominates(&durable) => {
+                e.durable.join(&durable);
+                true
+            }
+            _ => false,
+        };
+        if moved {
+            self.bump();
+        }
+    }
+
+    /// Each peer's durable vector as last acked to this node.
+    pub fn durable_vectors(&self) -> Vec<(RegionName, VersionVector)> {
+        self.lock().iter().map(|(r, e)| (r.clone(), e.durable.clone())).collect()
+    }
+
+    /// How stale this node's copy of each peer's writes is at `now_ms`, at most: the time since
+    /// the newest moment (the peer's clock, corrected by its measured offset and that
+    /// measurement's uncertainty) at which this node held everything the peer had. `None`:
+    /// never caught up with it.
+    pub fn staleness_ms(&self, now_ms: u64) -> Vec<(RegionName, Option<u64>)> {
+        self.lock()
+            .iter()
+            .map(|(r, e)| {
+                let stale = e.caught_up.map(|(peer_wall, _)| {
+                    // peer_wall in this node's clock is peer_wall - offset; count the
+                    // uncertainty against us.
+                    let (offset, uncertainty) =
+                        e.clock.as_ref().map_or((0, 0), |(o, _)| (o.offset_ms, o.uncertainty_ms));
+                    let ours = i128::from(peer_wall) - i128::from(offset) - i128::from(uncertainty);
+                    u64::try_from((i128::from(now_ms) - ours).max(0)).unwrap_or(u64::MAX)
+                });
+                (r.clone(), stale)
+            })
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<RegionName, Entry>> {
@@ -97,10 +156,16 @@ impl StatusBoard {
     /// This node holds everything `peer` had when its clock read `peer_wall_ms`; it learned
     /// so at `now_ms` (its own clock).
     pub fn caught_up(&self, peer: &RegionName, peer_wall_ms: u64, now_ms: u64) {
-        if let Some(e) = self.lock().get_mut(peer) {
-            if e.caught_up.is_none_or(|(wall, _)| peer_wall_ms >= wall) {
+        let moved = match self.lock().get_mut(peer) {
+            Some(e) if e.caught_up.is_none_or(|(wall, _)| peer_wall_ms >= wall) => {
+                let newer = e.caught_up.is_none_or(|(wall, _)| peer_wall_ms > wall);
                 e.caught_up = Some((peer_wall_ms, now_ms));
+                newer
             }
+            _ => false,
+        };
+        if moved {
+            self.bump();
         }
     }
 

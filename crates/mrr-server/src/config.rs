@@ -107,6 +107,10 @@ pub struct TopicConfig {
     /// `{"function": name}` and run in the strong tier's state machine.
     #[serde(default)]
     pub functions: BTreeMap<String, PathBuf>,
+    /// Refuse writes to this topic (503 `lag_critical`, `Retry-After`) while any region's
+    /// replication lag is past `health.lag_critical`.
+    #[serde(default)]
+    pub throttle_when_lag_critical: bool,
 }
 
 /// A topic's consistency.
@@ -693,24 +697,21 @@ impl Config {
             .with_functions(functions))
     }
 
-    /// The forwarder of `placement_writes: forward`, when any topic (or the default) asks
-    /// for it.
-    pub fn forwarder(&self) -> Result<Option<crate::forward::Forwarder>, reqwest::Error> {
+    /// The forwarder: of writes for the topics `placement_writes: forward` names (or all),
+    /// and of `read_your_writes` reads with `fallback=forward`.
+    pub fn forwarder(&self) -> Result<crate::forward::Forwarder, reqwest::Error> {
         let all = self.replication_rules.placement_writes == PlacementWrites::Forward;
         let with = |w: PlacementWrites| {
             self.topics.iter().filter(move |(_, t)| t.placement_writes == Some(w)).map(|(n, _)| n.clone()).collect()
         };
         let topics: std::collections::BTreeSet<String> = with(PlacementWrites::Forward);
-        if !all && topics.is_empty() {
-            return Ok(None);
-        }
         let apis = self
             .regions
             .iter()
             .filter(|r| r.name != self.region)
             .filter_map(|r| Some((r.name.to_string(), r.api.clone()?)))
             .collect();
-        crate::forward::Forwarder::new(apis, all, topics, with(PlacementWrites::Refuse)).map(Some)
+        crate::forward::Forwarder::new(apis, all, topics, with(PlacementWrites::Refuse))
     }
 
     fn build_placement(

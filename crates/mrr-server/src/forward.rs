@@ -67,7 +67,7 @@ fn write_topic<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
 }
 
 pub async fn forward_placement(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(forwarder) = state.forwarder.clone() else { return next.run(request).await };
+    let forwarder = state.forwarder.clone();
     let topic = write_topic(request.method(), request.uri().path()).map(str::to_owned);
     let eligible =
         topic.as_deref().is_some_and(|t| forwarder.forwards(t)) && !request.headers().contains_key(FORWARDED_FROM);
@@ -126,6 +126,46 @@ pub async fn forward_placement(State(state): State<AppState>, request: Request, 
             )
             .into_response()
         }
+    }
+}
+
+impl Forwarder {
+    /// Replays a read (`GET path_and_query`) in `region`, with the client's credentials and
+    /// session token, marked forwarded so that region answers it itself. `None`: `region` has
+    /// no `api:` address.
+    pub(crate) async fn read(
+        &self,
+        from: &RegionName,
+        region: &str,
+        path_and_query: &str,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<Response> {
+        let api = self.apis.get(region)?;
+        let url = format!("{}{path_and_query}", api.trim_end_matches('/'));
+        let mut out = self.client.get(&url);
+        for name in ["authorization", "x-api-key", crate::read_levels::SESSION_HEADER] {
+            if let Some(v) = headers.get(name) {
+                out = out.header(name, v);
+            }
+        }
+        out = out.header(FORWARDED_FROM, from.as_str());
+        Some(match relay(out).await {
+            Ok(mut response) => {
+                if let Ok(v) = HeaderValue::from_str(region) {
+                    response.headers_mut().insert(FORWARDED_TO, v);
+                }
+                response
+            }
+            Err(e) => {
+                tracing::warn!(to = %region, url = %url, error = %e, "forwarding a read-your-writes read failed");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::ForwardFailed,
+                    format!("{region} holds the session's writes; forwarding the read there failed: {e}"),
+                )
+                .into_response()
+            }
+        })
     }
 }
 

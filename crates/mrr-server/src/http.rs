@@ -29,6 +29,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::OpenApi;
 
+use crate::read_levels::{before_read, lacks_named, Before, LevelQuery, ReadLevel};
+use crate::write_acks::{WriteOptions, Written};
+
 /// Everything handlers need.
 #[derive(Clone)]
 pub struct AppState {
@@ -48,8 +51,9 @@ pub struct AppState {
     pub health: crate::health::Thresholds,
     pub metrics: crate::metrics::ServerMetrics,
     pub replication_metrics: mrr_replication::metrics::ReplicationMetrics,
-    /// `placement_writes: forward` for some topic: how to reach the other regions' APIs.
-    pub forwarder: Option<Arc<crate::forward::Forwarder>>,
+    /// How to reach the other regions' APIs: `placement_writes: forward`, and
+    /// `read_your_writes` reads with `fallback=forward`.
+    pub forwarder: Arc<crate::forward::Forwarder>,
     /// Whether the node takes writes now (clock, writer).
     pub admission: Arc<crate::admission::Admission>,
     /// `dlq.max_entries`.
@@ -61,6 +65,8 @@ pub struct AppState {
     pub strong_topics: Arc<std::collections::BTreeSet<String>>,
     /// Names of the strong topics' update functions, by topic.
     pub functions: Arc<BTreeMap<String, std::collections::BTreeSet<String>>>,
+    /// Topics with `throttle_when_lag_critical`.
+    pub throttled_topics: Arc<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -79,11 +85,30 @@ pub struct ApiError {
     placed_in: Option<axum::http::HeaderValue>,
     /// `precondition_failed`: the record as it is.
     pub(crate) current: Option<Box<RecordEnvelope>>,
+    /// What a few codes add (boxed: most errors carry none of it).
+    extra: Option<Box<ErrorExtra>>,
+}
+
+/// Details of a few error codes.
+#[derive(Debug, Default)]
+pub(crate) struct ErrorExtra {
+    /// `session_not_reached`: what this region lacks.
+    pub missing: Vec<mrr_api::StreamProgress>,
+    /// `ack_timeout`: the regions that hold the write.
+    pub acked_by: Vec<String>,
+    /// `lag_critical`: when to try again (`Retry-After`).
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), placed_in: None, current: None }
+        Self { status, code, message: message.into(), placed_in: None, current: None, extra: None }
+    }
+
+    /// This error with the details `f` fills in.
+    pub(crate) fn with_extra(mut self, f: impl FnOnce(&mut ErrorExtra)) -> Self {
+        f(self.extra.get_or_insert_with(Box::default));
+        self
     }
 
     pub(crate) fn message_text(&self) -> &str {
@@ -97,10 +122,22 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, current: self.current } };
+        let extra = self.extra.map(|e| *e).unwrap_or_default();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                current: self.current,
+                missing: extra.missing,
+                acked_by: extra.acked_by,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(v) = self.placed_in {
             response.headers_mut().insert(crate::forward::PLACED_IN, v);
+        }
+        if let Some(s) = extra.retry_after_s {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(s));
         }
         response
     }
@@ -330,26 +367,28 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Publish a record; its `id` comes from the body.
 #[utoipa::path(post, path = "/v1/records/{topic}", request_body = Object,
-    params(("topic" = String, Path)), responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    params(("topic" = String, Path), crate::write_acks::WriteQuery), responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
 async fn publish(
     State(state): State<AppState>,
+    opts: WriteOptions,
     Path(topic): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<RecordEnvelope>> {
+) -> ApiResult<Written<Json<RecordEnvelope>>> {
     let op = parse_put(&state.limits, &state.regions, &topic, None, &body_bytes(body)?)?;
-    write_one(&state, op).await
+    write_one(&state, op, &opts).await
 }
 
 /// Publish a record under the id in the path.
 #[utoipa::path(put, path = "/v1/records/{topic}/{id}", request_body = Object,
-    params(("topic" = String, Path), ("id" = String, Path)), responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody)))]
+    params(("topic" = String, Path), ("id" = String, Path), crate::write_acks::WriteQuery), responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody)))]
 async fn put_record(
     State(state): State<AppState>,
+    opts: WriteOptions,
     Path((topic, id)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<RecordEnvelope>> {
+) -> ApiResult<Written<Json<RecordEnvelope>>> {
     let op = parse_put(&state.limits, &state.regions, &topic, Some(&id), &body_bytes(body)?)?;
-    write_one(&state, op).await
+    write_one(&state, op, &opts).await
 }
 
 /// Partial update: only the fields named change (`null` removes a field). Under
@@ -357,12 +396,13 @@ async fn put_record(
 /// other fields elsewhere survive; under `timestamp` and `custom` the patched record competes
 /// as a whole. `__metadata`, when given, replaces the record's metadata.
 #[utoipa::path(patch, path = "/v1/records/{topic}/{id}", request_body = Object,
-    params(("topic" = String, Path), ("id" = String, Path)), responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody)))]
+    params(("topic" = String, Path), ("id" = String, Path), crate::write_acks::WriteQuery), responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody)))]
 async fn patch_record(
     State(state): State<AppState>,
+    opts: WriteOptions,
     Path((topic, id)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<RecordEnvelope>> {
+) -> ApiResult<Written<Json<RecordEnvelope>>> {
     let key = parse_key(&topic, &id)?;
     let value: Value = json_body(body)?;
     let (mut fields, metadata) = split_record(&state.limits, &state.regions, value)?;
@@ -371,7 +411,7 @@ async fn patch_record(
     }
     fields.remove("id");
     let op = LocalOp::Patch { key, fields: encode_record(&state.limits, fields)?, metadata };
-    write_one(&state, op).await
+    write_one(&state, op, &opts).await
 }
 
 /// Operations accepted by `/ops` in one request.
@@ -381,17 +421,18 @@ const OPS_PER_REQUEST_MAX: usize = 100;
 /// decrements), `add`/`remove` (add-wins set), `set` (a plain field). The body is one operation,
 /// an array of them, or `{"ops": [...]}`. Needs `conflict_strategy: merge` on the topic.
 #[utoipa::path(post, path = "/v1/records/{topic}/{id}/ops", request_body = Object,
-    params(("topic" = String, Path), ("id" = String, Path)),
+    params(("topic" = String, Path), ("id" = String, Path), crate::write_acks::WriteQuery),
     responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn record_ops(
     State(state): State<AppState>,
+    opts: WriteOptions,
     Path((topic, id)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<RecordEnvelope>> {
+) -> ApiResult<Written<Json<RecordEnvelope>>> {
     let key = parse_key(&topic, &id)?;
     let value: Value = json_body(body)?;
     let ops = parse_ops(&state.limits, value)?;
-    write_one(&state, LocalOp::Ops { key, ops }).await
+    write_one(&state, LocalOp::Ops { key, ops }, &opts).await
 }
 
 pub(crate) fn parse_ops(limits: &Limits, value: Value) -> ApiResult<Vec<FieldOp>> {
@@ -437,27 +478,37 @@ pub(crate) fn parse_ops(limits: &Limits, value: Value) -> ApiResult<Vec<FieldOp>
     Ok(ops)
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-struct ReadQuery {
-    /// `local` (default): this region's copy, as stale as its apply lag. `strong`
-    /// (`consistency: strong` topics): linearizable, every write acknowledged before the read
-    /// is in the answer (a lease read at the coordinator, a read index elsewhere).
-    consistency: Option<String>,
-}
-
-/// Query one record: `query('users/u001')`.
-#[utoipa::path(get, path = "/v1/records/{topic}/{id}", params(("topic" = String, Path), ("id" = String, Path), ReadQuery),
-    responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+/// Query one record: `query('users/u001')`. `?consistency=` picks what the answer may miss
+/// (`docs/consistency.md`): `local` (default), `strong`, `read_your_writes` (with the session
+/// token a write answered with), `bounded` (with `max_staleness_ms`).
+#[utoipa::path(get, path = "/v1/records/{topic}/{id}", params(("topic" = String, Path), ("id" = String, Path), crate::read_levels::LevelQuery),
+    responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)))]
 async fn get_record(
     State(state): State<AppState>,
     Path((topic, id)): Path<(String, String)>,
-    ApiQuery(q): ApiQuery<ReadQuery>,
-) -> ApiResult<Json<RecordEnvelope>> {
+    headers: HeaderMap,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+    ApiQuery(q): ApiQuery<LevelQuery>,
+) -> ApiResult<Response> {
     let key = parse_key(&topic, &id)?;
-    let level = crate::strong::ReadConsistency::parse(q.consistency.as_deref())?;
-    crate::strong::read_barrier(&state, &key.topic, level).await?;
-    match state.store.get(&key)? {
+    let level = ReadLevel::parse(&state, &q, &headers)?;
+    let ready = || {
+        Ok(match (&level, state.store.get(&key)?) {
+            (ReadLevel::ReadYourWrites { token, .. }, Some(r)) => !lacks_named(token, &r),
+            _ => true,
+        })
+    };
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let granted = match before_read(&state, &key.topic, &level, path, &headers, ready).await? {
+        Before::Read(granted) => granted,
+        Before::Answered(answer) => return Ok(answer),
+    };
+    let envelope = record_answer(&state, &key)?;
+    Ok((granted.headers(), Json(envelope)).into_response())
+}
+
+fn record_answer(state: &AppState, key: &Key) -> ApiResult<RecordEnvelope> {
+    match state.store.get(key)? {
         Some(r) if !mrr_core::placement::places(&r.metadata, &state.region) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotPlaced,
@@ -471,7 +522,7 @@ async fn get_record(
             ErrorCode::Deleted,
             format!("{key} was deleted (version {})", r.version),
         )),
-        Some(r) => Ok(Json(envelope(&key, &r))),
+        Some(r) => Ok(envelope(key, &r)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
@@ -481,14 +532,15 @@ async fn get_record(
 }
 
 /// Delete a record (a versioned tombstone that replicates like a write).
-#[utoipa::path(delete, path = "/v1/records/{topic}/{id}", params(("topic" = String, Path), ("id" = String, Path)),
+#[utoipa::path(delete, path = "/v1/records/{topic}/{id}", params(("topic" = String, Path), ("id" = String, Path), crate::write_acks::WriteQuery),
     responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody)))]
 async fn delete_record(
     State(state): State<AppState>,
+    opts: WriteOptions,
     Path((topic, id)): Path<(String, String)>,
-) -> ApiResult<Json<RecordEnvelope>> {
+) -> ApiResult<Written<Json<RecordEnvelope>>> {
     let key = parse_key(&topic, &id)?;
-    write_one(&state, LocalOp::Delete { key }).await
+    write_one(&state, LocalOp::Delete { key }, &opts).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -501,8 +553,24 @@ struct ListQuery {
     /// Include deleted records (tombstones).
     #[serde(default)]
     include_deleted: bool,
-    /// `local` (default) or `strong`, as for one record.
+    /// As for one record: `local` (default), `strong`, `read_your_writes`, `bounded`.
     consistency: Option<String>,
+    session: Option<String>,
+    wait_ms: Option<u64>,
+    fallback: Option<String>,
+    max_staleness_ms: Option<u64>,
+}
+
+impl ListQuery {
+    fn level(&self) -> LevelQuery {
+        LevelQuery {
+            consistency: self.consistency.clone(),
+            session: self.session.clone(),
+            wait_ms: self.wait_ms,
+            fallback: self.fallback.clone(),
+            max_staleness_ms: self.max_staleness_ms,
+        }
+    }
 }
 
 const LIST_LIMIT_MAX: usize = 1_000;
@@ -512,11 +580,18 @@ const LIST_LIMIT_MAX: usize = 1_000;
 async fn list_records(
     State(state): State<AppState>,
     Path(topic): Path<String>,
+    headers: HeaderMap,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<RecordList>> {
+) -> ApiResult<Response> {
     validate_topic(&topic).map_err(|e| ApiError::bad(ErrorCode::InvalidTopic, e.to_string()))?;
-    let level = crate::strong::ReadConsistency::parse(q.consistency.as_deref())?;
-    crate::strong::read_barrier(&state, &topic, level).await?;
+    let level = ReadLevel::parse(&state, &q.level(), &headers)?;
+    // The page is read after the wait; its records' content is checked when it is built.
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let granted = match before_read(&state, &topic, &level, path, &headers, || Ok(true)).await? {
+        Before::Read(granted) => granted,
+        Before::Answered(answer) => return Ok(answer),
+    };
     let limit = q.limit.unwrap_or(100).clamp(1, LIST_LIMIT_MAX);
     let mut records = Vec::new();
     let mut after = q.after;
@@ -544,12 +619,16 @@ async fn list_records(
         }
         next_after = after.clone();
     }
-    Ok(Json(RecordList { records, next_after }))
+    Ok((granted.headers(), Json(RecordList { records, next_after })).into_response())
 }
 
 /// Publish or delete many records in one atomic commit.
-#[utoipa::path(post, path = "/v1/batch", request_body = BatchRequest, responses((status = 200, body = BatchResponse), (status = 400, body = ErrorBody)))]
-async fn batch(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<BatchResponse>> {
+#[utoipa::path(post, path = "/v1/batch", request_body = BatchRequest, params(crate::write_acks::WriteQuery), responses((status = 200, body = BatchResponse), (status = 400, body = ErrorBody)))]
+async fn batch(
+    State(state): State<AppState>,
+    opts: WriteOptions,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Written<Json<BatchResponse>>> {
     let bytes = body_bytes(body)?;
     let request: BatchRequest = serde_json::from_slice(&bytes).map_err(|e| json_error(&e))?;
     if request.items.len() > state.limits.batch_records_max {
@@ -577,13 +656,20 @@ async fn batch(State(state): State<AppState>, body: Result<Bytes, BytesRejection
         };
         ops.push(op);
     }
-    if crate::strong::is_strong(&state, ops.iter().filter_map(LocalOp::key))? {
+    let strong = crate::strong::is_strong(&state, ops.iter().filter_map(LocalOp::key))?;
+    crate::throttle::check(&state, ops.iter().filter_map(LocalOp::key))?;
+    opts.check(&state, strong)?;
+    let records = if strong {
         let writes = ops.into_iter().map(crate::strong::strong_write_of).collect::<ApiResult<Vec<_>>>()?;
-        let records = crate::strong::write(&state, &state.metrics.write_latency_batch, writes, None).await?;
-        return Ok(Json(BatchResponse { results: records.iter().map(|(k, r)| envelope(k, r)).collect() }));
-    }
-    let committed = timed_write(&state, &state.metrics.write_latency_batch, ops).await?;
-    Ok(Json(BatchResponse { results: committed.iter().map(|c| envelope(&c.key, &c.record)).collect() }))
+        crate::strong::write(&state, &state.metrics.write_latency_batch, writes, None).await?
+    } else {
+        let committed = timed_write(&state, &state.metrics.write_latency_batch, ops).await?;
+        committed.into_iter().map(|c| (c.key, c.record)).collect()
+    };
+    let ids: Vec<_> = records.iter().map(|(_, r)| r.change_id()).collect();
+    let token = opts.settle(&state, &ids, strong).await?;
+    let results = records.iter().map(|(k, r)| envelope(k, r)).collect();
+    Ok(Written(Json(BatchResponse { results }), token))
 }
 
 /// This node's view of the cluster: applied versions and each peer's connection and lag.
@@ -711,21 +797,43 @@ pub(crate) async fn timed<T>(
     result
 }
 
-pub(crate) async fn write_one(state: &AppState, op: LocalOp) -> ApiResult<Json<RecordEnvelope>> {
+pub(crate) async fn write_one(
+    state: &AppState,
+    op: LocalOp,
+    opts: &WriteOptions,
+) -> ApiResult<Written<Json<RecordEnvelope>>> {
     let latency = match op {
         LocalOp::Put { .. } | LocalOp::Replay { .. } => &state.metrics.write_latency_put,
         LocalOp::Patch { .. } => &state.metrics.write_latency_patch,
         LocalOp::Ops { .. } => &state.metrics.write_latency_ops,
         LocalOp::Delete { .. } => &state.metrics.write_latency_delete,
     };
-    if crate::strong::is_strong(state, op.key().into_iter())? {
-        return crate::strong::write_one(state, latency, op).await;
-    }
-    let committed: Vec<Committed> = timed_write(state, latency, vec![op]).await?;
-    let c = committed.first().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, "writer returned no result")
-    })?;
-    Ok(Json(envelope(&c.key, &c.record)))
+    let strong = crate::strong::is_strong(state, op.key().into_iter())?;
+    crate::throttle::check(state, op.key().into_iter())?;
+    opts.check(state, strong)?;
+    let (key, record) = if strong {
+        crate::strong::write_one(state, latency, op).await?
+    } else {
+        let committed: Vec<Committed> = timed_write(state, latency, vec![op]).await?;
+        let c = committed.into_iter().next().ok_or_else(|| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable, "writer returned no result")
+        })?;
+        (c.key, c.record)
+    };
+    answer_written(state, opts, &key, &record, strong).await
+}
+
+/// One written record's answer: waits for `opts`' ack; the session token goes in the
+/// `x-mrr-session` header, so the body is the record exactly as a read anywhere shows it.
+pub(crate) async fn answer_written(
+    state: &AppState,
+    opts: &WriteOptions,
+    key: &Key,
+    record: &Record,
+    strong: bool,
+) -> ApiResult<Written<Json<RecordEnvelope>>> {
+    let token = opts.settle(state, &[record.change_id()], strong).await?;
+    Ok(Written(Json(envelope(key, record)), token))
 }
 
 pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {

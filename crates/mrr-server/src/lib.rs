@@ -12,8 +12,11 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod read_levels;
 pub mod review;
 pub mod strong;
+pub mod throttle;
+pub mod write_acks;
 
 pub use config::Config;
 pub use node::{Listeners, Node, NodeOptions, StartError};

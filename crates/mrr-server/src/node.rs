@@ -191,13 +191,16 @@ impl Node {
             },
             metrics: crate::metrics::ServerMetrics::new(recorder.as_ref(), metrics_handle.clone()),
             replication_metrics: replicator.metrics.clone(),
-            forwarder: config.forwarder().map_err(|e| StartError::Forwarder(e.to_string()))?.map(Arc::new),
+            forwarder: Arc::new(config.forwarder().map_err(|e| StartError::Forwarder(e.to_string()))?),
             admission: crate::admission::Admission::new(max_skew_ms, recorder.as_ref()),
             dlq_max_entries: config.dlq.max_entries,
             consensus: consensus.clone(),
             strong_topics: Arc::new(config.policies.strong.clone()),
             functions: Arc::new(
                 config.policies.functions.iter().map(|(t, f)| (t.clone(), f.keys().cloned().collect())).collect(),
+            ),
+            throttled_topics: Arc::new(
+                config.topics.iter().filter(|(_, t)| t.throttle_when_lag_critical).map(|(n, _)| n.clone()).collect(),
             ),
         };
         // Histogram samples are folded into buckets here and at every scrape; the conflict log

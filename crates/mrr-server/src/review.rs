@@ -186,10 +186,11 @@ fn parse_id(id: &str) -> ApiResult<ChangeId> {
     responses((status = 200, body = RecordEnvelope), (status = 404, body = ErrorBody)))]
 pub async fn replay_dead_letter(
     State(state): State<AppState>,
+    opts: crate::write_acks::WriteOptions,
     Path(id): Path<String>,
-) -> ApiResult<Json<RecordEnvelope>> {
+) -> ApiResult<crate::write_acks::Written<Json<RecordEnvelope>>> {
     let id = parse_id(&id)?;
-    write_one(&state, LocalOp::Replay { id }).await
+    write_one(&state, LocalOp::Replay { id }, &opts).await
 }
 
 /// Discards a dead letter in this region (its change stays unapplied); returns what it was.

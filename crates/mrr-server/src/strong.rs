@@ -26,35 +26,11 @@ use mrr_writer::LocalOp;
 use serde_json::Value;
 
 use crate::http::{envelope, json_body, parse_key, parse_ops, ApiError, ApiResult, AppState};
-
-/// `?consistency=` of a read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ReadConsistency {
-    /// This region's records as they are: as stale as its apply lag (the default).
-    Local,
-    /// Linearizable: every write acknowledged before the read began is in the answer.
-    Strong,
-}
-
-impl ReadConsistency {
-    pub(crate) fn parse(level: Option<&str>) -> ApiResult<Self> {
-        match level {
-            None | Some("local") => Ok(Self::Local),
-            Some("strong") => Ok(Self::Strong),
-            Some(other) => Err(ApiError::bad(
-                ErrorCode::InvalidConsistency,
-                format!("consistency {other:?} is not a level this node serves: use `local` (default) or `strong`"),
-            )),
-        }
-    }
-}
+use crate::write_acks::{WriteOptions, Written};
 
 /// Waits, for a `strong` read of `topic`, until this region holds every write acknowledged
-/// before the call; `local` reads go ahead at once.
-pub(crate) async fn read_barrier(state: &AppState, topic: &str, level: ReadConsistency) -> ApiResult<()> {
-    if level == ReadConsistency::Local {
-        return Ok(());
-    }
+/// before the call.
+pub(crate) async fn read_barrier(state: &AppState, topic: &str) -> ApiResult<()> {
     if !state.strong_topics.contains(topic) {
         return Err(not_strong(topic, "a linearizable read"));
     }
@@ -192,12 +168,8 @@ fn refused(invalid: Invalid) -> ApiError {
 }
 
 /// One record's strong write, answered with its envelope.
-pub(crate) async fn write_one(
-    state: &AppState,
-    latency: &metrics::Histogram,
-    op: LocalOp,
-) -> ApiResult<Json<RecordEnvelope>> {
-    answer_one(write(state, latency, vec![strong_write_of(op)?], None).await?)
+pub(crate) async fn write_one(state: &AppState, latency: &metrics::Histogram, op: LocalOp) -> ApiResult<(Key, Record)> {
+    first(write(state, latency, vec![strong_write_of(op)?], None).await?)
 }
 
 /// Atomic update: `{"if": <condition>, "then": [<operations>], "request_id": "..."}`. The
@@ -215,15 +187,16 @@ pub(crate) async fn write_one(
 /// and answers the first answer; the same id with another body is 409 `request_id_reused`.
 /// The topic must be `consistency: strong`.
 #[utoipa::path(post, path = "/v1/records/{topic}/{id}/atomic", request_body = Object,
-    params(("topic" = String, Path), ("id" = String, Path)),
+    params(("topic" = String, Path), ("id" = String, Path), crate::write_acks::WriteQuery),
     responses((status = 200, body = RecordEnvelope), (status = 400, body = mrr_api::ErrorBody),
         (status = 409, body = mrr_api::ErrorBody), (status = 422, body = mrr_api::ErrorBody),
         (status = 503, body = mrr_api::ErrorBody)))]
 pub(crate) async fn atomic(
     State(state): State<AppState>,
+    opts: WriteOptions,
     Path((topic, id)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<RecordEnvelope>> {
+) -> ApiResult<Written<Json<RecordEnvelope>>> {
     let key = parse_key(&topic, &id)?;
     let value: Value = json_body(body)?;
     let Value::Object(mut body) = value else {
@@ -288,8 +261,11 @@ pub(crate) async fn atomic(
         {
             return Err(ApiError::bad(ErrorCode::TooDeep, "`args` is too deep or too large"));
         }
+        opts.check(&state, true)?;
         let call = StrongWrite::Call { key, function, args: args.to_string() };
-        return answer_one(write(&state, &state.metrics.write_latency_ops, vec![call], Some(request_id)).await?);
+        let (key, record) =
+            first(write(&state, &state.metrics.write_latency_ops, vec![call], Some(request_id)).await?)?;
+        return crate::http::answer_written(&state, &opts, &key, &record, true).await;
     }
     let condition = match body.remove("if") {
         None | Some(Value::Null) => None,
@@ -308,17 +284,18 @@ pub(crate) async fn atomic(
             "`then` is required: the operations to apply, e.g. [{\"op\":\"incr\",\"field\":\"available\",\"by\":-2}]",
         )),
     };
+    opts.check(&state, true)?;
     let update = StrongWrite::Update { key, condition, ops };
-    answer_one(write(&state, &state.metrics.write_latency_ops, vec![update], Some(request_id)).await?)
+    let (key, record) = first(write(&state, &state.metrics.write_latency_ops, vec![update], Some(request_id)).await?)?;
+    crate::http::answer_written(&state, &opts, &key, &record, true).await
 }
 
-fn answer_one(records: Vec<(Key, Record)>) -> ApiResult<Json<RecordEnvelope>> {
-    let (key, record) = records.first().ok_or_else(|| {
+fn first(records: Vec<(Key, Record)>) -> ApiResult<(Key, Record)> {
+    records.into_iter().next().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::StorageUnavailable,
             "the strong tier returned no record",
         )
-    })?;
-    Ok(Json(envelope(key, record)))
+    })
 }
