@@ -9,6 +9,7 @@ pub mod change;
 pub mod clock_check;
 pub mod conflict;
 pub mod doc;
+pub mod escrow;
 pub mod fold;
 pub mod hlc;
 pub mod lane;
