@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod bench;
+mod flash_bench;
 mod proxy;
 mod strong_bench;
 
@@ -129,6 +130,8 @@ enum Command {
     WanProxy(proxy::ProxyArgs),
     /// The same linearizable workload against MRR's strong tier or etcd (bench/strong_compare.sh).
     StrongBench(strong_bench::StrongBenchArgs),
+    /// The article's flash sale: buyers in every region take one item's stock (bench/flash_sale.sh).
+    FlashBench(flash_bench::FlashBenchArgs),
     /// Inject network faults into a running cluster through its emulated links.
     Chaos {
         /// Any region's config: it lists every region and its `api` address.
@@ -300,6 +303,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::WanProxy(args) => proxy::run(args).await,
         Command::StrongBench(args) => {
             println!("{}", strong_bench::run(args).await?);
+            Ok(())
+        }
+        Command::FlashBench(args) => {
+            println!("{}", flash_bench::run(args).await?);
             Ok(())
         }
         Command::Chaos { config, api_key, action } => chaos(&config, api_key.as_deref(), action).await,

@@ -28,6 +28,10 @@ pub enum ClientError {
         message: String,
         /// `precondition_failed`: the record as it is.
         current: Option<Box<RecordEnvelope>>,
+        /// `session_not_reached`: the streams the region lacks.
+        missing: Vec<StreamProgress>,
+        /// `ack_timeout`: the regions that hold the write.
+        acked_by: Vec<String>,
     },
     /// [`Client::atomic_update`] lost the compare-and-set to other writers on every attempt.
     #[error("{path}: the record changed under each of {attempts} attempts (other writers won the compare-and-set); retry later, or express the update as an atomic condition (Client::atomic), which never needs retries")]
@@ -389,6 +393,8 @@ impl Client {
                 code: e.error.code,
                 message: e.error.message,
                 current: e.error.current,
+                missing: e.error.missing,
+                acked_by: e.error.acked_by,
             }),
             Err(_) => Err(ClientError::Unexpected {
                 url,

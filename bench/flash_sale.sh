@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The article's flash sale on `mrr dev` (three regions in one process, 55/75/115 ms one way):
+# one item with STOCK units (default 10,000), BUYERS buyers per region (default 16) for SECS
+# seconds (default 20), sold `eventual` (a PN-counter on a merge topic: read locally, decrement
+# locally) and `strong` (an atomic update through the strong tier), in RUNS interleaved rounds
+# each (default 3). Prints one JSON line per round (per-region decrement latency, units sold,
+# final stock, oversell) and the medians. Listens on 127.0.0.1:17600-17621 only; stops what it
+# started by pid.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}; STOCK=${STOCK:-10000}; BUYERS=${BUYERS:-16}; SECS=${SECS:-20}
+if [ -z "${MRR:-}" ]; then MRR=./target/release/mrr; cargo build --release -q -p mrr-cli; fi
+W=$(mktemp -d /tmp/mrr-flash.XXXXXX)
+[ -n "${KEEP:-}" ] || trap 'rm -rf "$W"' EXIT
+MRR="$MRR" W="$W" RUNS="$RUNS" STOCK="$STOCK" BUYERS="$BUYERS" SECS="$SECS" python3 bench/flash_sale.py

@@ -1,0 +1,212 @@
+//! `mrr flash-bench`: the article's flash sale against a running cluster, for
+//! `bench/flash_sale.sh`. One item with `--stock` units; `--buyers` buyers in every region
+//! take one or two units at a time for `--duration`, each in its own region, until they see it
+//! sold out. Two ways to sell:
+//!
+//! - `eventual`: a PN-counter on a `merge` topic. A buyer reads its region's copy and, when it
+//!   shows enough, decrements with an `incr` operation: one local fsync, and concurrent buyers
+//!   in other regions, who have not seen each other's decrements yet, oversell.
+//! - `strong`: an atomic update on a strong topic (`if available >= qty then incr by -qty`),
+//!   committed through the strong tier: never oversells, costs the round trips to the
+//!   coordinator.
+//!
+//! Reports, as JSON on stdout: per region the decrements, units and latency p50/p99 of the
+//! successful decrements; units sold in all, the final stock once every region agrees, and the
+//! oversell (units sold beyond the stock). Every loop is bounded by the duration and a request
+//! count.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use hdrhistogram::Histogram;
+use mrr_client::{Client, ClientError, Consistency, ErrorCode};
+use serde_json::{json, Value};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaleMode {
+    Eventual,
+    Strong,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct FlashBenchArgs {
+    /// Every region's API, comma-separated (e.g. `mrr dev`'s http://127.0.0.1:7800,...).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub apis: Vec<String>,
+    #[arg(long, value_enum)]
+    pub mode: SaleMode,
+    #[arg(long, default_value_t = 10_000)]
+    pub stock: u64,
+    /// Buyers per region.
+    #[arg(long, default_value_t = 16)]
+    pub buyers: usize,
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// The item's id (a fresh one per run).
+    #[arg(long)]
+    pub item: String,
+    /// The `merge` topic of `eventual` (mrr dev: `profiles`).
+    #[arg(long, default_value = "profiles")]
+    pub eventual_topic: String,
+    /// The strong topic of `strong` (mrr dev: `stock`).
+    #[arg(long, default_value = "stock")]
+    pub strong_topic: String,
+}
+
+/// Requests per buyer at most: the loop's bound besides the duration.
+const REQUESTS_PER_BUYER_MAX: u64 = 100_000;
+/// How long the regions may take to agree on the final stock after the sale.
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn available(record: &Value) -> i64 {
+    record.get("available").and_then(Value::as_i64).unwrap_or(0)
+}
+
+struct Sold {
+    latency: Histogram<u64>,
+    units: u64,
+}
+
+/// `buyer` is unique over all regions: its request ids must be (the strong tier applies a
+/// request id once, and answers a second request with the same id as the first).
+async fn buyer(client: Client, args: FlashBenchArgs, path: String, buyer: usize) -> anyhow::Result<Sold> {
+    let started = Instant::now();
+    let mut sold = Sold { latency: Histogram::new(3)?, units: 0 };
+    let qty: u64 = 1 + (buyer as u64 % 2);
+    for n in 0..REQUESTS_PER_BUYER_MAX {
+        if started.elapsed() >= args.duration {
+            break;
+        }
+        let t = Instant::now();
+        let took = match args.mode {
+            SaleMode::Eventual => {
+                // What a buyer sees in its own region decides.
+                let left = client.query_with(&path, Consistency::Local).await?.map_or(0, |r| available(&r.value));
+                if left < qty as i64 {
+                    break;
+                }
+                let t = Instant::now();
+                client.ops(&path, &json!({"op": "incr", "field": "available", "by": -(qty as i64)})).await?;
+                Some(t)
+            }
+            SaleMode::Strong => {
+                let request_id = format!("{}-{buyer}-{n}", args.item);
+                let condition = json!({"available": {"gte": qty}});
+                let then = json!([{"op": "incr", "field": "available", "by": -(qty as i64)}]);
+                match client.atomic(&path, &condition, &then, &request_id).await {
+                    Ok(_) => Some(t),
+                    Err(ClientError::Api { code: ErrorCode::PreconditionFailed, .. }) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        if let Some(t) = took {
+            sold.latency.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+            sold.units += qty;
+        }
+    }
+    Ok(sold)
+}
+
+pub async fn run(args: FlashBenchArgs) -> anyhow::Result<Value> {
+    anyhow::ensure!(!args.apis.is_empty() && args.buyers > 0, "name the regions' APIs and at least one buyer");
+    let clients = args.apis.iter().map(|a| mrr_client::connect(a, None)).collect::<Result<Vec<_>, _>>()?;
+    let topic = match args.mode {
+        SaleMode::Eventual => &args.eventual_topic,
+        SaleMode::Strong => &args.strong_topic,
+    };
+    let path = format!("{topic}/{}", args.item);
+    let stock = i64::try_from(args.stock).context("stock")?;
+    match args.mode {
+        // A counter from the start: a plain value would be a register, which `incr` does not
+        // decrement.
+        SaleMode::Eventual => {
+            clients[0].ops(&path, &json!({"op": "incr", "field": "available", "by": stock})).await?;
+        }
+        SaleMode::Strong => {
+            clients[0].put(&path, &json!({"available": stock})).await?;
+        }
+    }
+    // Every region holds the stock before the first buyer.
+    let setup = Instant::now();
+    for c in &clients {
+        loop {
+            if c.query(&path).await?.is_some_and(|r| available(&r.value) == stock) {
+                break;
+            }
+            if setup.elapsed() > SETTLE {
+                bail!("{} did not receive the item within {SETTLE:?}", c.endpoint());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (region, client) in clients.iter().enumerate() {
+        for b in 0..args.buyers {
+            let (client, args, path) = (client.clone(), args.clone(), path.clone());
+            let id = region * args.buyers + b;
+            tasks.push((region, tokio::spawn(buyer(client, args, path, id))));
+        }
+    }
+    let mut per_region: BTreeMap<usize, Sold> = BTreeMap::new();
+    let mut failures = 0u64;
+    for (region, task) in tasks {
+        match task.await.context("buyer")? {
+            Ok(s) => {
+                let e = per_region.entry(region).or_insert(Sold { latency: Histogram::new(3)?, units: 0 });
+                e.latency.add(&s.latency)?;
+                e.units += s.units;
+            }
+            Err(e) => {
+                failures += 1;
+                eprintln!("flash-bench: a buyer stopped: {e}");
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // The final stock, once every region shows the same.
+    let settle = Instant::now();
+    let final_available = loop {
+        let mut seen = Vec::new();
+        for c in &clients {
+            seen.push(c.query(&path).await?.map_or(0, |r| available(&r.value)));
+        }
+        if seen.iter().all(|v| *v == seen[0]) {
+            break seen[0];
+        }
+        if settle.elapsed() > SETTLE {
+            bail!("the regions did not agree on the final stock within {SETTLE:?}: {seen:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let sold: u64 = per_region.values().map(|s| s.units).sum();
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
+    let regions: Vec<Value> = per_region
+        .iter()
+        .map(|(r, s)| {
+            json!({
+                "api": args.apis[*r],
+                "decrements": s.latency.len(),
+                "units": s.units,
+                "p50_ms": ms(&s.latency, 0.5),
+                "p99_ms": ms(&s.latency, 0.99),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "mode": format!("{:?}", args.mode).to_lowercase(),
+        "stock": args.stock,
+        "buyers_per_region": args.buyers,
+        "seconds": seconds,
+        "units_sold": sold,
+        "final_available": final_available,
+        "oversell": sold.saturating_sub(args.stock),
+        // What left the stock minus what buyers were told they got: 0 when every acknowledged
+        // decrement applied exactly once.
+        "unaccounted": (stock - final_available) - i64::try_from(sold).unwrap_or(i64::MAX),
+        "buyer_failures": failures,
+        "regions": regions,
+    }))
+}
