@@ -192,6 +192,10 @@ async fn with_placement_writes_forward_a_write_outside_the_placement_is_made_ins
     let vip = json!({"id": "vip3", "name": "Cleo", "__metadata": {"regions": ["eu-central", "us-west"]}});
     let made = c[TOKYO].publish("users", &vip).await?;
     assert_eq!(made.origin_region, "eu-central");
+    // The forwarded write's session token comes back with its answer: a read-your-writes read
+    // in Tokyo's session waits for the write made in eu-central.
+    let token = c[TOKYO].session_token().expect("the forwarded answer carried a session token");
+    assert!(token.contains("eu-central:"), "{token}");
     let want = json!({"id": "vip3", "name": "Cleo"});
     wait_value(&c[US_WEST], "users/vip3", &want).await?;
     assert_eq!(c[EU].query("users/vip3").await?.map(|r| r.value), Some(want));

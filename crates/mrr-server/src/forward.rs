@@ -103,7 +103,7 @@ pub async fn forward_placement(State(state): State<AppState>, request: Request, 
     };
     let url = format!("{}{}", api.trim_end_matches('/'), parts.uri.path_and_query().map_or("", |p| p.as_str()));
     let mut out = forwarder.client.request(parts.method.clone(), &url).body(bytes);
-    for name in ["content-type", "authorization", "x-api-key"] {
+    for name in ["content-type", "authorization", "x-api-key", crate::read_levels::SESSION_HEADER] {
         if let Some(v) = parts.headers.get(name) {
             out = out.header(name, v);
         }
@@ -172,11 +172,20 @@ impl Forwarder {
 async fn relay(request: reqwest::RequestBuilder) -> Result<Response, reqwest::Error> {
     let answer = request.send().await?;
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = answer.headers().get("content-type").cloned();
+    // The answer's own headers that mean something to the client: its type, the session token
+    // of a forwarded write, the staleness a forwarded read met.
+    let kept: Vec<(&'static str, HeaderValue)> =
+        ["content-type", crate::read_levels::SESSION_HEADER, crate::read_levels::STALENESS_HEADER]
+            .into_iter()
+            .filter_map(|name| {
+                let v = answer.headers().get(name)?;
+                Some((name, HeaderValue::from_bytes(v.as_bytes()).ok()?))
+            })
+            .collect();
     let body = answer.bytes().await?;
     let mut response = (status, body).into_response();
-    if let Some(ct) = content_type.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
-        response.headers_mut().insert("content-type", ct);
+    for (name, v) in kept {
+        response.headers_mut().insert(name, v);
     }
     Ok(response)
 }
