@@ -149,6 +149,9 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     let (auth, est) = dialer.on_welcome(&welcome, sent_ms, ctx.clock.now_ms())?;
     send(&link, to_acceptor::Msg::Auth(auth)).await?;
     let peer_vv = wire::vv_from_wire(welcome.applied)?;
+    // What a peer holds is what it recovered, not what it held before a restart (a wiped or
+    // power-cut peer holds less): `?ack=` counts from here.
+    ctx.status.reset_durable(&peer.region, peer_vv.clone());
     let peer_direct = wire::regions_from_wire(welcome.direct_origins)?;
     // The estimate is only as good as half the round trip; a Welcome held by a congested or
     // healing path says nothing about clocks.

@@ -97,6 +97,14 @@ impl StatusBoard {
         }
     }
 
+    /// `peer` (re)connected holding `recovered`: its durable vector starts there again.
+    pub fn reset_durable(&self, peer: &RegionName, recovered: VersionVector) {
+        if let Some(e) = self.lock().get_mut(peer) {
+            e.durable = recovered;
+        }
+        self.bump();
+    }
+
     /// Each peer's durable vector as last acked to this node.
     pub fn durable_vectors(&self) -> Vec<(RegionName, VersionVector)> {
         self.lock().iter().map(|(r, e)| (r.clone(), e.durable.clone())).collect()
@@ -252,6 +260,32 @@ mod tests {
         let s = &board.snapshot(61_000)[0];
         assert_eq!(s.received_per_s, 0.0);
         assert_eq!(s.freshness_lag_ms, Some(55 + 61_000 - 49_055 - 1_000));
+    }
+
+    #[test]
+    fn staleness_counts_the_peer_clock_offset_against_us_and_durable_vectors_signal() {
+        let (a, b) = (RegionName::new("a").expect("valid"), RegionName::new("b").expect("valid"));
+        let board = StatusBoard::new(&a, [(&b, "http://b")].into_iter(), 500);
+        let mut changed = board.subscribe();
+        changed.borrow_and_update();
+        assert_eq!(board.staleness_ms(10_000), vec![(b.clone(), None)], "never caught up: unknown");
+        // Held everything b had at b's 9,900; b's clock runs 40 ms ahead of ours, measured to
+        // within 5 ms: that moment is our 9,855 at the earliest, so at our 10,000 we are 145 ms
+        // stale at most.
+        board.observe_clock(&b, 40, 5, 9_990);
+        board.caught_up(&b, 9_900, 9_960);
+        assert!(changed.has_changed().expect("open"), "a catch-up signals waiters");
+        assert_eq!(board.staleness_ms(10_000), vec![(b.clone(), Some(145))]);
+
+        let stream = mrr_core::Stream::normal(a.clone());
+        let vv = |n: u64| -> VersionVector { [(stream.clone(), n)].into_iter().collect() };
+        changed.borrow_and_update();
+        board.peer_durable(&b, vv(7));
+        board.peer_durable(&b, vv(5)); // an older ack never moves it back
+        assert_eq!(board.durable_vectors(), vec![(b.clone(), vv(7))]);
+        assert!(changed.has_changed().expect("open"));
+        board.reset_durable(&b, vv(3)); // b came back holding less
+        assert_eq!(board.durable_vectors(), vec![(b.clone(), vv(3))]);
     }
 
     #[test]
