@@ -173,7 +173,7 @@ fn main() -> ExitCode {
 /// `--strong`: seeds of the strong tier, with failover times.
 fn strong_main(args: &Args, cfg: &StrongConfig) -> ExitCode {
     let started = Instant::now();
-    let (mut acknowledged, mut unknown, mut kills, mut leaders, mut replayed) = (0, 0, 0, 0, 0);
+    let (mut acknowledged, mut unknown, mut kills, mut leaders, mut replayed, mut pipes) = (0, 0, 0, 0, 0, 0);
     let mut failovers = Vec::new();
     for seed in args.seed_start..args.seed_start + args.seeds {
         match run_strong(seed, cfg) {
@@ -183,6 +183,7 @@ fn strong_main(args: &Args, cfg: &StrongConfig) -> ExitCode {
                 kills += r.leader_kills;
                 leaders += r.leaders_seen;
                 replayed += r.applies_replayed;
+                pipes += r.pipes;
                 failovers.extend(r.failovers_ms);
             }
             Err(v) => {
@@ -202,6 +203,7 @@ fn strong_main(args: &Args, cfg: &StrongConfig) -> ExitCode {
     );
     println!("{leaders} leaders elected in all (a failover-free seed elects one)");
     println!("{replayed} applies taken back by kills before they reached the disk, replayed from the log");
+    println!("{pipes} append pipes opened (openraft opens one per replication stream; a cut or a dead peer ends one)");
     println!(
         "failover after {kills} leader kills ({} measured): p50 {} ms, p99 {} ms, max {} ms (simulated)",
         failovers.len(),

@@ -82,6 +82,8 @@ pub struct StrongReport {
     /// Per leader kill: simulated ms until the other regions knew a new leader.
     pub failovers_ms: Vec<u64>,
     pub messages: u64,
+    /// Pipes opened for pipelined appends (one per leader and follower, again after a break).
+    pub pipes: u64,
     /// The distinct leaders (term, node) seen.
     pub leaders_seen: usize,
     /// Applies that kills took back before they reached the disk, replayed from the log.
@@ -227,6 +229,7 @@ async fn build_world(seed: u64, cfg: &StrongConfig, start: tokio::time::Instant)
         cut: Default::default(),
         up: Default::default(),
         messages: 0,
+        pipes: 0,
     });
     // The largest round trip between two regions, as `mrr dev` writes it into `consensus.rtt_ms`.
     let rtt_ms = 2 * net.with(|s| s.delay_ms.values().copied().max().unwrap_or(0));
@@ -510,7 +513,7 @@ async fn run_in(seed: u64, cfg: StrongConfig) -> Result<StrongReport, Violation>
             return Err(violation(seed, "linearizable", now_ms(start), format!("key {key}: {detail}")));
         }
     }
-    report.messages = world.lock().await.net.with(|s| s.messages);
+    (report.messages, report.pipes) = world.lock().await.net.with(|s| (s.messages, s.pipes));
     report.leaders_seen = leaders.lock().unwrap_or_else(PoisonError::into_inner).len();
     let w = world.lock().await;
     for r in &w.regions {
