@@ -111,13 +111,17 @@ impl Transport for Endpoint {
             let (arriving_tx, mut arriving) = mpsc::channel::<(Instant, Vec<u8>)>(PIPE_QUEUE_MAX);
             let (returning_tx, mut returning) = mpsc::channel::<(Instant, Vec<u8>)>(PIPE_QUEUE_MAX);
             let (answers_tx, answers_rx) = mpsc::channel::<Result<Vec<u8>, TransportError>>(PIPE_QUEUE_MAX);
+            // Set when the connection broke; unset, the answers end as a stream closed by its
+            // sender does, without an error.
+            let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let broke = |b: &std::sync::atomic::AtomicBool| b.store(true, std::sync::atomic::Ordering::Relaxed);
             // There: each request no earlier than its delay, never before the one sent ahead.
-            let there = net.clone();
+            let (there, there_broken) = (net.clone(), broken.clone());
             tokio::spawn(async move {
                 let mut at = Instant::now();
                 while let Some(request) = outgoing.recv().await {
                     // Cut: the connection breaks (a keepalive or a reset ends it).
-                    let Some(delay) = there.hop_on_stream(from, to) else { return };
+                    let Some(delay) = there.hop_on_stream(from, to) else { return broke(&there_broken) };
                     at = at.max(Instant::now() + delay);
                     if arriving_tx.send((at, request)).await.is_err() {
                         return;
@@ -125,14 +129,14 @@ impl Transport for Endpoint {
                 }
             });
             // The far end: one request at a time, in order; the answers back the same way.
-            let far = net.clone();
+            let (far, far_broken) = (net.clone(), broken.clone());
             tokio::spawn(async move {
                 let mut at = Instant::now();
                 while let Some((arrives, request)) = arriving.recv().await {
                     tokio::time::sleep_until(arrives).await;
-                    let Some(target) = far.with(|s| s.up.get(&to).cloned()) else { return };
+                    let Some(target) = far.with(|s| s.up.get(&to).cloned()) else { return broke(&far_broken) };
                     let answer = target.handle(&request).await;
-                    let Some(delay) = far.hop_on_stream(to, from) else { return };
+                    let Some(delay) = far.hop_on_stream(to, from) else { return broke(&far_broken) };
                     at = at.max(Instant::now() + delay);
                     if returning_tx.send((at, answer)).await.is_err() {
                         return;
@@ -147,7 +151,9 @@ impl Transport for Endpoint {
                         return;
                     }
                 }
-                let _ = answers_tx.send(Err(TransportError::Unreachable(format!("pipe to node {to} broke")))).await;
+                if broken.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = answers_tx.send(Err(TransportError::Unreachable(format!("pipe to node {to} broke")))).await;
+                }
             });
             let answers = futures_util::stream::unfold(answers_rx, |mut rx| async move {
                 let item = rx.recv().await?;
