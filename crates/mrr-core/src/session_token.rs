@@ -58,7 +58,7 @@ impl SessionToken {
 
     /// Adds a write.
     pub fn record(&mut self, id: &ChangeId) {
-        self.writes.raise(&Stream::new(id.origin.clone(), id.lane), id.seq);
+        self.writes.raise(&id.stream(), id.seq);
     }
 
     /// Takes in every write `other` names (the larger entry of each stream).
@@ -77,7 +77,7 @@ impl SessionToken {
 
     /// Whether `id` is one of the writes this token waits for.
     pub fn names(&self, id: &ChangeId) -> bool {
-        id.seq <= self.writes.get(&Stream::new(id.origin.clone(), id.lane))
+        id.seen_by(&self.writes)
     }
 
     /// The streams `applied` does not yet cover: `(stream, applied there, needed)`.

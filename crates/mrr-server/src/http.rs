@@ -612,9 +612,7 @@ async fn batch(
         };
         ops.push(op);
     }
-    let strong = crate::strong::is_strong(&state, ops.iter().filter_map(LocalOp::key))?;
-    crate::throttle::check(&state, ops.iter().filter_map(LocalOp::key))?;
-    opts.check(&state, strong)?;
+    let strong = admit(&state, &opts, ops.iter().filter_map(LocalOp::key))?;
     let records = if strong {
         let writes = ops.into_iter().map(crate::strong::strong_write_of).collect::<ApiResult<Vec<_>>>()?;
         crate::strong::write(&state, &state.metrics.write_latency_batch, writes, None).await?
@@ -764,9 +762,7 @@ pub(crate) async fn write_one(
         LocalOp::Ops { .. } => &state.metrics.write_latency_ops,
         LocalOp::Delete { .. } => &state.metrics.write_latency_delete,
     };
-    let strong = crate::strong::is_strong(state, op.key().into_iter())?;
-    crate::throttle::check(state, op.key().into_iter())?;
-    opts.check(state, strong)?;
+    let strong = admit(state, opts, op.key().into_iter())?;
     let (key, record) = if strong {
         crate::strong::write_one(state, latency, op).await?
     } else {
@@ -777,6 +773,20 @@ pub(crate) async fn write_one(
         (c.key, c.record)
     };
     answer_written(state, opts, &key, &record, strong).await
+}
+
+/// The checks a write passes before anything of it is written: which tier takes it (mixed
+/// batches refused), the lag throttle of its topics, whether its `?ack=` can be met. Returns
+/// whether the strong tier takes it.
+pub(crate) fn admit<'a>(
+    state: &AppState,
+    opts: &WriteOptions,
+    keys: impl Iterator<Item = &'a Key> + Clone,
+) -> ApiResult<bool> {
+    let strong = crate::strong::is_strong(state, keys.clone())?;
+    crate::throttle::check(state, keys)?;
+    opts.check(state, strong)?;
+    Ok(strong)
 }
 
 /// One written record's answer: waits for `opts`' ack; the session token goes in the

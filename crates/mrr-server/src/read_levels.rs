@@ -88,20 +88,17 @@ impl ReadLevel {
                         ))
                     }
                 };
-                let text = match (&q.session, headers.get(SESSION_HEADER)) {
-                    (Some(t), _) => t.clone(),
-                    (None, Some(h)) => h
-                        .to_str()
-                        .map_err(|_| ApiError::bad(ErrorCode::InvalidSessionToken, "the x-mrr-session header is not text"))?
-                        .to_owned(),
-                    (None, None) => {
-                        return Err(ApiError::bad(
-                            ErrorCode::MissingSessionToken,
-                            "consistency=read_your_writes needs the session token a write answered with (x-mrr-session header, or ?session=)",
-                        ))
-                    }
+                let token = match &q.session {
+                    Some(text) => Some(decode_token(state, text)?),
+                    None => session_header(state, headers)?,
                 };
-                Self::ReadYourWrites { token: decode_token(state, &text)?, wait: wait()?, forward }
+                let Some(token) = token else {
+                    return Err(ApiError::bad(
+                        ErrorCode::MissingSessionToken,
+                        "consistency=read_your_writes needs the session token a write answered with (x-mrr-session header, or ?session=)",
+                    ));
+                };
+                Self::ReadYourWrites { token, wait: wait()?, forward }
             }
             Some("bounded") => match q.max_staleness_ms {
                 Some(ms) if (1..=STALENESS_MS_MAX).contains(&ms) => Self::Bounded { max_staleness_ms: ms, wait: wait()? },
@@ -137,8 +134,17 @@ impl ReadLevel {
     }
 }
 
-pub(crate) fn decode_token(state: &AppState, text: &str) -> ApiResult<SessionToken> {
+fn decode_token(state: &AppState, text: &str) -> ApiResult<SessionToken> {
     SessionToken::decode(text, &state.cluster).map_err(|e| ApiError::bad(ErrorCode::InvalidSessionToken, e.to_string()))
+}
+
+/// The session token of the request's `x-mrr-session` header, if it has one.
+pub(crate) fn session_header(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<SessionToken>> {
+    let Some(h) = headers.get(SESSION_HEADER) else { return Ok(None) };
+    let text = h
+        .to_str()
+        .map_err(|_| ApiError::bad(ErrorCode::InvalidSessionToken, "the x-mrr-session header is not text"))?;
+    decode_token(state, text).map(Some)
 }
 
 /// What a level's wait found, for the answer.

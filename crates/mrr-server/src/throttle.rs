@@ -2,7 +2,8 @@
 //! badly behind (the background reading's circuit breaker). While any peer's freshness lag, as
 //! this region sees it, is past `health.lag_critical`, writes to such a topic answer 503
 //! `lag_critical` with `Retry-After`, and resume by themselves once the lag is back under it.
-//! Other topics are never throttled. Pure decision over the status board; no state of its own.
+//! Other topics are never throttled. The verdict is `/health`'s (`crate::health::evaluate`);
+//! no state of its own.
 
 use axum::http::StatusCode;
 use mrr_api::ErrorCode;
@@ -19,16 +20,14 @@ pub(crate) fn check<'a>(state: &AppState, mut keys: impl Iterator<Item = &'a Key
         return Ok(());
     };
     let critical_ms = u64::try_from(state.health.lag_critical.as_millis()).unwrap_or(u64::MAX);
-    let uptime_ms = u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let behind: Vec<String> = state
-        .status
-        .snapshot(state.clock.now_ms())
-        .into_iter()
-        .filter_map(|p| {
-            // Never caught up: as stale as this node is old (as `/health` counts it).
-            let lag_ms = p.freshness_lag_ms.unwrap_or(uptime_ms);
-            (lag_ms >= critical_ms).then(|| format!("{} ({lag_ms} ms)", p.region))
-        })
+    // `/health`'s own verdict per region: the same lag, the same thresholds.
+    let peers = state.status.snapshot(state.clock.now_ms());
+    let health = crate::health::evaluate(state.region.as_str(), &peers, state.health, state.started.elapsed(), 0, &[]);
+    let behind: Vec<String> = health
+        .regions
+        .iter()
+        .filter(|r| r.status == mrr_api::HealthStatus::Critical)
+        .map(|r| format!("{} ({} ms)", r.region, r.lag_ms))
         .collect();
     if behind.is_empty() {
         return Ok(());

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::http::{ApiError, ApiResult, AppState};
-use crate::read_levels::{decode_token, SESSION_HEADER};
+use crate::read_levels::{session_header, SESSION_HEADER};
 
 const ACK_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 const ACK_TIMEOUT_MS_MAX: u64 = 60_000;
@@ -57,9 +57,12 @@ pub(crate) enum Ack {
 pub struct WriteOptions {
     session: Option<SessionToken>,
     ack: Ack,
-    /// `ack=all`: refused while a link is cut.
-    all: bool,
     ack_timeout: Duration,
+}
+
+/// Regions that make a majority of `regions`.
+fn quorum(regions: usize) -> usize {
+    regions / 2 + 1
 }
 
 impl FromRequestParts<AppState> for WriteOptions {
@@ -69,20 +72,12 @@ impl FromRequestParts<AppState> for WriteOptions {
         let Query(q) = Query::<WriteQuery>::from_request_parts(parts, state).await.map_err(|e| {
             ApiError::bad(ErrorCode::InvalidQuery, format!("{}; writes take ?ack= and ?ack_timeout_ms=", e.body_text()))
         })?;
-        let session = match parts.headers.get(SESSION_HEADER) {
-            None => None,
-            Some(h) => Some(decode_token(
-                state,
-                h.to_str().map_err(|_| {
-                    ApiError::bad(ErrorCode::InvalidSessionToken, "the x-mrr-session header is not text")
-                })?,
-            )?),
-        };
+        let session = session_header(state, &parts.headers)?;
         let regions = state.regions.len();
-        let (ack, all) = match q.ack.as_deref() {
-            None | Some("local") => (Ack::Local, false),
-            Some("quorum") => (Ack::Regions(regions / 2 + 1), false),
-            Some("all") => (Ack::Regions(regions), true),
+        let ack = match q.ack.as_deref() {
+            None | Some("local") => Ack::Local,
+            Some("quorum") => Ack::Regions(quorum(regions)),
+            Some("all") => Ack::Regions(regions),
             Some(n) => match n.parse::<usize>() {
                 Ok(0) | Err(_) => {
                     return Err(ApiError::bad(
@@ -97,8 +92,8 @@ impl FromRequestParts<AppState> for WriteOptions {
                         format!("ack={n} asks for more regions than the cluster's {regions}; nothing was written"),
                     ))
                 }
-                Ok(1) => (Ack::Local, false),
-                Ok(n) => (Ack::Regions(n), n == regions),
+                Ok(1) => Ack::Local,
+                Ok(n) => Ack::Regions(n),
             },
         };
         let ack_timeout = match q.ack_timeout_ms {
@@ -112,7 +107,7 @@ impl FromRequestParts<AppState> for WriteOptions {
             }
         };
         let ack = if regions <= 1 { Ack::Local } else { ack };
-        Ok(Self { session, ack, all, ack_timeout })
+        Ok(Self { session, ack, ack_timeout })
     }
 }
 
@@ -122,7 +117,7 @@ impl WriteOptions {
     pub(crate) fn check(&self, state: &AppState, strong: bool) -> ApiResult<()> {
         let Ack::Regions(n) = self.ack else { return Ok(()) };
         if strong {
-            let quorum = state.regions.len() / 2 + 1;
+            let quorum = quorum(state.regions.len());
             if n > quorum {
                 return Err(ApiError::bad(
                     ErrorCode::InvalidAck,
@@ -131,7 +126,8 @@ impl WriteOptions {
             }
             return Ok(());
         }
-        if self.all {
+        // Every region (`all`, or the count of them): refused while a link is cut.
+        if n == state.regions.len() {
             let cut: Vec<String> = state
                 .links
                 .all()
@@ -173,7 +169,7 @@ fn holders(state: &AppState, written: &[ChangeId]) -> Vec<String> {
         .status
         .durable_vectors()
         .into_iter()
-        .filter(|(_, vv)| written.iter().all(|id| vv.get(&id.stream()) >= id.seq))
+        .filter(|(_, vv)| written.iter().all(|id| id.seen_by(vv)))
         .map(|(r, _)| r.to_string())
         .collect()
 }

@@ -18,7 +18,21 @@ use mrr_core::VersionVector;
 
 /// `vv` without the strong stream.
 fn replicable(vv: &VersionVector) -> VersionVector {
-    vv.iter().filter(|(s, _)| s.origin.as_str() != STRONG_ORIGIN).map(|(s, n)| (s.clone(), n)).collect()
+    let mut out = VersionVector::new();
+    raise_replicable(&mut out, vv);
+    out
+}
+
+/// Raises `durable` to `vv`, the strong stream left out; whether anything moved.
+fn raise_replicable(durable: &mut VersionVector, vv: &VersionVector) -> bool {
+    let mut moved = false;
+    for (stream, seq) in vv.iter().filter(|(s, _)| s.origin.as_str() != STRONG_ORIGIN) {
+        if durable.get(stream) < seq {
+            durable.raise(stream, seq);
+            moved = true;
+        }
+    }
+    moved
 }
 
 #[derive(Clone, Debug)]
@@ -37,26 +51,13 @@ impl DurableRule {
     /// vector moved.
     pub fn committed(&mut self, applied: &VersionVector) -> bool {
         let on_disk = !self.buffered || mrr_core::planted::active(mrr_core::planted::Bug::ReplicateBeforeDurable);
-        if !on_disk {
-            return false;
-        }
-        let applied = replicable(applied);
-        if self.durable.dominates(&applied) {
-            return false;
-        }
-        self.durable.join(&applied);
-        true
+        on_disk && raise_replicable(&mut self.durable, applied)
     }
 
     /// A persist covering every commit up to `snapshot` (the applied vector taken before it
     /// started) returned. Returns whether the durable vector moved.
     pub fn persisted(&mut self, snapshot: &VersionVector) -> bool {
-        let snapshot = replicable(snapshot);
-        if self.durable.dominates(&snapshot) {
-            return false;
-        }
-        self.durable.join(&snapshot);
-        true
+        raise_replicable(&mut self.durable, snapshot)
     }
 
     pub fn durable(&self) -> &VersionVector {
