@@ -114,7 +114,10 @@ async fn read_your_writes_and_bounded_staleness_across_regions() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_wait_for_regions_and_a_lagging_cluster_throttles_what_asks_for_it() -> anyhow::Result<()> {
     let cluster = Cluster::start_with(|config| {
-        let config = config.replace("topics:\n", "topics:\n  alerts: { throttle_when_lag_critical: true }\n");
+        let config = config.replace("topics:\n", "topics:\n  alerts: { throttle_when_lag_critical: true }\n").replace(
+            "stock: { consistency: strong }",
+            "stock: { consistency: strong, throttle_when_lag_critical: true }",
+        );
         format!("{config}health:\n  lag_warn: 500ms\n  lag_critical: 1s\n")
     })
     .await?;
@@ -164,6 +167,14 @@ async fn acks_wait_for_regions_and_a_lagging_cluster_throttles_what_asks_for_it(
     assert_eq!(refused.0["retry-after"], "1");
     let (status, _, _) = put("orders", "o5", "").await?;
     assert_eq!(status, 200, "topics without the policy are not throttled");
+    // An atomic update is a write like any other: throttled before it reaches the strong tier.
+    let atomic = http
+        .post(format!("{tokyo}/v1/records/stock/sku-1/atomic"))
+        .json(&json!({"if": {"available": {"gte": 1}}, "then": [{"op": "incr", "field": "available", "by": -1}], "request_id": "r-1"}))
+        .send()
+        .await?;
+    let (status, body) = (atomic.status().as_u16(), atomic.json::<Value>().await?);
+    assert_eq!((status, code(&body)), (503, ErrorCode::LagCritical), "{body}");
     assert!(
         matches!(
             cluster.clients[TOKYO].query("alerts/a1").await,

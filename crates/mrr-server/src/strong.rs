@@ -261,7 +261,7 @@ pub(crate) async fn atomic(
         {
             return Err(ApiError::bad(ErrorCode::TooDeep, "`args` is too deep or too large"));
         }
-        opts.check(&state, true)?;
+        crate::http::admit(&state, &opts, std::iter::once(&key))?;
         let call = StrongWrite::Call { key, function, args: args.to_string() };
         let (key, record) =
             first(write(&state, &state.metrics.write_latency_ops, vec![call], Some(request_id)).await?)?;
@@ -284,7 +284,7 @@ pub(crate) async fn atomic(
             "`then` is required: the operations to apply, e.g. [{\"op\":\"incr\",\"field\":\"available\",\"by\":-2}]",
         )),
     };
-    opts.check(&state, true)?;
+    crate::http::admit(&state, &opts, std::iter::once(&key))?;
     let update = StrongWrite::Update { key, condition, ops };
     let (key, record) = first(write(&state, &state.metrics.write_latency_ops, vec![update], Some(request_id)).await?)?;
     crate::http::answer_written(&state, &opts, &key, &record, true).await
