@@ -123,7 +123,7 @@ async fn acks_wait_for_regions_and_a_lagging_cluster_throttles_what_asks_for_it(
     .await?;
     let http = reqwest::Client::new();
     let tokyo = api(&cluster, TOKYO);
-    let put = |topic: &'static str, id: &'static str, query: &'static str| {
+    let put = |topic: &'static str, id: String, query: &'static str| {
         let http = http.clone();
         let url = format!("{tokyo}/v1/records/{topic}/{id}{query}");
         async move {
@@ -134,7 +134,7 @@ async fn acks_wait_for_regions_and_a_lagging_cluster_throttles_what_asks_for_it(
     };
 
     // ack=all: durable in every region before the answer, so a local read anywhere has it.
-    let (status, headers, body) = put("orders", "o1", "?ack=all").await?;
+    let (status, headers, body) = put("orders", "o1".into(), "?ack=all").await?;
     assert_eq!(status, 200, "{body}");
     assert!(headers.contains_key("x-mrr-session"));
     for (k, c) in cluster.clients.iter().enumerate() {
@@ -144,28 +144,32 @@ async fn acks_wait_for_regions_and_a_lagging_cluster_throttles_what_asks_for_it(
     // Tokyo cut off from both: quorum cannot be reached, the write stays (504, not undone).
     cluster.partition(TOKYO, 1, true).await?;
     cluster.partition(TOKYO, FRANKFURT, true).await?;
-    let (status, _, body) = put("orders", "o2", "?ack=quorum&ack_timeout_ms=500").await?;
+    let (status, _, body) = put("orders", "o2".into(), "?ack=quorum&ack_timeout_ms=500").await?;
     assert_eq!((status, code(&body)), (504, ErrorCode::AckTimeout), "{body}");
     assert_eq!(body["error"]["acked_by"], json!(["ap-northeast"]), "{body}");
     assert!(cluster.clients[TOKYO].query("orders/o2").await?.is_some(), "the timed-out write is not undone");
     // ack=all while an operator cut a link: refused before anything is written.
-    let (status, _, body) = put("orders", "o3", "?ack=all").await?;
+    let (status, _, body) = put("orders", "o3".into(), "?ack=all").await?;
     assert_eq!((status, code(&body)), (409, ErrorCode::AckUnreachable), "{body}");
     assert!(cluster.clients[TOKYO].query("orders/o3").await?.is_none(), "nothing written");
     for (query, expected) in [("?ack=4", 409), ("?ack=most", 400), ("?ack=quorum&ack_timeout_ms=0", 400)] {
-        let (status, _, body) = put("orders", "o4", query).await?;
+        let (status, _, body) = put("orders", "o4".into(), query).await?;
         assert_eq!(status, expected, "{query}: {body}");
     }
 
     // Lag past 1 s: the throttled topic refuses with Retry-After, the others write on.
+    // Each attempt writes a new record: those made before the lag turned critical are stored,
+    // the refused one must not be.
+    let attempt = std::sync::atomic::AtomicU32::new(0);
     let refused = wait_for("the throttle to engage", Duration::from_secs(20), || async {
-        let (status, headers, body) = put("alerts", "a1", "").await?;
-        Ok((status == 503).then_some((headers, body)))
+        let id = format!("a{}", attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let (status, headers, body) = put("alerts", id.clone(), "").await?;
+        Ok((status == 503).then_some((headers, body, id)))
     })
     .await?;
     assert_eq!(code(&refused.1), ErrorCode::LagCritical, "{}", refused.1);
     assert_eq!(refused.0["retry-after"], "1");
-    let (status, _, _) = put("orders", "o5", "").await?;
+    let (status, _, _) = put("orders", "o5".into(), "").await?;
     assert_eq!(status, 200, "topics without the policy are not throttled");
     // An atomic update is a write like any other: throttled before it reaches the strong tier.
     let atomic = http
@@ -177,7 +181,7 @@ async fn acks_wait_for_regions_and_a_lagging_cluster_throttles_what_asks_for_it(
     assert_eq!((status, code(&body)), (503, ErrorCode::LagCritical), "{body}");
     assert!(
         matches!(
-            cluster.clients[TOKYO].query("alerts/a1").await,
+            cluster.clients[TOKYO].query(&format!("alerts/{}", refused.2)).await,
             Ok(None) | Err(ClientError::Api { code: ErrorCode::NotFound, .. })
         ),
         "a throttled write stores nothing"
@@ -187,7 +191,7 @@ async fn acks_wait_for_regions_and_a_lagging_cluster_throttles_what_asks_for_it(
     cluster.partition(TOKYO, 1, false).await?;
     cluster.partition(TOKYO, FRANKFURT, false).await?;
     wait_for("the throttle to release", Duration::from_secs(30), || async {
-        let (status, _, _) = put("alerts", "a1", "").await?;
+        let (status, _, _) = put("alerts", "a1".into(), "").await?;
         Ok((status == 200).then_some(()))
     })
     .await?;

@@ -1,6 +1,6 @@
 //! What a write's answer waits for and carries: `?ack=` (how many regions must hold the write
-//! durably), the session token (the request's `x-mrr-session`, merged with the writes made),
-//! and `throttle_when_lag_critical`.
+//! durably) and the session token (the request's `x-mrr-session`, merged with the writes made).
+//! The lag throttle is `throttle.rs`; `http::admit` runs both checks before a write.
 //!
 //! - `ack=local` (default): the write is durable here (the writer's commit).
 //! - `ack=quorum`: also in enough peers that, with this region, a majority of the cluster
