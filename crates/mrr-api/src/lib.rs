@@ -201,6 +201,14 @@ pub enum ErrorCode {
     /// A topic with `throttle_when_lag_critical` refuses writes while a region's lag is past
     /// `health.lag_critical` (503, `Retry-After`).
     LagCritical,
+    /// A decrement of a bounded field beyond the rights this region holds (409); nothing was
+    /// applied. The region has asked for more: `retry_after_ms` says when to try again.
+    InsufficientRights,
+    /// A bounded field written by `put`, `patch` or an operation other than `incr` (409);
+    /// nothing was applied.
+    BoundedField,
+    /// An increment would take a counter past its range (409); nothing was applied.
+    CounterOverflow,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -216,6 +224,12 @@ pub struct ErrorDetail {
     /// `ack_timeout`: the regions that hold the write durably (this one included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub acked_by: Vec<String>,
+    /// `insufficient_rights`: when rights asked for may have arrived (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// `insufficient_rights`: the units this region holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<u64>,
 }
 
 /// How far a region has applied one stream, against what a session needs.

@@ -7,6 +7,11 @@
 //! register of its own (`presence`): a delete sets it false, resets what it observed (registers
 //! below its version, counter totals and set elements it saw) and keeps what it did not see.
 //!
+//! A field the topic declares `bounded` is an escrow counter ([`crate::escrow`]) and nothing
+//! else: only `incr` writes it, a decrement only against the writing region's rights, and a
+//! delete hides it with the record without resetting it (rights cannot be taken back from
+//! regions that hold them without asking), so a record written again shows what is left.
+//!
 //! Every write is a small doc — a delta computed at its origin from the state it saw — joined
 //! into the state everywhere. `join` is commutative, associative and idempotent (proptests
 //! below): that is the whole convergence argument, whatever the order, duplication or relay
@@ -19,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::change::ChangeId;
+use crate::escrow::{Escrow, EscrowError};
 use crate::lane::Lane;
 use crate::region::RegionName;
 use crate::version::Version;
@@ -81,6 +87,8 @@ pub struct Field {
     pub reg: Option<Register>,
     pub counter: Option<Counter>,
     pub set: Option<OrSet>,
+    /// A `bounded` field's escrow counter.
+    pub escrow: Option<Escrow>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +122,19 @@ impl FieldOp {
             | FieldOp::Set { field, .. } => field,
         }
     }
+}
+
+/// Why a field operation cannot apply (nothing of its request does).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// A decrement of a bounded field beyond the rights this region holds.
+    #[error("field {field}: this region holds {held} units, the decrement needs {asked}")]
+    InsufficientRights { field: String, held: u64, asked: u64 },
+    /// An operation other than `incr` on a bounded field.
+    #[error("field {field} is bounded: only {{\"op\":\"incr\"}} changes it, not {op}")]
+    Bounded { field: String, op: &'static str },
+    #[error("field {field}: the counter would overflow")]
+    Overflow { field: String },
 }
 
 /// A register write that lost to a concurrent one (they wrote different values and neither
@@ -206,10 +227,19 @@ impl Field {
             (a @ None, b) => a.clone_from(b),
             (Some(_), None) => {}
         }
+        match (&mut self.escrow, &other.escrow) {
+            (Some(a), Some(b)) => a.merge(b),
+            (a @ None, b) => a.clone_from(b),
+            (Some(_), None) => {}
+        }
     }
 
     /// What a read shows, if anything: the kind touched last among those a delete left alive.
     fn visible(&self, floor: Option<&Version>) -> Option<Shown<'_>> {
+        // Only `incr` writes a bounded field, and a delete does not reset it.
+        if let Some(e) = &self.escrow {
+            return Some(Shown::Counter(e.value()));
+        }
         let after_floor = |v: &Version| floor.is_none_or(|f| v > f);
         let mut candidates: Vec<(&Version, Option<Shown<'_>>)> = Vec::new();
         if let Some(r) = &self.reg {
@@ -380,11 +410,15 @@ impl Doc {
     /// A whole-record write: only fields whose value differs from what the writer saw take the
     /// new version, fields it no longer has are removed. Concurrent edits of other fields in
     /// other regions therefore survive a full-object `publish`.
+    /// Escrow counters are not registers: a put leaves them alone (the API refuses one that
+    /// names them).
     pub fn put_delta(current: Option<&Doc>, value: &Map<String, Value>, stamp: &Stamp) -> Doc {
-        let seen = current.and_then(Doc::to_value).unwrap_or_default();
+        let mut seen = current.and_then(Doc::to_value).unwrap_or_default();
+        let escrow = |k: &String| current.and_then(|d| d.fields.get(k)).is_some_and(|f| f.escrow.is_some());
+        seen.retain(|k, _| !escrow(k));
         let mut delta = Doc::present(stamp);
         for (k, v) in value {
-            if seen.get(k) != Some(v) {
+            if seen.get(k) != Some(v) && !escrow(k) {
                 delta.set_register(k, stamp, Some(v));
             }
         }
@@ -403,14 +437,44 @@ impl Doc {
         delta
     }
 
-    /// CRDT operations, applied in order as one change.
-    pub fn ops_delta(current: Option<&Doc>, ops: &[FieldOp], stamp: &Stamp) -> Doc {
+    /// CRDT operations, applied in order as one change. `bound_of` names the topic's bounded
+    /// fields (their `min`): `incr` on one is an escrow increment or decrement, checked
+    /// against the origin's rights; any other operation on one is refused.
+    pub fn ops_delta(
+        current: Option<&Doc>,
+        ops: &[FieldOp],
+        stamp: &Stamp,
+        bound_of: &dyn Fn(&str) -> Option<i64>,
+    ) -> Result<Doc, OpError> {
         let origin = &stamp.version.region;
         let mut working = current.cloned().unwrap_or_default();
         let mut delta = Doc::present(stamp);
         for op in ops {
             let mut step = Doc::default();
             let cur = working.fields.get(op.field());
+            if let Some(min) = bound_of(op.field()) {
+                let FieldOp::Incr { field, by } = op else {
+                    let name = match op {
+                        FieldOp::Add { .. } => "add",
+                        FieldOp::Remove { .. } => "remove",
+                        _ => "set",
+                    };
+                    return Err(OpError::Bounded { field: op.field().to_owned(), op: name });
+                };
+                let mut e = cur.and_then(|f| f.escrow.clone()).unwrap_or_else(|| Escrow::bounded(min));
+                let magnitude = by.unsigned_abs();
+                let done = if *by >= 0 { e.increment(origin, magnitude) } else { e.decrement(origin, magnitude) };
+                done.map_err(|err| match err {
+                    EscrowError::Insufficient { held, asked, .. } => {
+                        OpError::InsufficientRights { field: field.clone(), held, asked }
+                    }
+                    EscrowError::Overflow | EscrowError::SelfTransfer => OpError::Overflow { field: field.clone() },
+                })?;
+                step.fields.entry(field.clone()).or_default().escrow = Some(e.own_entries(origin));
+                working.join(&step);
+                delta.join(&step);
+                continue;
+            }
             match op {
                 FieldOp::Set { field, value } => step.set_register(field, stamp, Some(value)),
                 FieldOp::Incr { field, by } => {
@@ -445,7 +509,26 @@ impl Doc {
             working.join(&step);
             delta.join(&step);
         }
+        Ok(delta)
+    }
+
+    /// A change of `origin`'s own to a bounded field that writes no value: transfers and asks
+    /// made by tending ([`Escrow::tend`]), as the entries `origin` writes. No presence: it
+    /// neither creates nor revives the record.
+    pub fn escrow_delta(field: &str, escrow: &Escrow, origin: &RegionName) -> Doc {
+        let mut delta = Doc::default();
+        delta.fields.entry(field.to_owned()).or_default().escrow = Some(escrow.own_entries(origin));
         delta
+    }
+
+    /// The escrow counter of `field`, if it is one.
+    pub fn escrow(&self, field: &str) -> Option<&Escrow> {
+        self.fields.get(field).and_then(|f| f.escrow.as_ref())
+    }
+
+    /// Fields of this doc that hold escrow counters.
+    pub fn escrow_fields(&self) -> impl Iterator<Item = (&String, &Escrow)> {
+        self.fields.iter().filter_map(|(k, f)| f.escrow.as_ref().map(|e| (k, e)))
     }
 
     /// A delete: the record stops existing; registers older than the delete go, counters and
@@ -479,6 +562,11 @@ mod tests {
     use crate::hlc::Timestamp;
     use proptest::prelude::*;
     use serde_json::json;
+
+    /// Operations on a topic with no bounded fields.
+    fn ops_plain(current: Option<&Doc>, ops: &[FieldOp], stamp: &Stamp) -> Doc {
+        Doc::ops_delta(current, ops, stamp, &|_| None).expect("no bounded fields: every operation applies")
+    }
 
     const REGIONS: [&str; 3] = ["ap-northeast", "eu-central", "us-west"];
 
@@ -545,15 +633,15 @@ mod tests {
             let d = match w {
                 W::Put(f, v) => Doc::put_delta(Some(&base), &obj(json!({ FIELDS[*f]: v, "k": 1 })), &stamp),
                 W::Patch(f, v) => Doc::patch_delta(&obj(json!({ FIELDS[*f]: v })), &stamp),
-                W::Incr(f, by) => Doc::ops_delta(
+                W::Incr(f, by) => ops_plain(
                     Some(&base),
                     &[FieldOp::Incr { field: FIELDS[*f].into(), by: i64::from(*by) }],
                     &stamp,
                 ),
                 W::Add(f, v) => {
-                    Doc::ops_delta(Some(&base), &[FieldOp::Add { field: FIELDS[*f].into(), value: json!(v) }], &stamp)
+                    ops_plain(Some(&base), &[FieldOp::Add { field: FIELDS[*f].into(), value: json!(v) }], &stamp)
                 }
-                W::Remove(f, v) => Doc::ops_delta(
+                W::Remove(f, v) => ops_plain(
                     Some(&base),
                     &[FieldOp::Remove { field: FIELDS[*f].into(), value: json!(v) }],
                     &stamp,
@@ -615,7 +703,7 @@ mod tests {
             for (i, (r, by)) in bys.iter().enumerate() {
                 seqs[*r] += 1;
                 let stamp = Stamp { version: Version { ts: Timestamp::new(i as u64 + 1, 0), region: region(*r) }, lane: Lane::Normal, seq: seqs[*r], deps: VersionVector::new() };
-                let d = Doc::ops_delta(Some(&state[*r]), &[FieldOp::Incr { field: "n".into(), by: *by }], &stamp);
+                let d = ops_plain(Some(&state[*r]), &[FieldOp::Incr { field: "n".into(), by: *by }], &stamp);
                 state[*r].join(&d);
                 all.push(d);
             }
@@ -682,13 +770,13 @@ mod tests {
     #[test]
     fn add_wins_over_a_concurrent_remove_and_delete_keeps_what_it_did_not_see() {
         let add1 =
-            Doc::ops_delta(None, &[FieldOp::Add { field: "tags".into(), value: json!("x") }], &stamp(1, 0, 1, &[]));
-        let rm = Doc::ops_delta(
+            ops_plain(None, &[FieldOp::Add { field: "tags".into(), value: json!("x") }], &stamp(1, 0, 1, &[]));
+        let rm = ops_plain(
             Some(&add1),
             &[FieldOp::Remove { field: "tags".into(), value: json!("x") }],
             &stamp(3, 1, 1, &[(0, 1)]),
         );
-        let add2 = Doc::ops_delta(
+        let add2 = ops_plain(
             Some(&add1),
             &[FieldOp::Add { field: "tags".into(), value: json!("x") }],
             &stamp(2, 0, 2, &[(0, 1)]),
@@ -697,15 +785,42 @@ mod tests {
         assert_eq!(d.to_value().and_then(|m| m.get("tags").cloned()), Some(json!(["x"])));
 
         let inc = |ts, r, seq, cur: Option<&Doc>| {
-            Doc::ops_delta(cur, &[FieldOp::Incr { field: "n".into(), by: 5 }], &stamp(ts, r, seq, &[]))
+            ops_plain(cur, &[FieldOp::Incr { field: "n".into(), by: 5 }], &stamp(ts, r, seq, &[]))
         };
         let i1 = inc(1, 0, 1, None);
         let del = Doc::delete_delta(Some(&i1), &stamp(4, 1, 1, &[(0, 1)]));
         let i2 = inc(3, 2, 1, None); // concurrent with the delete: survives it
         let mut d = joined(&[&i1, &del, &i2]);
         assert_eq!(d.to_value(), None, "deleted");
-        let revive = Doc::ops_delta(Some(&d), &[FieldOp::Incr { field: "n".into(), by: 1 }], &stamp(9, 0, 2, &[]));
+        let revive = ops_plain(Some(&d), &[FieldOp::Incr { field: "n".into(), by: 1 }], &stamp(9, 0, 2, &[]));
         d.join(&revive);
         assert_eq!(d.to_value().and_then(|m| m.get("n").cloned()), Some(json!(6)));
+    }
+
+    #[test]
+    fn a_bounded_field_takes_only_incr_within_rights_and_survives_puts_and_deletes() {
+        let bound = |f: &str| (f == "available").then_some(0);
+        let incr = |by| [FieldOp::Incr { field: "available".into(), by }];
+        let mut tokyo = Doc::ops_delta(None, &incr(10), &stamp(1, 0, 1, &[]), &bound).expect("an increment");
+        assert_eq!(tokyo.to_value().and_then(|m| m.get("available").cloned()), Some(json!(10)));
+        let sell = Doc::ops_delta(Some(&tokyo), &incr(-4), &stamp(2, 0, 2, &[]), &bound).expect("tokyo holds 10");
+        tokyo.join(&sell);
+        let over = Doc::ops_delta(Some(&tokyo), &incr(-7), &stamp(3, 0, 3, &[]), &bound);
+        assert_eq!(over, Err(OpError::InsufficientRights { field: "available".into(), held: 6, asked: 7 }));
+        // Another region holds no rights of its own, whatever the value it reads.
+        let frankfurt = Doc::ops_delta(Some(&tokyo), &incr(-1), &stamp(4, 1, 1, &[]), &bound);
+        assert!(matches!(frankfurt, Err(OpError::InsufficientRights { held: 0, .. })), "{frankfurt:?}");
+        let set = [FieldOp::Set { field: "available".into(), value: json!(99) }];
+        assert!(matches!(Doc::ops_delta(Some(&tokyo), &set, &stamp(5, 0, 4, &[]), &bound), Err(OpError::Bounded { op: "set", .. })));
+        // A put that omits the field leaves it; a delete hides it without resetting it.
+        let put = Doc::put_delta(Some(&tokyo), &obj(json!({"name": "mug"})), &stamp(6, 0, 5, &[]));
+        tokyo.join(&put);
+        assert_eq!(tokyo.to_value().map(Value::Object), Some(json!({"name": "mug", "available": 6})));
+        let del = Doc::delete_delta(Some(&tokyo), &stamp(7, 0, 6, &[]));
+        tokyo.join(&del);
+        assert_eq!(tokyo.to_value(), None);
+        let again = Doc::put_delta(Some(&tokyo), &obj(json!({"name": "cup"})), &stamp(8, 0, 7, &[]));
+        tokyo.join(&again);
+        assert_eq!(tokyo.to_value().map(Value::Object), Some(json!({"name": "cup", "available": 6})));
     }
 }

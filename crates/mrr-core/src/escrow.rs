@@ -20,20 +20,37 @@
 //! goes below the bound — under partitions, crashes (a region's own entries are in its durable
 //! state before anything is acknowledged) and reordered or duplicated messages.
 //!
-//! Not here: where the counter lives (a field of a merge document), how requests for rights
-//! travel, when rights move ahead of demand (the policy is [`Escrow::plan_transfers`], the
-//! caller decides when to ask it).
+//! Asking for rights is part of the state too: `asked[(r, j)]` is a mark r sets on what j has
+//! granted it, "j's grants to me should reach this"; it too is written only by r and only
+//! grows. The part j has not yet granted is outstanding, and j answers it with a transfer when
+//! it sees it ([`Escrow::tend`]). Since requests travel inside the state, they need no
+//! protocol of their own: they cross partitions, restarts and duplicated or reordered
+//! messages the way every other entry does, and a request made twice is one request.
+//!
+//! The bound itself (`min`) is fixed when the counter is created, from the topic's policy,
+//! which every region runs alike (the policy digest).
+//!
+//! Not here: where the counter lives (a field of a merge document, [`crate::doc`]), how the
+//! recent rate per region is measured (the writer samples it), when tending runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::RegionName;
 
+/// Per region, per other region: units (granted) or ask marks (asked).
+type Matrix = BTreeMap<RegionName, BTreeMap<RegionName, u64>>;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Escrow {
-    granted: BTreeMap<(RegionName, RegionName), u64>,
+    /// The bound. `None` only in a default value that has not met its counter's state yet.
+    min: Option<i64>,
+    /// `granted[from][to]`; `granted[r][r]` are the units r's increments created.
+    granted: Matrix,
     consumed: BTreeMap<RegionName, u64>,
+    /// `asked[asker][holder]`: the mark `asker` set on `granted[holder][asker]`.
+    asked: Matrix,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -48,21 +65,69 @@ pub enum EscrowError {
     SelfTransfer,
 }
 
+/// What one region should write after looking at a counter ([`Escrow::tend`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tending {
+    /// Transfers to make, one per region.
+    pub gives: Vec<(RegionName, u64)>,
+    /// Rights to ask a holder for: (holder, units).
+    pub ask: Option<(RegionName, u64)>,
+}
+
+impl Tending {
+    pub fn is_empty(&self) -> bool {
+        self.gives.is_empty() && self.ask.is_none()
+    }
+}
+
+fn get(m: &Matrix, a: &RegionName, b: &RegionName) -> u64 {
+    m.get(a).and_then(|row| row.get(b)).copied().unwrap_or(0)
+}
+
+fn raise(m: &mut Matrix, a: &RegionName, b: &RegionName, to: u64) {
+    let e = m.entry(a.clone()).or_default().entry(b.clone()).or_insert(0);
+    *e = (*e).max(to);
+}
+
+fn join_matrix(a: &mut Matrix, b: &Matrix) {
+    for (from, row) in b {
+        for (to, n) in row {
+            raise(a, from, to, *n);
+        }
+    }
+}
+
 impl Escrow {
-    /// A counter whose `initial` units above the bound are all held by `region`.
+    /// A counter at its bound, with no rights anywhere.
+    pub fn bounded(min: i64) -> Self {
+        Self { min: Some(min), ..Self::default() }
+    }
+
+    /// A counter whose `initial` units above the bound (0) are all held by `region`.
     pub fn new(region: &RegionName, initial: u64) -> Self {
-        let mut e = Self::default();
+        let mut e = Self::bounded(0);
         if initial > 0 {
-            e.granted.insert((region.clone(), region.clone()), initial);
+            raise(&mut e.granted, region, region, initial);
         }
         e
     }
 
+    /// The bound (0 until the counter's state has arrived).
+    pub fn min(&self) -> i64 {
+        self.min.unwrap_or(0)
+    }
+
+    /// The value a read shows: the bound plus every unit above it.
+    pub fn value(&self) -> i64 {
+        let v = i128::from(self.min()) + i128::from(self.total());
+        i64::try_from(v).unwrap_or(i64::MAX)
+    }
+
     /// Units above the bound, over all regions (as far as this replica knows).
     pub fn total(&self) -> u64 {
-        let created: u64 = self.granted.iter().filter(|((f, t), _)| f == t).map(|(_, n)| *n).sum();
-        let consumed: u64 = self.consumed.values().sum();
-        created.saturating_sub(consumed)
+        let created: u128 = self.granted.iter().map(|(r, row)| u128::from(row.get(r).copied().unwrap_or(0))).sum();
+        let consumed: u128 = self.consumed.values().map(|n| u128::from(*n)).sum();
+        u64::try_from(created.saturating_sub(consumed)).unwrap_or(u64::MAX)
     }
 
     /// The rights `region` holds, as this replica knows them: exact in `region`'s own replica,
@@ -76,31 +141,50 @@ impl Escrow {
     /// `region`'s rights as a signed sum: received (its increments included) minus given and
     /// consumed.
     fn balance(&self, region: &RegionName) -> i128 {
-        let mut balance: i128 = 0;
-        for ((from, to), n) in &self.granted {
-            if to == region {
-                balance += i128::from(*n);
-            } else if from == region {
-                balance -= i128::from(*n);
+        let received: i128 = self.granted.values().filter_map(|row| row.get(region)).map(|n| i128::from(*n)).sum();
+        let given: i128 = self
+            .granted
+            .get(region)
+            .into_iter()
+            .flatten()
+            .filter(|(to, _)| *to != region)
+            .map(|(_, n)| i128::from(*n))
+            .sum();
+        received - given - i128::from(self.consumed.get(region).copied().unwrap_or(0))
+    }
+
+    /// Every region this replica has heard of for this counter.
+    fn regions(&self) -> BTreeSet<&RegionName> {
+        let mut regions: BTreeSet<&RegionName> = self.consumed.keys().collect();
+        for m in [&self.granted, &self.asked] {
+            for (a, row) in m {
+                regions.insert(a);
+                regions.extend(row.keys());
             }
         }
-        balance - i128::from(self.consumed.get(region).copied().unwrap_or(0))
+        regions
     }
 
     /// Every region's rights, as this replica knows them.
     pub fn all_rights(&self) -> BTreeMap<RegionName, u64> {
-        let mut regions: Vec<&RegionName> = self.granted.keys().flat_map(|(f, t)| [f, t]).collect();
-        regions.extend(self.consumed.keys());
-        regions.sort();
-        regions.dedup();
-        regions.into_iter().map(|r| (r.clone(), self.rights(r))).collect()
+        self.regions().into_iter().map(|r| (r.clone(), self.rights(r))).collect()
+    }
+
+    /// Units `region` has consumed in all, as this replica knows.
+    pub fn consumed(&self, region: &RegionName) -> u64 {
+        self.consumed.get(region).copied().unwrap_or(0)
+    }
+
+    /// Every region's consumed units, as this replica knows them.
+    pub fn consumed_all(&self) -> &BTreeMap<RegionName, u64> {
+        &self.consumed
     }
 
     /// `region` adds `n` units: they become its rights.
     pub fn increment(&mut self, region: &RegionName, n: u64) -> Result<(), EscrowError> {
         self.total().checked_add(n).ok_or(EscrowError::Overflow)?;
-        let e = self.granted.entry((region.clone(), region.clone())).or_insert(0);
-        *e = e.checked_add(n).ok_or(EscrowError::Overflow)?;
+        let now = get(&self.granted, region, region).checked_add(n).ok_or(EscrowError::Overflow)?;
+        raise(&mut self.granted, region, region, now);
         Ok(())
     }
 
@@ -125,21 +209,59 @@ impl Escrow {
         if held < n {
             return Err(EscrowError::Insufficient { region: from.clone(), held, asked: n });
         }
-        let e = self.granted.entry((from.clone(), to.clone())).or_insert(0);
-        *e = e.checked_add(n).ok_or(EscrowError::Overflow)?;
+        let now = get(&self.granted, from, to).checked_add(n).ok_or(EscrowError::Overflow)?;
+        raise(&mut self.granted, from, to, now);
         Ok(())
+    }
+
+    /// `asker` asks `holder` for `n` more units than `holder` has granted it so far (as
+    /// `asker` knows). Only `asker` may make this call. Returns whether the ask grew (an ask
+    /// already covering `n` is not repeated).
+    pub fn ask(&mut self, asker: &RegionName, holder: &RegionName, n: u64) -> Result<bool, EscrowError> {
+        if asker == holder {
+            return Err(EscrowError::SelfTransfer);
+        }
+        let mark = get(&self.granted, holder, asker).checked_add(n).ok_or(EscrowError::Overflow)?;
+        let grew = mark > get(&self.asked, asker, holder);
+        raise(&mut self.asked, asker, holder, mark);
+        Ok(grew)
+    }
+
+    /// What `asker` asked of `holder` that `holder` has not granted yet, as this replica knows.
+    pub fn outstanding(&self, asker: &RegionName, holder: &RegionName) -> u64 {
+        get(&self.asked, asker, holder).saturating_sub(get(&self.granted, holder, asker))
     }
 
     /// Takes in another replica's state: the larger of each entry.
     pub fn merge(&mut self, other: &Escrow) {
-        for (k, n) in &other.granted {
-            let e = self.granted.entry(k.clone()).or_insert(0);
-            *e = (*e).max(*n);
-        }
+        // Every creator writes the policy's bound; the larger keeps the join a function.
+        self.min = self.min.max(other.min);
+        join_matrix(&mut self.granted, &other.granted);
+        join_matrix(&mut self.asked, &other.asked);
         for (r, n) in &other.consumed {
             let e = self.consumed.entry(r.clone()).or_insert(0);
             *e = (*e).max(*n);
         }
+    }
+
+    /// The entries `region` writes, and the bound: what a change made by `region` carries.
+    pub fn own_entries(&self, region: &RegionName) -> Escrow {
+        let mut out = Escrow { min: self.min, ..Escrow::default() };
+        if let Some(row) = self.granted.get(region) {
+            out.granted.insert(region.clone(), row.clone());
+        }
+        if let Some(row) = self.asked.get(region) {
+            out.asked.insert(region.clone(), row.clone());
+        }
+        if let Some(n) = self.consumed.get(region) {
+            out.consumed.insert(region.clone(), *n);
+        }
+        out
+    }
+
+    /// Whether this state asks anything of `holder` that it has not granted.
+    pub fn asks_of(&self, holder: &RegionName) -> bool {
+        self.asked.iter().any(|(asker, _)| asker != holder && self.outstanding(asker, holder) > 0)
     }
 
     /// The transfers `local` should make now, given each region's expected demand over the
@@ -149,7 +271,11 @@ impl Escrow {
     /// [`Escrow::transfer`]).
     pub fn plan_transfers(&self, local: &RegionName, demand: &BTreeMap<RegionName, u64>) -> Vec<(RegionName, u64)> {
         let own = demand.get(local).copied().unwrap_or(0);
-        let mut spare = self.rights(local).saturating_sub(own);
+        let spare = self.rights(local).saturating_sub(own);
+        self.top_up(local, demand, spare)
+    }
+
+    fn top_up(&self, local: &RegionName, demand: &BTreeMap<RegionName, u64>, mut spare: u64) -> Vec<(RegionName, u64)> {
         let mut short: Vec<(u64, RegionName)> = demand
             .iter()
             .filter(|(r, _)| *r != local)
@@ -166,6 +292,78 @@ impl Escrow {
             out.push((region, n));
         }
         out
+    }
+
+    /// What `local` should write now, in this order:
+    ///
+    /// 1. **Answers**: every outstanding ask of `local`, largest first, from what `local`
+    ///    holds beyond a reserve for its own demand — at most half its rights, so that a
+    ///    region whose own buyers are busy still answers.
+    /// 2. **Ahead of demand**: regions expected to run below half their demand are topped up
+    ///    to it from what is left beyond `local`'s own demand ([`Escrow::plan_transfers`]).
+    /// 3. **An ask**, when what `local` keeps is below half its demand, or below `short`
+    ///    (units its buyers were just refused): of the region that holds the most rights
+    ///    (not in `avoid`: holders that left an earlier ask unanswered), for what is missing
+    ///    up to its demand — unless an outstanding ask to it covers that already.
+    ///
+    /// `demand`: expected units per region over the horizon the caller plans for. Pure and
+    /// deterministic; the caller writes what it returns, with [`Escrow::transfer`] and
+    /// [`Escrow::ask`].
+    pub fn tend(
+        &self,
+        local: &RegionName,
+        demand: &BTreeMap<RegionName, u64>,
+        short: u64,
+        avoid: &BTreeSet<RegionName>,
+    ) -> Tending {
+        let rights = self.rights(local);
+        let own = demand.get(local).copied().unwrap_or(0);
+        let mut gives: BTreeMap<RegionName, u64> = BTreeMap::new();
+        // 1. Answers.
+        let mut spare = rights - own.min(rights / 2);
+        let mut asks: Vec<(u64, &RegionName)> = self
+            .asked
+            .keys()
+            .filter(|asker| *asker != local)
+            .map(|asker| (self.outstanding(asker, local), asker))
+            .filter(|(n, _)| *n > 0)
+            .collect();
+        asks.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        for (n, asker) in asks {
+            let n = n.min(spare);
+            if n == 0 {
+                break;
+            }
+            spare -= n;
+            *gives.entry(asker.clone()).or_insert(0) += n;
+        }
+        // 2. Ahead of demand, for regions below half their demand.
+        let given: u64 = gives.values().sum();
+        let low: BTreeMap<RegionName, u64> = demand
+            .iter()
+            .filter(|(r, want)| *r != local && self.rights(r) + gives.get(*r).copied().unwrap_or(0) < **want / 2)
+            .map(|(r, want)| (r.clone(), want.saturating_sub(gives.get(r).copied().unwrap_or(0))))
+            .collect();
+        for (r, n) in self.top_up(local, &low, rights.saturating_sub(given).saturating_sub(own)) {
+            *gives.entry(r).or_insert(0) += n;
+        }
+        // 3. An ask.
+        let kept = rights - gives.values().sum::<u64>();
+        let want = own.max(short);
+        let ask = if kept < short || kept < want / 2 {
+            let need = want - kept.min(want);
+            self.regions()
+                .into_iter()
+                .filter(|r| *r != local && !avoid.contains(*r))
+                .map(|r| (self.rights(r), r))
+                .filter(|(held, _)| *held > 0)
+                .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+                .filter(|(_, holder)| need > 0 && self.outstanding(local, holder) < need)
+                .map(|(_, holder)| (holder.clone(), need))
+        } else {
+            None
+        };
+        Tending { gives: gives.into_iter().collect(), ask }
     }
 }
 
@@ -209,6 +407,55 @@ mod tests {
         assert_eq!(e.plan_transfers(&a, &demand), vec![(c.clone(), 30)]);
         let calm: BTreeMap<_, _> = [(b.clone(), 5)].into_iter().collect();
         assert!(e.plan_transfers(&a, &calm).is_empty(), "b holds enough");
+    }
+
+    #[test]
+    fn an_ask_is_answered_once_from_what_the_holder_spares() {
+        let (a, b) = (r("a"), r("b"));
+        let none = BTreeSet::new();
+        let mut at_a = Escrow::new(&a, 100);
+        let mut at_b = at_a.clone();
+        // b's buyers were refused 5 units; b expects 20 over the horizon: it asks a for 20.
+        let demand_b: BTreeMap<_, _> = [(b.clone(), 20)].into_iter().collect();
+        let plan = at_b.tend(&b, &demand_b, 5, &none);
+        assert_eq!(plan, Tending { gives: vec![], ask: Some((a.clone(), 20)) });
+        assert!(at_b.ask(&b, &a, 20).expect("no overflow"));
+        assert!(!at_b.ask(&b, &a, 20).expect("no overflow"), "the same ask again is not a new one");
+        assert_eq!(at_b.tend(&b, &demand_b, 5, &none).ask, None, "covered by the outstanding ask");
+        // a sees the ask and answers it (its own demand is 30: it keeps min(30, 50)).
+        at_a.merge(&at_b.own_entries(&b));
+        assert!(at_a.asks_of(&a));
+        let demand_a: BTreeMap<_, _> = [(a.clone(), 30)].into_iter().collect();
+        let plan = at_a.tend(&a, &demand_a, 0, &none);
+        assert_eq!(plan.gives, vec![(b.clone(), 20)]);
+        at_a.transfer(&a, &b, 20).expect("a holds 100");
+        assert_eq!(at_a.outstanding(&b, &a), 0);
+        assert!(at_a.tend(&a, &demand_a, 0, &none).is_empty(), "answered: nothing more to do");
+        // The answer arrives twice (duplicated): b holds 20, once.
+        at_b.merge(&at_a.own_entries(&a));
+        at_b.merge(&at_a.own_entries(&a));
+        assert_eq!(at_b.rights(&b), 20);
+        assert_eq!(at_b.outstanding(&b, &a), 0);
+        // A holder that left an ask unanswered is avoided; with no other holder, no ask.
+        let avoid: BTreeSet<_> = [a.clone()].into_iter().collect();
+        assert_eq!(at_b.tend(&b, &[(b.clone(), 100)].into_iter().collect(), 0, &avoid).ask, None);
+    }
+
+    #[test]
+    fn a_busy_holder_still_answers_with_half_and_tops_up_low_regions() {
+        let (a, b, c) = (r("a"), r("b"), r("c"));
+        let none = BTreeSet::new();
+        let mut e = Escrow::new(&a, 40);
+        let mut at_b = e.clone();
+        at_b.ask(&b, &a, 100).expect("no overflow");
+        e.merge(&at_b.own_entries(&b));
+        // a expects 1,000 units of its own demand: it keeps half of 40 and answers with 20.
+        let plan = e.tend(&a, &[(a.clone(), 1_000)].into_iter().collect(), 0, &none);
+        assert_eq!(plan.gives, vec![(b.clone(), 20)]);
+        // Calm a, c expected to need 10 and holding nothing: a tops c up ahead of demand.
+        let calm = Escrow::new(&a, 40);
+        let plan = calm.tend(&a, &[(a.clone(), 5), (c.clone(), 10)].into_iter().collect(), 0, &none);
+        assert_eq!(plan, Tending { gives: vec![(c.clone(), 10)], ask: None });
     }
 
     /// One step of three regions' replicas.

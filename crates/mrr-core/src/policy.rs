@@ -63,6 +63,10 @@ pub struct Policies {
     /// Update functions of strong topics, by topic and name. In the digest: every region runs
     /// them in its state machine.
     pub functions: BTreeMap<String, BTreeMap<String, Arc<dyn crate::strong::UpdateFunction>>>,
+    /// Bounded fields (escrow counters, [`crate::escrow`]) by topic and field: their bound.
+    /// In the digest: a region that took a bounded field for a plain counter would decrement
+    /// it without rights.
+    pub bounded: BTreeMap<String, BTreeMap<String, i64>>,
 }
 
 /// Default `regions` per topic (`topics.<t>.regions`, `replication_rules.regions`).
@@ -93,7 +97,24 @@ impl Policies {
             placement: PlacementDefaults::default(),
             strong: Default::default(),
             functions: BTreeMap::new(),
+            bounded: BTreeMap::new(),
         }
+    }
+
+    /// Declares bounded fields: topic → field → bound (`topics.<t>.bounded.<f>.min`).
+    pub fn with_bounded(mut self, bounded: BTreeMap<String, BTreeMap<String, i64>>) -> Self {
+        self.bounded = bounded;
+        self
+    }
+
+    /// The bound of `field` in `topic`, if it is a bounded field.
+    pub fn bound_of(&self, topic: &str, field: &str) -> Option<i64> {
+        self.bounded.get(topic)?.get(field).copied()
+    }
+
+    /// Whether `topic` has bounded fields.
+    pub fn has_bounded(&self, topic: &str) -> bool {
+        self.bounded.get(topic).is_some_and(|f| !f.is_empty())
     }
 
     pub fn with_lanes(mut self, lanes: LaneRules) -> Self {
@@ -147,6 +168,11 @@ impl Policies {
         if !self.strong.is_empty() {
             let strong: Vec<&str> = self.strong.iter().map(String::as_str).collect();
             s.push_str(&format!(";strong={}", strong.join(",")));
+        }
+        for (topic, fields) in &self.bounded {
+            for (field, min) in fields {
+                s.push_str(&format!(";bounded:{topic}.{field}>={min}"));
+            }
         }
         for (topic, functions) in &self.functions {
             for (name, f) in functions {

@@ -111,6 +111,19 @@ pub struct TopicConfig {
     /// replication lag is past `health.lag_critical`.
     #[serde(default)]
     pub throttle_when_lag_critical: bool,
+    /// Bounded fields: escrow counters that never go below their `min`, decremented at local
+    /// latency against rights each region holds (`docs/consistency.md`). Changed only by
+    /// `{"op":"incr"}`; the topic's rule is `merge` (the default when a topic has them).
+    #[serde(default)]
+    pub bounded: BTreeMap<String, BoundedField>,
+}
+
+/// A bounded field's policy.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoundedField {
+    /// The value never goes below this, in any region, under any fault.
+    pub min: i64,
 }
 
 /// A topic's consistency.
@@ -593,12 +606,43 @@ impl Config {
         let mut topics = BTreeMap::new();
         let mut strong = Vec::new();
         let mut functions = BTreeMap::new();
+        let mut bounded = BTreeMap::new();
         for (topic, t) in &self.topics {
             let at = format!("{topic}:");
             mrr_core::limits::validate_topic(topic).map_err(|e| {
                 invalid(&at, format!("topic {topic:?}: {e}"), "topic names are letters, digits, - and _")
             })?;
-            let strategy = t.conflict_strategy.unwrap_or(self.replication_rules.conflict_strategy);
+            // Escrow counters are fields of a merge document.
+            let strategy = match t.conflict_strategy {
+                None if !t.bounded.is_empty() => ConflictStrategy::Merge,
+                given => given.unwrap_or(self.replication_rules.conflict_strategy),
+            };
+            if !t.bounded.is_empty() {
+                if t.consistency == TopicConsistency::Strong {
+                    return Err(invalid(
+                        &at,
+                        format!("topic {topic} is consistency: strong and declares bounded fields"),
+                        "a strong topic never oversells already (its writes are ordered by the log): remove `bounded:`, or make the topic eventual",
+                    ));
+                }
+                if strategy != ConflictStrategy::Merge {
+                    return Err(invalid(
+                        &at,
+                        format!("topic {topic} declares bounded fields under conflict_strategy {}", strategy.name()),
+                        "bounded fields are escrow counters of a merge document: set `conflict_strategy: merge`, or leave it out",
+                    ));
+                }
+                for name in t.bounded.keys() {
+                    if name.is_empty() || name.starts_with("__") {
+                        return Err(invalid(
+                            &at,
+                            format!("topic {topic}: bounded field name {name:?} is not valid"),
+                            "name a field of the record, e.g. bounded: { available: { min: 0 } }",
+                        ));
+                    }
+                }
+                bounded.insert(topic.clone(), t.bounded.iter().map(|(f, b)| (f.clone(), b.min)).collect());
+            }
             let rule = match (strategy, &t.handler) {
                 (ConflictStrategy::Custom, Some(handler)) => {
                     let file = self.base_dir.join(handler);
@@ -694,7 +738,8 @@ impl Config {
             .with_lanes(lanes)
             .with_placement(placement)
             .with_strong(strong)
-            .with_functions(functions))
+            .with_functions(functions)
+            .with_bounded(bounded))
     }
 
     /// The forwarder: of writes for the topics `placement_writes: forward` names (or all),
@@ -863,6 +908,23 @@ replication_rules:
         assert_eq!(c.peers().count(), 2);
         assert_eq!(c.durability, Durability::Fsync);
         assert_eq!(c.listen.api.port(), 7800);
+    }
+
+    #[test]
+    fn bounded_fields_make_a_merge_topic_and_refuse_what_cannot_hold_an_escrow_counter() {
+        let c = parse(&format!("{GOOD}topics:\n  inventory: {{ bounded: {{ available: {{ min: 0 }} }} }}\n"))
+            .expect("the issue's shape");
+        assert_eq!(c.policies.bound_of("inventory", "available"), Some(0));
+        assert_eq!(c.policies.rule("inventory").name(), "merge", "bounded implies merge");
+        let other = parse(&format!("{GOOD}topics:\n  inventory: {{ bounded: {{ available: {{ min: -5 }} }} }}\n"))
+            .expect("a negative bound is a bound");
+        assert_ne!(c.policies.digest(), other.policies.digest(), "regions with other bounds refuse each other");
+        let refused =
+            |topic: &str| parse(&format!("{GOOD}topics:\n  inventory: {topic}\n")).expect_err("refused").to_string();
+        assert!(refused("{ consistency: strong, bounded: { a: { min: 0 } } }").contains("remove `bounded:`"));
+        assert!(refused("{ conflict_strategy: timestamp, bounded: { a: { min: 0 } } }").contains("conflict_strategy: merge"));
+        assert!(refused("{ bounded: { a: { min: 0, max: 9 } } }").contains("unknown field"));
+        assert!(refused("{ bounded: { __x: { min: 0 } } }").contains("not valid"));
     }
 
     #[test]

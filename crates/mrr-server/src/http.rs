@@ -100,6 +100,9 @@ pub(crate) struct ErrorExtra {
     pub acked_by: Vec<String>,
     /// `lag_critical`: when to try again (`Retry-After`).
     pub retry_after_s: Option<u64>,
+    /// `insufficient_rights`: when to try again, and the units held here.
+    pub retry_after_ms: Option<u64>,
+    pub held: Option<u64>,
 }
 
 impl ApiError {
@@ -132,6 +135,8 @@ impl IntoResponse for ApiError {
                 current: self.current,
                 missing: extra.missing,
                 acked_by: extra.acked_by,
+                retry_after_ms: extra.retry_after_ms,
+                held: extra.held,
             },
         };
         let mut response = (self.status, Json(body)).into_response();
@@ -160,6 +165,19 @@ impl From<WriteError> for ApiError {
             },
             WriteError::Rejected(r @ Rejection::PlacementPending { .. }) => {
                 Self::new(StatusCode::CONFLICT, ErrorCode::PlacementPending, r.to_string())
+            }
+            WriteError::Rejected(r @ Rejection::InsufficientRights { held, .. }) => {
+                // The rights asked for arrive about one round trip later; the handler sets
+                // `retry_after_ms` from the links (`with_retry_after`).
+                let held = *held;
+                Self::new(StatusCode::CONFLICT, ErrorCode::InsufficientRights, r.to_string())
+                    .with_extra(|x| x.held = Some(held))
+            }
+            WriteError::Rejected(r @ Rejection::BoundedField { .. }) => {
+                Self::new(StatusCode::CONFLICT, ErrorCode::BoundedField, r.to_string())
+            }
+            WriteError::Rejected(r @ Rejection::CounterOverflow { .. }) => {
+                Self::new(StatusCode::CONFLICT, ErrorCode::CounterOverflow, r.to_string())
             }
             WriteError::Rejected(r @ Rejection::StrongTopic { .. }) => {
                 Self::bad(ErrorCode::MixedConsistency, r.to_string())
@@ -431,7 +449,26 @@ async fn record_ops(
     let key = parse_key(&topic, &id)?;
     let value: Value = json_body(body)?;
     let ops = parse_ops(&state.limits, value)?;
-    write_one(&state, LocalOp::Ops { key, ops }, &opts).await
+    write_one(&state, LocalOp::Ops { key, ops }, &opts).await.map_err(|e| match e.code {
+        ErrorCode::InsufficientRights => {
+            let ms = rights_retry_ms(&state);
+            e.with_extra(|x| x.retry_after_ms = Some(ms))
+        }
+        _ => e,
+    })
+}
+
+/// When rights this region asked for may have arrived: the longest round trip to a connected
+/// peer (the holder asked may be any of them) and a tending sweep, or a second when no round
+/// trip is measured yet.
+fn rights_retry_ms(state: &AppState) -> u64 {
+    const RETRY_MS_MIN: u64 = 20;
+    const RETRY_MS_MAX: u64 = 5_000;
+    const UNMEASURED_MS: u64 = 1_000;
+    let rtt_ms_max = state.status.snapshot(state.clock.now_ms()).iter().filter_map(|p| p.rtt_ms).max();
+    rtt_ms_max
+        .map_or(UNMEASURED_MS, |rtt| rtt + mrr_writer::ESCROW_SWEEP_MS)
+        .clamp(RETRY_MS_MIN, RETRY_MS_MAX)
 }
 
 /// Query one record: `query('users/u001')`. `?consistency=` picks what the answer may miss

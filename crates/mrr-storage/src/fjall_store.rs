@@ -198,6 +198,7 @@ impl Store for FjallStore {
     fn commit(&self, batch: &CommitBatch) -> Result<()> {
         let _serialised = self.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let mut wb = self.db.batch().durability(match self.durability {
+            _ if batch.must_sync => Some(PersistMode::SyncData),
             Durability::Fsync if !batch.from_strong_log => Some(PersistMode::SyncData),
             Durability::Fsync | Durability::Buffered => None,
         });

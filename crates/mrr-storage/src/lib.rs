@@ -62,6 +62,11 @@ pub struct CommitBatch {
     /// takes it back whole, to a position the log replays from, never in part. The log must
     /// keep every entry after the last position that reached the disk (see `mrr-consensus`).
     pub from_strong_log: bool,
+    /// Persist before returning, whatever the durability mode: the batch holds this region's
+    /// own changes to bounded fields (escrow decrements and transfers), which must never be
+    /// forgotten once a buyer was told or a peer may count on them — a forgotten decrement
+    /// would sell its units twice.
+    pub must_sync: bool,
 }
 
 impl CommitBatch {
@@ -136,8 +141,9 @@ pub enum StoreError {
 /// The layout and encoding of stored records and changes. Bumped when an existing directory
 /// could no longer be read: 2 added each change's causal past and the merge document; 3 split
 /// each origin's changelog and version-vector entry into priority lanes; 4 added the move that
-/// placed a record, the changes it lacks, and moves, wants and transfers in the changelog.
-pub const STORAGE_FORMAT: u32 = 4;
+/// placed a record, the changes it lacks, and moves, wants and transfers in the changelog; 5 the
+/// escrow counters of bounded fields in the merge document.
+pub const STORAGE_FORMAT: u32 = 5;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

@@ -23,7 +23,10 @@ use mrr_storage::{CommitBatch, RecoveredState, Store, StoreError};
 use crate::pending::Pending;
 use crate::{Committed, LocalOp, Refusal};
 
+mod escrow;
 mod strong;
+
+pub use escrow::SWEEP_MS as ESCROW_SWEEP_MS;
 
 /// What happened to a batch of remote changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,6 +57,12 @@ pub enum Rejection {
     NotPlacedHere { key: Key, regions: Vec<String>, local: RegionName },
     #[error("topic {topic} is `consistency: strong`: its writes go through the strong tier's log")]
     StrongTopic { topic: String },
+    #[error("{key}: {field} is bounded (an escrow counter): only {{\"op\":\"incr\"}} changes it, not {how}")]
+    BoundedField { key: Key, field: String, how: &'static str },
+    #[error("{key}: this region holds {held} units of {field}'s rights, the decrement needs {asked}; it has asked for more")]
+    InsufficientRights { key: Key, field: String, held: u64, asked: u64 },
+    #[error("{key}: {field} would overflow")]
+    CounterOverflow { key: Key, field: String },
     #[error("{key} (placed in {regions:?}) is still receiving the content of {lacking} write(s) made concurrently with a move, and a move carries the whole record: retry shortly, or move it from another region of its placement")]
     PlacementPending { key: Key, regions: Vec<String>, lacking: usize },
 }
@@ -80,6 +89,8 @@ pub struct Engine {
     /// Bytes a change may carry besides its own content; a longer `custom` history goes ahead
     /// of its move in [`Op::History`] pieces.
     carried_bytes_max: usize,
+    /// Escrow counters this region tends, with their recent demand (in memory only).
+    escrow: escrow::Tracker,
 }
 
 /// The record reads of one request, taken before any of its effects.
@@ -105,6 +116,7 @@ impl Engine {
             applied: recovered.vv,
             policies,
             carried_bytes_max: mrr_core::limits::CARRIED_BYTES_MAX,
+            escrow: escrow::Tracker::default(),
         }
     }
 
@@ -156,8 +168,12 @@ impl Engine {
             && pending.conflicts.is_empty()
             && pending.dead_letters.is_empty()
             && pending.cleared.is_empty();
+        let must_sync = pending.changes.iter().any(|c| {
+            c.origin == self.local && matches!(&c.op, Op::Merge { delta } if delta.escrow_fields().next().is_some())
+        });
         Some(CommitBatch {
             from_strong_log,
+            must_sync,
             records: pending.overlay.into_inner().into_iter().collect(),
             changes: pending.changes,
             vv,
@@ -242,6 +258,9 @@ impl Engine {
                 }
             }
         }
+        for op in &ops {
+            self.check_bounded(op)?;
+        }
         let key_of = |op: &LocalOp| match op {
             LocalOp::Replay { id } => {
                 letters.get(id).map(|l| l.key.clone()).unwrap_or_else(|| unreachable!("read above"))
@@ -304,7 +323,7 @@ impl Engine {
             let seq = pending.vv.get(&stream) + 1;
             let version = Version { ts: self.hlc.now(physical_ms), region: self.local.clone() };
             let stamp = Stamp { version, lane: stream.lane, seq, deps: pending.vv.clone() };
-            let mut change = self.local_change(op, &key, metadata, current.as_ref(), &stamp, &letters);
+            let mut change = self.local_change(op, &key, metadata, current.as_ref(), &stamp, &letters, physical_ms)?;
             change.moves = moves;
             change.carried = history;
             if let (true, Op::Merge { delta }, Some(doc)) =
@@ -316,7 +335,14 @@ impl Engine {
                 *delta = whole;
             }
             pending.vv.advance(&stream, seq);
+            let escrow = match &change.op {
+                Op::Merge { delta } if self.policies.has_bounded(&key.topic) => Some(delta.clone()),
+                _ => None,
+            };
             let record = self.apply_change(pending, store, &reads, change)?;
+            if let Some(delta) = escrow {
+                self.escrow_touched(&key, &delta, record.doc.as_ref(), physical_ms);
+            }
             out.push(Committed { key: key.clone(), record });
         }
         Ok(out)
@@ -347,16 +373,42 @@ impl Engine {
         Metadata { regions, ..given }
     }
 
+    /// Refuses a put, patch or operation that would write a bounded field other than by
+    /// `incr` (a put that omits one leaves it alone).
+    fn check_bounded(&self, op: &LocalOp) -> Result<(), LocalFailure> {
+        let Some(key) = op.key().filter(|k| self.policies.has_bounded(&k.topic)) else { return Ok(()) };
+        let named: Vec<(String, &'static str)> = match op {
+            LocalOp::Put { value, .. } => object_of(value).into_iter().map(|(k, _)| (k, "put")).collect(),
+            LocalOp::Patch { fields, .. } => object_of(fields).into_iter().map(|(k, _)| (k, "patch")).collect(),
+            LocalOp::Ops { ops, .. } => ops
+                .iter()
+                .filter_map(|o| match o {
+                    mrr_core::FieldOp::Incr { .. } => None,
+                    mrr_core::FieldOp::Set { field, .. } => Some((field.clone(), "set")),
+                    mrr_core::FieldOp::Add { field, .. } => Some((field.clone(), "add")),
+                    mrr_core::FieldOp::Remove { field, .. } => Some((field.clone(), "remove")),
+                })
+                .collect(),
+            LocalOp::Delete { .. } | LocalOp::Replay { .. } => Vec::new(),
+        };
+        match named.into_iter().find(|(f, _)| self.policies.bound_of(&key.topic, f).is_some()) {
+            Some((field, how)) => Err(LocalFailure::Rejected(Rejection::BoundedField { key: key.clone(), field, how })),
+            None => Ok(()),
+        }
+    }
+
     /// Turns a client request into the change it writes, under the topic's rule.
+    #[allow(clippy::too_many_arguments)]
     fn local_change(
-        &self,
+        &mut self,
         op: LocalOp,
         key: &Key,
         metadata: Metadata,
         current: Option<&Record>,
         stamp: &Stamp,
         letters: &BTreeMap<ChangeId, DeadLetter>,
-    ) -> Change {
+        now_ms: u64,
+    ) -> Result<Change, LocalFailure> {
         let rule = self.policies.rule(&key.topic);
         let live = current.filter(|r| !r.is_tombstone());
         let current_doc = current.and_then(|r| r.doc.as_ref());
@@ -384,7 +436,14 @@ impl Engine {
                 let value = serde_json::Value::Object(obj).to_string().into_bytes();
                 Op::Put { value }
             }
-            (LocalOp::Ops { ops, .. }, _) => Op::Merge { delta: Doc::ops_delta(current_doc, &ops, stamp) },
+            (LocalOp::Ops { ops, .. }, _) => {
+                let policies = self.policies.clone();
+                let bound_of = |field: &str| policies.bound_of(&key.topic, field);
+                match Doc::ops_delta(current_doc, &ops, stamp, &bound_of) {
+                    Ok(delta) => Op::Merge { delta },
+                    Err(e) => return Err(LocalFailure::Rejected(self.refused_op(key, e, now_ms))),
+                }
+            }
             (LocalOp::Delete { .. }, Rule::Merge) => Op::Merge { delta: Doc::delete_delta(current_doc, stamp) },
             (LocalOp::Delete { .. }, _) => Op::Delete,
             (LocalOp::Replay { id }, _) => {
@@ -396,7 +455,7 @@ impl Engine {
                 }
             }
         };
-        Change {
+        Ok(Change {
             origin: self.local.clone(),
             lane: stamp.lane,
             seq: stamp.seq,
@@ -408,6 +467,20 @@ impl Engine {
             replay_of,
             moves: false,
             carried: Vec::new(),
+        })
+    }
+
+    /// The rejection of a field operation that cannot apply; a decrement refused for lack of
+    /// rights is noted, so that tending asks for them.
+    fn refused_op(&mut self, key: &Key, e: mrr_core::doc::OpError, now_ms: u64) -> Rejection {
+        use mrr_core::doc::OpError;
+        match e {
+            OpError::InsufficientRights { field, held, asked } => {
+                self.escrow_refused(key, &field, asked.saturating_sub(held), now_ms);
+                Rejection::InsufficientRights { key: key.clone(), field, held, asked }
+            }
+            OpError::Bounded { field, op } => Rejection::BoundedField { key: key.clone(), field, how: op },
+            OpError::Overflow { field } => Rejection::CounterOverflow { key: key.clone(), field },
         }
     }
 
@@ -728,22 +801,7 @@ impl Engine {
         metadata: Metadata,
         carried: Vec<Change>,
     ) {
-        debug_assert!(stream.origin == self.local);
-        let seq = pending.vv.get(&stream) + 1;
-        let change = Change {
-            origin: self.local.clone(),
-            lane: stream.lane,
-            seq,
-            key,
-            op,
-            metadata,
-            version: Version { ts: self.hlc.now(pending.now_ms), region: self.local.clone() },
-            deps: pending.vv.clone(),
-            replay_of: None,
-            moves: false,
-            carried,
-        };
-        pending.vv.advance(&stream, seq);
+        let change = self.own_change(pending, stream, key, op, metadata, carried);
         pending.changes.push(change);
     }
 
@@ -1128,7 +1186,16 @@ impl Engine {
                 Op::Transfer => self.apply_transfer(pending, store, &reads, change)?,
                 Op::History => self.apply_history(pending, store, &reads, change)?,
                 _ => {
-                    self.apply_change(pending, store, &reads, change)?;
+                    let escrow = match &change.op {
+                        Op::Merge { delta } if self.policies.has_bounded(&change.key.topic) => {
+                            Some((change.key.clone(), delta.clone()))
+                        }
+                        _ => None,
+                    };
+                    let record = self.apply_change(pending, store, &reads, change)?;
+                    if let Some((key, delta)) = escrow {
+                        self.escrow_touched(&key, &delta, record.doc.as_ref(), physical_ms);
+                    }
                 }
             }
             out.applied += 1;

@@ -142,6 +142,13 @@ impl GroupCommit {
                 Work::Strong(batch) => Answer::Strong(self.strong(&mut pending, store, batch)),
             })
             .collect();
+        // Escrow counters are tended after the group's requests: an ask that arrived in it is
+        // answered, and a refusal in it asks for rights, in this same commit.
+        if self.engine.escrow_due(pending.now_ms) {
+            if let Err(e) = self.engine.tend_escrow(&mut pending, store) {
+                tracing::warn!(error = %e, "tending escrow counters failed; the next group tries again");
+            }
+        }
         Built { answers, batch: self.engine.finish(pending) }
     }
 

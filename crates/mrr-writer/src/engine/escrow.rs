@@ -1,0 +1,271 @@
+//! Escrow counters in the writer: tending the bounded fields this region holds rights in.
+//!
+//! A decrement is checked against this region's rights where every other operation is made
+//! ([`mrr_core::Doc::ops_delta`]); what this module adds is what moves rights. At the end of
+//! every group ([`crate::GroupCommit::build`]) the engine tends the counters that need it now
+//! — an ask for this region's rights arrived, or this region's buyers were refused — and, every
+//! [`SWEEP_MS`], every counter touched recently: it answers asks, tops up regions expected to
+//! run short, and asks the richest holder when this region is short ([`Escrow::tend`]). What
+//! it decides is written as a change of this region's own to the record (its entries of the
+//! counter, no value), applied and replicated like any other write, and persisted before the
+//! group returns (`CommitBatch::must_sync`).
+//!
+//! Demand is measured here, per counter, from the consumption this region sees: its own
+//! decrements and refusals as they happen, other regions' as their changes arrive. The samples
+//! live in memory only (a restart starts measuring again; rights are in the records).
+//!
+//! Not here: the counter's laws (`mrr_core::escrow`); anything that could give away rights
+//! this region does not hold — every transfer goes through [`Escrow::transfer`], which checks
+//! this region's own exact view.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use mrr_core::escrow::Escrow;
+use mrr_core::{Change, Doc, Key, Metadata, Op, RegionName, Stream, Version};
+use mrr_storage::{Store, StoreError};
+
+use super::Engine;
+use crate::pending::Pending;
+
+/// How often every recently touched counter is tended, in the groups that run.
+pub const SWEEP_MS: u64 = 100;
+/// Demand samples are taken at most this often per counter.
+const SAMPLE_MS: u64 = 50;
+/// Rates are measured over this window.
+const RATE_WINDOW_MS: u64 = 2_000;
+/// Rights are planned to cover this much of each region's demand ahead: several round trips
+/// between regions, so a region topped up does not run dry before the next top-up arrives.
+const DEMAND_HORIZON_MS: u64 = 1_000;
+/// An ask left unanswered this long makes its holder one to avoid (cut off, or down) when
+/// asking again.
+const ASK_UNANSWERED_MS: u64 = 2_000;
+/// A counter untouched this long is no longer tended.
+const IDLE_MS: u64 = 60_000;
+/// Counters tended at most; beyond, the least recently touched is forgotten (its rights stay
+/// where they are, in the record).
+const TRACKED_MAX: usize = 1_024;
+
+#[derive(Debug, Default)]
+pub(crate) struct Tracker {
+    counters: BTreeMap<(Key, String), Track>,
+    next_sweep_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Track {
+    samples: VecDeque<Sample>,
+    /// Units this region's buyers were refused, in all (its unmet demand).
+    refused_total: u64,
+    /// Units refused since the last tending (what to ask for at least).
+    short: u64,
+    /// Tend at the end of this group.
+    dirty: bool,
+    active_ms: u64,
+    /// When this region first asked each holder, for asks still outstanding.
+    asked_at_ms: BTreeMap<RegionName, u64>,
+}
+
+#[derive(Debug)]
+struct Sample {
+    at_ms: u64,
+    consumed: BTreeMap<RegionName, u64>,
+    refused_total: u64,
+}
+
+impl Tracker {
+    fn track(&mut self, key: &Key, field: &str, now_ms: u64) -> &mut Track {
+        let id = (key.clone(), field.to_owned());
+        if !self.counters.contains_key(&id) && self.counters.len() >= TRACKED_MAX {
+            let oldest = self.counters.iter().min_by_key(|(_, t)| t.active_ms).map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                self.counters.remove(&oldest);
+            }
+        }
+        let t = self.counters.entry(id).or_default();
+        t.active_ms = t.active_ms.max(now_ms);
+        t
+    }
+
+    /// A write of this region or a peer's changed the counter; `urgent`: tend it in this group.
+    pub(crate) fn touched(&mut self, key: &Key, field: &str, now_ms: u64, urgent: bool) {
+        let t = self.track(key, field, now_ms);
+        t.dirty |= urgent;
+    }
+
+    /// This region's buyers were refused `units` for lack of rights.
+    pub(crate) fn refused(&mut self, key: &Key, field: &str, units: u64, now_ms: u64) {
+        let t = self.track(key, field, now_ms);
+        t.refused_total = t.refused_total.saturating_add(units);
+        t.short = t.short.saturating_add(units);
+        t.dirty = true;
+    }
+
+    /// Whether the end of a group at `now_ms` has tending to do.
+    pub(crate) fn due(&self, now_ms: u64) -> bool {
+        !self.counters.is_empty() && (now_ms >= self.next_sweep_ms || self.counters.values().any(|t| t.dirty))
+    }
+
+    /// The counters to tend now: the urgent ones, or every one on a sweep (idle ones dropped).
+    fn take_due(&mut self, now_ms: u64) -> Vec<(Key, String)> {
+        if now_ms >= self.next_sweep_ms {
+            self.next_sweep_ms = now_ms + SWEEP_MS;
+            self.counters.retain(|_, t| now_ms.saturating_sub(t.active_ms) < IDLE_MS);
+            return self.counters.keys().cloned().collect();
+        }
+        self.counters.iter().filter(|(_, t)| t.dirty).map(|(k, _)| k.clone()).collect()
+    }
+}
+
+impl Track {
+    /// Each region's expected demand over the horizon, from the consumption seen over the
+    /// rate window (this region's refusals count as its demand too).
+    fn demand(&mut self, local: &RegionName, escrow: &Escrow, now_ms: u64) -> BTreeMap<RegionName, u64> {
+        if self.samples.back().is_none_or(|s| now_ms >= s.at_ms + SAMPLE_MS) {
+            self.samples.push_back(Sample {
+                at_ms: now_ms,
+                consumed: escrow.consumed_all().clone(),
+                refused_total: self.refused_total,
+            });
+        }
+        // Keep one sample at or beyond the window's start, to measure from.
+        while self.samples.len() > 2 && self.samples.get(1).is_some_and(|s| s.at_ms + RATE_WINDOW_MS <= now_ms) {
+            self.samples.pop_front();
+        }
+        let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else { return BTreeMap::new() };
+        let elapsed_ms = last.at_ms.saturating_sub(first.at_ms).max(SAMPLE_MS);
+        let ahead = |units: u64| units.saturating_mul(DEMAND_HORIZON_MS).div_ceil(elapsed_ms);
+        let mut demand = BTreeMap::new();
+        for (region, now) in &last.consumed {
+            let then = first.consumed.get(region).copied().unwrap_or(0);
+            let mut units = now.saturating_sub(then);
+            if region == local {
+                units = units.saturating_add(last.refused_total.saturating_sub(first.refused_total));
+            }
+            if units > 0 {
+                demand.insert(region.clone(), ahead(units));
+            }
+        }
+        let refused = last.refused_total.saturating_sub(first.refused_total);
+        if refused > 0 && !demand.contains_key(local) {
+            demand.insert(local.clone(), ahead(refused));
+        }
+        demand
+    }
+
+    /// Holders this region asked long ago and that still have not answered; asks answered are
+    /// forgotten.
+    fn unanswered(&mut self, local: &RegionName, escrow: &Escrow, now_ms: u64) -> BTreeSet<RegionName> {
+        self.asked_at_ms.retain(|holder, _| escrow.outstanding(local, holder) > 0);
+        self.asked_at_ms
+            .iter()
+            .filter(|(_, at)| now_ms.saturating_sub(**at) >= ASK_UNANSWERED_MS)
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+}
+
+impl Engine {
+    /// Whether a group ending at `now_ms` should tend escrow counters.
+    pub fn escrow_due(&self, now_ms: u64) -> bool {
+        self.escrow.due(now_ms)
+    }
+
+    /// Tends the counters due (see the module header) into the group; returns how many changes
+    /// it wrote. All or nothing: a read that fails leaves nothing of it in the group.
+    pub fn tend_escrow(&mut self, pending: &mut Pending, store: &dyn Store) -> Result<usize, StoreError> {
+        let due = self.escrow.take_due(pending.now_ms);
+        pending.request(|pending| {
+            let mut written = 0;
+            for (key, field) in due {
+                written += usize::from(self.tend_one(pending, store, &key, &field)?);
+            }
+            Ok(written)
+        })
+    }
+
+    fn tend_one(&mut self, pending: &mut Pending, store: &dyn Store, key: &Key, field: &str) -> Result<bool, StoreError> {
+        let reads = Self::prefetch(pending, store, std::iter::once(key))?;
+        let now_ms = pending.now_ms;
+        let record = Self::current(pending, &reads, key);
+        let held = record.as_ref().filter(|r| mrr_core::placement::places(&r.metadata, &self.local));
+        let Some((record, escrow)) = held.and_then(|r| Some((r, r.doc.as_ref()?.escrow(field)?.clone()))) else {
+            // Not a counter this region holds (any more): nothing to tend.
+            self.escrow.counters.remove(&(key.clone(), field.to_owned()));
+            return Ok(false);
+        };
+        let local = self.local.clone();
+        let Some(track) = self.escrow.counters.get_mut(&(key.clone(), field.to_owned())) else { return Ok(false) };
+        let demand = track.demand(&local, &escrow, now_ms);
+        let avoid = track.unanswered(&local, &escrow, now_ms);
+        let plan = escrow.tend(&local, &demand, track.short, &avoid);
+        track.short = 0;
+        track.dirty = false;
+        if plan.is_empty() {
+            return Ok(false);
+        }
+        let mut after = escrow;
+        for (to, units) in &plan.gives {
+            // `tend` gives only from what `local` holds; a refusal here would be a bug in it,
+            // and giving less is always safe.
+            if let Err(e) = after.transfer(&local, to, *units) {
+                tracing::error!(%key, field, to = %to, units, error = %e, "escrow transfer refused; not made");
+            }
+        }
+        if let Some((holder, units)) = &plan.ask {
+            if matches!(after.ask(&local, holder, *units), Ok(true)) {
+                track.asked_at_ms.entry(holder.clone()).or_insert(now_ms);
+            }
+        }
+        let metadata = Metadata { regions: record.metadata.regions.clone(), sync_flags: record.metadata.sync_flags.clone() };
+        let stream = Stream::new(local.clone(), self.policies.lanes.lane_of(&key.topic, &metadata));
+        let delta = Doc::escrow_delta(field, &after, &local);
+        let change = self.own_change(pending, stream, key.clone(), Op::Merge { delta }, metadata, Vec::new());
+        self.apply_change(pending, store, &reads, change)?;
+        Ok(true)
+    }
+
+    /// A change of this region's own on `stream`, with the next sequence and a new version;
+    /// the caller applies or logs it.
+    pub(super) fn own_change(
+        &mut self,
+        pending: &mut Pending,
+        stream: Stream,
+        key: Key,
+        op: Op,
+        metadata: Metadata,
+        carried: Vec<Change>,
+    ) -> Change {
+        debug_assert!(stream.origin == self.local);
+        let seq = pending.vv.get(&stream) + 1;
+        let change = Change {
+            origin: self.local.clone(),
+            lane: stream.lane,
+            seq,
+            key,
+            op,
+            metadata,
+            version: Version { ts: self.hlc.now(pending.now_ms), region: self.local.clone() },
+            deps: pending.vv.clone(),
+            replay_of: None,
+            moves: false,
+            carried,
+        };
+        pending.vv.advance(&stream, seq);
+        change
+    }
+
+    /// Notes a change's effect on the bounded fields of `key` (a peer's or this region's):
+    /// `delta` is what it wrote, `doc` the record after it. Urgent when the record now asks
+    /// this region for rights it has not granted.
+    pub(super) fn escrow_touched(&mut self, key: &Key, delta: &Doc, doc: Option<&Doc>, now_ms: u64) {
+        for (field, _) in delta.escrow_fields() {
+            let urgent = doc.and_then(|d| d.escrow(field)).is_some_and(|e| e.asks_of(&self.local));
+            self.escrow.touched(key, field, now_ms, urgent);
+        }
+    }
+
+    /// Notes that this region refused a decrement of `key.field` by `units`.
+    pub(super) fn escrow_refused(&mut self, key: &Key, field: &str, units: u64, now_ms: u64) {
+        self.escrow.refused(key, field, units, now_ms);
+    }
+}
