@@ -269,3 +269,136 @@ impl Engine {
         self.escrow.refused(key, field, units, now_ms);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mrr_core::{FieldOp, Policies, Rule};
+    use mrr_storage::{MemStore, Store};
+    use serde_json::json;
+
+    use crate::{Answer, DurableRule, GroupCommit, LocalOp, Rejection, Work, WriteError};
+
+    use super::*;
+
+    struct At(u64);
+    impl mrr_core::PhysicalClock for At {
+        fn now_ms(&self) -> u64 {
+            self.0
+        }
+    }
+
+    /// One region: its writer, its store, and the changes it made that a peer has not taken.
+    struct Region {
+        core: GroupCommit,
+        store: MemStore,
+        rule: DurableRule,
+        outbox: Vec<Change>,
+    }
+
+    fn region(name: &str) -> Region {
+        let bounded = [("inventory".to_owned(), [("available".to_owned(), 0)].into_iter().collect())];
+        let policies = Policies::new(Rule::Timestamp, [("inventory".to_owned(), Rule::Merge)].into_iter().collect())
+            .with_bounded(bounded.into_iter().collect());
+        let local = RegionName::new(name).expect("valid");
+        let engine = Engine::new(local, Default::default(), 200, Arc::new(policies));
+        Region {
+            core: GroupCommit::new(engine, 100),
+            store: MemStore::new(),
+            rule: DurableRule::new(false, Default::default()),
+            outbox: Vec::new(),
+        }
+    }
+
+    impl Region {
+        /// Runs one group at `now_ms`; returns its answers and whether its batch was synced.
+        fn group(&mut self, work: Vec<Work>, now_ms: u64) -> (Vec<Answer>, bool) {
+            let built = self.core.build(&self.store, work, &At(now_ms));
+            let synced = built.batch().is_some_and(|b| b.must_sync);
+            let commit = built.batch().map_or(Ok(()), |b| self.store.commit(b));
+            let settled = self.core.settle(built, commit, &self.store, &mut self.rule);
+            let local = self.core.engine().local().clone();
+            if let Some(b) = settled.committed {
+                self.outbox.extend(b.changes.into_iter().filter(|c| c.origin == local));
+            }
+            (settled.answers, synced)
+        }
+
+        fn incr(&mut self, by: i64, now_ms: u64) -> Result<(), WriteError> {
+            let key = Key::new("inventory", "mug");
+            let op = LocalOp::Ops { key, ops: vec![FieldOp::Incr { field: "available".into(), by }] };
+            match self.group(vec![Work::Local(vec![op])], now_ms).0.pop() {
+                Some(Answer::Local(out)) => out.map(|_| ()),
+                other => unreachable!("a local answer, got {other:?}"),
+            }
+        }
+
+        /// Delivers everything `from` made since the last delivery, as one batch.
+        fn receive(&mut self, from: &mut Region, now_ms: u64) {
+            let changes = std::mem::take(&mut from.outbox);
+            if !changes.is_empty() {
+                self.group(vec![Work::Remote(changes)], now_ms);
+            }
+        }
+
+        fn value(&self) -> serde_json::Value {
+            let rec = self.store.get(&Key::new("inventory", "mug")).expect("read").expect("exists");
+            serde_json::from_slice(rec.value.as_deref().expect("a value")).expect("JSON")
+        }
+    }
+
+    #[test]
+    fn a_refused_decrement_asks_and_the_holder_answers_in_one_round_trip() {
+        let (mut tokyo, mut frankfurt) = (region("ap-northeast"), region("eu-central"));
+        tokyo.incr(10, 1_000).expect("an increment makes rights where it is made");
+        frankfurt.receive(&mut tokyo, 1_050);
+        assert_eq!(frankfurt.value(), json!({"available": 10}));
+        // Frankfurt holds no rights: refused, and the same group writes an ask.
+        let refused = frankfurt.incr(-3, 1_100);
+        assert!(
+            matches!(refused, Err(WriteError::Rejected(Rejection::InsufficientRights { held: 0, asked: 3, .. }))),
+            "{refused:?}"
+        );
+        assert_eq!(frankfurt.outbox.len(), 1, "the ask");
+        // Tokyo answers in the group that applies the ask; the transfer is persisted first.
+        let before = tokyo.outbox.len();
+        let (_, synced) = {
+            let changes = std::mem::take(&mut frankfurt.outbox);
+            tokyo.group(vec![Work::Remote(changes)], 1_150)
+        };
+        assert_eq!(tokyo.outbox.len(), before + 1, "the answer");
+        assert!(synced, "a transfer is on disk before it can be sent");
+        frankfurt.receive(&mut tokyo, 1_200);
+        frankfurt.incr(-3, 1_250).expect("rights arrived");
+        tokyo.receive(&mut frankfurt, 1_300);
+        assert_eq!(tokyo.value(), json!({"available": 7}));
+        assert_eq!(frankfurt.value(), json!({"available": 7}));
+        // Never below the bound: Tokyo cannot sell more than it kept.
+        let kept = tokyo.store.get(&Key::new("inventory", "mug")).expect("read").expect("exists");
+        let e = kept.doc.as_ref().and_then(|d| d.escrow("available")).expect("a counter").clone();
+        let held = e.rights(tokyo.core.engine().local());
+        assert!(tokyo.incr(-i64::try_from(held + 1).expect("small"), 1_350).is_err());
+        tokyo.incr(-i64::try_from(held).expect("small"), 1_400).expect("what it holds");
+    }
+
+    #[test]
+    fn bounded_fields_refuse_writes_other_than_incr() {
+        let mut tokyo = region("ap-northeast");
+        let key = Key::new("inventory", "mug");
+        let put = LocalOp::Put { key: key.clone(), value: br#"{"available":5}"#.to_vec(), metadata: Metadata::default() };
+        let patch = LocalOp::Patch { key: key.clone(), fields: br#"{"available":null}"#.to_vec(), metadata: None };
+        let set = LocalOp::Ops { key: key.clone(), ops: vec![FieldOp::Set { field: "available".into(), value: json!(1) }] };
+        for op in [put, patch, set] {
+            match tokyo.group(vec![Work::Local(vec![op])], 1_000).0.pop() {
+                Some(Answer::Local(Err(WriteError::Rejected(Rejection::BoundedField { field, .. })))) => {
+                    assert_eq!(field, "available")
+                }
+                other => unreachable!("refused, got {other:?}"),
+            }
+        }
+        assert!(tokyo.store.get(&key).expect("read").is_none(), "nothing applied");
+        let other = LocalOp::Put { key: key.clone(), value: br#"{"name":"mug"}"#.to_vec(), metadata: Metadata::default() };
+        assert!(matches!(tokyo.group(vec![Work::Local(vec![other])], 1_100).0.pop(), Some(Answer::Local(Ok(_)))));
+    }
+}
