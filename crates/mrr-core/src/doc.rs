@@ -633,19 +633,15 @@ mod tests {
             let d = match w {
                 W::Put(f, v) => Doc::put_delta(Some(&base), &obj(json!({ FIELDS[*f]: v, "k": 1 })), &stamp),
                 W::Patch(f, v) => Doc::patch_delta(&obj(json!({ FIELDS[*f]: v })), &stamp),
-                W::Incr(f, by) => ops_plain(
-                    Some(&base),
-                    &[FieldOp::Incr { field: FIELDS[*f].into(), by: i64::from(*by) }],
-                    &stamp,
-                ),
+                W::Incr(f, by) => {
+                    ops_plain(Some(&base), &[FieldOp::Incr { field: FIELDS[*f].into(), by: i64::from(*by) }], &stamp)
+                }
                 W::Add(f, v) => {
                     ops_plain(Some(&base), &[FieldOp::Add { field: FIELDS[*f].into(), value: json!(v) }], &stamp)
                 }
-                W::Remove(f, v) => ops_plain(
-                    Some(&base),
-                    &[FieldOp::Remove { field: FIELDS[*f].into(), value: json!(v) }],
-                    &stamp,
-                ),
+                W::Remove(f, v) => {
+                    ops_plain(Some(&base), &[FieldOp::Remove { field: FIELDS[*f].into(), value: json!(v) }], &stamp)
+                }
                 W::Delete => Doc::delete_delta(Some(&base), &stamp),
             };
             let mut own = deps;
@@ -769,8 +765,7 @@ mod tests {
 
     #[test]
     fn add_wins_over_a_concurrent_remove_and_delete_keeps_what_it_did_not_see() {
-        let add1 =
-            ops_plain(None, &[FieldOp::Add { field: "tags".into(), value: json!("x") }], &stamp(1, 0, 1, &[]));
+        let add1 = ops_plain(None, &[FieldOp::Add { field: "tags".into(), value: json!("x") }], &stamp(1, 0, 1, &[]));
         let rm = ops_plain(
             Some(&add1),
             &[FieldOp::Remove { field: "tags".into(), value: json!("x") }],
@@ -811,7 +806,10 @@ mod tests {
         let frankfurt = Doc::ops_delta(Some(&tokyo), &incr(-1), &stamp(4, 1, 1, &[]), &bound);
         assert!(matches!(frankfurt, Err(OpError::InsufficientRights { held: 0, .. })), "{frankfurt:?}");
         let set = [FieldOp::Set { field: "available".into(), value: json!(99) }];
-        assert!(matches!(Doc::ops_delta(Some(&tokyo), &set, &stamp(5, 0, 4, &[]), &bound), Err(OpError::Bounded { op: "set", .. })));
+        assert!(matches!(
+            Doc::ops_delta(Some(&tokyo), &set, &stamp(5, 0, 4, &[]), &bound),
+            Err(OpError::Bounded { op: "set", .. })
+        ));
         // A put that omits the field leaves it; a delete hides it without resetting it.
         let put = Doc::put_delta(Some(&tokyo), &obj(json!({"name": "mug"})), &stamp(6, 0, 5, &[]));
         tokyo.join(&put);

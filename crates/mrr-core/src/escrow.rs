@@ -140,7 +140,7 @@ impl Escrow {
 
     /// `region`'s rights as a signed sum: received (its increments included) minus given and
     /// consumed.
-    fn balance(&self, region: &RegionName) -> i128 {
+    pub fn balance(&self, region: &RegionName) -> i128 {
         let received: i128 = self.granted.values().filter_map(|row| row.get(region)).map(|n| i128::from(*n)).sum();
         let given: i128 = self
             .granted

@@ -922,7 +922,8 @@ replication_rules:
         let refused =
             |topic: &str| parse(&format!("{GOOD}topics:\n  inventory: {topic}\n")).expect_err("refused").to_string();
         assert!(refused("{ consistency: strong, bounded: { a: { min: 0 } } }").contains("remove `bounded:`"));
-        assert!(refused("{ conflict_strategy: timestamp, bounded: { a: { min: 0 } } }").contains("conflict_strategy: merge"));
+        assert!(refused("{ conflict_strategy: timestamp, bounded: { a: { min: 0 } } }")
+            .contains("conflict_strategy: merge"));
         assert!(refused("{ bounded: { a: { min: 0, max: 9 } } }").contains("unknown field"));
         assert!(refused("{ bounded: { __x: { min: 0 } } }").contains("not valid"));
     }

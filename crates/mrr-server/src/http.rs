@@ -466,9 +466,7 @@ fn rights_retry_ms(state: &AppState) -> u64 {
     const RETRY_MS_MAX: u64 = 5_000;
     const UNMEASURED_MS: u64 = 1_000;
     let rtt_ms_max = state.status.snapshot(state.clock.now_ms()).iter().filter_map(|p| p.rtt_ms).max();
-    rtt_ms_max
-        .map_or(UNMEASURED_MS, |rtt| rtt + mrr_writer::ESCROW_SWEEP_MS)
-        .clamp(RETRY_MS_MIN, RETRY_MS_MAX)
+    rtt_ms_max.map_or(UNMEASURED_MS, |rtt| rtt + mrr_writer::ESCROW_SWEEP_MS).clamp(RETRY_MS_MIN, RETRY_MS_MAX)
 }
 
 /// Query one record: `query('users/u001')`. `?consistency=` picks what the answer may miss

@@ -70,7 +70,13 @@ impl Store for SimDisk {
     fn commit(&self, batch: &CommitBatch) -> Result<()> {
         self.live.commit(batch)?;
         if self.buffered {
-            self.journal.lock().unwrap_or_else(PoisonError::into_inner).unsynced.push(batch.clone());
+            let mut journal = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
+            journal.unsynced.push(batch.clone());
+            // A synced commit persists the journal up to itself, as fjall's does.
+            if batch.must_sync {
+                let Journal { synced, unsynced } = &mut *journal;
+                synced.append(unsynced);
+            }
         }
         Ok(())
     }

@@ -24,7 +24,7 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--slow-disks S] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom] [--no-deletes] [--placement]\n       mrr-sim --strong [--seed-start S --seeds N | --seed X] [--regions 3..5] [--strong-clients C] [--strong-ops O] [--faults F] [--phase-ms MS]".into()
+    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--slow-disks S] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom|escrow] [--no-deletes] [--placement]\n       mrr-sim --strong [--seed-start S --seeds N | --seed X] [--regions 3..5] [--strong-clients C] [--strong-ops O] [--faults F] [--phase-ms MS]".into()
 }
 
 fn parse() -> Result<Args, String> {
@@ -46,7 +46,8 @@ fn parse() -> Result<Args, String> {
                 let v = value()?;
                 let keep = v
                     .split(',')
-                    .filter(|s| !s.is_empty())
+                    // `none`: every fault dropped (what a replay of a fault-free failure names).
+                    .filter(|s| !s.is_empty() && *s != "none")
                     .map(|s| s.parse::<usize>().map_err(|e| format!("--keep-faults: {e}")))
                     .collect::<Result<_, _>>()?;
                 a.keep = Some(keep);
@@ -115,6 +116,7 @@ fn main() -> ExitCode {
     let mut converge_ms_max = 0;
     let mut events = 0;
     let (mut transfers, mut pending) = (0, 0);
+    let (mut sales, mut refused_rights) = (0, 0);
     let (mut grouped_commits, mut grouped_applies, mut storage_errors) = (0, 0, 0);
     for seed in args.seed_start..args.seed_start + args.seeds {
         match run(seed, &args.config, args.keep.as_ref()) {
@@ -123,6 +125,8 @@ fn main() -> ExitCode {
                 events += report.events;
                 transfers += report.transfers_received;
                 pending += report.refused_pending;
+                sales += report.acked_sales;
+                refused_rights += report.refused_rights;
                 grouped_commits += report.grouped_commits;
                 grouped_applies += report.grouped_applies;
                 storage_errors += report.storage_errors;
@@ -142,7 +146,10 @@ fn main() -> ExitCode {
                     }
                 }
                 eprintln!("which fails with: {shortest}");
-                let list: Vec<String> = keep.iter().map(ToString::to_string).collect();
+                let mut list: Vec<String> = keep.iter().map(ToString::to_string).collect();
+                if list.is_empty() {
+                    list.push("none".into());
+                }
                 eprintln!(
                     "replay: cargo run --release -p mrr-sim -- --seed {seed} {} --keep-faults {}",
                     args.config.flags(),
@@ -166,6 +173,11 @@ fn main() -> ExitCode {
     );
     if args.config.placement {
         println!("placement: {transfers} transfers completed moved records, {pending} moves refused as pending");
+    }
+    if args.config.strategy == mrr_sim::Strategy::Escrow {
+        println!(
+            "escrow: {sales} sales acknowledged, {refused_rights} refused for lack of rights where they were made"
+        );
     }
     ExitCode::SUCCESS
 }

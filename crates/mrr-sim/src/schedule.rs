@@ -175,15 +175,23 @@ impl Schedule {
         let mut writes: Vec<(u64, WriteEvent)> = (0..config.writes)
             .map(|_| {
                 let at = rng.random_range(0..phase);
-                let w = WriteEvent {
+                let mut w = WriteEvent {
                     node: rng.random_range(0..n),
                     key: rng.random_range(0..config.keys),
                     delete: rng.random_ratio(1, 8) && config.deletes,
                     kind: match config.strategy {
                         Strategy::Timestamp => 0,
-                        Strategy::Merge | Strategy::Custom => rng.random(),
+                        Strategy::Merge | Strategy::Custom | Strategy::Escrow => rng.random(),
                     },
                 };
+                if config.strategy == Strategy::Escrow {
+                    // Counters are not deleted (a delete hides, never resets, them), and r0
+                    // holds most of the demand: two writes in three are made there.
+                    w.delete = false;
+                    if w.kind % 3 != 0 {
+                        w.node = 0;
+                    }
+                }
                 (at, w)
             })
             .collect();

@@ -36,6 +36,8 @@ const APPLY_CHANGES_MAX: usize = 24;
 /// After convergence, keep delivering stragglers (late duplicates) this long before the end.
 const SETTLE_MS: u64 = 2_000;
 const TOPIC: &str = "t";
+/// The bounded field of [`Strategy::Escrow`].
+pub const STOCK: &str = "stock";
 /// Small, so that every move of a `custom` record with more than a few fold entries sends its
 /// history ahead in pieces (`Op::History`).
 const CARRIED_BYTES_MAX: usize = 256;
@@ -90,6 +92,9 @@ pub enum Strategy {
     /// A deliberately non-commutative handler (it concatenates), run by the real Rhai sandbox:
     /// regions converge only if every one applies concurrent writes in the same order.
     Custom,
+    /// A `merge` topic whose field `stock` is bounded (`min: 0`): restocks and sales by
+    /// `incr`, most sales in r0, rights moving between regions on their own.
+    Escrow,
 }
 
 impl std::fmt::Display for Strategy {
@@ -99,6 +104,7 @@ impl std::fmt::Display for Strategy {
             Strategy::Timestamp => "timestamp",
             Strategy::Merge => "merge",
             Strategy::Custom => "custom",
+            Strategy::Escrow => "escrow",
         })
     }
 }
@@ -111,7 +117,8 @@ impl std::str::FromStr for Strategy {
             "timestamp" => Ok(Strategy::Timestamp),
             "merge" => Ok(Strategy::Merge),
             "custom" => Ok(Strategy::Custom),
-            other => Err(format!("unknown strategy {other:?}: timestamp, merge or custom")),
+            "escrow" => Ok(Strategy::Escrow),
+            other => Err(format!("unknown strategy {other:?}: timestamp, merge, custom or escrow")),
         }
     }
 }
@@ -126,7 +133,7 @@ const CONCAT_HANDLER: &str =
 fn policies(strategy: Strategy, placement: bool) -> std::sync::Arc<mrr_core::Policies> {
     let rule = match strategy {
         Strategy::Timestamp => mrr_core::Rule::Timestamp,
-        Strategy::Merge => mrr_core::Rule::Merge,
+        Strategy::Merge | Strategy::Escrow => mrr_core::Rule::Merge,
         Strategy::Custom => {
             let handler = mrr_handler::RhaiHandler::compile("concat.rhai", CONCAT_HANDLER, Default::default())
                 .unwrap_or_else(|e| unreachable!("a constant script compiles: {e}"));
@@ -137,8 +144,12 @@ fn policies(strategy: Strategy, placement: bool) -> std::sync::Arc<mrr_core::Pol
     if placement && strategy != Strategy::Timestamp {
         defaults.topics.insert(TOPIC.to_owned(), vec!["r0".to_owned(), "r1".to_owned()]);
     }
+    let mut bounded = BTreeMap::new();
+    if strategy == Strategy::Escrow {
+        bounded.insert(TOPIC.to_owned(), [(STOCK.to_owned(), 0)].into());
+    }
     let policies = mrr_core::Policies::new(mrr_core::Rule::Timestamp, [(TOPIC.to_owned(), rule)].into());
-    std::sync::Arc::new(policies.with_placement(defaults))
+    std::sync::Arc::new(policies.with_placement(defaults).with_bounded(bounded))
 }
 
 /// A region's writer, as the simulator runs every one (small history pieces).
@@ -211,6 +222,14 @@ fn workload_op(
             ),
         },
         Strategy::Custom => (put(json!({ "log": format!("{n}.{};", kind % 10) })), None),
+        // One write in eight restocks; the rest sell one or two units.
+        Strategy::Escrow => {
+            let by = match kind % 8 {
+                0 => 5 + i64::from(kind / 8 % 16),
+                _ => -1 - i64::from(kind / 8 % 2),
+            };
+            (LocalOp::Ops { key, ops: vec![mrr_core::FieldOp::Incr { field: STOCK.into(), by }] }, Some(by))
+        }
     }
 }
 
@@ -301,6 +320,12 @@ pub struct RunReport {
     pub grouped_commits: usize,
     /// Inbound applies that took more than one batch.
     pub grouped_applies: usize,
+    /// Decrements of a bounded field refused for lack of rights where they were made.
+    pub refused_rights: usize,
+    /// Acknowledged decrements of a bounded field.
+    pub acked_sales: usize,
+    /// Changes that moved or asked for escrow rights (tending), committed where they were made.
+    pub tendings: usize,
 }
 
 /// A broken invariant.
@@ -427,6 +452,9 @@ struct World {
     history_pieces_received: usize,
     grouped_commits: usize,
     grouped_applies: usize,
+    refused_rights: usize,
+    acked_sales: usize,
+    tendings: usize,
     /// A violation found where no `Step` returns (the pump).
     broken: Option<Violation>,
 }
@@ -473,6 +501,9 @@ pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result
         history_pieces_received: world.history_pieces_received,
         grouped_commits: world.grouped_commits,
         grouped_applies: world.grouped_applies,
+        refused_rights: world.refused_rights,
+        acked_sales: world.acked_sales,
+        tendings: world.tendings,
     })
 }
 
@@ -526,7 +557,11 @@ impl World {
             .collect();
         let mut world = Self {
             seed,
-            invariants: invariants::all(&names, cfg.strategy == Strategy::Merge && !cfg.deletes),
+            invariants: invariants::all(
+                &names,
+                cfg.strategy == Strategy::Merge && !cfg.deletes,
+                cfg.strategy == Strategy::Escrow,
+            ),
             cfg,
             now: 0,
             next_id: 0,
@@ -553,6 +588,9 @@ impl World {
             history_pieces_received: 0,
             grouped_commits: 0,
             grouped_applies: 0,
+            refused_rights: 0,
+            acked_sales: 0,
+            tendings: 0,
             broken: None,
         };
         if world.cfg.placement {
@@ -736,6 +774,13 @@ impl World {
                 return Err(Violation::simulator(self.seed, self.now, "a refused commit reached the store"));
             }
         }
+        if let Some(batch) = settled.committed.as_ref().filter(|b| b.must_sync && self.cfg.buffered) {
+            // Persisted with the commit: everything up to it is durable now.
+            debug_assert!(settled.durable_moved || batch.changes.is_empty());
+            for inv in &mut self.invariants {
+                inv.on_durable(node, durable.durable());
+            }
+        }
         if let Some(batch) = &settled.committed {
             let here = writer.engine().local().clone();
             let applied = writer.engine().applied().clone();
@@ -743,6 +788,13 @@ impl World {
                 batch.changes.iter().filter(|c| c.origin != here && c.op == *op && c.has_content()).count()
             };
             self.transfers_received += received(&mrr_core::Op::Transfer);
+            self.tendings += batch
+                .changes
+                .iter()
+                .filter(|c| {
+                    c.origin == here && matches!(&c.op, mrr_core::Op::Merge { delta } if delta.presence.is_none())
+                })
+                .count();
             self.history_pieces_received += received(&mrr_core::Op::History);
             for inv in &mut self.invariants {
                 inv.on_commit(node, batch, &applied)
@@ -820,6 +872,11 @@ impl World {
                 self.refused_pending += 1;
                 return Ok(());
             }
+            // A sale beyond the rights held here: refused, and the region asked for more.
+            Err(WriteError::Rejected(Rejection::InsufficientRights { .. })) => {
+                self.refused_rights += 1;
+                return Ok(());
+            }
             // A failing disk: the client is told, and nothing of its request applied (the
             // invariants check that against every commit).
             Err(WriteError::Storage(_)) => {
@@ -828,6 +885,9 @@ impl World {
             }
             Err(e) => return Err(Violation::simulator(self.seed, self.now, e)),
         };
+        if self.cfg.strategy == Strategy::Escrow && incr.is_some_and(|by| by < 0) {
+            self.acked_sales += 1;
+        }
         for c in committed {
             let acked = AckedWrite {
                 node: w.node,

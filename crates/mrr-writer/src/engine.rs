@@ -59,7 +59,9 @@ pub enum Rejection {
     StrongTopic { topic: String },
     #[error("{key}: {field} is bounded (an escrow counter): only {{\"op\":\"incr\"}} changes it, not {how}")]
     BoundedField { key: Key, field: String, how: &'static str },
-    #[error("{key}: this region holds {held} units of {field}'s rights, the decrement needs {asked}; it has asked for more")]
+    #[error(
+        "{key}: this region holds {held} units of {field}'s rights, the decrement needs {asked}; it has asked for more"
+    )]
     InsufficientRights { key: Key, field: String, held: u64, asked: u64 },
     #[error("{key}: {field} would overflow")]
     CounterOverflow { key: Key, field: String },
@@ -884,10 +886,24 @@ impl Engine {
         let lost = doc.join_reporting(&delta);
         self.log_lost(pending, &change.key, lost);
         let value = doc.materialize();
+        // A delta without presence is bookkeeping (an escrow counter's transfers and asks,
+        // [`Doc::escrow_delta`]): it changes no value a client wrote, so it does not name the
+        // record's version or token — a conditional write or a session never sees it.
+        let bookkeeping = delta.presence.is_none();
         // The newest change names the record's version, token and metadata (not
         // `Change::to_record`, which would materialise the delta only to drop it).
         match current {
-            Some(c) if c.version > change.version => Record { value, doc: Some(doc), ..c },
+            Some(c) if bookkeeping || c.version > change.version => Record { value, doc: Some(doc), ..c },
+            // Bookkeeping ahead of the record's first write (it came by another stream): the
+            // lowest version, so the first write names the record.
+            None if bookkeeping => Record {
+                value,
+                version: Version { ts: mrr_core::Timestamp::new(0, 0), region: change.origin.clone() },
+                seq: 0,
+                deps: VersionVector::new(),
+                doc: Some(doc),
+                ..change.to_record()
+            },
             _ => Record {
                 value,
                 metadata: change.metadata.clone(),

@@ -185,6 +185,10 @@ impl GroupCommit {
                 if let Some(batch) = &batch {
                     self.engine.committed(batch);
                     durable_moved = rule.committed(self.engine.applied());
+                    // A synced commit persisted the journal up to itself, under any durability.
+                    if batch.must_sync {
+                        durable_moved |= rule.persisted(self.engine.applied());
+                    }
                 }
                 Settled { answers, committed: batch, durable_moved }
             }

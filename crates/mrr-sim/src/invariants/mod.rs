@@ -4,6 +4,7 @@
 mod acked_writes;
 mod convergence;
 mod counters_add_up;
+mod never_below_bound;
 mod no_double_apply;
 mod no_loop;
 mod no_resurrection;
@@ -17,6 +18,7 @@ use mrr_writer::Refusal;
 pub use acked_writes::AckedWrites;
 pub use convergence::Convergence;
 pub use counters_add_up::CountersAddUp;
+pub use never_below_bound::NeverBelowBound;
 pub use no_double_apply::NoDoubleApply;
 pub use no_loop::NoLoop;
 pub use no_resurrection::NoResurrection;
@@ -85,7 +87,8 @@ pub trait Invariant {
 /// Every invariant, in the order they are checked.
 /// `counters`: also check that counter increments add up exactly (only meaningful when the
 /// workload does not delete, since a delete resets what it saw).
-pub fn all(names: &[RegionName], counters: bool) -> Vec<Box<dyn Invariant>> {
+/// `escrow`: also check that bounded counters never oversell ([`NeverBelowBound`]).
+pub fn all(names: &[RegionName], counters: bool, escrow: bool) -> Vec<Box<dyn Invariant>> {
     let regions = names.len();
     let mut all: Vec<Box<dyn Invariant>> = vec![
         Box::new(Placement::new(names.to_vec())),
@@ -98,6 +101,9 @@ pub fn all(names: &[RegionName], counters: bool) -> Vec<Box<dyn Invariant>> {
     ];
     if counters {
         all.push(Box::new(CountersAddUp::default()));
+    }
+    if escrow {
+        all.push(Box::new(NeverBelowBound::new(names.to_vec())));
     }
     all
 }

@@ -183,7 +183,13 @@ impl Engine {
         })
     }
 
-    fn tend_one(&mut self, pending: &mut Pending, store: &dyn Store, key: &Key, field: &str) -> Result<bool, StoreError> {
+    fn tend_one(
+        &mut self,
+        pending: &mut Pending,
+        store: &dyn Store,
+        key: &Key,
+        field: &str,
+    ) -> Result<bool, StoreError> {
         let reads = Self::prefetch(pending, store, std::iter::once(key))?;
         let now_ms = pending.now_ms;
         let record = Self::current(pending, &reads, key);
@@ -216,7 +222,8 @@ impl Engine {
                 track.asked_at_ms.entry(holder.clone()).or_insert(now_ms);
             }
         }
-        let metadata = Metadata { regions: record.metadata.regions.clone(), sync_flags: record.metadata.sync_flags.clone() };
+        let metadata =
+            Metadata { regions: record.metadata.regions.clone(), sync_flags: record.metadata.sync_flags.clone() };
         let stream = Stream::new(local.clone(), self.policies.lanes.lane_of(&key.topic, &metadata));
         let delta = Doc::escrow_delta(field, &after, &local);
         let change = self.own_change(pending, stream, key.clone(), Op::Merge { delta }, metadata, Vec::new());
@@ -386,9 +393,11 @@ mod tests {
     fn bounded_fields_refuse_writes_other_than_incr() {
         let mut tokyo = region("ap-northeast");
         let key = Key::new("inventory", "mug");
-        let put = LocalOp::Put { key: key.clone(), value: br#"{"available":5}"#.to_vec(), metadata: Metadata::default() };
+        let put =
+            LocalOp::Put { key: key.clone(), value: br#"{"available":5}"#.to_vec(), metadata: Metadata::default() };
         let patch = LocalOp::Patch { key: key.clone(), fields: br#"{"available":null}"#.to_vec(), metadata: None };
-        let set = LocalOp::Ops { key: key.clone(), ops: vec![FieldOp::Set { field: "available".into(), value: json!(1) }] };
+        let set =
+            LocalOp::Ops { key: key.clone(), ops: vec![FieldOp::Set { field: "available".into(), value: json!(1) }] };
         for op in [put, patch, set] {
             match tokyo.group(vec![Work::Local(vec![op])], 1_000).0.pop() {
                 Some(Answer::Local(Err(WriteError::Rejected(Rejection::BoundedField { field, .. })))) => {
@@ -398,7 +407,8 @@ mod tests {
             }
         }
         assert!(tokyo.store.get(&key).expect("read").is_none(), "nothing applied");
-        let other = LocalOp::Put { key: key.clone(), value: br#"{"name":"mug"}"#.to_vec(), metadata: Metadata::default() };
+        let other =
+            LocalOp::Put { key: key.clone(), value: br#"{"name":"mug"}"#.to_vec(), metadata: Metadata::default() };
         assert!(matches!(tokyo.group(vec![Work::Local(vec![other])], 1_100).0.pop(), Some(Answer::Local(Ok(_)))));
     }
 }
