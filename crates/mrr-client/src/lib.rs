@@ -32,6 +32,8 @@ pub enum ClientError {
         missing: Vec<StreamProgress>,
         /// `ack_timeout`: the regions that hold the write.
         acked_by: Vec<String>,
+        /// `insufficient_rights`: when to try again (the region has asked for rights), in ms.
+        retry_after_ms: Option<u64>,
     },
     /// [`Client::atomic_update`] lost the compare-and-set to other writers on every attempt.
     #[error("{path}: the record changed under each of {attempts} attempts (other writers won the compare-and-set); retry later, or express the update as an atomic condition (Client::atomic), which never needs retries")]
@@ -395,6 +397,7 @@ impl Client {
                 current: e.error.current,
                 missing: e.error.missing,
                 acked_by: e.error.acked_by,
+                retry_after_ms: e.error.retry_after_ms,
             }),
             Err(_) => Err(ClientError::Unexpected {
                 url,

@@ -25,6 +25,21 @@ pub struct PeerOffset {
     pub uncertainty_ms: u64,
 }
 
+/// A peer's clock offset from one round trip: this node sent a message at `sent_ms` (its
+/// clock), the peer stamped its answer `peer_ms` after receiving it, and the answer arrived at
+/// `received_ms`. Whatever the delays either way, the offset lies in
+/// `[peer_ms − received_ms, peer_ms − sent_ms]`: the middle of that range, and half its width
+/// as the uncertainty. An answer that waited in a queue or behind a partition widens the range
+/// and never makes a clock look skewed. `None` when the times cannot be one round trip (the
+/// answer arrived before its question left: this node's clock stepped back meanwhile).
+pub fn round_trip_offset(sent_ms: u64, peer_ms: u64, received_ms: u64) -> Option<(i64, u64)> {
+    let rtt_ms = received_ms.checked_sub(sent_ms)?;
+    let peer = i128::from(peer_ms);
+    let middle = i128::from(sent_ms) + i128::from(rtt_ms / 2);
+    let offset_ms = i64::try_from(peer - middle).ok()?;
+    Some((offset_ms, rtt_ms.div_ceil(2)))
+}
+
 /// Writes must be refused: the next stamp is too far ahead of these peers' clocks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skewed {
@@ -124,6 +139,19 @@ mod tests {
         let s = check(&[at("b", 0, 50), at("c", 10, 50)], 3_000, 200).expect("skewed");
         assert!(s.to_string().contains("3000 ms ahead of the system clock"), "{s}");
         assert_eq!(check(&[at("b", 0, 50), at("c", 10, 50)], 150, 200), None);
+    }
+
+    #[test]
+    fn a_late_answer_widens_the_range_instead_of_showing_skew() {
+        // Clocks agree; the answer to a message sent at 1,000 waited 700 ms behind a cut.
+        let (offset, uncertainty) = round_trip_offset(1_000, 1_060, 1_820).expect("one round trip");
+        assert!(offset <= 0 && uncertainty >= 400, "{offset} ± {uncertainty}");
+        assert_eq!(check(&[at("b", offset, uncertainty)], 0, 200), None, "no refusal on a late answer");
+        // A peer whose clock is really 2 s behind shows it, within the round trip.
+        let (offset, uncertainty) = round_trip_offset(10_000, 10_000 - 2_000 + 50, 10_100).expect("one round trip");
+        assert_eq!((offset, uncertainty), (-2_000, 50));
+        assert!(check(&[at("b", offset, uncertainty)], 0, 200).is_some());
+        assert_eq!(round_trip_offset(1_000, 5, 900), None, "received before sent: a step back");
     }
 
     #[test]

@@ -352,6 +352,7 @@ impl Escrow {
         let want = own.max(short);
         let ask = if kept < short || kept < want / 2 {
             let need = want - kept.min(want);
+            let regions = self.regions().len() + usize::from(!self.regions().contains(local));
             self.regions()
                 .into_iter()
                 .filter(|r| *r != local && !avoid.contains(*r))
@@ -359,7 +360,12 @@ impl Escrow {
                 .filter(|(held, _)| *held > 0)
                 .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
                 .filter(|(_, holder)| need > 0 && self.outstanding(local, holder) < need)
-                .map(|(_, holder)| (holder.clone(), need))
+                .map(|(held, holder)| {
+                    // Before a rate is known, demand reads as the few units just refused;
+                    // asking for a fair part of what the holder has saves round trips.
+                    let fair = held / (2 * u64::try_from(regions.max(2)).unwrap_or(u64::MAX));
+                    (holder.clone(), need.max(fair))
+                })
         } else {
             None
         };
@@ -415,10 +421,11 @@ mod tests {
         let none = BTreeSet::new();
         let mut at_a = Escrow::new(&a, 100);
         let mut at_b = at_a.clone();
-        // b's buyers were refused 5 units; b expects 20 over the horizon: it asks a for 20.
+        // b's buyers were refused 5 units; b expects 20 over the horizon: it asks a for a fair
+        // part of a's 100 (a quarter, with two regions), which covers the 20.
         let demand_b: BTreeMap<_, _> = [(b.clone(), 20)].into_iter().collect();
         let plan = at_b.tend(&b, &demand_b, 5, &none);
-        assert_eq!(plan, Tending { gives: vec![], ask: Some((a.clone(), 20)) });
+        assert_eq!(plan, Tending { gives: vec![], ask: Some((a.clone(), 25)) });
         assert!(at_b.ask(&b, &a, 20).expect("no overflow"));
         assert!(!at_b.ask(&b, &a, 20).expect("no overflow"), "the same ask again is not a new one");
         assert_eq!(at_b.tend(&b, &demand_b, 5, &none).ask, None, "covered by the outstanding ask");
@@ -427,7 +434,7 @@ mod tests {
         assert!(at_a.asks_of(&a));
         let demand_a: BTreeMap<_, _> = [(a.clone(), 30)].into_iter().collect();
         let plan = at_a.tend(&a, &demand_a, 0, &none);
-        assert_eq!(plan.gives, vec![(b.clone(), 20)]);
+        assert_eq!(plan.gives, vec![(b.clone(), 20)], "a keeps min(30, 50) and answers the rest of 100 up to the ask");
         at_a.transfer(&a, &b, 20).expect("a holds 100");
         assert_eq!(at_a.outstanding(&b, &a), 0);
         assert!(at_a.tend(&a, &demand_a, 0, &none).is_empty(), "answered: nothing more to do");

@@ -186,18 +186,22 @@ async fn session(
         timeout_ms: millis(cfg.peer_timeout),
     };
     let mut inbound = InboundSession::new(peer.clone(), limits, mono_ms());
+    // The dialer's clock in the latest message it sent: echoed in every ack.
+    let mut echo_wall_ms = 0;
     let mut tick = interval(cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             msg = stream.message() => {
                 let Some(msg) = msg?.and_then(|m| m.msg) else { return Ok(()) };
-                arrive(&mut inbound, msg, mono_ms())?;
+                arrive(&mut inbound, msg, mono_ms(), &mut echo_wall_ms)?;
                 loop {
                     // Whatever else already arrived joins this apply: one commit, one ack.
                     while inbound.wants_more() {
                         match ready_message(&mut stream) {
-                            Some(Ok(proto::ToAcceptor { msg: Some(m) })) => arrive(&mut inbound, m, mono_ms())?,
+                            Some(Ok(proto::ToAcceptor { msg: Some(m) })) => {
+                                arrive(&mut inbound, m, mono_ms(), &mut echo_wall_ms)?
+                            }
                             Some(Ok(proto::ToAcceptor { msg: None })) | None => break,
                             Some(Err(e)) => return Err(e),
                         }
@@ -226,7 +230,7 @@ async fn session(
                     if let Some(r) = &outcome.refused {
                         tracing::error!(peer = %peer, refusal = %r, "refused a replicated change; the peer will resume from the last applied one");
                     }
-                    send(link, to_dialer::Msg::Ack(ack(ctx, &outcome.vv, refused, apply_ms))).await?;
+                    send(link, to_dialer::Msg::Ack(ack(ctx, &outcome.vv, refused, apply_ms, echo_wall_ms))).await?;
                     if done.close {
                         return Ok(());
                     }
@@ -236,7 +240,7 @@ async fn session(
                 Tick::Quiet => {}
                 Tick::Heartbeat => {
                     let vv = ctx.writer.applied().borrow().clone();
-                    send(link, to_dialer::Msg::Ack(ack(ctx, &vv, String::new(), 0))).await?;
+                    send(link, to_dialer::Msg::Ack(ack(ctx, &vv, String::new(), 0, echo_wall_ms))).await?;
                     inbound.on_sent(mono_ms());
                 }
                 Tick::TimedOut { silent_ms } => {
@@ -294,7 +298,7 @@ fn record_apply(
     }
 }
 
-fn ack(ctx: &Context, vv: &mrr_core::VersionVector, refused: String, apply_ms: u32) -> proto::Ack {
+fn ack(ctx: &Context, vv: &mrr_core::VersionVector, refused: String, apply_ms: u32, echo_wall_ms: u64) -> proto::Ack {
     proto::Ack {
         applied: wire::vv_to_wire(vv),
         durable: wire::vv_to_wire(&ctx.writer.durable().borrow()),
@@ -302,17 +306,24 @@ fn ack(ctx: &Context, vv: &mrr_core::VersionVector, refused: String, apply_ms: u
         wall_ms: ctx.clock.now_ms(),
         refused,
         apply_ms,
+        echo_wall_ms,
     }
 }
 
-/// Hands one message of the stream to the session.
-fn arrive(inbound: &mut InboundSession, msg: to_acceptor::Msg, now_ms: u64) -> Result<(), Status> {
+/// Hands one message of the stream to the session; notes the dialer's clock in it.
+fn arrive(
+    inbound: &mut InboundSession,
+    msg: to_acceptor::Msg,
+    now_ms: u64,
+    echo_wall_ms: &mut u64,
+) -> Result<(), Status> {
     let invalid = |e: &dyn std::fmt::Display| Status::invalid_argument(e.to_string());
     match msg {
         to_acceptor::Msg::Batch(mut b) => {
             let bytes = prost::Message::encoded_len(&b) as u64;
             let durable = wire::vv_from_wire(std::mem::take(&mut b.sender_durable)).map_err(|e| invalid(&e))?;
             let wall_ms = b.wall_ms;
+            *echo_wall_ms = wall_ms;
             let mut changes = Vec::new();
             for c in wire::batch_changes(b).map_err(|e| invalid(&e))? {
                 changes.push(wire::change_from_wire(c).map_err(|e| invalid(&e))?);
@@ -321,6 +332,7 @@ fn arrive(inbound: &mut InboundSession, msg: to_acceptor::Msg, now_ms: u64) -> R
         }
         to_acceptor::Msg::Heartbeat(h) => {
             let durable = wire::vv_from_wire(h.sender_durable).map_err(|e| invalid(&e))?;
+            *echo_wall_ms = h.wall_ms;
             inbound.on_heartbeat(durable, h.wall_ms, now_ms).map_err(|e| invalid(&e))
         }
         to_acceptor::Msg::Hello(_) | to_acceptor::Msg::Auth(_) => {

@@ -207,17 +207,18 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
                     return Err(SessionEnd::Closed);
                 };
                 last_heard = Instant::now();
-                // Every ack says the peer's clock when it was sent, about half the handshake's
-                // round trip ago: the offset is followed between handshakes, so a clock that
-                // steps is noticed within a heartbeat.
-                if skew_known {
-                    let now_wall = ctx.clock.now_ms();
-                    let half_rtt = i64::try_from(est.rtt_ms / 2).unwrap_or(i64::MAX);
-                    let offset_ms = i64::try_from(ack.wall_ms)
-                        .unwrap_or(i64::MAX)
-                        .saturating_add(half_rtt)
-                        .saturating_sub(i64::try_from(now_wall).unwrap_or(i64::MAX));
-                    ctx.status.observe_clock(&peer.region, offset_ms, est.rtt_ms / 2, now_wall);
+                // Every ack says the peer's clock when it was sent and echoes this node's
+                // clock in the message it last received: one round trip, so the offset is
+                // followed between handshakes (a clock that steps is noticed within a
+                // heartbeat) and an ack that waited in a queue or behind a cut only widens the
+                // uncertainty. (Assuming an ack took half the handshake's round trip made every
+                // late ack look like a skewed clock, and refused writes under load.)
+                let now_wall = ctx.clock.now_ms();
+                let measured = (skew_known && ack.echo_wall_ms > 0)
+                    .then(|| mrr_core::clock_check::round_trip_offset(ack.echo_wall_ms, ack.wall_ms, now_wall))
+                    .flatten();
+                if let Some((offset_ms, uncertainty_ms)) = measured {
+                    ctx.status.observe_clock(&peer.region, offset_ms, uncertainty_ms, now_wall);
                     if let Some(m) = ctx.metrics.peer(&peer.region) {
                         m.clock_skew_seconds.set(offset_ms as f64 / 1_000.0);
                     }

@@ -183,7 +183,7 @@ impl DevCluster {
             }
             if self.derived.is_none() {
                 s.push_str(
-                    "  # Linearizable: every write committed by a quorum through the coordinator's log (docs/consistency.md).\n  stock: { consistency: strong }\n",
+                    "  # Linearizable: every write committed by a quorum through the coordinator's log (docs/consistency.md).\n  stock: { consistency: strong }\n  # Escrow: `incr` on `available` is answered locally against rights each region holds, and the\n  # total never goes below 0 (docs/consistency.md).\n  tickets: { bounded: { available: { min: 0 } } }\n",
                 );
             }
         }
