@@ -21,9 +21,11 @@ try:
         if time.monotonic() > end:
             sys.exit("mrr dev did not elect a coordinator within 60 s")
         time.sleep(0.05)
-    rows = {"eventual": [], "strong": []}
+    rows = {"eventual": [], "strong": [], "escrow": []}
+    modes = list(rows)
     for run in range(RUNS):
-        for mode in (["eventual", "strong"] if run % 2 == 0 else ["strong", "eventual"]):
+        # Rotated, so that no mode always runs first or last.
+        for mode in modes[run % 3:] + modes[:run % 3]:
             out = subprocess.run([MRR, "flash-bench", "--apis", ",".join(APIS), "--mode", mode, "--stock", str(STOCK),
                                   "--buyers", str(BUYERS), "--duration", f"{SECS}s", "--item", f"sale-{mode}-{run}"],
                                  check=True, capture_output=True, text=True)
@@ -38,7 +40,9 @@ try:
             "unaccounted": [r["unaccounted"] for r in rs],
             "regions": [{"api": rs[0]["regions"][k]["api"],
                          "p50_ms": statistics.median(r["regions"][k]["p50_ms"] for r in rs),
-                         "p99_ms": statistics.median(r["regions"][k]["p99_ms"] for r in rs)} for k in range(3)],
+                         "p99_ms": statistics.median(r["regions"][k]["p99_ms"] for r in rs),
+                         "refused_for_rights": statistics.median(r["regions"][k]["refused_for_rights"] for r in rs)}
+                        for k in range(3)],
         }
     print(json.dumps(summary, indent=1))
 finally:

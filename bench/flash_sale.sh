@@ -2,8 +2,9 @@
 # The article's flash sale on `mrr dev` (three regions in one process, 55/75/115 ms one way):
 # one item with STOCK units (default 10,000), BUYERS buyers per region (default 16) for SECS
 # seconds (default 20), sold `eventual` (a PN-counter on a merge topic: read locally, decrement
-# locally) and `strong` (an atomic update through the strong tier), in RUNS interleaved rounds
-# each (default 3). Prints one JSON line per round (per-region decrement latency, units sold,
+# locally), `strong` (an atomic update through the strong tier) and `escrow` (a bounded field:
+# decremented locally against the region's rights, which move on their own), in RUNS
+# interleaved rounds each (default 3). Prints one JSON line per round (per-region decrement latency, units sold,
 # final stock, oversell) and the medians. Listens on 127.0.0.1:17600-17621 only; stops what it
 # started by pid.
 set -euo pipefail

@@ -1,7 +1,7 @@
 //! `mrr flash-bench`: the article's flash sale against a running cluster, for
 //! `bench/flash_sale.sh`. One item with `--stock` units; `--buyers` buyers in every region
 //! take one or two units at a time for `--duration`, each in its own region, until they see it
-//! sold out. Two ways to sell:
+//! sold out. Three ways to sell:
 //!
 //! - `eventual`: a PN-counter on a `merge` topic. A buyer reads its region's copy and, when it
 //!   shows enough, decrements with an `incr` operation: one local fsync, and concurrent buyers
@@ -9,9 +9,13 @@
 //! - `strong`: an atomic update on a strong topic (`if available >= qty then incr by -qty`),
 //!   committed through the strong tier: never oversells, costs the round trips to the
 //!   coordinator.
+//! - `escrow`: a bounded field (`tickets: { bounded: { available: { min: 0 } } }`): a
+//!   decrement is answered by the buyer's region against the rights it holds (one local
+//!   fsync); a region without enough answers 409 `insufficient_rights` with `retry_after_ms`
+//!   and asks for rights, and the buyer tries again then. Never oversells.
 //!
 //! Reports, as JSON on stdout: per region the decrements, units and latency p50/p99 of the
-//! successful decrements; units sold in all, the final stock once every region agrees, and the
+//! successful decrements, and (escrow) the attempts refused for lack of rights; units sold in all, the final stock once every region agrees, and the
 //! oversell (units sold beyond the stock). Every loop is bounded by the duration and a request
 //! count.
 
@@ -27,6 +31,7 @@ use serde_json::{json, Value};
 pub enum SaleMode {
     Eventual,
     Strong,
+    Escrow,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -52,6 +57,9 @@ pub struct FlashBenchArgs {
     /// The strong topic of `strong` (mrr dev: `stock`).
     #[arg(long, default_value = "stock")]
     pub strong_topic: String,
+    /// The topic of `escrow`, whose `available` is bounded (mrr dev: `tickets`).
+    #[arg(long, default_value = "tickets")]
+    pub escrow_topic: String,
 }
 
 /// Requests per buyer at most: the loop's bound besides the duration.
@@ -66,13 +74,15 @@ fn available(record: &Value) -> i64 {
 struct Sold {
     latency: Histogram<u64>,
     units: u64,
+    /// Escrow: attempts the region refused for lack of rights (each asked for a transfer).
+    refused: u64,
 }
 
 /// `buyer` is unique over all regions: its request ids must be (the strong tier applies a
 /// request id once, and answers a second request with the same id as the first).
 async fn buyer(client: Client, args: FlashBenchArgs, path: String, buyer: usize) -> anyhow::Result<Sold> {
     let started = Instant::now();
-    let mut sold = Sold { latency: Histogram::new(3)?, units: 0 };
+    let mut sold = Sold { latency: Histogram::new(3)?, units: 0, refused: 0 };
     let qty: u64 = 1 + (buyer as u64 % 2);
     for n in 0..REQUESTS_PER_BUYER_MAX {
         if started.elapsed() >= args.duration {
@@ -100,6 +110,25 @@ async fn buyer(client: Client, args: FlashBenchArgs, path: String, buyer: usize)
                     Err(e) => return Err(e.into()),
                 }
             }
+            SaleMode::Escrow => {
+                let op = json!({"op": "incr", "field": "available", "by": -(qty as i64)});
+                match client.ops(&path, &op).await {
+                    Ok(_) => Some(t),
+                    Err(ClientError::Api { code: ErrorCode::InsufficientRights, retry_after_ms, .. }) => {
+                        sold.refused += 1;
+                        // Sold out as far as this region knows: stop. Else rights are on
+                        // their way; try again when the region says.
+                        let left = client.query(&path).await?.map_or(0, |r| available(&r.value));
+                        if left < qty as i64 {
+                            break;
+                        }
+                        let wait = Duration::from_millis(retry_after_ms.unwrap_or(100));
+                        tokio::time::sleep(wait.min(args.duration.saturating_sub(started.elapsed()))).await;
+                        None
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         };
         if let Some(t) = took {
             sold.latency.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX))?;
@@ -115,13 +144,16 @@ pub async fn run(args: FlashBenchArgs) -> anyhow::Result<Value> {
     let topic = match args.mode {
         SaleMode::Eventual => &args.eventual_topic,
         SaleMode::Strong => &args.strong_topic,
+        SaleMode::Escrow => &args.escrow_topic,
     };
     let path = format!("{topic}/{}", args.item);
     let stock = i64::try_from(args.stock).context("stock")?;
     match args.mode {
         // A counter from the start: a plain value would be a register, which `incr` does not
         // decrement.
-        SaleMode::Eventual => {
+        // An escrow increment makes its units the rights of the region it is made in: all of
+        // them start in the first region.
+        SaleMode::Eventual | SaleMode::Escrow => {
             clients[0].ops(&path, &json!({"op": "incr", "field": "available", "by": stock})).await?;
         }
         SaleMode::Strong => {
@@ -155,9 +187,10 @@ pub async fn run(args: FlashBenchArgs) -> anyhow::Result<Value> {
     for (region, task) in tasks {
         match task.await.context("buyer")? {
             Ok(s) => {
-                let e = per_region.entry(region).or_insert(Sold { latency: Histogram::new(3)?, units: 0 });
+                let e = per_region.entry(region).or_insert(Sold { latency: Histogram::new(3)?, units: 0, refused: 0 });
                 e.latency.add(&s.latency)?;
                 e.units += s.units;
+                e.refused += s.refused;
             }
             Err(e) => {
                 failures += 1;
@@ -192,6 +225,7 @@ pub async fn run(args: FlashBenchArgs) -> anyhow::Result<Value> {
                 "units": s.units,
                 "p50_ms": ms(&s.latency, 0.5),
                 "p99_ms": ms(&s.latency, 0.99),
+                "refused_for_rights": s.refused,
             })
         })
         .collect();
