@@ -209,8 +209,12 @@ async fn session(
                     let applied = ctx.writer.applied().borrow().clone();
                     let apply = match inbound.next(&applied) {
                         Next::Idle => break,
-                        Next::CaughtUp { wall_ms } => {
-                            ctx.status.caught_up(peer, wall_ms, ctx.clock.now_ms());
+                        Next::Answer { caught_up } => {
+                            if let Some(wall_ms) = caught_up {
+                                ctx.status.caught_up(peer, wall_ms, ctx.clock.now_ms());
+                            }
+                            send(link, to_dialer::Msg::Ack(ack(ctx, &applied, String::new(), 0, echo_wall_ms))).await?;
+                            inbound.on_sent(mono_ms());
                             break;
                         }
                         Next::Apply(apply) => apply,

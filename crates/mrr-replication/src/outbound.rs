@@ -186,8 +186,11 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
         s.acked = vv_map(session.acked());
     });
 
-    let mut heartbeat = interval(cfg.heartbeat_interval);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The tick checks the peer's liveness; the heartbeat itself is due one period after the
+    // last message sent, so an idle stream proves freshness every period, not every two (a
+    // tick that finds the stream idle for just under a period waits a whole one more).
+    let mut liveness = interval(cfg.heartbeat_interval);
+    liveness.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut last_sent = Instant::now();
     loop {
@@ -232,7 +235,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
                     return Err(SessionEnd::ChangeRefused(ack.refused));
                 }
             }
-            _ = heartbeat.tick() => {
+            _ = liveness.tick() => {
                 if last_heard.elapsed() > cfg.peer_timeout {
                     return Err(SessionEnd::Timeout(cfg.peer_timeout));
                 }
@@ -240,14 +243,14 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
                 if session.stalled(mono_ms(), timeout_ms) {
                     return Err(SessionEnd::Stalled(session.inflight_changes(), cfg.peer_timeout));
                 }
-                if last_sent.elapsed() >= cfg.heartbeat_interval {
-                    let hb = proto::Heartbeat {
-                        wall_ms: ctx.clock.now_ms(),
-                        sender_durable: wire::vv_to_wire(&applied.borrow().of_origin(&cfg.local)),
-                    };
-                    send(&link, to_acceptor::Msg::Heartbeat(hb)).await?;
-                    last_sent = Instant::now();
-                }
+            }
+            _ = tokio::time::sleep_until(last_sent + cfg.heartbeat_interval) => {
+                let hb = proto::Heartbeat {
+                    wall_ms: ctx.clock.now_ms(),
+                    sender_durable: wire::vv_to_wire(&applied.borrow().of_origin(&cfg.local)),
+                };
+                send(&link, to_acceptor::Msg::Heartbeat(hb)).await?;
+                last_sent = Instant::now();
             }
         }
     }

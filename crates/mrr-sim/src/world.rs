@@ -923,7 +923,14 @@ impl World {
         let Node { writer, inc, queue, .. } = &mut self.nodes[node];
         let (Some(writer), Some(c)) = (writer.as_ref(), inc[from].as_mut()) else { return };
         match c.session.next(writer.engine().applied()) {
-            Next::Idle | Next::CaughtUp { .. } => {}
+            Next::Idle => {}
+            Next::Answer { .. } => {
+                c.session.on_sent(now);
+                let epoch = c.epoch;
+                let applied = writer.engine().applied().clone();
+                let ack = Body::Ack { applied, direct: self.direct(node), refused: false, apply_ms: 0 };
+                self.send(node, from, epoch, ack);
+            }
             Next::Apply(apply) => {
                 if apply.batches > 1 {
                     self.grouped_applies += 1;

@@ -2,9 +2,11 @@
 //!
 //! Batches that arrive while an apply is in flight wait here and go to the writer together: one
 //! commit and one ack for all of them, the ack cumulative (the applied vector after the apply,
-//! which covers every change before it). With nothing to answer for a heartbeat interval it
-//! asks for a heartbeat ack, so the dialer's freshness and window keep moving on an idle
-//! stream; a stream silent for the peer timeout is dead. Each batch and heartbeat carries the
+//! which covers every change before it). A heartbeat with nothing to apply is answered at once
+//! with an ack, which echoes the heartbeat's clock: the dialer measures the peer's clock over
+//! one round trip, not over a round trip plus however long the ack waited for a timer. With
+//! nothing to answer for a heartbeat interval it sends an ack anyway, so the dialer's freshness
+//! and window keep moving on an idle stream; a stream silent for the peer timeout is dead. Each batch and heartbeat carries the
 //! sender's durable vector and wall clock: once this region's applied vector covers that
 //! vector, it holds everything the sender had at that time (the freshness the status board
 //! reports).
@@ -60,8 +62,10 @@ pub struct Apply {
 pub enum Next {
     /// Nothing to apply (or an apply is in flight).
     Idle,
-    /// Nothing to apply, and this region already holds everything the sender had at `wall_ms`.
-    CaughtUp { wall_ms: u64 },
+    /// A heartbeat (or an empty batch) arrived with nothing to apply: send an ack now, then
+    /// [`InboundSession::on_sent`]. `caught_up`: this region already holds everything the
+    /// sender had when its clock read that.
+    Answer { caught_up: Option<u64> },
     /// Apply these, then call [`InboundSession::on_applied`] and send the ack.
     Apply(Apply),
 }
@@ -178,8 +182,8 @@ impl InboundSession {
         }
         if self.queued.is_empty() {
             return match self.freshness.take() {
-                Some(f) if applied.dominates(&f.sender_durable) => Next::CaughtUp { wall_ms: f.wall_ms },
-                _ => Next::Idle,
+                Some(f) => Next::Answer { caught_up: applied.dominates(&f.sender_durable).then_some(f.wall_ms) },
+                None => Next::Idle,
             };
         }
         let mut apply = Apply { changes: Vec::new(), bytes: 0, batches: 0, freshness: None };
@@ -312,9 +316,11 @@ mod tests {
     fn a_heartbeat_tells_caught_up_only_when_everything_it_names_is_applied() {
         let mut s = session();
         s.on_heartbeat(durable("b", 4), 7, 1).expect("ok");
-        assert!(matches!(s.next(&durable("b", 3)), Next::Idle));
+        assert!(matches!(s.next(&durable("b", 3)), Next::Answer { caught_up: None }), "answered, not caught up");
+        s.on_sent(1);
+        assert!(matches!(s.next(&durable("b", 3)), Next::Idle), "one answer per heartbeat");
         s.on_heartbeat(durable("b", 4), 8, 2).expect("ok");
-        assert!(matches!(s.next(&durable("b", 4)), Next::CaughtUp { wall_ms: 8 }));
+        assert!(matches!(s.next(&durable("b", 4)), Next::Answer { caught_up: Some(8) }));
     }
 
     #[test]
