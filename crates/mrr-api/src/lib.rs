@@ -230,6 +230,10 @@ pub struct ErrorDetail {
     /// `insufficient_rights`: the units this region holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<u64>,
+    /// `insufficient_rights`: a region this one knows to hold enough rights for the decrement
+    /// (the richest), where it can be made at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 /// How far a region has applied one stream, against what a session needs.

@@ -178,3 +178,79 @@ async fn an_escrow_sale_across_three_regions_during_a_partition_never_oversells(
     }
     Ok(())
 }
+
+/// `on_insufficient: forward`: a region holding no rights sends the decrement on to the region
+/// known to hold enough, which answers it; with no such region the 409 stands, naming none.
+/// Under `refuse` (the default) the 409 names the holder and nothing is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_without_rights_forwards_a_decrement_to_a_holder_when_the_policy_says_so() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(|config| {
+        config.replace(
+            "topics:\n",
+            "topics:\n  seats: { bounded: { available: { min: 0, on_insufficient: forward } } }\n",
+        )
+    })
+    .await?;
+    let http = reqwest::Client::new();
+    let api = |k: usize| format!("http://127.0.0.1:{}", cluster.base_port + 10 * k as u16);
+    let decrement = |k: usize, path: &'static str, by: i64| {
+        let request = http.post(format!("{}/v1/records/{path}/ops", api(k)));
+        async move {
+            let resp = request.json(&json!({"op": "incr", "field": "available", "by": by})).send().await?;
+            let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+            anyhow::Ok((status, headers, resp.json::<Value>().await?))
+        }
+    };
+    // Tokyo stocks both; Frankfurt learns that Tokyo holds the rights.
+    let tokyo = &cluster.clients[0];
+    for path in ["seats/s1", "tickets/t9"] {
+        tokyo.ops(path, &json!({"op": "incr", "field": "available", "by": 10})).await?;
+        wait_for("the stock in Frankfurt", Duration::from_secs(20), || async {
+            Ok(cluster.clients[FRANKFURT].query(path).await?.filter(|r| available(&r.value) == Some(10)))
+        })
+        .await?;
+    }
+
+    // Frankfurt holds nothing: the seat is sold by Tokyo, one round trip away.
+    let (status, headers, body) = decrement(FRANKFURT, "seats/s1", -2).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers.get("x-mrr-forwarded-to").map(|v| v.to_str().ok()), Some(Some("ap-northeast")), "{headers:?}");
+    assert_eq!(available(&body["value"]), Some(8), "{body}");
+    // The default policy refuses, and says who holds enough.
+    let (status, headers, body) = decrement(FRANKFURT, "tickets/t9", -2).await?;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("insufficient_rights")), "{body}");
+    assert_eq!(body["error"]["holder"], "ap-northeast", "{body}");
+    assert!(headers.get("x-mrr-forwarded-to").is_none());
+    // More than any region holds: refused without a holder, nothing applied anywhere.
+    let (status, _, body) = decrement(FRANKFURT, "seats/s1", -9).await?;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("insufficient_rights")), "{body}");
+    assert!(body["error"].get("holder").is_none(), "{body}");
+
+    // Frankfurt sells the rest, forwarded or (once rights it asked for arrive) locally, and
+    // the counter ends at its bound everywhere.
+    let mut sold = 2;
+    for _ in 0..200 {
+        if sold == 10 {
+            break;
+        }
+        let (status, _, body) = decrement(FRANKFURT, "seats/s1", -1).await?;
+        match status {
+            200 => sold += 1,
+            409 => {
+                let ms = body["error"]["retry_after_ms"].as_u64().unwrap_or(100);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            _ => bail!("{status}: {body}"),
+        }
+    }
+    assert_eq!(sold, 10, "Frankfurt sold out the seats");
+    let (status, _, body) = decrement(FRANKFURT, "seats/s1", -1).await?;
+    assert_eq!(status, 409, "past the bound: {body}");
+    for c in &cluster.clients {
+        wait_for("every region at 0", Duration::from_secs(20), || async {
+            Ok(c.query("seats/s1").await?.filter(|r| available(&r.value) == Some(0)))
+        })
+        .await?;
+    }
+    Ok(())
+}

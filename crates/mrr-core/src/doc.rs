@@ -127,9 +127,11 @@ impl FieldOp {
 /// Why a field operation cannot apply (nothing of its request does).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum OpError {
-    /// A decrement of a bounded field beyond the rights this region holds.
+    /// A decrement of a bounded field beyond the rights this region holds. `holder`: a
+    /// region known to hold at least `asked` (the richest such), where the decrement could be
+    /// made instead.
     #[error("field {field}: this region holds {held} units, the decrement needs {asked}")]
-    InsufficientRights { field: String, held: u64, asked: u64 },
+    InsufficientRights { field: String, held: u64, asked: u64, holder: Option<RegionName> },
     /// An operation other than `incr` on a bounded field.
     #[error("field {field} is bounded: only {{\"op\":\"incr\"}} changes it, not {op}")]
     Bounded { field: String, op: &'static str },
@@ -466,7 +468,8 @@ impl Doc {
                 let done = if *by >= 0 { e.increment(origin, magnitude) } else { e.decrement(origin, magnitude) };
                 done.map_err(|err| match err {
                     EscrowError::Insufficient { held, asked, .. } => {
-                        OpError::InsufficientRights { field: field.clone(), held, asked }
+                        let holder = e.richest_other(origin).filter(|(_, n)| *n >= asked).map(|(r, _)| r);
+                        OpError::InsufficientRights { field: field.clone(), held, asked, holder }
                     }
                     EscrowError::Overflow | EscrowError::SelfTransfer => OpError::Overflow { field: field.clone() },
                 })?;
@@ -801,10 +804,20 @@ mod tests {
         let sell = Doc::ops_delta(Some(&tokyo), &incr(-4), &stamp(2, 0, 2, &[]), &bound).expect("tokyo holds 10");
         tokyo.join(&sell);
         let over = Doc::ops_delta(Some(&tokyo), &incr(-7), &stamp(3, 0, 3, &[]), &bound);
-        assert_eq!(over, Err(OpError::InsufficientRights { field: "available".into(), held: 6, asked: 7 }));
-        // Another region holds no rights of its own, whatever the value it reads.
+        assert_eq!(
+            over,
+            Err(OpError::InsufficientRights { field: "available".into(), held: 6, asked: 7, holder: None }),
+            "no other region is known to hold 7"
+        );
+        // Another region holds no rights of its own, whatever the value it reads; it is told
+        // who holds enough.
         let frankfurt = Doc::ops_delta(Some(&tokyo), &incr(-1), &stamp(4, 1, 1, &[]), &bound);
-        assert!(matches!(frankfurt, Err(OpError::InsufficientRights { held: 0, .. })), "{frankfurt:?}");
+        assert_eq!(
+            frankfurt,
+            Err(OpError::InsufficientRights { field: "available".into(), held: 0, asked: 1, holder: Some(region(0)) })
+        );
+        let too_many = Doc::ops_delta(Some(&tokyo), &incr(-7), &stamp(4, 1, 1, &[]), &bound);
+        assert!(matches!(too_many, Err(OpError::InsufficientRights { holder: None, .. })), "{too_many:?}");
         let set = [FieldOp::Set { field: "available".into(), value: json!(99) }];
         assert!(matches!(
             Doc::ops_delta(Some(&tokyo), &set, &stamp(5, 0, 4, &[]), &bound),

@@ -170,6 +170,21 @@ impl Escrow {
         self.regions().into_iter().map(|r| (r.clone(), self.rights(r))).collect()
     }
 
+    /// The region other than `except` that holds the most rights as this replica knows them
+    /// (a lower bound of what it holds), and those rights; the first by name on a tie.
+    pub fn richest_other(&self, except: &RegionName) -> Option<(RegionName, u64)> {
+        self.regions()
+            .into_iter()
+            .filter(|r| *r != except)
+            .map(|r| (r, self.rights(r)))
+            .filter(|(_, n)| *n > 0)
+            .fold(None, |best: Option<(&RegionName, u64)>, (r, n)| match best {
+                Some((_, m)) if m >= n => best,
+                _ => Some((r, n)),
+            })
+            .map(|(r, n)| (r.clone(), n))
+    }
+
     /// Units `region` has consumed in all, as this replica knows.
     pub fn consumed(&self, region: &RegionName) -> u64 {
         self.consumed.get(region).copied().unwrap_or(0)

@@ -124,6 +124,24 @@ pub struct TopicConfig {
 pub struct BoundedField {
     /// The value never goes below this, in any region, under any fault.
     pub min: i64,
+    /// What a decrement this region holds too few rights for gets (default `refuse`).
+    #[serde(default)]
+    pub on_insufficient: OnInsufficient,
+}
+
+/// What a region does with a decrement of a bounded field beyond the rights it holds. Either
+/// way it asks for rights in the same commit, so the next decrement may succeed locally.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInsufficient {
+    /// 409 `insufficient_rights` with `retry_after_ms`: about when the rights asked for arrive.
+    #[default]
+    Refuse,
+    /// Sent on, once, to the region this one knows to hold the most rights (at least the
+    /// decrement), which decrements its own rights and answers: one round trip to it instead
+    /// of a refusal (`x-mrr-forwarded-to` names it). Refused as above when no region is known
+    /// to hold enough.
+    Forward,
 }
 
 /// A topic's consistency.
@@ -756,7 +774,17 @@ impl Config {
             .filter(|r| r.name != self.region)
             .filter_map(|r| Some((r.name.to_string(), r.api.clone()?)))
             .collect();
-        crate::forward::Forwarder::new(apis, all, topics, with(PlacementWrites::Refuse))
+        let rights = self
+            .topics
+            .iter()
+            .flat_map(|(t, p)| {
+                p.bounded
+                    .iter()
+                    .filter(|(_, b)| b.on_insufficient == OnInsufficient::Forward)
+                    .map(|(f, _)| (t.clone(), f.clone()))
+            })
+            .collect();
+        crate::forward::Forwarder::new(apis, all, topics, with(PlacementWrites::Refuse), rights)
     }
 
     fn build_placement(

@@ -40,6 +40,8 @@ pub struct Forwarder {
     all: bool,
     topics: BTreeSet<String>,
     except: BTreeSet<String>,
+    /// `(topic, field)` of bounded fields with `on_insufficient: forward`.
+    rights: BTreeSet<(String, String)>,
 }
 
 impl Forwarder {
@@ -48,9 +50,16 @@ impl Forwarder {
         all: bool,
         topics: BTreeSet<String>,
         except: BTreeSet<String>,
+        rights: BTreeSet<(String, String)>,
     ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
-        Ok(Self { client, apis, all, topics, except })
+        Ok(Self { client, apis, all, topics, except, rights })
+    }
+
+    /// Whether a decrement of `topic`'s bounded `field` beyond this region's rights is sent on
+    /// to a region that holds them.
+    pub(crate) fn forwards_rights(&self, topic: &str, field: &str) -> bool {
+        self.rights.contains(&(topic.to_owned(), field.to_owned()))
     }
 
     fn forwards(&self, topic: &str) -> bool {
@@ -101,35 +110,71 @@ pub async fn forward_placement(State(state): State<AppState>, request: Request, 
         // No region of the placement has an `api:` address: the refusal stands.
         return local;
     };
-    let url = format!("{}{}", api.trim_end_matches('/'), parts.uri.path_and_query().map_or("", |p| p.as_str()));
-    let mut out = forwarder.client.request(parts.method.clone(), &url).body(bytes);
-    for name in ["content-type", "authorization", "x-api-key", crate::read_levels::SESSION_HEADER] {
-        if let Some(v) = parts.headers.get(name) {
-            out = out.header(name, v);
-        }
-    }
-    out = out.header(FORWARDED_FROM, state.region.as_str());
-    match relay(out).await {
-        Ok(mut response) => {
-            if let Ok(v) = HeaderValue::from_str(&region) {
-                response.headers_mut().insert(FORWARDED_TO, v);
-            }
-            tracing::debug!(to = %region, url = %url, "forwarded a write made outside the record's placement");
-            response
-        }
-        Err(e) => {
-            tracing::warn!(to = %region, url = %url, error = %e, "forwarding a write to a region of its placement failed");
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                ErrorCode::ForwardFailed,
-                format!("the record lives in {placed_in}; forwarding the write to {region} failed: {e}"),
-            )
-            .into_response()
-        }
-    }
+    let path = parts.uri.path_and_query().map_or("", |p| p.as_str());
+    let why = format!("the record lives in {placed_in}");
+    forwarder.send(&state.region, &region, &api, parts.method.clone(), path, &parts.headers, bytes, &why).await
 }
 
 impl Forwarder {
+    /// Replays a write (`method path_and_query` with `body`) in `region` with the client's
+    /// credentials and session token, marked forwarded so that region answers it itself.
+    /// `None`: `region` has no `api:` address.
+    pub(crate) async fn write(
+        &self,
+        from: &RegionName,
+        region: &str,
+        method: Method,
+        path_and_query: &str,
+        headers: &axum::http::HeaderMap,
+        body: axum::body::Bytes,
+    ) -> Option<Response> {
+        let api = self.apis.get(region)?;
+        let why = format!("{region} holds the rights this region lacks");
+        Some(self.send(from, region, api, method, path_and_query, headers, body, &why).await)
+    }
+
+    /// Sends a write on, once, and relays the answer (or 502 `forward_failed`: whether it
+    /// applied there is then unknown, as after any lost answer).
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        from: &RegionName,
+        region: &str,
+        api: &str,
+        method: Method,
+        path_and_query: &str,
+        headers: &axum::http::HeaderMap,
+        body: axum::body::Bytes,
+        why: &str,
+    ) -> Response {
+        let url = format!("{}{path_and_query}", api.trim_end_matches('/'));
+        let mut out = self.client.request(method, &url).body(body);
+        for name in ["content-type", "authorization", "x-api-key", crate::read_levels::SESSION_HEADER] {
+            if let Some(v) = headers.get(name) {
+                out = out.header(name, v);
+            }
+        }
+        out = out.header(FORWARDED_FROM, from.as_str());
+        match relay(out).await {
+            Ok(mut response) => {
+                if let Ok(v) = HeaderValue::from_str(region) {
+                    response.headers_mut().insert(FORWARDED_TO, v);
+                }
+                tracing::debug!(to = %region, url = %url, why, "forwarded a write");
+                response
+            }
+            Err(e) => {
+                tracing::warn!(to = %region, url = %url, why, error = %e, "forwarding a write failed");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::ForwardFailed,
+                    format!("{why}; forwarding the write to {region} failed: {e}"),
+                )
+                .into_response()
+            }
+        }
+    }
+
     /// Replays a read (`GET path_and_query`) in `region`, with the client's credentials and
     /// session token, marked forwarded so that region answers it itself. `None`: `region` has
     /// no `api:` address.
@@ -209,7 +254,8 @@ mod tests {
         assert_eq!(write_topic(&Method::POST, "/v1/records/users/u1/ops"), Some("users"));
         assert_eq!(write_topic(&Method::GET, "/v1/records/users/u1"), None);
         assert_eq!(write_topic(&Method::POST, "/v1/batch"), None);
-        let f = Forwarder::new(BTreeMap::new(), true, BTreeSet::new(), ["audit".to_owned()].into()).expect("client");
+        let f = Forwarder::new(BTreeMap::new(), true, BTreeSet::new(), ["audit".to_owned()].into(), BTreeSet::new())
+            .expect("client");
         assert!(f.forwards("users") && !f.forwards("audit"));
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -103,6 +103,9 @@ pub(crate) struct ErrorExtra {
     /// `insufficient_rights`: when to try again, and the units held here.
     pub retry_after_ms: Option<u64>,
     pub held: Option<u64>,
+    /// `insufficient_rights`: the field, and a region known to hold enough of its rights.
+    pub rights_field: Option<String>,
+    pub holder: Option<String>,
 }
 
 impl ApiError {
@@ -137,6 +140,7 @@ impl IntoResponse for ApiError {
                 acked_by: extra.acked_by,
                 retry_after_ms: extra.retry_after_ms,
                 held: extra.held,
+                holder: extra.holder,
             },
         };
         let mut response = (self.status, Json(body)).into_response();
@@ -166,12 +170,15 @@ impl From<WriteError> for ApiError {
             WriteError::Rejected(r @ Rejection::PlacementPending { .. }) => {
                 Self::new(StatusCode::CONFLICT, ErrorCode::PlacementPending, r.to_string())
             }
-            WriteError::Rejected(r @ Rejection::InsufficientRights { held, .. }) => {
+            WriteError::Rejected(r @ Rejection::InsufficientRights { field, held, holder, .. }) => {
                 // The rights asked for arrive about one round trip later; the handler sets
-                // `retry_after_ms` from the links (`with_retry_after`).
-                let held = *held;
-                Self::new(StatusCode::CONFLICT, ErrorCode::InsufficientRights, r.to_string())
-                    .with_extra(|x| x.held = Some(held))
+                // `retry_after_ms` from the links (`rights_retry_ms`).
+                let (held, field, holder) = (*held, field.clone(), holder.as_ref().map(ToString::to_string));
+                Self::new(StatusCode::CONFLICT, ErrorCode::InsufficientRights, r.to_string()).with_extra(|x| {
+                    x.held = Some(held);
+                    x.rights_field = Some(field);
+                    x.holder = holder;
+                })
             }
             WriteError::Rejected(r @ Rejection::BoundedField { .. }) => {
                 Self::new(StatusCode::CONFLICT, ErrorCode::BoundedField, r.to_string())
@@ -444,18 +451,38 @@ async fn record_ops(
     State(state): State<AppState>,
     opts: WriteOptions,
     Path((topic, id)): Path<(String, String)>,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Written<Json<RecordEnvelope>>> {
-    let key = parse_key(&topic, &id)?;
-    let value: Value = json_body(body)?;
-    let ops = parse_ops(&state.limits, value)?;
-    write_one(&state, LocalOp::Ops { key, ops }, &opts).await.map_err(|e| match e.code {
-        ErrorCode::InsufficientRights => {
-            let ms = rights_retry_ms(&state);
-            e.with_extra(|x| x.retry_after_ms = Some(ms))
+) -> Response {
+    let run = async {
+        let body = body_bytes(body)?;
+        let key = parse_key(&topic, &id)?;
+        let value: Value = serde_json::from_slice(&body).map_err(|e| json_error(&e))?;
+        let ops = parse_ops(&state.limits, value)?;
+        let refused = match write_one(&state, LocalOp::Ops { key, ops }, &opts).await {
+            Ok(written) => return Ok(written.into_response()),
+            Err(e) if e.code == ErrorCode::InsufficientRights => e,
+            Err(e) => return Err(e),
+        };
+        // `on_insufficient: forward`: the region known to hold enough rights makes the
+        // decrement instead (once: a forwarded request is answered where it lands).
+        let holder = refused.extra.as_ref().and_then(|x| {
+            let field = x.rights_field.as_deref()?;
+            state.forwarder.forwards_rights(&topic, field).then_some(x.holder.clone()).flatten()
+        });
+        if let Some(holder) = holder.filter(|_| !headers.contains_key(crate::forward::FORWARDED_FROM)) {
+            let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+            let forwarded = state.forwarder.write(&state.region, &holder, Method::POST, path, &headers, body).await;
+            if let Some(response) = forwarded {
+                state.metrics.escrow_forwarded.increment(1);
+                return Ok(response);
+            }
         }
-        _ => e,
-    })
+        let ms = rights_retry_ms(&state);
+        Err(refused.with_extra(|x| x.retry_after_ms = Some(ms)))
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// When rights this region asked for may have arrived: the longest round trip to a connected

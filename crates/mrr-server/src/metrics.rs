@@ -38,6 +38,8 @@ pub struct ServerMetrics {
     pub storage_bytes: Gauge,
     pub dlq_size: Gauge,
     pub dlq_oldest_age: Gauge,
+    /// Decrements this region lacked the rights for, sent on to a holder.
+    pub escrow_forwarded: Counter,
 }
 
 impl std::fmt::Debug for ServerMetrics {
@@ -73,6 +75,11 @@ impl ServerMetrics {
             Some(Unit::Seconds),
             "Age of the oldest dead letter (0 when the queue is empty).".into(),
         );
+        r.describe_counter(
+            "mrr_escrow_forwarded_total".into(),
+            Some(Unit::Count),
+            "Decrements of bounded fields this region lacked the rights for, sent on to a region holding them (on_insufficient: forward).".into(),
+        );
         let latency = |op: &'static str| {
             r.register_histogram(&Key::from_parts("mrr_write_latency_seconds", vec![Label::new("op", op)]), &METADATA)
         };
@@ -87,6 +94,7 @@ impl ServerMetrics {
             storage_bytes: r.register_gauge(&Key::from_name("mrr_storage_bytes"), &METADATA),
             dlq_size: r.register_gauge(&Key::from_name("mrr_dlq_size"), &METADATA),
             dlq_oldest_age: r.register_gauge(&Key::from_name("mrr_dlq_oldest_age_seconds"), &METADATA),
+            escrow_forwarded: r.register_counter(&Key::from_name("mrr_escrow_forwarded_total"), &METADATA),
         }
     }
 }

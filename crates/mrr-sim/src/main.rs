@@ -116,7 +116,7 @@ fn main() -> ExitCode {
     let mut converge_ms_max = 0;
     let mut events = 0;
     let (mut transfers, mut pending) = (0, 0);
-    let (mut sales, mut refused_rights) = (0, 0);
+    let (mut sales, mut refused_rights, mut forwarded) = (0, 0, 0);
     let (mut grouped_commits, mut grouped_applies, mut storage_errors) = (0, 0, 0);
     for seed in args.seed_start..args.seed_start + args.seeds {
         match run(seed, &args.config, args.keep.as_ref()) {
@@ -127,6 +127,7 @@ fn main() -> ExitCode {
                 pending += report.refused_pending;
                 sales += report.acked_sales;
                 refused_rights += report.refused_rights;
+                forwarded += report.forwarded_sales;
                 grouped_commits += report.grouped_commits;
                 grouped_applies += report.grouped_applies;
                 storage_errors += report.storage_errors;
@@ -176,7 +177,7 @@ fn main() -> ExitCode {
     }
     if args.config.strategy == mrr_sim::Strategy::Escrow {
         println!(
-            "escrow: {sales} sales acknowledged, {refused_rights} refused for lack of rights where they were made"
+            "escrow: {sales} sales acknowledged, {refused_rights} refused for lack of rights where they were made, {forwarded} of those sent on to a holder"
         );
     }
     ExitCode::SUCCESS

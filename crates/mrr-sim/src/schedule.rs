@@ -85,6 +85,9 @@ pub struct WriteEvent {
     /// Which operation a non-delete write is, under `merge` and `custom` (0 under `timestamp`,
     /// whose schedules predate it and must replay as recorded).
     pub kind: u32,
+    /// Sent on by another region that lacked the rights for this sale (`on_insufficient:
+    /// forward`); never forwarded again.
+    pub forwarded: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -183,6 +186,7 @@ impl Schedule {
                         Strategy::Timestamp => 0,
                         Strategy::Merge | Strategy::Custom | Strategy::Escrow => rng.random(),
                     },
+                    forwarded: false,
                 };
                 if config.strategy == Strategy::Escrow {
                     // Counters are not deleted (a delete hides, never resets, them), and r0

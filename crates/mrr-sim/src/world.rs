@@ -324,6 +324,8 @@ pub struct RunReport {
     pub refused_rights: usize,
     /// Acknowledged decrements of a bounded field.
     pub acked_sales: usize,
+    /// Refused sales sent on to a region known to hold the rights (keys of even index).
+    pub forwarded_sales: usize,
     /// Changes that moved or asked for escrow rights (tending), committed where they were made.
     pub tendings: usize,
 }
@@ -454,6 +456,7 @@ struct World {
     grouped_applies: usize,
     refused_rights: usize,
     acked_sales: usize,
+    forwarded_sales: usize,
     tendings: usize,
     /// A violation found where no `Step` returns (the pump).
     broken: Option<Violation>,
@@ -503,6 +506,7 @@ pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result
         grouped_applies: world.grouped_applies,
         refused_rights: world.refused_rights,
         acked_sales: world.acked_sales,
+        forwarded_sales: world.forwarded_sales,
         tendings: world.tendings,
     })
 }
@@ -590,6 +594,7 @@ impl World {
             grouped_applies: 0,
             refused_rights: 0,
             acked_sales: 0,
+            forwarded_sales: 0,
             tendings: 0,
             broken: None,
         };
@@ -873,8 +878,17 @@ impl World {
                 return Ok(());
             }
             // A sale beyond the rights held here: refused, and the region asked for more.
-            Err(WriteError::Rejected(Rejection::InsufficientRights { .. })) => {
+            Err(WriteError::Rejected(Rejection::InsufficientRights { holder, .. })) => {
                 self.refused_rights += 1;
+                // `on_insufficient: forward`, modelled on keys of even index: the sale goes on,
+                // once, to the region known to hold enough, a one-way delay away (the HTTP
+                // forward; a cut link fails it, as the client is then told).
+                let to = holder.and_then(|h| self.names.iter().position(|n| *n == h));
+                if let Some(to) = to.filter(|to| !w.forwarded && w.key % 2 == 0 && !self.cut.contains(&(w.node, *to))) {
+                    self.forwarded_sales += 1;
+                    let at = self.now + self.base_delay.get(&(w.node, to)).copied().unwrap_or(0);
+                    self.at(at, Event::Write(WriteEvent { node: to, forwarded: true, ..w }));
+                }
                 return Ok(());
             }
             // A failing disk: the client is told, and nothing of its request applied (the

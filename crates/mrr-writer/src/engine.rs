@@ -62,7 +62,7 @@ pub enum Rejection {
     #[error(
         "{key}: this region holds {held} units of {field}'s rights, the decrement needs {asked}; it has asked for more"
     )]
-    InsufficientRights { key: Key, field: String, held: u64, asked: u64 },
+    InsufficientRights { key: Key, field: String, held: u64, asked: u64, holder: Option<RegionName> },
     #[error("{key}: {field} would overflow")]
     CounterOverflow { key: Key, field: String },
     #[error("{key} (placed in {regions:?}) is still receiving the content of {lacking} write(s) made concurrently with a move, and a move carries the whole record: retry shortly, or move it from another region of its placement")]
@@ -477,9 +477,9 @@ impl Engine {
     fn refused_op(&mut self, key: &Key, e: mrr_core::doc::OpError, now_ms: u64) -> Rejection {
         use mrr_core::doc::OpError;
         match e {
-            OpError::InsufficientRights { field, held, asked } => {
+            OpError::InsufficientRights { field, held, asked, holder } => {
                 self.escrow_refused(key, &field, asked.saturating_sub(held), now_ms);
-                Rejection::InsufficientRights { key: key.clone(), field, held, asked }
+                Rejection::InsufficientRights { key: key.clone(), field, held, asked, holder }
             }
             OpError::Bounded { field, op } => Rejection::BoundedField { key: key.clone(), field, how: op },
             OpError::Overflow { field } => Rejection::CounterOverflow { key: key.clone(), field },
