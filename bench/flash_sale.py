@@ -1,10 +1,42 @@
-"""Driver of bench/flash_sale.sh: `mrr dev`, then `mrr flash-bench` per mode, interleaved."""
-import json, os, statistics, subprocess, sys, time, urllib.request
+"""Driver of bench/flash_sale.sh: `mrr dev`, then `mrr flash-bench` per mode, interleaved.
+
+With CUT=1 the coordinator (ap-northeast) is cut off from both other regions CUT_AT seconds
+into every round (default 5) for CUT_FOR seconds (default 5), then healed: the strong tier
+fails over and back; escrow and eventual go on (the cut region sells what it holds)."""
+import json, os, statistics, subprocess, sys, threading, time, urllib.request
 
 MRR, W = os.environ["MRR"], os.environ["W"]
 RUNS, STOCK, BUYERS, SECS = (int(os.environ[k]) for k in ("RUNS", "STOCK", "BUYERS", "SECS"))
 BASE = 17600
 APIS = [f"http://127.0.0.1:{BASE + 10 * k}" for k in range(3)]
+
+CUT = os.environ.get("CUT") == "1"
+CUT_AT, CUT_FOR = float(os.environ.get("CUT_AT", "5")), float(os.environ.get("CUT_FOR", "5"))
+# mrr dev's one-way delays from ap-northeast (each node shapes its own outgoing links).
+DELAYS = {("ap-northeast", "us-west"): 55, ("ap-northeast", "eu-central"): 115}
+REGIONS = ["ap-northeast", "us-west", "eu-central"]
+
+
+def link(api, peer, delay_ms, partitioned):
+    body = json.dumps({"delay_ms": delay_ms, "partitioned": partitioned}).encode()
+    req = urllib.request.Request(f"{api}/v1/admin/links/{peer}", data=body, method="PUT",
+                                 headers={"content-type": "application/json"})
+    urllib.request.urlopen(req, timeout=5).read()
+
+
+def cut_coordinator(partitioned):
+    for (a, b), ms in DELAYS.items():
+        link(APIS[REGIONS.index(a)], b, ms, partitioned)
+        link(APIS[REGIONS.index(b)], a, ms, partitioned)
+
+
+def cut_then_heal(stop):
+    if stop.wait(CUT_AT):
+        return
+    cut_coordinator(True)
+    stop.wait(CUT_FOR)
+    cut_coordinator(False)
+
 
 log = open(f"{W}/dev.log", "a")
 dev = subprocess.Popen([MRR, "dev", "--base-port", str(BASE), "--data-dir", f"{W}/data"], stdout=log, stderr=log,
@@ -26,10 +58,21 @@ try:
     for run in range(RUNS):
         # Rotated, so that no mode always runs first or last.
         for mode in modes[run % 3:] + modes[:run % 3]:
-            out = subprocess.run([MRR, "flash-bench", "--apis", ",".join(APIS), "--mode", mode, "--stock", str(STOCK),
-                                  "--buyers", str(BUYERS), "--duration", f"{SECS}s", "--item", f"sale-{mode}-{run}"],
-                                 check=True, capture_output=True, text=True)
+            stop = threading.Event()
+            cutter = threading.Thread(target=cut_then_heal, args=(stop,)) if CUT else None
+            if cutter:
+                cutter.start()
+            try:
+                out = subprocess.run([MRR, "flash-bench", "--apis", ",".join(APIS), "--mode", mode, "--stock",
+                                      str(STOCK), "--buyers", str(BUYERS), "--duration", f"{SECS}s", "--item",
+                                      f"sale-{mode}-{run}"], check=True, capture_output=True, text=True)
+            finally:
+                stop.set()
+                if cutter:
+                    cutter.join()
             r = json.loads(out.stdout)
+            if CUT:
+                r["coordinator_cut"] = {"at_s": CUT_AT, "for_s": CUT_FOR}
             rows[mode].append(r)
             print(json.dumps({"round": run, **r}), flush=True)
     summary = {}
@@ -38,10 +81,17 @@ try:
             "units_sold": statistics.median(r["units_sold"] for r in rs),
             "oversell": [r["oversell"] for r in rs],
             "unaccounted": [r["unaccounted"] for r in rs],
+            "buyer_failures": [r["buyer_failures"] for r in rs],
+            "seconds": statistics.median(r["seconds"] for r in rs),
             "regions": [{"api": rs[0]["regions"][k]["api"],
                          "p50_ms": statistics.median(r["regions"][k]["p50_ms"] for r in rs),
                          "p99_ms": statistics.median(r["regions"][k]["p99_ms"] for r in rs),
-                         "refused_for_rights": statistics.median(r["regions"][k]["refused_for_rights"] for r in rs)}
+                         "refused_for_rights": statistics.median(r["regions"][k]["refused_for_rights"] for r in rs),
+                         # The share of attempts that needed rights from elsewhere (refused here).
+                         "refused_share": statistics.median(
+                             r["regions"][k]["refused_for_rights"]
+                             / max(1, r["regions"][k]["refused_for_rights"] + r["regions"][k]["decrements"])
+                             for r in rs)}
                         for k in range(3)],
         }
     print(json.dumps(summary, indent=1))

@@ -5,8 +5,9 @@
 # locally), `strong` (an atomic update through the strong tier) and `escrow` (a bounded field:
 # decremented locally against the region's rights, which move on their own), in RUNS
 # interleaved rounds each (default 3). Prints one JSON line per round (per-region decrement latency, units sold,
-# final stock, oversell) and the medians. Listens on 127.0.0.1:17600-17621 only; stops what it
-# started by pid.
+# final stock, oversell) and the medians. CUT=1 cuts the coordinator (ap-northeast) off from
+# both other regions 5 s into every round for 5 s (CUT_AT, CUT_FOR). Listens on
+# 127.0.0.1:17600-17621 only; stops what it started by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}; STOCK=${STOCK:-10000}; BUYERS=${BUYERS:-16}; SECS=${SECS:-20}

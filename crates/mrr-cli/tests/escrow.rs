@@ -24,6 +24,7 @@ const PATH: &str = "tickets/t1";
 const ATTEMPTS_MAX: usize = 5_000;
 const SALE_DEADLINE: Duration = Duration::from_secs(90);
 const FRANKFURT: usize = 2;
+const BUY_PACE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Default)]
 struct Tally {
@@ -60,6 +61,10 @@ async fn buyer(
                 }
                 sold.fetch_add(1, Ordering::SeqCst);
                 here.fetch_add(1, Ordering::SeqCst);
+                // Buyers at a human pace (each 50 a second at most): a region's measured
+                // demand then moves rights ahead of it, instead of Tokyo's buyers emptying the
+                // stock at loopback speed before a single round trip to another region ends.
+                tokio::time::sleep(BUY_PACE).await;
             }
             // The region holds no rights now and has asked for some: back off as it says.
             Err(ClientError::Api { code: ErrorCode::InsufficientRights, retry_after_ms, .. }) => {
