@@ -173,16 +173,19 @@ impl Escrow {
     /// The region other than `except` that holds the most rights as this replica knows them
     /// (a lower bound of what it holds), and those rights; the first by name on a tie.
     pub fn richest_other(&self, except: &RegionName) -> Option<(RegionName, u64)> {
-        self.regions()
-            .into_iter()
-            .filter(|r| *r != except)
-            .map(|r| (r, self.rights(r)))
-            .filter(|(_, n)| *n > 0)
-            .fold(None, |best: Option<(&RegionName, u64)>, (r, n)| match best {
+        self.richest(|r| r != except).map(|(r, n)| (r.clone(), n))
+    }
+
+    /// The region `eligible` admits that holds the most rights (more than none) as this
+    /// replica knows them, and those rights; the first by name on a tie.
+    fn richest(&self, eligible: impl Fn(&RegionName) -> bool) -> Option<(&RegionName, u64)> {
+        self.regions().into_iter().filter(|r| eligible(r)).map(|r| (r, self.rights(r))).filter(|(_, n)| *n > 0).fold(
+            None,
+            |best, (r, n)| match best {
                 Some((_, m)) if m >= n => best,
                 _ => Some((r, n)),
-            })
-            .map(|(r, n)| (r.clone(), n))
+            },
+        )
     }
 
     /// Units `region` has consumed in all, as this replica knows.
@@ -368,14 +371,9 @@ impl Escrow {
         let ask = if kept < short || kept < want / 2 {
             let need = want - kept.min(want);
             let regions = self.regions().len() + usize::from(!self.regions().contains(local));
-            self.regions()
-                .into_iter()
-                .filter(|r| *r != local && !avoid.contains(*r))
-                .map(|r| (self.rights(r), r))
-                .filter(|(held, _)| *held > 0)
-                .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
-                .filter(|(_, holder)| need > 0 && self.outstanding(local, holder) < need)
-                .map(|(held, holder)| {
+            self.richest(|r| r != local && !avoid.contains(r))
+                .filter(|(holder, _)| need > 0 && self.outstanding(local, holder) < need)
+                .map(|(holder, held)| {
                     // Before a rate is known, demand reads as the few units just refused;
                     // asking for a fair part of what the holder has saves round trips.
                     let fair = held / (2 * u64::try_from(regions.max(2)).unwrap_or(u64::MAX));

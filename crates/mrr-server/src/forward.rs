@@ -133,8 +133,8 @@ impl Forwarder {
         Some(self.send(from, region, api, method, path_and_query, headers, body, &why).await)
     }
 
-    /// Sends a write on, once, and relays the answer (or 502 `forward_failed`: whether it
-    /// applied there is then unknown, as after any lost answer).
+    /// Sends a request on, once, and relays the answer (or 502 `forward_failed`: whether a
+    /// write applied there is then unknown, as after any lost answer).
     #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
@@ -160,15 +160,15 @@ impl Forwarder {
                 if let Ok(v) = HeaderValue::from_str(region) {
                     response.headers_mut().insert(FORWARDED_TO, v);
                 }
-                tracing::debug!(to = %region, url = %url, why, "forwarded a write");
+                tracing::debug!(to = %region, url = %url, why, "forwarded a request");
                 response
             }
             Err(e) => {
-                tracing::warn!(to = %region, url = %url, why, error = %e, "forwarding a write failed");
+                tracing::warn!(to = %region, url = %url, why, error = %e, "forwarding a request failed");
                 ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     ErrorCode::ForwardFailed,
-                    format!("{why}; forwarding the write to {region} failed: {e}"),
+                    format!("{why}; forwarding the request to {region} failed: {e}"),
                 )
                 .into_response()
             }
@@ -186,31 +186,8 @@ impl Forwarder {
         headers: &axum::http::HeaderMap,
     ) -> Option<Response> {
         let api = self.apis.get(region)?;
-        let url = format!("{}{path_and_query}", api.trim_end_matches('/'));
-        let mut out = self.client.get(&url);
-        for name in ["authorization", "x-api-key", crate::read_levels::SESSION_HEADER] {
-            if let Some(v) = headers.get(name) {
-                out = out.header(name, v);
-            }
-        }
-        out = out.header(FORWARDED_FROM, from.as_str());
-        Some(match relay(out).await {
-            Ok(mut response) => {
-                if let Ok(v) = HeaderValue::from_str(region) {
-                    response.headers_mut().insert(FORWARDED_TO, v);
-                }
-                response
-            }
-            Err(e) => {
-                tracing::warn!(to = %region, url = %url, error = %e, "forwarding a read-your-writes read failed");
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    ErrorCode::ForwardFailed,
-                    format!("{region} holds the session's writes; forwarding the read there failed: {e}"),
-                )
-                .into_response()
-            }
-        })
+        let why = format!("{region} holds the session's writes");
+        Some(self.send(from, region, api, Method::GET, path_and_query, headers, Default::default(), &why).await)
     }
 }
 

@@ -458,7 +458,7 @@ async fn record_ops(
     let run = async {
         let body = body_bytes(body)?;
         let key = parse_key(&topic, &id)?;
-        let value: Value = serde_json::from_slice(&body).map_err(|e| json_error(&e))?;
+        let value: Value = json_body(Ok(body.clone()))?;
         let ops = parse_ops(&state.limits, value)?;
         let refused = match write_one(&state, LocalOp::Ops { key, ops }, &opts).await {
             Ok(written) => return Ok(written.into_response()),
