@@ -192,7 +192,9 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     let mut liveness = interval(cfg.heartbeat_interval);
     liveness.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
-    let mut last_sent = Instant::now();
+    // The first heartbeat is due at once: a new stream tells the peer how fresh it is now, not
+    // one period later (a bounded read there found the peer "never caught up" meanwhile).
+    let mut last_sent = Instant::now().checked_sub(cfg.heartbeat_interval).unwrap_or_else(Instant::now);
     loop {
         let local_vv = applied.borrow_and_update().clone();
         if pump(ctx, &mut session, &local_vv, &link, mono_ms()).await? {
