@@ -81,6 +81,7 @@ try:
             "units_sold": statistics.median(r["units_sold"] for r in rs),
             "oversell": [r["oversell"] for r in rs],
             "unaccounted": [r["unaccounted"] for r in rs],
+            "in_doubt": [r["in_doubt"] for r in rs],
             "buyer_failures": [r["buyer_failures"] for r in rs],
             "seconds": statistics.median(r["seconds"] for r in rs),
             "regions": [{"api": rs[0]["regions"][k]["api"],
@@ -95,6 +96,14 @@ try:
                         for k in range(3)],
         }
     print(json.dumps(summary, indent=1))
+    # What must hold in every round: strong and escrow never oversell, and every unit that left
+    # the stock is one a buyer was told it got, or one of a decrement whose outcome it never
+    # learned.
+    broken = [f"{m} round {k}: oversell {r['oversell']}, unaccounted {r['unaccounted']}, in doubt {r['in_doubt']}"
+              for m, rs in rows.items() for k, r in enumerate(rs)
+              if (m != "eventual" and r["oversell"] > 0) or not 0 <= r["unaccounted"] <= r["in_doubt"]]
+    if broken:
+        sys.exit("flash sale broke an invariant:\n" + "\n".join(broken))
 finally:
     dev.kill()  # by its own pid
     dev.wait()

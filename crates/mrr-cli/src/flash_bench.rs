@@ -14,10 +14,17 @@
 //!   fsync); a region without enough answers 409 `insufficient_rights` with `retry_after_ms`
 //!   and asks for rights, and the buyer tries again then. Never oversells.
 //!
+//! A strong decrement that gets no definite answer (503 while the coordinator fails over, or a
+//! broken connection) is sent again with the same `request_id`, which the strong tier applies
+//! at most once, until it has an answer or the settle time is over: a buyer learns the outcome
+//! of every decrement it made, as a shop's checkout must.
+//!
 //! Reports, as JSON on stdout: per region the decrements, units and latency p50/p99 of the
-//! successful decrements, and (escrow) the attempts refused for lack of rights; units sold in all, the final stock once every region agrees, and the
-//! oversell (units sold beyond the stock). Every loop is bounded by the duration and a request
-//! count.
+//! successful decrements, and (escrow) the attempts refused for lack of rights; units sold in
+//! all, the final stock once every region agrees, the oversell (units sold beyond the stock),
+//! and `unaccounted`: units that left the stock minus units buyers were told they got, which
+//! must lie between 0 and `in_doubt` (units of decrements whose outcome a buyer never learned).
+//! Every loop is bounded by the duration, the settle time and a request count.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -64,8 +71,11 @@ pub struct FlashBenchArgs {
 
 /// Requests per buyer at most: the loop's bound besides the duration.
 const REQUESTS_PER_BUYER_MAX: u64 = 100_000;
-/// How long the regions may take to agree on the final stock after the sale.
+/// How long the regions may take to agree on the final stock after the sale, and how long past
+/// the sale a strong decrement without an answer is retried.
 const SETTLE: Duration = Duration::from_secs(60);
+/// The pause before a strong decrement without an answer is sent again.
+const STRONG_RETRY: Duration = Duration::from_millis(100);
 
 fn available(record: &Value) -> i64 {
     record.get("available").and_then(Value::as_i64).unwrap_or(0)
@@ -76,66 +86,152 @@ struct Sold {
     units: u64,
     /// Escrow: attempts the region refused for lack of rights (each asked for a transfer).
     refused: u64,
+    /// Units of the decrement the buyer stopped on, when it never learned whether it applied.
+    in_doubt: u64,
+    /// Why the buyer stopped before the sale ended, if it did.
+    stopped: Option<String>,
+}
+
+impl Sold {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Sold { latency: Histogram::new(3)?, units: 0, refused: 0, in_doubt: 0, stopped: None })
+    }
+
+    fn add(&mut self, other: &Sold) -> anyhow::Result<()> {
+        self.latency.add(&other.latency)?;
+        self.units += other.units;
+        self.refused += other.refused;
+        self.in_doubt += other.in_doubt;
+        Ok(())
+    }
+}
+
+/// Whether an error leaves a decrement's outcome unknown: no answer, or a 5xx (a 4xx applied
+/// nothing).
+fn outcome_unknown(e: &ClientError) -> bool {
+    match e {
+        ClientError::Http { .. } => true,
+        ClientError::Api { status, .. } | ClientError::Unexpected { status, .. } => *status >= 500,
+        _ => false,
+    }
+}
+
+/// How a strong decrement ended.
+enum Strong {
+    Applied,
+    /// The condition failed: fewer units left than asked.
+    SoldOut,
+}
+
+/// One strong decrement, sent again with the same request id while its outcome is unknown,
+/// until `give_up_at`.
+async fn strong_decrement(
+    client: &Client,
+    path: &str,
+    qty: u64,
+    request_id: &str,
+    give_up_at: Instant,
+) -> Result<Strong, ClientError> {
+    let condition = json!({"available": {"gte": qty}});
+    let then = json!([{"op": "incr", "field": "available", "by": -(qty as i64)}]);
+    loop {
+        match client.atomic(path, &condition, &then, request_id).await {
+            Ok(_) => return Ok(Strong::Applied),
+            Err(ClientError::Api { code: ErrorCode::PreconditionFailed, .. }) => return Ok(Strong::SoldOut),
+            Err(e) if outcome_unknown(&e) && Instant::now() + STRONG_RETRY < give_up_at => {
+                tokio::time::sleep(STRONG_RETRY).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// `buyer` is unique over all regions: its request ids must be (the strong tier applies a
-/// request id once, and answers a second request with the same id as the first).
+/// request id once, and answers a second request with the same id as the first). Never fails:
+/// a buyer that stops on an error says why in its tally, which keeps what it sold.
 async fn buyer(client: Client, args: FlashBenchArgs, path: String, buyer: usize) -> anyhow::Result<Sold> {
     let started = Instant::now();
-    let mut sold = Sold { latency: Histogram::new(3)?, units: 0, refused: 0 };
+    let mut sold = Sold::new()?;
     let qty: u64 = 1 + (buyer as u64 % 2);
     for n in 0..REQUESTS_PER_BUYER_MAX {
         if started.elapsed() >= args.duration {
             break;
         }
-        let t = Instant::now();
-        let took = match args.mode {
-            SaleMode::Eventual => {
-                // What a buyer sees in its own region decides.
-                let left = client.query_with(&path, Consistency::Local).await?.map_or(0, |r| available(&r.value));
-                if left < qty as i64 {
-                    break;
-                }
-                let t = Instant::now();
-                client.ops(&path, &json!({"op": "incr", "field": "available", "by": -(qty as i64)})).await?;
-                Some(t)
+        match buy(&client, &args, &path, qty, &format!("{}-{buyer}-{n}", args.item), started, &mut sold).await {
+            Ok(Bought::Took(t)) => {
+                sold.latency.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+                sold.units += qty;
             }
-            SaleMode::Strong => {
-                let request_id = format!("{}-{buyer}-{n}", args.item);
-                let condition = json!({"available": {"gte": qty}});
-                let then = json!([{"op": "incr", "field": "available", "by": -(qty as i64)}]);
-                match client.atomic(&path, &condition, &then, &request_id).await {
-                    Ok(_) => Some(t),
-                    Err(ClientError::Api { code: ErrorCode::PreconditionFailed, .. }) => break,
-                    Err(e) => return Err(e.into()),
+            Ok(Bought::Again) => {}
+            Ok(Bought::SoldOut) => break,
+            Err(e) => {
+                if outcome_unknown(&e) {
+                    sold.in_doubt += qty;
                 }
+                sold.stopped = Some(e.to_string());
+                break;
             }
-            SaleMode::Escrow => {
-                let op = json!({"op": "incr", "field": "available", "by": -(qty as i64)});
-                match client.ops(&path, &op).await {
-                    Ok(_) => Some(t),
-                    Err(ClientError::Api { code: ErrorCode::InsufficientRights, retry_after_ms, .. }) => {
-                        sold.refused += 1;
-                        // Sold out as far as this region knows: stop. Else rights are on
-                        // their way; try again when the region says.
-                        let left = client.query(&path).await?.map_or(0, |r| available(&r.value));
-                        if left < qty as i64 {
-                            break;
-                        }
-                        let wait = Duration::from_millis(retry_after_ms.unwrap_or(100));
-                        tokio::time::sleep(wait.min(args.duration.saturating_sub(started.elapsed()))).await;
-                        None
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
-        if let Some(t) = took {
-            sold.latency.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX))?;
-            sold.units += qty;
         }
     }
     Ok(sold)
+}
+
+enum Bought {
+    /// The decrement applied; it was sent at this instant.
+    Took(Instant),
+    /// Refused for now (escrow); try again.
+    Again,
+    SoldOut,
+}
+
+/// One attempt at buying `qty` units.
+async fn buy(
+    client: &Client,
+    args: &FlashBenchArgs,
+    path: &str,
+    qty: u64,
+    request_id: &str,
+    started: Instant,
+    sold: &mut Sold,
+) -> Result<Bought, ClientError> {
+    let t = Instant::now();
+    match args.mode {
+        SaleMode::Eventual => {
+            // What a buyer sees in its own region decides.
+            let left = client.query_with(path, Consistency::Local).await?.map_or(0, |r| available(&r.value));
+            if left < qty as i64 {
+                return Ok(Bought::SoldOut);
+            }
+            let t = Instant::now();
+            client.ops(path, &json!({"op": "incr", "field": "available", "by": -(qty as i64)})).await?;
+            Ok(Bought::Took(t))
+        }
+        SaleMode::Strong => {
+            match strong_decrement(client, path, qty, request_id, started + args.duration + SETTLE).await? {
+                Strong::Applied => Ok(Bought::Took(t)),
+                Strong::SoldOut => Ok(Bought::SoldOut),
+            }
+        }
+        SaleMode::Escrow => {
+            let op = json!({"op": "incr", "field": "available", "by": -(qty as i64)});
+            match client.ops(path, &op).await {
+                Ok(_) => Ok(Bought::Took(t)),
+                Err(ClientError::Api { code: ErrorCode::InsufficientRights, retry_after_ms, .. }) => {
+                    sold.refused += 1;
+                    // Sold out as far as this region knows: stop. Else rights are on their
+                    // way; try again when the region says.
+                    let left = client.query(path).await?.map_or(0, |r| available(&r.value));
+                    if left < qty as i64 {
+                        return Ok(Bought::SoldOut);
+                    }
+                    let wait = Duration::from_millis(retry_after_ms.unwrap_or(100));
+                    tokio::time::sleep(wait.min(args.duration.saturating_sub(started.elapsed()))).await;
+                    Ok(Bought::Again)
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
 }
 
 pub async fn run(args: FlashBenchArgs) -> anyhow::Result<Value> {
@@ -185,16 +281,15 @@ pub async fn run(args: FlashBenchArgs) -> anyhow::Result<Value> {
     let mut per_region: BTreeMap<usize, Sold> = BTreeMap::new();
     let mut failures = 0u64;
     for (region, task) in tasks {
-        match task.await.context("buyer")? {
-            Ok(s) => {
-                let e = per_region.entry(region).or_insert(Sold { latency: Histogram::new(3)?, units: 0, refused: 0 });
-                e.latency.add(&s.latency)?;
-                e.units += s.units;
-                e.refused += s.refused;
-            }
-            Err(e) => {
-                failures += 1;
-                eprintln!("flash-bench: a buyer stopped: {e}");
+        let s = task.await.context("buyer")??;
+        if let Some(why) = &s.stopped {
+            failures += 1;
+            eprintln!("flash-bench: a buyer stopped: {why}");
+        }
+        match per_region.get_mut(&region) {
+            Some(tally) => tally.add(&s)?,
+            None => {
+                per_region.insert(region, s);
             }
         }
     }
@@ -215,6 +310,7 @@ pub async fn run(args: FlashBenchArgs) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let sold: u64 = per_region.values().map(|s| s.units).sum();
+    let in_doubt: u64 = per_region.values().map(|s| s.in_doubt).sum();
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
     let regions: Vec<Value> = per_region
         .iter()
@@ -237,9 +333,10 @@ pub async fn run(args: FlashBenchArgs) -> anyhow::Result<Value> {
         "units_sold": sold,
         "final_available": final_available,
         "oversell": sold.saturating_sub(args.stock),
-        // What left the stock minus what buyers were told they got: 0 when every acknowledged
-        // decrement applied exactly once.
+        // What left the stock minus what buyers were told they got: between 0 and `in_doubt`
+        // when every acknowledged decrement applied exactly once.
         "unaccounted": (stock - final_available) - i64::try_from(sold).unwrap_or(i64::MAX),
+        "in_doubt": in_doubt,
         "buyer_failures": failures,
         "regions": regions,
     }))
