@@ -65,6 +65,20 @@ pub enum EscrowError {
     SelfTransfer,
 }
 
+/// What a region knows of demand when it tends a counter ([`Escrow::tend`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Outlook<'a> {
+    /// Expected units per region over the horizon the caller plans for.
+    pub demand: &'a BTreeMap<RegionName, u64>,
+    /// Units the local region's buyers were just refused (what to ask for at least).
+    pub short: u64,
+    /// Whether the local region's buyers were refused lately: its own demand is not being
+    /// met, so it gives nothing away ahead of demand and answers only beyond its demand.
+    pub starved: bool,
+    /// Holders that left an earlier ask unanswered (cut off, or down): not asked again.
+    pub avoid: &'a BTreeSet<RegionName>,
+}
+
 /// What one region should write after looking at a counter ([`Escrow::tend`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tending {
@@ -315,30 +329,29 @@ impl Escrow {
     /// What `local` should write now, in this order:
     ///
     /// 1. **Answers**: every outstanding ask of `local`, largest first, from what `local`
-    ///    holds beyond a reserve for its own demand — at most half its rights, so that a
-    ///    region whose own buyers are busy still answers.
-    /// 2. **Ahead of demand**: regions expected to run below half their demand are topped up
-    ///    to it from what is left beyond `local`'s own demand ([`Escrow::plan_transfers`]).
-    /// 3. **An ask**, when what `local` keeps is below half its demand, or below `short`
-    ///    (units its buyers were just refused): of the region that holds the most rights
-    ///    (not in `avoid`: holders that left an earlier ask unanswered), for what is missing
-    ///    up to its demand — unless an outstanding ask to it covers that already.
+    ///    holds beyond a reserve for its own demand. While `local`'s own demand is met
+    ///    (`outlook.starved` false) the reserve is at most half its rights, so a region whose
+    ///    own buyers are busy still answers; while its buyers are being refused, it reserves
+    ///    all its demand — rights do not move away from unmet demand, or the last units would
+    ///    travel from one short region to the next, unsellable while in flight.
+    /// 2. **Ahead of demand**, unless `local` is starved itself: regions expected to run below
+    ///    half their demand are topped up to it from what is left beyond `local`'s own demand
+    ///    ([`Escrow::plan_transfers`]).
+    /// 3. **An ask**, when what `local` keeps is below half its demand, or below
+    ///    `outlook.short`: of the region that holds the most rights (not in `outlook.avoid`),
+    ///    for what is missing up to its demand — unless an outstanding ask to it covers that
+    ///    already.
     ///
-    /// `demand`: expected units per region over the horizon the caller plans for. Pure and
-    /// deterministic; the caller writes what it returns, with [`Escrow::transfer`] and
-    /// [`Escrow::ask`].
-    pub fn tend(
-        &self,
-        local: &RegionName,
-        demand: &BTreeMap<RegionName, u64>,
-        short: u64,
-        avoid: &BTreeSet<RegionName>,
-    ) -> Tending {
+    /// Pure and deterministic; the caller writes what it returns, with [`Escrow::transfer`]
+    /// and [`Escrow::ask`].
+    pub fn tend(&self, local: &RegionName, outlook: &Outlook<'_>) -> Tending {
+        let Outlook { demand, short, starved, avoid } = *outlook;
         let rights = self.rights(local);
         let own = demand.get(local).copied().unwrap_or(0);
         let mut gives: BTreeMap<RegionName, u64> = BTreeMap::new();
         // 1. Answers.
-        let mut spare = rights - own.min(rights / 2);
+        let reserve = if starved { own.min(rights) } else { own.min(rights / 2) };
+        let mut spare = rights - reserve;
         let mut asks: Vec<(u64, &RegionName)> = self
             .asked
             .keys()
@@ -362,8 +375,10 @@ impl Escrow {
             .filter(|(r, want)| *r != local && self.rights(r) + gives.get(*r).copied().unwrap_or(0) < **want / 2)
             .map(|(r, want)| (r.clone(), want.saturating_sub(gives.get(r).copied().unwrap_or(0))))
             .collect();
-        for (r, n) in self.top_up(local, &low, rights.saturating_sub(given).saturating_sub(own)) {
-            *gives.entry(r).or_insert(0) += n;
+        if !starved {
+            for (r, n) in self.top_up(local, &low, rights.saturating_sub(given).saturating_sub(own)) {
+                *gives.entry(r).or_insert(0) += n;
+            }
         }
         // 3. An ask.
         let kept = rights - gives.values().sum::<u64>();
@@ -394,6 +409,17 @@ mod tests {
 
     fn r(name: &str) -> RegionName {
         RegionName::new(name).expect("valid")
+    }
+
+    /// `tend` for a region whose own demand is met.
+    fn tend(
+        e: &Escrow,
+        local: &RegionName,
+        demand: &BTreeMap<RegionName, u64>,
+        short: u64,
+        avoid: &BTreeSet<RegionName>,
+    ) -> Tending {
+        e.tend(local, &Outlook { demand, short, starved: short > 0, avoid })
     }
 
     #[test]
@@ -437,20 +463,20 @@ mod tests {
         // b's buyers were refused 5 units; b expects 20 over the horizon: it asks a for a fair
         // part of a's 100 (a quarter, with two regions), which covers the 20.
         let demand_b: BTreeMap<_, _> = [(b.clone(), 20)].into_iter().collect();
-        let plan = at_b.tend(&b, &demand_b, 5, &none);
+        let plan = tend(&at_b, &b, &demand_b, 5, &none);
         assert_eq!(plan, Tending { gives: vec![], ask: Some((a.clone(), 25)) });
         assert!(at_b.ask(&b, &a, 20).expect("no overflow"));
         assert!(!at_b.ask(&b, &a, 20).expect("no overflow"), "the same ask again is not a new one");
-        assert_eq!(at_b.tend(&b, &demand_b, 5, &none).ask, None, "covered by the outstanding ask");
+        assert_eq!(tend(&at_b, &b, &demand_b, 5, &none).ask, None, "covered by the outstanding ask");
         // a sees the ask and answers it (its own demand is 30: it keeps min(30, 50)).
         at_a.merge(&at_b.own_entries(&b));
         assert!(at_a.asks_of(&a));
         let demand_a: BTreeMap<_, _> = [(a.clone(), 30)].into_iter().collect();
-        let plan = at_a.tend(&a, &demand_a, 0, &none);
+        let plan = tend(&at_a, &a, &demand_a, 0, &none);
         assert_eq!(plan.gives, vec![(b.clone(), 20)], "a keeps min(30, 50) and answers the rest of 100 up to the ask");
         at_a.transfer(&a, &b, 20).expect("a holds 100");
         assert_eq!(at_a.outstanding(&b, &a), 0);
-        assert!(at_a.tend(&a, &demand_a, 0, &none).is_empty(), "answered: nothing more to do");
+        assert!(tend(&at_a, &a, &demand_a, 0, &none).is_empty(), "answered: nothing more to do");
         // The answer arrives twice (duplicated): b holds 20, once.
         at_b.merge(&at_a.own_entries(&a));
         at_b.merge(&at_a.own_entries(&a));
@@ -458,7 +484,7 @@ mod tests {
         assert_eq!(at_b.outstanding(&b, &a), 0);
         // A holder that left an ask unanswered is avoided; with no other holder, no ask.
         let avoid: BTreeSet<_> = [a.clone()].into_iter().collect();
-        assert_eq!(at_b.tend(&b, &[(b.clone(), 100)].into_iter().collect(), 0, &avoid).ask, None);
+        assert_eq!(tend(&at_b, &b, &[(b.clone(), 100)].into_iter().collect(), 0, &avoid).ask, None);
     }
 
     #[test]
@@ -470,12 +496,35 @@ mod tests {
         at_b.ask(&b, &a, 100).expect("no overflow");
         e.merge(&at_b.own_entries(&b));
         // a expects 1,000 units of its own demand: it keeps half of 40 and answers with 20.
-        let plan = e.tend(&a, &[(a.clone(), 1_000)].into_iter().collect(), 0, &none);
+        let plan = tend(&e, &a, &[(a.clone(), 1_000)].into_iter().collect(), 0, &none);
         assert_eq!(plan.gives, vec![(b.clone(), 20)]);
         // Calm a, c expected to need 10 and holding nothing: a tops c up ahead of demand.
         let calm = Escrow::new(&a, 40);
-        let plan = calm.tend(&a, &[(a.clone(), 5), (c.clone(), 10)].into_iter().collect(), 0, &none);
+        let plan = tend(&calm, &a, &[(a.clone(), 5), (c.clone(), 10)].into_iter().collect(), 0, &none);
         assert_eq!(plan, Tending { gives: vec![(c.clone(), 10)], ask: None });
+    }
+
+    #[test]
+    fn a_starved_holder_keeps_what_its_own_demand_needs() {
+        // The end of a flash sale: a holds the last 40 units and its buyers were just refused
+        // (its demand, 1,000, is not met); b asks, c is expected to need 10 and holds nothing.
+        let (a, b, c) = (r("a"), r("b"), r("c"));
+        let none = BTreeSet::new();
+        let mut e = Escrow::new(&a, 40);
+        let mut at_b = e.clone();
+        at_b.ask(&b, &a, 100).expect("no overflow");
+        e.merge(&at_b.own_entries(&b));
+        let demand: BTreeMap<_, _> = [(a.clone(), 1_000), (c.clone(), 10)].into_iter().collect();
+        let starved = Outlook { demand: &demand, short: 0, starved: true, avoid: &none };
+        // Nothing moves: half of it would travel to b, unsellable for a round trip, while a's
+        // own buyers wait; and the next short region would take half of that on.
+        assert_eq!(e.tend(&a, &starved).gives, vec![]);
+        // Its demand met again, a answers with half and keeps half.
+        let met = Outlook { starved: false, ..starved };
+        assert_eq!(e.tend(&a, &met).gives, vec![(b.clone(), 20)]);
+        // Starved, it still answers from what is beyond its own demand.
+        let small: BTreeMap<_, _> = [(a.clone(), 15)].into_iter().collect();
+        assert_eq!(e.tend(&a, &Outlook { demand: &small, ..starved }).gives, vec![(b.clone(), 25)]);
     }
 
     /// One step of three regions' replicas.

@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use mrr_core::escrow::Escrow;
+use mrr_core::escrow::{Escrow, Outlook};
 use mrr_core::{Change, Doc, Key, Metadata, Op, RegionName, Stream, Version};
 use mrr_storage::{Store, StoreError};
 
@@ -118,8 +118,9 @@ impl Tracker {
 
 impl Track {
     /// Each region's expected demand over the horizon, from the consumption seen over the
-    /// rate window (this region's refusals count as its demand too).
-    fn demand(&mut self, local: &RegionName, escrow: &Escrow, now_ms: u64) -> BTreeMap<RegionName, u64> {
+    /// rate window (this region's refusals count as its demand too), and whether this region
+    /// was refused within the window.
+    fn demand(&mut self, local: &RegionName, escrow: &Escrow, now_ms: u64) -> (BTreeMap<RegionName, u64>, bool) {
         if self.samples.back().is_none_or(|s| now_ms >= s.at_ms + SAMPLE_MS) {
             self.samples.push_back(Sample {
                 at_ms: now_ms,
@@ -131,7 +132,9 @@ impl Track {
         while self.samples.len() > 2 && self.samples.get(1).is_some_and(|s| s.at_ms + RATE_WINDOW_MS <= now_ms) {
             self.samples.pop_front();
         }
-        let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else { return BTreeMap::new() };
+        let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else {
+            return (BTreeMap::new(), false);
+        };
         let elapsed_ms = last.at_ms.saturating_sub(first.at_ms).max(SAMPLE_MS);
         let ahead = |units: u64| units.saturating_mul(DEMAND_HORIZON_MS).div_ceil(elapsed_ms);
         let mut demand = BTreeMap::new();
@@ -149,7 +152,7 @@ impl Track {
         if refused > 0 && !demand.contains_key(local) {
             demand.insert(local.clone(), ahead(refused));
         }
-        demand
+        (demand, refused > 0)
     }
 
     /// Holders this region asked long ago and that still have not answered; asks answered are
@@ -201,9 +204,11 @@ impl Engine {
         };
         let local = self.local.clone();
         let Some(track) = self.escrow.counters.get_mut(&(key.clone(), field.to_owned())) else { return Ok(false) };
-        let demand = track.demand(&local, &escrow, now_ms);
+        let (demand, starved) = track.demand(&local, &escrow, now_ms);
         let avoid = track.unanswered(&local, &escrow, now_ms);
-        let plan = escrow.tend(&local, &demand, track.short, &avoid);
+        // Refusals since the last sample count too.
+        let starved = starved || track.short > 0;
+        let plan = escrow.tend(&local, &Outlook { demand: &demand, short: track.short, starved, avoid: &avoid });
         track.short = 0;
         track.dirty = false;
         if plan.is_empty() {
