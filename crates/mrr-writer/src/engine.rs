@@ -1837,4 +1837,46 @@ mod tests {
         assert_eq!(out[0].record.metadata.regions, ["a", "b"]);
         assert_eq!(out[2].record.metadata.regions, ["a"], "a put without regions does not spread the record");
     }
+
+    #[test]
+    fn rights_and_asks_travel_on_the_urgent_lane() {
+        let policies = Arc::new(
+            Policies::new(Rule::Timestamp, [("tickets".to_owned(), Rule::Merge)].into_iter().collect()).with_bounded(
+                [("tickets".to_owned(), [("available".to_owned(), 0)].into_iter().collect())].into_iter().collect(),
+            ),
+        );
+        let (sa, sb) = (MemStore::new(), MemStore::new());
+        let mut a = Engine::new(r("a"), RecoveredState::default(), 200, policies.clone());
+        let mut b = Engine::new(r("b"), RecoveredState::default(), 200, policies);
+        let key = Key::new("tickets", "t1");
+        let incr =
+            |by: i64| LocalOp::Ops { key: key.clone(), ops: vec![FieldOp::Incr { field: "available".into(), by }] };
+        // One group: its requests, then the tending the group builder runs at its end.
+        let group = |e: &mut Engine, store: &MemStore, ops: Vec<LocalOp>, now: u64| {
+            let mut p = e.begin(now);
+            let out = e.apply_local(&mut p, store, ops, now);
+            if e.escrow_due(now) {
+                e.tend_escrow(&mut p, store).expect("tend");
+            }
+            if let Some(batch) = e.finish(p) {
+                store.commit(&batch).expect("commit");
+                e.committed(&batch);
+            }
+            out
+        };
+        group(&mut a, &sa, vec![incr(10)], 1_000).expect("a stocks 10");
+        ship(&sa, (&mut b, &sb), 1_001);
+        assert!(
+            matches!(group(&mut b, &sb, vec![incr(-1)], 1_002), Err(LocalFailure::Rejected(_))),
+            "b holds no rights"
+        );
+        // b's ask went out on its urgent stream, not behind the record's normal-lane writes.
+        assert_eq!(changes_of(&sb, "b.urgent").len(), 1, "the ask");
+        assert!(changes_of(&sb, "b").is_empty());
+        ship(&sb, (&mut a, &sa), 1_003);
+        group(&mut a, &sa, vec![], 1_004).expect("a tends");
+        assert_eq!(changes_of(&sa, "a.urgent").len(), 1, "a's answer, a transfer");
+        ship(&sa, (&mut b, &sb), 1_005);
+        group(&mut b, &sb, vec![incr(-1)], 1_006).expect("b sells against the rights it was given");
+    }
 }

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use mrr_core::escrow::{Escrow, Outlook};
-use mrr_core::{Change, Doc, Key, Metadata, Op, RegionName, Stream, Version};
+use mrr_core::{Change, Doc, Key, Lane, Metadata, Op, RegionName, Stream, Version};
 use mrr_storage::{Store, StoreError};
 
 use super::Engine;
@@ -229,7 +229,12 @@ impl Engine {
         }
         let metadata =
             Metadata { regions: record.metadata.regions.clone(), sync_flags: record.metadata.sync_flags.clone() };
-        let stream = Stream::new(local.clone(), self.policies.lanes.lane_of(&key.topic, &metadata));
+        // Rights and asks travel on the urgent lane whatever the record's lane: they are a few
+        // bytes each, and a sale waits on them, so they must not queue behind the record's own
+        // decrements (a window cut on a slow link left eu-central's transfers seconds behind,
+        // and it sold almost nothing). Overtaking is safe: the delta is this region's whole
+        // row of the counter, joined by maximum.
+        let stream = Stream::new(local.clone(), Lane::Urgent);
         let delta = Doc::escrow_delta(field, &after, &local);
         let change = self.own_change(pending, stream, key.clone(), Op::Merge { delta }, metadata, Vec::new());
         self.apply_change(pending, store, &reads, change)?;
