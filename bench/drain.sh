@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 OPS=${OPS:-400000}
 DRAIN_S=${DRAIN_S:-300}
 if [ -z "${MRR:-}" ]; then MRR=./target/release/mrr; cargo build --release -q -p mrr-cli; fi
+# `mrr dev` admits this key (and makes the tools it runs send it): one per run unless given.
+export MRR_KEY="${MRR_KEY:-mrr_bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
 W=$(mktemp -d /tmp/mrr-drain.XXXXXX)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT

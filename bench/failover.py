@@ -1,5 +1,6 @@
 """Driver of bench/failover.sh: starts the three regions, kills and restarts the coordinator."""
 import json, os, subprocess, sys, time, urllib.request
+AUTH = {"authorization": f"Bearer {os.environ['MRR_KEY']}"}  # the key `mrr dev` admits
 
 MRR, W, KILLS = os.environ["MRR"], os.environ["W"], int(os.environ["KILLS"])
 REGIONS = {"ap-northeast": 7800, "us-west": 7810, "eu-central": 7820}
@@ -14,7 +15,7 @@ def start(region):
 
 def coordinator(region):
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{REGIONS[region]}/v1/cluster/coordinator", timeout=1) as r:
+        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{REGIONS[region]}/v1/cluster/coordinator", headers=AUTH), timeout=1) as r:
             return json.load(r).get("coordinator")
     except OSError:
         return None

@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KILLS=${KILLS:-20}
 if [ -z "${MRR:-}" ]; then MRR=./target/release/mrr; cargo build --release -q -p mrr-cli; fi
+# `mrr dev` admits this key (and makes the tools it runs send it): one per run unless given.
+export MRR_KEY="${MRR_KEY:-mrr_bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
 W=$(mktemp -d /tmp/mrr-failover.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 $MRR dev --write-configs "$W/cluster" >/dev/null

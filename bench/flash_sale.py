@@ -10,6 +10,7 @@ RUNS, STOCK, BUYERS, SECS = (int(os.environ[k]) for k in ("RUNS", "STOCK", "BUYE
 BASE = 17600
 APIS = [f"http://127.0.0.1:{BASE + 10 * k}" for k in range(3)]
 
+AUTH = {"authorization": f"Bearer {os.environ['MRR_KEY']}"}  # the key `mrr dev` admits
 CUT = os.environ.get("CUT") == "1"
 CUT_AT, CUT_FOR = float(os.environ.get("CUT_AT", "5")), float(os.environ.get("CUT_FOR", "5"))
 # mrr dev's one-way delays from ap-northeast (each node shapes its own outgoing links).
@@ -20,7 +21,7 @@ REGIONS = ["ap-northeast", "us-west", "eu-central"]
 def link(api, peer, delay_ms, partitioned):
     body = json.dumps({"delay_ms": delay_ms, "partitioned": partitioned}).encode()
     req = urllib.request.Request(f"{api}/v1/admin/links/{peer}", data=body, method="PUT",
-                                 headers={"content-type": "application/json"})
+                                 headers={"content-type": "application/json", **AUTH})
     urllib.request.urlopen(req, timeout=5).read()
 
 
@@ -45,7 +46,7 @@ try:
     end = time.monotonic() + 60
     while True:
         try:
-            with urllib.request.urlopen(APIS[0] + "/v1/cluster/coordinator", timeout=1) as r:
+            with urllib.request.urlopen(urllib.request.Request(APIS[0] + "/v1/cluster/coordinator", headers=AUTH), timeout=1) as r:
                 if json.load(r).get("coordinator"):
                     break
         except OSError:

@@ -12,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}; STOCK=${STOCK:-10000}; BUYERS=${BUYERS:-16}; SECS=${SECS:-20}
 if [ -z "${MRR:-}" ]; then MRR=./target/release/mrr; cargo build --release -q -p mrr-cli; fi
+# `mrr dev` admits this key (and makes the tools it runs send it): one per run unless given.
+export MRR_KEY="${MRR_KEY:-mrr_bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
 W=$(mktemp -d /tmp/mrr-flash.XXXXXX)
 [ -n "${KEEP:-}" ] || trap 'rm -rf "$W"' EXIT
 MRR="$MRR" W="$W" RUNS="$RUNS" STOCK="$STOCK" BUYERS="$BUYERS" SECS="$SECS" python3 bench/flash_sale.py

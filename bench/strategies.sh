@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8s}
 MRR=./target/release/mrr
+# `mrr dev` admits this key (and makes the tools it runs send it): one per run unless given.
+export MRR_KEY="${MRR_KEY:-mrr_bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
 cargo build --release -q -p mrr-cli
 W=$(mktemp -d /tmp/mrr-strategies.XXXXXX)
 PID=

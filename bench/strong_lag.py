@@ -1,6 +1,7 @@
 """Driver of bench/strong_lag.sh: eventual lag with strong load off and on, interleaved rounds.
 Prints one JSON line per round and the medians per mode and pair."""
 import json, os, re, statistics, subprocess, sys, time, urllib.request
+AUTH = {"authorization": f"Bearer {os.environ['MRR_KEY']}"}  # the key `mrr dev` admits
 
 MRR, W = os.environ["MRR"], os.environ["W"]
 RUNS, RATE, SECS, CONC = (int(os.environ[k]) for k in ("RUNS", "RATE", "SECS", "STRONG_CONC"))
@@ -9,7 +10,7 @@ procs = {}
 
 
 def get(url, timeout=1):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=AUTH), timeout=timeout) as r:
         return json.load(r)
 
 

@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}; RATE=${RATE:-300}; SECS=${SECS:-20}; STRONG_CONC=${STRONG_CONC:-16}
 if [ -z "${MRR:-}" ]; then MRR=./target/release/mrr; cargo build --release -q -p mrr-cli; fi
+# `mrr dev` admits this key (and makes the tools it runs send it): one per run unless given.
+export MRR_KEY="${MRR_KEY:-mrr_bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
 W=$(mktemp -d /tmp/mrr-strong-lag.XXXXXX)
 [ -n "${KEEP:-}" ] || trap 'rm -rf "$W"' EXIT
 MRR="$MRR" W="$W" RUNS="$RUNS" RATE="$RATE" SECS="$SECS" STRONG_CONC="$STRONG_CONC" python3 bench/strong_lag.py

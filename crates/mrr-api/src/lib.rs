@@ -124,6 +124,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     NotFound,
     Deleted,
+    /// Sent by releases before scoped keys for a missing or unknown key; now
+    /// `unauthenticated` (401) or `forbidden` (403).
     Unauthorized,
     LinksDisabled,
     UnknownRegion,
@@ -209,6 +211,11 @@ pub enum ErrorCode {
     BoundedField,
     /// An increment would take a counter past its range (409); nothing was applied.
     CounterOverflow,
+    /// No valid API key: none sent, unknown, expired, or not valid in this region (401).
+    Unauthenticated,
+    /// The key is valid but its scope does not cover the request (403): the message names the
+    /// missing action or records.
+    Forbidden,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

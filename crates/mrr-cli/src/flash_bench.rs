@@ -67,6 +67,9 @@ pub struct FlashBenchArgs {
     /// The topic of `escrow`, whose `available` is bounded (mrr dev: `tickets`).
     #[arg(long, default_value = "tickets")]
     pub escrow_topic: String,
+    /// An API key with read and write on those topics.
+    #[arg(long, env = "MRR_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// Requests per buyer at most: the loop's bound besides the duration.
@@ -236,7 +239,8 @@ async fn buy(
 
 pub async fn run(args: FlashBenchArgs) -> anyhow::Result<Value> {
     anyhow::ensure!(!args.apis.is_empty() && args.buyers > 0, "name the regions' APIs and at least one buyer");
-    let clients = args.apis.iter().map(|a| mrr_client::connect(a, None)).collect::<Result<Vec<_>, _>>()?;
+    let clients =
+        args.apis.iter().map(|a| mrr_client::connect(a, args.api_key.as_deref())).collect::<Result<Vec<_>, _>>()?;
     let topic = match args.mode {
         SaleMode::Eventual => &args.eventual_topic,
         SaleMode::Strong => &args.strong_topic,

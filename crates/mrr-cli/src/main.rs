@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod flash_bench;
+mod keys;
 mod proxy;
 mod strong_bench;
 
@@ -47,6 +48,14 @@ enum Command {
     Serve {
         #[arg(short = 'c', long = "config", default_value = "mrr-config.yaml")]
         config: PathBuf,
+        /// The region this node serves, when the file (shared by the cluster) does not say.
+        #[arg(long, env = "MRR_REGION")]
+        region: Option<String>,
+    },
+    /// API keys: `mrr keys create --actions read,write --topics users,orders`.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
     },
     /// Run a local three-region cluster with emulated WAN delays, or write its configs.
     Dev {
@@ -63,6 +72,10 @@ enum Command {
         /// Write one config per region into DIR and exit; run each with `mrr serve -c`.
         #[arg(long, value_name = "DIR")]
         write_configs: Option<PathBuf>,
+        /// The cluster's admin key (default: a new one, printed). Set MRR_KEY to keep one key
+        /// across runs.
+        #[arg(long, env = "MRR_KEY", hide_env_values = true)]
+        admin_key: Option<String>,
     },
     /// Publish a record: `mrr put users/u001 '{"name":"Kaito"}'`.
     Put {
@@ -141,6 +154,30 @@ enum Command {
         api_key: Option<String>,
         #[command(subcommand)]
         action: ChaosAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysAction {
+    /// Make a key: prints it once, and the entry (with its hash, never the key) to add under
+    /// `api_keys:` in every node's config.
+    Create {
+        /// What the key may do: read, write, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        actions: Vec<String>,
+        /// Records it may touch: `users`, `orders/*`, `orders/eu-*`, `*` (default `*`).
+        #[arg(long, value_delimiter = ',')]
+        topics: Vec<String>,
+        /// Regions it is valid in (default: all).
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<String>,
+        /// When it stops working: an RFC 3339 instant (2027-06-30T00:00:00Z) or a duration from
+        /// now (90d).
+        #[arg(long)]
+        expires: Option<String>,
+        /// A name for logs and error messages.
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -225,9 +262,13 @@ fn report(e: &anyhow::Error) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => serve(config).await,
-        Command::Dev { base_port, data_dir, config, write_configs } => {
-            dev_cluster(base_port, data_dir, config, write_configs).await
+        Command::Serve { config, region } => serve(config, region).await,
+        Command::Keys { action: KeysAction::Create { actions, topics, regions, expires, name } } => {
+            print!("{}", keys::create(&actions, &topics, &regions, expires.as_deref(), name.as_deref())?);
+            Ok(())
+        }
+        Command::Dev { base_port, data_dir, config, write_configs, admin_key } => {
+            dev_cluster(base_port, data_dir, config, write_configs, admin_key).await
         }
         Command::Put { path, json, target } => {
             let record: serde_json::Value = serde_json::from_str(&json).context("the record is not valid JSON")?;
@@ -315,7 +356,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// One client per region, from the `api` addresses in a config.
 fn region_clients(path: &std::path::Path, api_key: Option<&str>) -> anyhow::Result<Clients> {
-    let config = Config::load(path)?;
+    // Only the layout is read: the file may be one the whole cluster shares.
+    let config = Config::load_cluster(path)?;
     config
         .regions
         .iter()
@@ -437,8 +479,12 @@ fn client(target: &Target) -> anyhow::Result<mrr_client::Client> {
     Ok(mrr_client::connect(&target.endpoint, target.api_key.as_deref())?)
 }
 
-async fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&path)?;
+async fn serve(path: PathBuf, region: Option<String>) -> anyhow::Result<()> {
+    let region = region
+        .map(mrr_core::RegionName::new)
+        .transpose()
+        .context("--region (or MRR_REGION) is not a region name: use a-z, 0-9 and '-'")?;
+    let config = Config::load_for(&path, region)?;
     init_logging(config.debug_mode);
     let node = Node::start(config, NodeOptions::default()).await?;
     wait_for_signal().await;
@@ -480,8 +526,11 @@ async fn dev_cluster(
     data_dir: Option<PathBuf>,
     from: Option<PathBuf>,
     write_configs: Option<PathBuf>,
+    admin_key: Option<String>,
 ) -> anyhow::Result<()> {
-    let from = from.map(|p| Config::load(&p)).transpose()?;
+    // The file may be one a whole cluster shares (no region, no secret, https:// endpoints):
+    // only its regions and rules are taken.
+    let from = from.map(|p| Config::load_cluster(&p)).transpose()?;
     // The temporary directory lives as long as the cluster runs, and is removed after.
     let temp;
     let data_dir = match (data_dir, &write_configs) {
@@ -496,11 +545,19 @@ async fn dev_cluster(
             temp.path().to_owned()
         }
     };
-    let cluster = dev::DevCluster::new(base_port, data_dir, from.as_ref())?;
+    let cluster = dev::DevCluster::new(base_port, data_dir, from.as_ref(), admin_key)?;
     if let Some(dir) = write_configs {
         for path in write_dev_configs(&cluster, &dir)? {
             println!("{}", path.display());
         }
+        let key_path = dir.join("admin.key");
+        std::fs::write(&key_path, format!("{}\n", cluster.admin_key))
+            .with_context(|| format!("cannot write {}", key_path.display()))?;
+        eprintln!(
+            "The cluster's admin key is in {} (export MRR_KEY=$(cat {}))",
+            key_path.display(),
+            key_path.display()
+        );
         return Ok(());
     }
     init_logging(false);
@@ -518,8 +575,9 @@ async fn dev_cluster(
     }
     let (first, second) = (&cluster.regions[0], &cluster.regions[cluster.regions.len().min(2) - 1]);
     println!(
-        "\nConfigs (for mrr bench -c, mrr chaos -c): {configs}\n\nTry it: publish in {a}, read in {b}:\n\n  curl -s -X POST http://127.0.0.1:{pa}/v1/records/users -H 'content-type: application/json' \\\n    -d '{{\"id\":\"u001\",\"name\":\"Kaito\",\"__metadata\":{{\"regions\":[\"*\"],\"syncFlags\":[\"IMPORTANT\"]}}}}'\n  curl -s http://127.0.0.1:{pb}/v1/records/users/u001\n\n  or: mrr put users/u001 '{{\"name\":\"Kaito\"}}' -e http://127.0.0.1:{pa}\n      mrr get users/u001 -e http://127.0.0.1:{pb}\n      mrr status -e http://127.0.0.1:{pa}\n\nCtrl-C stops the cluster.",
+        "\nConfigs (for mrr bench -c, mrr chaos -c): {configs}\n\nThe cluster's admin key (every action; make scoped ones with `mrr keys create`):\n\n  export MRR_KEY={key}\n\nTry it: publish in {a}, read in {b}:\n\n  curl -s -X POST http://127.0.0.1:{pa}/v1/records/users -H \"authorization: Bearer $MRR_KEY\" -H 'content-type: application/json' \\\n    -d '{{\"id\":\"u001\",\"name\":\"Kaito\",\"__metadata\":{{\"regions\":[\"*\"],\"syncFlags\":[\"IMPORTANT\"]}}}}'\n  curl -s http://127.0.0.1:{pb}/v1/records/users/u001 -H \"authorization: Bearer $MRR_KEY\"\n\n  or: mrr put users/u001 '{{\"name\":\"Kaito\"}}' -e http://127.0.0.1:{pa}\n      mrr get users/u001 -e http://127.0.0.1:{pb}\n      mrr status -e http://127.0.0.1:{pa}\n\nCtrl-C stops the cluster.",
         configs = config_dir.join(format!("{}.yaml", first.name)).display(),
+        key = cluster.admin_key,
         a = first.name,
         b = second.name,
         pa = first.api_port,

@@ -52,6 +52,9 @@ pub struct StrongBenchArgs {
     /// MRR's strong topic.
     #[arg(long, default_value = "stock")]
     pub topic: String,
+    /// MRR's API key (sent as a Bearer token).
+    #[arg(long, env = "MRR_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 fn b64(s: &str) -> String {
@@ -95,7 +98,15 @@ pub async fn run(args: StrongBenchArgs) -> anyhow::Result<serde_json::Value> {
     for _ in 0..args.concurrency {
         let (args, payload, next, errors) = (args.clone(), payload.clone(), next.clone(), errors.clone());
         workers.push(tokio::spawn(async move {
-            let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(1).build()?;
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Some(key) = args.api_key.as_deref().filter(|_| args.system == System::Mrr) {
+                headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse()?);
+            }
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(1)
+                .default_headers(headers)
+                .build()?;
             let mut latency = Histogram::<u64>::new(3)?;
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);

@@ -14,6 +14,7 @@ use serde_json::json;
 
 fn chaos(cluster: &Cluster, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_mrr"))
+        .env("MRR_KEY", common::KEY)
         .arg("chaos")
         .arg("-c")
         .arg(cluster.config_path(0))

@@ -242,6 +242,7 @@ async fn bench_reports_latency_and_lag_for_every_region_pair() -> anyhow::Result
     let cluster = Cluster::start().await?;
     let json_path = cluster.dir.path().join("report.json");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mrr"))
+        .env("MRR_KEY", common::KEY)
         .arg("bench")
         .arg("-c")
         .arg(cluster.config_path(0))
@@ -293,13 +294,14 @@ async fn mrr_dev_starts_without_warnings() -> anyhow::Result<()> {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mrr"))
         .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir.path().join("data"))
+        .env("MRR_KEY", common::KEY)
         .env("MRR_LOG", "info,fjall=warn,lsm_tree=warn,openraft=error")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()?;
     let clients: Vec<Client> = (0..3u16)
-        .map(|k| mrr_client::connect(&format!("http://127.0.0.1:{}", base + 10 * k), None))
+        .map(|k| mrr_client::connect(&format!("http://127.0.0.1:{}", base + 10 * k), Some(common::KEY)))
         .collect::<Result<_, _>>()?;
     let connected = async {
         for c in &clients {
@@ -319,6 +321,51 @@ async fn mrr_dev_starts_without_warnings() -> anyhow::Result<()> {
     let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
     assert!(warnings.is_empty(), "mrr dev warned while it started: {warnings:#?}");
     Ok(())
+}
+
+/// The article's `mrr-config.yaml`, as written (`https://` endpoints, no cluster, region or
+/// secret), runs under `mrr dev -c` on loopback: a user's first write in Tokyo is read in San
+/// Francisco, and the dev cluster's admin key is required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mrr_dev_runs_the_articles_config_as_written() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = common::free_base_port();
+    let article = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/article/mrr-config.yaml");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mrr"))
+        .args(["dev", "-c"])
+        .arg(&article)
+        .args(["--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("MRR_KEY", common::KEY)
+        .env("MRR_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("dev.log"))?)
+        .spawn()?;
+    let run = async {
+        let client = |k: u16, key| mrr_client::connect(&format!("http://127.0.0.1:{}", base + 10 * k), key);
+        let (tokyo, sfo) = (client(0, Some(common::KEY))?, client(1, Some(common::KEY))?);
+        wait_for("Tokyo up", Duration::from_secs(30), || async { Ok(tokyo.status().await.ok().map(|_| ())) }).await?;
+        tokyo.publish("users", &json!({"id": "u001", "name": "Kaito", "__metadata": {"regions": ["*"]}})).await?;
+        let read =
+            wait_for("u001 in San Francisco", Duration::from_secs(30), || async { Ok(sfo.query("users/u001").await?) })
+                .await?;
+        assert_eq!(read.value["name"], json!("Kaito"));
+        match client(1, None)?.query("users/u001").await {
+            Err(mrr_client::ClientError::Api { status: 401, .. }) => {}
+            other => panic!("a request without the key should be 401, got {other:?}"),
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    child.kill()?; // by its own pid
+    child.wait()?;
+    run.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; mrr dev's log: {}",
+            std::fs::read_to_string(dir.path().join("dev.log")).unwrap_or_default()
+        )
+    })
 }
 
 /// Once idle, freshness reads as the link's delay, within `default_ttl` (500 ms), not as the

@@ -19,7 +19,7 @@ fn api(cluster: &Cluster, k: usize) -> String {
 
 /// A raw GET: status, headers, JSON body.
 async fn get(url: &str, session: Option<&str>) -> anyhow::Result<(u16, reqwest::header::HeaderMap, Value)> {
-    let mut req = reqwest::Client::new().get(url);
+    let mut req = common::http().get(url);
     if let Some(s) = session {
         req = req.header("x-mrr-session", s);
     }
@@ -136,7 +136,7 @@ async fn acks_wait_for_regions_and_a_lagging_cluster_throttles_what_asks_for_it(
         format!("{config}health:\n  lag_warn: 500ms\n  lag_critical: 1s\n")
     })
     .await?;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let tokyo = api(&cluster, TOKYO);
     let put = |topic: &'static str, id: String, query: &'static str| {
         let http = http.clone();

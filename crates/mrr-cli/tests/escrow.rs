@@ -196,7 +196,7 @@ async fn a_region_without_rights_forwards_a_decrement_to_a_holder_when_the_polic
         )
     })
     .await?;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let api = |k: usize| format!("http://127.0.0.1:{}", cluster.base_port + 10 * k as u16);
     let decrement = |k: usize, path: &'static str, by: i64| {
         let request = http.post(format!("{}/v1/records/{path}/ops", api(k)));

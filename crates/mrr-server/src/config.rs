@@ -3,7 +3,13 @@
 //! Start-up refuses a config it does not fully understand: an unknown key, a bad value or an
 //! inconsistent setting stops the node with the file, the line and a hint — including a
 //! conflict handler that does not compile. Nothing here opens sockets or files other than the
-//! config itself and the handler scripts it names.
+//! config itself and the handler scripts and secret files it names (and it reads the
+//! environment variables the config names for secrets and keys).
+//!
+//! One file may serve the whole cluster: a node's own region comes from `--region` /
+//! `MRR_REGION` when the file does not name it ([`Config::load_for`]), and tools that only need
+//! the cluster's layout (`mrr dev -c`, `mrr bench -c`) read it without a region or secret
+//! ([`Config::load_cluster`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,10 +31,21 @@ pub const DEFAULT_PEER_PORT: u16 = 7801;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Name of the cluster; peers from another cluster are refused.
+    #[serde(default = "default_cluster")]
     pub cluster: String,
-    /// The region this node serves; must be one of `regions`.
+    /// `region:` as the file writes it (optional in a file the whole cluster shares).
+    #[serde(default, rename = "region")]
+    pub region_in_file: Option<RegionName>,
+    /// The region this node serves, one of `regions`: `--region`, `MRR_REGION` or `region:`.
+    /// Resolved by the loader.
+    #[serde(skip, default = "unresolved_region")]
     pub region: RegionName,
-    /// Shared by every node of the cluster; peers prove they know it at handshake.
+    /// `secret:` as the file writes it: the secret, or where to read it.
+    #[serde(default, rename = "secret")]
+    pub secret_source: Option<SecretSource>,
+    /// Shared by every node of the cluster; peers prove they know it at handshake. Resolved by
+    /// the loader from `secret:` (empty for [`Config::load_cluster`] without one).
+    #[serde(skip)]
     pub secret: String,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -40,9 +57,19 @@ pub struct Config {
     pub debug_mode: bool,
     #[serde(default)]
     pub durability: Durability,
-    /// Client API keys; empty means the API is open (local development only).
+    /// Client API keys and their scopes (`crate::access`). Without keys the API is open,
+    /// which a node allows only on loopback or with `allow_anonymous: true`.
     #[serde(default)]
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<ApiKeyEntry>,
+    /// Serve an API beyond loopback with no keys (anyone who reaches it may do anything).
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    /// `/health` and `/metrics` need a key too (any valid key, any action).
+    #[serde(default)]
+    pub require_key_for_monitoring: bool,
+    /// The keys, hashed, with their scopes: built by the loader from `api_keys`.
+    #[serde(skip)]
+    pub access: crate::access::Access,
     pub regions: Vec<RegionConfig>,
     #[serde(default)]
     pub replication_rules: ReplicationRules,
@@ -116,6 +143,70 @@ pub struct TopicConfig {
     /// `{"op":"incr"}`; the topic's rule is `merge` (the default when a topic has them).
     #[serde(default)]
     pub bounded: BTreeMap<String, BoundedField>,
+}
+
+/// A secret, or where to read it: `"..."`, `{ env: MRR_SECRET }` or `{ file: secret.txt }`
+/// (relative to the config file; surrounding whitespace is dropped).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum SecretSource {
+    Inline(String),
+    Env { env: String },
+    File { file: PathBuf },
+}
+
+impl SecretSource {
+    /// The secret itself, or why it cannot be had (naming the variable or file).
+    pub fn resolve(&self, base_dir: &Path) -> Result<String, String> {
+        match self {
+            SecretSource::Inline(s) => Ok(s.clone()),
+            SecretSource::Env { env } => std::env::var(env).map_err(|e| format!("environment variable {env}: {e}")),
+            SecretSource::File { file } => {
+                let path = base_dir.join(file);
+                std::fs::read_to_string(&path)
+                    .map(|s| s.trim().to_owned())
+                    .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+            }
+        }
+    }
+}
+
+/// One entry of `api_keys:`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ApiKeyEntry {
+    /// A key written in clear: every action on every record, in every region (the format
+    /// before scopes; prefer a hashed entry).
+    Plain(String),
+    /// A scoped key ([`ScopedKey`]), checked field by field when the config loads so that a
+    /// mistake is reported by name rather than as "matches no variant".
+    Scoped(serde_json::Value),
+}
+
+/// A scoped key as `mrr keys create` prints it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedKey {
+    /// For messages and logs (default: the first characters of the digest).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The key's SHA-256 digest, `sha256:` and 64 hex digits. Either this or `key`.
+    #[serde(default)]
+    pub hash: Option<String>,
+    /// The key itself, from the environment or a file (`key: { env: MRR_KEY }`).
+    #[serde(default)]
+    pub key: Option<SecretSource>,
+    /// `read`, `write`, `admin`.
+    pub actions: Vec<String>,
+    /// Topic patterns: `users`, `orders/*`, `orders/eu-*`, `*` (default `*`).
+    #[serde(default)]
+    pub topics: Option<Vec<String>>,
+    /// Regions the key is valid in (default: all).
+    #[serde(default)]
+    pub regions: Option<Vec<String>>,
+    /// RFC 3339 instant after which the key is refused, e.g. `2027-06-30T00:00:00Z`.
+    #[serde(default)]
+    pub expires: Option<String>,
 }
 
 /// A bounded field's policy.
@@ -438,6 +529,13 @@ fn d_batch() -> usize {
 fn d_depth() -> usize {
     Limits::default().json_depth_max
 }
+fn default_cluster() -> String {
+    "mrr".into()
+}
+fn unresolved_region() -> RegionName {
+    // Replaced by the loader before a config is handed out.
+    RegionName::new("unresolved").unwrap_or_else(|e| unreachable!("a valid name: {e}"))
+}
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./mrr-data")
 }
@@ -475,14 +573,44 @@ pub enum ConfigError {
     Invalid { path: PathBuf, line: u64, message: String, hint: String },
 }
 
+/// What a config is read for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// Running a node. Its region: `region` when given (`--region`, `MRR_REGION`), else the
+    /// file's `region:`. A secret is required.
+    Node { region: Option<RegionName> },
+    /// Reading the cluster's layout and rules (`mrr dev -c`, `mrr bench -c`): no region or
+    /// secret needed, `https://` endpoints taken as written.
+    Cluster,
+}
+
 impl Config {
+    /// A node's config, its region named in the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Self::parse(path, &text)
+        Self::load_for(path, None)
+    }
+
+    /// A node's config; `region`, when given, is the node's region whatever the file says.
+    pub fn load_for(path: &Path, region: Option<RegionName>) -> Result<Self, ConfigError> {
+        let text = Self::read(path)?;
+        Self::parse_for(path, &text, Purpose::Node { region })
+    }
+
+    /// The cluster's layout and rules only.
+    pub fn load_cluster(path: &Path) -> Result<Self, ConfigError> {
+        let text = Self::read(path)?;
+        Self::parse_for(path, &text, Purpose::Cluster)
+    }
+
+    fn read(path: &Path) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_for(path, text, Purpose::Node { region: None })
+    }
+
+    pub fn parse_for(path: &Path, text: &str, purpose: Purpose) -> Result<Self, ConfigError> {
         let config: Config = serde_saphyr::from_str(text).map_err(|e| {
             let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
             let message = first_line(&e.to_string());
@@ -491,12 +619,143 @@ impl Config {
         })?;
         let mut config = config;
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        config.validate(path, text)?;
+        let invalid = |key: &str, message: String, hint: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line_of(text, key),
+            message,
+            hint: hint.to_owned(),
+        };
+        let node = matches!(purpose, Purpose::Node { .. });
+        config.region = match purpose {
+            Purpose::Node { region } => region.or_else(|| config.region_in_file.clone()).ok_or_else(|| {
+                invalid(
+                    "region:",
+                    "no region for this node".into(),
+                    "pass --region NAME (or set MRR_REGION), or write `region: NAME` in the file",
+                )
+            })?,
+            Purpose::Cluster => config
+                .region_in_file
+                .clone()
+                .or_else(|| config.regions.first().map(|r| r.name.clone()))
+                .unwrap_or_else(unresolved_region),
+        };
+        config.secret = match &config.secret_source {
+            Some(source) => source.resolve(&config.base_dir).map_err(|m| {
+                invalid("secret:", format!("secret: {m}"), "set the variable, or fix the path (relative to this file)")
+            })?,
+            None if node => {
+                return Err(invalid(
+                    "regions:",
+                    "no `secret:`: peers could not prove they belong to the cluster".into(),
+                    "add `secret: { env: MRR_SECRET }` (the same long random string on every node, e.g. `openssl rand -hex 32`), or `secret: { file: secret.txt }`",
+                ))
+            }
+            None => String::new(),
+        };
+        config.access = config.build_access(path, text)?;
+        config.validate(path, text, node)?;
         config.policies = Arc::new(config.build_policies(path, text)?);
         Ok(config)
     }
 
-    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+    /// The keys of `api_keys`, hashed, with their scopes.
+    fn build_access(&self, path: &Path, text: &str) -> Result<crate::access::Access, ConfigError> {
+        use crate::access::{Action, KeyDigest, Scope, TopicPattern};
+        let mut keys = Vec::new();
+        for (i, entry) in self.api_keys.iter().enumerate() {
+            let invalid = |message: String, hint: &str| ConfigError::Invalid {
+                path: path.to_owned(),
+                line: line_of(text, "api_keys:"),
+                message: format!("api_keys entry {}: {message}", i + 1),
+                hint: hint.to_owned(),
+            };
+            let spec = match entry {
+                ApiKeyEntry::Plain(key) => {
+                    if key.trim().is_empty() {
+                        return Err(invalid("an empty key".into(), "make keys with `mrr keys create`"));
+                    }
+                    let digest = KeyDigest::of(key);
+                    let name = format!("key-{}", &digest.to_string()[7..15]);
+                    keys.push((digest, Scope::full(name)));
+                    continue;
+                }
+                ApiKeyEntry::Scoped(value) => serde_json::from_value::<ScopedKey>(value.clone()).map_err(|e| {
+                    invalid(
+                        e.to_string(),
+                        "a key has `name`, `hash` (or `key`), `actions`, and optionally `topics`, `regions` and `expires`; `mrr keys create` prints one",
+                    )
+                })?,
+            };
+            let digest = match (&spec.hash, &spec.key) {
+                (Some(h), None) => {
+                    KeyDigest::parse(h).map_err(|m| invalid(m, "copy the hash `mrr keys create` printed"))?
+                }
+                (None, Some(source)) => {
+                    let key =
+                        source.resolve(&self.base_dir).map_err(|m| invalid(m, "set the variable, or fix the path"))?;
+                    if key.trim().is_empty() {
+                        return Err(invalid("the key is empty".into(), "set the variable to the key"));
+                    }
+                    KeyDigest::of(&key)
+                }
+                _ => {
+                    return Err(invalid(
+                        "name exactly one of `hash` and `key`".into(),
+                        "`hash: sha256:...` as `mrr keys create` prints it, or `key: { env: VAR }`",
+                    ))
+                }
+            };
+            let actions = spec
+                .actions
+                .iter()
+                .map(|a| Action::parse(a))
+                .collect::<Result<std::collections::BTreeSet<_>, _>>()
+                .map_err(|m| invalid(m, "actions: [read, write, admin]"))?;
+            if actions.is_empty() {
+                return Err(invalid("no actions".into(), "actions: [read] at least"));
+            }
+            let topics = spec
+                .topics
+                .clone()
+                .unwrap_or_else(|| vec!["*".into()])
+                .iter()
+                .map(|t| TopicPattern::parse(t))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| invalid(m, "topics: [users, \"orders/*\"]"))?;
+            let regions = match &spec.regions {
+                None => None,
+                Some(names) => {
+                    let mut set = std::collections::BTreeSet::new();
+                    for n in names {
+                        let r = RegionName::new(n.as_str()).ok().filter(|r| self.regions.iter().any(|c| &c.name == r));
+                        set.insert(r.ok_or_else(|| {
+                            invalid(format!("region {n:?} is not in `regions`"), "name regions of this cluster")
+                        })?);
+                    }
+                    Some(set)
+                }
+            };
+            let expires_ms = match &spec.expires {
+                None => None,
+                Some(at) => {
+                    let t = humantime::parse_rfc3339(at).map_err(|e| {
+                        invalid(format!("expires {at:?}: {e}"), "write an RFC 3339 instant, e.g. 2027-06-30T00:00:00Z")
+                    })?;
+                    let ms = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+                    Some(u64::try_from(ms).unwrap_or(u64::MAX))
+                }
+            };
+            let name = spec.name.clone().unwrap_or_else(|| format!("key-{}", &digest.to_string()[7..15]));
+            if keys.iter().any(|(d, _)| d == &digest) {
+                return Err(invalid(format!("key {name:?} is listed twice"), "list each key once"));
+            }
+            keys.push((digest, Scope { name, actions, topics, regions, expires_ms }));
+        }
+        Ok(crate::access::Access::new(keys))
+    }
+
+    fn validate(&self, path: &Path, text: &str, node: bool) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: String, hint: &str| ConfigError::Invalid {
             path: path.to_owned(),
             line: line_of(text, key),
@@ -506,11 +765,21 @@ impl Config {
         if self.cluster.trim().is_empty() {
             return Err(invalid("cluster:", "cluster is empty".into(), "name the cluster, e.g. `cluster: shop-prod`"));
         }
-        if self.secret.len() < 16 {
+        if node && self.secret.len() < 16 {
             return Err(invalid(
                 "secret:",
                 "secret is shorter than 16 characters".into(),
                 "use a long random string, the same on every node (e.g. `openssl rand -hex 32`)",
+            ));
+        }
+        if node && self.access.is_open() && !self.allow_anonymous && !self.listen.api.ip().is_loopback() {
+            return Err(invalid(
+                "api:",
+                format!(
+                    "the API listens on {} with no api_keys: anyone who reaches it could read, write and delete everything",
+                    self.listen.api
+                ),
+                "add a key (`mrr keys create --actions read,write,admin`), listen on 127.0.0.1, or set `allow_anonymous: true`",
             ));
         }
         if self.regions.is_empty() {
@@ -535,7 +804,7 @@ impl Config {
                     "each region appears once",
                 ));
             }
-            validate_endpoint(&r.endpoint).map_err(|m| {
+            validate_endpoint(&r.endpoint, node).map_err(|m| {
                 invalid(
                     &format!("endpoint: {}", r.endpoint),
                     m,
@@ -546,8 +815,12 @@ impl Config {
         if !seen.contains(&self.region) {
             return Err(invalid(
                 "region:",
-                format!("region {} is not in `regions`", self.region),
-                "set `region` to the name of this node's entry in `regions`",
+                format!(
+                    "region {} is not in `regions` (listed: {})",
+                    self.region,
+                    self.regions.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+                "name one of the listed regions with --region (MRR_REGION) or `region:`",
             ));
         }
         let coordinators = self.regions.iter().filter(|r| r.role == Some(Role::Coordinator)).count();
@@ -865,12 +1138,14 @@ pub fn peer_url(endpoint: &str) -> String {
     }
 }
 
-fn validate_endpoint(endpoint: &str) -> Result<(), String> {
+/// `node`: the endpoint is dialed by this process (else only its host and port are read).
+fn validate_endpoint(endpoint: &str, node: bool) -> Result<(), String> {
     match endpoint.split_once("://") {
         Some(("http", rest)) if !rest.is_empty() => Ok(()),
-        Some(("https", _)) => {
-            Err(format!("endpoint {endpoint}: TLS between peers is not built yet, so https:// cannot be dialed"))
-        }
+        Some(("https", rest)) if !rest.is_empty() && !node => Ok(()),
+        Some(("https", _)) => Err(format!(
+            "endpoint {endpoint}: TLS between peers is not built yet, so https:// cannot be dialed (`mrr dev -c` runs such a file on loopback)"
+        )),
         _ => Err(format!("endpoint {endpoint:?} is not an http:// URL")),
     }
 }
@@ -924,6 +1199,76 @@ replication_rules:
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("mrr-config.yaml"), text)
+    }
+
+    /// The article's `mrr-config.yaml`, as the article writes it.
+    const ARTICLE: &str = include_str!("../../../examples/article/mrr-config.yaml");
+
+    #[test]
+    fn the_articles_config_reads_as_written() {
+        let path = Path::new("mrr-config.yaml");
+        let c = Config::parse_for(path, ARTICLE, Purpose::Cluster).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.cluster.as_str(), c.regions.len()), ("mrr", 3), "cluster has a default");
+        assert_eq!(c.coordinator().map(RegionName::as_str), Some("ap-northeast"));
+        assert_eq!(c.replication_rules.default_ttl, Duration::from_millis(500));
+        assert_eq!(c.regions[1].endpoint, "https://sfo-node.mrr");
+        // Run as a node, the file names neither the node's region nor the secret: each error
+        // says where to give it.
+        let tokyo = || Purpose::Node { region: Some(RegionName::new("ap-northeast").expect("valid")) };
+        let err = Config::parse_for(path, ARTICLE, Purpose::Node { region: None }).expect_err("no region").to_string();
+        assert!(err.contains("no region for this node") && err.contains("--region"), "{err}");
+        let err = Config::parse_for(path, ARTICLE, tokyo()).expect_err("no secret").to_string();
+        assert!(err.contains("no `secret:`") && err.contains("env: MRR_SECRET"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("secret.txt"), "0123456789abcdef0123\n").expect("write");
+        let with_secret = format!("secret: {{ file: secret.txt }}\n{ARTICLE}");
+        let err = Config::parse_for(&dir.path().join("c.yaml"), &with_secret, tokyo()).expect_err("https").to_string();
+        assert!(err.contains("TLS between peers is not built yet"), "{err}");
+        let plain = with_secret.replace("https://", "http://");
+        let c = Config::parse_for(&dir.path().join("c.yaml"), &plain, tokyo()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (c.region.as_str(), c.secret.as_str()),
+            ("ap-northeast", "0123456789abcdef0123"),
+            "secret read from its file"
+        );
+        let err = Config::parse_for(path, &plain.replace("secret.txt", "missing.txt"), tokyo())
+            .expect_err("no file")
+            .to_string();
+        assert!(err.contains("missing.txt: cannot read"), "{err}");
+        let sydney = Purpose::Node { region: Some(RegionName::new("ap-southeast").expect("valid")) };
+        let err = Config::parse_for(&dir.path().join("c.yaml"), &plain, sydney).expect_err("not listed").to_string();
+        assert!(err.contains("ap-southeast is not in `regions` (listed: ap-northeast, us-west, eu-central)"), "{err}");
+    }
+
+    #[test]
+    fn keys_are_checked_field_by_field_and_an_open_api_stays_on_loopback() {
+        let with = |extra: &str| parse(&format!("{GOOD}{extra}"));
+        let digest = crate::access::KeyDigest::of("k");
+        let ok =
+            with(&format!("api_keys:\n  - {{ name: web, hash: \"{digest}\", actions: [read], topics: [users] }}\n"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!ok.access.is_open());
+        for (entry, says) in [
+            (format!("{{ hash: \"{digest}\", actions: [wirte] }}"), "unknown action \"wirte\""),
+            (format!("{{ hash: \"{digest}\", actions: [read], topics: [\"us*ers\"] }}"), "may only end a pattern"),
+            ("{ hash: \"sha256:00\", actions: [read] }".to_owned(), "is not a key digest"),
+            (format!("{{ hash: \"{digest}\", actoins: [read] }}"), "unknown field `actoins`"),
+            ("{ actions: [read] }".to_owned(), "exactly one of `hash` and `key`"),
+            (
+                format!("{{ hash: \"{digest}\", actions: [read], regions: [sa-east] }}"),
+                "\"sa-east\" is not in `regions`",
+            ),
+            (format!("{{ hash: \"{digest}\", actions: [read], expires: soon }}"), "expires \"soon\""),
+        ] {
+            let err = with(&format!("api_keys:\n  - {entry}\n")).expect_err(says).to_string();
+            assert!(
+                err.contains("mrr-config.yaml:") && err.contains("api_keys entry 1") && err.contains(says),
+                "{err}"
+            );
+        }
+        let err = with("listen: { api: 0.0.0.0:7800, peer: 0.0.0.0:7801 }\n").expect_err("open").to_string();
+        assert!(err.contains("no api_keys") && err.contains("allow_anonymous"), "{err}");
+        with("listen: { api: 0.0.0.0:7800, peer: 0.0.0.0:7801 }\nallow_anonymous: true\n").expect("said so");
     }
 
     #[test]
@@ -1012,6 +1357,7 @@ replication_rules:
         let c = Config::load(&path).unwrap_or_else(|e| panic!("the example config must stay valid: {e}"));
         assert_eq!(c.regions.len(), 3);
         assert_eq!(c.api_keys.len(), 1);
+        assert!(!c.access.is_open());
         assert_eq!(c.policies.rule("inventory").name(), "custom", "the sample handlers compile");
         assert_eq!(c.policies.placement.regions_of("vip_users"), ["eu-central", "us-west"]);
         assert_eq!(c.policies.placement.regions_of("users"), ["*"]);

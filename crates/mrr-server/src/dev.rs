@@ -86,12 +86,20 @@ pub struct DevCluster {
     pub topics: Vec<DevTopic>,
     pub derived: Option<DerivedRules>,
     pub secret: String,
+    /// The key every region admits with every action (`api_keys:` holds its digest only).
+    pub admin_key: String,
     pub data_dir: PathBuf,
 }
 
 impl DevCluster {
-    /// The article's cluster, or the regions and rules of `from` when given.
-    pub fn new(base_port: u16, data_dir: PathBuf, from: Option<&Config>) -> Result<Self, DevError> {
+    /// The article's cluster, or the regions and rules of `from` when given. `admin_key`: the
+    /// cluster's admin key (a new one when `None`).
+    pub fn new(
+        base_port: u16,
+        data_dir: PathBuf,
+        from: Option<&Config>,
+        admin_key: Option<String>,
+    ) -> Result<Self, DevError> {
         let names: Vec<(String, bool)> = match from {
             Some(c) => c.regions.iter().map(|r| (r.name.to_string(), c.coordinator() == Some(&r.name))).collect(),
             None => vec![("ap-northeast".into(), true), ("us-west".into(), false), ("eu-central".into(), false)],
@@ -128,7 +136,9 @@ impl DevCluster {
             None => (sample_topics(), None),
         };
         let secret: String = (0..32).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect();
-        Ok(Self { regions, topics, derived, secret, data_dir })
+        let admin_key =
+            admin_key.filter(|k| !k.trim().is_empty()).unwrap_or_else(|| crate::access::generate_key(&mut rand::rng()));
+        Ok(Self { regions, topics, derived, secret, admin_key, data_dir })
     }
 
     /// The YAML config of region `k`.
@@ -146,9 +156,12 @@ impl DevCluster {
              max_clock_skew: 200ms\n\
              debug_mode: false\n\
              durability: fsync\n\
+             # The dev cluster's admin key (`mrr dev` prints it; clients send it as a Bearer token).\n\
+             api_keys:\n  - {{ name: dev-admin, hash: \"{digest}\", actions: [read, write, admin] }}\n\
              regions:\n",
             name = me.name,
             secret = self.secret,
+            digest = crate::access::KeyDigest::of(&self.admin_key),
             data = self.data_dir.join(&me.name).display(),
             api = me.api_port,
             peer = me.peer_port,
@@ -241,7 +254,7 @@ mod tests {
 
     #[test]
     fn article_cluster_ports_and_delays() {
-        let c = DevCluster::new(7800, PathBuf::from("/tmp/x"), None).expect("layout");
+        let c = DevCluster::new(7800, PathBuf::from("/tmp/x"), None, None).expect("layout");
         let ports: Vec<_> = c.regions.iter().map(|r| (r.name.as_str(), r.api_port, r.peer_port)).collect();
         assert_eq!(ports, [("ap-northeast", 7800, 7801), ("us-west", 7810, 7811), ("eu-central", 7820, 7821)]);
         assert_eq!(delay_ms("us-west", "ap-northeast"), 55);
@@ -255,14 +268,14 @@ mod tests {
         // Derived from a config: its topics come along, handlers resolved where that config is.
         let from = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/mrr-config.yaml"))
             .unwrap_or_else(|e| panic!("{e}"));
-        let derived = DevCluster::new(7800, PathBuf::from("/tmp/x"), Some(&from)).expect("layout");
+        let derived = DevCluster::new(7800, PathBuf::from("/tmp/x"), Some(&from), None).expect("layout");
         let configs = derived.configs(dir.path()).expect("valid configs");
         assert_eq!(configs[0].1.policies.digest(), from.policies.digest());
         let (_, sf) = &configs[1];
         assert_eq!(sf.region.as_str(), "us-west");
         assert_eq!(sf.coordinator().map(|r| r.as_str()), Some("ap-northeast"));
         assert_eq!(sf.links.as_ref().map(|l| l.len()), Some(2));
-        assert!(DevCluster::new(65_530, PathBuf::from("/tmp/x"), None).is_err());
+        assert!(DevCluster::new(65_530, PathBuf::from("/tmp/x"), None, None).is_err());
     }
 
     #[test]
@@ -286,7 +299,7 @@ mod tests {
         ]
         .join("\n");
         let from = Config::parse(&dir.path().join("src.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
-        let derived = DevCluster::new(7800, PathBuf::from("/tmp/x"), Some(&from)).expect("layout");
+        let derived = DevCluster::new(7800, PathBuf::from("/tmp/x"), Some(&from), None).expect("layout");
         let out = dir.path().join("out");
         for (_, c) in derived.configs(&out).expect("valid configs") {
             assert_eq!(json(&c.replication_rules), json(&from.replication_rules));

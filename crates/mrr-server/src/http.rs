@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -29,6 +29,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::OpenApi;
 
+use crate::access::Action;
+use crate::gate::Caller;
 use crate::read_levels::{before_read, lacks_named, Before, LevelQuery, ReadLevel};
 pub(crate) use crate::request::{body_bytes, json_body, json_error, parse_key, parse_ops};
 use crate::request::{encode_record, parse_put, parse_put_value, split_record};
@@ -47,7 +49,10 @@ pub struct AppState {
     pub limits: Limits,
     pub status: StatusBoard,
     pub links: Links,
-    pub api_keys: Arc<Vec<String>>,
+    /// The API keys and their scopes (`crate::gate` checks every request against them).
+    pub access: Arc<crate::access::Access>,
+    /// `/health` and `/metrics` need a key too.
+    pub require_key_for_monitoring: bool,
     pub clock: Arc<dyn mrr_core::PhysicalClock>,
     pub started: std::time::Instant,
     pub health: crate::health::Thresholds,
@@ -310,10 +315,13 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/links", get(get_links))
         .route("/admin/links/{peer}", get(get_link).put(set_link))
         .method_not_allowed_fallback(|| async { method_not_allowed() })
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
+        .layer(middleware::from_fn_with_state(state.clone(), crate::gate::authenticate));
+    let monitoring = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::gate::monitoring));
+    Router::new()
+        .merge(monitoring)
         .route("/openapi.json", get(|| async { ([("content-type", "application/json")], openapi_json()) }))
         .nest("/v1", v1)
         .layer(middleware::from_fn_with_state(state.clone(), crate::forward::forward_placement))
@@ -323,25 +331,6 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { method_not_allowed() })
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(state)
-}
-
-async fn authenticate(State(state): State<AppState>, headers: HeaderMap, request: Request, next: Next) -> Response {
-    if state.api_keys.is_empty() {
-        return next.run(request).await;
-    }
-    let presented = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")));
-    match presented {
-        Some(k) if state.api_keys.iter().any(|key| key == k) => next.run(request).await,
-        _ => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "missing or unknown API key: send `Authorization: Bearer <key>`",
-        )
-        .into_response(),
-    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -397,11 +386,15 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     params(("topic" = String, Path), crate::write_acks::WriteQuery), responses((status = 200, body = RecordEnvelope), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
 async fn publish(
     State(state): State<AppState>,
+    caller: Caller,
     opts: WriteOptions,
     Path(topic): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Written<Json<RecordEnvelope>>> {
     let op = parse_put(&state.limits, &state.regions, &topic, None, &body_bytes(body)?)?;
+    if let Some(key) = op.key() {
+        caller.check(Action::Write, key)?;
+    }
     write_one(&state, op, &opts).await
 }
 
@@ -644,6 +637,7 @@ async fn list_records(
 #[utoipa::path(post, path = "/v1/batch", request_body = BatchRequest, params(crate::write_acks::WriteQuery), responses((status = 200, body = BatchResponse), (status = 400, body = ErrorBody)))]
 async fn batch(
     State(state): State<AppState>,
+    caller: Caller,
     opts: WriteOptions,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Written<Json<BatchResponse>>> {
@@ -672,6 +666,9 @@ async fn batch(
                 LocalOp::Delete { key: parse_key(&item.topic, &id).map_err(at)? }
             }
         };
+        if let Some(key) = op.key() {
+            caller.check(Action::Write, key).map_err(at)?;
+        }
         ops.push(op);
     }
     let strong = admit(&state, &opts, ops.iter().filter_map(LocalOp::key))?;

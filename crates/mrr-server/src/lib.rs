@@ -3,11 +3,13 @@
 //! Reads the config, opens the store, starts the writer and replication, and serves the HTTP
 //! API. Protocol logic lives in the crates it wires together; this crate holds none.
 
+pub mod access;
 pub mod admission;
 pub mod config;
 pub mod consensus;
 pub mod dev;
 pub mod forward;
+pub mod gate;
 pub mod health;
 pub mod http;
 pub mod metrics;

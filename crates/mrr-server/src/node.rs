@@ -181,7 +181,8 @@ impl Node {
             limits: (&config.limits).into(),
             status: replicator.status.clone(),
             links,
-            api_keys: Arc::new(config.api_keys.clone()),
+            access: Arc::new(config.access.clone()),
+            require_key_for_monitoring: config.require_key_for_monitoring,
             clock: options.clock.clone(),
             started: std::time::Instant::now(),
             health: crate::health::Thresholds {

@@ -21,9 +21,25 @@ async fn node(dir: &Path, extra: &str) -> anyhow::Result<(Node, Client)> {
 
 /// A minimal HTTP/1.1 request over a socket, so tests can send bytes no client would.
 async fn raw(node: &Node, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, serde_json::Value)> {
+    raw_full(node, method, path, &["authorization: Bearer k-1"], body).await
+}
+
+/// A body-less request with these header lines only.
+async fn raw_with(node: &Node, method: &str, path: &str, headers: &[&str]) -> anyhow::Result<(u16, serde_json::Value)> {
+    raw_full(node, method, path, headers, Vec::new()).await
+}
+
+async fn raw_full(
+    node: &Node,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(node.api_addr).await?;
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     s.write_all(head.as_bytes()).await?;
     // The server may answer (413) before reading the whole body and close; that is fine.
     let _ = s.write_all(&body).await;
@@ -170,17 +186,102 @@ async fn listing_pages_skip_tombstones_without_repeating_or_losing_records() -> 
     Ok(())
 }
 
-#[tokio::test]
-async fn api_keys_when_configured_are_required() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let (node, client) = node(dir.path(), "api_keys: [\"k-1\"]\n").await?;
-    client.publish("users", &json!({"id": "u1"})).await?;
-    let anonymous = mrr_client::connect(&format!("http://{}", node.api_addr), None)?;
-    match anonymous.query("users/u1").await {
-        Err(ClientError::Api { status: 401, code: ErrorCode::Unauthorized, .. }) => {}
-        other => panic!("expected 401 unauthorized, got {other:?}"),
+fn forbidden(r: Result<impl std::fmt::Debug, ClientError>, says: &str) {
+    match r {
+        Err(ClientError::Api { status: 403, code: ErrorCode::Forbidden, message, .. }) => {
+            assert!(message.contains(says), "403 should say {says:?}: {message}")
+        }
+        other => panic!("expected 403 forbidden, got {other:?}"),
     }
-    assert_eq!(anonymous.health().await?.region, "us-west", "health stays open for probes");
+}
+
+fn unauthenticated(r: Result<impl std::fmt::Debug, ClientError>, says: &str) {
+    match r {
+        Err(ClientError::Api { status: 401, code: ErrorCode::Unauthenticated, message, .. }) => {
+            assert!(message.contains(says), "401 should say {says:?}: {message}")
+        }
+        other => panic!("expected 401 unauthenticated, got {other:?}"),
+    }
+}
+
+/// A node of a two-region cluster (the peer never runs) with `api_keys` made of `keys`:
+/// (name, scope); each key is its own name.
+async fn keyed_node(dir: &Path, keys: &[(&str, &str)], extra: &str) -> anyhow::Result<Node> {
+    use mrr_server::access::KeyDigest;
+    let keys: String = keys
+        .iter()
+        .map(|(k, scope)| format!("  - {{ name: {k}, hash: \"{}\", {scope} }}\n", KeyDigest::of(k)))
+        .collect();
+    let text = format!(
+        "region: us-west\nsecret: \"0123456789abcdef\"\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:0 }}\n\
+         regions:\n  - name: us-west\n    endpoint: http://127.0.0.1:1\n  - name: eu-central\n    endpoint: http://127.0.0.1:2\n\
+         api_keys:\n{keys}{extra}",
+        dir.display()
+    );
+    let config = Config::parse(Path::new("test.yaml"), &text)?;
+    Ok(Node::start(config, NodeOptions::default()).await?)
+}
+
+#[tokio::test]
+async fn scoped_keys_admit_what_their_scope_covers_and_nothing_else() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let keys = [
+        ("admin", "actions: [read, write, admin]"),
+        ("reader", "actions: [read], topics: [users]"),
+        ("writer", "actions: [read, write], topics: [users, \"orders/eu-*\"]"),
+        ("expired", "actions: [read], expires: \"2001-01-01T00:00:00Z\""),
+        ("elsewhere", "actions: [read], regions: [eu-central]"),
+    ];
+    let node = keyed_node(dir.path(), &keys, "").await?;
+    let as_key = |k: Option<&str>| mrr_client::connect(&format!("http://{}", node.api_addr), k);
+    let (admin, reader, writer) = (as_key(Some("admin"))?, as_key(Some("reader"))?, as_key(Some("writer"))?);
+    admin.publish("users", &json!({"id": "u1", "name": "Kaito"})).await?;
+
+    // Who you are: 401, saying why; /health stays open for probes.
+    let anonymous = as_key(None)?;
+    unauthenticated(anonymous.query("users/u1").await, "no API key");
+    unauthenticated(as_key(Some("mrr_not-a-key"))?.query("users/u1").await, "not one of this cluster's keys");
+    unauthenticated(as_key(Some("expired"))?.query("users/u1").await, "expired");
+    unauthenticated(as_key(Some("elsewhere"))?.query("users/u1").await, "not valid in region us-west");
+    let (status, body) = raw_with(&node, "GET", "/v1/records/users/u1", &["authorization: Bearer cl\u{e9}"]).await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "a malformed key is a 401, never a 500"
+    );
+    assert_eq!(anonymous.health().await?.region, "us-west");
+
+    // What you may do: 403, naming the missing scope.
+    assert_eq!(reader.query("users/u1").await?.map(|r| r.value["name"].clone()), Some(json!("Kaito")));
+    forbidden(reader.put("users/u1", &json!({"name": "x"})).await, "lacks the `write` action (it has: read)");
+    forbidden(reader.query("orders/eu-1").await, "may read users only, not orders/eu-1");
+    forbidden(reader.dead_letters().await, "lacks the `admin` action");
+    writer.publish("orders", &json!({"id": "eu-1"})).await?;
+    forbidden(writer.publish("orders", &json!({"id": "us-1"})).await, "not orders/us-1");
+    forbidden(writer.list("orders", None, 10, false).await, "not all of topic orders");
+    let items = |ids: &[&str]| {
+        ids.iter()
+            .map(|id| mrr_api::BatchItem {
+                topic: "orders".into(),
+                op: Default::default(),
+                id: None,
+                record: Some(json!({"id": id})),
+            })
+            .collect::<Vec<_>>()
+    };
+    forbidden(writer.batch(items(&["eu-2", "us-2"])).await, "items[1]");
+    assert_eq!(admin.query("orders/eu-2").await?, None, "a batch with one forbidden item writes nothing");
+    writer.batch(items(&["eu-2", "eu-3"])).await?;
+    assert!(admin.dead_letters().await?.dead_letters.is_empty());
+    node.shutdown();
+
+    // /health and /metrics behind a key, when the config says so.
+    let dir = tempfile::tempdir()?;
+    let node = keyed_node(dir.path(), &keys, "require_key_for_monitoring: true\n").await?;
+    let (status, _) = raw_with(&node, "GET", "/health", &[]).await?;
+    assert_eq!(status, 401);
+    let (status, _) = raw_with(&node, "GET", "/metrics", &["x-api-key: reader"]).await?;
+    assert_eq!(status, 200, "any valid key reads them");
     node.shutdown();
     Ok(())
 }

@@ -17,6 +17,20 @@ use mrr_client::{Client, LinkSettings, RecordEnvelope};
 
 pub const REGIONS: [&str; 3] = ["ap-northeast", "us-west", "eu-central"];
 
+/// The clusters' admin key: `mrr dev` admits it (it takes `MRR_KEY`), and so does every tool
+/// a test runs with it in the environment.
+pub const KEY: &str = "mrr_test-admin-key-0123456789abcdef";
+
+/// An HTTP client that sends the admin key, for requests the Rust client has no call for.
+pub fn http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_static("Bearer mrr_test-admin-key-0123456789abcdef"),
+    );
+    reqwest::Client::builder().default_headers(headers).build().expect("a client with default headers")
+}
+
 /// Waits for `check` to return `Some`, polling, up to `deadline`.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>
 where
@@ -72,6 +86,7 @@ impl Cluster {
         let out = Command::new(env!("CARGO_BIN_EXE_mrr"))
             .args(["dev", "--write-configs"])
             .arg(dir.path().join("configs"))
+            .env("MRR_KEY", KEY)
             .args(["--base-port", &base_port.to_string(), "--data-dir"])
             .arg(dir.path().join("data"))
             .output()?;
@@ -83,7 +98,7 @@ impl Cluster {
             std::fs::write(&path, edit(&std::fs::read_to_string(&path)?))?;
         }
         let clients = (0..3)
-            .map(|k| mrr_client::connect(&format!("http://127.0.0.1:{}", base_port + 10 * k as u16), None))
+            .map(|k| mrr_client::connect(&format!("http://127.0.0.1:{}", base_port + 10 * k as u16), Some(KEY)))
             .collect::<Result<Vec<_>, _>>()?;
         let mut cluster = Self { dir, base_port, children: vec![None, None, None], clients };
         for k in 0..3 {
