@@ -40,3 +40,5 @@ cargo test --workspace --locked --all-targets 2>&1 | tee "$log"
 # One closing line for the whole workspace (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+echo "== fuzz (each target ${FUZZ_SECS:-20} s from its corpus; scripts/fuzz.sh)"
+SECS=${FUZZ_SECS:-20} ./scripts/fuzz.sh

@@ -60,6 +60,9 @@ pub enum CompileError {
     NoUpdate { path: String },
 }
 
+/// The largest script a handler or update function may be.
+const SCRIPT_BYTES_MAX: u64 = 1024 * 1024;
+
 /// A compiled script and its sandbox.
 struct Script {
     engine: Engine,
@@ -71,9 +74,17 @@ struct Script {
 
 impl Script {
     fn load(path: &Path, limits: Limits) -> Result<Self, CompileError> {
+        use std::io::Read as _;
         let shown = path.display().to_string();
-        let source =
-            std::fs::read_to_string(path).map_err(|source| CompileError::Read { path: shown.clone(), source })?;
+        let read = |source| CompileError::Read { path: shown.clone(), source };
+        // Bounded: a path such as /dev/zero must be refused, not read until memory runs out.
+        let mut source = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(SCRIPT_BYTES_MAX + 1).read_to_string(&mut source))
+            .map_err(read)?;
+        if source.len() as u64 > SCRIPT_BYTES_MAX {
+            return Err(read(std::io::Error::other(format!("larger than {SCRIPT_BYTES_MAX} bytes"))));
+        }
         Self::compile(&shown, &source, limits)
     }
 

@@ -163,12 +163,29 @@ impl SecretSource {
             SecretSource::Env { env } => std::env::var(env).map_err(|e| format!("environment variable {env}: {e}")),
             SecretSource::File { file } => {
                 let path = base_dir.join(file);
-                std::fs::read_to_string(&path)
+                read_bounded(&path, SECRET_FILE_BYTES_MAX)
                     .map(|s| s.trim().to_owned())
                     .map_err(|e| format!("{}: cannot read: {e}", path.display()))
             }
         }
     }
+}
+
+/// The largest file a secret or key may be read from.
+const SECRET_FILE_BYTES_MAX: u64 = 64 * 1024;
+/// The largest config file.
+const CONFIG_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// A file's text, refused past `max` bytes (a path such as /dev/zero must not be read until
+/// memory runs out).
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(max + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
+    Ok(text)
 }
 
 /// One entry of `api_keys:`.
@@ -603,7 +620,7 @@ impl Config {
     }
 
     fn read(path: &Path) -> Result<String, ConfigError> {
-        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })
+        read_bounded(path, CONFIG_BYTES_MAX).map_err(|source| ConfigError::Read { path: path.to_owned(), source })
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
@@ -1235,6 +1252,10 @@ replication_rules:
             .expect_err("no file")
             .to_string();
         assert!(err.contains("missing.txt: cannot read"), "{err}");
+        let err = Config::parse_for(path, &plain.replace("secret.txt", "/dev/zero"), tokyo())
+            .expect_err("endless")
+            .to_string();
+        assert!(err.contains("/dev/zero: cannot read: larger than 65536 bytes"), "{err}");
         let sydney = Purpose::Node { region: Some(RegionName::new("ap-southeast").expect("valid")) };
         let err = Config::parse_for(&dir.path().join("c.yaml"), &plain, sydney).expect_err("not listed").to_string();
         assert!(err.contains("ap-southeast is not in `regions` (listed: ap-northeast, us-west, eu-central)"), "{err}");

@@ -15,7 +15,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod read_levels;
-mod request;
+pub mod request;
 pub mod review;
 pub mod strong;
 pub mod throttle;

@@ -17,7 +17,7 @@ use crate::http::{ApiError, ApiResult};
 /// Operations accepted by `/ops` in one request.
 const OPS_PER_REQUEST_MAX: usize = 100;
 
-pub(crate) fn parse_ops(limits: &Limits, value: Value) -> ApiResult<Vec<FieldOp>> {
+pub fn parse_ops(limits: &Limits, value: Value) -> ApiResult<Vec<FieldOp>> {
     let list = match value {
         Value::Array(items) => items,
         Value::Object(mut m) if m.contains_key("ops") && m.len() == 1 => match m.remove("ops") {
@@ -93,7 +93,7 @@ pub(crate) fn parse_key(topic: &str, id: &str) -> ApiResult<Key> {
     Ok(Key::new(topic, id))
 }
 
-pub(crate) fn parse_put(
+pub fn parse_put(
     limits: &Limits,
     regions: &[RegionName],
     topic: &str,
