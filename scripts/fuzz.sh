@@ -4,6 +4,8 @@
 # A crash leaves its input in fuzz/artifacts/<target>/ and exits non-zero.
 #   ./scripts/fuzz.sh            # every target, 30 s each
 #   SECS=1800 ./scripts/fuzz.sh peer_batch
+#   NEW_CORPUS=/tmp/found SECS=1800 ./scripts/fuzz.sh   # keep what it finds, to merge into
+#     fuzz/corpus with: cargo +nightly fuzz cmin --fuzz-dir fuzz <target> /tmp/found/<target>
 # Needs the nightly toolchain (rustup toolchain install nightly) and cargo-fuzz (installed
 # here when missing: cargo install cargo-fuzz --locked).
 set -euo pipefail
@@ -21,12 +23,14 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(peer_batch handshake config request_json)
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
+found=${NEW_CORPUS:-$scratch}
 for t in "${targets[@]}"; do
   echo "== fuzz $t for ${SECS}s"
-  mkdir -p "$scratch/$t"
-  # The first corpus directory receives new inputs: the scratch one; the committed one is read.
+  mkdir -p "$found/$t"
+  # The first corpus directory receives new inputs (a scratch one unless NEW_CORPUS is set);
+  # the committed one is only read.
   rc=0
-  cargo +nightly fuzz run --fuzz-dir fuzz "$t" "$scratch/$t" "fuzz/corpus/$t" -- \
+  cargo +nightly fuzz run --fuzz-dir fuzz "$t" "$found/$t" "fuzz/corpus/$t" -- \
     -max_total_time="$SECS" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$scratch/$t.log" 2>&1 || rc=$?
   grep -E 'DONE|stat::number_of_executed_units|stat::peak_rss_mb|SUMMARY|panicked|ERROR|deadly' "$scratch/$t.log" || true
   if [ "$rc" -ne 0 ]; then
