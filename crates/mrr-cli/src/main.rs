@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod bench;
+mod certs;
 mod flash_bench;
 mod keys;
 mod proxy;
@@ -52,6 +53,9 @@ enum Command {
         #[arg(long, env = "MRR_REGION")]
         region: Option<String>,
     },
+    /// Certificates for a cluster: its CA and one certificate per region, from a config's
+    /// regions and endpoints (`mrr certs -c mrr-config.yaml --out certs`).
+    Certs(certs::CertsArgs),
     /// API keys: `mrr keys create --actions read,write --topics users,orders`.
     Keys {
         #[command(subcommand)]
@@ -263,6 +267,7 @@ fn report(e: &anyhow::Error) -> String {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, region } => serve(config, region).await,
+        Command::Certs(args) => certs::run(&args),
         Command::Keys { action: KeysAction::Create { actions, topics, regions, expires, name } } => {
             print!("{}", keys::create(&actions, &topics, &regions, expires.as_deref(), name.as_deref())?);
             Ok(())

@@ -1,0 +1,315 @@
+//! Transport security: a region's certificate, key and cluster CA, checked the moment they are
+//! loaded; certificates made for a cluster (`mrr certs`); and a region's identity in its
+//! certificate.
+//!
+//! **Identity.** Every region's certificate names the region as the DNS name
+//! `<region>.regions.mrr` (besides the host names peers and clients dial), and is issued by
+//! the cluster's own CA. A peer is then checked for the region it claims, not for the host it
+//! connects from: a holder of us-west's certificate cannot pass as eu-central, whatever
+//! address it uses ([`check_peer_region`]).
+//!
+//! **Checked at load.** A certificate that does not match its key, is not signed by the CA,
+//! has expired or is not yet valid, or does not name the region stops start-up with an error
+//! naming the file and the fix ([`Material::load`]), rather than failing at the first
+//! connection.
+//!
+//! Not here: sockets, listeners, reloading (the transports own those), and the config keys
+//! that name the files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::ServerCertVerifier as _;
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::pem::PemObject as _;
+pub use rustls_pki_types::UnixTime;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// The DNS zone that names regions in certificates.
+pub const REGION_ZONE: &str = "regions.mrr";
+
+/// The name a region's certificate carries: `<region>.regions.mrr`.
+pub fn region_dns_name(region: &str) -> String {
+    format!("{region}.{REGION_ZONE}")
+}
+
+/// Why certificates could not be loaded, made, or accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: no {what} in it ({message}); {hint}")]
+    Pem { path: PathBuf, what: &'static str, message: String, hint: &'static str },
+    #[error("{key} is not the private key of {cert} ({message}): use the key made with that certificate (`mrr certs` writes them in pairs)")]
+    KeyMismatch { cert: PathBuf, key: PathBuf, message: String },
+    #[error("{cert} is not accepted under the CA in {ca}: {message}; {hint}")]
+    Rejected { cert: PathBuf, ca: PathBuf, message: String, hint: String },
+    #[error("the peer's certificate does not name region {region} ({name}): {message}")]
+    PeerNotRegion { region: String, name: String, message: String },
+    #[error("the peer presented no certificate")]
+    NoPeerCertificate,
+    #[error("{0:?} is not a region name a certificate can carry")]
+    BadRegion(String),
+    #[error("cannot build the TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("cannot make a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// The crypto provider every configuration uses (aws-lc-rs, as tonic's `tls-aws-lc`).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Where a region's TLS files are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// The region's certificate (PEM; the chain up to, not including, the CA may follow it).
+    pub cert: PathBuf,
+    /// Its private key (PEM, PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// The cluster's CA certificate (PEM): every peer's certificate must chain to it.
+    pub ca: PathBuf,
+}
+
+/// A region's certificate chain, key and the cluster's CA, checked together.
+#[derive(Debug)]
+pub struct Material {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub ca: Vec<CertificateDer<'static>>,
+    roots: Arc<rustls::RootCertStore>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>();
+    let hint = "write the certificate as PEM (-----BEGIN CERTIFICATE-----), as `mrr certs` does";
+    match certs {
+        Ok(c) if !c.is_empty() => Ok(c),
+        Ok(_) => Err(TlsError::Pem { path: path.to_owned(), what: "certificate", message: "none found".into(), hint }),
+        Err(e) => Err(TlsError::Pem { path: path.to_owned(), what: "certificate", message: e.to_string(), hint }),
+    }
+}
+
+impl Material {
+    /// Loads and checks a region's files at `now`: the key is the certificate's, the
+    /// certificate chains to the CA for both server and client use, is valid now, and names
+    /// `region`.
+    pub fn load(paths: &TlsPaths, region: &str, now: UnixTime) -> Result<Self, TlsError> {
+        let chain = certificates(&paths.cert)?;
+        let ca = certificates(&paths.ca)?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&paths.key)?).map_err(|e| TlsError::Pem {
+            path: paths.key.clone(),
+            what: "private key",
+            message: e.to_string(),
+            hint: "write the key as PEM (-----BEGIN PRIVATE KEY-----), as `mrr certs` does",
+        })?;
+        let provider = provider();
+        let signer = provider.key_provider.load_private_key(key.clone_key()).map_err(|e| TlsError::KeyMismatch {
+            cert: paths.cert.clone(),
+            key: paths.key.clone(),
+            message: e.to_string(),
+        })?;
+        rustls::sign::CertifiedKey::new(chain.clone(), signer).keys_match().map_err(|e| TlsError::KeyMismatch {
+            cert: paths.cert.clone(),
+            key: paths.key.clone(),
+            message: e.to_string(),
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in &ca {
+            roots.add(c.clone()).map_err(|e| TlsError::Rejected {
+                cert: paths.ca.clone(),
+                ca: paths.ca.clone(),
+                message: e.to_string(),
+                hint: "the CA file must hold the cluster CA's certificate (ca.pem from `mrr certs`)".into(),
+            })?;
+        }
+        let roots = Arc::new(roots);
+        let rejected = |message: String| TlsError::Rejected {
+            cert: paths.cert.clone(),
+            ca: paths.ca.clone(),
+            message,
+            hint: format!(
+                "make the region's certificate from this CA with `mrr certs`; it must name {} and be valid now",
+                region_dns_name(region)
+            ),
+        };
+        let name = ServerName::try_from(region_dns_name(region)).map_err(|_| TlsError::BadRegion(region.to_owned()))?;
+        // As a server: the chain, the validity period, serverAuth, and the region's name.
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| rejected(e.to_string()))?
+            .verify_server_cert(&chain[0], &chain[1..], &name, &[], now)
+            .map_err(|e| rejected(e.to_string()))?;
+        // As a client of the other regions: clientAuth too.
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider)
+            .build()
+            .map_err(|e| rejected(e.to_string()))?
+            .verify_client_cert(&chain[0], &chain[1..], now)
+            .map_err(|e| rejected(e.to_string()))?;
+        Ok(Self { chain, key, ca, roots })
+    }
+
+    /// A server that requires every client to present a certificate of the cluster's CA
+    /// (mutual TLS), offering HTTP/2 for gRPC.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// A client that trusts only the cluster's CA and presents this region's certificate.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(self.roots.clone())
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// Checks that a peer's certificate (already verified against the CA by the TLS handshake)
+/// names `region`: what binds a connection to the region it claims to be.
+pub fn check_peer_region(peer_chain: Option<&[CertificateDer<'_>]>, region: &str) -> Result<(), TlsError> {
+    let end_entity = peer_chain.and_then(|c| c.first()).ok_or(TlsError::NoPeerCertificate)?;
+    let name = region_dns_name(region);
+    let server_name = ServerName::try_from(name.as_str()).map_err(|_| TlsError::BadRegion(region.to_owned()))?;
+    let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|e| TlsError::PeerNotRegion {
+        region: region.to_owned(),
+        name: name.clone(),
+        message: e.to_string(),
+    })?;
+    cert.verify_is_valid_for_subject_name(&server_name).map_err(|e| TlsError::PeerNotRegion {
+        region: region.to_owned(),
+        name,
+        message: e.to_string(),
+    })
+}
+
+/// A certificate and its key, as PEM.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// How long certificates `mrr certs` makes are valid by default.
+pub const VALIDITY_DEFAULT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn validity(params: &mut rcgen::CertificateParams, valid_for: Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    // A little before now: a peer whose clock is a few minutes behind still accepts it.
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + valid_for;
+}
+
+/// A new CA for `cluster`.
+pub fn make_ca(cluster: &str, valid_for: Duration) -> Result<Issued, TlsError> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, format!("MRR cluster CA ({cluster})"));
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    validity(&mut params, valid_for);
+    let cert = params.self_signed(&key)?;
+    Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// A certificate for `region`, issued by `ca`: it names `<region>.regions.mrr` and every host
+/// in `hosts` (DNS names or IP addresses), for both serving and dialing.
+pub fn make_region(ca: &Issued, region: &str, hosts: &[String], valid_for: Duration) -> Result<Issued, TlsError> {
+    ServerName::try_from(region_dns_name(region)).map_err(|_| TlsError::BadRegion(region.to_owned()))?;
+    let ca_key = rcgen::KeyPair::from_pem(&ca.key_pem)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut names = vec![region_dns_name(region)];
+    names.extend(hosts.iter().cloned());
+    let mut params = rcgen::CertificateParams::new(names)?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, format!("MRR region {region}"));
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    validity(&mut params, valid_for);
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, issued: &Issued) -> TlsPaths {
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, &issued.cert_pem).expect("write");
+        std::fs::write(&key, &issued.key_pem).expect("write");
+        TlsPaths { cert, key, ca: dir.join("ca.pem") }
+    }
+
+    fn now() -> UnixTime {
+        UnixTime::now()
+    }
+
+    #[test]
+    fn a_region_certificate_loads_only_with_its_key_its_ca_and_its_region() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = make_ca("shop", VALIDITY_DEFAULT).expect("ca");
+        std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).expect("write");
+        let hosts = vec!["127.0.0.1".to_owned(), "sfo-node.mrr".to_owned()];
+        let sf = write(dir.path(), "us-west", &make_region(&ca, "us-west", &hosts, VALIDITY_DEFAULT).expect("issue"));
+        let tokyo =
+            write(dir.path(), "ap-northeast", &make_region(&ca, "ap-northeast", &[], VALIDITY_DEFAULT).expect("issue"));
+        let material = Material::load(&sf, "us-west", now()).unwrap_or_else(|e| panic!("{e}"));
+        material.server_config().expect("server");
+        material.client_config().expect("client");
+
+        let err = |r: Result<Material, TlsError>| r.expect_err("refused").to_string();
+        // Another region's name.
+        let e = err(Material::load(&sf, "eu-central", now()));
+        assert!(e.contains("us-west.pem is not accepted") && e.contains("eu-central.regions.mrr"), "{e}");
+        // Another certificate's key.
+        let crossed = TlsPaths { key: tokyo.key.clone(), ..sf.clone() };
+        assert!(err(Material::load(&crossed, "us-west", now())).contains("is not the private key of"));
+        // Another CA.
+        let foreign = make_ca("other", VALIDITY_DEFAULT).expect("ca");
+        std::fs::write(dir.path().join("other-ca.pem"), &foreign.cert_pem).expect("write");
+        let e = err(Material::load(&TlsPaths { ca: dir.path().join("other-ca.pem"), ..sf.clone() }, "us-west", now()));
+        assert!(e.contains("other-ca.pem") && e.contains("mrr certs"), "{e}");
+        // Expired: loaded two years from now.
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970");
+        let later = UnixTime::since_unix_epoch(since_epoch + Duration::from_secs(2 * 365 * 24 * 3600));
+        assert!(err(Material::load(&sf, "us-west", later)).to_lowercase().contains("expired"));
+        // Not PEM, or missing.
+        std::fs::write(dir.path().join("junk.pem"), "not pem").expect("write");
+        let e = err(Material::load(&TlsPaths { cert: dir.path().join("junk.pem"), ..sf.clone() }, "us-west", now()));
+        assert!(e.contains("junk.pem: no certificate"), "{e}");
+        let e = err(Material::load(&TlsPaths { key: dir.path().join("missing.key"), ..sf }, "us-west", now()));
+        assert!(e.contains("missing.key: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn a_peer_passes_only_as_the_region_its_certificate_names() {
+        let ca = make_ca("shop", VALIDITY_DEFAULT).expect("ca");
+        let sf = make_region(&ca, "us-west", &[], VALIDITY_DEFAULT).expect("issue");
+        let der = CertificateDer::from_pem_slice(sf.cert_pem.as_bytes()).expect("pem");
+        let chain = [der];
+        check_peer_region(Some(&chain), "us-west").expect("its own name");
+        let e = check_peer_region(Some(&chain), "eu-central").expect_err("another region").to_string();
+        assert!(e.contains("does not name region eu-central"), "{e}");
+        assert!(matches!(check_peer_region(None, "us-west"), Err(TlsError::NoPeerCertificate)));
+        assert!(matches!(make_region(&ca, "Not A Region!", &[], VALIDITY_DEFAULT), Err(TlsError::BadRegion(_))));
+    }
+}
