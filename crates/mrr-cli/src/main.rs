@@ -80,6 +80,10 @@ enum Command {
         /// across runs.
         #[arg(long, env = "MRR_KEY", hide_env_values = true)]
         admin_key: Option<String>,
+        /// Peers speak mutual TLS, with a throwaway CA and certificates (in the configs'
+        /// directory, `certs/`).
+        #[arg(long)]
+        tls: bool,
     },
     /// Publish a record: `mrr put users/u001 '{"name":"Kaito"}'`.
     Put {
@@ -272,8 +276,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", keys::create(&actions, &topics, &regions, expires.as_deref(), name.as_deref())?);
             Ok(())
         }
-        Command::Dev { base_port, data_dir, config, write_configs, admin_key } => {
-            dev_cluster(base_port, data_dir, config, write_configs, admin_key).await
+        Command::Dev { base_port, data_dir, config, write_configs, admin_key, tls } => {
+            dev_cluster(base_port, data_dir, config, write_configs, admin_key, tls).await
         }
         Command::Put { path, json, target } => {
             let record: serde_json::Value = serde_json::from_str(&json).context("the record is not valid JSON")?;
@@ -532,6 +536,7 @@ async fn dev_cluster(
     from: Option<PathBuf>,
     write_configs: Option<PathBuf>,
     admin_key: Option<String>,
+    tls: bool,
 ) -> anyhow::Result<()> {
     // The file may be one a whole cluster shares (no region, no secret, https:// endpoints):
     // only its regions and rules are taken.
@@ -550,7 +555,10 @@ async fn dev_cluster(
             temp.path().to_owned()
         }
     };
-    let cluster = dev::DevCluster::new(base_port, data_dir, from.as_ref(), admin_key)?;
+    let mut cluster = dev::DevCluster::new(base_port, data_dir, from.as_ref(), admin_key)?;
+    if tls {
+        cluster = cluster.with_tls()?;
+    }
     if let Some(dir) = write_configs {
         for path in write_dev_configs(&cluster, &dir)? {
             println!("{}", path.display());

@@ -44,6 +44,7 @@ pub struct ConsensusLinkConfig {
     pub secret: String,
     /// Each peer's region and `http://host:port` of its peer listener.
     pub peers: Vec<(RegionName, String)>,
+    pub tls: Option<crate::PeerTls>,
 }
 
 /// The calling side: one lazily connected channel per peer.
@@ -58,8 +59,12 @@ impl ConsensusLink {
     pub fn new(config: ConsensusLinkConfig, links: Links) -> Result<Self, String> {
         let mut channels = BTreeMap::new();
         for (region, url) in &config.peers {
-            let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-                .map_err(|e| format!("peer endpoint {url} of {region}: {e}"))?
+            let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+                .map_err(|e| format!("peer endpoint {url} of {region}: {e}"))?;
+            if let Some(tls) = &config.tls {
+                endpoint = endpoint.tls_config(tls.client(region)).map_err(|e| format!("TLS toward {region}: {e}"))?;
+            }
+            let endpoint = endpoint
                 .tcp_nodelay(true)
                 .connect_timeout(Duration::from_secs(2))
                 .http2_keep_alive_interval(Duration::from_secs(5))
@@ -182,8 +187,13 @@ pub(crate) struct ConsensusService {
 }
 
 impl ConsensusService {
-    /// Checks a call's cluster, target, sender and proof before its body is looked at.
-    fn verify(&self, call: &proto::ConsensusCall) -> Result<RegionName, Status> {
+    /// Checks a call's cluster, target, sender (against its certificate, with TLS) and proof
+    /// before its body is looked at.
+    fn verify(
+        &self,
+        call: &proto::ConsensusCall,
+        certs: Option<&[tonic::transport::CertificateDer<'static>]>,
+    ) -> Result<RegionName, Status> {
         let c = &self.config;
         if call.cluster != c.cluster || call.to != c.local.as_str() {
             return Err(Status::failed_precondition(format!(
@@ -195,6 +205,7 @@ impl ConsensusService {
         if !c.peers.iter().any(|(r, _)| *r == from) {
             return Err(Status::permission_denied(format!("{from} is not a member of this cluster")));
         }
+        crate::check_peer(c.tls.as_ref(), certs, &from)?;
         if mac(&c.secret, &c.cluster, from.as_str(), c.local.as_str(), &call.body).verify_slice(&call.proof).is_err() {
             tracing::warn!(from = %from, "refused a consensus call with a wrong proof (cluster secret differs?)");
             return Err(Status::unauthenticated("consensus call proof does not match the cluster secret"));
@@ -213,6 +224,7 @@ impl proto::consensus_server::Consensus for ConsensusService {
         &self,
         request: Request<tonic::Streaming<proto::ConsensusCall>>,
     ) -> Result<Response<Self::PipeStream>, Status> {
+        let certs = request.peer_certs();
         let mut calls = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(PIPE_QUEUE_MAX);
         let this = self.clone();
@@ -221,7 +233,7 @@ impl proto::consensus_server::Consensus for ConsensusService {
         tokio::spawn(async move {
             let mut link = None;
             while let Ok(Some(call)) = calls.message().await {
-                let answer = match this.verify(&call) {
+                let answer = match this.verify(&call, certs.as_deref().map(Vec::as_slice)) {
                     Err(status) => Err(status),
                     Ok(from) => {
                         link.get_or_insert_with(|| this.links.sender(&from, tx.clone(), PIPE_STALL));
@@ -245,8 +257,9 @@ impl proto::consensus_server::Consensus for ConsensusService {
     }
 
     async fn call(&self, request: Request<proto::ConsensusCall>) -> Result<Response<proto::ConsensusAnswer>, Status> {
+        let certs = request.peer_certs();
         let call = request.into_inner();
-        let from = self.verify(&call)?;
+        let from = self.verify(&call, certs.as_deref().map(Vec::as_slice))?;
         let Some(consensus) = self.slot.get() else {
             return Err(Status::unavailable("consensus is starting"));
         };

@@ -41,7 +41,17 @@ pub(crate) async fn serve(ctx: Context, listener: TcpListener) {
     // get it here. Without it, Nagle holds a reply's second write until the peer's delayed
     // ACK (40 ms on Linux) — measured as ~60 ms extra on every strong write at the leader.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    if let Err(e) = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &ctx.config.tls {
+        builder = match builder.tls_config(tls.server()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "peer listener not started: its TLS configuration was refused");
+                return;
+            }
+        };
+    }
+    if let Err(e) = builder
         // HTTP/2 flow control caps a stream at one window per round trip; hyper's 1 MiB default
         // held WAN catch-up to ~10 MB/s at 100 ms RTT. Sized for a bandwidth-delay product of
         // ~1 Gbit/s x 130 ms.
@@ -81,6 +91,7 @@ impl proto::peer_server::Peer for Service {
         request: Request<Streaming<proto::ToAcceptor>>,
     ) -> Result<Response<Self::ReplicateStream>, Status> {
         let ctx = self.ctx.clone();
+        let certs = request.peer_certs();
         let mut stream = request.into_inner();
         let cfg = &ctx.config;
         let hello = match timeout(cfg.peer_timeout, stream.message()).await {
@@ -102,6 +113,8 @@ impl proto::peer_server::Peer for Service {
             tracing::warn!(from = %hello.region, error = %e, "refused peer handshake");
             handshake_status(e)
         })?;
+        // The region the dialer claims must be the one its certificate names (with TLS).
+        crate::check_peer(cfg.tls.as_ref(), certs.as_deref().map(Vec::as_slice), &greeted.peer)?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(accept(ctx.clone(), acceptor, greeted, stream, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -73,6 +73,60 @@ pub struct PeerConfig {
     pub endpoint: String,
 }
 
+/// Mutual TLS between regions: this region's certificate and key, and the cluster's CA
+/// (checked together by `mrr_tls::Material::load` when the config loads). With it, every peer
+/// connection is TLS 1.2+ and both sides present a certificate of the CA; a peer passes only as
+/// the region its certificate names.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls").finish_non_exhaustive()
+    }
+}
+
+impl PeerTls {
+    fn identity(&self) -> tonic::transport::Identity {
+        tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem)
+    }
+
+    /// The listener's side: a certificate of the CA required of every client.
+    pub(crate) fn server(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(self.identity())
+            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca_pem))
+    }
+
+    /// The dialer's side toward `peer`: the server must present a certificate of the CA that
+    /// names `peer` (`<peer>.regions.mrr`), whatever host the endpoint names.
+    pub(crate) fn client(&self, peer: &RegionName) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .identity(self.identity())
+            .domain_name(mrr_tls::region_dns_name(peer.as_str()))
+    }
+}
+
+/// With TLS on, refuses a peer whose certificate does not name the region it claims.
+pub(crate) fn check_peer(
+    tls: Option<&PeerTls>,
+    certs: Option<&[tonic::transport::CertificateDer<'static>]>,
+    claimed: &RegionName,
+) -> Result<(), tonic::Status> {
+    if tls.is_none() {
+        return Ok(());
+    }
+    mrr_tls::check_peer_region(certs, claimed.as_str()).map_err(|e| {
+        tracing::warn!(claimed = %claimed, error = %e, "refused a peer whose certificate does not name its region");
+        tonic::Status::unauthenticated(e.to_string())
+    })
+}
+
 #[derive(Clone, Debug)]
 pub struct ReplicationConfig {
     pub cluster: String,
@@ -92,6 +146,8 @@ pub struct ReplicationConfig {
     pub freshness_target: Duration,
     /// [`mrr_core::Policies::digest`] of this node; peers must have the same.
     pub policy_digest: String,
+    /// Mutual TLS between regions (`https://` endpoints); `None`: plain HTTP/2.
+    pub tls: Option<PeerTls>,
 }
 
 /// Shared pieces every session needs.
@@ -200,6 +256,7 @@ impl ReplicationConfig {
             local: self.local.clone(),
             secret: self.secret.clone(),
             peers: self.peers.iter().map(|p| (p.region.clone(), p.endpoint.clone())).collect(),
+            tls: self.tls.clone(),
         }
     }
 }

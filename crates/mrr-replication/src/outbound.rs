@@ -108,8 +108,14 @@ enum Never {}
 
 async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, SessionEnd> {
     let cfg = &ctx.config;
-    let endpoint = tonic::transport::Endpoint::from_shared(peer.endpoint.clone())
-        .map_err(|e| SessionEnd::Endpoint(peer.endpoint.clone(), e.to_string()))?
+    let mut endpoint = tonic::transport::Endpoint::from_shared(peer.endpoint.clone())
+        .map_err(|e| SessionEnd::Endpoint(peer.endpoint.clone(), e.to_string()))?;
+    if let Some(tls) = &cfg.tls {
+        endpoint = endpoint
+            .tls_config(tls.client(&peer.region))
+            .map_err(|e| SessionEnd::Endpoint(peer.endpoint.clone(), e.to_string()))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(cfg.peer_timeout)
         .tcp_nodelay(true)
         .initial_stream_window_size(crate::H2_STREAM_WINDOW_BYTES)

@@ -70,6 +70,13 @@ pub struct Config {
     /// The keys, hashed, with their scopes: built by the loader from `api_keys`.
     #[serde(skip)]
     pub access: crate::access::Access,
+    /// Mutual TLS between regions: this region's certificate and key and the cluster's CA
+    /// (`mrr certs` makes them). Required by `https://` endpoints.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The files of `tls`, read and checked together by the loader (node configs only).
+    #[serde(skip)]
+    pub peer_tls: Option<mrr_replication::PeerTls>,
     pub regions: Vec<RegionConfig>,
     #[serde(default)]
     pub replication_rules: ReplicationRules,
@@ -143,6 +150,18 @@ pub struct TopicConfig {
     /// `{"op":"incr"}`; the topic's rule is `merge` (the default when a topic has them).
     #[serde(default)]
     pub bounded: BTreeMap<String, BoundedField>,
+}
+
+/// `tls:` — paths relative to the config file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This region's certificate (PEM), e.g. `certs/ap-northeast.pem`.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The cluster's CA certificate (PEM), e.g. `certs/ca.pem`.
+    pub ca: PathBuf,
 }
 
 /// A secret, or where to read it: `"..."`, `{ env: MRR_SECRET }` or `{ file: secret.txt }`
@@ -672,8 +691,55 @@ impl Config {
         };
         config.access = config.build_access(path, text)?;
         config.validate(path, text, node)?;
+        if node {
+            config.peer_tls = config.load_tls(path, text)?;
+        }
         config.policies = Arc::new(config.build_policies(path, text)?);
         Ok(config)
+    }
+
+    /// The `tls:` files, checked together for this node's region; `https://` endpoints need
+    /// them, and a node with them dials only `https://` endpoints.
+    fn load_tls(&self, path: &Path, text: &str) -> Result<Option<mrr_replication::PeerTls>, ConfigError> {
+        let invalid = |message: String, hint: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line_of(text, "tls:"),
+            message,
+            hint: hint.to_owned(),
+        };
+        let https = self.regions.iter().filter(|r| r.endpoint.starts_with("https://")).count();
+        let Some(tls) = &self.tls else {
+            if https > 0 {
+                return Err(invalid(
+                    "https:// endpoints need `tls:` (this region's certificate, its key and the cluster CA)".into(),
+                    "make them with `mrr certs -c <this file> --out certs`, then add `tls: { cert: certs/<region>.pem, key: certs/<region>.key, ca: certs/ca.pem }`",
+                ));
+            }
+            return Ok(None);
+        };
+        if https != self.regions.len() {
+            return Err(invalid(
+                "with `tls:`, every region's endpoint must be https:// (a plain one would carry replication in clear)"
+                    .into(),
+                "write every endpoint as https://host:port",
+            ));
+        }
+        let paths = mrr_tls::TlsPaths {
+            cert: self.base_dir.join(&tls.cert),
+            key: self.base_dir.join(&tls.key),
+            ca: self.base_dir.join(&tls.ca),
+        };
+        mrr_tls::Material::load(&paths, self.region.as_str(), mrr_tls::UnixTime::now())
+            .map_err(|e| invalid(e.to_string(), "fix the file named above; `mrr certs` makes a matching set"))?;
+        let read = |p: &Path| {
+            read_bounded(p, SECRET_FILE_BYTES_MAX)
+                .map_err(|e| invalid(format!("{}: cannot read: {e}", p.display()), "fix the path"))
+        };
+        Ok(Some(mrr_replication::PeerTls {
+            cert_pem: read(&paths.cert)?,
+            key_pem: read(&paths.key)?,
+            ca_pem: read(&paths.ca)?,
+        }))
     }
 
     /// The keys of `api_keys`, hashed, with their scopes.
@@ -821,11 +887,11 @@ impl Config {
                     "each region appears once",
                 ));
             }
-            validate_endpoint(&r.endpoint, node).map_err(|m| {
+            validate_endpoint(&r.endpoint, node && self.tls.is_none()).map_err(|m| {
                 invalid(
                     &format!("endpoint: {}", r.endpoint),
                     m,
-                    "write endpoints as http://host:port (port defaults to 7801)",
+                    "write endpoints as https://host:port with `tls:`, or http://host:port on a private network (port defaults to 7801)",
                 )
             })?;
         }
@@ -1155,13 +1221,13 @@ pub fn peer_url(endpoint: &str) -> String {
     }
 }
 
-/// `node`: the endpoint is dialed by this process (else only its host and port are read).
-fn validate_endpoint(endpoint: &str, node: bool) -> Result<(), String> {
+/// `plain_node`: the endpoint is dialed by this process without `tls:`.
+fn validate_endpoint(endpoint: &str, plain_node: bool) -> Result<(), String> {
     match endpoint.split_once("://") {
         Some(("http", rest)) if !rest.is_empty() => Ok(()),
-        Some(("https", rest)) if !rest.is_empty() && !node => Ok(()),
+        Some(("https", rest)) if !rest.is_empty() && !plain_node => Ok(()),
         Some(("https", _)) => Err(format!(
-            "endpoint {endpoint}: TLS between peers is not built yet, so https:// cannot be dialed (`mrr dev -c` runs such a file on loopback)"
+            "endpoint {endpoint} is https:// but the config has no `tls:` (make certificates with `mrr certs`, then add `tls: {{ cert, key, ca }}`)"
         )),
         _ => Err(format!("endpoint {endpoint:?} is not an http:// URL")),
     }
@@ -1240,7 +1306,39 @@ replication_rules:
         std::fs::write(dir.path().join("secret.txt"), "0123456789abcdef0123\n").expect("write");
         let with_secret = format!("secret: {{ file: secret.txt }}\n{ARTICLE}");
         let err = Config::parse_for(&dir.path().join("c.yaml"), &with_secret, tokyo()).expect_err("https").to_string();
-        assert!(err.contains("TLS between peers is not built yet"), "{err}");
+        assert!(err.contains("has no `tls:`") && err.contains("mrr certs"), "{err}");
+        // With the certificates `mrr certs` makes for the article's regions, the file runs a node.
+        let certs = dir.path().join("certs");
+        std::fs::create_dir_all(&certs).expect("mkdir");
+        let ca = mrr_tls::make_ca("mrr", mrr_tls::VALIDITY_DEFAULT).expect("ca");
+        std::fs::write(certs.join("ca.pem"), &ca.cert_pem).expect("write");
+        for r in ["ap-northeast", "us-west"] {
+            let issued = mrr_tls::make_region(&ca, r, &[], mrr_tls::VALIDITY_DEFAULT).expect("issue");
+            std::fs::write(certs.join(format!("{r}.pem")), &issued.cert_pem).expect("write");
+            std::fs::write(certs.join(format!("{r}.key")), &issued.key_pem).expect("write");
+        }
+        let with_tls = format!(
+            "tls: {{ cert: certs/ap-northeast.pem, key: certs/ap-northeast.key, ca: certs/ca.pem }}\n{with_secret}"
+        );
+        let c = Config::parse_for(&dir.path().join("c.yaml"), &with_tls, tokyo()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.peer_tls.is_some());
+        // Another region's certificate does not serve Tokyo.
+        let crossed = with_tls.replace(
+            "certs/ap-northeast.pem, key: certs/ap-northeast.key",
+            "certs/us-west.pem, key: certs/us-west.key",
+        );
+        let err =
+            Config::parse_for(&dir.path().join("c.yaml"), &crossed, tokyo()).expect_err("not Tokyo's").to_string();
+        assert!(
+            err.contains("c.yaml:1:")
+                && err.contains("us-west.pem is not accepted")
+                && err.contains("ap-northeast.regions.mrr"),
+            "{err}"
+        );
+        // With `tls:`, no endpoint may be plain.
+        let mixed = with_tls.replacen("https://sfo-node.mrr", "http://sfo-node.mrr", 1);
+        let err = Config::parse_for(&dir.path().join("c.yaml"), &mixed, tokyo()).expect_err("plain").to_string();
+        assert!(err.contains("every region's endpoint must be https://"), "{err}");
         let plain = with_secret.replace("https://", "http://");
         let c = Config::parse_for(&dir.path().join("c.yaml"), &plain, tokyo()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
@@ -1366,7 +1464,7 @@ replication_rules:
         assert!(err.contains("mrr-config.yaml:3:"), "{err}");
         let err =
             parse(&GOOD.replace("http://127.0.0.1:7821", "https://frankfurt-node.mrr")).expect_err("tls").to_string();
-        assert!(err.contains("TLS"), "{err}");
+        assert!(err.contains("has no `tls:`"), "{err}");
         let twice = GOOD.replace("name: eu-central", "name: us-west");
         assert!(parse(&twice).expect_err("duplicate").to_string().contains("listed twice"));
     }

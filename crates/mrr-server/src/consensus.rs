@@ -111,6 +111,7 @@ pub async fn start(
             local: config.region.clone(),
             secret: config.secret.clone(),
             peers,
+            tls: config.peer_tls.clone(),
         },
         links,
     )

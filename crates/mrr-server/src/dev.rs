@@ -30,6 +30,8 @@ pub enum DevError {
     Generated(ConfigError),
     #[error("cannot write {path}: {source}")]
     Write { path: String, source: std::io::Error },
+    #[error("cannot make the dev cluster's certificates: {0}")]
+    Tls(mrr_tls::TlsError),
 }
 
 /// A topic policy of the dev cluster.
@@ -89,6 +91,17 @@ pub struct DevCluster {
     /// The key every region admits with every action (`api_keys:` holds its digest only).
     pub admin_key: String,
     pub data_dir: PathBuf,
+    /// `--tls`: a throwaway CA and a certificate per region, written beside the configs
+    /// (`certs/`); peers then speak mutual TLS over `https://` endpoints.
+    pub tls: Option<DevTls>,
+}
+
+/// The dev cluster's CA and region certificates.
+#[derive(Debug, Clone)]
+pub struct DevTls {
+    pub ca: mrr_tls::Issued,
+    /// Per region, in `regions` order.
+    pub regions: Vec<mrr_tls::Issued>,
 }
 
 impl DevCluster {
@@ -138,7 +151,23 @@ impl DevCluster {
         let secret: String = (0..32).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect();
         let admin_key =
             admin_key.filter(|k| !k.trim().is_empty()).unwrap_or_else(|| crate::access::generate_key(&mut rand::rng()));
-        Ok(Self { regions, topics, derived, secret, admin_key, data_dir })
+        Ok(Self { regions, topics, derived, secret, admin_key, data_dir, tls: None })
+    }
+
+    /// Peers speak mutual TLS: a throwaway CA, and a certificate per region naming it and the
+    /// loopback addresses.
+    pub fn with_tls(mut self) -> Result<Self, DevError> {
+        let valid_for = std::time::Duration::from_secs(30 * 24 * 3600);
+        let ca = mrr_tls::make_ca("mrr-dev", valid_for).map_err(DevError::Tls)?;
+        let hosts = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let regions = self
+            .regions
+            .iter()
+            .map(|r| mrr_tls::make_region(&ca, &r.name, &hosts, valid_for))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(DevError::Tls)?;
+        self.tls = Some(DevTls { ca, regions });
+        Ok(self)
     }
 
     /// The YAML config of region `k`.
@@ -157,8 +186,7 @@ impl DevCluster {
              debug_mode: false\n\
              durability: fsync\n\
              # The dev cluster's admin key (`mrr dev` prints it; clients send it as a Bearer token).\n\
-             api_keys:\n  - {{ name: dev-admin, hash: \"{digest}\", actions: [read, write, admin] }}\n\
-             regions:\n",
+             api_keys:\n  - {{ name: dev-admin, hash: \"{digest}\", actions: [read, write, admin] }}\n",
             name = me.name,
             secret = self.secret,
             digest = crate::access::KeyDigest::of(&self.admin_key),
@@ -166,9 +194,17 @@ impl DevCluster {
             api = me.api_port,
             peer = me.peer_port,
         ));
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        if self.tls.is_some() {
+            s.push_str(&format!(
+                "# Mutual TLS between regions: a throwaway CA made by `mrr dev --tls`.\ntls: {{ cert: certs/{name}.pem, key: certs/{name}.key, ca: certs/ca.pem }}\n",
+                name = me.name
+            ));
+        }
+        s.push_str("regions:\n");
         for r in &self.regions {
             s.push_str(&format!(
-                "  - name: {}\n    endpoint: http://127.0.0.1:{}\n    api: http://127.0.0.1:{}\n",
+                "  - name: {}\n    endpoint: {scheme}://127.0.0.1:{}\n    api: http://127.0.0.1:{}\n",
                 r.name, r.peer_port, r.api_port
             ));
             if r.coordinator {
@@ -222,6 +258,20 @@ impl DevCluster {
     /// Every region's config, parsed back through the same loader `mrr serve` uses. Writes the
     /// sample handlers into `dir/handlers` first, where the configs point.
     pub fn configs(&self, dir: &Path) -> Result<Vec<(PathBuf, Config)>, DevError> {
+        if let Some(tls) = &self.tls {
+            let certs = dir.join("certs");
+            let write = |name: String, text: &str| {
+                let path = certs.join(name);
+                std::fs::create_dir_all(&certs)
+                    .and_then(|()| std::fs::write(&path, text))
+                    .map_err(|source| DevError::Write { path: path.display().to_string(), source })
+            };
+            write("ca.pem".into(), &tls.ca.cert_pem)?;
+            for (r, issued) in self.regions.iter().zip(&tls.regions) {
+                write(format!("{}.pem", r.name), &issued.cert_pem)?;
+                write(format!("{}.key", r.name), &issued.key_pem)?;
+            }
+        }
         for t in &self.topics {
             if let Some(DevHandler::Sample { file, source }) = &t.handler {
                 let path = dir.join("handlers").join(file);

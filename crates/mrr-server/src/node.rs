@@ -154,6 +154,7 @@ impl Node {
             },
             freshness_target: config.replication_rules.default_ttl,
             policy_digest: config.policies.digest(),
+            tls: config.peer_tls.clone(),
         };
         let (recorder, metrics_handle) = crate::metrics::recorder();
         let consensus_slot = mrr_replication::consensus_link::ConsensusSlot::default();
@@ -241,6 +242,9 @@ impl Node {
             }
         });
         tracing::info!(region = %config.region, api = %api_addr, peer = %config.listen.peer, cluster = %config.cluster, "node serving");
+        if config.peer_tls.is_none() && !config.listen.peer.ip().is_loopback() {
+            tracing::warn!(peer = %config.listen.peer, "peers connect to this node without TLS beyond loopback: replication crosses the network in clear (add `tls:`; docs/security.md)");
+        }
         Ok(Self { api_addr, replicator, writer, api, upkeep, stop, consensus })
     }
 

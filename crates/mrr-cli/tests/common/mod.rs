@@ -81,10 +81,17 @@ impl Cluster {
 
     /// As `start`, with each region's config text passed through `edit` first.
     pub async fn start_with(edit: impl Fn(&str) -> String) -> anyhow::Result<Self> {
+        Self::start_dev(&[], edit).await
+    }
+
+    /// As `start_with`, with more `mrr dev` arguments (`--tls`).
+    pub async fn start_dev(dev_args: &[&str], edit: impl Fn(&str) -> String) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("mrr-test-").tempdir()?;
         let base_port = free_base_port();
         let out = Command::new(env!("CARGO_BIN_EXE_mrr"))
-            .args(["dev", "--write-configs"])
+            .arg("dev")
+            .args(dev_args)
+            .arg("--write-configs")
             .arg(dir.path().join("configs"))
             .env("MRR_KEY", KEY)
             .args(["--base-port", &base_port.to_string(), "--data-dir"])

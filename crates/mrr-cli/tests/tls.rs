@@ -1,0 +1,105 @@
+//! Three `mrr serve` processes over mutual TLS (`mrr dev --tls`): records and strong writes
+//! replicate; a peer whose certificate comes from another CA gets no connection; and a holder
+//! of us-west's certificate cannot speak as eu-central.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use common::{wait_for, Cluster};
+use mrr_replication::proto::{peer_client::PeerClient, to_acceptor, Hello, ToAcceptor};
+use serde_json::json;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// A peer stream to Tokyo's peer listener, TLS with `identity`, trusting `ca`, whose first
+/// message is a Hello claiming `claimed`: `Ok` when Tokyo answers with its Welcome, else the
+/// status it refused with (or why there was no connection).
+async fn hello_as(
+    cluster: &Cluster,
+    identity: Identity,
+    ca: &str,
+    claimed: &str,
+) -> anyhow::Result<Result<(), tonic::Status>> {
+    let digest = mrr_server::Config::load(&cluster.config_path(0))?.policies.digest();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(identity)
+        .domain_name("ap-northeast.regions.mrr");
+    let url = format!("https://127.0.0.1:{}", cluster.base_port + 1);
+    let channel =
+        match Endpoint::from_shared(url)?.tls_config(tls)?.connect_timeout(Duration::from_secs(5)).connect().await {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(tonic::Status::unavailable(format!("no connection: {e:?}")))),
+        };
+    let hello = ToAcceptor {
+        msg: Some(to_acceptor::Msg::Hello(Hello {
+            cluster: "mrr-dev".into(),
+            protocol_version: mrr_replication::PROTOCOL_VERSION,
+            region: claimed.into(),
+            target_region: "ap-northeast".into(),
+            nonce: vec![7; 16],
+            wall_ms: 0,
+            policy_digest: digest,
+        })),
+    };
+    let outbound = tokio_stream_once(hello);
+    match PeerClient::new(channel).replicate(outbound).await {
+        Ok(mut answers) => match answers.get_mut().message().await {
+            Err(status) => Ok(Err(status)),
+            Ok(Some(m)) if matches!(m.msg, Some(mrr_replication::proto::to_dialer::Msg::Welcome(_))) => Ok(Ok(())),
+            Ok(m) => anyhow::bail!("Tokyo answered {m:?}"),
+        },
+        Err(status) => Ok(Err(status)),
+    }
+}
+
+fn tokio_stream_once(m: ToAcceptor) -> impl tokio_stream::Stream<Item = ToAcceptor> + Send + 'static {
+    // One message, then the stream stays open (a closed one would end the handshake early).
+    tokio_stream::StreamExt::chain(tokio_stream::once(m), tokio_stream::pending())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regions_speak_mutual_tls_and_a_certificate_speaks_only_for_its_region() -> anyhow::Result<()> {
+    let cluster = Cluster::start_dev(&["--tls"], |c| c.to_owned()).await?;
+    let (tokyo, frankfurt) = (&cluster.clients[0], &cluster.clients[2]);
+    let config = std::fs::read_to_string(cluster.config_path(1))?;
+    assert!(config.contains("endpoint: https://127.0.0.1:") && config.contains("tls: {"), "{config}");
+
+    // Replication and the strong tier over TLS.
+    tokyo.publish("users", &json!({"id": "u001", "name": "Kaito"})).await?;
+    let read =
+        wait_for("u001 in Frankfurt", Duration::from_secs(20), || async { Ok(frankfurt.query("users/u001").await?) })
+            .await?;
+    assert_eq!(read.value["name"], json!("Kaito"));
+    frankfurt.put("stock/s1", &json!({"available": 3})).await?;
+    assert_eq!(tokyo.query_strong("stock/s1").await?.map(|r| r.value["available"].clone()), Some(json!(3)));
+
+    let certs = cluster.dir.path().join("configs/certs");
+    let ca = std::fs::read_to_string(certs.join("ca.pem"))?;
+    // us-west's own certificate, claiming to be eu-central.
+    let sf = Identity::from_pem(std::fs::read(certs.join("us-west.pem"))?, std::fs::read(certs.join("us-west.key"))?);
+    let status = hello_as(&cluster, sf.clone(), &ca, "eu-central").await?.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("does not name region eu-central"), "{status:?}");
+    // The same certificate, as itself, is welcomed (the secret's proof comes next).
+    hello_as(&cluster, sf, &ca, "us-west").await?.map_err(|s| anyhow::anyhow!("us-west as itself: {s:?}"))?;
+
+    // A certificate of another CA: no TLS connection at all.
+    let other_ca = mrr_tls::make_ca("intruder", mrr_tls::VALIDITY_DEFAULT)?;
+    let forged = mrr_tls::make_region(&other_ca, "us-west", &["127.0.0.1".into()], mrr_tls::VALIDITY_DEFAULT)?;
+    let status = hello_as(&cluster, Identity::from_pem(&forged.cert_pem, &forged.key_pem), &ca, "us-west")
+        .await?
+        .expect_err("a foreign CA's certificate is refused");
+    assert!(
+        matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal),
+        "a foreign CA's certificate must not get a peer stream: {status:?}"
+    );
+    assert!(!status.message().contains("Welcome"), "{status:?}");
+    // And the cluster still replicates.
+    tokyo.publish("users", &json!({"id": "u002"})).await?;
+    wait_for("u002 in Frankfurt", Duration::from_secs(20), || async { Ok(frankfurt.query("users/u002").await?) })
+        .await
+        .context("after the refused peers")?;
+    Ok(())
+}
