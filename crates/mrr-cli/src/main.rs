@@ -33,6 +33,9 @@ struct Target {
     /// API key, if the node requires one.
     #[arg(long, env = "MRR_KEY")]
     api_key: Option<String>,
+    /// The cluster CA's certificate (PEM), to trust an https:// endpoint (`mrr certs`' ca.pem).
+    #[arg(long, env = "MRR_CA")]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -238,6 +241,7 @@ fn init_logging(debug: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    mrr_tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -485,7 +489,11 @@ async fn chaos(config: &std::path::Path, api_key: Option<&str>, action: ChaosAct
 }
 
 fn client(target: &Target) -> anyhow::Result<mrr_client::Client> {
-    Ok(mrr_client::connect(&target.endpoint, target.api_key.as_deref())?)
+    let ca = match &target.ca {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("--ca {}: cannot read", path.display()))?),
+        None => None,
+    };
+    Ok(mrr_client::connect_with_ca(&target.endpoint, target.api_key.as_deref(), ca.as_deref())?)
 }
 
 async fn serve(path: PathBuf, region: Option<String>) -> anyhow::Result<()> {
@@ -584,7 +592,13 @@ async fn dev_cluster(
     println!("\nMRR dev cluster is up (data in {}):\n", cluster.data_dir.display());
     for r in &cluster.regions {
         let role = if r.coordinator { " (coordinator)" } else { "" };
-        println!("  {:<14} http://127.0.0.1:{}{role}", r.name, r.api_port);
+        println!("  {:<14} {}://127.0.0.1:{}{role}", r.name, cluster.scheme(), r.api_port);
+    }
+    if cluster.tls.is_some() {
+        println!(
+            "\nAPIs and peers speak TLS under a throwaway CA: export MRR_CA={}\n(curl --cacert \"$MRR_CA\" https://..., and mrr reads MRR_CA)",
+            config_dir.join("certs/ca.pem").display()
+        );
     }
     let (first, second) = (&cluster.regions[0], &cluster.regions[cluster.regions.len().min(2) - 1]);
     println!(

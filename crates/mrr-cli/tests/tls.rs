@@ -66,6 +66,17 @@ async fn regions_speak_mutual_tls_and_a_certificate_speaks_only_for_its_region()
     let config = std::fs::read_to_string(cluster.config_path(1))?;
     assert!(config.contains("endpoint: https://127.0.0.1:") && config.contains("tls: {"), "{config}");
 
+    // The API is HTTPS only, under the cluster CA.
+    let https = format!("https://127.0.0.1:{}", cluster.base_port);
+    let plain = mrr_client::connect(&format!("http://127.0.0.1:{}", cluster.base_port), Some(common::KEY))?;
+    assert!(matches!(plain.status().await, Err(mrr_client::ClientError::Http { .. })), "plain HTTP gets no answer");
+    let untrusting = mrr_client::connect(&https, Some(common::KEY))?;
+    assert!(
+        matches!(untrusting.status().await, Err(mrr_client::ClientError::Http { .. })),
+        "a client without the CA refuses the server"
+    );
+    assert_eq!(tokyo.status().await?.region, "ap-northeast");
+
     // Replication and the strong tier over TLS.
     tokyo.publish("users", &json!({"id": "u001", "name": "Kaito"})).await?;
     let read =

@@ -42,6 +42,8 @@ pub enum ClientError {
     Unexpected { url: String, status: u16, body: String },
     #[error("{0:?} is not a record path; write it as topic/id, e.g. users/u001")]
     InvalidPath(String),
+    #[error("the cluster CA given to the client is not usable: {0}")]
+    Tls(String),
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
@@ -76,10 +78,19 @@ pub const SESSION_HEADER: &str = "x-mrr-session";
 /// Connects to the node at `endpoint` (`http://host:port`). No request is made until the
 /// first call.
 pub fn connect(endpoint: &str, api_key: Option<&str>) -> Result<Client> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|source| ClientError::Http { url: endpoint.to_owned(), source })?;
+    connect_with_ca(endpoint, api_key, None)
+}
+
+/// As [`connect`], trusting only the cluster CA in `ca_pem` for `https://` endpoints (the
+/// `ca.pem` of `mrr certs`).
+pub fn connect_with_ca(endpoint: &str, api_key: Option<&str>, ca_pem: Option<&[u8]>) -> Result<Client> {
+    mrr_tls::install_default_provider();
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(ca) = ca_pem {
+        let tls = mrr_tls::api_client_config(ca).map_err(|e| ClientError::Tls(e.to_string()))?;
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    let http = builder.build().map_err(|source| ClientError::Http { url: endpoint.to_owned(), source })?;
     Ok(Client {
         base: endpoint.trim_end_matches('/').to_owned(),
         api_key: api_key.map(str::to_owned),

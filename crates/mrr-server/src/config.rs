@@ -77,6 +77,9 @@ pub struct Config {
     /// The files of `tls`, read and checked together by the loader (node configs only).
     #[serde(skip)]
     pub peer_tls: Option<mrr_replication::PeerTls>,
+    /// With `tls`: the HTTPS API's server configuration (this region's certificate).
+    #[serde(skip)]
+    pub api_tls: Option<Arc<mrr_tls::rustls::ServerConfig>>,
     pub regions: Vec<RegionConfig>,
     #[serde(default)]
     pub replication_rules: ReplicationRules,
@@ -692,7 +695,10 @@ impl Config {
         config.access = config.build_access(path, text)?;
         config.validate(path, text, node)?;
         if node {
-            config.peer_tls = config.load_tls(path, text)?;
+            if let Some((peer, api)) = config.load_tls(path, text)? {
+                config.peer_tls = Some(peer);
+                config.api_tls = Some(api);
+            }
         }
         config.policies = Arc::new(config.build_policies(path, text)?);
         Ok(config)
@@ -700,7 +706,12 @@ impl Config {
 
     /// The `tls:` files, checked together for this node's region; `https://` endpoints need
     /// them, and a node with them dials only `https://` endpoints.
-    fn load_tls(&self, path: &Path, text: &str) -> Result<Option<mrr_replication::PeerTls>, ConfigError> {
+    #[allow(clippy::type_complexity)]
+    fn load_tls(
+        &self,
+        path: &Path,
+        text: &str,
+    ) -> Result<Option<(mrr_replication::PeerTls, Arc<mrr_tls::rustls::ServerConfig>)>, ConfigError> {
         let invalid = |message: String, hint: &str| ConfigError::Invalid {
             path: path.to_owned(),
             line: line_of(text, "tls:"),
@@ -729,17 +740,19 @@ impl Config {
             key: self.base_dir.join(&tls.key),
             ca: self.base_dir.join(&tls.ca),
         };
-        mrr_tls::Material::load(&paths, self.region.as_str(), mrr_tls::UnixTime::now())
+        let material = mrr_tls::Material::load(&paths, self.region.as_str(), mrr_tls::UnixTime::now())
             .map_err(|e| invalid(e.to_string(), "fix the file named above; `mrr certs` makes a matching set"))?;
+        let api = material.api_server_config().map_err(|e| invalid(e.to_string(), "fix the files named in `tls:`"))?;
         let read = |p: &Path| {
             read_bounded(p, SECRET_FILE_BYTES_MAX)
                 .map_err(|e| invalid(format!("{}: cannot read: {e}", p.display()), "fix the path"))
         };
-        Ok(Some(mrr_replication::PeerTls {
+        let peer = mrr_replication::PeerTls {
             cert_pem: read(&paths.cert)?,
             key_pem: read(&paths.key)?,
             ca_pem: read(&paths.ca)?,
-        }))
+        };
+        Ok(Some((peer, api)))
     }
 
     /// The keys of `api_keys`, hashed, with their scopes.
@@ -1118,7 +1131,7 @@ impl Config {
 
     /// The forwarder: of writes for the topics `placement_writes: forward` names (or all),
     /// and of `read_your_writes` reads with `fallback=forward`.
-    pub fn forwarder(&self) -> Result<crate::forward::Forwarder, reqwest::Error> {
+    pub fn forwarder(&self) -> Result<crate::forward::Forwarder, crate::forward::ForwarderError> {
         let all = self.replication_rules.placement_writes == PlacementWrites::Forward;
         let with = |w: PlacementWrites| {
             self.topics.iter().filter(move |(_, t)| t.placement_writes == Some(w)).map(|(n, _)| n.clone()).collect()
@@ -1140,7 +1153,8 @@ impl Config {
                     .map(|(f, _)| (t.clone(), f.clone()))
             })
             .collect();
-        crate::forward::Forwarder::new(apis, all, topics, with(PlacementWrites::Refuse), rights)
+        let ca = self.peer_tls.as_ref().map(|t| t.ca_pem.as_bytes());
+        crate::forward::Forwarder::new(apis, all, topics, with(PlacementWrites::Refuse), rights, ca)
     }
 
     fn build_placement(

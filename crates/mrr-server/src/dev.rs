@@ -92,7 +92,7 @@ pub struct DevCluster {
     pub admin_key: String,
     pub data_dir: PathBuf,
     /// `--tls`: a throwaway CA and a certificate per region, written beside the configs
-    /// (`certs/`); peers then speak mutual TLS over `https://` endpoints.
+    /// (`certs/`); peers then speak mutual TLS over `https://` endpoints, and the APIs HTTPS.
     pub tls: Option<DevTls>,
 }
 
@@ -154,8 +154,8 @@ impl DevCluster {
         Ok(Self { regions, topics, derived, secret, admin_key, data_dir, tls: None })
     }
 
-    /// Peers speak mutual TLS: a throwaway CA, and a certificate per region naming it and the
-    /// loopback addresses.
+    /// Peers speak mutual TLS and the APIs HTTPS: a throwaway CA, and a certificate per region
+    /// naming it and the loopback addresses.
     pub fn with_tls(mut self) -> Result<Self, DevError> {
         let valid_for = std::time::Duration::from_secs(30 * 24 * 3600);
         let ca = mrr_tls::make_ca("mrr-dev", valid_for).map_err(DevError::Tls)?;
@@ -168,6 +168,15 @@ impl DevCluster {
             .map_err(DevError::Tls)?;
         self.tls = Some(DevTls { ca, regions });
         Ok(self)
+    }
+
+    /// `https` with `--tls`, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The YAML config of region `k`.
@@ -194,7 +203,7 @@ impl DevCluster {
             api = me.api_port,
             peer = me.peer_port,
         ));
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let scheme = self.scheme();
         if self.tls.is_some() {
             s.push_str(&format!(
                 "# Mutual TLS between regions: a throwaway CA made by `mrr dev --tls`.\ntls: {{ cert: certs/{name}.pem, key: certs/{name}.key, ca: certs/ca.pem }}\n",
@@ -204,7 +213,7 @@ impl DevCluster {
         s.push_str("regions:\n");
         for r in &self.regions {
             s.push_str(&format!(
-                "  - name: {}\n    endpoint: {scheme}://127.0.0.1:{}\n    api: http://127.0.0.1:{}\n",
+                "  - name: {}\n    endpoint: {scheme}://127.0.0.1:{}\n    api: {scheme}://127.0.0.1:{}\n",
                 r.name, r.peer_port, r.api_port
             ));
             if r.coordinator {

@@ -44,6 +44,15 @@ pub struct Forwarder {
     rights: BTreeSet<(String, String)>,
 }
 
+/// Why the forwarder could not be built (at start-up).
+#[derive(Debug, thiserror::Error)]
+pub enum ForwarderError {
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("the cluster CA: {0}")]
+    Tls(#[from] mrr_tls::TlsError),
+}
+
 impl Forwarder {
     pub fn new(
         apis: BTreeMap<String, String>,
@@ -51,8 +60,15 @@ impl Forwarder {
         topics: BTreeSet<String>,
         except: BTreeSet<String>,
         rights: BTreeSet<(String, String)>,
-    ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, ForwarderError> {
+        mrr_tls::install_default_provider();
+        let mut builder = reqwest::Client::builder().timeout(TIMEOUT);
+        // With TLS, the other regions' `https://` APIs are trusted by the cluster CA only.
+        if let Some(ca) = ca_pem {
+            builder = builder.use_preconfigured_tls(mrr_tls::api_client_config(ca)?);
+        }
+        let client = builder.build()?;
         Ok(Self { client, apis, all, topics, except, rights })
     }
 
@@ -231,8 +247,9 @@ mod tests {
         assert_eq!(write_topic(&Method::POST, "/v1/records/users/u1/ops"), Some("users"));
         assert_eq!(write_topic(&Method::GET, "/v1/records/users/u1"), None);
         assert_eq!(write_topic(&Method::POST, "/v1/batch"), None);
-        let f = Forwarder::new(BTreeMap::new(), true, BTreeSet::new(), ["audit".to_owned()].into(), BTreeSet::new())
-            .expect("client");
+        let f =
+            Forwarder::new(BTreeMap::new(), true, BTreeSet::new(), ["audit".to_owned()].into(), BTreeSet::new(), None)
+                .expect("client");
         assert!(f.forwards("users") && !f.forwards("audit"));
     }
 }

@@ -12,6 +12,7 @@ pub mod forward;
 pub mod gate;
 pub mod health;
 pub mod http;
+mod https;
 pub mod metrics;
 pub mod node;
 pub mod read_levels;

@@ -90,6 +90,7 @@ async fn listener(given: Option<std::net::TcpListener>, addr: std::net::SocketAd
 
 impl Node {
     pub async fn start(config: Config, options: NodeOptions) -> Result<Self, StartError> {
+        mrr_tls::install_default_provider();
         Self::start_on(config, options, Listeners::default()).await
     }
 
@@ -232,13 +233,19 @@ impl Node {
             listener.local_addr().map_err(|source| StartError::ApiListen { addr: config.listen.api, source })?;
         let (stop, mut stopped) = watch::channel(false);
         let app = http::router(state);
+        let api_tls = config.api_tls.clone();
         let api = tokio::spawn(async move {
             let shutdown = async move {
                 // Either a stop request or the sender dropping ends serving.
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-                tracing::error!(error = %e, "HTTP API stopped");
+            match api_tls {
+                Some(tls) => crate::https::serve(listener, app, tls, shutdown).await,
+                None => {
+                    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                        tracing::error!(error = %e, "HTTP API stopped");
+                    }
+                }
             }
         });
         tracing::info!(region = %config.region, api = %api_addr, peer = %config.listen.peer, cluster = %config.cluster, "node serving");

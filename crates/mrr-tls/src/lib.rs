@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use rustls;
 use rustls::client::danger::ServerCertVerifier as _;
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::pem::PemObject as _;
@@ -60,6 +61,14 @@ pub enum TlsError {
 /// The crypto provider every configuration uses (aws-lc-rs, as tonic's `tls-aws-lc`).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Makes aws-lc-rs the process's default crypto provider, unless one is installed already.
+/// Every process that opens a TLS connection calls it before its first one: libraries that
+/// build rustls configurations themselves (reqwest, tonic) take the process default.
+pub fn install_default_provider() {
+    // Err means a provider is installed already (ours or the embedding program's): keep it.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// Where a region's TLS files are.
@@ -179,6 +188,47 @@ impl Material {
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+impl Material {
+    /// The HTTP API's server: this region's certificate, no client certificate asked (clients
+    /// prove themselves with API keys), HTTP/2 and HTTP/1.1.
+    pub fn api_server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// A client of the regions' HTTPS APIs that trusts only the CA(s) in `ca_pem`: for the Rust
+/// client, the tools and the forwarder.
+pub fn api_client_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let hint = "pass the cluster CA's certificate (ca.pem from `mrr certs`)";
+    let certs = CertificateDer::pem_slice_iter(ca_pem).collect::<Result<Vec<_>, _>>().map_err(|e| TlsError::Pem {
+        path: PathBuf::from("<CA>"),
+        what: "certificate",
+        message: e.to_string(),
+        hint,
+    })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: PathBuf::from("<CA>"),
+            what: "certificate",
+            message: "none found".into(),
+            hint,
+        });
+    }
+    for c in certs {
+        roots.add(c)?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Checks that a peer's certificate (already verified against the CA by the TLS handshake)

@@ -23,6 +23,7 @@ pub const KEY: &str = "mrr_test-admin-key-0123456789abcdef";
 
 /// An HTTP client that sends the admin key, for requests the Rust client has no call for.
 pub fn http() -> reqwest::Client {
+    mrr_tls::install_default_provider();
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
@@ -104,8 +105,14 @@ impl Cluster {
             let path = dir.path().join("configs").join(format!("{region}.yaml"));
             std::fs::write(&path, edit(&std::fs::read_to_string(&path)?))?;
         }
+        // With --tls the APIs are HTTPS under the dev CA the configs' directory holds.
+        let ca = std::fs::read(dir.path().join("configs/certs/ca.pem")).ok();
+        let scheme = if ca.is_some() { "https" } else { "http" };
         let clients = (0..3)
-            .map(|k| mrr_client::connect(&format!("http://127.0.0.1:{}", base_port + 10 * k as u16), Some(KEY)))
+            .map(|k| {
+                let url = format!("{scheme}://127.0.0.1:{}", base_port + 10 * k as u16);
+                mrr_client::connect_with_ca(&url, Some(KEY), ca.as_deref())
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut cluster = Self { dir, base_port, children: vec![None, None, None], clients };
         for k in 0..3 {
