@@ -102,8 +102,13 @@ async fn regions_speak_mutual_tls_and_a_certificate_speaks_only_for_its_region()
     let status = hello_as(&cluster, Identity::from_pem(&forged.cert_pem, &forged.key_pem), &ca, "us-west")
         .await?
         .expect_err("a foreign CA's certificate is refused");
+    // Refused by TLS itself, never by the application: under TLS 1.3 the client may finish
+    // its side of the handshake first and see the connection closed on its first request.
     assert!(
-        matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal),
+        matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled
+        ),
         "a foreign CA's certificate must not get a peer stream: {status:?}"
     );
     assert!(!status.message().contains("Welcome"), "{status:?}");
