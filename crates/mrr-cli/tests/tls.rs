@@ -1,6 +1,8 @@
 //! Three `mrr serve` processes over mutual TLS (`mrr dev --tls`): records and strong writes
-//! replicate; a peer whose certificate comes from another CA gets no connection; and a holder
-//! of us-west's certificate cannot speak as eu-central.
+//! replicate; a peer whose certificate comes from another CA gets no connection; a holder of
+//! us-west's certificate cannot speak as eu-central; and a region's certificate is replaced on
+//! disk and taken up without a restart or a dropped stream, while files that fail a check are
+//! refused and the certificate in use stays.
 
 mod common;
 
@@ -52,6 +54,31 @@ async fn hello_as(
         },
         Err(status) => Ok(Err(status)),
     }
+}
+
+/// The certificate Tokyo's HTTPS API presents to a new connection, as DER.
+async fn served_certificate(cluster: &Cluster, ca_pem: &str) -> anyhow::Result<Vec<u8>> {
+    let config = mrr_tls::api_client_config(ca_pem.as_bytes())?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", cluster.base_port)).await?;
+    let name = mrr_tls::rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    let tls = connector.connect(name, tcp).await?;
+    let chain = tls.get_ref().1.peer_certificates().context("the server presented no certificate")?;
+    Ok(chain[0].to_vec())
+}
+
+fn der(pem: &str) -> anyhow::Result<Vec<u8>> {
+    use mrr_tls::rustls::pki_types::pem::PemObject as _;
+    Ok(mrr_tls::rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())?.to_vec())
+}
+
+/// Each region's view of its peers: (handshakes, inbound streams) per peer.
+async fn streams(cluster: &Cluster) -> anyhow::Result<Vec<Vec<(String, u64, u32)>>> {
+    let mut out = Vec::new();
+    for c in &cluster.clients {
+        out.push(c.status().await?.peers.into_iter().map(|p| (p.region, p.handshakes, p.inbound_streams)).collect());
+    }
+    Ok(out)
 }
 
 fn tokio_stream_once(m: ToAcceptor) -> impl tokio_stream::Stream<Item = ToAcceptor> + Send + 'static {
@@ -117,5 +144,33 @@ async fn regions_speak_mutual_tls_and_a_certificate_speaks_only_for_its_region()
     wait_for("u002 in Frankfurt", Duration::from_secs(20), || async { Ok(frankfurt.query("users/u002").await?) })
         .await
         .context("after the refused peers")?;
+
+    // Rotation: Tokyo's certificate is replaced on disk by a new one of the same CA.
+    let before = streams(&cluster).await?;
+    let dev_ca = mrr_tls::Issued { cert_pem: ca.clone(), key_pem: std::fs::read_to_string(certs.join("ca.key"))? };
+    let renewed = mrr_tls::make_region(&dev_ca, "ap-northeast", &["127.0.0.1".into()], mrr_tls::VALIDITY_DEFAULT)?;
+    std::fs::write(certs.join("ap-northeast.key"), &renewed.key_pem)?;
+    std::fs::write(certs.join("ap-northeast.pem"), &renewed.cert_pem)?;
+    let want = der(&renewed.cert_pem)?;
+    wait_for("Tokyo to serve the renewed certificate", Duration::from_secs(20), || async {
+        Ok((served_certificate(&cluster, &ca).await? == want).then_some(()))
+    })
+    .await?;
+    // No stream was dropped or dialed again for it, and replication goes on.
+    assert_eq!(streams(&cluster).await?, before, "open streams keep going through a reload");
+    tokyo.publish("users", &json!({"id": "u003"})).await?;
+    wait_for("u003 in Frankfurt", Duration::from_secs(20), || async { Ok(frankfurt.query("users/u003").await?) })
+        .await?;
+
+    // Files that fail a check (a certificate of another CA) are refused; the renewed one stays.
+    std::fs::write(certs.join("ap-northeast.pem"), &forged.cert_pem)?;
+    wait_for("the refused reload to be counted", Duration::from_secs(20), || async {
+        let m = tokyo.metrics().await?;
+        Ok(m.lines()
+            .any(|l| l.starts_with("mrr_tls_reloads_total{result=\"refused\"} ") && !l.ends_with(" 0"))
+            .then_some(()))
+    })
+    .await?;
+    assert_eq!(served_certificate(&cluster, &ca).await?, want, "the certificate in use stays");
     Ok(())
 }

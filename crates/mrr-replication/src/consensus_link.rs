@@ -47,31 +47,43 @@ pub struct ConsensusLinkConfig {
     pub tls: Option<crate::PeerTls>,
 }
 
-/// The calling side: one lazily connected channel per peer.
+/// A peer's channel, and the TLS generation it was built with.
+type Channels = BTreeMap<NodeId, (RegionName, tonic::transport::Channel, u64)>;
+
+/// The calling side: one lazily connected channel per peer, built again when the TLS material
+/// changes (`mrr_tls::LiveTls::generation`), so reloaded certificates reach the strong tier's
+/// connections too. Pipes already open keep theirs.
 #[derive(Clone, Debug)]
 pub struct ConsensusLink {
     config: Arc<ConsensusLinkConfig>,
-    channels: Arc<BTreeMap<NodeId, (RegionName, tonic::transport::Channel)>>,
+    channels: Arc<std::sync::Mutex<Channels>>,
     links: Links,
+}
+
+fn channel(config: &ConsensusLinkConfig, region: &RegionName, url: &str) -> Result<tonic::transport::Channel, String> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("peer endpoint {url} of {region}: {e}"))?;
+    if let Some(tls) = &config.tls {
+        endpoint =
+            endpoint.tls_config(crate::tls_client(tls, region)).map_err(|e| format!("TLS toward {region}: {e}"))?;
+    }
+    Ok(endpoint
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy())
 }
 
 impl ConsensusLink {
     pub fn new(config: ConsensusLinkConfig, links: Links) -> Result<Self, String> {
+        let generation = config.tls.as_ref().map_or(0, |t| t.generation());
         let mut channels = BTreeMap::new();
         for (region, url) in &config.peers {
-            let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-                .map_err(|e| format!("peer endpoint {url} of {region}: {e}"))?;
-            if let Some(tls) = &config.tls {
-                endpoint = endpoint.tls_config(tls.client(region)).map_err(|e| format!("TLS toward {region}: {e}"))?;
-            }
-            let endpoint = endpoint
-                .tcp_nodelay(true)
-                .connect_timeout(Duration::from_secs(2))
-                .http2_keep_alive_interval(Duration::from_secs(5))
-                .keep_alive_timeout(Duration::from_secs(5));
-            channels.insert(mrr_consensus::node_id(region), (region.clone(), endpoint.connect_lazy()));
+            channels
+                .insert(mrr_consensus::node_id(region), (region.clone(), channel(&config, region, url)?, generation));
         }
-        Ok(Self { config: Arc::new(config), channels: Arc::new(channels), links })
+        Ok(Self { config: Arc::new(config), channels: Arc::new(std::sync::Mutex::new(channels)), links })
     }
 }
 
@@ -107,9 +119,23 @@ impl ConsensusLink {
     }
 
     fn peer(&self, to: NodeId) -> Result<(RegionName, ConsensusClient<tonic::transport::Channel>), TransportError> {
-        let Some((region, channel)) = self.channels.get(&to).cloned() else {
+        let generation = self.config.tls.as_ref().map_or(0, |t| t.generation());
+        let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some((region, ch, built)) = channels.get_mut(&to) else {
             return Err(TransportError::Unreachable(format!("node {to} is not a peer")));
         };
+        if *built != generation {
+            let url = self.config.peers.iter().find(|(r, _)| r == region).map(|(_, u)| u.clone()).unwrap_or_default();
+            match channel(&self.config, region, &url) {
+                Ok(new) => (*ch, *built) = (new, generation),
+                // Kept: the old channel still works until its certificate expires.
+                Err(e) => {
+                    tracing::warn!(peer = %region, error = %e, "consensus channel not rebuilt after a TLS reload")
+                }
+            }
+        }
+        let (region, channel) = (region.clone(), ch.clone());
+        drop(channels);
         let client = ConsensusClient::new(channel)
             .max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);

@@ -6,6 +6,7 @@
 //! which the simulator drives too; this file does the IO, status and metrics.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use mrr_core::session::{Apply, InboundLimits, InboundSession, Next, Tick};
 use mrr_core::RegionName;
@@ -38,20 +39,77 @@ pub(crate) async fn serve(ctx: Context, listener: TcpListener) {
         .max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);
     // The builder's `tcp_nodelay` applies only to listeners it binds itself: accepted sockets
-    // get it here. Without it, Nagle holds a reply's second write until the peer's delayed
-    // ACK (40 ms on Linux) — measured as ~60 ms extra on every strong write at the leader.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &ctx.config.tls {
-        builder = match builder.tls_config(tls.server()) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "peer listener not started: its TLS configuration was refused");
+    // get it here (both paths). Without it, Nagle holds a reply's second write until the
+    // peer's delayed ACK (40 ms on Linux) — measured as ~60 ms extra on every strong write at
+    // the leader.
+    let builder = tonic::transport::Server::builder();
+    // With TLS the handshake is ours (a rustls acceptor built from the material in use at
+    // each accept), so new certificates apply to new connections while open streams go on.
+    let result = match ctx.config.tls.clone() {
+        Some(tls) => serve_on(builder, svc, consensus, tls_incoming(listener, tls)).await,
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            serve_on(builder, svc, consensus, incoming).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "peer listener stopped");
+    }
+}
+
+/// A TLS handshake not done within this is dropped (a client that connects and stalls).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepted connections after their TLS handshake, with the material in use at each accept.
+fn tls_incoming(
+    listener: TcpListener,
+    tls: crate::PeerTls,
+) -> ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "peer listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            if tx.is_closed() {
                 return;
             }
-        };
-    }
-    if let Err(e) = builder
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current().peer_server.clone());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    // A peer of another CA, a port scanner: nothing to serve.
+                    Ok(Err(e)) => tracing::warn!(error = %e, "refused a peer connection at the TLS handshake"),
+                    Err(_) => tracing::debug!("a peer connection did not finish its TLS handshake"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+async fn serve_on<IO, IE>(
+    builder: tonic::transport::Server,
+    svc: PeerServer<Service>,
+    consensus: crate::proto::consensus_server::ConsensusServer<crate::consensus_link::ConsensusService>,
+    incoming: impl tokio_stream::Stream<Item = Result<IO, IE>>,
+) -> Result<(), tonic::transport::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    builder
         // HTTP/2 flow control caps a stream at one window per round trip; hyper's 1 MiB default
         // held WAN catch-up to ~10 MB/s at 100 ms RTT. Sized for a bandwidth-delay product of
         // ~1 Gbit/s x 130 ms.
@@ -61,9 +119,6 @@ pub(crate) async fn serve(ctx: Context, listener: TcpListener) {
         .add_service(consensus)
         .serve_with_incoming(incoming)
         .await
-    {
-        tracing::error!(error = %e, "peer listener stopped");
-    }
 }
 
 struct Service {

@@ -73,43 +73,25 @@ pub struct PeerConfig {
     pub endpoint: String,
 }
 
-/// Mutual TLS between regions: this region's certificate and key, and the cluster's CA
-/// (checked together by `mrr_tls::Material::load` when the config loads). With it, every peer
-/// connection is TLS 1.2+ and both sides present a certificate of the CA; a peer passes only as
-/// the region its certificate names.
-#[derive(Clone)]
-pub struct PeerTls {
-    pub cert_pem: String,
-    pub key_pem: String,
-    pub ca_pem: String,
+/// Mutual TLS between regions: this region's certificate and key and the cluster's CA, as
+/// they stand (`mrr_tls::LiveTls`: checked together, reloaded when the files change). With it,
+/// every peer connection is TLS and both sides present a certificate of the CA; a peer passes
+/// only as the region its certificate names.
+pub type PeerTls = Arc<mrr_tls::LiveTls>;
+
+fn identity(loaded: &mrr_tls::Loaded) -> tonic::transport::Identity {
+    tonic::transport::Identity::from_pem(&loaded.cert_pem, &loaded.key_pem)
 }
 
-impl std::fmt::Debug for PeerTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerTls").finish_non_exhaustive()
-    }
-}
-
-impl PeerTls {
-    fn identity(&self) -> tonic::transport::Identity {
-        tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem)
-    }
-
-    /// The listener's side: a certificate of the CA required of every client.
-    pub(crate) fn server(&self) -> tonic::transport::ServerTlsConfig {
-        tonic::transport::ServerTlsConfig::new()
-            .identity(self.identity())
-            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca_pem))
-    }
-
-    /// The dialer's side toward `peer`: the server must present a certificate of the CA that
-    /// names `peer` (`<peer>.regions.mrr`), whatever host the endpoint names.
-    pub(crate) fn client(&self, peer: &RegionName) -> tonic::transport::ClientTlsConfig {
-        tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
-            .identity(self.identity())
-            .domain_name(mrr_tls::region_dns_name(peer.as_str()))
-    }
+/// The dialer's side toward `peer`, from the material in use: the server must present a
+/// certificate of the CA that names `peer` (`<peer>.regions.mrr`), whatever host the endpoint
+/// names.
+pub(crate) fn tls_client(tls: &PeerTls, peer: &RegionName) -> tonic::transport::ClientTlsConfig {
+    let loaded = tls.current();
+    tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&loaded.ca_pem))
+        .identity(identity(&loaded))
+        .domain_name(mrr_tls::region_dns_name(peer.as_str()))
 }
 
 /// With TLS on, refuses a peer whose certificate does not name the region it claims.

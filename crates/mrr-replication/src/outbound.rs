@@ -112,7 +112,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
         .map_err(|e| SessionEnd::Endpoint(peer.endpoint.clone(), e.to_string()))?;
     if let Some(tls) = &cfg.tls {
         endpoint = endpoint
-            .tls_config(tls.client(&peer.region))
+            .tls_config(crate::tls_client(tls, &peer.region))
             .map_err(|e| SessionEnd::Endpoint(peer.endpoint.clone(), e.to_string()))?;
     }
     let endpoint = endpoint

@@ -74,12 +74,10 @@ pub struct Config {
     /// (`mrr certs` makes them). Required by `https://` endpoints.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
-    /// The files of `tls`, read and checked together by the loader (node configs only).
+    /// The files of `tls`, read and checked together by the loader (node configs only), and
+    /// reloaded by the node when they change: peers and the HTTPS API take them from here.
     #[serde(skip)]
     pub peer_tls: Option<mrr_replication::PeerTls>,
-    /// With `tls`: the HTTPS API's server configuration (this region's certificate).
-    #[serde(skip)]
-    pub api_tls: Option<Arc<mrr_tls::rustls::ServerConfig>>,
     pub regions: Vec<RegionConfig>,
     #[serde(default)]
     pub replication_rules: ReplicationRules,
@@ -695,10 +693,7 @@ impl Config {
         config.access = config.build_access(path, text)?;
         config.validate(path, text, node)?;
         if node {
-            if let Some((peer, api)) = config.load_tls(path, text)? {
-                config.peer_tls = Some(peer);
-                config.api_tls = Some(api);
-            }
+            config.peer_tls = config.load_tls(path, text)?;
         }
         config.policies = Arc::new(config.build_policies(path, text)?);
         Ok(config)
@@ -706,12 +701,7 @@ impl Config {
 
     /// The `tls:` files, checked together for this node's region; `https://` endpoints need
     /// them, and a node with them dials only `https://` endpoints.
-    #[allow(clippy::type_complexity)]
-    fn load_tls(
-        &self,
-        path: &Path,
-        text: &str,
-    ) -> Result<Option<(mrr_replication::PeerTls, Arc<mrr_tls::rustls::ServerConfig>)>, ConfigError> {
+    fn load_tls(&self, path: &Path, text: &str) -> Result<Option<mrr_replication::PeerTls>, ConfigError> {
         let invalid = |message: String, hint: &str| ConfigError::Invalid {
             path: path.to_owned(),
             line: line_of(text, "tls:"),
@@ -740,19 +730,9 @@ impl Config {
             key: self.base_dir.join(&tls.key),
             ca: self.base_dir.join(&tls.ca),
         };
-        let material = mrr_tls::Material::load(&paths, self.region.as_str(), mrr_tls::UnixTime::now())
+        let live = mrr_tls::LiveTls::load(paths, self.region.as_str(), mrr_tls::UnixTime::now())
             .map_err(|e| invalid(e.to_string(), "fix the file named above; `mrr certs` makes a matching set"))?;
-        let api = material.api_server_config().map_err(|e| invalid(e.to_string(), "fix the files named in `tls:`"))?;
-        let read = |p: &Path| {
-            read_bounded(p, SECRET_FILE_BYTES_MAX)
-                .map_err(|e| invalid(format!("{}: cannot read: {e}", p.display()), "fix the path"))
-        };
-        let peer = mrr_replication::PeerTls {
-            cert_pem: read(&paths.cert)?,
-            key_pem: read(&paths.key)?,
-            ca_pem: read(&paths.ca)?,
-        };
-        Ok(Some((peer, api)))
+        Ok(Some(live))
     }
 
     /// The keys of `api_keys`, hashed, with their scopes.
@@ -1153,8 +1133,16 @@ impl Config {
                     .map(|(f, _)| (t.clone(), f.clone()))
             })
             .collect();
-        let ca = self.peer_tls.as_ref().map(|t| t.ca_pem.as_bytes());
-        crate::forward::Forwarder::new(apis, all, topics, with(PlacementWrites::Refuse), rights, ca)
+        // The CA as loaded: a CA that changes needs a restart (certificates it signs do not).
+        let ca = self.peer_tls.as_ref().map(|t| t.current().ca_pem.clone());
+        crate::forward::Forwarder::new(
+            apis,
+            all,
+            topics,
+            with(PlacementWrites::Refuse),
+            rights,
+            ca.as_deref().map(str::as_bytes),
+        )
     }
 
     fn build_placement(

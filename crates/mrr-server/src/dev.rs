@@ -276,6 +276,8 @@ impl DevCluster {
                     .map_err(|source| DevError::Write { path: path.display().to_string(), source })
             };
             write("ca.pem".into(), &tls.ca.cert_pem)?;
+            // A throwaway CA: its key sits beside it, so a test or a user can issue more.
+            write("ca.key".into(), &tls.ca.key_pem)?;
             for (r, issued) in self.regions.iter().zip(&tls.regions) {
                 write(format!("{}.pem", r.name), &issued.cert_pem)?;
                 write(format!("{}.key", r.name), &issued.key_pem)?;

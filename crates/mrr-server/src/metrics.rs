@@ -40,6 +40,10 @@ pub struct ServerMetrics {
     pub dlq_oldest_age: Gauge,
     /// Decrements this region lacked the rights for, sent on to a holder.
     pub escrow_forwarded: Counter,
+    /// TLS material swapped in after its files changed (or on SIGHUP).
+    pub tls_reloaded: Counter,
+    /// Changed TLS files refused (the material in use stayed).
+    pub tls_reload_refused: Counter,
 }
 
 impl std::fmt::Debug for ServerMetrics {
@@ -80,6 +84,11 @@ impl ServerMetrics {
             Some(Unit::Count),
             "Decrements of bounded fields this region lacked the rights for, sent on to a region holding them (on_insufficient: forward).".into(),
         );
+        r.describe_counter(
+            "mrr_tls_reloads_total".into(),
+            Some(Unit::Count),
+            "Reloads of this region's certificate, key and CA after their files changed or on SIGHUP, by result: ok (in use for new connections) or refused (the files failed a check; the material in use stayed).".into(),
+        );
         let latency = |op: &'static str| {
             r.register_histogram(&Key::from_parts("mrr_write_latency_seconds", vec![Label::new("op", op)]), &METADATA)
         };
@@ -95,6 +104,14 @@ impl ServerMetrics {
             dlq_size: r.register_gauge(&Key::from_name("mrr_dlq_size"), &METADATA),
             dlq_oldest_age: r.register_gauge(&Key::from_name("mrr_dlq_oldest_age_seconds"), &METADATA),
             escrow_forwarded: r.register_counter(&Key::from_name("mrr_escrow_forwarded_total"), &METADATA),
+            tls_reloaded: r.register_counter(
+                &Key::from_parts("mrr_tls_reloads_total", vec![Label::new("result", "ok")]),
+                &METADATA,
+            ),
+            tls_reload_refused: r.register_counter(
+                &Key::from_parts("mrr_tls_reloads_total", vec![Label::new("result", "refused")]),
+                &METADATA,
+            ),
         }
     }
 }

@@ -232,8 +232,18 @@ impl Node {
         let api_addr =
             listener.local_addr().map_err(|source| StartError::ApiListen { addr: config.listen.api, source })?;
         let (stop, mut stopped) = watch::channel(false);
+        if let Some(tls) = config.peer_tls.clone() {
+            let (m, mut stopped) = (&state.metrics, stopped.clone());
+            let follow = crate::https::follow_files(tls, m.tls_reloaded.clone(), m.tls_reload_refused.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = follow => {}
+                    _ = stopped.wait_for(|s| *s) => {}
+                }
+            });
+        }
         let app = http::router(state);
-        let api_tls = config.api_tls.clone();
+        let api_tls = config.peer_tls.clone();
         let api = tokio::spawn(async move {
             let shutdown = async move {
                 // Either a stop request or the sender dropping ends serving.

@@ -231,6 +231,113 @@ pub fn api_client_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, TlsError
         .with_no_client_auth())
 }
 
+/// A region's TLS material as loaded at one moment: swapped whole when its files change.
+pub struct Loaded {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+    /// Mutual TLS for the peer listener.
+    pub peer_server: Arc<rustls::ServerConfig>,
+    /// HTTPS for the API.
+    pub api_server: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded").finish_non_exhaustive()
+    }
+}
+
+/// What a file looked like when last loaded: its modification time and length.
+type Stamp = Vec<Option<(std::time::SystemTime, u64)>>;
+
+/// A region's TLS material that follows its files: [`LiveTls::reload_if_changed`] loads them
+/// again when they change (or when asked, on SIGHUP) and swaps them in only if they pass every
+/// check of [`Material::load`]; otherwise the material in use stays. New connections take the
+/// current material; connections already open keep theirs, so no stream is dropped.
+pub struct LiveTls {
+    paths: TlsPaths,
+    region: String,
+    current: std::sync::RwLock<Arc<Loaded>>,
+    stamp: std::sync::Mutex<Stamp>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for LiveTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveTls").field("paths", &self.paths).field("region", &self.region).finish_non_exhaustive()
+    }
+}
+
+fn stamp(paths: &TlsPaths) -> Stamp {
+    [&paths.cert, &paths.key, &paths.ca]
+        .into_iter()
+        .map(|p| std::fs::metadata(p).ok().map(|m| (m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len())))
+        .collect()
+}
+
+fn load_all(paths: &TlsPaths, region: &str, now: UnixTime) -> Result<Loaded, TlsError> {
+    let material = Material::load(paths, region, now)?;
+    let text = |p: &Path| {
+        String::from_utf8(read(p)?).map_err(|e| TlsError::Read { path: p.to_owned(), source: std::io::Error::other(e) })
+    };
+    Ok(Loaded {
+        cert_pem: text(&paths.cert)?,
+        key_pem: text(&paths.key)?,
+        ca_pem: text(&paths.ca)?,
+        peer_server: material.server_config()?,
+        api_server: material.api_server_config()?,
+    })
+}
+
+impl LiveTls {
+    pub fn load(paths: TlsPaths, region: &str, now: UnixTime) -> Result<Arc<Self>, TlsError> {
+        let before = stamp(&paths);
+        let loaded = load_all(&paths, region, now)?;
+        Ok(Arc::new(Self {
+            paths,
+            region: region.to_owned(),
+            current: std::sync::RwLock::new(Arc::new(loaded)),
+            stamp: std::sync::Mutex::new(before),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }))
+    }
+
+    /// The material in use.
+    pub fn current(&self) -> Arc<Loaded> {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Grows by one at every swap: a holder of something built from the material (a channel)
+    /// rebuilds it when the generation moved.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn paths(&self) -> &TlsPaths {
+        &self.paths
+    }
+
+    /// Loads the files again when any changed since the last attempt, or when `force`d:
+    /// `Ok(true)` when new material is in use, `Ok(false)` when nothing changed, `Err` when
+    /// the new files were refused (the material in use stays; the same files are not tried
+    /// again until they change).
+    pub fn reload_if_changed(&self, force: bool, now: UnixTime) -> Result<bool, TlsError> {
+        let seen = stamp(&self.paths);
+        {
+            let mut last = self.stamp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !force && *last == seen {
+                return Ok(false);
+            }
+            *last = seen;
+        }
+        let loaded = load_all(&self.paths, &self.region, now)?;
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(loaded);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(true)
+    }
+}
+
 /// Checks that a peer's certificate (already verified against the CA by the TLS handshake)
 /// names `region`: what binds a connection to the region it claims to be.
 pub fn check_peer_region(peer_chain: Option<&[CertificateDer<'_>]>, region: &str) -> Result<(), TlsError> {
@@ -348,6 +455,26 @@ mod tests {
         assert!(e.contains("junk.pem: no certificate"), "{e}");
         let e = err(Material::load(&TlsPaths { key: dir.path().join("missing.key"), ..sf }, "us-west", now()));
         assert!(e.contains("missing.key: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn live_material_follows_its_files_and_keeps_the_old_when_the_new_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = make_ca("shop", VALIDITY_DEFAULT).expect("ca");
+        std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).expect("write");
+        let first = make_region(&ca, "us-west", &[], VALIDITY_DEFAULT).expect("issue");
+        let paths = write(dir.path(), "us-west", &first);
+        let live = LiveTls::load(paths.clone(), "us-west", now()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((live.reload_if_changed(false, now()).expect("unchanged"), live.generation()), (false, 0));
+        let second = make_region(&ca, "us-west", &[], VALIDITY_DEFAULT).expect("issue");
+        write(dir.path(), "us-west", &second);
+        assert!(live.reload_if_changed(true, now()).expect("valid"), "swapped");
+        assert_eq!((live.current().cert_pem.clone(), live.generation()), (second.cert_pem.clone(), 1));
+        // A certificate whose key is not beside it: refused, the second pair stays in use.
+        std::fs::write(&paths.cert, &first.cert_pem).expect("write");
+        assert!(live.reload_if_changed(false, now()).is_err());
+        assert_eq!((live.current().cert_pem.clone(), live.generation()), (second.cert_pem, 1));
+        assert!(!live.reload_if_changed(false, now()).expect("same files"), "not retried until they change");
     }
 
     #[test]
