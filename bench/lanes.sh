@@ -35,6 +35,7 @@ configs() {
 cluster: lanes-bench
 region: $region
 secret: "bench-secret-0123456789"
+insecure_plaintext: true
 data_dir: $dir/mrr-$region
 listen: { api: 127.0.0.1:$api, peer: 127.0.0.1:$peer }
 durability: fsync

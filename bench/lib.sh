@@ -18,6 +18,7 @@ mrr_two_region_configs() {
 cluster: bench
 region: $region
 secret: "bench-secret-0123456789"
+insecure_plaintext: true
 data_dir: $dir/mrr-$region
 listen: { api: 127.0.0.1:$api, peer: 127.0.0.1:$peer }
 durability: fsync

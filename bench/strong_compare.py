@@ -47,7 +47,7 @@ def mrr_config(k):
         for j, n in enumerate(NAMES))
     path = f"{W}/mrr-{NAMES[k]}.yaml"
     open(path, "w").write(
-        f"cluster: strong-bench\nregion: {NAMES[k]}\nsecret: \"strong-bench-secret-0123\"\ndata_dir: {W}/mrr-data-{k}\n"
+        f"cluster: strong-bench\nregion: {NAMES[k]}\nsecret: \"strong-bench-secret-0123\"\ninsecure_plaintext: true\ndata_dir: {W}/mrr-data-{k}\n"
         f"listen: {{ api: 127.0.0.1:{27100 + 10 * k}, peer: 127.0.0.1:{27101 + 10 * k} }}\ndurability: fsync\n"
         f"regions:\n{regions}topics:\n  stock: {{ consistency: strong }}\n"
         f"consensus:\n  rtt_ms: {2 * DELAY}\n  return_after_ms: 1000\n")

@@ -74,6 +74,10 @@ pub struct Config {
     /// (`mrr certs` makes them). Required by `https://` endpoints.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Peers replicate over plain HTTP/2 (`http://` endpoints, no `tls:`): only when the config
+    /// says so, for private networks, tunnels and tests.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
     /// The files of `tls`, read and checked together by the loader (node configs only), and
     /// reloaded by the node when they change: peers and the HTTPS API take them from here.
     #[serde(skip)]
@@ -861,6 +865,15 @@ impl Config {
         if self.regions.is_empty() {
             return Err(invalid("regions:", "no regions".into(), "list every region of the cluster under `regions:`"));
         }
+        // (https:// endpoints without `tls:` get their own, more precise error below.)
+        let plain_peers = self.regions.len() > 1 && self.regions.iter().all(|r| !r.endpoint.starts_with("https://"));
+        if node && self.tls.is_none() && plain_peers && !self.insecure_plaintext {
+            return Err(invalid(
+                "regions:",
+                "without `tls:`, peers would replicate in clear (records, keys forwarded between regions, the strong tier's votes)".into(),
+                "make certificates with `mrr certs -c <this file> --out certs`, add `tls: { cert: certs/<region>.pem, key: certs/<region>.key, ca: certs/ca.pem }` and write endpoints as https://; or, on a private network or in tests, say `insecure_plaintext: true`",
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for r in &self.regions {
             if r.name.as_str() == mrr_core::strong::STRONG_ORIGIN {
@@ -1280,6 +1293,7 @@ regions:
 replication_rules:
   default_ttl: 500ms
   conflict_strategy: timestamp
+insecure_plaintext: true
 "#;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -1341,7 +1355,7 @@ replication_rules:
         let mixed = with_tls.replacen("https://sfo-node.mrr", "http://sfo-node.mrr", 1);
         let err = Config::parse_for(&dir.path().join("c.yaml"), &mixed, tokyo()).expect_err("plain").to_string();
         assert!(err.contains("every region's endpoint must be https://"), "{err}");
-        let plain = with_secret.replace("https://", "http://");
+        let plain = format!("{}insecure_plaintext: true\n", with_secret.replace("https://", "http://"));
         let c = Config::parse_for(&dir.path().join("c.yaml"), &plain, tokyo()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             (c.region.as_str(), c.secret.as_str()),
@@ -1387,6 +1401,13 @@ replication_rules:
                 "{err}"
             );
         }
+        let plain = GOOD.replace("insecure_plaintext: true\n", "");
+        let err = parse(&plain).expect_err("plain peers").to_string();
+        assert!(err.contains("peers would replicate in clear") && err.contains("insecure_plaintext: true"), "{err}");
+        assert!(
+            Config::parse_for(Path::new("c.yaml"), &plain, Purpose::Cluster).is_ok(),
+            "a layout has no peers to protect"
+        );
         let err = with("listen: { api: 0.0.0.0:7800, peer: 0.0.0.0:7801 }\n").expect_err("open").to_string();
         assert!(err.contains("no api_keys") && err.contains("allow_anonymous"), "{err}");
         with("listen: { api: 0.0.0.0:7800, peer: 0.0.0.0:7801 }\nallow_anonymous: true\n").expect("said so");
@@ -1522,7 +1543,7 @@ replication_rules:
         let err = parse(&format!("{GOOD}lanes:\n  urgent: [BULK]\n")).expect_err("twice").to_string();
         assert!(err.contains("mrr-config.yaml:") && err.contains("BULK") && err.contains("one lane only"), "{err}");
         let err = parse(&format!("{GOOD}topics:\n  audit: {{ lane: fast }}\n")).expect_err("bad lane").to_string();
-        assert!(err.starts_with("mrr-config.yaml:16:") && err.contains("fast"), "{err}");
+        assert!(err.starts_with("mrr-config.yaml:17:") && err.contains("fast"), "{err}");
     }
 
     #[test]
@@ -1552,7 +1573,7 @@ replication_rules:
         let err = with("  inventory: { conflict_strategy: custom, handler: handlers/broken.rhai }\n")
             .expect_err("syntax error")
             .to_string();
-        assert!(err.contains("mrr-config.yaml:16") && err.contains("broken.rhai:2:"), "{err}");
+        assert!(err.contains("mrr-config.yaml:17") && err.contains("broken.rhai:2:"), "{err}");
         let err = with("  inventory: { conflict_strategy: custom, handler: handlers/missing.rhai }\n")
             .expect_err("missing file")
             .to_string();
@@ -1564,7 +1585,7 @@ replication_rules:
             .to_string();
         assert!(err.contains("set `conflict_strategy: custom`"), "{err}");
         let err = with("  inventory: { conflict_strategy: crdt }\n").expect_err("unknown strategy").to_string();
-        assert!(err.contains("mrr-config.yaml:16:") && err.contains("crdt"), "{err}");
+        assert!(err.contains("mrr-config.yaml:17:") && err.contains("crdt"), "{err}");
         let err =
             with("  inventory: { conflict_strategy: merge, colour: blue }\n").expect_err("unknown key").to_string();
         assert!(err.contains("colour"), "{err}");

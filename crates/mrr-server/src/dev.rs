@@ -204,6 +204,9 @@ impl DevCluster {
             peer = me.peer_port,
         ));
         let scheme = self.scheme();
+        if self.tls.is_none() {
+            s.push_str("# Peers replicate over plain HTTP/2 on loopback (`mrr dev --tls` for mutual TLS).\ninsecure_plaintext: true\n");
+        }
         if self.tls.is_some() {
             s.push_str(&format!(
                 "# Mutual TLS between regions: a throwaway CA made by `mrr dev --tls`.\ntls: {{ cert: certs/{name}.pem, key: certs/{name}.key, ca: certs/ca.pem }}\n",
@@ -347,6 +350,7 @@ mod tests {
             "cluster: c",
             "region: a",
             "secret: \"0123456789abcdef\"",
+            "insecure_plaintext: true",
             "data_dir: d",
             "listen: { api: 127.0.0.1:1, peer: 127.0.0.1:2 }",
             "regions:",

@@ -9,7 +9,7 @@ use serde_json::json;
 
 async fn node(dir: &Path, extra: &str) -> anyhow::Result<(Node, Client)> {
     let text = format!(
-        "cluster: t\nregion: us-west\nsecret: \"0123456789abcdef\"\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:0 }}\n\
+        "cluster: t\nregion: us-west\nsecret: \"0123456789abcdef\"\ninsecure_plaintext: true\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:0 }}\n\
          regions:\n  - name: us-west\n    endpoint: http://127.0.0.1:1\nlimits: {{ body_bytes_max: 65536, record_bytes_max: 32768, batch_records_max: 5, json_depth_max: 8 }}\n{extra}",
         dir.display()
     );
@@ -213,7 +213,7 @@ async fn keyed_node(dir: &Path, keys: &[(&str, &str)], extra: &str) -> anyhow::R
         .map(|(k, scope)| format!("  - {{ name: {k}, hash: \"{}\", {scope} }}\n", KeyDigest::of(k)))
         .collect();
     let text = format!(
-        "region: us-west\nsecret: \"0123456789abcdef\"\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:0 }}\n\
+        "region: us-west\nsecret: \"0123456789abcdef\"\ninsecure_plaintext: true\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:0 }}\n\
          regions:\n  - name: us-west\n    endpoint: http://127.0.0.1:1\n  - name: eu-central\n    endpoint: http://127.0.0.1:2\n\
          api_keys:\n{keys}{extra}",
         dir.display()

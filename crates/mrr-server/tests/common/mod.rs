@@ -45,7 +45,7 @@ pub async fn pair_with(
     for k in 0..2 {
         let dir = tempfile::tempdir()?;
         let text = format!(
-            "cluster: t\nregion: {}\nsecret: \"{}\"\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:{} }}\nregions:\n  - name: ap-northeast\n    endpoint: http://127.0.0.1:{}\n  - name: us-west\n    endpoint: http://127.0.0.1:{}\n{extra}",
+            "cluster: t\nregion: {}\nsecret: \"{}\"\ninsecure_plaintext: true\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:{} }}\nregions:\n  - name: ap-northeast\n    endpoint: http://127.0.0.1:{}\n  - name: us-west\n    endpoint: http://127.0.0.1:{}\n{extra}",
             names[k], secrets[k], dir.path().display(), peer_ports[k], peer_ports[0], peer_ports[1]
         );
         let config = Config::parse(Path::new("test.yaml"), &text)?;
