@@ -487,14 +487,20 @@ mod tests {
         assert_eq!(tend(&at_b, &b, &[(b.clone(), 100)].into_iter().collect(), 0, &avoid).ask, None);
     }
 
+    /// `holder`'s replica of a counter it holds 40 units of, after `asker` asked it for 100.
+    fn holding_40_asked_100(holder: &RegionName, asker: &RegionName) -> Escrow {
+        let mut e = Escrow::new(holder, 40);
+        let mut at_asker = e.clone();
+        at_asker.ask(asker, holder, 100).expect("no overflow");
+        e.merge(&at_asker.own_entries(asker));
+        e
+    }
+
     #[test]
     fn a_busy_holder_still_answers_with_half_and_tops_up_low_regions() {
         let (a, b, c) = (r("a"), r("b"), r("c"));
         let none = BTreeSet::new();
-        let mut e = Escrow::new(&a, 40);
-        let mut at_b = e.clone();
-        at_b.ask(&b, &a, 100).expect("no overflow");
-        e.merge(&at_b.own_entries(&b));
+        let e = holding_40_asked_100(&a, &b);
         // a expects 1,000 units of its own demand: it keeps half of 40 and answers with 20.
         let plan = tend(&e, &a, &[(a.clone(), 1_000)].into_iter().collect(), 0, &none);
         assert_eq!(plan.gives, vec![(b.clone(), 20)]);
@@ -510,10 +516,7 @@ mod tests {
         // (its demand, 1,000, is not met); b asks, c is expected to need 10 and holds nothing.
         let (a, b, c) = (r("a"), r("b"), r("c"));
         let none = BTreeSet::new();
-        let mut e = Escrow::new(&a, 40);
-        let mut at_b = e.clone();
-        at_b.ask(&b, &a, 100).expect("no overflow");
-        e.merge(&at_b.own_entries(&b));
+        let e = holding_40_asked_100(&a, &b);
         let demand: BTreeMap<_, _> = [(a.clone(), 1_000), (c.clone(), 10)].into_iter().collect();
         let starved = Outlook { demand: &demand, short: 0, starved: true, avoid: &none };
         // Nothing moves: half of it would travel to b, unsellable for a round trip, while a's
