@@ -15,15 +15,14 @@ use serde_json::json;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// A peer stream to Tokyo's peer listener, TLS with `identity`, trusting `ca`, whose first
-/// message is a Hello claiming `claimed`: `Ok` when Tokyo answers with its Welcome, else the
-/// status it refused with (or why there was no connection).
+/// message is a Hello claiming `claimed`: `Ok` when Tokyo accepts the claim and answers with its
+/// Challenge, else the status it refused with (or why there was no connection).
 async fn hello_as(
     cluster: &Cluster,
     identity: Identity,
     ca: &str,
     claimed: &str,
 ) -> anyhow::Result<Result<(), tonic::Status>> {
-    let digest = mrr_server::Config::load(&cluster.config_path(0))?.policies.digest();
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .identity(identity)
@@ -41,15 +40,13 @@ async fn hello_as(
             region: claimed.into(),
             target_region: "ap-northeast".into(),
             nonce: vec![7; 16],
-            wall_ms: 0,
-            policy_digest: digest,
         })),
     };
     let outbound = tokio_stream_once(hello);
     match PeerClient::new(channel).replicate(outbound).await {
         Ok(mut answers) => match answers.get_mut().message().await {
             Err(status) => Ok(Err(status)),
-            Ok(Some(m)) if matches!(m.msg, Some(mrr_replication::proto::to_dialer::Msg::Welcome(_))) => Ok(Ok(())),
+            Ok(Some(m)) if matches!(m.msg, Some(mrr_replication::proto::to_dialer::Msg::Challenge(_))) => Ok(Ok(())),
             Ok(m) => anyhow::bail!("Tokyo answered {m:?}"),
         },
         Err(status) => Ok(Err(status)),
@@ -120,7 +117,7 @@ async fn regions_speak_mutual_tls_and_a_certificate_speaks_only_for_its_region()
     let status = hello_as(&cluster, sf.clone(), &ca, "eu-central").await?.expect_err("refused");
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("does not name region eu-central"), "{status:?}");
-    // The same certificate, as itself, is welcomed (the secret's proof comes next).
+    // The same certificate, as itself, passes to the Challenge (the secret's proof comes next).
     hello_as(&cluster, sf, &ca, "us-west").await?.map_err(|s| anyhow::anyhow!("us-west as itself: {s:?}"))?;
 
     // A certificate of another CA: no TLS connection at all.
@@ -138,7 +135,7 @@ async fn regions_speak_mutual_tls_and_a_certificate_speaks_only_for_its_region()
         ),
         "a foreign CA's certificate must not get a peer stream: {status:?}"
     );
-    assert!(!status.message().contains("Welcome"), "{status:?}");
+    assert!(!status.message().contains("Challenge"), "{status:?}");
     // And the cluster still replicates.
     tokyo.publish("users", &json!({"id": "u002"})).await?;
     wait_for("u002 in Frankfurt", Duration::from_secs(20), || async { Ok(frankfurt.query("users/u002").await?) })

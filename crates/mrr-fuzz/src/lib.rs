@@ -12,7 +12,7 @@ use std::path::Path;
 
 use mrr_core::limits::Limits;
 use mrr_core::RegionName;
-use mrr_replication::handshake::{Acceptor, Dialer, Greeted, NONCE_LEN};
+use mrr_replication::handshake::{Acceptor, Dialer, NONCE_LEN};
 use mrr_replication::proto::{self, to_acceptor, to_dialer};
 use mrr_replication::wire;
 use mrr_server::config::{Config, Purpose};
@@ -49,8 +49,8 @@ fn changes(batch: proto::Batch) {
 }
 
 /// Whatever reaches either side of the peer handshake, and what follows it on the stream:
-/// `ToAcceptor` (Hello, Auth, Batch, Heartbeat) at an acceptor, `ToDialer` (Welcome, Ack) at a
-/// dialer. A forged Auth or Welcome must never pass.
+/// `ToAcceptor` (Hello, Auth, Batch, Heartbeat) at an acceptor, `ToDialer` (Challenge, Welcome,
+/// Ack) at a dialer. A forged Auth or Welcome must never pass.
 pub fn handshake(data: &[u8]) {
     let (tokyo, sf) = (region("ap-northeast"), region("us-west"));
     let acceptor = Acceptor {
@@ -74,7 +74,7 @@ pub fn handshake(data: &[u8]) {
                 let _ = acceptor.on_hello(&hello, |r| r == &sf);
             }
             Some(to_acceptor::Msg::Auth(auth)) => {
-                let greeted = Greeted { peer: sf.clone(), dialer_nonce: dialer.nonce.to_vec() };
+                let greeted = acceptor.on_hello(&dialer.hello(), |r| r == &sf).expect("the dialer's own Hello passes");
                 assert!(acceptor.on_auth(&greeted, &auth).is_err(), "a forged Auth passed: {auth:?}");
             }
             Some(to_acceptor::Msg::Batch(batch)) => changes(batch),
@@ -83,8 +83,15 @@ pub fn handshake(data: &[u8]) {
     }
     if let Ok(m) = proto::ToDialer::decode(data) {
         match m.msg {
+            Some(to_dialer::Msg::Challenge(challenge)) => {
+                let _ = dialer.on_challenge(&challenge);
+            }
             Some(to_dialer::Msg::Welcome(welcome)) => {
-                assert!(dialer.on_welcome(&welcome, 0, u64::MAX).is_err(), "a forged Welcome passed: {welcome:?}");
+                let (_, challenged) = dialer.on_challenge(&acceptor.challenge()).expect("the acceptor's own Challenge");
+                assert!(
+                    dialer.on_welcome(&challenged, &welcome, 0, u64::MAX).is_err(),
+                    "a forged Welcome passed: {welcome:?}"
+                );
             }
             Some(to_dialer::Msg::Ack(ack)) => {
                 let _ = wire::vv_from_wire(ack.applied);
@@ -163,15 +170,23 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("peer_batch", "plain.bin", plain.encode_to_vec()),
         ("peer_batch", "zstd.bin", zstd.encode_to_vec()),
         ("peer_batch", "raw_zstd_changes.bin", raw_zstd),
-        ("handshake", "hello.bin", to_acceptor(to_acceptor::Msg::Hello(dialer.hello(1)))),
-        ("handshake", "auth.bin", to_acceptor(to_acceptor::Msg::Auth(proto::Auth { proof: vec![1; 32] }))),
+        ("handshake", "hello.bin", to_acceptor(to_acceptor::Msg::Hello(dialer.hello()))),
+        (
+            "handshake",
+            "auth.bin",
+            to_acceptor(to_acceptor::Msg::Auth(proto::Auth { proof: vec![1; 32], policy_digest: "p".into() })),
+        ),
+        (
+            "handshake",
+            "challenge.bin",
+            to_dialer(to_dialer::Msg::Challenge(proto::Challenge { nonce: vec![7; NONCE_LEN] })),
+        ),
         ("handshake", "batch.bin", to_acceptor(to_acceptor::Msg::Batch(plain))),
         (
             "handshake",
             "welcome.bin",
             to_dialer(to_dialer::Msg::Welcome(proto::Welcome {
                 region: "ap-northeast".into(),
-                nonce: vec![7; NONCE_LEN],
                 proof: vec![2; 32],
                 ..Default::default()
             })),

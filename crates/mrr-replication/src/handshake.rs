@@ -1,9 +1,18 @@
-//! The peer handshake, sans-IO: building and checking Hello, Welcome and Auth.
+//! The peer handshake, sans-IO: building and checking Hello, Challenge, Auth and Welcome.
 //!
 //! Both sides prove knowledge of the cluster secret without sending it: each answers the
 //! other's fresh nonce with an HMAC bound to both nonces, the cluster and both region names, so a
-//! proof cannot be replayed on another connection or another pair of regions. (Confidentiality
-//! on the wire is TLS's job, not this handshake's.)
+//! proof cannot be replayed on another connection or another pair of regions.
+//!
+//! The dialer proves itself first. Before the dialer's proof has checked out, the acceptor sends
+//! only a fresh nonce (Challenge): not its proof, its clock, what it has applied, its cluster
+//! name or its topic policies. Anyone can open a TCP connection to a peer port; only a holder of
+//! the secret learns anything there. An error that goes back to an unproved dialer names only
+//! what the dialer itself sent. (Confidentiality on the wire is TLS's job, not this handshake's;
+//! with mutual TLS the dialer has also proved its region with its certificate before its Hello
+//! is read.)
+//!
+//! This module does no IO and reads no clock: the runtime passes send and receive times in.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -16,15 +25,18 @@ type HmacSha256 = Hmac<Sha256>;
 
 pub const NONCE_LEN: usize = 16;
 
-/// Why a handshake failed. Each names what to fix.
+/// Why a handshake failed. Each names what to fix. The messages name only what the side that
+/// reads them already knows: `ClusterMismatch` names the dialer's cluster, never the acceptor's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
-    #[error("peer belongs to cluster {theirs:?}, this node to {ours:?}: check `cluster` in both configs")]
-    ClusterMismatch { ours: String, theirs: String },
+    #[error("peer belongs to cluster {theirs:?}, which is not this node's: check `cluster` in both configs")]
+    ClusterMismatch { theirs: String },
     #[error("peer speaks protocol version {theirs}, this node speaks {ours}: run the same MRR release on both")]
     ProtocolMismatch { ours: u32, theirs: u32 },
     #[error("peer says it is region {theirs:?}, expected {expected:?}: check the regions list and endpoints")]
     UnexpectedRegion { expected: String, theirs: String },
+    #[error("this node is not region {0:?}: check the endpoint configured for that region")]
+    NotTarget(String),
     #[error("region {0:?} is not in this node's regions list")]
     UnknownRegion(String),
     #[error("cluster secret mismatch with region {0}: set the same `secret` on every node")]
@@ -58,6 +70,11 @@ fn proof(
     mac
 }
 
+fn nonce_of(bytes: &[u8]) -> Result<[u8; NONCE_LEN], HandshakeError> {
+    <[u8; NONCE_LEN]>::try_from(bytes)
+        .map_err(|_| HandshakeError::Malformed(format!("nonce of {} bytes, want {NONCE_LEN}", bytes.len())))
+}
+
 /// The dialer's side.
 #[derive(Debug, Clone)]
 pub struct Dialer {
@@ -67,6 +84,12 @@ pub struct Dialer {
     pub secret: String,
     pub nonce: [u8; NONCE_LEN],
     pub policy_digest: String,
+}
+
+/// A dialer that has answered the acceptor's Challenge and waits for its Welcome.
+#[derive(Debug, Clone)]
+pub struct Challenged {
+    acceptor_nonce: [u8; NONCE_LEN],
 }
 
 /// What the dialer learned from a valid Welcome.
@@ -83,40 +106,49 @@ impl Dialer {
         proof(&self.secret, role, &self.nonce, acceptor_nonce, &self.cluster, self.local.as_str(), self.peer.as_str())
     }
 
-    pub fn hello(&self, wall_ms: u64) -> proto::Hello {
+    pub fn hello(&self) -> proto::Hello {
         proto::Hello {
             cluster: self.cluster.clone(),
             protocol_version: PROTOCOL_VERSION,
             region: self.local.to_string(),
             target_region: self.peer.to_string(),
             nonce: self.nonce.to_vec(),
-            wall_ms,
-            policy_digest: self.policy_digest.clone(),
         }
     }
 
-    /// Checks the acceptor's identity and proof; returns the Auth to send and the link figures.
+    /// Answers the acceptor's nonce with this dialer's proof.
+    pub fn on_challenge(&self, challenge: &proto::Challenge) -> Result<(proto::Auth, Challenged), HandshakeError> {
+        let acceptor_nonce = nonce_of(&challenge.nonce)?;
+        let auth = proto::Auth {
+            proof: self.mac(DIALER_ROLE, &acceptor_nonce).finalize().into_bytes().to_vec(),
+            policy_digest: self.policy_digest.clone(),
+        };
+        Ok((auth, Challenged { acceptor_nonce }))
+    }
+
+    /// Checks the acceptor's identity and proof. `sent_ms` is when the Auth left, `received_ms`
+    /// when the Welcome arrived: the acceptor answers the one with the other at once.
     pub fn on_welcome(
         &self,
+        challenged: &Challenged,
         welcome: &proto::Welcome,
         sent_ms: u64,
         received_ms: u64,
-    ) -> Result<(proto::Auth, Established), HandshakeError> {
+    ) -> Result<Established, HandshakeError> {
         if welcome.region != self.peer.as_str() {
             return Err(HandshakeError::UnexpectedRegion {
                 expected: self.peer.to_string(),
                 theirs: welcome.region.clone(),
             });
         }
-        self.mac(ACCEPTOR_ROLE, &welcome.nonce)
+        self.mac(ACCEPTOR_ROLE, &challenged.acceptor_nonce)
             .verify_slice(&welcome.proof)
             .map_err(|_| HandshakeError::BadProof(self.peer.to_string()))?;
-        let auth = self.mac(DIALER_ROLE, &welcome.nonce);
         let rtt_ms = received_ms.saturating_sub(sent_ms);
         let midpoint_ms = sent_ms + rtt_ms / 2;
         let skew_ms =
             i64::try_from(welcome.wall_ms).unwrap_or(i64::MAX) - i64::try_from(midpoint_ms).unwrap_or(i64::MAX);
-        Ok((proto::Auth { proof: auth.finalize().into_bytes().to_vec() }, Established { rtt_ms, skew_ms }))
+        Ok(Established { rtt_ms, skew_ms })
     }
 }
 
@@ -130,11 +162,13 @@ pub struct Acceptor {
     pub policy_digest: String,
 }
 
-/// A Hello that passed the acceptor's checks.
+/// A Hello that passed the acceptor's checks: who the dialer claims to be, not yet proved.
 #[derive(Debug, Clone)]
 pub struct Greeted {
     pub peer: RegionName,
-    pub dialer_nonce: Vec<u8>,
+    pub dialer_nonce: [u8; NONCE_LEN],
+    /// The cluster the dialer named, to tell a wrong cluster from a wrong secret.
+    pub cluster: String,
 }
 
 impl Acceptor {
@@ -151,6 +185,7 @@ impl Acceptor {
         )
     }
 
+    /// Checks what a Hello claims, before any proof. Its errors name only what the dialer sent.
     pub fn on_hello(
         &self,
         hello: &proto::Hello,
@@ -159,40 +194,43 @@ impl Acceptor {
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(HandshakeError::ProtocolMismatch { ours: PROTOCOL_VERSION, theirs: hello.protocol_version });
         }
-        if hello.cluster != self.cluster {
-            return Err(HandshakeError::ClusterMismatch { ours: self.cluster.clone(), theirs: hello.cluster.clone() });
-        }
-        if hello.policy_digest != self.policy_digest {
-            return Err(HandshakeError::PolicyMismatch {
-                ours: self.policy_digest.clone(),
-                theirs: hello.policy_digest.clone(),
-            });
-        }
         if hello.target_region != self.local.as_str() {
-            return Err(HandshakeError::UnexpectedRegion {
-                expected: hello.target_region.clone(),
-                theirs: self.local.to_string(),
-            });
+            return Err(HandshakeError::NotTarget(hello.target_region.clone()));
         }
         let peer = RegionName::new(hello.region.clone()).map_err(|e| HandshakeError::Malformed(e.to_string()))?;
         if peer == self.local || !known(&peer) {
             return Err(HandshakeError::UnknownRegion(hello.region.clone()));
         }
-        if hello.nonce.len() != NONCE_LEN {
-            return Err(HandshakeError::Malformed(format!("nonce of {} bytes, want {NONCE_LEN}", hello.nonce.len())));
-        }
-        Ok(Greeted { peer, dialer_nonce: hello.nonce.clone() })
+        let dialer_nonce = nonce_of(&hello.nonce)?;
+        Ok(Greeted { peer, dialer_nonce, cluster: hello.cluster.clone() })
     }
 
-    /// The Welcome's proof for a greeted dialer.
-    pub fn proof(&self, greeted: &Greeted) -> Vec<u8> {
-        self.mac(ACCEPTOR_ROLE, greeted).finalize().into_bytes().to_vec()
+    /// All the acceptor says before the dialer's proof.
+    pub fn challenge(&self) -> proto::Challenge {
+        proto::Challenge { nonce: self.nonce.to_vec() }
     }
 
+    /// Checks the dialer's proof, then its topic policies (only a proved dialer learns that
+    /// they differ, and how).
     pub fn on_auth(&self, greeted: &Greeted, auth: &proto::Auth) -> Result<(), HandshakeError> {
+        if greeted.cluster != self.cluster {
+            return Err(HandshakeError::ClusterMismatch { theirs: greeted.cluster.clone() });
+        }
         self.mac(DIALER_ROLE, greeted)
             .verify_slice(&auth.proof)
-            .map_err(|_| HandshakeError::BadProof(greeted.peer.to_string()))
+            .map_err(|_| HandshakeError::BadProof(greeted.peer.to_string()))?;
+        if auth.policy_digest != self.policy_digest {
+            return Err(HandshakeError::PolicyMismatch {
+                ours: self.policy_digest.clone(),
+                theirs: auth.policy_digest.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The Welcome's proof, for a dialer whose Auth passed.
+    pub fn proof(&self, greeted: &Greeted) -> Vec<u8> {
+        self.mac(ACCEPTOR_ROLE, greeted).finalize().into_bytes().to_vec()
     }
 }
 
@@ -227,7 +265,6 @@ mod tests {
     fn welcome(a: &Acceptor, g: &Greeted, wall_ms: u64) -> proto::Welcome {
         proto::Welcome {
             region: a.local.to_string(),
-            nonce: a.nonce.to_vec(),
             proof: a.proof(g),
             wall_ms,
             applied: vec![],
@@ -238,40 +275,69 @@ mod tests {
     #[test]
     fn matching_secrets_complete_and_measure_rtt_and_skew() {
         let (d, a) = pair("s3cret", "s3cret");
-        let g = a.on_hello(&d.hello(1_000), |_| true).expect("hello");
-        // Sent at 1000, answered at 1100 by a clock 30 ms ahead, received at 1200.
-        let (auth, est) = d.on_welcome(&welcome(&a, &g, 1_130), 1_000, 1_200).expect("welcome");
-        assert_eq!(est, Established { rtt_ms: 200, skew_ms: 30 });
+        let g = a.on_hello(&d.hello(), |_| true).expect("hello");
+        let (auth, c) = d.on_challenge(&a.challenge()).expect("challenge");
         a.on_auth(&g, &auth).expect("auth");
+        // Auth sent at 1000, answered at 1100 by a clock 30 ms ahead, Welcome received at 1200.
+        let est = d.on_welcome(&c, &welcome(&a, &g, 1_130), 1_000, 1_200).expect("welcome");
+        assert_eq!(est, Established { rtt_ms: 200, skew_ms: 30 });
+    }
+
+    #[test]
+    fn the_acceptor_says_nothing_but_a_nonce_before_the_dialer_proves_itself() {
+        let (d, a) = pair("s3cret", "s3cret");
+        a.on_hello(&d.hello(), |_| true).expect("hello");
+        assert_eq!(a.challenge(), proto::Challenge { nonce: vec![2; NONCE_LEN] });
     }
 
     #[test]
     fn wrong_secret_is_refused_on_both_sides() {
         let (d, a) = pair("right", "wrong");
-        let g = a.on_hello(&d.hello(0), |_| true).expect("hello carries no secret");
+        let g = a.on_hello(&d.hello(), |_| true).expect("hello carries no secret");
+        let (auth, c) = d.on_challenge(&a.challenge()).expect("challenge");
+        assert_eq!(a.on_auth(&g, &auth).expect_err("acceptor refuses"), HandshakeError::BadProof("us-west".into()));
+        // A dialer talking to an acceptor with another secret refuses its Welcome too.
         assert_eq!(
-            d.on_welcome(&welcome(&a, &g, 0), 0, 0).expect_err("dialer refuses"),
+            d.on_welcome(&c, &welcome(&a, &g, 0), 0, 0).expect_err("dialer refuses"),
             HandshakeError::BadProof("eu-central".into())
         );
-        let forged = proto::Auth { proof: vec![0; 32] };
+        let forged = proto::Auth { proof: vec![0; 32], policy_digest: a.policy_digest.clone() };
         assert!(matches!(a.on_auth(&g, &forged), Err(HandshakeError::BadProof(_))));
     }
 
     #[test]
-    fn hello_checks_protocol_cluster_target_and_membership() {
+    fn hello_checks_protocol_target_nonce_and_membership() {
         let (d, a) = pair("s", "s");
-        let mut h = d.hello(0);
+        let mut h = d.hello();
         h.protocol_version = 99;
         assert!(matches!(a.on_hello(&h, |_| true), Err(HandshakeError::ProtocolMismatch { theirs: 99, .. })));
-        let mut h = d.hello(0);
-        h.cluster = "other".into();
-        assert!(matches!(a.on_hello(&h, |_| true), Err(HandshakeError::ClusterMismatch { .. })));
-        let mut h = d.hello(0);
-        h.policy_digest = "default=timestamp;inventory=custom:abc".into();
-        assert!(matches!(a.on_hello(&h, |_| true), Err(HandshakeError::PolicyMismatch { .. })));
-        let mut h = d.hello(0);
+        let mut h = d.hello();
         h.target_region = "ap-northeast".into();
-        assert!(matches!(a.on_hello(&h, |_| true), Err(HandshakeError::UnexpectedRegion { .. })));
-        assert!(matches!(a.on_hello(&d.hello(0), |_| false), Err(HandshakeError::UnknownRegion(_))));
+        assert_eq!(a.on_hello(&h, |_| true).expect_err("not me"), HandshakeError::NotTarget("ap-northeast".into()));
+        let mut h = d.hello();
+        h.nonce = vec![1; 3];
+        assert!(matches!(a.on_hello(&h, |_| true), Err(HandshakeError::Malformed(_))));
+        assert!(matches!(a.on_hello(&d.hello(), |_| false), Err(HandshakeError::UnknownRegion(_))));
+    }
+
+    #[test]
+    fn another_cluster_is_named_by_its_own_name_only_and_policies_are_checked_after_the_proof() {
+        let (mut d, a) = pair("s", "s");
+        d.cluster = "other".into();
+        let g = a.on_hello(&d.hello(), |_| true).expect("the cluster is checked with the proof");
+        let (auth, _) = d.on_challenge(&a.challenge()).expect("challenge");
+        let e = a.on_auth(&g, &auth).expect_err("other cluster");
+        assert!(!e.to_string().contains("demo"), "the acceptor's cluster stays unsaid: {e}");
+
+        let (mut d, a) = pair("s", "s");
+        d.policy_digest = "default=merge".into();
+        let g = a.on_hello(&d.hello(), |_| true).expect("hello");
+        let (auth, _) = d.on_challenge(&a.challenge()).expect("challenge");
+        assert!(matches!(a.on_auth(&g, &auth), Err(HandshakeError::PolicyMismatch { .. })));
+        let forged = proto::Auth { proof: vec![0; 32], policy_digest: "default=merge".into() };
+        assert!(
+            matches!(a.on_auth(&g, &forged), Err(HandshakeError::BadProof(_))),
+            "an unproved dialer learns nothing about the acceptor's policies"
+        );
     }
 }

@@ -127,9 +127,11 @@ struct Service {
 
 type ToDialerStream = Pin<Box<dyn Stream<Item = Result<proto::ToDialer, Status>> + Send>>;
 
-fn handshake_status(e: HandshakeError) -> Status {
+/// The status an unproved or refused dialer gets back. A wrong secret is reported as the dialer
+/// sees it: a mismatch with this (the acceptor's) region.
+fn handshake_status(e: HandshakeError, local: &RegionName) -> Status {
     match e {
-        HandshakeError::BadProof(_) => Status::unauthenticated(e.to_string()),
+        HandshakeError::BadProof(_) => Status::unauthenticated(HandshakeError::BadProof(local.to_string()).to_string()),
         HandshakeError::ProtocolMismatch { .. }
         | HandshakeError::ClusterMismatch { .. }
         | HandshakeError::PolicyMismatch { .. } => Status::failed_precondition(e.to_string()),
@@ -166,7 +168,7 @@ impl proto::peer_server::Peer for Service {
         let known = |r: &RegionName| cfg.peers.iter().any(|p| &p.region == r);
         let greeted = acceptor.on_hello(&hello, known).map_err(|e| {
             tracing::warn!(from = %hello.region, error = %e, "refused peer handshake");
-            handshake_status(e)
+            handshake_status(e, &cfg.local)
         })?;
         // The region the dialer claims must be the one its certificate names (with TLS).
         crate::check_peer(cfg.tls.as_ref(), certs.as_deref().map(Vec::as_slice), &greeted.peer)?;
@@ -218,26 +220,27 @@ async fn session(
 ) -> Result<(), Status> {
     let cfg = &ctx.config;
     let peer = &greeted.peer;
+    // Only a nonce until the dialer has proved itself (see `handshake`).
+    send(link, to_dialer::Msg::Challenge(acceptor.challenge())).await?;
+    let auth = match timeout(cfg.peer_timeout, stream.message()).await {
+        Err(_) => return Err(Status::deadline_exceeded("no Auth within the peer timeout")),
+        Ok(msg) => match msg?.and_then(|m| m.msg) {
+            Some(to_acceptor::Msg::Auth(a)) => a,
+            _ => return Err(Status::invalid_argument("expected Auth after Challenge")),
+        },
+    };
+    acceptor.on_auth(greeted, &auth).map_err(|e| {
+        tracing::warn!(peer = %peer, error = %e, our_cluster = %cfg.cluster, "refused peer handshake");
+        handshake_status(e, &cfg.local)
+    })?;
     let welcome = proto::Welcome {
         region: cfg.local.to_string(),
-        nonce: acceptor.nonce.to_vec(),
         proof: acceptor.proof(greeted),
         wall_ms: ctx.clock.now_ms(),
         applied: wire::vv_to_wire(&ctx.writer.applied().borrow()),
         direct_origins: ctx.status.direct_origins().iter().map(ToString::to_string).collect(),
     };
     send(link, to_dialer::Msg::Welcome(welcome)).await?;
-    let auth = match timeout(cfg.peer_timeout, stream.message()).await {
-        Err(_) => return Err(Status::deadline_exceeded("no Auth within the peer timeout")),
-        Ok(msg) => match msg?.and_then(|m| m.msg) {
-            Some(to_acceptor::Msg::Auth(a)) => a,
-            _ => return Err(Status::invalid_argument("expected Auth after Welcome")),
-        },
-    };
-    acceptor.on_auth(greeted, &auth).map_err(|e| {
-        tracing::warn!(peer = %peer, error = %e, "refused peer handshake");
-        handshake_status(e)
-    })?;
     ctx.status.update(peer, |s| s.inbound_streams += 1);
     *registered = true;
     if let Some(m) = ctx.metrics.peer(peer) {

@@ -64,7 +64,8 @@ pub(crate) const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// 5: moves, wants and transfers (`Change.moves`, `carried`, `want`, `transfer`).
 /// 6: a custom move's long fold history goes ahead of it in pieces (`Change.history`).
 /// 7: merge deltas carry escrow counters (bounded fields: `Field.escrow`).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 8: Hello, Challenge, Auth, Welcome: the acceptor proves itself only after the dialer has.
+pub const PROTOCOL_VERSION: u32 = 8;
 
 #[derive(Clone, Debug)]
 pub struct PeerConfig {

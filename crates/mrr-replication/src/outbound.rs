@@ -134,8 +134,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
         nonce: rand::rng().random::<[u8; NONCE_LEN]>(),
         policy_digest: cfg.policy_digest.clone(),
     };
-    let sent_ms = ctx.clock.now_ms();
-    send(&link, to_acceptor::Msg::Hello(dialer.hello(sent_ms))).await?;
+    send(&link, to_acceptor::Msg::Hello(dialer.hello())).await?;
     // The acceptor answers only once it has read the Hello, which a stalled path may hold.
     let handshake_timeout = cfg.peer_timeout;
     let mut inbound = match timeout(handshake_timeout, client.replicate(ReceiverStream::new(rx))).await {
@@ -144,6 +143,17 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     };
 
     // The handshake waits out emulated delays and partitions like any other message.
+    let challenge = match timeout(handshake_timeout, inbound.message()).await {
+        Err(_) => return Err(SessionEnd::Timeout(handshake_timeout)),
+        Ok(msg) => match msg?.and_then(|m| m.msg) {
+            Some(to_dialer::Msg::Challenge(c)) => c,
+            Some(_) => return Err(HandshakeError::Malformed("expected Challenge".into()).into()),
+            None => return Err(SessionEnd::Closed),
+        },
+    };
+    let (auth, challenged) = dialer.on_challenge(&challenge)?;
+    let sent_ms = ctx.clock.now_ms();
+    send(&link, to_acceptor::Msg::Auth(auth)).await?;
     let welcome = match timeout(handshake_timeout, inbound.message()).await {
         Err(_) => return Err(SessionEnd::Timeout(handshake_timeout)),
         Ok(msg) => match msg?.and_then(|m| m.msg) {
@@ -152,8 +162,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
             None => return Err(SessionEnd::Closed),
         },
     };
-    let (auth, est) = dialer.on_welcome(&welcome, sent_ms, ctx.clock.now_ms())?;
-    send(&link, to_acceptor::Msg::Auth(auth)).await?;
+    let est = dialer.on_welcome(&challenged, &welcome, sent_ms, ctx.clock.now_ms())?;
     let peer_vv = wire::vv_from_wire(welcome.applied)?;
     // What a peer holds is what it recovered, not what it held before a restart (a wiped or
     // power-cut peer holds less): `?ack=` counts from here.

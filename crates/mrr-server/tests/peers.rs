@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use mrr_replication::proto::{peer_client::PeerClient, to_acceptor, Hello, ToAcceptor};
+use mrr_core::RegionName;
+use mrr_replication::handshake::Dialer;
+use mrr_replication::proto::{peer_client::PeerClient, to_acceptor, to_dialer, ToAcceptor, ToDialer};
 use serde_json::json;
 
 mod common;
@@ -39,17 +41,39 @@ async fn buffered_durability_replicates_once_the_syncer_persists() -> anyhow::Re
     Ok(())
 }
 
-fn hello(protocol_version: u32, cluster: &str) -> ToAcceptor {
-    ToAcceptor {
-        msg: Some(to_acceptor::Msg::Hello(Hello {
-            cluster: cluster.into(),
-            protocol_version,
-            region: "ap-northeast".into(),
-            target_region: "us-west".into(),
-            nonce: vec![7; 16],
-            wall_ms: 0,
-            policy_digest: "default=timestamp".into(),
-        })),
+fn dialer(cluster: &str, secret: &str, policy_digest: &str) -> Dialer {
+    Dialer {
+        cluster: cluster.into(),
+        local: RegionName::new("ap-northeast").expect("valid"),
+        peer: RegionName::new("us-west").expect("valid"),
+        secret: secret.into(),
+        nonce: [7; 16],
+        policy_digest: policy_digest.into(),
+    }
+}
+
+/// Dials us-west's peer listener with `first` as the first message, answers every Challenge
+/// with `dialer`'s proof, and returns the status the acceptor ends the stream with. A Welcome, or
+/// anything but a Challenge before the refusal, fails the test.
+async fn refusal(url: String, first: to_acceptor::Msg, dialer: &Dialer) -> anyhow::Result<tonic::Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ToAcceptor { msg: Some(first) }).await?;
+    let mut client = PeerClient::connect(url).await?;
+    let mut answers = match client.replicate(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        Err(status) => return Ok(status),
+        Ok(answers) => answers.into_inner(),
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, answers.message()).await? {
+            Err(status) => return Ok(status),
+            Ok(Some(ToDialer { msg: Some(to_dialer::Msg::Challenge(c)) })) => {
+                assert_eq!(c.nonce.len(), 16, "a Challenge holds a nonce and nothing else: {c:?}");
+                let (auth, _) = dialer.on_challenge(&c)?;
+                tx.send(ToAcceptor { msg: Some(to_acceptor::Msg::Auth(auth)) }).await?;
+            }
+            Ok(other) => anyhow::bail!("the acceptor answered {other:?} instead of refusing"),
+        }
     }
 }
 
@@ -57,30 +81,34 @@ fn hello(protocol_version: u32, cluster: &str) -> ToAcceptor {
 async fn peers_speaking_another_protocol_or_cluster_get_a_precise_status() -> anyhow::Result<()> {
     let p = pair(["same-secret-0123456789"; 2]).await?;
     let url = format!("http://127.0.0.1:{}", p.peer_ports[1]);
-    for (msg, code, needle) in [
-        (hello(99, "t"), tonic::Code::FailedPrecondition, "protocol version 99"),
-        (hello(mrr_replication::PROTOCOL_VERSION, "other"), tonic::Code::FailedPrecondition, "cluster \"other\""),
-        (
-            {
-                let mut h = hello(mrr_replication::PROTOCOL_VERSION, "t");
-                if let Some(to_acceptor::Msg::Hello(h)) = &mut h.msg {
-                    h.policy_digest = "default=merge".into();
-                }
-                h
-            },
-            tonic::Code::FailedPrecondition,
-            "topic policies differ",
-        ),
-        (
-            ToAcceptor { msg: Some(to_acceptor::Msg::Heartbeat(Default::default())) },
-            tonic::Code::InvalidArgument,
-            "must be Hello",
-        ),
+    let secret = "same-secret-0123456789";
+    let ours = dialer("t", secret, "default=timestamp");
+    let hello = |d: &Dialer| to_acceptor::Msg::Hello(d.hello());
+    let mut old = ours.hello();
+    old.protocol_version = 99;
+    for (first, d, code, needle) in [
+        (to_acceptor::Msg::Hello(old), ours.clone(), tonic::Code::FailedPrecondition, "protocol version 99"),
+        {
+            let d = dialer("other", secret, "default=timestamp");
+            (hello(&d), d, tonic::Code::FailedPrecondition, "cluster \"other\"")
+        },
+        {
+            let d = dialer("t", secret, "default=merge");
+            (hello(&d), d, tonic::Code::FailedPrecondition, "topic policies differ")
+        },
+        {
+            // The acceptor tells an unproved dialer nothing of its policies or its proof.
+            let d = dialer("t", "wrong-secret-0123456789", "default=merge");
+            (hello(&d), d, tonic::Code::Unauthenticated, "cluster secret mismatch with region us-west")
+        },
+        (to_acceptor::Msg::Heartbeat(Default::default()), ours.clone(), tonic::Code::InvalidArgument, "must be Hello"),
     ] {
-        let mut client = PeerClient::connect(url.clone()).await?;
-        let status = client.replicate(tokio_stream::iter(vec![msg])).await.expect_err("refused");
+        let status = refusal(url.clone(), first, &d).await?;
         assert_eq!(status.code(), code, "{}", status.message());
         assert!(status.message().contains(needle), "{}", status.message());
+        if code == tonic::Code::Unauthenticated {
+            assert!(!status.message().contains("default=timestamp"), "{}", status.message());
+        }
     }
     assert_eq!(p.clients[1].health().await?.region, "us-west", "the node keeps serving");
     Ok(())
