@@ -179,7 +179,7 @@ pub fn generate_key(rng: &mut impl rand::RngCore) -> String {
 }
 
 /// One key's scope.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scope {
     /// For messages and logs; never the key.
     pub name: String,
@@ -261,7 +261,7 @@ pub enum Unauthenticated {
 
 /// Every key of the node. Without keys (and only with `allow_anonymous`, or an API on
 /// loopback) every request is let through as [`Scope::full`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Access {
     keys: Vec<(KeyDigest, Arc<Scope>)>,
 }
@@ -276,6 +276,10 @@ impl Access {
 
     pub fn is_open(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
     }
 
     /// The scope of `presented` in `region` at `now_ms`. Compares the digest with every key's,
@@ -305,6 +309,34 @@ impl Access {
             return Err(Unauthenticated::WrongRegion { name: scope.name.clone(), region: region.clone() });
         }
         Ok(scope)
+    }
+}
+
+/// The keys in use, replaced whole while the node runs when its config file changes
+/// (`crate::reload`). A request authenticates against one snapshot from start to end.
+#[derive(Debug)]
+pub struct LiveAccess {
+    current: std::sync::RwLock<Arc<Access>>,
+}
+
+impl LiveAccess {
+    pub fn new(access: Access) -> Self {
+        Self { current: std::sync::RwLock::new(Arc::new(access)) }
+    }
+
+    pub fn current(&self) -> Arc<Access> {
+        // A writer panicking mid-swap leaves the old or the new snapshot, both whole.
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Swaps in `access`; whether it differs from the keys in use.
+    pub fn replace(&self, access: Access) -> bool {
+        let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if **current == access {
+            return false;
+        }
+        *current = Arc::new(access);
+        true
     }
 }
 

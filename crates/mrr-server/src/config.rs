@@ -113,6 +113,10 @@ pub struct Config {
     /// The directory of the config file: handler paths are relative to it.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file this config was loaded from, when it was (a running node re-reads its API keys
+    /// from it: `crate::reload`).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -634,7 +638,39 @@ impl Config {
     /// A node's config; `region`, when given, is the node's region whatever the file says.
     pub fn load_for(path: &Path, region: Option<RegionName>) -> Result<Self, ConfigError> {
         let text = Self::read(path)?;
-        Self::parse_for(path, &text, Purpose::Node { region })
+        let mut config = Self::parse_for(path, &text, Purpose::Node { region })?;
+        config.source = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// The API keys that `path` holds now, for a node whose API listens on `api`: what a
+    /// running node takes up when its config file changes (`crate::reload`). Refused as at
+    /// start-up: a file that does not parse, an entry that does not resolve (a key file that
+    /// cannot be read, an unknown action), or no keys while the API listens beyond loopback
+    /// without `allow_anonymous`. The rest of the file takes effect at the next start.
+    pub fn reload_access(path: &Path, api: std::net::SocketAddr) -> Result<crate::access::Access, ConfigError> {
+        let text = Self::read(path)?;
+        let mut config = Self::deserialize(path, &text)?;
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let access = config.build_access(path, &text)?;
+        if access.is_open() && !config.allow_anonymous && !api.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                line: line_of(&text, "api_keys:"),
+                message: format!("no api_keys left while the API listens on {api}: the keys in use stay"),
+                hint: "keep at least one key, or set `allow_anonymous: true`".into(),
+            });
+        }
+        Ok(access)
+    }
+
+    fn deserialize(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            let message = first_line(&e.to_string());
+            let hint = parse_hint(&message);
+            ConfigError::Parse { path: path.to_owned(), line, column, message, hint }
+        })
     }
 
     /// The cluster's layout and rules only.
@@ -652,13 +688,7 @@ impl Config {
     }
 
     pub fn parse_for(path: &Path, text: &str, purpose: Purpose) -> Result<Self, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-            let message = first_line(&e.to_string());
-            let hint = parse_hint(&message);
-            ConfigError::Parse { path: path.to_owned(), line, column, message, hint }
-        })?;
-        let mut config = config;
+        let mut config = Self::deserialize(path, text)?;
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let invalid = |key: &str, message: String, hint: &str| ConfigError::Invalid {
             path: path.to_owned(),

@@ -92,11 +92,12 @@ pub fn need_of<'a>(method: &Method, path: &'a str) -> Need<'a> {
 
 /// The door of `/v1`.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    if state.access.is_open() {
+    let access = state.access.current();
+    if access.is_open() {
         request.extensions_mut().insert(Caller::Open);
         return next.run(request).await;
     }
-    let scope = match state.access.authenticate(presented(request.headers()), &state.region, state.clock.now_ms()) {
+    let scope = match access.authenticate(presented(request.headers()), &state.region, state.clock.now_ms()) {
         Ok(scope) => scope.clone(),
         Err(e) => return unauthenticated(e.to_string()),
     };
@@ -112,8 +113,9 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
 
 /// The door of `/health` and `/metrics` with `require_key_for_monitoring`: any valid key.
 pub async fn monitoring(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if state.require_key_for_monitoring && !state.access.is_open() {
-        if let Err(e) = state.access.authenticate(presented(request.headers()), &state.region, state.clock.now_ms()) {
+    let access = state.access.current();
+    if state.require_key_for_monitoring && !access.is_open() {
+        if let Err(e) = access.authenticate(presented(request.headers()), &state.region, state.clock.now_ms()) {
             return unauthenticated(e.to_string());
         }
     }

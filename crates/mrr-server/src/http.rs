@@ -50,7 +50,7 @@ pub struct AppState {
     pub status: StatusBoard,
     pub links: Links,
     /// The API keys and their scopes (`crate::gate` checks every request against them).
-    pub access: Arc<crate::access::Access>,
+    pub access: Arc<crate::access::LiveAccess>,
     /// `/health` and `/metrics` need a key too.
     pub require_key_for_monitoring: bool,
     pub clock: Arc<dyn mrr_core::PhysicalClock>,

@@ -13,42 +13,6 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-/// How often the TLS files are checked for changes (SIGHUP checks at once).
-const FILES_CHECK_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Follows the region's TLS files for the life of the node: when they change (or on SIGHUP)
-/// they are loaded and checked again, and swapped in for new connections, peers and API
-/// alike; files that fail a check are refused, logged and counted, and the material in use
-/// stays.
-pub async fn follow_files(tls: Arc<mrr_tls::LiveTls>, reloaded: metrics::Counter, refused: metrics::Counter) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "no SIGHUP handler: TLS files are still checked every 2 s");
-            None
-        }
-    };
-    let mut tick = tokio::time::interval(FILES_CHECK_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let forced = tokio::select! {
-            _ = tick.tick() => false,
-            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-        };
-        match tls.reload_if_changed(forced, mrr_tls::UnixTime::now()) {
-            Ok(false) => {}
-            Ok(true) => {
-                reloaded.increment(1);
-                tracing::info!(cert = %tls.paths().cert.display(), "TLS certificate reloaded: new connections use it, open streams keep theirs");
-            }
-            Err(e) => {
-                refused.increment(1);
-                tracing::warn!(error = %e, "changed TLS files refused; the certificate in use stays");
-            }
-        }
-    }
-}
-
 /// A client that opens a connection and never completes the handshake is dropped after this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

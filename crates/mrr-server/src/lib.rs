@@ -16,6 +16,7 @@ mod https;
 pub mod metrics;
 pub mod node;
 pub mod read_levels;
+mod reload;
 pub mod request;
 pub mod review;
 pub mod strong;

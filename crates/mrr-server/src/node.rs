@@ -183,7 +183,7 @@ impl Node {
             limits: (&config.limits).into(),
             status: replicator.status.clone(),
             links,
-            access: Arc::new(config.access.clone()),
+            access: Arc::new(crate::access::LiveAccess::new(config.access.clone())),
             require_key_for_monitoring: config.require_key_for_monitoring,
             clock: options.clock.clone(),
             started: std::time::Instant::now(),
@@ -234,7 +234,23 @@ impl Node {
         let (stop, mut stopped) = watch::channel(false);
         if let Some(tls) = config.peer_tls.clone() {
             let (m, mut stopped) = (&state.metrics, stopped.clone());
-            let follow = crate::https::follow_files(tls, m.tls_reloaded.clone(), m.tls_reload_refused.clone());
+            let follow = crate::reload::follow_tls(tls, m.tls_reloaded.clone(), m.tls_reload_refused.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = follow => {}
+                    _ = stopped.wait_for(|s| *s) => {}
+                }
+            });
+        }
+        if let Some(path) = config.source.clone() {
+            let (m, mut stopped) = (&state.metrics, stopped.clone());
+            let follow = crate::reload::follow_keys(
+                path,
+                api_addr,
+                state.access.clone(),
+                m.keys_reloaded.clone(),
+                m.keys_reload_refused.clone(),
+            );
             tokio::spawn(async move {
                 tokio::select! {
                     () = follow => {}

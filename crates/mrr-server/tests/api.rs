@@ -286,6 +286,58 @@ async fn scoped_keys_admit_what_their_scope_covers_and_nothing_else() -> anyhow:
     Ok(())
 }
 
+/// Rewrites `path` whole (a check never sees it half written).
+fn replace_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn api_keys_are_taken_up_from_the_config_file_without_a_restart() -> anyhow::Result<()> {
+    use mrr_server::access::KeyDigest;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("mrr-config.yaml");
+    let config = |keys: &str| {
+        format!(
+            "region: us-west\nsecret: \"0123456789abcdef\"\ninsecure_plaintext: true\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:0 }}\n\
+             regions:\n  - name: us-west\n    endpoint: http://127.0.0.1:1\napi_keys:\n{keys}",
+            dir.path().join("data").display()
+        )
+    };
+    let entry = |k: &str, scope: &str| format!("  - {{ name: {k}, hash: \"{}\", {scope} }}\n", KeyDigest::of(k));
+    std::fs::write(&path, config(&entry("old", "actions: [read, write]")))?;
+    let node = Node::start(Config::load(&path)?, NodeOptions::default()).await?;
+    let as_key = |k: &str| mrr_client::connect(&format!("http://{}", node.api_addr), Some(k));
+    let (old, new) = (as_key("old")?, as_key("new")?);
+    old.publish("users", &json!({"id": "u1"})).await?;
+    unauthenticated(new.query("users/u1").await, "not one of this cluster's keys");
+
+    // The old key is replaced by a narrower new one, in the file only.
+    replace_file(&path, &config(&entry("new", "actions: [read], topics: [users]")))?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while new.query("users/u1").await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the new key was not taken up within 20 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    unauthenticated(old.query("users/u1").await, "not one of this cluster's keys");
+    forbidden(new.put("users/u1", &json!({})).await, "lacks the `write` action");
+
+    // A file that fails a check changes nothing: the keys in use stay, and the refusal counts.
+    replace_file(&path, &config(&entry("newer", "actions: [read, delete]")))?;
+    let metrics = format!("http://{}/metrics", node.api_addr);
+    let refused = "mrr_api_keys_reloads_total{result=\"refused\"} 1";
+    while !reqwest::get(&metrics).await?.text().await?.contains(refused) {
+        assert!(tokio::time::Instant::now() < deadline, "the refusal was not counted within 20 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(new.query("users/u1").await?.is_some(), "the keys in use stay");
+    unauthenticated(as_key("newer")?.query("users/u1").await, "not one of this cluster's keys");
+    node.shutdown();
+    Ok(())
+}
+
 #[tokio::test]
 async fn openapi_document_lists_the_verbs() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
