@@ -8,10 +8,10 @@
 //! deterministic), and bounded operations, call depth, expression depth, string, array and map
 //! sizes, and result size. A handler that exceeds a limit or raises an error fails the change,
 //! which the engine sends to the dead-letter queue; it never stalls replication. This crate
-//! compiles and calls scripts; it does not decide when they run (the engine's fold does).
+//! compiles and calls scripts; it does not read their files (the config loader does, bounded
+//! by [`SCRIPT_BYTES_MAX`]) or decide when they run (the engine's fold does).
 
 use std::fmt;
-use std::path::Path;
 
 use mrr_core::Resolver;
 use rhai::{Dynamic, Engine, Scope, AST};
@@ -48,8 +48,6 @@ impl Default for Limits {
 /// A handler that cannot be used; start-up stops with this.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
-    #[error("cannot read conflict handler {path}: {source}")]
-    Read { path: String, source: std::io::Error },
     #[error("conflict handler {path}:{line}:{column}: {message}")]
     Syntax { path: String, line: usize, column: usize, message: String },
     #[error(
@@ -60,8 +58,8 @@ pub enum CompileError {
     NoUpdate { path: String },
 }
 
-/// The largest script a handler or update function may be.
-const SCRIPT_BYTES_MAX: u64 = 1024 * 1024;
+/// The largest script a handler or update function may be: its file is refused beyond it.
+pub const SCRIPT_BYTES_MAX: u64 = 1024 * 1024;
 
 /// A compiled script and its sandbox.
 struct Script {
@@ -73,21 +71,6 @@ struct Script {
 }
 
 impl Script {
-    fn load(path: &Path, limits: Limits) -> Result<Self, CompileError> {
-        use std::io::Read as _;
-        let shown = path.display().to_string();
-        let read = |source| CompileError::Read { path: shown.clone(), source };
-        // Bounded: a path such as /dev/zero must be refused, not read until memory runs out.
-        let mut source = String::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(SCRIPT_BYTES_MAX + 1).read_to_string(&mut source))
-            .map_err(read)?;
-        if source.len() as u64 > SCRIPT_BYTES_MAX {
-            return Err(read(std::io::Error::other(format!("larger than {SCRIPT_BYTES_MAX} bytes"))));
-        }
-        Self::compile(&shown, &source, limits)
-    }
-
     fn compile(name: &str, source: &str, limits: Limits) -> Result<Self, CompileError> {
         let engine = sandbox(&limits);
         let ast = engine.compile(source).map_err(|e| CompileError::Syntax {
@@ -159,10 +142,6 @@ impl fmt::Debug for RhaiFunction {
 }
 
 impl RhaiFunction {
-    pub fn load(path: &Path, limits: Limits) -> Result<Self, CompileError> {
-        Self::checked(Script::load(path, limits)?)
-    }
-
     pub fn compile(name: &str, source: &str, limits: Limits) -> Result<Self, CompileError> {
         Self::checked(Script::compile(name, source, limits)?)
     }
@@ -209,10 +188,6 @@ fn sandbox(limits: &Limits) -> Engine {
 }
 
 impl RhaiHandler {
-    pub fn load(path: &Path, limits: Limits) -> Result<Self, CompileError> {
-        Self::checked(Script::load(path, limits)?)
-    }
-
     /// Compiles `source`; `name` is how errors and the policy digest refer to it.
     pub fn compile(name: &str, source: &str, limits: Limits) -> Result<Self, CompileError> {
         Self::checked(Script::compile(name, source, limits)?)
@@ -251,9 +226,13 @@ mod tests {
         v.as_object().cloned().unwrap_or_default()
     }
 
+    fn source(name: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/handlers").join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
     fn example(name: &str) -> RhaiHandler {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/handlers").join(name);
-        RhaiHandler::load(&path, Limits::default()).unwrap_or_else(|e| panic!("{e}"))
+        RhaiHandler::compile(name, &source(name), Limits::default()).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -298,8 +277,8 @@ mod tests {
     #[test]
     fn the_reserve_sample_takes_stock_only_while_it_lasts() {
         use mrr_core::strong::UpdateFunction;
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/handlers/reserve.rhai");
-        let f = RhaiFunction::load(&path, Limits::default()).unwrap_or_else(|e| panic!("{e}"));
+        let f = RhaiFunction::compile("reserve.rhai", &source("reserve.rhai"), Limits::default())
+            .unwrap_or_else(|e| panic!("{e}"));
         let stock = obj(json!({"id": "s", "available": 3}));
         let after = f.call(Some(&stock), &json!({"qty": 2})).expect("runs").expect("reserves");
         assert_eq!(Value::Object(after.clone()), json!({"id": "s", "available": 1, "reserved": 2}));

@@ -204,6 +204,11 @@ const SECRET_FILE_BYTES_MAX: u64 = 64 * 1024;
 /// The largest config file.
 const CONFIG_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
+/// A handler or update function's source, bounded like every file the config names.
+fn read_script(path: &Path) -> Result<String, String> {
+    read_bounded(path, mrr_handler::SCRIPT_BYTES_MAX).map_err(|e| format!("cannot read script {}: {e}", path.display()))
+}
+
 /// A file's text, refused past `max` bytes (a path such as /dev/zero must not be read until
 /// memory runs out).
 fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
@@ -1056,10 +1061,16 @@ impl Config {
             let rule = match (strategy, &t.handler) {
                 (ConflictStrategy::Custom, Some(handler)) => {
                     let file = self.base_dir.join(handler);
-                    let compiled =
-                        mrr_handler::RhaiHandler::load(&file, mrr_handler::Limits::default()).map_err(|e| {
-                            invalid(&at, e.to_string(), "fix the script; it must define fn resolve(current, incoming)")
-                        })?;
+                    let source =
+                        read_script(&file).map_err(|e| invalid(&at, e, "fix the path (relative to this file)"))?;
+                    let compiled = mrr_handler::RhaiHandler::compile(
+                        &file.display().to_string(),
+                        &source,
+                        mrr_handler::Limits::default(),
+                    )
+                    .map_err(|e| {
+                        invalid(&at, e.to_string(), "fix the script; it must define fn resolve(current, incoming)")
+                    })?;
                     Rule::Custom(Arc::new(compiled))
                 }
                 (ConflictStrategy::Custom, None) => {
@@ -1106,10 +1117,17 @@ impl Config {
                             "name functions with 1-64 characters from a-z, 0-9 and _",
                         ));
                     }
-                    let f = mrr_handler::RhaiFunction::load(&self.base_dir.join(file), mrr_handler::Limits::default())
-                        .map_err(|e| {
-                            invalid(&at, e.to_string(), "fix the script; it must define fn update(current, args)")
-                        })?;
+                    let file = self.base_dir.join(file);
+                    let source =
+                        read_script(&file).map_err(|e| invalid(&at, e, "fix the path (relative to this file)"))?;
+                    let f = mrr_handler::RhaiFunction::compile(
+                        &file.display().to_string(),
+                        &source,
+                        mrr_handler::Limits::default(),
+                    )
+                    .map_err(|e| {
+                        invalid(&at, e.to_string(), "fix the script; it must define fn update(current, args)")
+                    })?;
                     named.insert(name.clone(), Arc::new(f) as Arc<dyn mrr_core::strong::UpdateFunction>);
                 }
                 if !named.is_empty() {
@@ -1608,6 +1626,10 @@ insecure_plaintext: true
             .expect_err("missing file")
             .to_string();
         assert!(err.contains("missing.rhai") && err.contains("cannot read"), "{err}");
+        let err = with("  inventory: { conflict_strategy: custom, handler: /dev/zero }\n")
+            .expect_err("endless file")
+            .to_string();
+        assert!(err.contains("cannot read script /dev/zero: larger than 1048576 bytes"), "{err}");
         let err = with("  inventory: { conflict_strategy: custom }\n").expect_err("no handler").to_string();
         assert!(err.contains("no handler"), "{err}");
         let err = with("  inventory: { conflict_strategy: merge, handler: handlers/ok.rhai }\n")

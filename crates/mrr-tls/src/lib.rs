@@ -82,22 +82,36 @@ pub struct TlsPaths {
     pub ca: PathBuf,
 }
 
-/// A region's certificate chain, key and the cluster's CA, checked together.
+/// A region's certificate chain, key and the cluster's CA, checked together, with the PEM text
+/// they were read from (each file is read once).
 #[derive(Debug)]
 pub struct Material {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
     pub ca: Vec<CertificateDer<'static>>,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
     roots: Arc<rustls::RootCertStore>,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
+/// The largest PEM file read: a certificate chain or a key is a few kilobytes, and a path such
+/// as /dev/zero must be refused, not read until memory runs out.
+const PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    use std::io::Read as _;
+    let failed = |source| TlsError::Read { path: path.to_owned(), source };
+    let mut text = String::new();
+    std::fs::File::open(path).and_then(|f| f.take(PEM_FILE_BYTES_MAX + 1).read_to_string(&mut text)).map_err(failed)?;
+    if text.len() as u64 > PEM_FILE_BYTES_MAX {
+        return Err(failed(std::io::Error::other(format!("larger than {PEM_FILE_BYTES_MAX} bytes"))));
+    }
+    Ok(text)
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>();
+fn certificates(path: &Path, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>();
     let hint = "write the certificate as PEM (-----BEGIN CERTIFICATE-----), as `mrr certs` does";
     match certs {
         Ok(c) if !c.is_empty() => Ok(c),
@@ -111,9 +125,10 @@ impl Material {
     /// certificate chains to the CA for both server and client use, is valid now, and names
     /// `region`.
     pub fn load(paths: &TlsPaths, region: &str, now: UnixTime) -> Result<Self, TlsError> {
-        let chain = certificates(&paths.cert)?;
-        let ca = certificates(&paths.ca)?;
-        let key = PrivateKeyDer::from_pem_slice(&read(&paths.key)?).map_err(|e| TlsError::Pem {
+        let (cert_pem, key_pem, ca_pem) = (read(&paths.cert)?, read(&paths.key)?, read(&paths.ca)?);
+        let chain = certificates(&paths.cert, &cert_pem)?;
+        let ca = certificates(&paths.ca, &ca_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Pem {
             path: paths.key.clone(),
             what: "private key",
             message: e.to_string(),
@@ -162,7 +177,7 @@ impl Material {
             .map_err(|e| rejected(e.to_string()))?
             .verify_client_cert(&chain[0], &chain[1..], now)
             .map_err(|e| rejected(e.to_string()))?;
-        Ok(Self { chain, key, ca, roots })
+        Ok(Self { chain, key, ca, cert_pem, key_pem, ca_pem, roots })
     }
 
     /// A server that requires every client to present a certificate of the cluster's CA
@@ -278,15 +293,13 @@ fn stamp(paths: &TlsPaths) -> Stamp {
 
 fn load_all(paths: &TlsPaths, region: &str, now: UnixTime) -> Result<Loaded, TlsError> {
     let material = Material::load(paths, region, now)?;
-    let text = |p: &Path| {
-        String::from_utf8(read(p)?).map_err(|e| TlsError::Read { path: p.to_owned(), source: std::io::Error::other(e) })
-    };
+    let (peer_server, api_server) = (material.server_config()?, material.api_server_config()?);
     Ok(Loaded {
-        cert_pem: text(&paths.cert)?,
-        key_pem: text(&paths.key)?,
-        ca_pem: text(&paths.ca)?,
-        peer_server: material.server_config()?,
-        api_server: material.api_server_config()?,
+        cert_pem: material.cert_pem,
+        key_pem: material.key_pem,
+        ca_pem: material.ca_pem,
+        peer_server,
+        api_server,
     })
 }
 
@@ -453,8 +466,12 @@ mod tests {
         std::fs::write(dir.path().join("junk.pem"), "not pem").expect("write");
         let e = err(Material::load(&TlsPaths { cert: dir.path().join("junk.pem"), ..sf.clone() }, "us-west", now()));
         assert!(e.contains("junk.pem: no certificate"), "{e}");
-        let e = err(Material::load(&TlsPaths { key: dir.path().join("missing.key"), ..sf }, "us-west", now()));
+        let e = err(Material::load(&TlsPaths { key: dir.path().join("missing.key"), ..sf.clone() }, "us-west", now()));
         assert!(e.contains("missing.key: cannot read"), "{e}");
+        // Endless: refused at the bound, not read until memory runs out.
+        let e = err(Material::load(&TlsPaths { ca: PathBuf::from("/dev/zero"), ..sf.clone() }, "us-west", now()));
+        assert!(e.contains("/dev/zero: cannot read") && e.contains("larger than 1048576 bytes"), "{e}");
+        assert_eq!(material.cert_pem, std::fs::read_to_string(&sf.cert).expect("read"), "the text it was read from");
     }
 
     #[test]
