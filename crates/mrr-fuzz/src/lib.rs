@@ -56,7 +56,7 @@ pub fn handshake(data: &[u8]) {
     let acceptor = Acceptor {
         cluster: "mrr".into(),
         local: tokyo.clone(),
-        secret: "0123456789abcdef0123".into(),
+        secrets: std::sync::Arc::new(mrr_replication::secrets::Secrets::one("0123456789abcdef0123")),
         nonce: [7; NONCE_LEN],
         policy_digest: "p".into(),
     };

@@ -2,8 +2,9 @@
 //! encoded requests as unary gRPC calls on a channel per peer that is separate from the
 //! replication stream (so megabytes of bulk changes queued there never delay a heartbeat), and
 //! the `Consensus` service answers the calls peers make. Every call names its sender and target
-//! and carries an HMAC of them and the body under the cluster secret; a call that fails the
-//! check is refused before its body is decoded. Under WAN emulation each call passes the
+//! and carries an HMAC of them and the body under the cluster secret (any accepted one on
+//! receipt, `crate::secrets`); a call that fails the check is refused before its body is
+//! decoded. Under WAN emulation each call passes the
 //! sender's link on the way out and the receiver's link on the way back, like any message.
 //!
 //! Not here: what the requests mean (`mrr-consensus`).
@@ -41,7 +42,7 @@ fn mac(secret: &str, cluster: &str, from: &str, to: &str, body: &[u8]) -> HmacSh
 pub struct ConsensusLinkConfig {
     pub cluster: String,
     pub local: RegionName,
-    pub secret: String,
+    pub secrets: Arc<crate::secrets::LiveSecrets>,
     /// Each peer's region and `http://host:port` of its peer listener.
     pub peers: Vec<(RegionName, String)>,
     pub tls: Option<crate::PeerTls>,
@@ -108,7 +109,8 @@ impl ConsensusLink {
     /// A call to `region`, signed.
     fn signed(&self, region: &RegionName, body: Vec<u8>) -> proto::ConsensusCall {
         let c = &self.config;
-        let proof = mac(&c.secret, &c.cluster, c.local.as_str(), region.as_str(), &body).finalize().into_bytes();
+        let secret = c.secrets.current();
+        let proof = mac(&secret.current, &c.cluster, c.local.as_str(), region.as_str(), &body).finalize().into_bytes();
         proto::ConsensusCall {
             cluster: c.cluster.clone(),
             from: c.local.to_string(),
@@ -222,9 +224,10 @@ impl ConsensusService {
     ) -> Result<RegionName, Status> {
         let c = &self.config;
         if call.cluster != c.cluster || call.to != c.local.as_str() {
+            // Named by what the caller sent only: an unproved caller learns nothing of this node.
             return Err(Status::failed_precondition(format!(
-                "consensus call for {}/{} reached {}/{}",
-                call.cluster, call.to, c.cluster, c.local
+                "this node is not region {} of cluster {:?}",
+                call.to, call.cluster
             )));
         }
         let from = RegionName::new(call.from.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -232,7 +235,11 @@ impl ConsensusService {
             return Err(Status::permission_denied(format!("{from} is not a member of this cluster")));
         }
         crate::check_peer(c.tls.as_ref(), certs, &from)?;
-        if mac(&c.secret, &c.cluster, from.as_str(), c.local.as_str(), &call.body).verify_slice(&call.proof).is_err() {
+        let secrets = c.secrets.current();
+        let proved = secrets.all().any(|secret| {
+            mac(secret, &c.cluster, from.as_str(), c.local.as_str(), &call.body).verify_slice(&call.proof).is_ok()
+        });
+        if !proved {
             tracing::warn!(from = %from, "refused a consensus call with a wrong proof (cluster secret differs?)");
             return Err(Status::unauthenticated("consensus call proof does not match the cluster secret"));
         }

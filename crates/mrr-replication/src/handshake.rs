@@ -157,7 +157,8 @@ impl Dialer {
 pub struct Acceptor {
     pub cluster: String,
     pub local: RegionName,
-    pub secret: String,
+    /// A dialer may prove itself with any of them; the Welcome proves with the one it used.
+    pub secrets: std::sync::Arc<crate::secrets::Secrets>,
     pub nonce: [u8; NONCE_LEN],
     pub policy_digest: String,
 }
@@ -172,10 +173,10 @@ pub struct Greeted {
 }
 
 impl Acceptor {
-    /// The MAC of this connection for `role`: the same bytes the dialer computes.
-    fn mac(&self, role: &[u8], greeted: &Greeted) -> HmacSha256 {
+    /// The MAC of this connection for `role` under `secret`: the same bytes the dialer computes.
+    fn mac(&self, secret: &str, role: &[u8], greeted: &Greeted) -> HmacSha256 {
         proof(
-            &self.secret,
+            secret,
             role,
             &greeted.dialer_nonce,
             &self.nonce,
@@ -210,27 +211,25 @@ impl Acceptor {
         proto::Challenge { nonce: self.nonce.to_vec() }
     }
 
-    /// Checks the dialer's proof, then its topic policies (only a proved dialer learns that
-    /// they differ, and how).
-    pub fn on_auth(&self, greeted: &Greeted, auth: &proto::Auth) -> Result<(), HandshakeError> {
+    /// Checks the dialer's proof (made with any accepted secret), then its topic policies
+    /// (only a proved dialer learns that they differ, and how). Returns the Welcome's proof,
+    /// made with the secret the dialer used.
+    pub fn on_auth(&self, greeted: &Greeted, auth: &proto::Auth) -> Result<Vec<u8>, HandshakeError> {
         if greeted.cluster != self.cluster {
             return Err(HandshakeError::ClusterMismatch { theirs: greeted.cluster.clone() });
         }
-        self.mac(DIALER_ROLE, greeted)
-            .verify_slice(&auth.proof)
-            .map_err(|_| HandshakeError::BadProof(greeted.peer.to_string()))?;
+        let secret = self
+            .secrets
+            .all()
+            .find(|secret| self.mac(secret, DIALER_ROLE, greeted).verify_slice(&auth.proof).is_ok())
+            .ok_or_else(|| HandshakeError::BadProof(greeted.peer.to_string()))?;
         if auth.policy_digest != self.policy_digest {
             return Err(HandshakeError::PolicyMismatch {
                 ours: self.policy_digest.clone(),
                 theirs: auth.policy_digest.clone(),
             });
         }
-        Ok(())
-    }
-
-    /// The Welcome's proof, for a dialer whose Auth passed.
-    pub fn proof(&self, greeted: &Greeted) -> Vec<u8> {
-        self.mac(ACCEPTOR_ROLE, greeted).finalize().into_bytes().to_vec()
+        Ok(self.mac(secret, ACCEPTOR_ROLE, greeted).finalize().into_bytes().to_vec())
     }
 }
 
@@ -255,21 +254,15 @@ mod tests {
             Acceptor {
                 cluster: "demo".into(),
                 local: r("eu-central"),
-                secret: acceptor_secret.into(),
+                secrets: std::sync::Arc::new(crate::secrets::Secrets::one(acceptor_secret)),
                 nonce: [2; NONCE_LEN],
                 policy_digest: "default=timestamp".into(),
             },
         )
     }
 
-    fn welcome(a: &Acceptor, g: &Greeted, wall_ms: u64) -> proto::Welcome {
-        proto::Welcome {
-            region: a.local.to_string(),
-            proof: a.proof(g),
-            wall_ms,
-            applied: vec![],
-            direct_origins: vec![],
-        }
+    fn welcome(a: &Acceptor, proof: Vec<u8>, wall_ms: u64) -> proto::Welcome {
+        proto::Welcome { region: a.local.to_string(), proof, wall_ms, applied: vec![], direct_origins: vec![] }
     }
 
     #[test]
@@ -277,10 +270,33 @@ mod tests {
         let (d, a) = pair("s3cret", "s3cret");
         let g = a.on_hello(&d.hello(), |_| true).expect("hello");
         let (auth, c) = d.on_challenge(&a.challenge()).expect("challenge");
-        a.on_auth(&g, &auth).expect("auth");
+        let proof = a.on_auth(&g, &auth).expect("auth");
         // Auth sent at 1000, answered at 1100 by a clock 30 ms ahead, Welcome received at 1200.
-        let est = d.on_welcome(&c, &welcome(&a, &g, 1_130), 1_000, 1_200).expect("welcome");
+        let est = d.on_welcome(&c, &welcome(&a, proof, 1_130), 1_000, 1_200).expect("welcome");
         assert_eq!(est, Established { rtt_ms: 200, skew_ms: 30 });
+    }
+
+    #[test]
+    fn during_a_rotation_either_secret_proves_and_the_welcome_answers_in_kind() {
+        for dialer_secret in ["old-secret", "new-secret"] {
+            let (d, mut a) = pair(dialer_secret, "unused");
+            a.secrets = std::sync::Arc::new(crate::secrets::Secrets {
+                current: "new-secret".into(),
+                accepted: vec!["old-secret".into()],
+            });
+            let g = a.on_hello(&d.hello(), |_| true).expect("hello");
+            let (auth, c) = d.on_challenge(&a.challenge()).expect("challenge");
+            let proof = a.on_auth(&g, &auth).unwrap_or_else(|e| panic!("{dialer_secret}: {e}"));
+            d.on_welcome(&c, &welcome(&a, proof, 0), 0, 0).unwrap_or_else(|e| panic!("{dialer_secret}: {e}"));
+        }
+        let (d, mut a) = pair("retired-secret", "unused");
+        a.secrets = std::sync::Arc::new(crate::secrets::Secrets {
+            current: "new-secret".into(),
+            accepted: vec!["old-secret".into()],
+        });
+        let g = a.on_hello(&d.hello(), |_| true).expect("hello");
+        let (auth, _) = d.on_challenge(&a.challenge()).expect("challenge");
+        assert!(matches!(a.on_auth(&g, &auth), Err(HandshakeError::BadProof(_))), "a secret no longer accepted");
     }
 
     #[test]
@@ -297,8 +313,11 @@ mod tests {
         let (auth, c) = d.on_challenge(&a.challenge()).expect("challenge");
         assert_eq!(a.on_auth(&g, &auth).expect_err("acceptor refuses"), HandshakeError::BadProof("us-west".into()));
         // A dialer talking to an acceptor with another secret refuses its Welcome too.
+        let acceptor_proof =
+            proof("wrong", ACCEPTOR_ROLE, &g.dialer_nonce, &a.nonce, &a.cluster, g.peer.as_str(), a.local.as_str());
         assert_eq!(
-            d.on_welcome(&c, &welcome(&a, &g, 0), 0, 0).expect_err("dialer refuses"),
+            d.on_welcome(&c, &welcome(&a, acceptor_proof.finalize().into_bytes().to_vec(), 0), 0, 0)
+                .expect_err("dialer refuses"),
             HandshakeError::BadProof("eu-central".into())
         );
         let forged = proto::Auth { proof: vec![0; 32], policy_digest: a.policy_digest.clone() };

@@ -161,7 +161,7 @@ impl proto::peer_server::Peer for Service {
         let acceptor = Acceptor {
             cluster: cfg.cluster.clone(),
             local: cfg.local.clone(),
-            secret: cfg.secret.clone(),
+            secrets: cfg.secrets.current(),
             nonce: rand::rng().random::<[u8; NONCE_LEN]>(),
             policy_digest: cfg.policy_digest.clone(),
         };
@@ -229,13 +229,13 @@ async fn session(
             _ => return Err(Status::invalid_argument("expected Auth after Challenge")),
         },
     };
-    acceptor.on_auth(greeted, &auth).map_err(|e| {
+    let proof = acceptor.on_auth(greeted, &auth).map_err(|e| {
         tracing::warn!(peer = %peer, error = %e, our_cluster = %cfg.cluster, "refused peer handshake");
         handshake_status(e, &cfg.local)
     })?;
     let welcome = proto::Welcome {
         region: cfg.local.to_string(),
-        proof: acceptor.proof(greeted),
+        proof,
         wall_ms: ctx.clock.now_ms(),
         applied: wire::vv_to_wire(&ctx.writer.applied().borrow()),
         direct_origins: ctx.status.direct_origins().iter().map(ToString::to_string).collect(),

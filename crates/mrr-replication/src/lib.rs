@@ -17,6 +17,7 @@ mod inbound;
 pub mod link;
 pub mod metrics;
 mod outbound;
+pub mod secrets;
 pub mod status;
 pub mod wire;
 
@@ -115,7 +116,7 @@ pub struct ReplicationConfig {
     pub cluster: String,
     pub local: RegionName,
     pub peers: Vec<PeerConfig>,
-    pub secret: String,
+    pub secrets: Arc<secrets::LiveSecrets>,
     pub max_skew_ms: u64,
     /// Idle streams send a heartbeat this often.
     pub heartbeat_interval: Duration,
@@ -237,7 +238,7 @@ impl ReplicationConfig {
         consensus_link::ConsensusLinkConfig {
             cluster: self.cluster.clone(),
             local: self.local.clone(),
-            secret: self.secret.clone(),
+            secrets: self.secrets.clone(),
             peers: self.peers.iter().map(|p| (p.region.clone(), p.endpoint.clone())).collect(),
             tls: self.tls.clone(),
         }

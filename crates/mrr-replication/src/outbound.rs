@@ -130,7 +130,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
         cluster: cfg.cluster.clone(),
         local: cfg.local.clone(),
         peer: peer.region.clone(),
-        secret: cfg.secret.clone(),
+        secret: cfg.secrets.current().current.clone(),
         nonce: rand::rng().random::<[u8; NONCE_LEN]>(),
         policy_digest: cfg.policy_digest.clone(),
     };

@@ -47,6 +47,13 @@ pub struct Config {
     /// the loader from `secret:` (empty for [`Config::load_cluster`] without one).
     #[serde(skip)]
     pub secret: String,
+    /// Other secrets accepted from peers while the cluster moves from one secret to the next
+    /// (`docs/security.md`): each as `secret:` may be written.
+    #[serde(default)]
+    pub accept_secrets: Vec<SecretSource>,
+    /// Resolved by the loader from `accept_secrets`.
+    #[serde(skip)]
+    pub accepted_secrets: Vec<String>,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     #[serde(default)]
@@ -634,6 +641,13 @@ pub enum Purpose {
     Cluster,
 }
 
+/// What a running node takes up from its changed config file (`Config::reload_live`).
+#[derive(Debug)]
+pub struct Live {
+    pub access: crate::access::Access,
+    pub secrets: mrr_replication::secrets::Secrets,
+}
+
 impl Config {
     /// A node's config, its region named in the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -648,15 +662,17 @@ impl Config {
         Ok(config)
     }
 
-    /// The API keys that `path` holds now, for a node whose API listens on `api`: what a
-    /// running node takes up when its config file changes (`crate::reload`). Refused as at
-    /// start-up: a file that does not parse, an entry that does not resolve (a key file that
-    /// cannot be read, an unknown action), or no keys while the API listens beyond loopback
-    /// without `allow_anonymous`. The rest of the file takes effect at the next start.
-    pub fn reload_access(path: &Path, api: std::net::SocketAddr) -> Result<crate::access::Access, ConfigError> {
+    /// What a running node takes up from `path` as it is now (`crate::reload`): the API keys
+    /// and the cluster secrets, for a node whose API listens on `api`. Refused as at start-up: a
+    /// file that does not parse, an entry that does not resolve (a key or secret file that
+    /// cannot be read, an unknown action), a secret shorter than 16 characters, or no keys while
+    /// the API listens beyond loopback without `allow_anonymous`. The rest of the file takes
+    /// effect at the next start.
+    pub fn reload_live(path: &Path, api: std::net::SocketAddr) -> Result<Live, ConfigError> {
         let text = Self::read(path)?;
         let mut config = Self::deserialize(path, &text)?;
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        (config.secret, config.accepted_secrets) = config.resolve_secrets(path, &text, true)?;
         let access = config.build_access(path, &text)?;
         if access.is_open() && !config.allow_anonymous && !api.ip().is_loopback() {
             return Err(ConfigError::Invalid {
@@ -666,7 +682,61 @@ impl Config {
                 hint: "keep at least one key, or set `allow_anonymous: true`".into(),
             });
         }
-        Ok(access)
+        Ok(Live { access, secrets: config.secrets() })
+    }
+
+    /// The cluster secret this node proves itself with, and the others it accepts.
+    pub fn secrets(&self) -> mrr_replication::secrets::Secrets {
+        mrr_replication::secrets::Secrets { current: self.secret.clone(), accepted: self.accepted_secrets.clone() }
+    }
+
+    /// `secret:` and `accept_secrets:`, read and checked. A node needs a secret of at least 16
+    /// characters; the cluster layout alone needs none.
+    fn resolve_secrets(&self, path: &Path, text: &str, node: bool) -> Result<(String, Vec<String>), ConfigError> {
+        let invalid = |key: &str, message: String, hint: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line_of(text, key),
+            message,
+            hint: hint.to_owned(),
+        };
+        let short = |key: &str, what: &str| {
+            invalid(
+                key,
+                format!("{what} is shorter than 16 characters"),
+                "use a long random string, the same on every node (e.g. `openssl rand -hex 32`)",
+            )
+        };
+        let secret = match &self.secret_source {
+            Some(source) => source.resolve(&self.base_dir).map_err(|m| {
+                invalid("secret:", format!("secret: {m}"), "set the variable, or fix the path (relative to this file)")
+            })?,
+            None if node => {
+                return Err(invalid(
+                    "regions:",
+                    "no `secret:`: peers could not prove they belong to the cluster".into(),
+                    "add `secret: { env: MRR_SECRET }` (the same long random string on every node, e.g. `openssl rand -hex 32`), or `secret: { file: secret.txt }`",
+                ))
+            }
+            None => String::new(),
+        };
+        if node && secret.len() < 16 {
+            return Err(short("secret:", "secret"));
+        }
+        let mut accepted = Vec::with_capacity(self.accept_secrets.len());
+        for (i, source) in self.accept_secrets.iter().enumerate() {
+            let other = source.resolve(&self.base_dir).map_err(|m| {
+                invalid(
+                    "accept_secrets:",
+                    format!("accept_secrets entry {}: {m}", i + 1),
+                    "set the variable, or fix the path (relative to this file)",
+                )
+            })?;
+            if node && other.len() < 16 {
+                return Err(short("accept_secrets:", &format!("accept_secrets entry {}", i + 1)));
+            }
+            accepted.push(other);
+        }
+        Ok((secret, accepted))
     }
 
     fn deserialize(path: &Path, text: &str) -> Result<Self, ConfigError> {
@@ -716,19 +786,7 @@ impl Config {
                 .or_else(|| config.regions.first().map(|r| r.name.clone()))
                 .unwrap_or_else(unresolved_region),
         };
-        config.secret = match &config.secret_source {
-            Some(source) => source.resolve(&config.base_dir).map_err(|m| {
-                invalid("secret:", format!("secret: {m}"), "set the variable, or fix the path (relative to this file)")
-            })?,
-            None if node => {
-                return Err(invalid(
-                    "regions:",
-                    "no `secret:`: peers could not prove they belong to the cluster".into(),
-                    "add `secret: { env: MRR_SECRET }` (the same long random string on every node, e.g. `openssl rand -hex 32`), or `secret: { file: secret.txt }`",
-                ))
-            }
-            None => String::new(),
-        };
+        (config.secret, config.accepted_secrets) = config.resolve_secrets(path, text, node)?;
         config.access = config.build_access(path, text)?;
         config.validate(path, text, node)?;
         if node {
@@ -879,13 +937,6 @@ impl Config {
         };
         if self.cluster.trim().is_empty() {
             return Err(invalid("cluster:", "cluster is empty".into(), "name the cluster, e.g. `cluster: shop-prod`"));
-        }
-        if node && self.secret.len() < 16 {
-            return Err(invalid(
-                "secret:",
-                "secret is shorter than 16 characters".into(),
-                "use a long random string, the same on every node (e.g. `openssl rand -hex 32`)",
-            ));
         }
         if node && self.access.is_open() && !self.allow_anonymous && !self.listen.api.ip().is_loopback() {
             return Err(invalid(

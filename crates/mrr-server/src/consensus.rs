@@ -96,6 +96,7 @@ impl std::fmt::Debug for Storage {
 /// Starts the voter and fills `slot`, so the peer listener answers its peers' calls.
 pub async fn start(
     config: &Config,
+    link_config: mrr_replication::consensus_link::ConsensusLinkConfig,
     storage: Storage,
     slot: ConsensusSlot,
     links: Links,
@@ -104,18 +105,7 @@ pub async fn start(
 ) -> Result<Consensus, ConsensusStartError> {
     let regions: Vec<_> = config.regions.iter().map(|r| (r.name.clone(), peer_url(&r.endpoint))).collect();
     let members = Members::new(&regions)?;
-    let peers = regions.iter().filter(|(r, _)| *r != config.region).cloned().collect();
-    let link = ConsensusLink::new(
-        mrr_replication::consensus_link::ConsensusLinkConfig {
-            cluster: config.cluster.clone(),
-            local: config.region.clone(),
-            secret: config.secret.clone(),
-            peers,
-            tls: config.peer_tls.clone(),
-        },
-        links,
-    )
-    .map_err(ConsensusStartError::Link)?;
+    let link = ConsensusLink::new(link_config, links).map_err(ConsensusStartError::Link)?;
     let consensus_config = ConsensusConfig {
         cluster: config.cluster.clone(),
         local: config.region.clone(),

@@ -44,10 +44,10 @@ pub struct ServerMetrics {
     pub tls_reloaded: Counter,
     /// Changed TLS files refused (the material in use stayed).
     pub tls_reload_refused: Counter,
-    /// API keys swapped in after the config file changed.
-    pub keys_reloaded: Counter,
-    /// A changed config whose keys were refused (the keys in use stayed).
-    pub keys_reload_refused: Counter,
+    /// API keys or cluster secrets swapped in after the config file changed.
+    pub config_reloaded: Counter,
+    /// A changed config refused (the keys and secrets in use stayed).
+    pub config_reload_refused: Counter,
 }
 
 impl std::fmt::Debug for ServerMetrics {
@@ -116,12 +116,12 @@ impl ServerMetrics {
                 &Key::from_parts("mrr_tls_reloads_total", vec![Label::new("result", "refused")]),
                 &METADATA,
             ),
-            keys_reloaded: r.register_counter(
-                &Key::from_parts("mrr_api_keys_reloads_total", vec![Label::new("result", "ok")]),
+            config_reloaded: r.register_counter(
+                &Key::from_parts("mrr_config_reloads_total", vec![Label::new("result", "ok")]),
                 &METADATA,
             ),
-            keys_reload_refused: r.register_counter(
-                &Key::from_parts("mrr_api_keys_reloads_total", vec![Label::new("result", "refused")]),
+            config_reload_refused: r.register_counter(
+                &Key::from_parts("mrr_config_reloads_total", vec![Label::new("result", "refused")]),
                 &METADATA,
             ),
         }

@@ -136,6 +136,7 @@ impl Node {
                 Links::emulated(options.link_seed, specs)
             }
         };
+        let secrets = mrr_replication::secrets::LiveSecrets::new(config.secrets());
         let replication = ReplicationConfig {
             cluster: config.cluster.clone(),
             local: config.region.clone(),
@@ -143,7 +144,7 @@ impl Node {
                 .peers()
                 .map(|p| PeerConfig { region: p.name.clone(), endpoint: peer_url(&p.endpoint) })
                 .collect(),
-            secret: config.secret.clone(),
+            secrets: secrets.clone(),
             max_skew_ms,
             heartbeat_interval: options.heartbeat_interval,
             peer_timeout: options.peer_timeout,
@@ -167,11 +168,19 @@ impl Node {
             recorder: recorder.clone(),
             consensus: consensus_slot.clone(),
         };
+        let link_config = replication.consensus_link();
         let replicator = Replicator::start(replication, peer_listener, deps).await?;
         let storage = crate::consensus::Storage { log: consensus_log, writer: writer.clone(), store: store.clone() };
-        let consensus =
-            crate::consensus::start(&config, storage, consensus_slot, links.clone(), options.clock.clone(), &recorder)
-                .await?;
+        let consensus = crate::consensus::start(
+            &config,
+            link_config,
+            storage,
+            consensus_slot,
+            links.clone(),
+            options.clock.clone(),
+            &recorder,
+        )
+        .await?;
 
         let state = AppState {
             cluster: config.cluster.clone(),
@@ -244,12 +253,13 @@ impl Node {
         }
         if let Some(path) = config.source.clone() {
             let (m, mut stopped) = (&state.metrics, stopped.clone());
-            let follow = crate::reload::follow_keys(
+            let live = crate::reload::Followed { keys: state.access.clone(), secrets };
+            let follow = crate::reload::follow_config(
                 path,
                 api_addr,
-                state.access.clone(),
-                m.keys_reloaded.clone(),
-                m.keys_reload_refused.clone(),
+                live,
+                m.config_reloaded.clone(),
+                m.config_reload_refused.clone(),
             );
             tokio::spawn(async move {
                 tokio::select! {

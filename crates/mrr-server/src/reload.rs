@@ -1,5 +1,5 @@
-//! What a running node takes up from changed files without a restart: its TLS certificate and
-//! its API keys. Each is checked every 2 s, and at once on SIGHUP. Changed files that fail a
+//! What a running node takes up from changed files without a restart: its TLS certificate, its
+//! API keys and its cluster secrets. Each is checked every 2 s, and at once on SIGHUP. Changed files that fail a
 //! check are refused, logged and counted, and what is in use stays. Open connections and
 //! requests keep what they started with.
 //!
@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+use mrr_replication::secrets::LiveSecrets;
 
 use crate::access::LiveAccess;
 use crate::config::Config;
@@ -55,32 +57,42 @@ pub async fn follow_tls(tls: Arc<mrr_tls::LiveTls>, reloaded: metrics::Counter, 
     .await;
 }
 
-/// Follows the config file's `api_keys` (and the key files they name): a key added, removed,
-/// rescoped or expired in the file takes effect without a restart. `api` is where this node's
-/// API listens, for the rule that keys may go only on loopback or with `allow_anonymous`.
-/// A refusal is logged and counted once per distinct error, not at every check.
-pub async fn follow_keys(
+/// What the config follower replaces while the node runs.
+pub struct Followed {
+    pub keys: Arc<LiveAccess>,
+    pub secrets: Arc<LiveSecrets>,
+}
+
+/// Follows the config file's `api_keys` (and the key files they name), `secret:` and
+/// `accept_secrets:`: a key added, removed, rescoped or expired, or a step of a secret rotation,
+/// takes effect without a restart (new handshakes and strong-tier calls use the new secrets;
+/// open streams stay up). `api` is where this node's API listens, for the rule that keys may go
+/// only on loopback or with `allow_anonymous`. A refusal is logged and counted once per
+/// distinct error, not at every check.
+pub async fn follow_config(
     path: PathBuf,
     api: SocketAddr,
-    keys: Arc<LiveAccess>,
+    live: Followed,
     reloaded: metrics::Counter,
     refused: metrics::Counter,
 ) {
     let mut refusal: Option<String> = None;
-    every_check("API keys", |_| match Config::reload_access(&path, api) {
-        Ok(access) => {
+    every_check("the config file's keys and secrets", |_| match Config::reload_live(&path, api) {
+        Ok(next) => {
             refusal = None;
-            let count = access.key_count();
-            if keys.replace(access) {
+            let count = next.access.key_count();
+            let keys = live.keys.replace(next.access);
+            let secrets = live.secrets.replace(next.secrets);
+            if keys || secrets {
                 reloaded.increment(1);
-                tracing::info!(config = %path.display(), keys = count, "API keys reloaded: requests from now on use them");
+                tracing::info!(config = %path.display(), keys_changed = keys, api_keys = count, secrets_changed = secrets, "config reloaded: requests and new peer handshakes from now on use it");
             }
         }
         Err(e) => {
             let message = e.to_string();
             if refusal.as_deref() != Some(message.as_str()) {
                 refused.increment(1);
-                tracing::warn!(error = %message, "changed config refused; the API keys in use stay");
+                tracing::warn!(error = %message, "changed config refused; the API keys and secrets in use stay");
                 refusal = Some(message);
             }
         }

@@ -327,7 +327,7 @@ async fn api_keys_are_taken_up_from_the_config_file_without_a_restart() -> anyho
     // A file that fails a check changes nothing: the keys in use stay, and the refusal counts.
     replace_file(&path, &config(&entry("newer", "actions: [read, delete]")))?;
     let metrics = format!("http://{}/metrics", node.api_addr);
-    let refused = "mrr_api_keys_reloads_total{result=\"refused\"} 1";
+    let refused = "mrr_config_reloads_total{result=\"refused\"} 1";
     while !reqwest::get(&metrics).await?.text().await?.contains(refused) {
         assert!(tokio::time::Instant::now() < deadline, "the refusal was not counted within 20 s");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

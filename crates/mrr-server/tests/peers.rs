@@ -26,6 +26,33 @@ async fn a_peer_with_the_wrong_secret_is_refused_and_nothing_replicates() -> any
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_secret_rotates_on_running_nodes() -> anyhow::Result<()> {
+    let (old, new) = ("old-secret-0123456789", "new-secret-0123456789");
+    // Tokyo has moved to the new secret, us-west not yet, and neither accepts the other's.
+    let p = pair_with_coordinator([new, old]).await?;
+    wait_for_error(&p.clients[0], "cluster secret mismatch").await?;
+    // Each config file now accepts the other secret; the running nodes take it up.
+    for (config, other) in p.configs.iter().zip([old, new]) {
+        let text = std::fs::read_to_string(config)?;
+        let tmp = config.with_extension("tmp");
+        std::fs::write(&tmp, format!("{text}accept_secrets: [\"{other}\"]\n"))?;
+        std::fs::rename(&tmp, config)?;
+    }
+    let w = p.clients[0].publish("users", &json!({"id": "from-tokyo"})).await?;
+    assert_eq!(wait_for_record(&p.clients[1], "users/from-tokyo").await?, w);
+    let w = p.clients[1].publish("users", &json!({"id": "from-us-west"})).await?;
+    assert_eq!(wait_for_record(&p.clients[0], "users/from-us-west").await?, w);
+    // The strong tier's calls prove themselves the same way: the two regions elect a
+    // coordinator, which needs both votes.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while p.clients[1].coordinator().await?.coordinator.is_none() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no coordinator across the two secrets within 20 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matching_secrets_replicate() -> anyhow::Result<()> {
     let p = pair(["same-secret-0123456789"; 2]).await?;
     let w = p.clients[0].publish("users", &json!({"id": "u001"})).await?;

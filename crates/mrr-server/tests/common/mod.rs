@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +21,8 @@ pub struct Pair {
     pub nodes: Vec<Node>,
     pub clients: Vec<mrr_client::Client>,
     pub peer_ports: [u16; 2],
+    /// Each node's config file: a node takes up changed keys and secrets from it.
+    pub configs: Vec<std::path::PathBuf>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -35,6 +36,21 @@ pub async fn pair_with(
     clocks: [Option<Arc<dyn PhysicalClock>>; 2],
     extra: &str,
 ) -> anyhow::Result<Pair> {
+    pair_full(secrets, clocks, extra, false).await
+}
+
+/// Two nodes with a strong tier: ap-northeast has `role: coordinator` and forms the group.
+pub async fn pair_with_coordinator(secrets: [&str; 2]) -> anyhow::Result<Pair> {
+    pair_full(secrets, [None, None], "", true).await
+}
+
+async fn pair_full(
+    secrets: [&str; 2],
+    clocks: [Option<Arc<dyn PhysicalClock>>; 2],
+    extra: &str,
+    coordinator: bool,
+) -> anyhow::Result<Pair> {
+    let role = if coordinator { "\n    role: coordinator" } else { "" };
     let (l0, p0) = bound()?;
     let (l1, p1) = bound()?;
     let mut peer_listeners = [Some(l0), Some(l1)];
@@ -42,13 +58,17 @@ pub async fn pair_with(
     let names = ["ap-northeast", "us-west"];
     let mut nodes = Vec::new();
     let mut dirs = Vec::new();
+    let mut configs = Vec::new();
     for k in 0..2 {
         let dir = tempfile::tempdir()?;
         let text = format!(
-            "cluster: t\nregion: {}\nsecret: \"{}\"\ninsecure_plaintext: true\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:{} }}\nregions:\n  - name: ap-northeast\n    endpoint: http://127.0.0.1:{}\n  - name: us-west\n    endpoint: http://127.0.0.1:{}\n{extra}",
+            "cluster: t\nregion: {}\nsecret: \"{}\"\ninsecure_plaintext: true\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:{} }}\nregions:\n  - name: ap-northeast\n    endpoint: http://127.0.0.1:{}{role}\n  - name: us-west\n    endpoint: http://127.0.0.1:{}\n{extra}",
             names[k], secrets[k], dir.path().display(), peer_ports[k], peer_ports[0], peer_ports[1]
         );
-        let config = Config::parse(Path::new("test.yaml"), &text)?;
+        let path = dir.path().join("mrr-config.yaml");
+        std::fs::write(&path, &text)?;
+        let config = Config::load(&path)?;
+        configs.push(path);
         let mut options = NodeOptions {
             heartbeat_interval: Duration::from_millis(100),
             peer_timeout: Duration::from_secs(2),
@@ -63,7 +83,7 @@ pub async fn pair_with(
     }
     let clients =
         nodes.iter().map(|n| mrr_client::connect(&format!("http://{}", n.api_addr), None)).collect::<Result<_, _>>()?;
-    Ok(Pair { nodes, clients, peer_ports, _dirs: dirs })
+    Ok(Pair { nodes, clients, peer_ports, configs, _dirs: dirs })
 }
 
 impl Drop for Pair {
