@@ -93,6 +93,11 @@ impl ServerMetrics {
             Some(Unit::Count),
             "Reloads of this region's certificate, key and CA after their files changed or on SIGHUP, by result: ok (in use for new connections) or refused (the files failed a check; the material in use stayed).".into(),
         );
+        r.describe_counter(
+            "mrr_config_reloads_total".into(),
+            Some(Unit::Count),
+            "Reloads of the API keys and cluster secrets from the changed config file, by result: ok (in use from then on) or refused (the file failed a check; the keys and secrets in use stayed).".into(),
+        );
         let latency = |op: &'static str| {
             r.register_histogram(&Key::from_parts("mrr_write_latency_seconds", vec![Label::new("op", op)]), &METADATA)
         };
