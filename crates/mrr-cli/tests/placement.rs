@@ -246,3 +246,67 @@ async fn a_merge_record_moves_and_the_added_region_gets_writes_made_concurrently
     }
     Ok(())
 }
+
+/// Data residency: a region outside a record's placement holds nothing that names it. Records
+/// placed in eu-central and us-west are written, updated from both regions, deleted and moved
+/// between the two; Tokyo applies every change (its vector equals the others'), answers their
+/// reads with `not_placed` and refuses their writes. Then Tokyo is stopped and its whole store
+/// is read, every keyspace, every key and value: no record id and no byte of content appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_outside_the_placement_holds_nothing_that_names_the_record() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start().await?;
+    let c = &cluster.clients;
+    let placed = json!({"regions": ["eu-central", "us-west"], "syncFlags": ["TIER_1"]});
+    for i in 0..20 {
+        let record = json!({"id": format!("resident-{i}"), "name": format!("Secret-Name-{i}"), "__metadata": placed});
+        c[if i % 2 == 0 { EU } else { US_WEST }].publish("users", &record).await?;
+    }
+    c[US_WEST].put("users/resident-1", &json!({"name": "Secret-Updated", "__metadata": placed})).await?;
+    c[EU].patch("users/resident-4", &json!({"city": "Secret-City"})).await?;
+    c[EU].delete("users/resident-2").await?;
+    c[US_WEST]
+        .put("users/resident-3", &json!({"name": "Secret-Moved", "__metadata": {"regions": ["eu-central"]}}))
+        .await?;
+    c[EU].publish("users", &json!({"id": "everywhere", "v": 1})).await?;
+
+    // Tokyo has applied every change of both regions.
+    wait_for("Tokyo to apply what both regions wrote", CONVERGE, || async {
+        let (tokyo, us, eu) = (c[TOKYO].status().await?, c[US_WEST].status().await?, c[EU].status().await?);
+        Ok((tokyo.applied == eu.applied && tokyo.applied == us.applied).then_some(()))
+    })
+    .await?;
+    wait_value(&c[TOKYO], "users/everywhere", &json!({"id": "everywhere", "v": 1})).await?;
+    for id in ["resident-0", "resident-1", "resident-2", "resident-3"] {
+        assert_eq!(read_code(&c[TOKYO], &format!("users/{id}")).await?, Some(ErrorCode::NotPlaced), "{id}");
+    }
+    match c[TOKYO].put("users/resident-5", &json!({"name": "x"})).await {
+        Err(ClientError::Api { code: ErrorCode::NotPlacedHere, .. }) => {}
+        other => anyhow::bail!("a write in Tokyo must be refused with not_placed_here: {other:?}"),
+    }
+    let listed = c[TOKYO].list("users", None, 100, true).await?;
+    assert_eq!(listed.records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["everywhere"]);
+
+    cluster.kill9(TOKYO)?;
+    let db = fjall::Database::builder(cluster.dir.path().join("data").join(REGIONS[TOKYO])).open()?;
+    let names = db.list_keyspace_names();
+    assert!(names.len() >= 5, "Tokyo's store has its keyspaces: {names:?}");
+    let (mut entries, mut sealed) = (0usize, 0usize);
+    for name in names {
+        let keyspace = db.keyspace(&name, fjall::KeyspaceCreateOptions::default)?;
+        for item in keyspace.iter() {
+            let (k, v) = item.into_inner()?;
+            entries += 1;
+            for needle in ["resident-", "Secret-", "TIER_1"] {
+                let found = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+                anyhow::ensure!(
+                    !found(&k) && !found(&v),
+                    "Tokyo's keyspace {name:?} names {needle:?}: key {:?}",
+                    String::from_utf8_lossy(&k)
+                );
+            }
+            sealed += usize::from(k.windows(2).any(|w| w == b"\0~"));
+        }
+    }
+    assert!(entries > 0 && sealed >= 20, "the placement is there, under sealed names: {sealed} of {entries} entries");
+    Ok(())
+}

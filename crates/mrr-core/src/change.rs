@@ -144,13 +144,14 @@ impl Change {
         }
     }
 
-    /// Whether this change carries content for its placement (not a marker of one; wants
-    /// carry none and need none).
+    /// Whether this change carries content for its placement (not a marker of one). A want's
+    /// content is the ids it names; its marker names none.
     pub fn has_content(&self) -> bool {
         match &self.op {
             Op::Marker => false,
             Op::Transfer | Op::History => !self.carried.is_empty(),
-            Op::Put { .. } | Op::Delete | Op::Merge { .. } | Op::Want { .. } => true,
+            Op::Want { ids } => !ids.is_empty(),
+            Op::Put { .. } | Op::Delete | Op::Merge { .. } => true,
         }
     }
 

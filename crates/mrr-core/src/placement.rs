@@ -5,8 +5,9 @@
 //! creation, or a write naming a placement other than the record's), so every region, holding
 //! content or not, decides it the same way, and a write that merely keeps the placement it saw
 //! never undoes a concurrent move. A region outside a change's placement receives a *marker*
-//! instead: the change without its content — key, version, placement, deps, stream and
-//! sequence — so its cursor and vector advance and every move is known everywhere.
+//! instead: the change without its content and under the key's sealed name ([`crate::seal`]) —
+//! version, placement, deps, stream and sequence — so its cursor and vector advance and every
+//! move is known everywhere, while nothing there names the record.
 //!
 //! A move carries the mover's whole state, so a region it places the record in starts
 //! complete up to the move's causal past; what it admitted beyond that without content (writes
@@ -19,6 +20,7 @@ use std::borrow::Cow;
 use crate::change::{Change, Op};
 use crate::record::Metadata;
 use crate::region::RegionName;
+use crate::seal::Sealer;
 
 /// The `regions` entry meaning every region.
 pub const EVERYWHERE: &str = "*";
@@ -88,27 +90,37 @@ pub struct ForPeer<'a> {
     pub held_at: Option<u64>,
 }
 
-pub fn for_peer<'a>(changes: &'a [Change], peer: &RegionName) -> ForPeer<'a> {
+pub fn for_peer<'a>(changes: &'a [Change], peer: &RegionName, sealer: &Sealer) -> ForPeer<'a> {
     let mut out = Vec::with_capacity(changes.len());
     for change in changes {
         match shipment(change, peer) {
             Shipment::Full => out.push(Cow::Borrowed(change)),
-            Shipment::Marker => out.push(Cow::Owned(to_marker(change))),
+            Shipment::Marker => out.push(Cow::Owned(to_marker(change, sealer))),
             Shipment::Hold => return ForPeer { changes: out, held_at: Some(change.seq) },
         }
     }
     ForPeer { changes: out, held_at: None }
 }
 
-/// The change as a region outside its placement receives it. The marker of a transfer or of a
-/// history piece keeps its op (it writes nothing) with nothing carried.
-pub fn to_marker(change: &Change) -> Change {
+/// The change as a region outside its placement receives and keeps it: no content, and the
+/// key's sealed name. The marker of a want, a transfer or a history piece keeps its op (it
+/// writes nothing) with nothing wanted or carried.
+pub fn to_marker(change: &Change, sealer: &Sealer) -> Change {
     let op = match change.op {
         Op::Transfer => Op::Transfer,
         Op::History => Op::History,
+        // Which changes a holder lacks is for the regions that hold or wrote them.
+        Op::Want { .. } => Op::Want { ids: Vec::new() },
         _ => Op::Marker,
     };
-    Change { op, replay_of: None, carried: Vec::new(), ..change.clone() }
+    Change {
+        op,
+        key: sealer.seal(&change.key),
+        metadata: Metadata { regions: change.metadata.regions.clone(), sync_flags: Vec::new() },
+        replay_of: None,
+        carried: Vec::new(),
+        ..change.clone()
+    }
 }
 
 #[cfg(test)]
@@ -160,22 +172,28 @@ mod tests {
             moves: true,
             carried: vec![],
         };
+        let sealer = Sealer::new("t", "0123456789abcdef");
         assert_eq!(shipment(&change, &r("us")), Shipment::Full);
         assert_eq!(shipment(&change, &r("ap")), Shipment::Marker);
-        let marker = to_marker(&change);
+        let marker = to_marker(&change, &sealer);
         assert_eq!(marker.op, Op::Marker);
         assert_eq!((marker.version, marker.metadata), (change.version.clone(), change.metadata.clone()));
-        assert_eq!(shipment(&to_marker(&change), &r("ap")), Shipment::Marker, "markers relay to the excluded");
-        assert_eq!(shipment(&to_marker(&change), &r("us")), Shipment::Hold, "never a marker to a placed region");
+        assert_eq!(marker.key, sealer.seal(&change.key), "a marker never names its record");
+        let marker = to_marker(&change, &sealer);
+        assert_eq!(shipment(&marker, &r("ap")), Shipment::Marker, "markers relay to the excluded");
+        assert_eq!(shipment(&marker, &r("us")), Shipment::Hold, "never a marker to a placed region");
 
         let mut everywhere = change.clone();
         everywhere.seq = 3;
         everywhere.metadata = meta(&["*"]);
-        let relayed =
-            [Change { seq: 1, ..everywhere.clone() }, to_marker(&Change { seq: 2, ..change.clone() }), everywhere];
-        let to_us = for_peer(&relayed, &r("us"));
+        let relayed = [
+            Change { seq: 1, ..everywhere.clone() },
+            to_marker(&Change { seq: 2, ..change.clone() }, &sealer),
+            everywhere,
+        ];
+        let to_us = for_peer(&relayed, &r("us"), &sealer);
         assert_eq!((to_us.changes.len(), to_us.held_at), (1, Some(2)), "cut before the held change");
-        let to_ap = for_peer(&relayed, &r("ap"));
+        let to_ap = for_peer(&relayed, &r("ap"), &sealer);
         assert_eq!(to_ap.held_at, None);
         assert_eq!(to_ap.changes.iter().map(|c| c.op == Op::Marker).collect::<Vec<_>>(), [false, true, false]);
     }

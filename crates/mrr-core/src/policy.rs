@@ -67,6 +67,9 @@ pub struct Policies {
     /// In the digest: a region that took a bounded field for a plain counter would decrement
     /// it without rights.
     pub bounded: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Names what is not placed here ([`crate::seal`]). In the digest (by fingerprint): regions
+    /// with different sealers would not find each other's sealed entries.
+    pub sealer: crate::seal::Sealer,
 }
 
 /// Default `regions` per topic (`topics.<t>.regions`, `replication_rules.regions`).
@@ -98,6 +101,7 @@ impl Policies {
             strong: Default::default(),
             functions: BTreeMap::new(),
             bounded: BTreeMap::new(),
+            sealer: crate::seal::Sealer::new("mrr", ""),
         }
     }
 
@@ -179,6 +183,7 @@ impl Policies {
                 s.push_str(&format!(";fn:{topic}.{name}={}", f.fingerprint()));
             }
         }
+        s.push_str(&format!(";seal={}", self.sealer.fingerprint()));
         s
     }
 }

@@ -117,6 +117,8 @@ pub struct ReplicationConfig {
     pub local: RegionName,
     pub peers: Vec<PeerConfig>,
     pub secrets: Arc<secrets::LiveSecrets>,
+    /// Seals the key of every marker sent to a region outside a change's placement.
+    pub sealer: mrr_core::Sealer,
     pub max_skew_ms: u64,
     /// Idle streams send a heartbeat this often.
     pub heartbeat_interval: Duration,

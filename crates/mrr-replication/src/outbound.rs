@@ -294,7 +294,7 @@ async fn pump(
             tracing::error!(stream = %read.stream, after_seq = read.after_seq, first_seq, "changelog has a hole");
             return Err(SessionEnd::Closed);
         }
-        let shipped = placement::for_peer(&changes, session.peer());
+        let shipped = placement::for_peer(&changes, session.peer(), &ctx.config.sealer);
         let Some(last_seq) = shipped.changes.last().map(|c| c.seq) else {
             tracing::debug!(peer = %session.peer(), stream = %read.stream, seq = first_seq, "holding a relayed stream: the change is placed at the peer and only its marker is here");
             session.hold(&read.stream, first_seq);

@@ -85,7 +85,10 @@ fn merge_delta(bytes: &[u8]) -> Result<Doc, WireError> {
 
 pub fn change_from_wire(c: proto::Change) -> Result<Change, WireError> {
     validate_topic(&c.topic).map_err(|e| WireError(e.to_string()))?;
-    validate_id(&c.id).map_err(|e| WireError(e.to_string()))?;
+    // A sealed id names a record outside the receiver's placement: markers only (checked below).
+    if !mrr_core::seal::is_sealed_id(&c.id) {
+        validate_id(&c.id).map_err(|e| WireError(e.to_string()))?;
+    }
     if c.seq == 0 {
         return Err(WireError("change seq 0: sequences start at 1".into()));
     }
@@ -148,6 +151,12 @@ pub fn change_from_wire(c: proto::Change) -> Result<Change, WireError> {
             change.origin,
             change.seq,
             x.id()
+        )));
+    }
+    if mrr_core::seal::is_sealed(&change.key) && change.has_content() {
+        return Err(WireError(format!(
+            "change {}:{} has content under a sealed name: only markers are sealed",
+            change.origin, change.seq
         )));
     }
     Ok(change)

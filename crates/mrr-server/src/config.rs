@@ -54,6 +54,11 @@ pub struct Config {
     /// Resolved by the loader from `accept_secrets`.
     #[serde(skip)]
     pub accepted_secrets: Vec<String>,
+    /// Keys the sealed names by which a region outside a record's placement knows it
+    /// (`mrr_core::seal`). The same on every node and never changed; without it, `secret`
+    /// keys them, so pin it to the secret in use before rotating `secret`.
+    #[serde(default)]
+    pub placement_secret: Option<SecretSource>,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     #[serde(default)]
@@ -1213,12 +1218,24 @@ impl Config {
                 "keep at least one entry, e.g. 100000",
             ));
         }
-        Ok(Policies::new(default, topics)
+        let placement_secret = match &self.placement_secret {
+            Some(source) => source.resolve(&self.base_dir).map_err(|m| {
+                invalid(
+                    "placement_secret:",
+                    format!("placement_secret: {m}"),
+                    "set the variable, or fix the path (relative to this file)",
+                )
+            })?,
+            None => self.secret.clone(),
+        };
+        let mut policies = Policies::new(default, topics)
             .with_lanes(lanes)
             .with_placement(placement)
             .with_strong(strong)
             .with_functions(functions)
-            .with_bounded(bounded))
+            .with_bounded(bounded);
+        policies.sealer = mrr_core::Sealer::new(&self.cluster, &placement_secret);
+        Ok(policies)
     }
 
     /// The forwarder: of writes for the topics `placement_writes: forward` names (or all),

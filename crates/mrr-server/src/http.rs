@@ -45,6 +45,8 @@ pub struct AppState {
     pub regions: Arc<Vec<RegionName>>,
     pub coordinator: Option<String>,
     pub store: Arc<dyn Store>,
+    /// Names the records not placed here (`mrr_core::seal`): reads find their placement by it.
+    pub sealer: mrr_core::Sealer,
     pub writer: Writer,
     pub limits: Limits,
     pub status: StatusBoard,
@@ -504,7 +506,7 @@ async fn get_record(
     let key = parse_key(&topic, &id)?;
     let level = ReadLevel::parse(&state, &q, &headers)?;
     let ready = || {
-        Ok(match (&level, state.store.get(&key)?) {
+        Ok(match (&level, mrr_storage::record_of(state.store.as_ref(), &state.sealer, &key)?) {
             (ReadLevel::ReadYourWrites { token, .. }, Some(r)) => !lacks_named(token, &r),
             _ => true,
         })
@@ -519,7 +521,7 @@ async fn get_record(
 }
 
 fn record_answer(state: &AppState, key: &Key) -> ApiResult<RecordEnvelope> {
-    match state.store.get(key)? {
+    match mrr_storage::record_of(state.store.as_ref(), &state.sealer, key)? {
         Some(r) if !mrr_core::placement::places(&r.metadata, &state.region) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotPlaced,

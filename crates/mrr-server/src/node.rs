@@ -106,6 +106,9 @@ impl Node {
             .map_err(|source| StartError::DataDir { path: data.clone(), source })?;
         let fjall = FjallStore::open(&config.data_dir, config.durability)
             .map_err(|source| StartError::Store { path: data.clone(), source })?;
+        fjall
+            .check_sealer(&config.policies.sealer.fingerprint())
+            .map_err(|source| StartError::Store { path: data.clone(), source })?;
         let consensus_log: Arc<dyn mrr_storage::log::LogStore> =
             Arc::new(fjall.log("consensus").map_err(|source| StartError::Store { path: data.clone(), source })?);
         let store: Arc<dyn Store> = Arc::new(fjall);
@@ -156,6 +159,7 @@ impl Node {
             },
             freshness_target: config.replication_rules.default_ttl,
             policy_digest: config.policies.digest(),
+            sealer: config.policies.sealer.clone(),
             tls: config.peer_tls.clone(),
         };
         let (recorder, metrics_handle) = crate::metrics::recorder();
@@ -188,6 +192,7 @@ impl Node {
             regions: Arc::new(config.regions.iter().map(|r| r.name.clone()).collect()),
             coordinator: config.coordinator().map(ToString::to_string),
             store,
+            sealer: config.policies.sealer.clone(),
             writer: writer.clone(),
             limits: (&config.limits).into(),
             status: replicator.status.clone(),

@@ -29,7 +29,8 @@ async fn a_peer_with_the_wrong_secret_is_refused_and_nothing_replicates() -> any
 async fn the_cluster_secret_rotates_on_running_nodes() -> anyhow::Result<()> {
     let (old, new) = ("old-secret-0123456789", "new-secret-0123456789");
     // Tokyo has moved to the new secret, us-west not yet, and neither accepts the other's.
-    let p = pair_with_coordinator([new, old]).await?;
+    // Sealed names stay keyed by the secret the cluster started with (docs/security.md).
+    let p = pair_with_coordinator([new, old], &format!("placement_secret: \"{old}\"\n")).await?;
     wait_for_error(&p.clients[0], "cluster secret mismatch").await?;
     // Each config file now accepts the other secret; the running nodes take it up.
     for (config, other) in p.configs.iter().zip([old, new]) {
@@ -109,14 +110,15 @@ async fn peers_speaking_another_protocol_or_cluster_get_a_precise_status() -> an
     let p = pair(["same-secret-0123456789"; 2]).await?;
     let url = format!("http://127.0.0.1:{}", p.peer_ports[1]);
     let secret = "same-secret-0123456789";
-    let ours = dialer("t", secret, "default=timestamp");
+    let digest = mrr_server::Config::load(&p.configs[1])?.policies.digest();
+    let ours = dialer("t", secret, &digest);
     let hello = |d: &Dialer| to_acceptor::Msg::Hello(d.hello());
     let mut old = ours.hello();
     old.protocol_version = 99;
     for (first, d, code, needle) in [
         (to_acceptor::Msg::Hello(old), ours.clone(), tonic::Code::FailedPrecondition, "protocol version 99"),
         {
-            let d = dialer("other", secret, "default=timestamp");
+            let d = dialer("other", secret, &digest);
             (hello(&d), d, tonic::Code::FailedPrecondition, "cluster \"other\"")
         },
         {
@@ -134,7 +136,7 @@ async fn peers_speaking_another_protocol_or_cluster_get_a_precise_status() -> an
         assert_eq!(status.code(), code, "{}", status.message());
         assert!(status.message().contains(needle), "{}", status.message());
         if code == tonic::Code::Unauthenticated {
-            assert!(!status.message().contains("default=timestamp"), "{}", status.message());
+            assert!(!status.message().contains(&digest), "{}", status.message());
         }
     }
     assert_eq!(p.clients[1].health().await?.region, "us-west", "the node keeps serving");

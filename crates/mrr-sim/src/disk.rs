@@ -55,6 +55,10 @@ impl Store for SimDisk {
         self.live.get(key)
     }
 
+    fn unseal(&self, sealed: &Key) -> Result<Option<Key>> {
+        self.live.unseal(sealed)
+    }
+
     fn scan(&self, topic: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<(Key, Record)>> {
         self.live.scan(topic, after_id, limit)
     }

@@ -446,6 +446,8 @@ struct World {
     acked_per_lane: [usize; 3],
     /// The placements writes name (`SimConfig::placement`), each including r0.
     placements: Vec<Vec<String>>,
+    /// Names what a region outside a record's placement keeps (the policies' sealer).
+    sealer: mrr_core::Sealer,
     refused_not_placed: usize,
     refused_pending: usize,
     transfers_received: usize,
@@ -544,6 +546,7 @@ impl World {
             }
         }
         let policies = policies(cfg.strategy, cfg.placement);
+        let sealer = policies.sealer.clone();
         let nodes = (0..n)
             .map(|i| Node {
                 store: SimDisk::new(cfg.buffered),
@@ -584,6 +587,7 @@ impl World {
             acked: 0,
             acked_per_lane: [0; 3],
             placements: Vec::new(),
+            sealer,
             refused_not_placed: 0,
             refused_pending: 0,
             transfers_received: 0,
@@ -687,7 +691,23 @@ impl World {
         let mut finals = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let store_err = |e: mrr_storage::StoreError| Violation::simulator(self.seed, self.now, e);
-            let records = node.store.scan(TOPIC, None, usize::MAX).map_err(store_err)?;
+            // Held records under their names, the others' placement under their sealed names:
+            // compared by key, so read back through the keys the workload writes.
+            let mut records = node.store.scan(TOPIC, None, usize::MAX).map_err(store_err)?;
+            for k in 0..self.cfg.keys {
+                let key = Key::new(TOPIC, format!("k{k}"));
+                let sealed = self.sealer.seal(&key);
+                if let Some(register) = node.store.get(&sealed).map_err(store_err)? {
+                    if records.iter().any(|(held, _)| *held == key) {
+                        return Err(self.violation(
+                            "placement",
+                            format!("{} holds {key} both by its name and by its sealed name", self.names[i]),
+                        ));
+                    }
+                    records.push((key, register));
+                }
+            }
+            records.sort_by(|a, b| a.0.cmp(&b.0));
             let mut changelog = Vec::new();
             for origin in &self.names {
                 for lane in mrr_core::Lane::ALL {
@@ -1050,7 +1070,7 @@ impl World {
                     break;
                 }
                 let first = read.after_seq + 1;
-                let shipped = mrr_core::placement::for_peer(&changes, session.peer());
+                let shipped = mrr_core::placement::for_peer(&changes, session.peer(), &self.sealer);
                 let Some(last) = shipped.changes.last().map(|c| c.seq) else {
                     session.hold(&read.stream, first);
                     continue;

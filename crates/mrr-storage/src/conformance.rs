@@ -109,6 +109,48 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     assert_eq!(store.scan("users", None, 1).expect("scan").len(), 1);
     assert!(store.scan("user", None, 10).expect("scan").is_empty(), "prefix of a topic is another topic");
 
+    // A record moves from its clear name to its sealed one (it left this region's placement):
+    // the clear entry and the index entry go in the same commit; scans never show sealed names.
+    let sealer = mrr_core::Sealer::new("t", "0123456789abcdef");
+    let sealed = sealer.seal(&a2.key);
+    let high = store.recover().expect("recover").hlc_high_water;
+    assert_eq!(store.unseal(&sealed).expect("unseal"), None);
+    let held = CommitBatch {
+        sealed_index: vec![(sealed.clone(), Some(a2.key.clone()))],
+        hlc_high_water: high,
+        ..CommitBatch::default()
+    };
+    assert!(!held.is_empty());
+    store.commit(&held).expect("commit");
+    assert_eq!(store.unseal(&sealed).expect("unseal"), Some(a2.key.clone()));
+    let register = Record { value: None, ..a2.to_record() };
+    let left = CommitBatch {
+        records: vec![(sealed.clone(), register.clone())],
+        records_removed: vec![a2.key.clone()],
+        sealed_index: vec![(sealed.clone(), None)],
+        hlc_high_water: high,
+        ..CommitBatch::default()
+    };
+    store.commit(&left).expect("commit");
+    assert_eq!(store.get(&a2.key).expect("get"), None, "the clear name is gone");
+    assert_eq!(store.get(&sealed).expect("get"), Some(register));
+    assert_eq!(store.unseal(&sealed).expect("unseal"), None);
+    let users = store.scan("users", None, 10).expect("scan");
+    assert_eq!(users.iter().map(|(k, _)| k.id.as_str()).collect::<Vec<_>>(), ["u001"], "no sealed name listed");
+    assert!(store.scan("users", Some("u001"), 10).expect("scan").is_empty());
+    // And back: placed here again.
+    let back = CommitBatch {
+        records: vec![(a2.key.clone(), a2.to_record())],
+        records_removed: vec![sealed.clone()],
+        sealed_index: vec![(sealed.clone(), Some(a2.key.clone()))],
+        hlc_high_water: high,
+        ..CommitBatch::default()
+    };
+    store.commit(&back).expect("commit");
+    assert_eq!(store.get(&sealed).expect("get"), None);
+    assert_eq!(store.get(&a2.key).expect("get"), Some(a2.to_record()));
+    assert_eq!(store.unseal(&sealed).expect("unseal"), Some(a2.key.clone()));
+
     // The changelog per stream, in order, from a cursor, bounded; lanes are separate streams.
     let ap = stream("ap-northeast");
     assert_eq!(store.changes_after(&ap, 0, 10).expect("changes"), vec![a1.clone(), a2.clone()]);

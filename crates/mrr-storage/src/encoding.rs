@@ -68,6 +68,8 @@ pub fn vv_key(stream: &Stream) -> Vec<u8> {
 pub const VV_PREFIX: &[u8] = b"vv\0";
 pub const HLC_KEY: &[u8] = b"hlc";
 pub const FORMAT_KEY: &[u8] = b"format";
+/// The fingerprint of the sealer this directory's sealed names were made with.
+pub const SEALER_KEY: &[u8] = b"sealer";
 pub const STRONG_POSITION_KEY: &[u8] = b"strong_position";
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -125,6 +125,11 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.get(key)
     }
 
+    fn unseal(&self, sealed: &Key) -> Result<Option<Key>> {
+        self.plan.read("unseal")?;
+        self.inner.unseal(sealed)
+    }
+
     fn scan(&self, topic: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<(Key, Record)>> {
         self.plan.read("scan")?;
         self.inner.scan(topic, after_id, limit)

@@ -3,7 +3,8 @@
 //! atomic write batch through fjall's journal. `conflicts_by_time` and `dlq_by_time` index
 //! the conflict log and the dead-letter queue by time, in the same batches, and their sizes
 //! are counted, so operator reads and retention never scan a whole log. `strong_requests` holds
-//! the strong tier's answered request ids, written in the commit that applied them.
+//! the strong tier's answered request ids, written in the commit that applied them. `sealed`
+//! maps the sealed name of each record held here to its id (`mrr_core::seal`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,6 +29,7 @@ pub struct FjallStore {
     conflicts_by_time: Keyspace,
     dlq_by_time: Keyspace,
     strong_requests: Keyspace,
+    sealed: Keyspace,
     conflict_count: AtomicU64,
     dead_letter_count: AtomicU64,
     /// Serialises the writer's commits with the removals made outside them (retention, an
@@ -60,6 +62,7 @@ impl FjallStore {
         let conflicts_by_time = db.keyspace("conflicts_by_time", KeyspaceCreateOptions::default)?;
         let dlq_by_time = db.keyspace("dlq_by_time", KeyspaceCreateOptions::default)?;
         let strong_requests = db.keyspace("strong_requests", KeyspaceCreateOptions::default)?;
+        let sealed = db.keyspace("sealed", KeyspaceCreateOptions::default)?;
         let store = Self {
             db,
             records,
@@ -71,6 +74,7 @@ impl FjallStore {
             conflicts_by_time,
             dlq_by_time,
             strong_requests,
+            sealed,
             conflict_count: AtomicU64::new(0),
             dead_letter_count: AtomicU64::new(0),
             write_lock: Mutex::new(()),
@@ -110,6 +114,24 @@ impl FjallStore {
         Ok(())
     }
 
+    /// Stamps a new directory with the fingerprint of the sealer its sealed names are made
+    /// with; refuses a sealer other than the one an existing directory was stamped with
+    /// (`mrr_core::seal`).
+    pub fn check_sealer(&self, fingerprint: &str) -> Result<()> {
+        match self.meta.get(encoding::SEALER_KEY)? {
+            Some(found) if found.as_ref() == fingerprint.as_bytes() => Ok(()),
+            Some(found) => Err(crate::StoreError::SealerChanged {
+                found: String::from_utf8_lossy(&found).into_owned(),
+                configured: fingerprint.to_owned(),
+            }),
+            None => {
+                self.meta.insert(encoding::SEALER_KEY, fingerprint.as_bytes().to_vec())?;
+                self.db.persist(PersistMode::SyncData)?;
+                Ok(())
+            }
+        }
+    }
+
     /// A new directory is stamped with [`STORAGE_FORMAT`]; an existing one must carry it. A
     /// directory from before formats were stamped (format 1) has data but no stamp.
     fn check_format(&self) -> Result<()> {
@@ -138,20 +160,37 @@ impl Store for FjallStore {
         }
     }
 
+    fn unseal(&self, sealed: &Key) -> Result<Option<Key>> {
+        let k = encoding::record_key(sealed);
+        match self.sealed.get(&k)? {
+            Some(id) => {
+                let id = std::str::from_utf8(&id).map_err(|e| crate::StoreError::Corrupt {
+                    what: "sealed index entry",
+                    key: k.clone(),
+                    reason: e.to_string(),
+                })?;
+                Ok(Some(Key::new(sealed.topic.clone(), id)))
+            }
+            None => Ok(None),
+        }
+    }
+
     fn scan(&self, topic: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<(Key, Record)>> {
         let prefix = encoding::topic_prefix(topic);
         let mut out = Vec::new();
-        let iter = match after_id {
+        // Sealed ids start with `~`, above every character of a client id: the topic's client
+        // records end where they begin.
+        let mut end = prefix.clone();
+        end.push(mrr_core::seal::SEALED_ID_PREFIX as u8);
+        let start = match after_id {
             Some(id) => {
                 let mut start = encoding::record_key(&Key::new(topic, id));
                 start.push(0); // strictly after `id`
-                               // The separator is NUL, so every key of the topic sorts below `topic\x01`.
-                let mut end = topic.as_bytes().to_vec();
-                end.push(1);
-                self.records.range(start..end)
+                start
             }
-            None => self.records.prefix(&prefix),
+            None => prefix.clone(),
         };
+        let iter = self.records.range(start..end);
         for item in iter.take(limit) {
             let (k, v) = item.into_inner()?;
             let record: Record = decode("record", &k, &v)?;
@@ -202,8 +241,17 @@ impl Store for FjallStore {
             Durability::Fsync if !batch.from_strong_log => Some(PersistMode::SyncData),
             Durability::Fsync | Durability::Buffered => None,
         });
+        for key in &batch.records_removed {
+            wb.remove(&self.records, encoding::record_key(key));
+        }
         for (key, record) in &batch.records {
             wb.insert(&self.records, encoding::record_key(key), encode(record));
+        }
+        for (sealed, clear) in &batch.sealed_index {
+            match clear {
+                Some(clear) => wb.insert(&self.sealed, encoding::record_key(sealed), clear.id.as_bytes().to_vec()),
+                None => wb.remove(&self.sealed, encoding::record_key(sealed)),
+            }
         }
         for change in &batch.changes {
             wb.insert(&self.changes, encoding::change_key(&change.stream(), change.seq), encode(change));
@@ -472,5 +520,19 @@ mod tests {
         let err = FjallStore::open(dir.path(), Durability::Fsync).expect_err("format 1");
         assert!(matches!(err, crate::StoreError::Format { found: 1, expected: STORAGE_FORMAT }), "{err}");
         assert!(err.to_string().contains("catches up from its peers"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_keeps_the_sealer_it_was_first_started_with() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = FjallStore::open(dir.path(), Durability::Fsync).expect("open");
+            store.check_sealer("aaaa").expect("a new directory takes the sealer");
+            store.check_sealer("aaaa").expect("the same sealer");
+        }
+        let store = FjallStore::open(dir.path(), Durability::Fsync).expect("reopen");
+        store.check_sealer("aaaa").expect("the same sealer after a reopen");
+        let err = store.check_sealer("bbbb").expect_err("another sealer");
+        assert!(err.to_string().contains("set `placement_secret:`"), "{err}");
     }
 }

@@ -36,6 +36,13 @@ pub enum Durability {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CommitBatch {
     pub records: Vec<(Key, Record)>,
+    /// Record entries that go: a record that left this region's placement leaves its clear
+    /// name, one placed here again its sealed name ([`mrr_core::seal`]). Never also in
+    /// `records`.
+    pub records_removed: Vec<Key>,
+    /// The sealed-name index of the records this region holds: `(sealed, Some(clear))` when a
+    /// record comes to be held here, `(sealed, None)` when it leaves.
+    pub sealed_index: Vec<(Key, Option<Key>)>,
     pub changes: Vec<Change>,
     /// New values of the version-vector entries this commit advanced.
     pub vv: VersionVector,
@@ -72,6 +79,8 @@ pub struct CommitBatch {
 impl CommitBatch {
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+            && self.records_removed.is_empty()
+            && self.sealed_index.is_empty()
             && self.changes.is_empty()
             && self.history.is_empty()
             && self.histories_dropped.is_empty()
@@ -80,6 +89,15 @@ impl CommitBatch {
             && self.dead_letters_cleared.is_empty()
             && self.strong_position.is_none()
             && self.strong_requests.is_empty()
+    }
+}
+
+/// The record of `key` in a store: under its name when held here, else its placement register
+/// under its sealed name ([`mrr_core::seal`]); `None` when this region knows nothing of it.
+pub fn record_of(store: &dyn Store, sealer: &mrr_core::Sealer, key: &Key) -> Result<Option<Record>> {
+    match store.get(key)? {
+        Some(held) => Ok(Some(held)),
+        None => store.get(&sealer.seal(key)),
     }
 }
 
@@ -133,6 +151,10 @@ pub enum StoreError {
     /// The operating system refused a read or write.
     #[error("storage {op} failed: {source}")]
     Io { op: &'static str, source: std::io::Error },
+    /// The directory's sealed names were made with another sealer than the config's. Fatal at
+    /// start-up: with it, every register here would be lost to lookups.
+    #[error("the data directory's sealed names were made with placement secret {found}, the config gives {configured}: set `placement_secret:` to the secret this region was first started with (its `secret` then)")]
+    SealerChanged { found: String, configured: String },
     /// The directory holds data in a format this release does not read. Fatal at start-up.
     #[error("the data directory holds storage format {found}, this release reads format {expected}: move the directory aside and restart; the region then catches up from its peers (they keep their changelogs)")]
     Format { found: u32, expected: u32 },
@@ -142,8 +164,9 @@ pub enum StoreError {
 /// could no longer be read: 2 added each change's causal past and the merge document; 3 split
 /// each origin's changelog and version-vector entry into priority lanes; 4 added the move that
 /// placed a record, the changes it lacks, and moves, wants and transfers in the changelog; 5 the
-/// escrow counters of bounded fields in the merge document.
-pub const STORAGE_FORMAT: u32 = 5;
+/// escrow counters of bounded fields in the merge document; 6 keeps what is not placed here
+/// under sealed names only, with the `sealed` index of held records.
+pub const STORAGE_FORMAT: u32 = 6;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -152,7 +175,11 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &Key) -> Result<Option<Record>>;
 
-    /// Records of `topic` in id order, starting after `after_id`, tombstones included.
+    /// The clear name of a record held here, from its sealed name (`None`: not held here).
+    fn unseal(&self, sealed: &Key) -> Result<Option<Key>>;
+
+    /// Records of `topic` in id order, starting after `after_id`, tombstones included; never
+    /// an entry under a sealed name (those name nothing a client could list).
     fn scan(&self, topic: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<(Key, Record)>>;
 
     /// Changes of `stream` with `seq > after_seq`, in sequence order, at most `limit`, stopping

@@ -17,6 +17,7 @@ pub struct MemStore {
 #[derive(Debug, Default)]
 struct Inner {
     records: BTreeMap<Key, Record>,
+    sealed_index: BTreeMap<Key, Key>,
     changes: BTreeMap<(Stream, u64), Change>,
     state: RecoveredState,
     history: BTreeMap<(Key, Version), FoldEntry>,
@@ -61,6 +62,10 @@ impl Store for MemStore {
         Ok(self.lock().records.get(key).cloned())
     }
 
+    fn unseal(&self, sealed: &Key) -> Result<Option<Key>> {
+        Ok(self.lock().sealed_index.get(sealed).cloned())
+    }
+
     fn scan(&self, topic: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<(Key, Record)>> {
         let inner = self.lock();
         let start = Key::new(topic, after_id.unwrap_or(""));
@@ -69,6 +74,7 @@ impl Store for MemStore {
             .range(start..)
             .filter(|(k, _)| after_id.is_none_or(|a| k.id.as_str() > a))
             .take_while(|(k, _)| k.topic == topic)
+            .filter(|(k, _)| !mrr_core::seal::is_sealed(k))
             .take(limit)
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect())
@@ -98,8 +104,17 @@ impl Store for MemStore {
 
     fn commit(&self, batch: &CommitBatch) -> Result<()> {
         let mut inner = self.lock();
+        for k in &batch.records_removed {
+            inner.records.remove(k);
+        }
         for (k, r) in &batch.records {
             inner.records.insert(k.clone(), r.clone());
+        }
+        for (sealed, clear) in &batch.sealed_index {
+            match clear {
+                Some(clear) => inner.sealed_index.insert(sealed.clone(), clear.clone()),
+                None => inner.sealed_index.remove(sealed),
+            };
         }
         for c in &batch.changes {
             inner.changes.insert((c.stream(), c.seq), c.clone());

@@ -13,6 +13,7 @@ use mrr_core::doc::{Lost, Stamp};
 use mrr_core::fold::{self, FoldEntry, FoldState, Head, Outcome};
 use mrr_core::merge::{LastWriterWins, MergeStrategy, Resolution};
 use mrr_core::placement;
+use mrr_core::seal;
 use mrr_core::session::{admit_incoming, Incoming};
 use mrr_core::{
     Change, ChangeId, ConflictEntry, DeadLetter, Doc, Hlc, Key, Metadata, Op, Policies, Record, RegionName, Replay,
@@ -170,13 +171,16 @@ impl Engine {
             && pending.conflicts.is_empty()
             && pending.dead_letters.is_empty()
             && pending.cleared.is_empty();
+        let overlay = pending.overlay.into_inner();
         let must_sync = pending.changes.iter().any(|c| {
             c.origin == self.local && matches!(&c.op, Op::Merge { delta } if delta.escrow_fields().next().is_some())
         });
         Some(CommitBatch {
             from_strong_log,
             must_sync,
-            records: pending.overlay.into_inner().into_iter().collect(),
+            records: overlay.iter().filter_map(|(k, r)| Some((k.clone(), r.clone()?))).collect(),
+            records_removed: overlay.iter().filter(|(_, r)| r.is_none()).map(|(k, _)| k.clone()).collect(),
+            sealed_index: pending.sealed_index.into_inner().into_iter().collect(),
             changes: pending.changes,
             vv,
             hlc_high_water: self.hlc.last(),
@@ -196,21 +200,103 @@ impl Engine {
     }
 
     fn prefetch<'a>(
+        &self,
         pending: &Pending,
         store: &dyn Store,
         keys: impl Iterator<Item = &'a Key>,
     ) -> Result<Reads, StoreError> {
         let mut reads = BTreeMap::new();
         for key in keys {
-            if !pending.overlay.contains_key(key) && !reads.contains_key(key) {
-                reads.insert(key.clone(), store.get(key)?);
-            }
+            self.read_into(pending, store, &mut reads, key)?;
         }
         Ok(reads)
     }
 
-    fn current(pending: &Pending, reads: &Reads, key: &Key) -> Option<Record> {
-        pending.overlay.get(key).cloned().or_else(|| reads.get(key).cloned().flatten())
+    /// Reads `key`, and for a clear name its sealed one too, unless the group or `reads` has it.
+    fn read_into(&self, pending: &Pending, store: &dyn Store, reads: &mut Reads, key: &Key) -> Result<(), StoreError> {
+        let sealed = (!seal::is_sealed(key)).then(|| self.policies.sealer.seal(key));
+        for k in std::iter::once(key).chain(sealed.as_ref()) {
+            if !pending.overlay.contains_key(k) && !reads.contains_key(k) {
+                reads.insert(k.clone(), store.get(k)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry stored under exactly this name, as the group leaves it.
+    fn entry(pending: &Pending, reads: &Reads, key: &Key) -> Option<Record> {
+        match pending.overlay.get(key) {
+            Some(entry) => entry.clone(),
+            None => reads.get(key).cloned().flatten(),
+        }
+    }
+
+    /// The key's record here: under its clear name when held here, else its placement register
+    /// under its sealed name. A region keeps one of the two, never both
+    /// ([`Engine::store_record`]).
+    fn current(&self, pending: &Pending, reads: &Reads, key: &Key) -> Option<Record> {
+        Self::entry(pending, reads, key).or_else(|| {
+            if seal::is_sealed(key) {
+                None
+            } else {
+                Self::entry(pending, reads, &self.policies.sealer.seal(key))
+            }
+        })
+    }
+
+    /// The name this region knows a peer's `key` by: a sealed name is the clear one when the
+    /// record is held here (the sealed-name index), else stays sealed.
+    fn known_name(&self, pending: &Pending, store: &dyn Store, key: &Key) -> Result<Key, StoreError> {
+        if !seal::is_sealed(key) {
+            return Ok(key.clone());
+        }
+        if let Some(entry) = pending.sealed_index.get(key) {
+            return Ok(entry.clone().unwrap_or_else(|| key.clone()));
+        }
+        Ok(store.unseal(key)?.unwrap_or_else(|| key.clone()))
+    }
+
+    /// A peer's change as this region's changelog keeps it: a marker (a change outside its
+    /// placement, as its writer saw it) under the sealed name, even where the record is held
+    /// (it was known by its name only to find the record; `admitted_unseen` matches both).
+    fn logged(&self, change: Change) -> Change {
+        if change.origin != self.local && !placement::places(&change.metadata, &self.local) {
+            debug_assert!(!change.has_content(), "content of {} sent outside its placement", change.id());
+            placement::to_marker(&change, &self.policies.sealer)
+        } else {
+            change
+        }
+    }
+
+    /// Stores `record` as the key's state here, under the name its placement calls for: the
+    /// clear name (indexed by its sealed name) while placed here, else only the sealed name.
+    /// The other entry goes, so nothing outside a record's placement names it.
+    fn store_record(&self, pending: &mut Pending, reads: &Reads, key: &Key, record: Record) {
+        let placed = placement::places(&record.metadata, &self.local);
+        if seal::is_sealed(key) {
+            // Known only by its sealed name: never held here (the index would name it).
+            debug_assert!(!placed, "a record placed here under a sealed name {key}");
+            pending.overlay.insert(key.clone(), Some(record));
+            return;
+        }
+        let sealed = self.policies.sealer.seal(key);
+        let held_before = Self::entry(pending, reads, key).is_some();
+        let sealed_before = Self::entry(pending, reads, &sealed).is_some();
+        if placed {
+            if sealed_before {
+                pending.overlay.insert(sealed.clone(), None);
+            }
+            if !held_before {
+                pending.sealed_index.insert(sealed, Some(key.clone()));
+            }
+            pending.overlay.insert(key.clone(), Some(record));
+        } else {
+            if held_before {
+                pending.overlay.insert(key.clone(), None);
+                pending.sealed_index.insert(sealed.clone(), None);
+            }
+            pending.overlay.insert(sealed, Some(record));
+        }
     }
 
     /// Applies one client request to the group: all of it, or (on a rejection or a storage
@@ -235,7 +321,7 @@ impl Engine {
         if let Some(key) = ops.iter().filter_map(LocalOp::key).find(|k| self.policies.is_strong(&k.topic)) {
             return Err(LocalFailure::Rejected(Rejection::StrongTopic { topic: key.topic.clone() }));
         }
-        let mut reads = Self::prefetch(pending, store, ops.iter().filter_map(LocalOp::key))?;
+        let mut reads = self.prefetch(pending, store, ops.iter().filter_map(LocalOp::key))?;
         // Replays read their dead letter (and its key) up front, like every other read.
         let mut letters = BTreeMap::new();
         for op in &ops {
@@ -243,9 +329,7 @@ impl Engine {
                 let letter = store
                     .dead_letter(id)?
                     .ok_or_else(|| LocalFailure::Rejected(Rejection::NoSuchDeadLetter(id.clone())))?;
-                if !pending.overlay.contains_key(&letter.key) && !reads.contains_key(&letter.key) {
-                    reads.insert(letter.key.clone(), store.get(&letter.key)?);
-                }
+                self.read_into(pending, store, &mut reads, &letter.key)?;
                 letters.insert(id.clone(), letter);
             }
         }
@@ -275,7 +359,7 @@ impl Engine {
         let mut metadatas = Vec::with_capacity(ops.len());
         for op in &ops {
             let key = key_of(op);
-            let record = Self::current(pending, &reads, &key);
+            let record = self.current(pending, &reads, &key);
             let current = placed.get(&key).cloned().or_else(|| record.as_ref().map(|r| r.metadata.clone()));
             let metadata = self.metadata_of(op, &key, current.as_ref());
             let refused = match &current {
@@ -307,7 +391,7 @@ impl Engine {
         // Each op writes the metadata its check above settled.
         for (op, (metadata, moves)) in ops.into_iter().zip(metadatas) {
             let key = key_of(&op);
-            let current = Self::current(pending, &reads, &key);
+            let current = self.current(pending, &reads, &key);
             // Under `custom` a move carries the mover's fold history; what would not fit one
             // change goes ahead of it, in order, on the move's stream.
             let mut history = match self.policies.rule(&key.topic) {
@@ -499,7 +583,7 @@ impl Engine {
     ) -> Result<Record, StoreError> {
         debug_assert!(change.writes(), "wants and transfers have their own paths");
         let key = change.key.clone();
-        let current = Self::current(pending, reads, &key);
+        let current = self.current(pending, reads, &key);
         let policies = self.policies.clone();
         let rule = policies.rule(&key.topic);
         let placed_by = current.as_ref().and_then(|r| r.placed_by.clone());
@@ -544,14 +628,12 @@ impl Engine {
                 lacking: BTreeSet::new(),
                 ..newest
             };
-            pending.overlay.insert(key, record.clone());
-            // Content this region may not hold is not kept in its changelog either, except its
-            // own writes (a move away from here), whose origin answers wants with them.
-            let logged = if change.has_content() && change.origin != self.local {
-                placement::to_marker(&change)
-            } else {
-                change
-            };
+            self.store_record(pending, reads, &key, record.clone());
+            // Content this region may not hold is not kept in its changelog either, nor the
+            // record's name, except in its own writes (a move away from here), whose origin
+            // answers wants with them.
+            let logged =
+                if change.origin != self.local { placement::to_marker(&change, &self.policies.sealer) } else { change };
             pending.changes.push(logged);
             return Ok(written.unwrap_or(record));
         }
@@ -593,10 +675,21 @@ impl Engine {
         record.placed_by = placed_by;
         let wanted: Vec<ChangeId> = lacking.difference(&lacked_before).cloned().collect();
         record.lacking = lacking;
-        pending.overlay.insert(key.clone(), record.clone());
-        pending.changes.push(change);
+        self.store_record(pending, reads, &key, record.clone());
+        pending.changes.push(self.logged(change));
         if !wanted.is_empty() {
-            self.emit(pending, key, Op::Want { ids: wanted }, Metadata::default(), Vec::new());
+            // To the record's regions and the wanted changes' origins (which wrote them): the
+            // want names the key, so it goes nowhere else in clear.
+            let mut to = record.metadata.regions.clone();
+            if !placement::everywhere(&to) {
+                for id in &wanted {
+                    if !to.iter().any(|r| r == id.origin.as_str()) {
+                        to.push(id.origin.to_string());
+                    }
+                }
+            }
+            let to = Metadata { regions: to, sync_flags: Vec::new() };
+            self.emit(pending, key, Op::Want { ids: wanted }, to, Vec::new());
         }
         Ok(record)
     }
@@ -638,6 +731,9 @@ impl Engine {
         mover: &Change,
     ) -> Result<(Vec<Change>, BTreeSet<ChangeId>), StoreError> {
         const PAGE: usize = 512;
+        // Markers of the key it received while not holding it carry its sealed name.
+        let sealed = self.policies.sealer.seal(key);
+        let of_key = |c: &Change| c.key == *key || c.key == sealed;
         let mut admitted = Vec::new();
         for (stream, head) in pending.vv.iter() {
             let mut after = mover.deps.get(stream);
@@ -645,11 +741,11 @@ impl Engine {
                 let page = store.changes_after(stream, after, PAGE)?;
                 let Some(last) = page.last().map(|c| c.seq) else { break };
                 after = last;
-                admitted.extend(page.into_iter().filter(|c| c.key == *key));
+                admitted.extend(page.into_iter().filter(|c| of_key(c)));
             }
         }
         // This group's changes are not in the store yet.
-        admitted.extend(pending.changes.iter().filter(|c| c.key == *key && !c.id().seen_by(&mover.deps)).cloned());
+        admitted.extend(pending.changes.iter().filter(|c| of_key(c) && !c.id().seen_by(&mover.deps)).cloned());
         let mut contents = Vec::new();
         let mut ids = BTreeSet::new();
         for change in admitted {
@@ -706,7 +802,7 @@ impl Engine {
         reads: &Reads,
         transfer: Change,
     ) -> Result<(), StoreError> {
-        let current = Self::current(pending, reads, &transfer.key);
+        let current = self.current(pending, reads, &transfer.key);
         let held = current.filter(|r| placement::places(&r.metadata, &self.local));
         match held {
             Some(cur) if transfer.has_content() => {
@@ -720,10 +816,10 @@ impl Engine {
                 for c in &transfer.carried {
                     record.lacking.remove(&c.id());
                 }
-                pending.overlay.insert(transfer.key.clone(), record);
+                self.store_record(pending, reads, &transfer.key, record);
                 pending.changes.push(transfer);
             }
-            _ => pending.changes.push(placement::to_marker(&transfer)),
+            _ => pending.changes.push(placement::to_marker(&transfer, &self.policies.sealer)),
         }
         Ok(())
     }
@@ -765,14 +861,14 @@ impl Engine {
         let Rule::Custom(resolver) = policies.rule(&history.key.topic) else {
             // Only custom moves send one; a peer whose policies differ was refused at handshake.
             tracing::warn!(change = %history.id(), key = %history.key, "fold history for a topic without a handler; kept as a marker");
-            pending.changes.push(placement::to_marker(&history));
+            pending.changes.push(placement::to_marker(&history, &self.policies.sealer));
             return Ok(());
         };
         if !placement::places(&history.metadata, &self.local) || !history.has_content() {
-            pending.changes.push(placement::to_marker(&history));
+            pending.changes.push(placement::to_marker(&history, &self.policies.sealer));
             return Ok(());
         }
-        let current = Self::current(pending, reads, &history.key);
+        let current = self.current(pending, reads, &history.key);
         let contents: Vec<&Change> = history.carried.iter().collect();
         // Where the move is about to place it, the piece waits whole in the changelog below
         // for the move that follows (`pieces_ahead`).
@@ -782,7 +878,7 @@ impl Engine {
             record.metadata.regions = cur.metadata.regions;
             record.placed_by = cur.placed_by;
             record.lacking = cur.lacking;
-            pending.overlay.insert(history.key.clone(), record);
+            self.store_record(pending, reads, &history.key, record);
         }
         pending.changes.push(history);
         Ok(())
@@ -1150,16 +1246,20 @@ impl Engine {
         changes: Vec<Change>,
         physical_ms: u64,
     ) -> Result<RemoteOutcome, StoreError> {
-        let reads = Self::prefetch(pending, store, changes.iter().map(|c| &c.key))?;
+        let mut reads = self.prefetch(pending, store, changes.iter().map(|c| &c.key))?;
         let mut out = RemoteOutcome::default();
         let (conflicts_before, letters_before) = (pending.conflicts.len(), pending.dead_letters.len());
-        for (position, change) in changes.into_iter().enumerate() {
+        for (position, mut change) in changes.into_iter().enumerate() {
+            // A marker names its record by its sealed name; a region that holds the record
+            // knows it by its clear name (placed here by a move its sender had not seen).
+            change.key = self.known_name(pending, store, &change.key)?;
+            self.read_into(pending, store, &mut reads, &change.key)?;
             let stream = change.stream();
             match admit_incoming(&self.local, &pending.vv, &stream, change.seq) {
                 Incoming::Apply => {}
                 Incoming::Duplicate => {
                     if mrr_core::planted::active(mrr_core::planted::Bug::DuplicatesBypassMerge) {
-                        pending.overlay.insert(change.key.clone(), change.to_record());
+                        pending.overlay.insert(change.key.clone(), Some(change.to_record()));
                     }
                     out.duplicates += 1;
                     continue;
@@ -1197,7 +1297,7 @@ impl Engine {
             match change.op {
                 Op::Want { .. } => {
                     self.answer_want(pending, store, &change)?;
-                    pending.changes.push(change);
+                    pending.changes.push(self.logged(change));
                 }
                 Op::Transfer => self.apply_transfer(pending, store, &reads, change)?,
                 Op::History => self.apply_history(pending, store, &reads, change)?,
@@ -1555,12 +1655,13 @@ mod tests {
     /// stream cut where this region holds only the marker of a change placed at the receiver.
     fn ship(from: &MemStore, to: (&mut Engine, &MemStore), now: u64) -> RemoteOutcome {
         let peer = to.0.local().clone();
+        let sealer = to.0.policies().sealer.clone();
         let mut all = Vec::new();
         for origin in ["a", "b", "c"] {
             for lane in mrr_core::Lane::ALL {
                 if r(origin) != peer {
                     let changes = changes_of(from, &Stream::new(r(origin), lane).to_string());
-                    let shipped = placement::for_peer(&changes, &peer);
+                    let shipped = placement::for_peer(&changes, &peer, &sealer);
                     all.extend(shipped.changes.into_iter().map(|c| c.into_owned()));
                 }
             }
@@ -1586,9 +1687,12 @@ mod tests {
         let out = ship(&sa, (&mut c, &sc), 1_001);
         assert_eq!(out.applied, 1, "c takes the marker");
         assert_eq!(value(&sb, "users", "vip"), Some(json!({"tier": "gold"})));
-        let stub = sc.get(&vip).expect("get").expect("placement register");
+        let sealed = c.policies().sealer.seal(&vip);
+        assert_eq!(sc.get(&vip).expect("get"), None, "c keeps nothing under the record's name");
+        let stub = sc.get(&sealed).expect("get").expect("placement register");
         assert_eq!((stub.value, stub.metadata.regions.len()), (None, 2), "no content in c, only where it lives");
         assert_eq!(changes_of(&sc, "a")[0].op, Op::Marker, "c's changelog holds the marker, not the value");
+        assert_eq!(changes_of(&sc, "a")[0].key, sealed, "under the sealed name");
         assert_eq!(c.applied().get(&Stream::normal(r("a"))), 1, "c's cursor moved past it");
 
         // c cannot write it: the record does not live there.
@@ -1609,9 +1713,13 @@ mod tests {
         ship(&sa, (&mut b, &sb), 1_007);
         ship(&sa, (&mut c, &sc), 1_007);
         for (store, region) in [(&sb, "b"), (&sc, "c")] {
-            let r = store.get(&vip).expect("get").expect("register");
+            assert_eq!(store.get(&vip).expect("get"), None, "{region} keeps nothing under the record's name");
+            assert_eq!(store.unseal(&sealed).expect("unseal"), None, "{region} no longer indexes it");
+            let r = store.get(&sealed).expect("get").expect("register");
             assert_eq!((r.value, r.metadata.regions.clone()), (None, vec!["a".to_owned()]), "{region}'s copy is gone");
         }
+        assert_eq!(sa.unseal(&sealed).expect("unseal"), Some(vip.clone()), "a holds it, indexed");
+        assert_eq!(sa.get(&sealed).expect("get"), None, "and keeps no register besides");
         assert_eq!(value(&sa, "users", "vip"), Some(json!({"tier": "platinum"})));
         // An older change that arrives late does not bring a copy back.
         let late = changes_of(&sb, "b");
@@ -1633,7 +1741,7 @@ mod tests {
         ship(&sa, (&mut c, &sc), 1_001);
         // c holds a's stream as [marker, full]; relaying it to b must stop at the marker.
         let relayed = changes_of(&sc, "a");
-        let to_b = placement::for_peer(&relayed, &r("b"));
+        let to_b = placement::for_peer(&relayed, &r("b"), &c.policies().sealer);
         assert_eq!((to_b.changes.len(), to_b.held_at), (0, Some(1)));
     }
 

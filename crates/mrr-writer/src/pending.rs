@@ -96,7 +96,11 @@ impl<K: Ord + Clone> Journaled<K, ()> {
 /// The state of one group commit under construction.
 #[derive(Debug)]
 pub struct Pending {
-    pub(crate) overlay: Journaled<Key, Record>,
+    /// Record entries this group writes (`None`: the entry goes), by the name they are stored
+    /// under (clear or sealed, `mrr_core::seal`).
+    pub(crate) overlay: Journaled<Key, Option<Record>>,
+    /// Sealed name to clear name of records that come to be held here (`None`: no longer).
+    pub(crate) sealed_index: Journaled<Key, Option<Key>>,
     pub(crate) changes: Vec<Change>,
     pub(crate) vv: VersionVector,
     pub(crate) history: Journaled<(Key, Version), FoldEntry>,
@@ -129,6 +133,7 @@ impl Pending {
     pub(crate) fn new(vv: VersionVector, now_ms: u64) -> Self {
         Self {
             overlay: Journaled::default(),
+            sealed_index: Journaled::default(),
             changes: Vec::new(),
             vv,
             history: Journaled::default(),
@@ -165,6 +170,7 @@ impl Pending {
         let Some(savepoint) = self.open.take() else { unreachable!("opened above") };
         if keep {
             self.overlay.release();
+            self.sealed_index.release();
             self.history.release();
             self.dead_letters.release();
             self.cleared.release();
@@ -175,6 +181,7 @@ impl Pending {
             self.conflicts.truncate(savepoint.conflicts);
             self.vv = savepoint.vv;
             self.overlay.rollback();
+            self.sealed_index.rollback();
             self.history.rollback();
             self.dead_letters.rollback();
             self.cleared.rollback();

@@ -152,6 +152,9 @@ impl Store for WritesThenFails {
     fn get(&self, key: &Key) -> mrr_storage::Result<Option<mrr_core::Record>> {
         self.0.get(key)
     }
+    fn unseal(&self, sealed: &Key) -> mrr_storage::Result<Option<Key>> {
+        self.0.unseal(sealed)
+    }
     fn scan(&self, t: &str, a: Option<&str>, l: usize) -> mrr_storage::Result<Vec<(Key, mrr_core::Record)>> {
         self.0.scan(t, a, l)
     }

@@ -39,9 +39,10 @@ pub async fn pair_with(
     pair_full(secrets, clocks, extra, false).await
 }
 
-/// Two nodes with a strong tier: ap-northeast has `role: coordinator` and forms the group.
-pub async fn pair_with_coordinator(secrets: [&str; 2]) -> anyhow::Result<Pair> {
-    pair_full(secrets, [None, None], "", true).await
+/// Two nodes with a strong tier: ap-northeast has `role: coordinator` and forms the group;
+/// `extra` is appended to both configs.
+pub async fn pair_with_coordinator(secrets: [&str; 2], extra: &str) -> anyhow::Result<Pair> {
+    pair_full(secrets, [None, None], extra, true).await
 }
 
 async fn pair_full(

@@ -193,9 +193,9 @@ impl Engine {
         key: &Key,
         field: &str,
     ) -> Result<bool, StoreError> {
-        let reads = Self::prefetch(pending, store, std::iter::once(key))?;
+        let reads = self.prefetch(pending, store, std::iter::once(key))?;
         let now_ms = pending.now_ms;
-        let record = Self::current(pending, &reads, key);
+        let record = self.current(pending, &reads, key);
         let held = record.as_ref().filter(|r| mrr_core::placement::places(&r.metadata, &self.local));
         let Some((record, escrow)) = held.and_then(|r| Some((r, r.doc.as_ref()?.escrow(field)?.clone()))) else {
             // Not a counter this region holds (any more): nothing to tend.

@@ -87,7 +87,7 @@ impl Engine {
                 StrongOutcome::Invalid(Invalid::RequestReused { request_id: command.request_id.clone() })
             }));
         }
-        let reads = Self::prefetch(pending, store, command.writes.iter().map(|w| w.key()))?;
+        let reads = self.prefetch(pending, store, command.writes.iter().map(|w| w.key()))?;
         let stream = Stream::new(strong_origin(), Lane::Normal);
         let mut records = Vec::with_capacity(command.writes.len());
         for write in &command.writes {
@@ -95,7 +95,7 @@ impl Engine {
             if !self.policies.is_strong(&key.topic) {
                 return Err(Abort::Answer(StrongOutcome::Invalid(Invalid::NotStrong { topic: key.topic.clone() })));
             }
-            let current = Self::current(pending, &reads, key);
+            let current = self.current(pending, &reads, key);
             let (value, metadata) = match evaluate(write, current.as_ref(), &self.policies) {
                 Err(invalid) => return Err(Abort::Answer(StrongOutcome::Invalid(invalid))),
                 Ok(Effect::PreconditionFailed) => {
