@@ -14,6 +14,7 @@ pub mod fold;
 pub mod hlc;
 pub mod lane;
 pub mod limits;
+pub mod live;
 pub mod merge;
 pub mod placement;
 pub mod planted;

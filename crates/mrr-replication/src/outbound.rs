@@ -97,6 +97,23 @@ pub(crate) async fn run(ctx: Context, peer: PeerConfig) {
     }
 }
 
+/// The acceptor's next handshake message, which must be the one `pick` takes (`what`), within
+/// `within`: the handshake waits out emulated delays and partitions like any other message.
+async fn handshake_message<T>(
+    inbound: &mut tonic::Streaming<proto::ToDialer>,
+    within: std::time::Duration,
+    what: &str,
+    pick: impl FnOnce(to_dialer::Msg) -> Option<T>,
+) -> Result<T, SessionEnd> {
+    match timeout(within, inbound.message()).await {
+        Err(_) => Err(SessionEnd::Timeout(within)),
+        Ok(msg) => match msg?.and_then(|m| m.msg) {
+            Some(m) => pick(m).ok_or_else(|| HandshakeError::Malformed(format!("expected {what}")).into()),
+            None => Err(SessionEnd::Closed),
+        },
+    }
+}
+
 async fn session(ctx: &Context, peer: &PeerConfig) -> SessionEnd {
     match session_inner(ctx, peer).await {
         Ok(never) => match never {},
@@ -143,25 +160,19 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     };
 
     // The handshake waits out emulated delays and partitions like any other message.
-    let challenge = match timeout(handshake_timeout, inbound.message()).await {
-        Err(_) => return Err(SessionEnd::Timeout(handshake_timeout)),
-        Ok(msg) => match msg?.and_then(|m| m.msg) {
-            Some(to_dialer::Msg::Challenge(c)) => c,
-            Some(_) => return Err(HandshakeError::Malformed("expected Challenge".into()).into()),
-            None => return Err(SessionEnd::Closed),
-        },
-    };
+    let challenge = handshake_message(&mut inbound, handshake_timeout, "Challenge", |m| match m {
+        to_dialer::Msg::Challenge(c) => Some(c),
+        _ => None,
+    })
+    .await?;
     let (auth, challenged) = dialer.on_challenge(&challenge)?;
     let sent_ms = ctx.clock.now_ms();
     send(&link, to_acceptor::Msg::Auth(auth)).await?;
-    let welcome = match timeout(handshake_timeout, inbound.message()).await {
-        Err(_) => return Err(SessionEnd::Timeout(handshake_timeout)),
-        Ok(msg) => match msg?.and_then(|m| m.msg) {
-            Some(to_dialer::Msg::Welcome(w)) => w,
-            Some(_) => return Err(HandshakeError::Malformed("expected Welcome".into()).into()),
-            None => return Err(SessionEnd::Closed),
-        },
-    };
+    let welcome = handshake_message(&mut inbound, handshake_timeout, "Welcome", |m| match m {
+        to_dialer::Msg::Welcome(w) => Some(w),
+        _ => None,
+    })
+    .await?;
     let est = dialer.on_welcome(&challenged, &welcome, sent_ms, ctx.clock.now_ms())?;
     let peer_vv = wire::vv_from_wire(welcome.applied)?;
     // What a peer holds is what it recovered, not what it held before a restart (a wiped or

@@ -6,8 +6,6 @@
 //! Not here: where the secrets come from (the config loader) or when they change (the server's
 //! config follower swaps them whole; a handshake or a call uses one snapshot).
 
-use std::sync::{Arc, PoisonError, RwLock};
-
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secrets {
     /// What this node proves with.
@@ -36,27 +34,4 @@ impl Secrets {
 }
 
 /// The secrets in use, replaced whole while the node runs.
-#[derive(Debug)]
-pub struct LiveSecrets {
-    current: RwLock<Arc<Secrets>>,
-}
-
-impl LiveSecrets {
-    pub fn new(secrets: Secrets) -> Arc<Self> {
-        Arc::new(Self { current: RwLock::new(Arc::new(secrets)) })
-    }
-
-    pub fn current(&self) -> Arc<Secrets> {
-        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    /// Swaps in `secrets`; whether they differ from those in use.
-    pub fn replace(&self, secrets: Secrets) -> bool {
-        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        if **current == secrets {
-            return false;
-        }
-        *current = Arc::new(secrets);
-        true
-    }
-}
+pub type LiveSecrets = mrr_core::live::Live<Secrets>;

@@ -314,31 +314,7 @@ impl Access {
 
 /// The keys in use, replaced whole while the node runs when its config file changes
 /// (`crate::reload`). A request authenticates against one snapshot from start to end.
-#[derive(Debug)]
-pub struct LiveAccess {
-    current: std::sync::RwLock<Arc<Access>>,
-}
-
-impl LiveAccess {
-    pub fn new(access: Access) -> Self {
-        Self { current: std::sync::RwLock::new(Arc::new(access)) }
-    }
-
-    pub fn current(&self) -> Arc<Access> {
-        // A writer panicking mid-swap leaves the old or the new snapshot, both whole.
-        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
-    }
-
-    /// Swaps in `access`; whether it differs from the keys in use.
-    pub fn replace(&self, access: Access) -> bool {
-        let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if **current == access {
-            return false;
-        }
-        *current = Arc::new(access);
-        true
-    }
-}
+pub type LiveAccess = mrr_core::live::Live<Access>;
 
 #[cfg(test)]
 mod tests {

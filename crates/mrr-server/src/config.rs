@@ -695,6 +695,23 @@ impl Config {
         mrr_replication::secrets::Secrets { current: self.secret.clone(), accepted: self.accepted_secrets.clone() }
     }
 
+    /// A secret `source` of this file, read; `what` names it in the error, found at `key`.
+    fn resolve_source(
+        &self,
+        source: &SecretSource,
+        path: &Path,
+        text: &str,
+        key: &str,
+        what: &str,
+    ) -> Result<String, ConfigError> {
+        source.resolve(&self.base_dir).map_err(|m| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line_of(text, key),
+            message: format!("{what}: {m}"),
+            hint: "set the variable, or fix the path (relative to this file)".to_owned(),
+        })
+    }
+
     /// `secret:` and `accept_secrets:`, read and checked. A node needs a secret of at least 16
     /// characters; the cluster layout alone needs none.
     fn resolve_secrets(&self, path: &Path, text: &str, node: bool) -> Result<(String, Vec<String>), ConfigError> {
@@ -712,9 +729,7 @@ impl Config {
             )
         };
         let secret = match &self.secret_source {
-            Some(source) => source.resolve(&self.base_dir).map_err(|m| {
-                invalid("secret:", format!("secret: {m}"), "set the variable, or fix the path (relative to this file)")
-            })?,
+            Some(source) => self.resolve_source(source, path, text, "secret:", "secret")?,
             None if node => {
                 return Err(invalid(
                     "regions:",
@@ -729,15 +744,10 @@ impl Config {
         }
         let mut accepted = Vec::with_capacity(self.accept_secrets.len());
         for (i, source) in self.accept_secrets.iter().enumerate() {
-            let other = source.resolve(&self.base_dir).map_err(|m| {
-                invalid(
-                    "accept_secrets:",
-                    format!("accept_secrets entry {}: {m}", i + 1),
-                    "set the variable, or fix the path (relative to this file)",
-                )
-            })?;
+            let what = format!("accept_secrets entry {}", i + 1);
+            let other = self.resolve_source(source, path, text, "accept_secrets:", &what)?;
             if node && other.len() < 16 {
-                return Err(short("accept_secrets:", &format!("accept_secrets entry {}", i + 1)));
+                return Err(short("accept_secrets:", &what));
             }
             accepted.push(other);
         }
@@ -1219,13 +1229,7 @@ impl Config {
             ));
         }
         let placement_secret = match &self.placement_secret {
-            Some(source) => source.resolve(&self.base_dir).map_err(|m| {
-                invalid(
-                    "placement_secret:",
-                    format!("placement_secret: {m}"),
-                    "set the variable, or fix the path (relative to this file)",
-                )
-            })?,
+            Some(source) => self.resolve_source(source, path, text, "placement_secret:", "placement_secret")?,
             None => self.secret.clone(),
         };
         let mut policies = Policies::new(default, topics)

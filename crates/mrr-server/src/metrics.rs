@@ -98,6 +98,9 @@ impl ServerMetrics {
             Some(Unit::Count),
             "Reloads of the API keys and cluster secrets from the changed config file, by result: ok (in use from then on) or refused (the file failed a check; the keys and secrets in use stayed).".into(),
         );
+        let reloads = |name: &'static str, result: &'static str| {
+            r.register_counter(&Key::from_parts(name, vec![Label::new("result", result)]), &METADATA)
+        };
         let latency = |op: &'static str| {
             r.register_histogram(&Key::from_parts("mrr_write_latency_seconds", vec![Label::new("op", op)]), &METADATA)
         };
@@ -113,22 +116,10 @@ impl ServerMetrics {
             dlq_size: r.register_gauge(&Key::from_name("mrr_dlq_size"), &METADATA),
             dlq_oldest_age: r.register_gauge(&Key::from_name("mrr_dlq_oldest_age_seconds"), &METADATA),
             escrow_forwarded: r.register_counter(&Key::from_name("mrr_escrow_forwarded_total"), &METADATA),
-            tls_reloaded: r.register_counter(
-                &Key::from_parts("mrr_tls_reloads_total", vec![Label::new("result", "ok")]),
-                &METADATA,
-            ),
-            tls_reload_refused: r.register_counter(
-                &Key::from_parts("mrr_tls_reloads_total", vec![Label::new("result", "refused")]),
-                &METADATA,
-            ),
-            config_reloaded: r.register_counter(
-                &Key::from_parts("mrr_config_reloads_total", vec![Label::new("result", "ok")]),
-                &METADATA,
-            ),
-            config_reload_refused: r.register_counter(
-                &Key::from_parts("mrr_config_reloads_total", vec![Label::new("result", "refused")]),
-                &METADATA,
-            ),
+            tls_reloaded: reloads("mrr_tls_reloads_total", "ok"),
+            tls_reload_refused: reloads("mrr_tls_reloads_total", "refused"),
+            config_reloaded: reloads("mrr_config_reloads_total", "ok"),
+            config_reload_refused: reloads("mrr_config_reloads_total", "refused"),
         }
     }
 }

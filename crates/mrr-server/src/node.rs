@@ -139,7 +139,7 @@ impl Node {
                 Links::emulated(options.link_seed, specs)
             }
         };
-        let secrets = mrr_replication::secrets::LiveSecrets::new(config.secrets());
+        let secrets = Arc::new(mrr_replication::secrets::LiveSecrets::new(config.secrets()));
         let replication = ReplicationConfig {
             cluster: config.cluster.clone(),
             local: config.region.clone(),

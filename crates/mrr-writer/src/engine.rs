@@ -171,15 +171,21 @@ impl Engine {
             && pending.conflicts.is_empty()
             && pending.dead_letters.is_empty()
             && pending.cleared.is_empty();
-        let overlay = pending.overlay.into_inner();
+        let (mut records, mut records_removed) = (Vec::new(), Vec::new());
+        for (key, entry) in pending.overlay.into_inner() {
+            match entry {
+                Some(record) => records.push((key, record)),
+                None => records_removed.push(key),
+            }
+        }
         let must_sync = pending.changes.iter().any(|c| {
             c.origin == self.local && matches!(&c.op, Op::Merge { delta } if delta.escrow_fields().next().is_some())
         });
         Some(CommitBatch {
             from_strong_log,
             must_sync,
-            records: overlay.iter().filter_map(|(k, r)| Some((k.clone(), r.clone()?))).collect(),
-            records_removed: overlay.iter().filter(|(_, r)| r.is_none()).map(|(k, _)| k.clone()).collect(),
+            records,
+            records_removed,
             sealed_index: pending.sealed_index.into_inner().into_iter().collect(),
             changes: pending.changes,
             vv,
@@ -212,13 +218,20 @@ impl Engine {
         Ok(reads)
     }
 
-    /// Reads `key`, and for a clear name its sealed one too, unless the group or `reads` has it.
+    /// Reads `key` unless the group or `reads` has it, and, for a clear name with no entry,
+    /// its sealed name too: a key has one entry or the other, so a held record costs one read.
     fn read_into(&self, pending: &Pending, store: &dyn Store, reads: &mut Reads, key: &Key) -> Result<(), StoreError> {
-        let sealed = (!seal::is_sealed(key)).then(|| self.policies.sealer.seal(key));
-        for k in std::iter::once(key).chain(sealed.as_ref()) {
-            if !pending.overlay.contains_key(k) && !reads.contains_key(k) {
-                reads.insert(k.clone(), store.get(k)?);
-            }
+        Self::read_name(pending, store, reads, key)?;
+        if !seal::is_sealed(key) && Self::entry(pending, reads, key).is_none() {
+            Self::read_name(pending, store, reads, &self.policies.sealer.seal(key))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the entry stored under exactly `name`, unless the group or `reads` has it.
+    fn read_name(pending: &Pending, store: &dyn Store, reads: &mut Reads, name: &Key) -> Result<(), StoreError> {
+        if !pending.overlay.contains_key(name) && !reads.contains_key(name) {
+            reads.insert(name.clone(), store.get(name)?);
         }
         Ok(())
     }
@@ -279,18 +292,19 @@ impl Engine {
             pending.overlay.insert(key.clone(), Some(record));
             return;
         }
-        let sealed = self.policies.sealer.seal(key);
         let held_before = Self::entry(pending, reads, key).is_some();
-        let sealed_before = Self::entry(pending, reads, &sealed).is_some();
         if placed {
-            if sealed_before {
-                pending.overlay.insert(sealed.clone(), None);
-            }
+            // An update of a held record needs no sealed name (the usual write: no hashing).
             if !held_before {
+                let sealed = self.policies.sealer.seal(key);
+                if Self::entry(pending, reads, &sealed).is_some() {
+                    pending.overlay.insert(sealed.clone(), None);
+                }
                 pending.sealed_index.insert(sealed, Some(key.clone()));
             }
             pending.overlay.insert(key.clone(), Some(record));
         } else {
+            let sealed = self.policies.sealer.seal(key);
             if held_before {
                 pending.overlay.insert(key.clone(), None);
                 pending.sealed_index.insert(sealed.clone(), None);
