@@ -2,7 +2,8 @@
 //! replicate; a peer whose certificate comes from another CA gets no connection; a holder of
 //! us-west's certificate cannot speak as eu-central; and a region's certificate is replaced on
 //! disk and taken up without a restart or a dropped stream, while files that fail a check are
-//! refused and the certificate in use stays.
+//! refused and the certificate in use stays. A holder of us-west's certificate and the cluster
+//! secret cannot relay a change eu-central never wrote.
 
 mod common;
 
@@ -78,6 +79,85 @@ async fn streams(cluster: &Cluster) -> anyhow::Result<Vec<Vec<(String, u64, u32)
     Ok(out)
 }
 
+/// Dials Tokyo as us-west with us-west's own certificate and the cluster's secret, completes
+/// the handshake, then relays `forge(next seq)`: one change of eu-central's normal stream (the
+/// sequence after what Tokyo has). Returns the status Tokyo ends the stream with.
+async fn relay_as_us_west(
+    cluster: &Cluster,
+    certs: &std::path::Path,
+    forge: impl FnOnce(u64) -> mrr_core::Change,
+) -> anyhow::Result<tonic::Status> {
+    let mut forge = Some(forge);
+    use mrr_replication::proto::to_dialer;
+    let ca = std::fs::read_to_string(certs.join("ca.pem"))?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca))
+        .identity(Identity::from_pem(
+            std::fs::read(certs.join("us-west.pem"))?,
+            std::fs::read(certs.join("us-west.key"))?,
+        ))
+        .domain_name("ap-northeast.regions.mrr");
+    let url = format!("https://127.0.0.1:{}", cluster.base_port + 1);
+    let channel = Endpoint::from_shared(url)?.tls_config(tls)?.connect().await?;
+    let config = mrr_server::Config::load(&cluster.config_path(1))?;
+    let dialer = mrr_replication::handshake::Dialer {
+        cluster: config.cluster.clone(),
+        local: mrr_core::RegionName::new("us-west")?,
+        peer: mrr_core::RegionName::new("ap-northeast")?,
+        secret: config.secret.clone(),
+        nonce: [3; 16],
+        policy_digest: config.policies.digest(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ToAcceptor { msg: Some(to_acceptor::Msg::Hello(dialer.hello())) }).await?;
+    let mut answers =
+        PeerClient::new(channel).replicate(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut challenged = None;
+    loop {
+        match tokio::time::timeout_at(deadline, answers.message()).await? {
+            Err(status) => return Ok(status),
+            Ok(Some(m)) => match m.msg {
+                Some(to_dialer::Msg::Challenge(c)) => {
+                    let (auth, ch) = dialer.on_challenge(&c)?;
+                    challenged = Some(ch);
+                    tx.send(ToAcceptor { msg: Some(to_acceptor::Msg::Auth(auth)) }).await?;
+                }
+                Some(to_dialer::Msg::Welcome(w)) => {
+                    dialer.on_welcome(challenged.as_ref().context("Welcome before Challenge")?, &w, 0, 0)?;
+                    let seq = w.applied.iter().find(|e| e.origin == "eu-central" && e.lane == 0).map_or(0, |e| e.seq);
+                    let forge = forge.take().context("a second Welcome")?;
+                    let change = mrr_replication::wire::change_to_wire(&forge(seq + 1));
+                    let batch = mrr_replication::wire::batch_to_wire(vec![change], 0, Vec::new(), Vec::new());
+                    tx.send(ToAcceptor { msg: Some(to_acceptor::Msg::Batch(batch)) }).await?;
+                }
+                // Acks of nothing, until Tokyo ends the stream.
+                _ => {}
+            },
+            Ok(None) => anyhow::bail!("Tokyo closed the stream without a status"),
+        }
+    }
+}
+
+fn forged_change(seq: u64, checkpoint: Option<mrr_core::provenance::Checkpoint>) -> anyhow::Result<mrr_core::Change> {
+    let eu = mrr_core::RegionName::new("eu-central")?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    Ok(mrr_core::Change {
+        origin: eu.clone(),
+        lane: mrr_core::Lane::Normal,
+        seq,
+        key: mrr_core::Key::new("users", "forged"),
+        op: mrr_core::Op::Put { value: br#"{"id":"forged","by":"us-west"}"#.to_vec() },
+        metadata: Default::default(),
+        version: mrr_core::Version { ts: mrr_core::Timestamp::new(now, 0), region: eu },
+        deps: Default::default(),
+        replay_of: None,
+        moves: true,
+        carried: Vec::new(),
+        proof: mrr_core::provenance::Proof { content_digest: None, checkpoint },
+    })
+}
+
 fn tokio_stream_once(m: ToAcceptor) -> impl tokio_stream::Stream<Item = ToAcceptor> + Send + 'static {
     // One message, then the stream stays open (a closed one would end the handshake early).
     tokio_stream::StreamExt::chain(tokio_stream::once(m), tokio_stream::pending())
@@ -119,6 +199,33 @@ async fn regions_speak_mutual_tls_and_a_certificate_speaks_only_for_its_region()
     assert!(status.message().contains("does not name region eu-central"), "{status:?}");
     // The same certificate, as itself, passes to the Challenge (the secret's proof comes next).
     hello_as(&cluster, sf, &ca, "us-west").await?.map_err(|s| anyhow::anyhow!("us-west as itself: {s:?}"))?;
+
+    // us-west's certificate and the cluster secret pass the handshake as us-west, but cannot
+    // relay a change eu-central never wrote: not bare, and not with a checkpoint us-west signs.
+    frankfurt.publish("users", &json!({"id": "from-frankfurt"})).await?;
+    wait_for("Frankfurt's write in Tokyo", Duration::from_secs(20), || async {
+        Ok(tokyo.query("users/from-frankfurt").await?)
+    })
+    .await?;
+    let status = relay_as_us_west(&cluster, &certs, |seq| forged_change(seq, None).expect("change")).await?;
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("eu-central"), "{status:?}");
+    let paths =
+        mrr_tls::TlsPaths { cert: certs.join("us-west.pem"), key: certs.join("us-west.key"), ca: certs.join("ca.pem") };
+    let us_west = mrr_tls::LiveTls::load(paths, "us-west", mrr_tls::UnixTime::now())?.current();
+    let status = relay_as_us_west(&cluster, &certs, |seq| {
+        let unsigned = forged_change(seq, None).expect("change");
+        let sealer = mrr_server::Config::load(&cluster.config_path(1)).expect("config").policies.sealer.clone();
+        let link =
+            mrr_core::provenance::link(&mrr_core::provenance::GENESIS, &mrr_core::provenance::leaf(&unsigned, &sealer));
+        let message = mrr_core::provenance::message(&unsigned.origin, unsigned.lane, seq, &link);
+        let (signer, signature) = us_west.sign(&message).expect("sign");
+        forged_change(seq, Some(mrr_core::provenance::Checkpoint { link, signer, signature })).expect("change")
+    })
+    .await?;
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("not its origin's"), "{status:?}");
+    assert_eq!(tokyo.query("users/forged").await?, None, "nothing of the forged change applied");
 
     // A certificate of another CA: no TLS connection at all.
     let other_ca = mrr_tls::make_ca("intruder", mrr_tls::VALIDITY_DEFAULT)?;
@@ -169,5 +276,21 @@ async fn regions_speak_mutual_tls_and_a_certificate_speaks_only_for_its_region()
     })
     .await?;
     assert_eq!(served_certificate(&cluster, &ca).await?, want, "the certificate in use stays");
+
+    // An honest relay proves what it relays: with Tokyo and Frankfurt cut apart, Tokyo's write
+    // (signed with its renewed certificate, which travels with it) reaches Frankfurt through
+    // us-west, and Frankfurt accepts it.
+    cluster.partition(0, 2, true).await?;
+    wait_for("Frankfurt to stop hearing Tokyo directly", Duration::from_secs(30), || async {
+        let s = frankfurt.status().await?;
+        Ok(s.peers.iter().any(|p| p.region == "ap-northeast" && p.inbound_streams == 0).then_some(()))
+    })
+    .await?;
+    let w = tokyo.publish("users", &json!({"id": "relayed"})).await?;
+    let got = wait_for("the write to reach Frankfurt through us-west", Duration::from_secs(30), || async {
+        Ok(frankfurt.query("users/relayed").await?)
+    })
+    .await?;
+    assert_eq!(got, w);
     Ok(())
 }

@@ -110,6 +110,9 @@ pub struct Change {
     /// Content carried besides the change's own: the changes a [`Op::Transfer`] delivers, and
     /// under `custom` the mover's fold history, which a move carries to regions without it.
     pub carried: Vec<Change>,
+    /// What proves the change's origin to a region it reaches through a relay: set by the
+    /// origin's writer on some changes, kept with them everywhere ([`crate::provenance`]).
+    pub proof: crate::provenance::Proof,
 }
 
 impl Change {

@@ -19,6 +19,7 @@ pub mod merge;
 pub mod placement;
 pub mod planted;
 pub mod policy;
+pub mod provenance;
 pub mod record;
 pub mod region;
 pub mod seal;

@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 
-use crate::change::{Change, Op};
+use crate::change::Change;
 use crate::record::Metadata;
 use crate::region::RegionName;
 use crate::seal::Sealer;
@@ -106,26 +106,31 @@ pub fn for_peer<'a>(changes: &'a [Change], peer: &RegionName, sealer: &Sealer) -
 /// key's sealed name. The marker of a want, a transfer or a history piece keeps its op (it
 /// writes nothing) with nothing wanted or carried.
 pub fn to_marker(change: &Change, sealer: &Sealer) -> Change {
-    let op = match change.op {
-        Op::Transfer => Op::Transfer,
-        Op::History => Op::History,
-        // Which changes a holder lacks is for the regions that hold or wrote them.
-        Op::Want { .. } => Op::Want { ids: Vec::new() },
-        _ => Op::Marker,
-    };
     Change {
-        op,
+        origin: change.origin.clone(),
+        lane: change.lane,
+        seq: change.seq,
+        op: crate::provenance::marker_op(&change.op),
         key: sealer.seal(&change.key),
         metadata: Metadata { regions: change.metadata.regions.clone(), sync_flags: Vec::new() },
+        version: change.version.clone(),
+        deps: change.deps.clone(),
         replay_of: None,
+        moves: change.moves,
         carried: Vec::new(),
-        ..change.clone()
+        // What lets this marker be relayed provably: the digest of the content it stands for
+        // and the origin's checkpoint, if one ends here ([`crate::provenance`]).
+        proof: crate::provenance::Proof {
+            content_digest: Some(crate::provenance::digest_for_marker(change, sealer)),
+            checkpoint: change.proof.checkpoint.clone(),
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::change::Op;
     use crate::hlc::Timestamp;
     use crate::lane::Lane;
     use crate::record::Key;
@@ -171,6 +176,7 @@ mod tests {
             replay_of: None,
             moves: true,
             carried: vec![],
+            proof: Default::default(),
         };
         let sealer = Sealer::new("t", "0123456789abcdef");
         assert_eq!(shipment(&change, &r("us")), Shipment::Full);

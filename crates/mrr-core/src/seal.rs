@@ -68,6 +68,15 @@ impl Sealer {
         Key { topic: key.topic.clone(), id }
     }
 
+    /// An HMAC under this sealer's key for `domain`: digests that, like sealed names, only a
+    /// holder of the placement secret can compute ([`crate::provenance::content_digest`]).
+    pub(crate) fn keyed(&self, domain: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("hmac key of any length"));
+        mac.update(&(domain.len() as u64).to_be_bytes());
+        mac.update(domain);
+        mac
+    }
+
     /// Names this sealer without revealing it: regions whose sealers differ would not find each
     /// other's sealed entries, so the handshake compares these.
     pub fn fingerprint(&self) -> String {

@@ -265,13 +265,13 @@ async fn session(
         tokio::select! {
             msg = stream.message() => {
                 let Some(msg) = msg?.and_then(|m| m.msg) else { return Ok(()) };
-                arrive(&mut inbound, msg, mono_ms(), &mut echo_wall_ms)?;
+                arrive(ctx, &mut inbound, msg, mono_ms(), &mut echo_wall_ms)?;
                 loop {
                     // Whatever else already arrived joins this apply: one commit, one ack.
                     while inbound.wants_more() {
                         match ready_message(&mut stream) {
                             Some(Ok(proto::ToAcceptor { msg: Some(m) })) => {
-                                arrive(&mut inbound, m, mono_ms(), &mut echo_wall_ms)?
+                                arrive(ctx, &mut inbound, m, mono_ms(), &mut echo_wall_ms)?
                             }
                             Some(Ok(proto::ToAcceptor { msg: None })) | None => break,
                             Some(Err(e)) => return Err(e),
@@ -385,8 +385,13 @@ fn ack(ctx: &Context, vv: &mrr_core::VersionVector, refused: String, apply_ms: u
     }
 }
 
-/// Hands one message of the stream to the session; notes the dialer's clock in it.
+/// Certificates one batch may offer at most: one per signer it names, and a batch names few.
+const BATCH_CERTIFICATES_MAX: usize = 16;
+
+/// Hands one message of the stream to the session; notes the dialer's clock in it. Changes the
+/// dialer relays must prove their origin first (`provenance`), or the stream ends.
 fn arrive(
+    ctx: &Context,
     inbound: &mut InboundSession,
     msg: to_acceptor::Msg,
     now_ms: u64,
@@ -399,10 +404,24 @@ fn arrive(
             let durable = wire::vv_from_wire(std::mem::take(&mut b.sender_durable)).map_err(|e| invalid(&e))?;
             let wall_ms = b.wall_ms;
             *echo_wall_ms = wall_ms;
+            let offered = std::mem::take(&mut b.certificates);
+            if offered.len() > BATCH_CERTIFICATES_MAX {
+                return Err(invalid(&format!("a batch offering {} certificates", offered.len())));
+            }
             let mut changes = Vec::new();
             for c in wire::batch_changes(b).map_err(|e| invalid(&e))? {
                 changes.push(wire::change_from_wire(c).map_err(|e| invalid(&e))?);
             }
+            let offered = ctx.notary.as_ref().map(|n| n.with_offered(offered));
+            if let Some(o) = &offered {
+                o.keep_own(inbound.peer(), &changes);
+            }
+            let notary = offered.as_ref().map(|n| n as &dyn mrr_core::provenance::Notary);
+            let changes = mrr_core::provenance::verify_relayed(inbound.peer(), changes, &ctx.config.sealer, notary)
+                .map_err(|e| {
+                    tracing::error!(peer = %inbound.peer(), error = %e, "refused a relayed batch");
+                    Status::permission_denied(e.to_string())
+                })?;
             inbound.on_batch(changes, bytes, durable, wall_ms, now_ms).map_err(|e| invalid(&e))
         }
         to_acceptor::Msg::Heartbeat(h) => {

@@ -16,6 +16,7 @@ pub mod handshake;
 mod inbound;
 pub mod link;
 pub mod metrics;
+pub mod notary;
 mod outbound;
 pub mod secrets;
 pub mod status;
@@ -66,7 +67,9 @@ pub(crate) const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// 6: a custom move's long fold history goes ahead of it in pieces (`Change.history`).
 /// 7: merge deltas carry escrow counters (bounded fields: `Field.escrow`).
 /// 8: Hello, Challenge, Auth, Welcome: the acceptor proves itself only after the dialer has.
-pub const PROTOCOL_VERSION: u32 = 8;
+/// 9: relayed changes carry their origin's proof (`Change.checkpoint`, `content_digest`,
+///    `Batch.certificates`).
+pub const PROTOCOL_VERSION: u32 = 9;
 
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
@@ -148,6 +151,8 @@ pub(crate) struct Context {
     pub metrics: metrics::ReplicationMetrics,
     /// The strong tier, once started; the peer listener answers its calls.
     pub consensus: consensus_link::ConsensusSlot,
+    /// Verifies relayed changes' checkpoints (with TLS; without, only their chains are checked).
+    pub notary: Option<Arc<notary::CertNotary>>,
 }
 
 /// What replication runs on: the node's store, writer and clock, its links, its metrics
@@ -159,6 +164,8 @@ pub struct Deps {
     pub links: Links,
     pub recorder: metrics::SharedRecorder,
     pub consensus: consensus_link::ConsensusSlot,
+    /// The notary the writer signs with; `None` without TLS.
+    pub notary: Option<Arc<notary::CertNotary>>,
 }
 
 impl std::fmt::Debug for Deps {
@@ -185,7 +192,7 @@ pub enum StartError {
 impl Replicator {
     /// Serves peers on `listener` and starts one dialer per peer.
     pub async fn start(config: ReplicationConfig, listener: TcpListener, deps: Deps) -> Result<Self, StartError> {
-        let Deps { store, writer, clock, links, recorder, consensus } = deps;
+        let Deps { store, writer, clock, links, recorder, consensus, notary } = deps;
         let heartbeat_ms = u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
         let status = StatusBoard::new(
             &config.local,
@@ -203,6 +210,7 @@ impl Replicator {
             status: status.clone(),
             metrics: metrics.clone(),
             consensus,
+            notary,
         };
         // Every log line of this node's sessions names the node's region (several nodes share a
         // process under `mrr dev`).

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use mrr_core::placement;
 use mrr_core::session::OutboundSession;
 use mrr_core::VersionVector;
+use mrr_core::{placement, provenance};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::handshake::{Dialer, HandshakeError, NONCE_LEN};
 use crate::link::{LinkSender, SendError};
+use crate::notary::CertificateBook;
 use crate::proto::{self, peer_client::PeerClient, to_acceptor, to_dialer};
 use crate::status::{state, vv_map};
 use crate::wire::{self, WireError};
@@ -202,6 +203,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     let mono_ms = move || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut session =
         OutboundSession::new(cfg.local.clone(), peer.region.clone(), peer_vv, peer_direct, cfg.limits.clone(), 0);
+    let mut certificates = CertificateBook::default();
     // Only durable changes leave the region (see `Writer::durable`).
     let mut applied = ctx.writer.durable();
     ctx.status.update(&peer.region, |s| {
@@ -223,7 +225,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     let mut last_sent = Instant::now().checked_sub(cfg.heartbeat_interval).unwrap_or_else(Instant::now);
     loop {
         let local_vv = applied.borrow_and_update().clone();
-        if pump(ctx, &mut session, &local_vv, &link, mono_ms()).await? {
+        if pump(ctx, &mut session, &mut certificates, &local_vv, &link, mono_ms()).await? {
             last_sent = Instant::now();
         }
         ctx.status.update(&peer.region, |s| s.backlog_changes = session.backlog_changes(&local_vv));
@@ -288,6 +290,7 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
 async fn pump(
     ctx: &Context,
     session: &mut OutboundSession,
+    certificates: &mut CertificateBook,
     local_vv: &VersionVector,
     link: &LinkSender<proto::ToAcceptor>,
     now_ms: u64,
@@ -295,34 +298,50 @@ async fn pump(
     let mut sent_any = false;
     let sender_durable = wire::vv_to_wire(&local_vv.of_origin(&ctx.config.local));
     while let Some(read) = session.next_read(local_vv) {
-        let changes = ctx.store.changes_within(&read.stream, read.after_seq, read.limit, read.bytes_max)?;
+        let stream = &read.stream;
+        let within = |after, limit, bytes_max| ctx.store.changes_within(stream, after, limit, bytes_max);
+        // A relayed range starts at its origin's checkpoint and ends at one (`provenance`).
+        let relayed = stream.origin != ctx.config.local;
+        let (proving, changes) = if relayed {
+            let r = provenance::read_relayed(read.after_seq, read.limit, read.bytes_max, &ctx.config.sealer, within)?;
+            (r.proving, r.new)
+        } else {
+            (Vec::new(), within(read.after_seq, read.limit, read.bytes_max)?)
+        };
         let Some(first_seq) = changes.first().map(|c| c.seq) else {
             // The vector said these exist; the log must hold them (retention never outruns acks).
-            tracing::error!(stream = %read.stream, after_seq = read.after_seq, "changelog is missing changes the version vector covers");
+            tracing::error!(stream = %stream, after_seq = read.after_seq, "changelog is missing changes the version vector covers");
             return Err(SessionEnd::Closed);
         };
         if first_seq != read.after_seq + 1 {
-            tracing::error!(stream = %read.stream, after_seq = read.after_seq, first_seq, "changelog has a hole");
+            tracing::error!(stream = %stream, after_seq = read.after_seq, first_seq, "changelog has a hole");
             return Err(SessionEnd::Closed);
         }
-        let shipped = placement::for_peer(&changes, session.peer(), &ctx.config.sealer);
+        let mut shipped = placement::for_peer(&changes, session.peer(), &ctx.config.sealer);
+        if relayed && provenance::cut_to_checkpoint(&mut shipped) {
+            tracing::debug!(peer = %session.peer(), stream = %stream, seq = first_seq, "waiting for the origin's next checkpoint before relaying");
+            session.await_checkpoint(stream, local_vv.get(stream));
+            continue;
+        }
         let Some(last_seq) = shipped.changes.last().map(|c| c.seq) else {
-            tracing::debug!(peer = %session.peer(), stream = %read.stream, seq = first_seq, "holding a relayed stream: the change is placed at the peer and only its marker is here");
-            session.hold(&read.stream, first_seq);
+            tracing::debug!(peer = %session.peer(), stream = %stream, seq = first_seq, "holding a relayed stream: the change is placed at the peer and only its marker is here");
+            session.hold(stream, first_seq);
             continue;
         };
-        let wire_changes: Vec<_> = shipped.changes.iter().map(|c| wire::change_to_wire(c)).collect();
-        let n = wire_changes.len() as u64;
-        let batch = wire::batch_to_wire(wire_changes, ctx.clock.now_ms(), sender_durable.clone());
+        let certs = certificates.unsent(ctx.store.as_ref(), &shipped.changes);
+        let wire_changes: Vec<_> =
+            proving.iter().chain(shipped.changes.iter().map(|c| c.as_ref())).map(wire::change_to_wire).collect();
+        let n = shipped.changes.len() as u64;
+        let batch = wire::batch_to_wire(wire_changes, ctx.clock.now_ms(), sender_durable.clone(), certs);
         let bytes = prost::Message::encoded_len(&batch) as u64;
         send(link, to_acceptor::Msg::Batch(batch)).await?;
-        session.on_sent(&read.stream, first_seq, last_seq, bytes, now_ms);
+        session.on_sent(stream, first_seq, last_seq, bytes, now_ms);
         if let Some(seq) = shipped.held_at {
-            session.hold(&read.stream, seq);
+            session.hold(stream, seq);
         }
         ctx.status.update(session.peer(), |s| s.changes_sent += n);
         if let Some(m) = ctx.metrics.peer(session.peer()) {
-            m.sent(read.stream.lane, n, bytes);
+            m.sent(stream.lane, n, bytes);
         }
         sent_any = true;
     }

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use mrr_core::limits::{validate_id, validate_topic};
+use mrr_core::provenance::{Checkpoint, Digest, Proof};
 use mrr_core::{
     Change, ChangeId, Doc, Key, Lane, Metadata, Op, RegionName, Replay, Stream, Timestamp, Version, VersionVector,
 };
@@ -22,6 +23,13 @@ fn lane(n: u32) -> Result<Lane, WireError> {
     Lane::from_wire(n).ok_or_else(|| WireError(format!("unknown lane {n}")))
 }
 
+/// A signature longer than this is not one (an RSA-4096 signature is 512 bytes).
+const SIGNATURE_BYTES_MAX: usize = 1024;
+
+fn digest(what: &str, bytes: &[u8]) -> Result<Digest, WireError> {
+    bytes.try_into().map_err(|_| WireError(format!("{what} of {} bytes, want 32", bytes.len())))
+}
+
 pub fn change_to_wire(c: &Change) -> proto::Change {
     proto::Change {
         origin: c.origin.to_string(),
@@ -36,6 +44,12 @@ pub fn change_to_wire(c: &Change) -> proto::Change {
         marker: matches!(c.op, Op::Marker),
         moves: c.moves,
         carried: c.carried.iter().map(change_to_wire).collect(),
+        content_digest: c.proof.content_digest.map(|d| d.to_vec()).unwrap_or_default(),
+        checkpoint: c.proof.checkpoint.as_ref().map(|cp| proto::Checkpoint {
+            link: cp.link.to_vec(),
+            signer: cp.signer.to_vec(),
+            signature: cp.signature.clone(),
+        }),
         want: matches!(c.op, Op::Want { .. }),
         wanted: match &c.op {
             Op::Want { ids } => ids
@@ -132,6 +146,23 @@ pub fn change_from_wire(c: proto::Change) -> Result<Change, WireError> {
         },
         moves: c.moves,
         carried: c.carried.into_iter().map(change_from_wire).collect::<Result<_, _>>()?,
+        proof: Proof {
+            content_digest: match c.content_digest.len() {
+                0 => None,
+                _ => Some(digest("content_digest", &c.content_digest)?),
+            },
+            checkpoint: match c.checkpoint {
+                None => None,
+                Some(cp) if cp.signature.len() > SIGNATURE_BYTES_MAX => {
+                    return Err(WireError(format!("a checkpoint signature of {} bytes", cp.signature.len())))
+                }
+                Some(cp) => Some(Checkpoint {
+                    link: digest("checkpoint link", &cp.link)?,
+                    signer: digest("checkpoint signer", &cp.signer)?,
+                    signature: cp.signature,
+                }),
+            },
+        },
         metadata: Metadata { regions: c.regions, sync_flags: c.sync_flags },
         version: Version { ts: Timestamp::new(c.wall_ms, c.logical), region: region(&c.version_region)? },
         deps: vv_from_wire(c.deps)?,
@@ -151,6 +182,12 @@ pub fn change_from_wire(c: proto::Change) -> Result<Change, WireError> {
             change.origin,
             change.seq,
             x.id()
+        )));
+    }
+    if change.proof.content_digest.is_some() && change.has_content() {
+        return Err(WireError(format!(
+            "change {}:{} has content and a content digest: only markers carry one",
+            change.origin, change.seq
         )));
     }
     if mrr_core::seal::is_sealed(&change.key) && change.has_content() {
@@ -202,6 +239,7 @@ mod tests {
             }),
             moves: true,
             carried: vec![],
+            proof: Default::default(),
         };
         assert_eq!(change_from_wire(change_to_wire(&c)), Ok(c.clone()));
         let stamp = mrr_core::doc::Stamp { version: c.version.clone(), lane: c.lane, seq: 7, deps: c.deps.clone() };
@@ -245,18 +283,29 @@ pub const DECOMPRESSED_BYTES_MAX: usize = mrr_core::limits::PEER_MESSAGE_BYTES_M
 const ZSTD_LEVEL: i32 = 1;
 
 /// A batch of `changes`, compressed when that makes it smaller and it is large enough to pay.
-pub fn batch_to_wire(changes: Vec<proto::Change>, wall_ms: u64, sender_durable: Vec<proto::VvEntry>) -> proto::Batch {
+pub fn batch_to_wire(
+    changes: Vec<proto::Change>,
+    wall_ms: u64,
+    sender_durable: Vec<proto::VvEntry>,
+    certificates: Vec<Vec<u8>>,
+) -> proto::Batch {
     let list = proto::ChangeList { changes };
     let encoded_len = prost::Message::encoded_len(&list);
     if encoded_len >= COMPRESS_MIN_BYTES {
         let encoded = prost::Message::encode_to_vec(&list);
         if let Ok(compressed) = zstd::bulk::compress(&encoded, ZSTD_LEVEL) {
             if compressed.len() < encoded.len() {
-                return proto::Batch { changes: Vec::new(), zstd_changes: compressed, wall_ms, sender_durable };
+                return proto::Batch {
+                    changes: Vec::new(),
+                    zstd_changes: compressed,
+                    wall_ms,
+                    sender_durable,
+                    certificates,
+                };
             }
         }
     }
-    proto::Batch { changes: list.changes, zstd_changes: Vec::new(), wall_ms, sender_durable }
+    proto::Batch { changes: list.changes, zstd_changes: Vec::new(), wall_ms, sender_durable, certificates }
 }
 
 /// The changes of a batch, decompressing when needed.
@@ -293,12 +342,12 @@ mod compression_tests {
     #[test]
     fn small_batches_go_plain_large_ones_compressed_and_both_round_trip() {
         let small: Vec<_> = (1..=3).map(|s| change(s, 10)).collect();
-        let b = batch_to_wire(small.clone(), 1, Vec::new());
+        let b = batch_to_wire(small.clone(), 1, Vec::new(), Vec::new());
         assert!(b.zstd_changes.is_empty());
         assert_eq!(batch_changes(b), Ok(small));
 
         let large: Vec<_> = (1..=500).map(|s| change(s, 200)).collect();
-        let b = batch_to_wire(large.clone(), 1, Vec::new());
+        let b = batch_to_wire(large.clone(), 1, Vec::new(), Vec::new());
         assert!(b.changes.is_empty() && !b.zstd_changes.is_empty());
         let plain_len = prost::Message::encoded_len(&proto::ChangeList { changes: large.clone() });
         assert!(b.zstd_changes.len() * 4 < plain_len, "repetitive JSON compresses well");

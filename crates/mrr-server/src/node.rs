@@ -119,6 +119,8 @@ impl Node {
         };
         let writer_config =
             WriterConfig { sync_interval, dead_letters_max: config.dlq.max_entries, ..WriterConfig::default() };
+        // With certificates, this region signs its checkpoints and checks relayed ones.
+        let notary = config.peer_tls.clone().map(|tls| mrr_replication::notary::CertNotary::new(tls, store.clone()));
         let writer = Writer::start(
             config.region.clone(),
             max_skew_ms,
@@ -126,6 +128,7 @@ impl Node {
             options.clock.clone(),
             writer_config,
             config.policies.clone(),
+            notary.clone().map(|n| n as Arc<dyn mrr_core::provenance::Notary>),
         )
         .map_err(|source| StartError::Store { path: data, source })?;
 
@@ -171,6 +174,7 @@ impl Node {
             links: links.clone(),
             recorder: recorder.clone(),
             consensus: consensus_slot.clone(),
+            notary,
         };
         let link_config = replication.consensus_link();
         let replicator = Replicator::start(replication, peer_listener, deps).await?;

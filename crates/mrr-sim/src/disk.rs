@@ -29,6 +29,12 @@ impl SimDisk {
         Self { live: FaultyStore::new(MemStore::new()), buffered, journal: Mutex::default() }
     }
 
+    /// The store without its faults: for start-up reads, which the simulator models as
+    /// succeeding (a node whose start-up reads fail does not start; that is not simulated).
+    pub fn unfaulted(&self) -> &MemStore {
+        self.live.inner()
+    }
+
     /// The faults armed on this disk.
     pub fn faults(&self) -> std::sync::Arc<FaultPlan> {
         self.live.plan()
@@ -143,5 +149,13 @@ impl Store for SimDisk {
 
     fn disk_bytes(&self) -> u64 {
         0
+    }
+
+    fn certificate(&self, fingerprint: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        self.live.certificate(fingerprint)
+    }
+
+    fn add_certificate(&self, fingerprint: &[u8; 32], der: &[u8]) -> Result<()> {
+        self.live.add_certificate(fingerprint, der)
     }
 }

@@ -17,6 +17,7 @@
 mod disk;
 pub mod invariants;
 mod net;
+mod notary;
 mod schedule;
 pub mod strong;
 mod world;

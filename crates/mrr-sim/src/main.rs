@@ -24,7 +24,7 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--slow-disks S] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom|escrow] [--no-deletes] [--placement]\n       mrr-sim --strong [--seed-start S --seeds N | --seed X] [--regions 3..5] [--strong-clients C] [--strong-ops O] [--faults F] [--phase-ms MS]".into()
+    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--slow-disks S] [--forgers G] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom|escrow] [--no-deletes] [--placement]\n       mrr-sim --strong [--seed-start S --seeds N | --seed X] [--regions 3..5] [--strong-clients C] [--strong-ops O] [--faults F] [--phase-ms MS]".into()
 }
 
 fn parse() -> Result<Args, String> {
@@ -67,6 +67,7 @@ fn parse() -> Result<Args, String> {
             "--disk-faults" => a.config.disk_faults = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--clock-steps" => a.config.clock_steps = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--slow-disks" => a.config.slow_disks = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
+            "--forgers" => a.config.forgers = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--phase-ms" => {
                 a.config.fault_phase_ms = num(value()?)?;
                 phase_given = true;

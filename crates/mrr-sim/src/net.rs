@@ -14,10 +14,13 @@ pub enum Body {
         direct: BTreeSet<RegionName>,
     },
     /// `durable`: the sender's own durable streams; `wall_ms`: its clock when it sent this.
+    /// `forged`: the sender altered a change it relays (a fault the receiver must catch; the
+    /// receiver's checks never read it).
     Batch {
         changes: Vec<Change>,
         durable: VersionVector,
         wall_ms: u64,
+        forged: bool,
     },
     /// `apply_ms`: how long the receiver's writer took (queue and commit) for what this acks.
     Ack {

@@ -55,6 +55,12 @@ pub enum FaultEvent {
         read_in: Option<u64>,
         commit_in: Option<u64>,
     },
+    /// The node alters every change it relays from now on (`on`), or stops: a region whose
+    /// certificate is in an attacker's hands, relaying changes its origin never wrote.
+    Forge {
+        node: usize,
+        on: bool,
+    },
 }
 
 impl fmt::Display for FaultEvent {
@@ -72,6 +78,8 @@ impl fmt::Display for FaultEvent {
             FaultEvent::Disk { node, commit_in, .. } => {
                 write!(f, "disk r{node} fails commit {} from now", commit_in.unwrap_or(1))
             }
+            FaultEvent::Forge { node, on: true } => write!(f, "r{node} forges what it relays"),
+            FaultEvent::Forge { node, on: false } => write!(f, "r{node} relays honestly"),
         }
     }
 }
@@ -172,6 +180,14 @@ impl Schedule {
             let node = slow.random_range(0..n);
             faults.push((at, FaultEvent::SlowDisk { node, commit_ms: slow.random_range(50..=400) }));
             faults.push((until, FaultEvent::SlowDisk { node, commit_ms: 0 }));
+        }
+        let mut forge = StdRng::seed_from_u64(seed ^ 0x666f_7267);
+        for _ in 0..config.forgers {
+            let at = forge.random_range(0..phase);
+            let until = (at + forge.random_range(500..5_000)).min(phase);
+            let node = forge.random_range(0..n);
+            faults.push((at, FaultEvent::Forge { node, on: true }));
+            faults.push((until, FaultEvent::Forge { node, on: false }));
         }
         // Stable: faults at the same instant keep the order they were generated in.
         faults.sort_by_key(|(at, _)| *at);

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use mrr_core::provenance;
 use mrr_core::session::{Freshness, InboundLimits, InboundSession, Next, OutboundLimits, OutboundSession, Tick};
 use mrr_core::{Key, Metadata, PhysicalClock, RegionName, VersionVector};
 use mrr_storage::Store;
@@ -55,6 +56,8 @@ pub struct SimConfig {
     pub clock_steps: usize,
     /// Slow-disk episodes: commits take hundreds of milliseconds for a while.
     pub slow_disks: usize,
+    /// Forging episodes: a region alters what it relays for a while.
+    pub forgers: usize,
     pub fault_phase_ms: u64,
     /// The run fails if regions have not converged this long after the heal.
     pub heal_deadline_ms: u64,
@@ -153,15 +156,21 @@ fn policies(strategy: Strategy, placement: bool) -> std::sync::Arc<mrr_core::Pol
 }
 
 /// A region's writer, as the simulator runs every one (small history pieces).
+/// It signs its checkpoints with the simulator's stand-in notary, continuing its chains from
+/// `store` (read past the disk's faults: a node whose start-up reads fail does not start).
 fn writer(
     name: &RegionName,
     recovered: mrr_storage::RecoveredState,
     cfg: &SimConfig,
     policies: std::sync::Arc<mrr_core::Policies>,
-) -> GroupCommit {
-    let engine =
-        Engine::new(name.clone(), recovered, cfg.max_skew_ms, policies).with_carried_bytes_max(CARRIED_BYTES_MAX);
-    GroupCommit::new(engine, mrr_writer::WriterConfig::default().dead_letters_max)
+    store: &SimDisk,
+) -> Result<GroupCommit, mrr_storage::StoreError> {
+    let notary: std::sync::Arc<dyn mrr_core::provenance::Notary> =
+        std::sync::Arc::new(crate::notary::SimNotary::new(name.clone()));
+    let engine = Engine::new(name.clone(), recovered, cfg.max_skew_ms, policies)
+        .with_carried_bytes_max(CARRIED_BYTES_MAX)
+        .with_provenance(Some(notary), store.unfaulted())?;
+    Ok(GroupCommit::new(engine, mrr_writer::WriterConfig::default().dead_letters_max))
 }
 
 /// The operation a scheduled write performs under `strategy`. Deterministic in its inputs.
@@ -243,6 +252,7 @@ impl Default for SimConfig {
             disk_faults: 2,
             clock_steps: 1,
             slow_disks: 1,
+            forgers: 1,
             fault_phase_ms: 10_000,
             heal_deadline_ms: 60_000,
             max_skew_ms: 200,
@@ -275,7 +285,7 @@ impl SimConfig {
     /// defaults that may have changed since.
     pub fn flags(&self) -> String {
         format!(
-            "--regions {} --writes {} --keys {} --faults {} --disk-faults {} --clock-steps {} --slow-disks {} --phase-ms {} --durability {} --strategy {}{}{}",
+            "--regions {} --writes {} --keys {} --faults {} --disk-faults {} --clock-steps {} --slow-disks {} --forgers {} --phase-ms {} --durability {} --strategy {}{}{}",
             self.regions,
             self.writes,
             self.keys,
@@ -283,6 +293,7 @@ impl SimConfig {
             self.disk_faults,
             self.clock_steps,
             self.slow_disks,
+            self.forgers,
             self.fault_phase_ms,
             if self.buffered { "buffered" } else { "fsync" },
             self.strategy,
@@ -420,6 +431,8 @@ struct Node {
     clock_offset_ms: i64,
     /// A clock step on top of the offset (`FaultEvent::ClockStep`).
     clock_step_ms: i64,
+    /// Alters what it relays ([`FaultEvent::Forge`]).
+    forging: bool,
     out: Vec<Option<Out>>,
     inc: Vec<Option<In>>,
 }
@@ -473,6 +486,16 @@ impl Node {
 }
 
 /// Payload plus a fixed overhead per change stands in for the encoded size.
+/// What a forging relay does to a change it relays: another value, or a marker that says the
+/// record moved. Always changes what the change's leaf covers.
+fn forge(change: &mut mrr_core::Change) -> bool {
+    match &mut change.op {
+        mrr_core::Op::Put { value } => *value = br#"{"forged":true}"#.to_vec(),
+        _ => change.moves = !change.moves,
+    }
+    true
+}
+
 fn encoded_len(c: &mrr_core::Change) -> u64 {
     c.payload_len() as u64 + 64
 }
@@ -550,7 +573,11 @@ impl World {
         let nodes = (0..n)
             .map(|i| Node {
                 store: SimDisk::new(cfg.buffered),
-                writer: Some(writer(&names[i], Default::default(), &cfg, policies.clone())),
+                writer: Some(
+                    writer(&names[i], Default::default(), &cfg, policies.clone(), &SimDisk::new(false))
+                        .unwrap_or_else(|e| unreachable!("an empty memory store reads: {e}")),
+                ),
+                forging: false,
                 queue: VecDeque::new(),
                 committing: None,
                 commit_ms: COMMIT_MS,
@@ -1040,17 +1067,24 @@ impl World {
         for peer in 0..n {
             loop {
                 let (position, wall_ms) = self.position(node);
-                let Node { writer, store, out, durable, .. } = &mut self.nodes[node];
+                let Node { writer, store, out, durable, forging, .. } = &mut self.nodes[node];
                 let durable = durable.durable();
                 let (Some(_), Some(Out::Up { epoch, session, .. })) = (writer.as_ref(), out[peer].as_mut()) else {
                     break;
                 };
                 let Some(read) = session.next_read(durable) else { break };
                 // A read the disk fails stops this pump (the runtime ends the session; the
-                // next event pumps again).
-                let Ok(changes) = store.changes_within(&read.stream, read.after_seq, read.limit, read.bytes_max) else {
-                    break;
+                // next event pumps again). A relayed range starts at its origin's checkpoint
+                // and ends at one, as the runtime reads it.
+                let within = |after, limit, bytes_max| store.changes_within(&read.stream, after, limit, bytes_max);
+                let relayed = read.stream.origin != self.names[node];
+                let read_result = if relayed {
+                    provenance::read_relayed(read.after_seq, read.limit, read.bytes_max, &self.sealer, within)
+                        .map(|r| (r.proving, r.new))
+                } else {
+                    within(read.after_seq, read.limit, read.bytes_max).map(|c| (Vec::new(), c))
                 };
+                let Ok((proving, changes)) = read_result else { break };
                 // The vector says these changes exist: the changelog must hold them, in order,
                 // as the runtime checks before it sends (a hole ends its session with an error).
                 let first = changes.first().map(|c| c.seq);
@@ -1070,7 +1104,11 @@ impl World {
                     break;
                 }
                 let first = read.after_seq + 1;
-                let shipped = mrr_core::placement::for_peer(&changes, session.peer(), &self.sealer);
+                let mut shipped = mrr_core::placement::for_peer(&changes, session.peer(), &self.sealer);
+                if relayed && provenance::cut_to_checkpoint(&mut shipped) {
+                    session.await_checkpoint(&read.stream, durable.get(&read.stream));
+                    continue;
+                }
                 let Some(last) = shipped.changes.last().map(|c| c.seq) else {
                     session.hold(&read.stream, first);
                     continue;
@@ -1080,9 +1118,14 @@ impl World {
                 if let Some(seq) = shipped.held_at {
                     session.hold(&read.stream, seq);
                 }
-                let changes: Vec<_> = shipped.changes.into_iter().map(|c| c.into_owned()).collect();
+                let proving_len = proving.len();
+                let mut changes: Vec<_> =
+                    proving.into_iter().chain(shipped.changes.into_iter().map(|c| c.into_owned())).collect();
+                // A forging relay alters the first change it relays (its content, or what its
+                // marker says): the receiver must refuse the batch.
+                let forged = relayed && *forging && forge(&mut changes[proving_len]);
                 let epoch = *epoch;
-                self.send(node, peer, epoch, Body::Batch { changes, durable: position, wall_ms });
+                self.send(node, peer, epoch, Body::Batch { changes, durable: position, wall_ms, forged });
             }
         }
     }
@@ -1128,8 +1171,38 @@ impl World {
                     }
                 }
             }
-            Body::Batch { changes, durable, wall_ms } => {
+            Body::Batch { changes, durable, wall_ms, forged } => {
                 let bytes = changes.iter().map(encoded_len).sum();
+                if !matches!(&self.nodes[node].inc[from], Some(c) if c.epoch == epoch) {
+                    return Ok(());
+                }
+                // Relayed changes must prove their origin, as the runtime checks them.
+                let notary = crate::notary::SimNotary::new(self.names[node].clone());
+                let changes = match provenance::verify_relayed(&self.names[from], changes, &self.sealer, Some(&notary))
+                {
+                    Ok(_) if forged => {
+                        return Err(Violation {
+                            seed: self.seed,
+                            invariant: "relay_proof",
+                            at_ms: now,
+                            detail: format!("r{node} accepted a batch r{from} altered while relaying it"),
+                        })
+                    }
+                    Ok(changes) => changes,
+                    // The stream ends, as the runtime ends it; the dialer reconnects.
+                    Err(_) if forged => {
+                        self.nodes[node].inc[from] = None;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        return Err(Violation {
+                            seed: self.seed,
+                            invariant: "relay_proof",
+                            at_ms: now,
+                            detail: format!("r{node} refused what r{from} relayed honestly: {e}"),
+                        })
+                    }
+                };
                 let Some(c) = self.nodes[node].inc[from].as_mut().filter(|c| c.epoch == epoch) else { return Ok(()) };
                 c.session
                     .on_batch(changes, bytes, durable, wall_ms, now)
@@ -1237,6 +1310,7 @@ impl World {
             FaultEvent::Clock { node, offset_ms } => self.nodes[node].clock_offset_ms = offset_ms,
             FaultEvent::ClockStep { node, step_ms } => self.nodes[node].clock_step_ms = step_ms,
             FaultEvent::SlowDisk { node, commit_ms } => self.nodes[node].commit_ms = commit_ms.max(COMMIT_MS),
+            FaultEvent::Forge { node, on } => self.nodes[node].forging = on,
             FaultEvent::Disk { node, read_in, commit_in } => {
                 let plan = self.nodes[node].store.faults();
                 if let Some(n) = read_in {
@@ -1277,8 +1351,11 @@ impl World {
         }
         let n = &mut self.nodes[node];
         n.durable = DurableRule::new(self.cfg.buffered, recovered.vv.clone());
-        n.writer =
-            Some(writer(&self.names[node], recovered, &self.cfg, policies(self.cfg.strategy, self.cfg.placement)));
+        let policies = policies(self.cfg.strategy, self.cfg.placement);
+        n.writer = Some(
+            writer(&self.names[node], recovered, &self.cfg, policies, &n.store)
+                .map_err(|e| Violation::simulator(self.seed, self.now, e))?,
+        );
         for o in n.out.iter_mut().flatten() {
             *o = Out::Down { retry_at: self.now, backoff: BACKOFF_MIN_MS };
         }
@@ -1293,6 +1370,7 @@ impl World {
         for n in &mut self.nodes {
             n.store.faults().disarm();
             n.clock_step_ms = 0;
+            n.forging = false;
             n.commit_ms = COMMIT_MS;
         }
         for node in 0..self.cfg.regions {

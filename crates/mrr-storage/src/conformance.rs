@@ -37,6 +37,7 @@ fn change(stream_name: &str, seq: u64, topic: &str, id: &str, value: Option<&str
         replay_of: None,
         moves: false,
         carried: vec![],
+        proof: Default::default(),
     }
 }
 
@@ -84,13 +85,19 @@ fn batch_of(changes: Vec<Change>) -> CommitBatch {
 /// Runs the whole suite against a fresh, empty store.
 pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     let mut clock = Hlc::new(Timestamp::ZERO, 200);
-    let a1 = change("ap-northeast", 1, "users", "u001", Some(r#"{"name":"Kaito"}"#), clock.now(1));
+    let mut a1 = change("ap-northeast", 1, "users", "u001", Some(r#"{"name":"Kaito"}"#), clock.now(1));
+    // A change's proof of origin is stored with it.
+    a1.proof.checkpoint =
+        Some(mrr_core::provenance::Checkpoint { link: [7; 32], signer: [8; 32], signature: b"sig".to_vec() });
     let a2 = change("ap-northeast", 2, "users", "u002", Some(r#"{"name":"Emma"}"#), clock.now(2));
     let b1 = change("us-west", 1, "users", "u001", None, clock.now(3));
     let o1 = change("us-west", 2, "orders", "o1", Some("{}"), clock.now(4));
     let u1 = change("ap-northeast.urgent", 1, "stock", "s1", Some(r#"{"n":1}"#), clock.now(5));
 
     assert!(store.get(&a1.key).expect("get").is_none(), "empty store has no records");
+    assert_eq!(store.certificate(&[1; 32]).expect("certificate"), None);
+    store.add_certificate(&[1; 32], b"der").expect("add certificate");
+    store.add_certificate(&[1; 32], b"der").expect("adding again is harmless");
     assert_eq!(store.recover().expect("recover").vv, VersionVector::new());
 
     store.commit(&batch_of(vec![a1.clone(), a2.clone()])).expect("commit");
@@ -318,6 +325,7 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
 
     // Everything survives a reopen.
     if let Some(store) = reopen(store) {
+        assert_eq!(store.certificate(&[1; 32]).expect("certificate").as_deref(), Some(&b"der"[..]));
         assert_eq!(store.strong_request("r1").expect("request").as_deref(), Some(&b"answer"[..]));
         assert_eq!(store.history_from(&a1.key, &b1.version).expect("history"), (None, vec![x2]));
         assert_eq!(store.conflicts().expect("conflicts"), vec![conflict]);

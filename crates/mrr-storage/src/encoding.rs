@@ -66,6 +66,11 @@ pub fn vv_key(stream: &Stream) -> Vec<u8> {
 }
 
 pub const VV_PREFIX: &[u8] = b"vv\0";
+
+/// `cert\0` and a checkpoint signer's fingerprint.
+pub fn certificate_key(fingerprint: &[u8; 32]) -> Vec<u8> {
+    [b"cert\0".as_slice(), fingerprint].concat()
+}
 pub const HLC_KEY: &[u8] = b"hlc";
 pub const FORMAT_KEY: &[u8] = b"format";
 /// The fingerprint of the sealer this directory's sealed names were made with.

@@ -212,4 +212,13 @@ impl<S: Store> Store for FaultyStore<S> {
     fn disk_bytes(&self) -> u64 {
         self.inner.disk_bytes()
     }
+
+    fn certificate(&self, fingerprint: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        self.plan.read("certificate")?;
+        self.inner.certificate(fingerprint)
+    }
+
+    fn add_certificate(&self, fingerprint: &[u8; 32], der: &[u8]) -> Result<()> {
+        self.inner.add_certificate(fingerprint, der)
+    }
 }

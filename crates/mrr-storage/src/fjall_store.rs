@@ -462,6 +462,15 @@ impl Store for FjallStore {
         Ok(self.strong_requests.get(request_id.as_bytes())?.map(|v| v.to_vec()))
     }
 
+    fn certificate(&self, fingerprint: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(encoding::certificate_key(fingerprint))?.map(|v| v.to_vec()))
+    }
+
+    fn add_certificate(&self, fingerprint: &[u8; 32], der: &[u8]) -> Result<()> {
+        self.meta.insert(encoding::certificate_key(fingerprint), der.to_vec())?;
+        Ok(())
+    }
+
     fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>> {
         let k = encoding::change_id_key(id);
         match self.dlq.get(&k)? {

@@ -165,8 +165,9 @@ pub enum StoreError {
 /// each origin's changelog and version-vector entry into priority lanes; 4 added the move that
 /// placed a record, the changes it lacks, and moves, wants and transfers in the changelog; 5 the
 /// escrow counters of bounded fields in the merge document; 6 keeps what is not placed here
-/// under sealed names only, with the `sealed` index of held records.
-pub const STORAGE_FORMAT: u32 = 6;
+/// under sealed names only, with the `sealed` index of held records; 7 stores each change's
+/// proof of origin (content digest, checkpoint) and the certificates of checkpoint signers.
+pub const STORAGE_FORMAT: u32 = 7;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -254,4 +255,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Bytes on disk (0 for memory).
     fn disk_bytes(&self) -> u64;
+
+    /// A checkpoint signer's certificate (DER) by its fingerprint, kept so that changes it
+    /// signed can be relayed with it ([`mrr_core::provenance`]).
+    fn certificate(&self, fingerprint: &[u8; 32]) -> Result<Option<Vec<u8>>>;
+
+    /// Keeps a certificate the caller checked. Idempotent; written before the changes that
+    /// name it are committed, and durable with the next durable commit.
+    fn add_certificate(&self, fingerprint: &[u8; 32], der: &[u8]) -> Result<()>;
 }

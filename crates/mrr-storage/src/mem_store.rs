@@ -27,6 +27,7 @@ struct Inner {
     dlq: BTreeMap<ChangeId, DeadLetter>,
     dlq_by_time: std::collections::BTreeSet<(u64, ChangeId)>,
     strong_requests: BTreeMap<String, Vec<u8>>,
+    certificates: BTreeMap<[u8; 32], Vec<u8>>,
 }
 
 impl Inner {
@@ -234,6 +235,15 @@ impl Store for MemStore {
 
     fn strong_request(&self, request_id: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.lock().strong_requests.get(request_id).cloned())
+    }
+
+    fn certificate(&self, fingerprint: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock().certificates.get(fingerprint).cloned())
+    }
+
+    fn add_certificate(&self, fingerprint: &[u8; 32], der: &[u8]) -> Result<()> {
+        self.lock().certificates.insert(*fingerprint, der.to_vec());
+        Ok(())
     }
 
     fn dead_letter(&self, id: &ChangeId) -> Result<Option<DeadLetter>> {

@@ -255,6 +255,12 @@ pub struct Loaded {
     pub peer_server: Arc<rustls::ServerConfig>,
     /// HTTPS for the API.
     pub api_server: Arc<rustls::ServerConfig>,
+    /// The region's certificate (the chain's first) and what signs with its key: checkpoints
+    /// of relayed changes ([`Loaded::sign`]).
+    pub cert: CertificateDer<'static>,
+    signing: Arc<dyn rustls::sign::SigningKey>,
+    /// The cluster CA, for checking other regions' signing certificates.
+    roots: Arc<rustls::RootCertStore>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -294,13 +300,84 @@ fn stamp(paths: &TlsPaths) -> Stamp {
 fn load_all(paths: &TlsPaths, region: &str, now: UnixTime) -> Result<Loaded, TlsError> {
     let material = Material::load(paths, region, now)?;
     let (peer_server, api_server) = (material.server_config()?, material.api_server_config()?);
+    let signing = provider().key_provider.load_private_key(material.key.clone_key())?;
     Ok(Loaded {
+        cert: material.chain[0].clone(),
+        signing,
+        roots: material.roots.clone(),
         cert_pem: material.cert_pem,
         key_pem: material.key_pem,
         ca_pem: material.ca_pem,
         peer_server,
         api_server,
     })
+}
+
+/// The SHA-256 of a certificate's DER: how checkpoints name their signer.
+pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(cert_der).into()
+}
+
+/// Signature schemes a region key may sign with, in order of preference.
+const SIGNING_SCHEMES: &[rustls::SignatureScheme] = &[
+    rustls::SignatureScheme::ED25519,
+    rustls::SignatureScheme::ECDSA_NISTP256_SHA256,
+    rustls::SignatureScheme::ECDSA_NISTP384_SHA384,
+    rustls::SignatureScheme::RSA_PSS_SHA256,
+];
+
+impl Loaded {
+    /// Signs `message` with the region's key: the certificate's fingerprint, and the scheme
+    /// (two bytes, big-endian) followed by the signature.
+    pub fn sign(&self, message: &[u8]) -> Result<([u8; 32], Vec<u8>), TlsError> {
+        let signer = self.signing.choose_scheme(SIGNING_SCHEMES).ok_or_else(|| {
+            TlsError::Config(rustls::Error::General("the region key signs with no supported scheme".into()))
+        })?;
+        let scheme = u16::from(signer.scheme());
+        let mut out = scheme.to_be_bytes().to_vec();
+        out.extend_from_slice(&signer.sign(message)?);
+        Ok((fingerprint(&self.cert), out))
+    }
+
+    /// Checks that `signature` (as [`Loaded::sign`] makes them) over `message` was made with
+    /// the key of `cert_der`, a certificate of the cluster CA naming `region` and valid at
+    /// `at` (when the signed change was written: a certificate that expired since still
+    /// proves what it signed while it was valid).
+    pub fn verify_signed(
+        &self,
+        cert_der: &[u8],
+        region: &str,
+        at: UnixTime,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), TlsError> {
+        let refused = |message: String| TlsError::PeerNotRegion {
+            region: region.to_owned(),
+            name: region_dns_name(region),
+            message,
+        };
+        let der = CertificateDer::from(cert_der);
+        check_peer_region(Some(std::slice::from_ref(&der)), region)?;
+        let cert = webpki::EndEntityCert::try_from(&der).map_err(|e| refused(e.to_string()))?;
+        let algorithms = provider().signature_verification_algorithms;
+        cert.verify_for_usage(algorithms.all, &self.roots.roots, &[], at, webpki::KeyUsage::client_auth(), None, None)
+            .map_err(|e| refused(format!("not a certificate of the cluster CA valid when it signed: {e}")))?;
+        let (scheme, sig) = match signature {
+            [a, b, rest @ ..] => (rustls::SignatureScheme::from(u16::from_be_bytes([*a, *b])), rest),
+            _ => return Err(refused("an empty signature".into())),
+        };
+        let (_, candidates) = algorithms
+            .mapping
+            .iter()
+            .find(|(s, _)| *s == scheme)
+            .ok_or_else(|| refused(format!("signature scheme {scheme:?} not supported")))?;
+        if candidates.iter().any(|alg| cert.verify_signature(*alg, message, sig).is_ok()) {
+            Ok(())
+        } else {
+            Err(refused("the signature does not verify with the certificate's key".into()))
+        }
+    }
 }
 
 impl LiveTls {
@@ -505,5 +582,40 @@ mod tests {
         assert!(e.contains("does not name region eu-central"), "{e}");
         assert!(matches!(check_peer_region(None, "us-west"), Err(TlsError::NoPeerCertificate)));
         assert!(matches!(make_region(&ca, "Not A Region!", &[], VALIDITY_DEFAULT), Err(TlsError::BadRegion(_))));
+    }
+
+    #[test]
+    fn a_checkpoint_signature_verifies_only_for_its_region_key_and_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = make_ca("shop", VALIDITY_DEFAULT).expect("ca");
+        std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).expect("write");
+        let sf = write(dir.path(), "us-west", &make_region(&ca, "us-west", &[], VALIDITY_DEFAULT).expect("issue"));
+        let eu =
+            write(dir.path(), "eu-central", &make_region(&ca, "eu-central", &[], VALIDITY_DEFAULT).expect("issue"));
+        let sf = load_all(&sf, "us-west", now()).unwrap_or_else(|e| panic!("{e}"));
+        let eu = load_all(&eu, "eu-central", now()).unwrap_or_else(|e| panic!("{e}"));
+        let (signer, signature) = sf.sign(b"link").expect("sign");
+        assert_eq!(signer, fingerprint(&sf.cert));
+        eu.verify_signed(&sf.cert, "us-west", now(), b"link", &signature).unwrap_or_else(|e| panic!("{e}"));
+
+        let refused = |cert: &[u8], region: &str, at: UnixTime, msg: &[u8], sig: &[u8]| {
+            eu.verify_signed(cert, region, at, msg, sig).expect_err("refused").to_string()
+        };
+        assert!(refused(&sf.cert, "us-west", now(), b"other", &signature).contains("does not verify"));
+        assert!(refused(&sf.cert, "eu-central", now(), b"link", &signature).contains("eu-central.regions.mrr"));
+        // us-west signing "as eu-central" with its own key and eu-central's certificate.
+        assert!(refused(&eu.cert, "eu-central", now(), b"link", &signature).contains("does not verify"));
+        // A certificate of another CA naming the region.
+        let foreign = make_ca("other", VALIDITY_DEFAULT).expect("ca");
+        std::fs::write(dir.path().join("ca.pem"), &foreign.cert_pem).expect("write");
+        let rogue =
+            write(dir.path(), "rogue", &make_region(&foreign, "us-west", &[], VALIDITY_DEFAULT).expect("issue"));
+        let rogue = load_all(&rogue, "us-west", now()).unwrap_or_else(|e| panic!("{e}"));
+        let (_, rogue_sig) = rogue.sign(b"link").expect("sign");
+        assert!(refused(&rogue.cert, "us-west", now(), b"link", &rogue_sig).contains("cluster CA"));
+        // Signed at a time the certificate was not valid.
+        assert!(refused(&sf.cert, "us-west", UnixTime::since_unix_epoch(Duration::from_secs(1)), b"link", &signature)
+            .contains("cluster CA"));
+        assert!(refused(&sf.cert, "us-west", now(), b"link", &[]).contains("empty signature"));
     }
 }

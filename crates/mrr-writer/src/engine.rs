@@ -13,6 +13,7 @@ use mrr_core::doc::{Lost, Stamp};
 use mrr_core::fold::{self, FoldEntry, FoldState, Head, Outcome};
 use mrr_core::merge::{LastWriterWins, MergeStrategy, Resolution};
 use mrr_core::placement;
+use mrr_core::provenance::{Notary, Stamper};
 use mrr_core::seal;
 use mrr_core::session::{admit_incoming, Incoming};
 use mrr_core::{
@@ -83,7 +84,6 @@ impl From<StoreError> for LocalFailure {
     }
 }
 
-#[derive(Debug)]
 pub struct Engine {
     local: RegionName,
     hlc: Hlc,
@@ -94,6 +94,20 @@ pub struct Engine {
     carried_bytes_max: usize,
     /// Escrow counters this region tends, with their recent demand (in memory only).
     escrow: escrow::Tracker,
+    /// The chain heads of this region's own streams, which checkpoints continue.
+    stamper: Stamper,
+    /// Signs checkpoints; `None` in a cluster without certificates (they go unsigned).
+    notary: Option<Arc<dyn Notary>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("local", &self.local)
+            .field("applied", &self.applied)
+            .field("signed", &self.notary.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The record reads of one request, taken before any of its effects.
@@ -120,7 +134,26 @@ impl Engine {
             policies,
             carried_bytes_max: mrr_core::limits::CARRIED_BYTES_MAX,
             escrow: escrow::Tracker::default(),
+            stamper: Stamper::default(),
+            notary: None,
         }
+    }
+
+    /// The same engine continuing the chains of its own streams from `store` (their last
+    /// changes carry the heads), signing checkpoints with `notary` when given. Every engine
+    /// over a store that holds own changes needs this before its first write.
+    pub fn with_provenance(mut self, notary: Option<Arc<dyn Notary>>, store: &dyn Store) -> Result<Self, StoreError> {
+        let mut last_own = Vec::new();
+        for lane in mrr_core::Lane::ALL {
+            let stream = Stream::new(self.local.clone(), lane);
+            let seq = self.applied.get(&stream);
+            if seq > 0 {
+                last_own.extend(store.changes_within(&stream, seq - 1, 1, u64::MAX)?);
+            }
+        }
+        self.stamper = Stamper::recovered(last_own);
+        self.notary = notary;
+        Ok(self)
     }
 
     /// The same engine, carrying at most `bytes` in one change (the simulator sets it small so
@@ -178,7 +211,9 @@ impl Engine {
                 None => records_removed.push(key),
             }
         }
-        let must_sync = pending.changes.iter().any(|c| {
+        let mut changes = pending.changes;
+        self.stamper.stamp(&self.local, &mut changes, &self.policies.sealer, self.notary.as_deref());
+        let must_sync = changes.iter().any(|c| {
             c.origin == self.local && matches!(&c.op, Op::Merge { delta } if delta.escrow_fields().next().is_some())
         });
         Some(CommitBatch {
@@ -187,7 +222,7 @@ impl Engine {
             records,
             records_removed,
             sealed_index: pending.sealed_index.into_inner().into_iter().collect(),
-            changes: pending.changes,
+            changes,
             vv,
             hlc_high_water: self.hlc.last(),
             history: pending.history.into_inner().into_iter().map(|((k, _), e)| (k, e)).collect(),
@@ -203,6 +238,7 @@ impl Engine {
     /// Makes a landed commit the new applied state.
     pub fn committed(&mut self, batch: &CommitBatch) {
         self.applied.join(&batch.vv);
+        self.stamper.committed(&self.local, &batch.changes);
     }
 
     fn prefetch<'a>(
@@ -567,6 +603,7 @@ impl Engine {
             replay_of,
             moves: false,
             carried: Vec::new(),
+            proof: Default::default(),
         })
     }
 
@@ -773,7 +810,7 @@ impl Engine {
                 Op::Want { .. } | Op::Transfer | Op::History => contents.extend(change.carried),
                 _ => {
                     contents.extend(change.carried.iter().cloned());
-                    contents.push(Change { carried: Vec::new(), ..change });
+                    contents.push(Change { carried: Vec::new(), proof: Default::default(), ..change });
                 }
             }
         }
@@ -792,7 +829,7 @@ impl Engine {
             let found = store.changes_after(&id.stream(), id.seq - 1, 1)?.into_iter().find(|c| c.seq == id.seq);
             match found {
                 Some(c) if c.key == want.key && c.writes() && c.has_content() => {
-                    carried.push(Change { carried: Vec::new(), ..c })
+                    carried.push(Change { carried: Vec::new(), proof: Default::default(), ..c })
                 }
                 // Not a change this region wrote for that key: a confused or hostile peer.
                 _ => {
@@ -947,6 +984,7 @@ impl Engine {
                 replay_of: e.replay_of,
                 moves: false,
                 carried: Vec::new(),
+                proof: Default::default(),
             })
             .collect())
     }

@@ -174,9 +174,10 @@ impl Writer {
         clock: Arc<dyn PhysicalClock>,
         config: WriterConfig,
         policies: Arc<Policies>,
+        notary: Option<Arc<dyn mrr_core::provenance::Notary>>,
     ) -> Result<Self, StoreError> {
         let recovered = store.recover()?;
-        let engine = Engine::new(local, recovered, max_skew_ms, policies);
+        let engine = Engine::new(local, recovered, max_skew_ms, policies).with_provenance(notary, store.as_ref())?;
         let (applied_tx, applied) = watch::channel(engine.applied().clone());
         let (tx, rx) = mpsc::channel(config.queue_requests_max);
         let thread_error =

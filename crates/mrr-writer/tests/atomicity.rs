@@ -131,8 +131,8 @@ impl PhysicalClock for Fixed {
 async fn a_failed_commit_fails_its_group_leaves_the_store_as_it_was_and_the_next_write_goes_ahead() {
     let store = Arc::new(FaultyStore::new(MemStore::new()));
     let plan = store.plan();
-    let writer =
-        Writer::start(r("a"), 200, store.clone(), Arc::new(Fixed), WriterConfig::default(), policies()).expect("start");
+    let writer = Writer::start(r("a"), 200, store.clone(), Arc::new(Fixed), WriterConfig::default(), policies(), None)
+        .expect("start");
     writer.write(vec![put("users", "u1", 1)]).await.expect("first write");
     plan.fail_commit_in(1);
     let err = writer.write(vec![put("users", "u2", 2)]).await.expect_err("the commit fails");
@@ -220,13 +220,19 @@ impl Store for WritesThenFails {
     fn disk_bytes(&self) -> u64 {
         0
     }
+    fn certificate(&self, fingerprint: &[u8; 32]) -> mrr_storage::Result<Option<Vec<u8>>> {
+        self.0.certificate(fingerprint)
+    }
+    fn add_certificate(&self, fingerprint: &[u8; 32], der: &[u8]) -> mrr_storage::Result<()> {
+        self.0.add_certificate(fingerprint, der)
+    }
 }
 
 #[tokio::test]
 async fn a_commit_that_failed_after_reaching_the_disk_stops_writes_and_reads_go_on() {
     let store = Arc::new(WritesThenFails(MemStore::new()));
-    let writer =
-        Writer::start(r("a"), 200, store.clone(), Arc::new(Fixed), WriterConfig::default(), policies()).expect("start");
+    let writer = Writer::start(r("a"), 200, store.clone(), Arc::new(Fixed), WriterConfig::default(), policies(), None)
+        .expect("start");
     let err = writer.write(vec![put("users", "u1", 1)]).await.expect_err("the commit fails");
     assert!(matches!(err, WriteError::Storage(_)), "{err}");
     assert!(writer.failed().is_some(), "what the disk holds is unknown: the writer stops");

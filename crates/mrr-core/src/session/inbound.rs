@@ -268,6 +268,7 @@ mod tests {
             replay_of: None,
             moves: false,
             carried: Vec::new(),
+            proof: Default::default(),
         })
         .collect()
     }

@@ -205,6 +205,10 @@ pub struct OutboundSession {
     /// peer but this region holds only its marker ([`crate::placement::Shipment::Hold`]).
     /// Cleared when the peer's acks move past it (it got the change from elsewhere).
     held: BTreeMap<Stream, u64>,
+    /// Relayed streams waiting for a checkpoint: what this region held of them when a read
+    /// found nothing it could prove ([`crate::provenance`]). Read again once it holds more, or
+    /// an ack arrives.
+    waiting: BTreeMap<Stream, u64>,
 }
 
 impl OutboundSession {
@@ -231,6 +235,7 @@ impl OutboundSession {
             flights: VecDeque::new(),
             progress_ms: now_ms,
             held: BTreeMap::new(),
+            waiting: BTreeMap::new(),
         }
     }
 
@@ -326,7 +331,8 @@ impl OutboundSession {
             std::iter::once(&own).chain(others).filter(|s| self.carries(&s.origin)).find_map(|stream| {
                 let after_seq = self.sent.get(stream);
                 let pending = local_vv.get(stream).saturating_sub(after_seq);
-                let held = self.held.get(stream) == Some(&(after_seq + 1));
+                let held = self.held.get(stream) == Some(&(after_seq + 1))
+                    || self.waiting.get(stream).is_some_and(|seq| *seq >= local_vv.get(stream));
                 (pending > 0 && !held).then(|| ReadRequest {
                     stream: stream.clone(),
                     after_seq,
@@ -342,6 +348,14 @@ impl OutboundSession {
     pub fn hold(&mut self, stream: &Stream, seq: u64) {
         assert_eq!(seq, self.sent.get(stream) + 1, "a stream is held at its next change");
         self.held.insert(stream.clone(), seq);
+    }
+
+    /// `stream` (relayed) has nothing this region can prove beyond what was sent: its changes
+    /// after that end before the origin's next checkpoint. Read it again once this region
+    /// holds more than `local_seq` of it, or at the next ack.
+    pub fn await_checkpoint(&mut self, stream: &Stream, local_seq: u64) {
+        assert!(stream.origin != self.local, "own streams end every group at a checkpoint");
+        self.waiting.insert(stream.clone(), local_seq);
     }
 
     /// Records that changes `first_seq..=last_seq` of `stream`, `bytes` on the wire, were handed
@@ -371,6 +385,7 @@ impl OutboundSession {
         self.sent.join(&self.acked);
         let sent = &self.sent;
         self.held.retain(|stream, seq| *seq > sent.get(stream));
+        self.waiting.clear();
         self.peer_direct = peer_direct;
         let (acked, limits) = (&self.acked, &self.limits);
         let window = &mut self.window;

@@ -266,6 +266,7 @@ impl Engine {
             replay_of: None,
             moves: false,
             carried,
+            proof: Default::default(),
         };
         pending.vv.advance(&stream, seq);
         change

@@ -122,6 +122,7 @@ impl Engine {
                 replay_of: None,
                 moves: current.is_none(),
                 carried: Vec::new(),
+                proof: Default::default(),
             };
             pending.vv.advance(&stream, seq);
             let record = self.apply_change(pending, store, &reads, change)?;
