@@ -80,12 +80,12 @@ async fn streams(cluster: &Cluster) -> anyhow::Result<Vec<Vec<(String, u64, u32)
 }
 
 /// Dials Tokyo as us-west with us-west's own certificate and the cluster's secret, completes
-/// the handshake, then relays `forge(next seq)`: one change of eu-central's normal stream (the
-/// sequence after what Tokyo has). Returns the status Tokyo ends the stream with.
+/// the handshake, then relays `forge(next seq)`: a proving part and one change of eu-central's
+/// normal stream (the sequence after what Tokyo has). Returns the status Tokyo ends the stream with.
 async fn relay_as_us_west(
     cluster: &Cluster,
     certs: &std::path::Path,
-    forge: impl FnOnce(u64) -> mrr_core::Change,
+    forge: impl FnOnce(u64) -> (Vec<mrr_core::Change>, mrr_core::Change),
 ) -> anyhow::Result<tonic::Status> {
     let mut forge = Some(forge);
     use mrr_replication::proto::to_dialer;
@@ -127,8 +127,13 @@ async fn relay_as_us_west(
                     dialer.on_welcome(challenged.as_ref().context("Welcome before Challenge")?, &w, 0, 0)?;
                     let seq = w.applied.iter().find(|e| e.origin == "eu-central" && e.lane == 0).map_or(0, |e| e.seq);
                     let forge = forge.take().context("a second Welcome")?;
-                    let change = mrr_replication::wire::change_to_wire(&forge(seq + 1));
-                    let batch = mrr_replication::wire::batch_to_wire(vec![change], 0, Vec::new(), Vec::new());
+                    let (proving, change) = forge(seq + 1);
+                    let proof = mrr_replication::wire::BatchProof {
+                        proving: proving.iter().map(mrr_replication::wire::change_to_wire).collect(),
+                        certificates: Vec::new(),
+                    };
+                    let change = mrr_replication::wire::change_to_wire(&change);
+                    let batch = mrr_replication::wire::batch_to_wire(vec![change], 0, Vec::new(), proof);
                     tx.send(ToAcceptor { msg: Some(to_acceptor::Msg::Batch(batch)) }).await?;
                 }
                 // Acks of nothing, until Tokyo ends the stream.
@@ -207,20 +212,31 @@ async fn regions_speak_mutual_tls_and_a_certificate_speaks_only_for_its_region()
         Ok(tokyo.query("users/from-frankfurt").await?)
     })
     .await?;
-    let status = relay_as_us_west(&cluster, &certs, |seq| forged_change(seq, None).expect("change")).await?;
+    let status =
+        relay_as_us_west(&cluster, &certs, |seq| (Vec::new(), forged_change(seq, None).expect("change"))).await?;
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("eu-central"), "{status:?}");
     let paths =
         mrr_tls::TlsPaths { cert: certs.join("us-west.pem"), key: certs.join("us-west.key"), ca: certs.join("ca.pem") };
     let us_west = mrr_tls::LiveTls::load(paths, "us-west", mrr_tls::UnixTime::now())?.current();
-    let status = relay_as_us_west(&cluster, &certs, |seq| {
-        let unsigned = forged_change(seq, None).expect("change");
-        let sealer = mrr_server::Config::load(&cluster.config_path(1)).expect("config").policies.sealer.clone();
-        let link =
-            mrr_core::provenance::link(&mrr_core::provenance::GENESIS, &mrr_core::provenance::leaf(&unsigned, &sealer));
-        let message = mrr_core::provenance::message(&unsigned.origin, unsigned.lane, seq, &link);
+    // An anchor and a checkpoint us-west signs itself, chained as a relay would.
+    let sealer = mrr_server::Config::load(&cluster.config_path(1))?.policies.sealer.clone();
+    let signed = |seq: u64, link: mrr_core::provenance::Digest| {
+        let message = mrr_core::provenance::message(
+            &mrr_core::RegionName::new("eu-central").expect("valid"),
+            mrr_core::Lane::Normal,
+            seq,
+            &link,
+        );
         let (signer, signature) = us_west.sign(&message).expect("sign");
-        forged_change(seq, Some(mrr_core::provenance::Checkpoint { link, signer, signature })).expect("change")
+        mrr_core::provenance::Checkpoint { link, signer, signature }
+    };
+    let status = relay_as_us_west(&cluster, &certs, |seq| {
+        let anchor_link = [5; 32];
+        let anchor = forged_change(seq - 1, Some(signed(seq - 1, anchor_link))).expect("change");
+        let unsigned = forged_change(seq, None).expect("change");
+        let link = mrr_core::provenance::link(&anchor_link, &mrr_core::provenance::leaf(&unsigned, &sealer));
+        (vec![anchor], forged_change(seq, Some(signed(seq, link))).expect("change"))
     })
     .await?;
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");

@@ -20,10 +20,11 @@
 //!   [`CHECKPOINT_BYTES_MAX`] bytes: the link there, signed with the region's certificate key
 //!   (unsigned in a cluster without certificates, where nothing can prove an origin anyway).
 //! - **Relaying.** A relay sends a range of a stream starting at an *anchor*: the last
-//!   checkpoint at or before what the peer has, then the changes after it, and ending at a
-//!   checkpoint. The receiver checks the anchor's signature, chains the leaves from its link,
-//!   and requires every checkpoint on the way (the last one included) to match and to verify.
-//!   The anchor itself is never applied: it only supplies a signed starting link.
+//!   checkpoint at or before what the peer has, with the changes from there to what the peer
+//!   has as markers (the *proving* part of a batch, which is never applied), then the new
+//!   changes, ending at a checkpoint. The receiver checks the anchor's signature, chains the
+//!   leaves from its link, and requires every checkpoint on the way (the last one included) to
+//!   match and to verify.
 //!
 //! Receivers keep no chain state: everything a check needs is in the batch. A change whose
 //! chain does not reach its origin's signed checkpoint is refused with the stream.
@@ -376,29 +377,30 @@ pub fn cut_to_checkpoint(shipped: &mut crate::placement::ForPeer<'_>) -> bool {
     n == 0
 }
 
-/// Checks the changes `peer` relays in one batch (those of other origins) and drops their
-/// anchors; its own changes pass as they are (the transport proved who `peer` is). With a
-/// `notary`, every checkpoint's signature must verify; without one (a cluster without
-/// certificates) only the chains are checked.
+/// Checks the changes `peer` relays in one batch (those of other origins); its own changes
+/// pass as they are (the transport proved who `peer` is). `proving` holds, per relayed stream,
+/// the anchor and the markers of what the peer already has after it (never applied: they only
+/// chain); without any for a stream, its range must start at sequence 1. With a `notary`,
+/// every checkpoint's signature must verify; without one (a cluster without certificates) only
+/// the chains are checked.
 pub fn verify_relayed(
     peer: &RegionName,
-    changes: Vec<Change>,
+    proving: &[Change],
+    changes: &[Change],
     sealer: &Sealer,
     notary: Option<&dyn Notary>,
-) -> Result<Vec<Change>, ProvenanceError> {
-    if changes.iter().all(|c| &c.origin == peer) {
-        return Ok(changes);
+) -> Result<(), ProvenanceError> {
+    if proving.is_empty() && changes.iter().all(|c| &c.origin == peer) {
+        return Ok(());
     }
-    // Per relayed stream: the last sequence seen, the running link (None until anchored),
-    // and the last change seen (must end at a checkpoint).
+    // Per relayed stream: the last sequence chained, the running link, the last change and
+    // whether a checkpoint covers it.
     struct Run {
         last_seq: u64,
         head: Digest,
         last: ChangeId,
         covered: bool,
     }
-    let mut runs: BTreeMap<Stream, Run> = BTreeMap::new();
-    let mut keep = Vec::with_capacity(changes.len());
     let check = |c: &Change, cp: &Checkpoint| -> Result<(), ProvenanceError> {
         match notary {
             None => Ok(()),
@@ -413,56 +415,61 @@ pub fn verify_relayed(
                 .map_err(|reason| ProvenanceError::Signature { id: c.id(), reason }),
         }
     };
-    for c in changes {
-        if &c.origin == peer {
-            keep.push(c);
-            continue;
-        }
+    let mut runs: BTreeMap<Stream, Run> = BTreeMap::new();
+    for c in proving {
         let stream = c.stream();
+        if &c.origin == peer {
+            // A peer's own changes need no proof; proving them is a protocol error.
+            return Err(ProvenanceError::NoAnchor { id: c.id() });
+        }
         match runs.get_mut(&stream) {
             None => {
-                if c.seq == 1 {
-                    let head = link(&GENESIS, &leaf(&c, sealer));
-                    let covered = match &c.proof.checkpoint {
-                        Some(cp) if cp.link == head => {
-                            check(&c, cp)?;
-                            true
-                        }
-                        Some(_) => return Err(ProvenanceError::Mismatch { id: c.id() }),
-                        None => false,
-                    };
-                    runs.insert(stream, Run { last_seq: 1, head, last: c.id(), covered });
-                    keep.push(c);
-                } else {
-                    // The anchor: its signed link starts the chain; it is not applied.
-                    let Some(cp) = &c.proof.checkpoint else { return Err(ProvenanceError::NoAnchor { id: c.id() }) };
-                    check(&c, cp)?;
-                    runs.insert(stream, Run { last_seq: c.seq, head: cp.link, last: c.id(), covered: true });
-                }
+                // The anchor: its signed link starts the chain.
+                let Some(cp) = &c.proof.checkpoint else { return Err(ProvenanceError::NoAnchor { id: c.id() }) };
+                check(c, cp)?;
+                runs.insert(stream, Run { last_seq: c.seq, head: cp.link, last: c.id(), covered: true });
             }
-            Some(run) => {
-                if c.seq != run.last_seq + 1 {
-                    return Err(ProvenanceError::NotContiguous { stream, id: c.id(), after: run.last_seq });
-                }
-                run.head = link(&run.head, &leaf(&c, sealer));
-                run.last_seq = c.seq;
-                run.last = c.id();
-                run.covered = match &c.proof.checkpoint {
-                    Some(cp) if cp.link == run.head => {
-                        check(&c, cp)?;
-                        true
-                    }
-                    Some(_) => return Err(ProvenanceError::Mismatch { id: c.id() }),
-                    None => false,
-                };
-                keep.push(c);
-            }
+            Some(run) => extend(run, c, sealer, &check)?,
         }
     }
-    if let Some(run) = runs.into_values().find(|r| !r.covered) {
-        return Err(ProvenanceError::Uncovered { id: run.last });
+    fn extend(
+        run: &mut Run,
+        c: &Change,
+        sealer: &Sealer,
+        check: &dyn Fn(&Change, &Checkpoint) -> Result<(), ProvenanceError>,
+    ) -> Result<(), ProvenanceError> {
+        if c.seq != run.last_seq + 1 {
+            return Err(ProvenanceError::NotContiguous { stream: c.stream(), id: c.id(), after: run.last_seq });
+        }
+        run.head = link(&run.head, &leaf(c, sealer));
+        run.last_seq = c.seq;
+        run.last = c.id();
+        run.covered = match &c.proof.checkpoint {
+            Some(cp) if cp.link == run.head => {
+                check(c, cp)?;
+                true
+            }
+            Some(_) => return Err(ProvenanceError::Mismatch { id: c.id() }),
+            None => false,
+        };
+        Ok(())
     }
-    Ok(keep)
+    for c in changes.iter().filter(|c| &c.origin != peer) {
+        let stream = c.stream();
+        if !runs.contains_key(&stream) {
+            if c.seq != 1 {
+                return Err(ProvenanceError::NoAnchor { id: c.id() });
+            }
+            runs.insert(stream.clone(), Run { last_seq: 0, head: GENESIS, last: c.id(), covered: false });
+        }
+        if let Some(run) = runs.get_mut(&stream) {
+            extend(run, c, sealer, &check)?;
+        }
+    }
+    match runs.into_values().find(|r| !r.covered) {
+        Some(run) => Err(ProvenanceError::Uncovered { id: run.last }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -531,13 +538,14 @@ mod tests {
         log
     }
 
-    fn relay(log: &[Change], after: u64, limit: usize, sealer: &Sealer) -> Vec<Change> {
+    /// What a relay sends of `log` to a peer that has it up to `after`: (proving, new).
+    fn relay(log: &[Change], after: u64, limit: usize, sealer: &Sealer) -> (Vec<Change>, Vec<Change>) {
         let read = |a: u64, l: usize, _| -> Result<Vec<Change>, ()> {
             Ok(log.iter().filter(|c| c.seq > a).take(l).cloned().collect())
         };
         let r = read_relayed(after, limit, u64::MAX, sealer, read).expect("read");
         let n = provable_len(&r.new);
-        r.proving.into_iter().chain(r.new.into_iter().take(n)).collect()
+        (r.proving, r.new.into_iter().take(n).collect())
     }
 
     #[test]
@@ -580,24 +588,24 @@ mod tests {
     }
 
     #[test]
-    fn a_relayed_range_verifies_and_its_anchor_is_not_applied() {
+    fn a_relayed_range_verifies_from_its_anchor() {
         let sealer = Sealer::new("shop", "0123456789abcdef");
         let log = stamped(40, 4, &sealer);
         let notary = TestNotary(r("eu-central"));
         let (relay_r, origin) = (r("ap-northeast"), r("us-west"));
-        // From the start: no anchor.
-        let batch = relay(&log, 0, 10, &sealer);
-        let got = verify_relayed(&relay_r, batch, &sealer, Some(&notary)).expect("proven");
-        assert_eq!(got.iter().map(|c| c.seq).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>(), "up to a checkpoint");
-        // Mid-segment: anchored at 8, with 9..=10 sent again (as markers) to chain.
-        let batch = relay(&log, 10, 5, &sealer);
-        assert_eq!(batch.first().map(|c| c.seq), Some(8));
-        let got = verify_relayed(&relay_r, batch, &sealer, Some(&notary)).expect("proven");
-        assert_eq!(got.iter().map(|c| c.seq).collect::<Vec<_>>(), (9..=12).collect::<Vec<_>>());
-        assert!(!got[0].has_content() && got[2].has_content(), "what the peer has goes as markers, to chain");
+        let seqs = |cs: &[Change]| cs.iter().map(|c| c.seq).collect::<Vec<_>>();
+        // From the start: no anchor, up to the last checkpoint read.
+        let (proving, new) = relay(&log, 0, 10, &sealer);
+        assert!(proving.is_empty());
+        assert_eq!(seqs(&new), (1..=8).collect::<Vec<_>>());
+        verify_relayed(&relay_r, &proving, &new, &sealer, Some(&notary)).expect("proven");
+        // Mid-segment: anchored at 8, with 9 and 10 (which the peer has) as markers to chain.
+        let (proving, new) = relay(&log, 10, 5, &sealer);
+        assert_eq!((seqs(&proving), seqs(&new)), (vec![8, 9, 10], vec![11, 12]));
+        assert!(proving.iter().all(|c| !c.has_content()) && new.iter().all(Change::has_content));
+        verify_relayed(&relay_r, &proving, &new, &sealer, Some(&notary)).expect("proven");
         // The origin's own changes pass as they are.
-        let direct = log[12..14].to_vec();
-        assert_eq!(verify_relayed(&origin, direct.clone(), &sealer, Some(&notary)), Ok(direct));
+        verify_relayed(&origin, &[], &log[12..14], &sealer, Some(&notary)).expect("direct");
     }
 
     #[test]
@@ -606,27 +614,27 @@ mod tests {
         let log = stamped(40, 4, &sealer);
         let notary = TestNotary(r("eu-central"));
         let relay_r = r("ap-northeast");
-        let refused =
-            |batch: Vec<Change>| verify_relayed(&relay_r, batch, &sealer, Some(&notary)).expect_err("refused");
+        let refused = |(proving, new): (Vec<Change>, Vec<Change>)| {
+            verify_relayed(&relay_r, &proving, &new, &sealer, Some(&notary)).expect_err("refused")
+        };
         let honest = relay(&log, 10, 5, &sealer);
 
         let mut altered = honest.clone();
-        altered[3].op = Op::Put { value: br#"{"n":"forged"}"#.to_vec() };
+        altered.1[0].op = Op::Put { value: br#"{"n":"forged"}"#.to_vec() };
         assert!(matches!(refused(altered), ProvenanceError::Mismatch { .. }));
-        // An invented change signed by the relay itself.
+        // An invented change with a checkpoint the relay signed itself.
         let mut invented = honest.clone();
-        let last = invented.len() - 1;
-        invented[last].op = Op::Delete;
+        invented.1[1].op = Op::Delete;
         let l = link(&GENESIS, &[0; 32]);
         let (signer, signature) =
-            TestNotary(relay_r.clone()).sign(&message(&invented[last].origin, Lane::Normal, 16, &l)).expect("sign");
-        invented[last].proof.checkpoint = Some(Checkpoint { link: l, signer, signature });
+            TestNotary(relay_r.clone()).sign(&message(&invented.1[1].origin, Lane::Normal, 12, &l)).expect("sign");
+        invented.1[1].proof.checkpoint = Some(Checkpoint { link: l, signer, signature });
         assert!(matches!(refused(invented), ProvenanceError::Mismatch { .. }));
         // The chain recomputed for a forged change still needs the origin's signature.
         let mut resigned = honest.clone();
-        resigned[3].op = Op::Put { value: br#"{"n":"forged"}"#.to_vec() };
-        let mut head = resigned[0].proof.checkpoint.as_ref().map(|c| c.link).expect("anchor");
-        for c in &mut resigned[1..] {
+        resigned.1[0].op = Op::Put { value: br#"{"n":"forged"}"#.to_vec() };
+        let mut head = resigned.0[0].proof.checkpoint.as_ref().map(|c| c.link).expect("anchor");
+        for c in resigned.0[1..].iter_mut().chain(resigned.1.iter_mut()) {
             head = link(&head, &leaf(c, &sealer));
             if let Some(cp) = &mut c.proof.checkpoint {
                 cp.link = head;
@@ -634,16 +642,20 @@ mod tests {
         }
         assert!(matches!(refused(resigned), ProvenanceError::Signature { .. }));
         // No anchor, a gap, a range past the last checkpoint.
-        assert!(matches!(refused(honest[1..].to_vec()), ProvenanceError::NoAnchor { .. }));
+        assert!(matches!(refused((honest.0[1..].to_vec(), honest.1.clone())), ProvenanceError::NoAnchor { .. }));
+        assert!(matches!(refused((Vec::new(), honest.1.clone())), ProvenanceError::NoAnchor { .. }));
         let mut gap = honest.clone();
-        gap.remove(2);
+        gap.0.remove(1);
         assert!(matches!(refused(gap), ProvenanceError::NotContiguous { .. }));
         let mut uncovered = honest.clone();
-        uncovered.pop();
+        uncovered.1.pop();
         assert!(matches!(refused(uncovered), ProvenanceError::Uncovered { .. }));
         // Without a notary (no certificates), chains are still checked.
         let mut altered = honest;
-        altered[2].moves = !altered[2].moves;
-        assert!(matches!(verify_relayed(&relay_r, altered, &sealer, None), Err(ProvenanceError::Mismatch { .. })));
+        altered.1[1].moves = !altered.1[1].moves;
+        assert!(matches!(
+            verify_relayed(&relay_r, &altered.0, &altered.1, &sealer, None),
+            Err(ProvenanceError::Mismatch { .. })
+        ));
     }
 }

@@ -152,8 +152,8 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         deps: vec![proto::VvEntry { origin: "ap-northeast".into(), seq: 3, ..Default::default() }],
         ..Default::default()
     };
-    let plain = wire::batch_to_wire((1..=3).map(|s| change(s, 10)).collect(), 1, Vec::new(), Vec::new());
-    let zstd = wire::batch_to_wire((1..=200).map(|s| change(s, 100)).collect(), 1, Vec::new(), Vec::new());
+    let plain = wire::batch_to_wire((1..=3).map(|s| change(s, 10)).collect(), 1, Vec::new(), Default::default());
+    let zstd = wire::batch_to_wire((1..=200).map(|s| change(s, 100)).collect(), 1, Vec::new(), Default::default());
     let mut raw_zstd = vec![0];
     raw_zstd.extend_from_slice(&zstd.zstd_changes);
     let dialer = Dialer {

@@ -405,6 +405,11 @@ fn arrive(
             let wall_ms = b.wall_ms;
             *echo_wall_ms = wall_ms;
             let offered = std::mem::take(&mut b.certificates);
+            let proving = std::mem::take(&mut b.proving)
+                .into_iter()
+                .map(wire::change_from_wire)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid(&e))?;
             if offered.len() > BATCH_CERTIFICATES_MAX {
                 return Err(invalid(&format!("a batch offering {} certificates", offered.len())));
             }
@@ -417,7 +422,7 @@ fn arrive(
                 o.keep_own(inbound.peer(), &changes);
             }
             let notary = offered.as_ref().map(|n| n as &dyn mrr_core::provenance::Notary);
-            let changes = mrr_core::provenance::verify_relayed(inbound.peer(), changes, &ctx.config.sealer, notary)
+            mrr_core::provenance::verify_relayed(inbound.peer(), &proving, &changes, &ctx.config.sealer, notary)
                 .map_err(|e| {
                     tracing::error!(peer = %inbound.peer(), error = %e, "refused a relayed batch");
                     Status::permission_denied(e.to_string())

@@ -164,10 +164,10 @@ pub(crate) struct CertificateBook {
 
 impl CertificateBook {
     /// The certificates `changes` name that this stream has not sent yet, from `store`.
-    pub fn unsent(&mut self, store: &dyn Store, changes: &[impl std::borrow::Borrow<Change>]) -> Vec<Vec<u8>> {
+    pub fn unsent<'a>(&mut self, store: &dyn Store, changes: impl Iterator<Item = &'a Change>) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         for c in changes {
-            let Some(cp) = &c.borrow().proof.checkpoint else { continue };
+            let Some(cp) = &c.proof.checkpoint else { continue };
             if cp.signature.is_empty() || self.sent.contains(&cp.signer) {
                 continue;
             }
@@ -179,7 +179,7 @@ impl CertificateBook {
                 // The peer refuses the relayed range and names it; logged here once per stream.
                 Ok(None) => {
                     self.sent.insert(cp.signer);
-                    tracing::warn!(change = %c.borrow().id(), "no certificate kept for the signer of this checkpoint");
+                    tracing::warn!(change = %c.id(), "no certificate kept for the signer of this checkpoint");
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read a checkpoint signer's certificate"),
             }

@@ -328,11 +328,14 @@ async fn pump(
             session.hold(stream, first_seq);
             continue;
         };
-        let certs = certificates.unsent(ctx.store.as_ref(), &shipped.changes);
-        let wire_changes: Vec<_> =
-            proving.iter().chain(shipped.changes.iter().map(|c| c.as_ref())).map(wire::change_to_wire).collect();
+        let proof = wire::BatchProof {
+            certificates: certificates
+                .unsent(ctx.store.as_ref(), proving.iter().chain(shipped.changes.iter().map(|c| c.as_ref()))),
+            proving: proving.iter().map(wire::change_to_wire).collect(),
+        };
+        let wire_changes: Vec<_> = shipped.changes.iter().map(|c| wire::change_to_wire(c)).collect();
         let n = shipped.changes.len() as u64;
-        let batch = wire::batch_to_wire(wire_changes, ctx.clock.now_ms(), sender_durable.clone(), certs);
+        let batch = wire::batch_to_wire(wire_changes, ctx.clock.now_ms(), sender_durable.clone(), proof);
         let bytes = prost::Message::encoded_len(&batch) as u64;
         send(link, to_acceptor::Msg::Batch(batch)).await?;
         session.on_sent(stream, first_seq, last_seq, bytes, now_ms);

@@ -283,12 +283,20 @@ pub const DECOMPRESSED_BYTES_MAX: usize = mrr_core::limits::PEER_MESSAGE_BYTES_M
 const ZSTD_LEVEL: i32 = 1;
 
 /// A batch of `changes`, compressed when that makes it smaller and it is large enough to pay.
+/// The proof of origin a relayed batch carries besides its changes (`mrr_core::provenance`).
+#[derive(Debug, Default)]
+pub struct BatchProof {
+    pub proving: Vec<proto::Change>,
+    pub certificates: Vec<Vec<u8>>,
+}
+
 pub fn batch_to_wire(
     changes: Vec<proto::Change>,
     wall_ms: u64,
     sender_durable: Vec<proto::VvEntry>,
-    certificates: Vec<Vec<u8>>,
+    proof: BatchProof,
 ) -> proto::Batch {
+    let BatchProof { proving, certificates } = proof;
     let list = proto::ChangeList { changes };
     let encoded_len = prost::Message::encoded_len(&list);
     if encoded_len >= COMPRESS_MIN_BYTES {
@@ -301,11 +309,12 @@ pub fn batch_to_wire(
                     wall_ms,
                     sender_durable,
                     certificates,
+                    proving,
                 };
             }
         }
     }
-    proto::Batch { changes: list.changes, zstd_changes: Vec::new(), wall_ms, sender_durable, certificates }
+    proto::Batch { changes: list.changes, zstd_changes: Vec::new(), wall_ms, sender_durable, certificates, proving }
 }
 
 /// The changes of a batch, decompressing when needed.
@@ -342,12 +351,12 @@ mod compression_tests {
     #[test]
     fn small_batches_go_plain_large_ones_compressed_and_both_round_trip() {
         let small: Vec<_> = (1..=3).map(|s| change(s, 10)).collect();
-        let b = batch_to_wire(small.clone(), 1, Vec::new(), Vec::new());
+        let b = batch_to_wire(small.clone(), 1, Vec::new(), BatchProof::default());
         assert!(b.zstd_changes.is_empty());
         assert_eq!(batch_changes(b), Ok(small));
 
         let large: Vec<_> = (1..=500).map(|s| change(s, 200)).collect();
-        let b = batch_to_wire(large.clone(), 1, Vec::new(), Vec::new());
+        let b = batch_to_wire(large.clone(), 1, Vec::new(), BatchProof::default());
         assert!(b.changes.is_empty() && !b.zstd_changes.is_empty());
         let plain_len = prost::Message::encoded_len(&proto::ChangeList { changes: large.clone() });
         assert!(b.zstd_changes.len() * 4 < plain_len, "repetitive JSON compresses well");

@@ -16,7 +16,9 @@ pub enum Body {
     /// `durable`: the sender's own durable streams; `wall_ms`: its clock when it sent this.
     /// `forged`: the sender altered a change it relays (a fault the receiver must catch; the
     /// receiver's checks never read it).
+    /// `proving`: the anchors and markers that prove relayed `changes` (never applied).
     Batch {
+        proving: Vec<Change>,
         changes: Vec<Change>,
         durable: VersionVector,
         wall_ms: u64,

@@ -1118,14 +1118,12 @@ impl World {
                 if let Some(seq) = shipped.held_at {
                     session.hold(&read.stream, seq);
                 }
-                let proving_len = proving.len();
-                let mut changes: Vec<_> =
-                    proving.into_iter().chain(shipped.changes.into_iter().map(|c| c.into_owned())).collect();
+                let mut changes: Vec<_> = shipped.changes.into_iter().map(|c| c.into_owned()).collect();
                 // A forging relay alters the first change it relays (its content, or what its
                 // marker says): the receiver must refuse the batch.
-                let forged = relayed && *forging && forge(&mut changes[proving_len]);
+                let forged = relayed && *forging && forge(&mut changes[0]);
                 let epoch = *epoch;
-                self.send(node, peer, epoch, Body::Batch { changes, durable: position, wall_ms, forged });
+                self.send(node, peer, epoch, Body::Batch { proving, changes, durable: position, wall_ms, forged });
             }
         }
     }
@@ -1171,16 +1169,15 @@ impl World {
                     }
                 }
             }
-            Body::Batch { changes, durable, wall_ms, forged } => {
+            Body::Batch { proving, changes, durable, wall_ms, forged } => {
                 let bytes = changes.iter().map(encoded_len).sum();
                 if !matches!(&self.nodes[node].inc[from], Some(c) if c.epoch == epoch) {
                     return Ok(());
                 }
                 // Relayed changes must prove their origin, as the runtime checks them.
                 let notary = crate::notary::SimNotary::new(self.names[node].clone());
-                let changes = match provenance::verify_relayed(&self.names[from], changes, &self.sealer, Some(&notary))
-                {
-                    Ok(_) if forged => {
+                match provenance::verify_relayed(&self.names[from], &proving, &changes, &self.sealer, Some(&notary)) {
+                    Ok(()) if forged => {
                         return Err(Violation {
                             seed: self.seed,
                             invariant: "relay_proof",
@@ -1188,7 +1185,7 @@ impl World {
                             detail: format!("r{node} accepted a batch r{from} altered while relaying it"),
                         })
                     }
-                    Ok(changes) => changes,
+                    Ok(()) => {}
                     // The stream ends, as the runtime ends it; the dialer reconnects.
                     Err(_) if forged => {
                         self.nodes[node].inc[from] = None;
@@ -1202,7 +1199,7 @@ impl World {
                             detail: format!("r{node} refused what r{from} relayed honestly: {e}"),
                         })
                     }
-                };
+                }
                 let Some(c) = self.nodes[node].inc[from].as_mut().filter(|c| c.epoch == epoch) else { return Ok(()) };
                 c.session
                     .on_batch(changes, bytes, durable, wall_ms, now)
