@@ -226,16 +226,10 @@ pub struct Stamper {
 }
 
 impl Stamper {
-    /// Heads as the changelog holds them: each own stream's last change, which carries a
-    /// checkpoint (every group ends with one).
-    pub fn recovered(last_own: impl IntoIterator<Item = Change>) -> Self {
-        let mut heads = BTreeMap::new();
-        for c in last_own {
-            if let Some(cp) = &c.proof.checkpoint {
-                heads.insert(c.lane, (c.seq, cp.link));
-            }
-        }
-        Self { heads }
+    /// Heads as the changelog holds them: per stream, the checkpoint on its last change (own
+    /// streams always end at one: every group does). Other regions' streams are left out.
+    pub fn recovered<'a>(local: &RegionName, heads: impl IntoIterator<Item = (&'a Stream, &'a (u64, Digest))>) -> Self {
+        Self { heads: heads.into_iter().filter(|(s, _)| &s.origin == local).map(|(s, h)| (s.lane, *h)).collect() }
     }
 
     /// Puts checkpoints on `local`'s own changes in `changes` (a group about to commit, in
@@ -580,7 +574,8 @@ mod tests {
         let at: Vec<u64> = log.iter().filter(|c| c.proof.checkpoint.is_some()).map(|c| c.seq).collect();
         assert_eq!(at, [3, 6, 7], "the last own change of every group");
         // Links chain across groups: a stamper recovered from the last change continues it.
-        let again = Stamper::recovered([log[5].clone()]);
+        let cp = log[5].proof.checkpoint.as_ref().map(|c| (6, c.link)).expect("checkpoint");
+        let again = Stamper::recovered(&r("us-west"), [(&log[5].stream(), &cp)]);
         let mut g = vec![log[6].clone()];
         g[0].proof = Proof::default();
         again.stamp(&r("us-west"), &mut g, &sealer, None);

@@ -29,12 +29,6 @@ impl SimDisk {
         Self { live: FaultyStore::new(MemStore::new()), buffered, journal: Mutex::default() }
     }
 
-    /// The store without its faults: for start-up reads, which the simulator models as
-    /// succeeding (a node whose start-up reads fail does not start; that is not simulated).
-    pub fn unfaulted(&self) -> &MemStore {
-        self.live.inner()
-    }
-
     /// The faults armed on this disk.
     pub fn faults(&self) -> std::sync::Arc<FaultPlan> {
         self.live.plan()

@@ -156,21 +156,19 @@ fn policies(strategy: Strategy, placement: bool) -> std::sync::Arc<mrr_core::Pol
 }
 
 /// A region's writer, as the simulator runs every one (small history pieces).
-/// It signs its checkpoints with the simulator's stand-in notary, continuing its chains from
-/// `store` (read past the disk's faults: a node whose start-up reads fail does not start).
+/// It signs its checkpoints with the simulator's stand-in notary.
 fn writer(
     name: &RegionName,
     recovered: mrr_storage::RecoveredState,
     cfg: &SimConfig,
     policies: std::sync::Arc<mrr_core::Policies>,
-    store: &SimDisk,
-) -> Result<GroupCommit, mrr_storage::StoreError> {
+) -> GroupCommit {
     let notary: std::sync::Arc<dyn mrr_core::provenance::Notary> =
         std::sync::Arc::new(crate::notary::SimNotary::new(name.clone()));
     let engine = Engine::new(name.clone(), recovered, cfg.max_skew_ms, policies)
         .with_carried_bytes_max(CARRIED_BYTES_MAX)
-        .with_provenance(Some(notary), store.unfaulted())?;
-    Ok(GroupCommit::new(engine, mrr_writer::WriterConfig::default().dead_letters_max))
+        .with_notary(Some(notary));
+    GroupCommit::new(engine, mrr_writer::WriterConfig::default().dead_letters_max)
 }
 
 /// The operation a scheduled write performs under `strategy`. Deterministic in its inputs.
@@ -573,10 +571,7 @@ impl World {
         let nodes = (0..n)
             .map(|i| Node {
                 store: SimDisk::new(cfg.buffered),
-                writer: Some(
-                    writer(&names[i], Default::default(), &cfg, policies.clone(), &SimDisk::new(false))
-                        .unwrap_or_else(|e| unreachable!("an empty memory store reads: {e}")),
-                ),
+                writer: Some(writer(&names[i], Default::default(), &cfg, policies.clone())),
                 forging: false,
                 queue: VecDeque::new(),
                 committing: None,
@@ -1348,11 +1343,8 @@ impl World {
         }
         let n = &mut self.nodes[node];
         n.durable = DurableRule::new(self.cfg.buffered, recovered.vv.clone());
-        let policies = policies(self.cfg.strategy, self.cfg.placement);
-        n.writer = Some(
-            writer(&self.names[node], recovered, &self.cfg, policies, &n.store)
-                .map_err(|e| Violation::simulator(self.seed, self.now, e))?,
-        );
+        n.writer =
+            Some(writer(&self.names[node], recovered, &self.cfg, policies(self.cfg.strategy, self.cfg.placement)));
         for o in n.out.iter_mut().flatten() {
             *o = Out::Down { retry_at: self.now, backoff: BACKOFF_MIN_MS };
         }

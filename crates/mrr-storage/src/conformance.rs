@@ -92,7 +92,8 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     let a2 = change("ap-northeast", 2, "users", "u002", Some(r#"{"name":"Emma"}"#), clock.now(2));
     let b1 = change("us-west", 1, "users", "u001", None, clock.now(3));
     let o1 = change("us-west", 2, "orders", "o1", Some("{}"), clock.now(4));
-    let u1 = change("ap-northeast.urgent", 1, "stock", "s1", Some(r#"{"n":1}"#), clock.now(5));
+    let mut u1 = change("ap-northeast.urgent", 1, "stock", "s1", Some(r#"{"n":1}"#), clock.now(5));
+    u1.proof.checkpoint = Some(mrr_core::provenance::Checkpoint { link: [9; 32], signer: [0; 32], signature: vec![] });
 
     assert!(store.get(&a1.key).expect("get").is_none(), "empty store has no records");
     assert_eq!(store.certificate(&[1; 32]).expect("certificate"), None);
@@ -102,6 +103,11 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
 
     store.commit(&batch_of(vec![a1.clone(), a2.clone()])).expect("commit");
     store.commit(&batch_of(vec![b1.clone(), o1.clone(), u1.clone()])).expect("commit");
+    // The chain heads: streams whose last change carries a checkpoint (a1 does, but a2 follows).
+    assert_eq!(
+        store.recover().expect("recover").chain_heads.into_iter().collect::<Vec<_>>(),
+        vec![(u1.stream(), (1, [9; 32]))]
+    );
 
     // Latest record state per key, tombstones included.
     assert_eq!(store.get(&a1.key).expect("get"), Some(b1.to_record()));

@@ -231,6 +231,14 @@ impl Store for FjallStore {
             state.hlc_high_water = decode("hlc high water", encoding::HLC_KEY, &v)?;
         }
         state.strong_position = self.meta.get(encoding::STRONG_POSITION_KEY)?.map(|v| v.to_vec());
+        // One read per stream: its last change, whose checkpoint (if any) is the chain's head.
+        for (stream, seq) in state.vv.iter() {
+            if let Some(last) = self.changes_within(stream, seq.saturating_sub(1), 1, u64::MAX)?.pop() {
+                if let Some(cp) = &last.proof.checkpoint {
+                    state.chain_heads.insert(stream.clone(), (last.seq, cp.link));
+                }
+            }
+        }
         Ok(state)
     }
 

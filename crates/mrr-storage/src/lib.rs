@@ -140,6 +140,9 @@ pub struct RecoveredState {
     pub hlc_high_water: Timestamp,
     /// As last committed in [`CommitBatch::strong_position`].
     pub strong_position: Option<Vec<u8>>,
+    /// Per stream, the sequence and chain link of its last change when that change carries a
+    /// checkpoint ([`mrr_core::provenance`]): where the writer continues its own streams' chains.
+    pub chain_heads: std::collections::BTreeMap<Stream, (u64, mrr_core::provenance::Digest)>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -119,6 +119,10 @@ impl Store for MemStore {
         }
         for c in &batch.changes {
             inner.changes.insert((c.stream(), c.seq), c.clone());
+            match &c.proof.checkpoint {
+                Some(cp) => inner.state.chain_heads.insert(c.stream(), (c.seq, cp.link)),
+                None => inner.state.chain_heads.remove(&c.stream()),
+            };
         }
         inner.state.vv.join(&batch.vv);
         inner.state.hlc_high_water = batch.hlc_high_water;

@@ -127,6 +127,7 @@ fn side_of_record(r: &Record) -> Side {
 
 impl Engine {
     pub fn new(local: RegionName, recovered: RecoveredState, max_skew_ms: u64, policies: Arc<Policies>) -> Self {
+        let stamper = Stamper::recovered(&local, &recovered.chain_heads);
         Self {
             local,
             hlc: Hlc::new(recovered.hlc_high_water, max_skew_ms),
@@ -134,26 +135,9 @@ impl Engine {
             policies,
             carried_bytes_max: mrr_core::limits::CARRIED_BYTES_MAX,
             escrow: escrow::Tracker::default(),
-            stamper: Stamper::default(),
+            stamper,
             notary: None,
         }
-    }
-
-    /// The same engine continuing the chains of its own streams from `store` (their last
-    /// changes carry the heads), signing checkpoints with `notary` when given. Every engine
-    /// over a store that holds own changes needs this before its first write.
-    pub fn with_provenance(mut self, notary: Option<Arc<dyn Notary>>, store: &dyn Store) -> Result<Self, StoreError> {
-        let mut last_own = Vec::new();
-        for lane in mrr_core::Lane::ALL {
-            let stream = Stream::new(self.local.clone(), lane);
-            let seq = self.applied.get(&stream);
-            if seq > 0 {
-                last_own.extend(store.changes_within(&stream, seq - 1, 1, u64::MAX)?);
-            }
-        }
-        self.stamper = Stamper::recovered(last_own);
-        self.notary = notary;
-        Ok(self)
     }
 
     /// The same engine, carrying at most `bytes` in one change (the simulator sets it small so
@@ -161,6 +145,12 @@ impl Engine {
     pub fn with_carried_bytes_max(mut self, bytes: usize) -> Self {
         assert!(bytes > 0, "a piece carries at least one entry");
         self.carried_bytes_max = bytes;
+        self
+    }
+
+    /// The same engine, signing its checkpoints with `notary` (`None`: they go unsigned).
+    pub fn with_notary(mut self, notary: Option<Arc<dyn Notary>>) -> Self {
+        self.notary = notary;
         self
     }
 

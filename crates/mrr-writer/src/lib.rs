@@ -177,7 +177,7 @@ impl Writer {
         notary: Option<Arc<dyn mrr_core::provenance::Notary>>,
     ) -> Result<Self, StoreError> {
         let recovered = store.recover()?;
-        let engine = Engine::new(local, recovered, max_skew_ms, policies).with_provenance(notary, store.as_ref())?;
+        let engine = Engine::new(local, recovered, max_skew_ms, policies).with_notary(notary);
         let (applied_tx, applied) = watch::channel(engine.applied().clone());
         let (tx, rx) = mpsc::channel(config.queue_requests_max);
         let thread_error =
