@@ -340,6 +340,11 @@ pub struct NodeStatus {
     pub coordinator: Option<String>,
     /// Version vector applied here: per origin, the highest contiguous sequence.
     pub applied: BTreeMap<String, u64>,
+    /// The stable point: what every region of the cluster has durably applied, as this region
+    /// knows it. Nothing below it can still be overtaken by a change that had not seen it;
+    /// retention collects only below it.
+    #[serde(default)]
+    pub stable: BTreeMap<String, u64>,
     pub storage_bytes: u64,
     pub peers: Vec<PeerStatus>,
     /// The strong tier's coordinator as this region knows it.

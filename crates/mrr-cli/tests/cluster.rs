@@ -402,3 +402,47 @@ async fn a_fresh_cluster_starts_quietly_and_an_idle_one_reads_fresh() -> anyhow:
     }
     Ok(())
 }
+
+/// The stable point (`/v1/status` `stable`): it reaches a write once every region has it on
+/// disk, stays below a write one region (down) does not have, and reaches it once that region
+/// is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stable_point_covers_what_every_region_has_durably_applied() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start().await?;
+    let stream = |t: &mrr_api::WriteToken| match t.lane.as_str() {
+        "normal" => t.origin.clone(),
+        lane => format!("{}.{lane}", t.origin),
+    };
+    let clients = cluster.clients.clone();
+    let stable_at = |k: usize, key: String| {
+        let c = clients[k].clone();
+        async move { anyhow::Ok(c.status().await?.stable.get(&key).copied().unwrap_or(0)) }
+    };
+    let first = cluster.clients[0].publish("users", &json!({"id": "s1"})).await?.token;
+    for (k, region) in REGIONS.iter().enumerate() {
+        wait_for(&format!("the stable point of {region} to reach the write"), CONVERGE, || async {
+            Ok((stable_at(k, stream(&first)).await? >= first.seq).then_some(()))
+        })
+        .await?;
+    }
+    cluster.kill9(2)?;
+    let second = cluster.clients[0].publish("users", &json!({"id": "s2"})).await?.token;
+    let sf = cluster.clients[1].clone();
+    wait_for("the second write in us-west", CONVERGE, || async { Ok(sf.query("users/s2").await?) }).await?;
+    // Three ticks of the stable point with acks flowing between Tokyo and us-west.
+    for _ in 0..6 {
+        for (k, region) in REGIONS.iter().enumerate().take(2) {
+            let at = stable_at(k, stream(&second)).await?;
+            assert!(at < second.seq, "{region}'s stable point reached {at} without eu-central");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    cluster.spawn(2)?;
+    for (k, region) in REGIONS.iter().enumerate() {
+        wait_for(&format!("the stable point of {region} to reach the second write"), CONVERGE, || async {
+            Ok((stable_at(k, stream(&second)).await? >= second.seq).then_some(()))
+        })
+        .await?;
+    }
+    Ok(())
+}

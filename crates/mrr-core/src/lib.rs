@@ -25,6 +25,7 @@ pub mod region;
 pub mod seal;
 pub mod session;
 pub mod session_token;
+pub mod stability;
 pub mod strong;
 pub mod version;
 pub mod vv;

@@ -92,6 +92,14 @@ impl VersionVector {
         }
     }
 
+    /// Pointwise minimum: a stream missing from either is at 0, so it is left out.
+    pub fn meet(&self, other: &VersionVector) -> VersionVector {
+        self.iter()
+            .filter_map(|(s, n)| Some((s.clone(), n.min(other.entries.get(s).copied()?))))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     /// Whether every entry of `other` is covered by `self`.
     pub fn dominates(&self, other: &VersionVector) -> bool {
         other.iter().all(|(o, s)| self.get(o) >= s)

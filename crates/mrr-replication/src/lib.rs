@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod notary;
 mod outbound;
 pub mod secrets;
+mod stable;
 pub mod status;
 pub mod wire;
 
@@ -153,6 +154,8 @@ pub(crate) struct Context {
     pub consensus: consensus_link::ConsensusSlot,
     /// Verifies relayed changes' checkpoints (with TLS; without, only their chains are checked).
     pub notary: Option<Arc<notary::CertNotary>>,
+    /// What every member region has durably applied.
+    pub stable: stable::StablePoint,
 }
 
 /// What replication runs on: the node's store, writer and clock, its links, its metrics
@@ -201,6 +204,14 @@ impl Replicator {
         );
         let metrics =
             metrics::ReplicationMetrics::new(recorder, &config.local, config.peers.iter().map(|p| p.region.clone()));
+        // A point that cannot be read starts from nothing: retention then waits longer, no more.
+        let persisted = store.stable_point().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the persisted stable point; starting from none");
+            mrr_core::VersionVector::new()
+        });
+        status.set_stable(persisted.clone());
+        let members = std::iter::once(config.local.clone()).chain(config.peers.iter().map(|p| p.region.clone()));
+        let stable = stable::StablePoint::new(config.local.clone(), members, persisted);
         let ctx = Context {
             config: Arc::new(config),
             store,
@@ -211,11 +222,15 @@ impl Replicator {
             metrics: metrics.clone(),
             consensus,
             notary,
+            stable,
         };
         // Every log line of this node's sessions names the node's region (several nodes share a
         // process under `mrr dev`).
         let span = tracing::info_span!("node", region = %ctx.config.local);
-        let mut tasks = vec![tokio::spawn(inbound::serve(ctx.clone(), listener).instrument(span.clone()))];
+        let mut tasks = vec![
+            tokio::spawn(inbound::serve(ctx.clone(), listener).instrument(span.clone())),
+            tokio::spawn(stable::run(ctx.clone()).instrument(span.clone())),
+        ];
         for peer in ctx.config.peers.clone() {
             tasks.push(tokio::spawn(outbound::run(ctx.clone(), peer).instrument(span.clone())));
         }

@@ -57,6 +57,10 @@ pub fn describe(recorder: &dyn Recorder) {
         ("mrr_peer_clock_skew_seconds", "Peer clock minus this node's, from the last handshake."),
         ("mrr_peer_connected", "1 while the stream in that direction is up."),
         ("mrr_peer_freshness_lag_seconds", "How stale this node's copy of a peer's writes may be."),
+        (
+            "mrr_stable_point_behind_changes",
+            "Changes applied here that not every region has durably applied yet (above the stable point).",
+        ),
     ] {
         recorder.describe_gauge(name.into(), None, help.into());
     }
@@ -104,6 +108,8 @@ pub struct ReplicationMetrics {
     peers: BTreeMap<RegionName, PeerMetrics>,
     lag: Arc<Mutex<BTreeMap<(RegionName, String), Histogram>>>,
     conflicts: Arc<Mutex<BTreeMap<String, Counter>>>,
+    /// `mrr_stable_point_behind_changes`.
+    pub stable_behind: Gauge,
 }
 
 impl std::fmt::Debug for ReplicationMetrics {
@@ -154,7 +160,15 @@ impl ReplicationMetrics {
                 (p, m)
             })
             .collect();
-        Self { recorder, local: local.to_string(), peers, lag: Arc::default(), conflicts: Arc::default() }
+        let stable_behind = gauge("mrr_stable_point_behind_changes", &[]);
+        Self {
+            recorder,
+            local: local.to_string(),
+            peers,
+            lag: Arc::default(),
+            conflicts: Arc::default(),
+            stable_behind,
+        }
     }
 
     pub fn peer(&self, peer: &RegionName) -> Option<&PeerMetrics> {

@@ -257,7 +257,9 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
                     }
                 }
                 let vv = wire::vv_from_wire(ack.applied)?;
-                ctx.status.peer_durable(&peer.region, wire::vv_from_wire(ack.durable)?);
+                let durable = wire::vv_from_wire(ack.durable)?;
+                ctx.stable.beacon(&peer.region, &durable, &ctx.writer.applied().borrow());
+                ctx.status.peer_durable(&peer.region, durable);
                 let direct = wire::regions_from_wire(ack.direct_origins)?;
                 session.on_ack(&vv, direct, u64::from(ack.apply_ms), mono_ms());
                 ctx.status.update(&peer.region, |s| s.acked = vv_map(session.acked()));

@@ -44,6 +44,8 @@ pub struct StatusBoard {
     quiet_ms: u64,
     /// Bumped whenever a freshness or a peer's durable vector moves.
     changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The stable point as last computed (`stable`).
+    stable: Arc<Mutex<VersionVector>>,
 }
 
 impl StatusBoard {
@@ -71,7 +73,18 @@ impl StatusBoard {
             inner: Arc::new(Mutex::new(map)),
             quiet_ms: heartbeat_ms.saturating_mul(2),
             changed: Arc::new(tokio::sync::watch::Sender::new(0)),
+            stable: Arc::default(),
         }
+    }
+
+    /// What every member region has durably applied, as this node last computed it
+    /// ([`mrr_core::stability`]).
+    pub fn stable(&self) -> VersionVector {
+        self.stable.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn set_stable(&self, stable: VersionVector) {
+        *self.stable.lock().unwrap_or_else(PoisonError::into_inner) = stable;
     }
 
     /// Changes whenever a peer's freshness or durable vector moves: wait on it, then look again.

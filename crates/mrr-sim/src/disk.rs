@@ -152,4 +152,12 @@ impl Store for SimDisk {
     fn add_certificate(&self, fingerprint: &[u8; 32], der: &[u8]) -> Result<()> {
         self.live.add_certificate(fingerprint, der)
     }
+
+    fn stable_point(&self) -> Result<mrr_core::VersionVector> {
+        self.live.stable_point()
+    }
+
+    fn set_stable_point(&self, stable: &mrr_core::VersionVector) -> Result<()> {
+        self.live.set_stable_point(stable)
+    }
 }

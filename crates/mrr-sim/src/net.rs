@@ -25,8 +25,10 @@ pub enum Body {
         forged: bool,
     },
     /// `apply_ms`: how long the receiver's writer took (queue and commit) for what this acks.
+    /// `durable`: the acceptor's durable vector, the beacon of the dialer's stable point.
     Ack {
         applied: VersionVector,
+        durable: VersionVector,
         direct: BTreeSet<RegionName>,
         refused: bool,
         apply_ms: u64,

@@ -414,6 +414,8 @@ impl PhysicalClock for ReadsAt {
 #[derive(Debug)]
 struct Node {
     store: SimDisk,
+    /// The stable point this region computes from its peers' acks.
+    stability: mrr_core::stability::Stability,
     /// The writer; `None` while the process is down.
     writer: Option<GroupCommit>,
     /// Requests waiting for the writer.
@@ -573,6 +575,7 @@ impl World {
                 store: SimDisk::new(cfg.buffered),
                 writer: Some(writer(&names[i], Default::default(), &cfg, policies.clone())),
                 forging: false,
+                stability: mrr_core::stability::Stability::new(names[i].clone(), names.clone(), VersionVector::new()),
                 queue: VecDeque::new(),
                 committing: None,
                 commit_ms: COMMIT_MS,
@@ -984,7 +987,8 @@ impl World {
                 c.session.on_sent(now);
                 let epoch = c.epoch;
                 let applied = writer.engine().applied().clone();
-                let ack = Body::Ack { applied, direct: self.direct(node), refused: false, apply_ms: 0 };
+                let durable = self.nodes[node].durable.durable().clone();
+                let ack = Body::Ack { applied, durable, direct: self.direct(node), refused: false, apply_ms: 0 };
                 self.send(node, from, epoch, ack);
             }
             Next::Apply(apply) => {
@@ -1039,11 +1043,30 @@ impl World {
         };
         let direct = self.direct(node);
         let apply_ms = now - queued_at;
-        self.send(node, from, epoch, Body::Ack { applied: outcome.vv, direct, refused, apply_ms });
+        let durable = self.nodes[node].durable.durable().clone();
+        self.send(node, from, epoch, Body::Ack { applied: outcome.vv, durable, direct, refused, apply_ms });
         if done.close {
             self.nodes[node].inc[from] = None;
         } else {
             self.feed_writer(node, from);
+        }
+        Ok(())
+    }
+
+    /// `from` acked `node` with its durable vector: the beacon of `node`'s stable point. A
+    /// moved point is checked against every region's durable vector as it stands.
+    fn beacon(&mut self, node: usize, from: usize, durable: &VersionVector) -> Step {
+        let Some(applied) = self.nodes[node].engine().map(|e| e.applied().clone()) else { return Ok(()) };
+        let own = self.nodes[node].durable.durable().clone();
+        let n = &mut self.nodes[node];
+        let moved = n.stability.on_local(&own, &applied) | n.stability.on_beacon(&self.names[from], durable, &applied);
+        if moved {
+            let stable = n.stability.stable().clone();
+            let durables: Vec<VersionVector> = self.nodes.iter().map(|n| n.durable.durable().clone()).collect();
+            for inv in &mut self.invariants {
+                inv.on_stable(node, &stable, &durables)
+                    .map_err(|detail| Violation::broken(self.seed, self.now, inv.as_ref(), detail))?;
+            }
         }
         Ok(())
     }
@@ -1206,7 +1229,8 @@ impl World {
                 c.session.on_heartbeat(durable, wall_ms, now).map_err(|e| Violation::simulator(self.seed, now, e))?;
                 self.feed_writer(node, from);
             }
-            Body::Ack { applied, direct, refused, apply_ms } => {
+            Body::Ack { applied, durable, direct, refused, apply_ms } => {
+                self.beacon(node, from, &durable)?;
                 let backoff = self.backoff();
                 if let Some(Out::Up { epoch: e, session, last_heard }) = self.nodes[node].out[from].as_mut() {
                     if *e == epoch {
@@ -1270,7 +1294,8 @@ impl World {
                 Tick::Heartbeat => {
                     c.session.on_sent(now);
                     let (epoch, direct) = (c.epoch, self.direct(node));
-                    let ack = Body::Ack { applied: applied.clone(), direct, refused: false, apply_ms: 0 };
+                    let durable = self.nodes[node].durable.durable().clone();
+                    let ack = Body::Ack { applied: applied.clone(), durable, direct, refused: false, apply_ms: 0 };
                     self.send(node, peer, epoch, ack);
                 }
             }
@@ -1343,6 +1368,9 @@ impl World {
         }
         let n = &mut self.nodes[node];
         n.durable = DurableRule::new(self.cfg.buffered, recovered.vv.clone());
+        // The simulated node keeps no persisted stable point: it starts from nothing again.
+        n.stability =
+            mrr_core::stability::Stability::new(self.names[node].clone(), self.names.clone(), VersionVector::new());
         n.writer =
             Some(writer(&self.names[node], recovered, &self.cfg, policies(self.cfg.strategy, self.cfg.placement)));
         for o in n.out.iter_mut().flatten() {

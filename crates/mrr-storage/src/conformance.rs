@@ -99,6 +99,9 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     assert_eq!(store.certificate(&[1; 32]).expect("certificate"), None);
     store.add_certificate(&[1; 32], b"der").expect("add certificate");
     store.add_certificate(&[1; 32], b"der").expect("adding again is harmless");
+    assert_eq!(store.stable_point().expect("stable point"), VersionVector::new());
+    let stable: VersionVector = [(stream("us-west"), 1)].into_iter().collect();
+    store.set_stable_point(&stable).expect("persist the stable point");
     assert_eq!(store.recover().expect("recover").vv, VersionVector::new());
 
     store.commit(&batch_of(vec![a1.clone(), a2.clone()])).expect("commit");
@@ -332,6 +335,7 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     // Everything survives a reopen.
     if let Some(store) = reopen(store) {
         assert_eq!(store.certificate(&[1; 32]).expect("certificate").as_deref(), Some(&b"der"[..]));
+        assert_eq!(store.stable_point().expect("stable point"), stable);
         assert_eq!(store.strong_request("r1").expect("request").as_deref(), Some(&b"answer"[..]));
         assert_eq!(store.history_from(&a1.key, &b1.version).expect("history"), (None, vec![x2]));
         assert_eq!(store.conflicts().expect("conflicts"), vec![conflict]);

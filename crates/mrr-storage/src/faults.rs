@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mrr_core::fold::FoldEntry;
-use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version};
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version, VersionVector};
 
 use crate::{CommitBatch, ConflictCursor, RecoveredState, Result, Store, StoreError};
 
@@ -220,5 +220,14 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn add_certificate(&self, fingerprint: &[u8; 32], der: &[u8]) -> Result<()> {
         self.inner.add_certificate(fingerprint, der)
+    }
+
+    fn stable_point(&self) -> Result<VersionVector> {
+        self.plan.read("stable point")?;
+        self.inner.stable_point()
+    }
+
+    fn set_stable_point(&self, stable: &VersionVector) -> Result<()> {
+        self.inner.set_stable_point(stable)
     }
 }

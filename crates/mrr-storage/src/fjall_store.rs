@@ -13,7 +13,7 @@ use std::sync::{Mutex, PoisonError};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use mrr_core::fold::FoldEntry;
-use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version};
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version, VersionVector};
 
 use crate::encoding::{self, decode, decode_u64, encode};
 use crate::{CommitBatch, ConflictCursor, Durability, RecoveredState, Result, Store, STORAGE_FORMAT};
@@ -468,6 +468,18 @@ impl Store for FjallStore {
 
     fn strong_request(&self, request_id: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.strong_requests.get(request_id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    fn stable_point(&self) -> Result<VersionVector> {
+        match self.meta.get(encoding::STABLE_POINT_KEY)? {
+            Some(v) => decode("stable point", encoding::STABLE_POINT_KEY, &v),
+            None => Ok(VersionVector::new()),
+        }
+    }
+
+    fn set_stable_point(&self, stable: &VersionVector) -> Result<()> {
+        self.meta.insert(encoding::STABLE_POINT_KEY, encode(stable))?;
+        Ok(())
     }
 
     fn certificate(&self, fingerprint: &[u8; 32]) -> Result<Option<Vec<u8>>> {

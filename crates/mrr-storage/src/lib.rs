@@ -263,6 +263,12 @@ pub trait Store: Send + Sync + 'static {
     /// signed can be relayed with it ([`mrr_core::provenance`]).
     fn certificate(&self, fingerprint: &[u8; 32]) -> Result<Option<Vec<u8>>>;
 
+    /// The stable point last persisted ([`mrr_core::stability`]); empty when none was.
+    fn stable_point(&self) -> Result<VersionVector>;
+
+    /// Persists the stable point (it only grows; durable with the next durable commit).
+    fn set_stable_point(&self, stable: &VersionVector) -> Result<()>;
+
     /// Keeps a certificate the caller checked. Idempotent; written before the changes that
     /// name it are committed, and durable with the next durable commit.
     fn add_certificate(&self, fingerprint: &[u8; 32], der: &[u8]) -> Result<()>;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use mrr_core::fold::FoldEntry;
-use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version};
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version, VersionVector};
 
 use crate::{CommitBatch, ConflictCursor, RecoveredState, Result, Store};
 
@@ -28,6 +28,7 @@ struct Inner {
     dlq_by_time: std::collections::BTreeSet<(u64, ChangeId)>,
     strong_requests: BTreeMap<String, Vec<u8>>,
     certificates: BTreeMap<[u8; 32], Vec<u8>>,
+    stable_point: VersionVector,
 }
 
 impl Inner {
@@ -243,6 +244,15 @@ impl Store for MemStore {
 
     fn certificate(&self, fingerprint: &[u8; 32]) -> Result<Option<Vec<u8>>> {
         Ok(self.lock().certificates.get(fingerprint).cloned())
+    }
+
+    fn stable_point(&self) -> Result<VersionVector> {
+        Ok(self.lock().stable_point.clone())
+    }
+
+    fn set_stable_point(&self, stable: &VersionVector) -> Result<()> {
+        self.lock().stable_point = stable.clone();
+        Ok(())
     }
 
     fn add_certificate(&self, fingerprint: &[u8; 32], der: &[u8]) -> Result<()> {

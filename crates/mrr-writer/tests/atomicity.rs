@@ -226,6 +226,12 @@ impl Store for WritesThenFails {
     fn add_certificate(&self, fingerprint: &[u8; 32], der: &[u8]) -> mrr_storage::Result<()> {
         self.0.add_certificate(fingerprint, der)
     }
+    fn stable_point(&self) -> mrr_storage::Result<mrr_core::VersionVector> {
+        self.0.stable_point()
+    }
+    fn set_stable_point(&self, stable: &mrr_core::VersionVector) -> mrr_storage::Result<()> {
+        self.0.set_stable_point(stable)
+    }
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod no_double_apply;
 mod no_loop;
 mod no_resurrection;
 mod placement;
+mod stable_point;
 mod vv_monotonic;
 
 use mrr_core::{Key, Record, RegionName, Version, VersionVector};
@@ -23,6 +24,7 @@ pub use no_double_apply::NoDoubleApply;
 pub use no_loop::NoLoop;
 pub use no_resurrection::NoResurrection;
 pub use placement::Placement;
+pub use stable_point::StablePoint;
 pub use vv_monotonic::VvMonotonic;
 
 /// A client write the simulated node acknowledged.
@@ -76,6 +78,11 @@ pub trait Invariant {
     /// under `fsync` every commit is).
     fn on_durable(&mut self, _node: usize, _durable: &VersionVector) {}
 
+    /// `node`'s stable point moved to `stable`; `durables` is every region's durable vector now.
+    fn on_stable(&mut self, _node: usize, _stable: &VersionVector, _durables: &[VersionVector]) -> Result<(), String> {
+        Ok(())
+    }
+
     /// `node` loses power: commits beyond `durable` are gone, legitimately.
     fn on_power_loss(&mut self, _node: usize, _durable: &VersionVector) {}
 
@@ -93,6 +100,7 @@ pub fn all(names: &[RegionName], counters: bool, escrow: bool) -> Vec<Box<dyn In
     let mut all: Vec<Box<dyn Invariant>> = vec![
         Box::new(Placement::new(names.to_vec())),
         Box::new(VvMonotonic::new(regions)),
+        Box::new(StablePoint::new(names.to_vec())),
         Box::new(NoDoubleApply::new(regions)),
         Box::new(NoLoop),
         Box::new(NoResurrection::new(names.to_vec())),
