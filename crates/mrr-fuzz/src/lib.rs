@@ -37,15 +37,23 @@ pub fn peer_batch(data: &[u8]) {
     changes(batch);
 }
 
-fn changes(batch: proto::Batch) {
+fn changes(mut batch: proto::Batch) {
     let _ = wire::vv_from_wire(batch.sender_durable.clone());
+    let proving: Vec<_> = std::mem::take(&mut batch.proving).into_iter().filter_map(accepted).collect();
     let Ok(changes) = wire::batch_changes(batch) else { return };
-    for c in changes {
-        if let Ok(change) = wire::change_from_wire(c) {
-            let again = wire::change_from_wire(wire::change_to_wire(&change));
-            assert_eq!(again.as_ref(), Ok(&change), "an accepted change must survive re-encoding");
-        }
-    }
+    let changes: Vec<_> = changes.into_iter().filter_map(accepted).collect();
+    // The relayed-range check runs on whatever decoded, as an acceptor runs it (without
+    // certificates: the chains only); it refuses or passes, never fails otherwise.
+    let sealer = mrr_core::Sealer::new("mrr", "0123456789abcdef0123");
+    let _ = mrr_core::provenance::verify_relayed(&region("us-west"), &proving, &changes, &sealer, None);
+}
+
+/// A change the wire accepts, which must survive re-encoding.
+fn accepted(c: proto::Change) -> Option<mrr_core::Change> {
+    let change = wire::change_from_wire(c).ok()?;
+    let again = wire::change_from_wire(wire::change_to_wire(&change));
+    assert_eq!(again.as_ref(), Ok(&change), "an accepted change must survive re-encoding");
+    Some(change)
 }
 
 /// Whatever reaches either side of the peer handshake, and what follows it on the stream:
@@ -139,8 +147,44 @@ pub const TARGETS: [(&str, Target); 4] =
     [("peer_batch", peer_batch), ("handshake", handshake), ("config", config), ("request_json", request_json)];
 
 /// Well-formed inputs of each target, (target, file name, bytes): the corpus starts from them
-/// so the fuzzers begin past the framing. `fuzz/corpus` holds them; the `write_seeds` test
+/// so the fuzzers begin past the framing.
+///
+/// (`relayed.bin` is a range us-west relays of eu-central's stream, stamped as its writer
+/// stamps it, anchored at a checkpoint: it passes `verify_relayed`.) `fuzz/corpus` holds them; the `write_seeds` test
 /// (ignored) writes them again.
+fn relayed_range() -> proto::Batch {
+    use mrr_core::provenance::Stamper;
+    let eu = region("eu-central");
+    let sealer = mrr_core::Sealer::new("mrr", "0123456789abcdef0123");
+    let mut stamper = Stamper::default();
+    let mut log = Vec::new();
+    for group in [[1, 2], [3, 4]] {
+        let mut g: Vec<mrr_core::Change> = group
+            .iter()
+            .map(|&seq| mrr_core::Change {
+                origin: eu.clone(),
+                lane: mrr_core::Lane::Normal,
+                seq,
+                key: mrr_core::Key::new("users", format!("u{seq}")),
+                op: mrr_core::Op::Put { value: br#"{"p":1}"#.to_vec() },
+                metadata: Default::default(),
+                version: mrr_core::Version { ts: mrr_core::Timestamp::new(1_000 + seq, 0), region: eu.clone() },
+                deps: Default::default(),
+                replay_of: None,
+                moves: seq == 1,
+                carried: Vec::new(),
+                proof: Default::default(),
+            })
+            .collect();
+        stamper.stamp(&eu, &mut g, &sealer, None);
+        stamper.committed(&eu, &g);
+        log.extend(g);
+    }
+    let anchor = mrr_core::placement::to_marker(&log[1], &sealer);
+    let proof = wire::BatchProof { proving: vec![wire::change_to_wire(&anchor)], certificates: Vec::new() };
+    wire::batch_to_wire(log[2..].iter().map(wire::change_to_wire).collect(), 1, Vec::new(), proof)
+}
+
 pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let change = |seq: u64, payload: usize| proto::Change {
         origin: "us-west".into(),
@@ -156,6 +200,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let zstd = wire::batch_to_wire((1..=200).map(|s| change(s, 100)).collect(), 1, Vec::new(), Default::default());
     let mut raw_zstd = vec![0];
     raw_zstd.extend_from_slice(&zstd.zstd_changes);
+    let relayed = relayed_range().encode_to_vec();
     let dialer = Dialer {
         cluster: "mrr".into(),
         local: region("us-west"),
@@ -170,6 +215,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("peer_batch", "plain.bin", plain.encode_to_vec()),
         ("peer_batch", "zstd.bin", zstd.encode_to_vec()),
         ("peer_batch", "raw_zstd_changes.bin", raw_zstd),
+        ("peer_batch", "relayed.bin", relayed),
         ("handshake", "hello.bin", to_acceptor(to_acceptor::Msg::Hello(dialer.hello()))),
         (
             "handshake",
@@ -201,4 +247,19 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             })),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relayed_seed_is_a_range_that_verifies() {
+        let batch = relayed_range();
+        let proving: Vec<_> = batch.proving.clone().into_iter().filter_map(accepted).collect();
+        let changes: Vec<_> = wire::batch_changes(batch).expect("changes").into_iter().filter_map(accepted).collect();
+        let sealer = mrr_core::Sealer::new("mrr", "0123456789abcdef0123");
+        assert_eq!((proving.len(), changes.len()), (1, 2));
+        mrr_core::provenance::verify_relayed(&region("us-west"), &proving, &changes, &sealer, None).expect("verifies");
+    }
 }
