@@ -218,6 +218,12 @@ pub fn message(origin: &RegionName, lane: Lane, seq: u64, link: &Digest) -> Vec<
     m
 }
 
+/// Whether `checkpoint`, on `change`, was signed by the change's origin (as `notary` checks).
+pub fn verify_checkpoint(notary: &dyn Notary, change: &Change, checkpoint: &Checkpoint) -> Result<(), String> {
+    let m = message(&change.origin, change.lane, change.seq, &checkpoint.link);
+    notary.verify(&change.origin, &checkpoint.signer, &m, &checkpoint.signature, change.version.ts.wall_ms)
+}
+
 /// The origin's side: the head of each of its own streams, and the checkpoints of a group.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stamper {
@@ -398,15 +404,7 @@ pub fn verify_relayed(
     let check = |c: &Change, cp: &Checkpoint| -> Result<(), ProvenanceError> {
         match notary {
             None => Ok(()),
-            Some(n) => n
-                .verify(
-                    &c.origin,
-                    &cp.signer,
-                    &message(&c.origin, c.lane, c.seq, &cp.link),
-                    &cp.signature,
-                    c.version.ts.wall_ms,
-                )
-                .map_err(|reason| ProvenanceError::Signature { id: c.id(), reason }),
+            Some(n) => verify_checkpoint(n, c, cp).map_err(|reason| ProvenanceError::Signature { id: c.id(), reason }),
         }
     };
     let mut runs: BTreeMap<Stream, Run> = BTreeMap::new();

@@ -70,8 +70,7 @@ impl Offered<'_> {
                 .filter(|c| &c.origin == peer)
                 .find_map(|c| c.proof.checkpoint.as_ref().filter(|cp| &cp.signer == signer).map(|cp| (c, cp)));
             let Some((c, cp)) = own else { continue };
-            let message = mrr_core::provenance::message(&c.origin, c.lane, c.seq, &cp.link);
-            if let Err(e) = self.verify(peer, signer, &message, &cp.signature, c.version.ts.wall_ms) {
+            if let Err(e) = mrr_core::provenance::verify_checkpoint(self, c, cp) {
                 tracing::warn!(peer = %peer, change = %c.id(), error = %e, "not keeping the certificate a peer signs its checkpoints with: its changes cannot be relayed on from here");
             }
         }

@@ -32,6 +32,10 @@ impl StablePoint {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner).on_beacon(peer, durable, applied_here);
     }
 
+    fn current(&self) -> VersionVector {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).stable().clone()
+    }
+
     fn local(&self, durable: &VersionVector, applied: &VersionVector) -> VersionVector {
         let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         s.on_local(durable, applied);
@@ -40,7 +44,7 @@ impl StablePoint {
 }
 
 pub(crate) async fn run(ctx: Context) {
-    let mut persisted = ctx.stable.local(&VersionVector::new(), &VersionVector::new());
+    let mut persisted = ctx.stable.current();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
