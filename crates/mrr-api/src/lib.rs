@@ -345,6 +345,11 @@ pub struct NodeStatus {
     /// retention collects only below it.
     #[serde(default)]
     pub stable: BTreeMap<String, u64>,
+    /// Records that left this region's placement while its logs (changelog, conflict log,
+    /// dead letters) still name them in clear: erased once no region can need them from here
+    /// (`docs/placement.md`). As of the last collection pass.
+    #[serde(default)]
+    pub departures: u64,
     pub storage_bytes: u64,
     pub peers: Vec<PeerStatus>,
     /// The strong tier's coordinator as this region knows it.

@@ -310,3 +310,71 @@ async fn a_region_outside_the_placement_holds_nothing_that_names_the_record() ->
     assert!(entries > 0 && sealed >= 20, "the placement is there, under sealed names: {sealed} of {entries} entries");
     Ok(())
 }
+
+/// A region a record leaves erases what its logs kept of it once no region can need it from
+/// there: Tokyo wrote and held records (and logged a conflict on one), they move to Europe and
+/// America, and once the move is stable Tokyo's store names none of them any more — its own
+/// writes in its changelog are markers under sealed names, its conflict entries are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_a_record_leaves_erases_what_its_logs_kept_of_it() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start().await?;
+    let c = &cluster.clients;
+    let here = json!({"regions": ["ap-northeast", "eu-central"]});
+    for i in 0..10 {
+        let record = json!({"id": format!("leaver-{i}"), "name": format!("Leaver-Secret-{i}"), "__metadata": here});
+        c[if i % 2 == 0 { TOKYO } else { EU }].publish("users", &record).await?;
+    }
+    wait_value(&c[TOKYO], "users/leaver-9", &json!({"id": "leaver-9", "name": "Leaver-Secret-9"})).await?;
+    // A conflict on leaver-0, logged in Tokyo: both sides write it while cut from each other.
+    cluster.partition(TOKYO, EU, true).await?;
+    wait_cut(c, TOKYO, REGIONS[EU]).await?;
+    wait_cut(c, EU, REGIONS[TOKYO]).await?;
+    c[TOKYO].patch("users/leaver-0", &json!({"name": "Leaver-Secret-Tokyo"})).await?;
+    c[EU].patch("users/leaver-0", &json!({"name": "Leaver-Secret-Europe"})).await?;
+    cluster.partition(TOKYO, EU, false).await?;
+    let logged = |list: &mrr_api::ConflictList| list.conflicts.iter().any(|e| e.id == "leaver-0");
+    wait_for("Tokyo to log the conflict on leaver-0", CONVERGE, || async {
+        Ok(logged(&c[TOKYO].conflicts(Some("users"), None).await?).then_some(()))
+    })
+    .await?;
+
+    for i in 0..10 {
+        let moved = json!({"__metadata": {"regions": ["eu-central", "us-west"]}});
+        c[EU].patch(&format!("users/leaver-{i}"), &moved).await?;
+    }
+    for i in 0..10 {
+        wait_not_placed(&c[TOKYO], &format!("users/leaver-{i}")).await?;
+    }
+    let applied = wait_for("every region to apply the moves", CONVERGE, || async {
+        let (tokyo, us, eu) = (c[TOKYO].status().await?, c[US_WEST].status().await?, c[EU].status().await?);
+        Ok((tokyo.applied == eu.applied && tokyo.applied == us.applied).then_some(tokyo.applied))
+    })
+    .await?;
+    // The status shows the stable point after the collection pass it allowed.
+    wait_for("Tokyo's stable point to cover the moves, and nothing left to erase", CONVERGE, || async {
+        let s = c[TOKYO].status().await?;
+        let covered = applied.iter().all(|(stream, seq)| s.stable.get(stream).is_some_and(|at| at >= seq));
+        Ok((covered && s.departures == 0).then_some(()))
+    })
+    .await?;
+    assert!(!logged(&c[TOKYO].conflicts(Some("users"), None).await?), "Tokyo's conflict log still names leaver-0");
+    assert!(logged(&c[EU].conflicts(Some("users"), None).await?), "eu-central, which holds it, keeps its entry");
+
+    cluster.kill9(TOKYO)?;
+    let db = fjall::Database::builder(cluster.dir.path().join("data").join(REGIONS[TOKYO])).open()?;
+    for name in db.list_keyspace_names() {
+        let keyspace = db.keyspace(&name, fjall::KeyspaceCreateOptions::default)?;
+        for item in keyspace.iter() {
+            let (k, v) = item.into_inner()?;
+            for needle in ["leaver-", "Leaver-Secret"] {
+                let found = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+                anyhow::ensure!(
+                    !found(&k) && !found(&v),
+                    "Tokyo's keyspace {name:?} still names {needle:?}: key {:?}",
+                    String::from_utf8_lossy(&k)
+                );
+            }
+        }
+    }
+    Ok(())
+}

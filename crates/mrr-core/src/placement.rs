@@ -14,13 +14,22 @@
 //! concurrent with the move, which reached it as markers) it asks of their origins with a
 //! want, answered by a transfer. This module decides; it does no IO and does not apply
 //! anything (the writer's engine does).
+//!
+//! A region a record leaves keeps its register only; what its changelog, conflict log and
+//! dead letters still hold of the record in clear (the content of changes it applied or wrote
+//! while it held the record) is noted as a [`Departure`] and erased once no region can need it
+//! from here ([`crate::stability::Stability::unneeded`]), changelog entries becoming their
+//! markers.
 
 use std::borrow::Cow;
 
-use crate::change::Change;
-use crate::record::Metadata;
+use serde::{Deserialize, Serialize};
+
+use crate::change::{Change, ChangeId};
+use crate::record::{Key, Metadata};
 use crate::region::RegionName;
 use crate::seal::Sealer;
+use crate::vv::VersionVector;
 
 /// The `regions` entry meaning every region.
 pub const EVERYWHERE: &str = "*";
@@ -124,6 +133,36 @@ pub fn to_marker(change: &Change, sealer: &Sealer) -> Change {
             content_digest: Some(crate::provenance::digest_for_marker(change, sealer)),
             checkpoint: change.proof.checkpoint.clone(),
         },
+    }
+}
+
+/// A record this region held and no longer does, while its logs still name it in clear: kept
+/// under the key's sealed name until everything of it is erased.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Departure {
+    /// The record's name, which the entries to erase carry.
+    pub key: Key,
+    /// The move that decides the key's placement here (the newest, which left this region out).
+    /// Nothing is erased before the stable point covers it.
+    pub moved_by: ChangeId,
+    /// This region's applied vector when the record left: every changelog entry with its
+    /// content is below (later ones are kept as markers).
+    pub upto: VersionVector,
+    /// How far below `upto` the changelog holds nothing of it in clear any more.
+    pub erased: VersionVector,
+    /// Whether its conflict-log entries and dead letters are gone.
+    pub logs_erased: bool,
+}
+
+impl Departure {
+    /// Left by `moved_by`, with everything up to `upto` still to erase.
+    pub fn new(key: Key, moved_by: ChangeId, upto: VersionVector) -> Self {
+        Self { key, moved_by, upto, erased: VersionVector::new(), logs_erased: false }
+    }
+
+    /// Whether nothing of the record in clear remains.
+    pub fn done(&self) -> bool {
+        self.logs_erased && self.erased.dominates(&self.upto)
     }
 }
 

@@ -415,6 +415,13 @@ pub fn verify_relayed(
             return Err(ProvenanceError::NoAnchor { id: c.id() });
         }
         match runs.get_mut(&stream) {
+            // The stream's first change with no checkpoint before it (`read_relayed` sends from
+            // the start): the chain starts at genesis.
+            None if c.seq == 1 && c.proof.checkpoint.is_none() => {
+                let mut run = Run { last_seq: 0, head: GENESIS, last: c.id(), covered: false };
+                extend(&mut run, c, sealer, &check)?;
+                runs.insert(stream, run);
+            }
             None => {
                 // The anchor: its signed link starts the chain.
                 let Some(cp) = &c.proof.checkpoint else { return Err(ProvenanceError::NoAnchor { id: c.id() }) };
@@ -599,6 +606,14 @@ mod tests {
         verify_relayed(&relay_r, &proving, &new, &sealer, Some(&notary)).expect("proven");
         // The origin's own changes pass as they are.
         verify_relayed(&origin, &[], &log[12..14], &sealer, Some(&notary)).expect("direct");
+        // A peer that has the stream's first changes, before any checkpoint (it heard them from
+        // their origin directly): they are proved from the start, with no anchor.
+        let (proving, new) = relay(&log, 2, 4, &sealer);
+        assert_eq!((seqs(&proving), seqs(&new)), (vec![1, 2], vec![3, 4]));
+        verify_relayed(&relay_r, &proving, &new, &sealer, Some(&notary)).expect("proven from the start");
+        let mut forged = proving.clone();
+        forged[1].version.ts.logical += 1;
+        assert!(verify_relayed(&relay_r, &forged, &new, &sealer, Some(&notary)).is_err(), "still chained");
     }
 
     #[test]

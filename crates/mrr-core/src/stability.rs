@@ -16,6 +16,22 @@
 //! A member that has not answered since this region started holds the point where it was: the
 //! point waits for every region (a region away too long is not yet let go: issue 18).
 //!
+//! **Content no region will ask for.** A region that holds a record may *lack* the content of
+//! a change it admitted as a marker; it asks the change's origin with a want, written in the
+//! same commit in which it starts lacking it. Let a record have left this region by a move `m`
+//! and let `c` be a change of it this region wrote, both below the point. Then no region will
+//! ever ask this one for `c`: a region comes to lack `c` by admitting `c` as a marker (every
+//! member admitted `c` already) or by applying a move that had not seen `c` and places the
+//! record there. Every such move is applied here (this point's guarantee) and older than `m`,
+//! which decides here and which every member applied, so it decides nowhere any more. So a
+//! member that lacks `c` started lacking it before its beacon covering `m` and `c`, and its
+//! want is in its own stream below that beacon, which this region took only after applying
+//! that stream this far: the want is answered already, with a transfer of this region's own
+//! that is kept until it is below the point too, that is until the asker has it. This is what
+//! lets a region erase what a record that left it left behind (`docs/placement.md`); the
+//! simulator checks the premise (a region lacks nothing it has not asked for) and the
+//! conclusion (convergence: every placed region ends lacking nothing).
+//!
 //! Pure: no IO, no clock. The replication runtime feeds it acks and persists what it says.
 
 use std::collections::BTreeMap;

@@ -61,9 +61,18 @@ pub fn describe(recorder: &dyn Recorder) {
             "mrr_stable_point_behind_changes",
             "Changes applied here that not every region has durably applied yet (above the stable point).",
         ),
+        (
+            "mrr_departures_pending",
+            "Records that left this region whose changelog, conflict log or dead letters still name them.",
+        ),
     ] {
         recorder.describe_gauge(name.into(), None, help.into());
     }
+    recorder.describe_counter(
+        "mrr_erased_total".into(),
+        None,
+        "Log entries erased because their record left this region (what: changes, conflicts, dead_letters).".into(),
+    );
 }
 
 /// Handles for one peer.
@@ -110,6 +119,10 @@ pub struct ReplicationMetrics {
     conflicts: Arc<Mutex<BTreeMap<String, Counter>>>,
     /// `mrr_stable_point_behind_changes`.
     pub stable_behind: Gauge,
+    /// `mrr_departures_pending`.
+    pub departures: Gauge,
+    /// `mrr_erased_total` by what: changes, conflicts, dead letters.
+    pub erased: [Counter; 3],
 }
 
 impl std::fmt::Debug for ReplicationMetrics {
@@ -161,6 +174,9 @@ impl ReplicationMetrics {
             })
             .collect();
         let stable_behind = gauge("mrr_stable_point_behind_changes", &[]);
+        let departures = gauge("mrr_departures_pending", &[]);
+        let erased =
+            ["changes", "conflicts", "dead_letters"].map(|w| counter("mrr_erased_total", &[("what", w.to_owned())]));
         Self {
             recorder,
             local: local.to_string(),
@@ -168,6 +184,8 @@ impl ReplicationMetrics {
             lag: Arc::default(),
             conflicts: Arc::default(),
             stable_behind,
+            departures,
+            erased,
         }
     }
 

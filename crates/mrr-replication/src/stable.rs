@@ -4,13 +4,16 @@
 //! resumes from it, never from further back than what was persisted), and publishes it to the
 //! status board (`/v1/status` `stable`) and the `mrr_stable_point_behind_changes` gauge.
 //!
-//! Nothing is collected here; retention (issue 18) collects below this point.
+//! When the point moved, it asks the writer for a collection pass over what records that left this region left behind
+//! (`mrr_writer::Collect`), and again while a pass leaves work it could do now. Changelog
+//! retention below the point is not built yet (issue 18).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use mrr_core::stability::Stability;
 use mrr_core::{RegionName, VersionVector};
+use mrr_writer::Collect;
 
 use crate::Context;
 
@@ -36,32 +39,69 @@ impl StablePoint {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner).stable().clone()
     }
 
-    fn local(&self, durable: &VersionVector, applied: &VersionVector) -> VersionVector {
+    /// Folds in this node's own durable vector; the stable point.
+    fn local(&self, durable: &VersionVector, applied: &VersionVector) -> Collect {
         let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         s.on_local(durable, applied);
-        s.stable().clone()
+        Collect { stable: s.stable().clone() }
     }
 }
 
 pub(crate) async fn run(ctx: Context) {
     let mut persisted = ctx.stable.current();
+    // What the last collection pass was given, and whether it left work it could do now.
+    let mut collected: Option<Collect> = None;
+    let mut more = false;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let applied = ctx.writer.applied().borrow().clone();
         let durable = ctx.writer.durable().borrow().clone();
-        let stable = ctx.stable.local(&durable, &applied);
-        ctx.metrics.stable_behind.set(applied.count_ahead_of(&stable) as f64);
-        if stable == persisted {
+        let now = ctx.stable.local(&durable, &applied);
+        ctx.metrics.stable_behind.set(applied.count_ahead_of(&now.stable) as f64);
+        if more || collected.as_ref() != Some(&now) {
+            more = collect(&ctx, now.clone()).await;
+            collected = Some(now.clone());
+        }
+        if now.stable == persisted {
             continue;
         }
-        ctx.status.set_stable(stable.clone());
-        match ctx.store.set_stable_point(&stable) {
-            Ok(()) => persisted = stable,
+        ctx.status.set_stable(now.stable.clone());
+        match ctx.store.set_stable_point(&now.stable) {
+            Ok(()) => persisted = now.stable,
             // The point in memory still holds; a restart resumes from further back, which only
             // delays what retention may collect.
             Err(e) => tracing::warn!(error = %e, "cannot persist the stable point"),
+        }
+    }
+}
+
+/// One collection pass; whether it stopped at its bound with more it could erase now.
+async fn collect(ctx: &Context, collect: Collect) -> bool {
+    match ctx.writer.collect(collect).await {
+        Ok(out) => {
+            let [changes, conflicts, letters] = &ctx.metrics.erased;
+            changes.increment(out.changes_erased);
+            conflicts.increment(out.conflicts_erased);
+            letters.increment(out.dead_letters_erased);
+            ctx.metrics.departures.set(out.departures_left as f64);
+            ctx.status.set_departures(out.departures_left);
+            if out.changes_erased + out.conflicts_erased + out.dead_letters_erased > 0 {
+                tracing::info!(
+                    changes = out.changes_erased,
+                    conflicts = out.conflicts_erased,
+                    dead_letters = out.dead_letters_erased,
+                    departures_done = out.departures_done,
+                    departures_left = out.departures_left,
+                    "erased what records that left this region left behind"
+                );
+            }
+            out.changes_erased > 0 && out.departures_left > 0
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "collection pass failed; the next tick tries again");
+            true
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct StatusBoard {
     changed: Arc<tokio::sync::watch::Sender<u64>>,
     /// The stable point as last computed (`stable`).
     stable: Arc<Mutex<VersionVector>>,
+    /// Departed records not erased yet, as of the last collection pass (`departures`).
+    departures: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StatusBoard {
@@ -74,6 +76,7 @@ impl StatusBoard {
             quiet_ms: heartbeat_ms.saturating_mul(2),
             changed: Arc::new(tokio::sync::watch::Sender::new(0)),
             stable: Arc::default(),
+            departures: Arc::default(),
         }
     }
 
@@ -81,6 +84,15 @@ impl StatusBoard {
     /// ([`mrr_core::stability`]).
     pub fn stable(&self) -> VersionVector {
         self.stable.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Records that left this region whose logs still name them ([`crate::stable`]).
+    pub fn departures(&self) -> u64 {
+        self.departures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_departures(&self, left: u64) {
+        self.departures.store(left, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn set_stable(&self, stable: VersionVector) {

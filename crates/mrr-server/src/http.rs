@@ -697,6 +697,7 @@ async fn node_status(State(state): State<AppState>) -> Json<NodeStatus> {
         coordinator: state.coordinator.clone(),
         applied,
         stable: state.status.stable().iter().map(|(o, s)| (o.to_string(), s)).collect(),
+        departures: state.status.departures(),
         storage_bytes: state.store.disk_bytes(),
         peers: state.status.snapshot(state.clock.now_ms()),
         consensus: coordinator_info(&state),

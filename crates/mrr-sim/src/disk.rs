@@ -153,6 +153,14 @@ impl Store for SimDisk {
         self.live.add_certificate(fingerprint, der)
     }
 
+    fn departure(&self, sealed: &Key) -> Result<Option<mrr_core::placement::Departure>> {
+        self.live.departure(sealed)
+    }
+
+    fn departures(&self) -> Result<Vec<(Key, mrr_core::placement::Departure)>> {
+        self.live.departures()
+    }
+
     fn stable_point(&self) -> Result<mrr_core::VersionVector> {
         self.live.stable_point()
     }

@@ -116,7 +116,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let mut converge_ms_max = 0;
     let mut events = 0;
-    let (mut transfers, mut pending) = (0, 0);
+    let (mut transfers, mut pending, mut erased) = (0, 0, 0);
     let (mut sales, mut refused_rights, mut forwarded) = (0, 0, 0);
     let (mut grouped_commits, mut grouped_applies, mut storage_errors) = (0, 0, 0);
     for seed in args.seed_start..args.seed_start + args.seeds {
@@ -126,6 +126,7 @@ fn main() -> ExitCode {
                 events += report.events;
                 transfers += report.transfers_received;
                 pending += report.refused_pending;
+                erased += report.changes_erased;
                 sales += report.acked_sales;
                 refused_rights += report.refused_rights;
                 forwarded += report.forwarded_sales;
@@ -174,7 +175,9 @@ fn main() -> ExitCode {
         "writer: {grouped_commits} commits of several requests, {grouped_applies} applies of several batches, {storage_errors} requests and commits failed by the disk"
     );
     if args.config.placement {
-        println!("placement: {transfers} transfers completed moved records, {pending} moves refused as pending");
+        println!(
+            "placement: {transfers} transfers completed moved records, {pending} moves refused as pending, {erased} changelog entries erased after a move-out"
+        );
     }
     if args.config.strategy == mrr_sim::Strategy::Escrow {
         println!(

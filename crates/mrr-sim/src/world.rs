@@ -337,6 +337,8 @@ pub struct RunReport {
     pub forwarded_sales: usize,
     /// Changes that moved or asked for escrow rights (tending), committed where they were made.
     pub tendings: usize,
+    /// Changelog entries erased because their record had left the region.
+    pub changes_erased: usize,
 }
 
 /// A broken invariant.
@@ -400,6 +402,8 @@ enum Then {
     Client { w: WriteEvent, incr: Option<i64> },
     /// An inbound apply: ack it on its stream. `queued_at`: when it reached the writer.
     Remote { from: usize, epoch: u64, freshness: Option<Freshness>, queued_at: u64 },
+    /// A collection pass.
+    Collect,
 }
 
 /// A physical clock that reads one instant: the simulated node's clock when its writer ran.
@@ -428,6 +432,8 @@ struct Node {
     incarnation: u64,
     /// What is persisted; only this is replicated: the server's own rule.
     durable: DurableRule,
+    /// What the last collection pass was given.
+    collected: Option<mrr_writer::Collect>,
     clock_offset_ms: i64,
     /// A clock step on top of the offset (`FaultEvent::ClockStep`).
     clock_step_ms: i64,
@@ -473,6 +479,8 @@ struct World {
     acked_sales: usize,
     forwarded_sales: usize,
     tendings: usize,
+    /// Changelog entries erased because their record left the region (`mrr_writer::Collect`).
+    changes_erased: usize,
     /// A violation found where no `Step` returns (the pump).
     broken: Option<Violation>,
 }
@@ -533,6 +541,7 @@ pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result
         acked_sales: world.acked_sales,
         forwarded_sales: world.forwarded_sales,
         tendings: world.tendings,
+        changes_erased: world.changes_erased,
     })
 }
 
@@ -581,6 +590,7 @@ impl World {
                 commit_ms: COMMIT_MS,
                 incarnation: 0,
                 durable: DurableRule::new(cfg.buffered, mrr_core::VersionVector::new()),
+                collected: None,
                 clock_offset_ms: 0,
                 clock_step_ms: 0,
                 out: (0..n).map(|j| (j != i).then_some(Out::Down { retry_at: 0, backoff: BACKOFF_MIN_MS })).collect(),
@@ -591,6 +601,7 @@ impl World {
             seed,
             invariants: invariants::all(
                 &names,
+                &sealer,
                 cfg.strategy == Strategy::Merge && !cfg.deletes,
                 cfg.strategy == Strategy::Escrow,
             ),
@@ -625,6 +636,7 @@ impl World {
             acked_sales: 0,
             forwarded_sales: 0,
             tendings: 0,
+            changes_erased: 0,
             broken: None,
         };
         if world.cfg.placement {
@@ -712,7 +724,42 @@ impl World {
         vvs.all(|v| v == Some(first))
     }
 
+    /// Collection passes on an idle node until one erases nothing, given what its stability
+    /// says now: what is left must be what no pass may erase yet. Whether it ran (`false`: the
+    /// node was busy or down, and what it keeps is checked for notes only).
+    fn collect_now(&mut self, node: usize) -> Result<bool, Violation> {
+        const PASSES_MAX: usize = 64;
+        let physical = self.physical_ms(node);
+        let n = &mut self.nodes[node];
+        let Some(writer) = n.writer.as_mut() else { return Ok(false) };
+        if n.committing.is_some() || !n.queue.is_empty() {
+            return Ok(false);
+        }
+        let collect = mrr_writer::Collect { stable: n.stability.stable().clone() };
+        for _ in 0..PASSES_MAX {
+            let built = writer.build(&n.store, [Work::Collect(collect.clone())], &ReadsAt(physical));
+            let commit = built.batch().map_or(Ok(()), |batch| n.store.commit(batch));
+            let settled = writer.settle(built, commit, &n.store, &mut n.durable);
+            match settled.answers.into_iter().next() {
+                Some(Answer::Collect(Ok(out))) if out.changes_erased == 0 => return Ok(true),
+                Some(Answer::Collect(Ok(out))) => self.changes_erased += out.changes_erased as usize,
+                other => {
+                    return Err(Violation::simulator(
+                        self.seed,
+                        self.now,
+                        format!("a final collection pass: {other:?}"),
+                    ))
+                }
+            }
+        }
+        Err(Violation::simulator(self.seed, self.now, format!("{PASSES_MAX} collection passes did not finish")))
+    }
+
     fn finish(&mut self) -> Step {
+        let mut collected = Vec::new();
+        for node in 0..self.nodes.len() {
+            collected.push(self.collect_now(node)?);
+        }
         let mut finals = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let store_err = |e: mrr_storage::StoreError| Violation::simulator(self.seed, self.now, e);
@@ -741,7 +788,9 @@ impl World {
                 }
             }
             let applied = node.store.recover().map_err(store_err)?.vv;
-            finals.push(FinalState { region: self.names[i].clone(), records, applied, changelog });
+            let departures = node.store.departures().map_err(store_err)?;
+            let collect = collected[i].then(|| mrr_writer::Collect { stable: node.stability.stable().clone() });
+            finals.push(FinalState { region: self.names[i].clone(), records, applied, changelog, departures, collect });
         }
         for inv in &mut self.invariants {
             if let Err(detail) = inv.at_end(&finals) {
@@ -857,6 +906,11 @@ impl World {
                 (Answer::Remote(out), Then::Remote { from, epoch, freshness, queued_at }) => {
                     self.remote_answered(node, from, epoch, freshness, queued_at, out)?;
                 }
+                (Answer::Collect(out), Then::Collect) => match out {
+                    Ok(out) => self.changes_erased += out.changes_erased as usize,
+                    // An injected disk fault: the next tick tries again.
+                    Err(_) => self.nodes[node].collected = None,
+                },
                 (answer, then) => {
                     return Err(Violation::simulator(
                         self.seed,
@@ -1300,6 +1354,15 @@ impl World {
                 }
             }
         }
+        // A collection pass when what it may erase below moved, as the server's stable-point
+        // task does each second.
+        let n = &mut self.nodes[node];
+        let collect = mrr_writer::Collect { stable: n.stability.stable().clone() };
+        if n.collected.as_ref() != Some(&collect) {
+            n.collected = Some(collect.clone());
+            n.queue.push_back((Work::Collect(collect), Then::Collect));
+            self.start_commit(node);
+        }
         self.pump(node);
         Ok(())
     }
@@ -1368,6 +1431,7 @@ impl World {
         }
         let n = &mut self.nodes[node];
         n.durable = DurableRule::new(self.cfg.buffered, recovered.vv.clone());
+        n.collected = None;
         // The simulated node keeps no persisted stable point: it starts from nothing again.
         n.stability =
             mrr_core::stability::Stability::new(self.names[node].clone(), self.names.clone(), VersionVector::new());

@@ -8,7 +8,7 @@ use mrr_sim::{run, SimConfig, Strategy};
 
 fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
     let mut per_lane = [0; 3];
-    let (mut placed, mut refused, mut transfers, mut pieces) = (0, 0, 0, 0);
+    let (mut placed, mut refused, mut transfers, mut pieces, mut erased) = (0, 0, 0, 0, 0);
     let (mut grouped_commits, mut grouped_applies, mut storage_errors) = (0, 0, 0);
     for seed in seeds {
         match run(seed, config, None) {
@@ -18,6 +18,7 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
                 refused += report.refused_not_placed;
                 transfers += report.transfers_received;
                 pieces += report.history_pieces_received;
+                erased += report.changes_erased;
                 grouped_commits += report.grouped_commits;
                 grouped_applies += report.grouped_applies;
                 storage_errors += report.storage_errors;
@@ -37,6 +38,8 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
     if config.placement {
         assert!(placed > 0 && refused > 0, "placed writes {placed}, refused outside their placement {refused}");
         assert!(transfers > 0, "no transfer completed a moved record");
+        // Records left regions, and what they left behind in the changelog was erased there.
+        assert!(erased > 0, "no region erased what a record that left it left behind");
         // Under custom, moves sent their fold histories ahead of themselves in pieces.
         if config.strategy == Strategy::Custom {
             assert!(pieces > 0, "no move of a custom record sent its history in pieces");
@@ -45,8 +48,9 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
 }
 
 /// Records placed in some regions only (`__metadata.regions`, topic `regions:`): regions
-/// outside get markers and hold no content, relays never stand in for content they lack, and
-/// records move between placements under every rule while writes race the moves.
+/// outside get markers and hold no content, relays never stand in for content they lack,
+/// records move between placements under every rule while writes race the moves, and a region
+/// a record left erases what its changelog kept of it once the move is stable.
 #[test]
 fn placement_records_live_only_where_placed() {
     let placed = SimConfig { placement: true, ..SimConfig::default() };

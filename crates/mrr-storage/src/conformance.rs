@@ -330,6 +330,48 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
     store.commit(&CommitBatch { hlc_high_water: state.hlc_high_water, ..CommitBatch::default() }).expect("commit");
     assert_eq!(store.recover().expect("recover").strong_position.as_deref(), Some(&b"p1"[..]));
     assert_eq!(store.strong_request("r1").expect("request").as_deref(), Some(&b"answer"[..]));
+    // What a move-out leaves behind: the departure notes, changelog entries rewritten in place
+    // (no vector moves), and conflict entries removed with their index.
+    let before = store.recover().expect("recover");
+    let other = conflict_between(&a2, &o1, 11);
+    let departed = mrr_core::placement::Departure::new(a2.key.clone(), o1.id(), before.vv.clone());
+    let sealed_a2 = sealer.seal(&a2.key);
+    store
+        .commit(&CommitBatch {
+            departures: vec![(sealed_a2.clone(), Some(departed.clone()))],
+            conflicts: vec![other.clone()],
+            hlc_high_water: before.hlc_high_water,
+            ..CommitBatch::default()
+        })
+        .expect("commit");
+    assert_eq!(store.departure(&sealed_a2).expect("departure"), Some(departed.clone()));
+    assert_eq!(store.departures().expect("departures"), vec![(sealed_a2.clone(), departed.clone())]);
+    assert_eq!(store.conflict_count(), 2);
+    let erased = mrr_core::placement::to_marker(&a2, &sealer);
+    store
+        .commit(&CommitBatch {
+            rewritten: vec![erased.clone()],
+            departures: vec![(sealed_a2.clone(), None)],
+            conflicts_removed: vec![other.ident()],
+            hlc_high_water: before.hlc_high_water,
+            ..CommitBatch::default()
+        })
+        .expect("commit");
+    let after = store.recover().expect("recover");
+    assert_eq!(after.vv, before.vv, "a rewrite moves no vector");
+    assert_eq!(store.changes_after(&ap, 1, 1).expect("changes"), vec![erased.clone()]);
+    assert_eq!(store.departures().expect("departures"), vec![]);
+    assert_eq!(store.conflicts().expect("conflicts"), vec![conflict.clone()]);
+    assert_eq!(store.conflict_count(), 1);
+    // Put back as it was, for what follows.
+    store
+        .commit(&CommitBatch {
+            rewritten: vec![a2.clone()],
+            hlc_high_water: before.hlc_high_water,
+            ..CommitBatch::default()
+        })
+        .expect("commit");
+
     let state = store.recover().expect("recover");
 
     // Everything survives a reopen.

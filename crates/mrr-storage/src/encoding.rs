@@ -102,3 +102,9 @@ pub fn stream_from_suffix(what: &'static str, key: &[u8], prefix_len: usize) -> 
     let name = std::str::from_utf8(&key[prefix_len..]).map_err(|e| corrupt(e.to_string()))?;
     Stream::parse(name).ok_or_else(|| corrupt(format!("{name:?} is not a stream")))
 }
+
+/// `depart\0` and a departed record's sealed name (the value holds the name and the note).
+pub fn departure_key(sealed: &Key) -> Vec<u8> {
+    [DEPARTURE_PREFIX, record_key(sealed).as_slice()].concat()
+}
+pub const DEPARTURE_PREFIX: &[u8] = b"depart\0";

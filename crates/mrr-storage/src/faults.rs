@@ -222,6 +222,16 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.add_certificate(fingerprint, der)
     }
 
+    fn departure(&self, sealed: &Key) -> Result<Option<mrr_core::placement::Departure>> {
+        self.plan.read("departures")?;
+        self.inner.departure(sealed)
+    }
+
+    fn departures(&self) -> Result<Vec<(Key, mrr_core::placement::Departure)>> {
+        self.plan.read("departures")?;
+        self.inner.departures()
+    }
+
     fn stable_point(&self) -> Result<VersionVector> {
         self.plan.read("stable point")?;
         self.inner.stable_point()

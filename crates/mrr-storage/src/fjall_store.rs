@@ -231,6 +231,7 @@ impl Store for FjallStore {
             state.hlc_high_water = decode("hlc high water", encoding::HLC_KEY, &v)?;
         }
         state.strong_position = self.meta.get(encoding::STRONG_POSITION_KEY)?.map(|v| v.to_vec());
+
         // One read per stream: its last change, whose checkpoint (if any) is the chain's head.
         for (stream, seq) in state.vv.iter() {
             if let Some(last) = self.changes_within(stream, seq.saturating_sub(1), 1, u64::MAX)?.pop() {
@@ -261,8 +262,14 @@ impl Store for FjallStore {
                 None => wb.remove(&self.sealed, encoding::record_key(sealed)),
             }
         }
-        for change in &batch.changes {
+        for change in batch.changes.iter().chain(&batch.rewritten) {
             wb.insert(&self.changes, encoding::change_key(&change.stream(), change.seq), encode(change));
+        }
+        for (sealed, departure) in &batch.departures {
+            match departure {
+                Some(d) => wb.insert(&self.meta, encoding::departure_key(sealed), encode(&(sealed, d))),
+                None => wb.remove(&self.meta, encoding::departure_key(sealed)),
+            }
         }
         for (stream, seq) in batch.vv.iter() {
             wb.insert(&self.meta, encoding::vv_key(stream), seq.to_be_bytes().to_vec());
@@ -310,6 +317,18 @@ impl Store for FjallStore {
             conflicts.insert(k, joined);
         }
         let mut new_conflicts = 0u64;
+        let mut conflicts_gone = 0u64;
+        let removed: std::collections::BTreeSet<Vec<u8>> =
+            batch.conflicts_removed.iter().map(encoding::conflict_key).collect();
+        for k in removed {
+            debug_assert!(!conflicts.contains_key(&k), "a conflict entry both written and removed");
+            if let Some(bytes) = self.conflicts.get(&k)? {
+                let e: ConflictEntry = decode("conflict entry", &k, &bytes)?;
+                wb.remove(&self.conflicts_by_time, time_key(e.detected_at_ms, &k));
+                wb.remove(&self.conflicts, k);
+                conflicts_gone += 1;
+            }
+        }
         for (k, (entry, indexed_at)) in &conflicts {
             wb.insert(&self.conflicts, k.clone(), encode(entry));
             match indexed_at {
@@ -351,6 +370,7 @@ impl Store for FjallStore {
         }
         wb.commit()?;
         self.conflict_count.fetch_add(new_conflicts, Ordering::SeqCst);
+        self.conflict_count.fetch_sub(conflicts_gone, Ordering::SeqCst);
         self.dead_letter_count.fetch_add(letters_added, Ordering::SeqCst);
         self.dead_letter_count.fetch_sub(letters_gone, Ordering::SeqCst);
         Ok(())
@@ -468,6 +488,23 @@ impl Store for FjallStore {
 
     fn strong_request(&self, request_id: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.strong_requests.get(request_id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    fn departure(&self, sealed: &Key) -> Result<Option<mrr_core::placement::Departure>> {
+        let k = encoding::departure_key(sealed);
+        match self.meta.get(&k)? {
+            Some(v) => Ok(Some(decode::<(Key, mrr_core::placement::Departure)>("departure", &k, &v)?.1)),
+            None => Ok(None),
+        }
+    }
+
+    fn departures(&self) -> Result<Vec<(Key, mrr_core::placement::Departure)>> {
+        let mut out = Vec::new();
+        for item in self.meta.prefix(encoding::DEPARTURE_PREFIX) {
+            let (k, v) = item.into_inner()?;
+            out.push(decode("departure", &k, &v)?);
+        }
+        Ok(out)
     }
 
     fn stable_point(&self) -> Result<VersionVector> {

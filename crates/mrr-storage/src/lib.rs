@@ -44,6 +44,12 @@ pub struct CommitBatch {
     /// record comes to be held here, `(sealed, None)` when it leaves.
     pub sealed_index: Vec<(Key, Option<Key>)>,
     pub changes: Vec<Change>,
+    /// Changelog entries replaced where they stand, without moving any vector: content a
+    /// move-out left behind, become its marker ([`mrr_core::placement::Departure`]).
+    pub rewritten: Vec<Change>,
+    /// Records that left this region while its logs still name them, by sealed name: noted,
+    /// updated, or gone (`None`) once erased.
+    pub departures: Vec<(Key, Option<mrr_core::placement::Departure>)>,
     /// New values of the version-vector entries this commit advanced.
     pub vv: VersionVector,
     /// The highest HLC timestamp issued or observed, so a restart never reissues one.
@@ -55,6 +61,9 @@ pub struct CommitBatch {
     pub histories_dropped: Vec<Key>,
     /// Conflict-log entries to add (or overwrite: one per loser and winner).
     pub conflicts: Vec<ConflictEntry>,
+    /// Conflict-log entries that go (a record that left this region), by
+    /// [`ConflictEntry::ident`]. Never also in `conflicts`.
+    pub conflicts_removed: Vec<(ChangeId, ChangeId)>,
     pub dead_letters: Vec<DeadLetter>,
     /// Dead letters that no longer apply: replayed, discarded, or applied by a re-fold.
     pub dead_letters_cleared: Vec<ChangeId>,
@@ -82,6 +91,9 @@ impl CommitBatch {
             && self.records_removed.is_empty()
             && self.sealed_index.is_empty()
             && self.changes.is_empty()
+            && self.rewritten.is_empty()
+            && self.departures.is_empty()
+            && self.conflicts_removed.is_empty()
             && self.history.is_empty()
             && self.histories_dropped.is_empty()
             && self.conflicts.is_empty()
@@ -170,6 +182,8 @@ pub enum StoreError {
 /// escrow counters of bounded fields in the merge document; 6 keeps what is not placed here
 /// under sealed names only, with the `sealed` index of held records; 7 stores each change's
 /// proof of origin (content digest, checkpoint) and the certificates of checkpoint signers.
+/// (Departure notes came later without a bump: a directory from before has none, so what
+/// records left behind before the upgrade stays until retention trims it.)
 pub const STORAGE_FORMAT: u32 = 7;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -262,6 +276,13 @@ pub trait Store: Send + Sync + 'static {
     /// A checkpoint signer's certificate (DER) by its fingerprint, kept so that changes it
     /// signed can be relayed with it ([`mrr_core::provenance`]).
     fn certificate(&self, fingerprint: &[u8; 32]) -> Result<Option<Vec<u8>>>;
+
+    /// A departed record's note, by the record's sealed name.
+    fn departure(&self, sealed: &Key) -> Result<Option<mrr_core::placement::Departure>>;
+
+    /// Every departed record's note, by sealed name. Departures are few (records moved away
+    /// from here whose logs are not erased yet).
+    fn departures(&self) -> Result<Vec<(Key, mrr_core::placement::Departure)>>;
 
     /// The stable point last persisted ([`mrr_core::stability`]); empty when none was.
     fn stable_point(&self) -> Result<VersionVector>;

@@ -29,6 +29,7 @@ struct Inner {
     strong_requests: BTreeMap<String, Vec<u8>>,
     certificates: BTreeMap<[u8; 32], Vec<u8>>,
     stable_point: VersionVector,
+    departures: BTreeMap<Key, mrr_core::placement::Departure>,
 }
 
 impl Inner {
@@ -124,6 +125,20 @@ impl Store for MemStore {
                 Some(cp) => inner.state.chain_heads.insert(c.stream(), (c.seq, cp.link)),
                 None => inner.state.chain_heads.remove(&c.stream()),
             };
+        }
+        for c in &batch.rewritten {
+            inner.changes.insert((c.stream(), c.seq), c.clone());
+        }
+        for (sealed, departure) in &batch.departures {
+            match departure {
+                Some(d) => inner.departures.insert(sealed.clone(), d.clone()),
+                None => inner.departures.remove(sealed),
+            };
+        }
+        for ident in &batch.conflicts_removed {
+            if let Some(e) = inner.conflicts.remove(ident) {
+                inner.unindex_conflict(e.detected_at_ms, ident);
+            }
         }
         inner.state.vv.join(&batch.vv);
         inner.state.hlc_high_water = batch.hlc_high_water;
@@ -244,6 +259,14 @@ impl Store for MemStore {
 
     fn certificate(&self, fingerprint: &[u8; 32]) -> Result<Option<Vec<u8>>> {
         Ok(self.lock().certificates.get(fingerprint).cloned())
+    }
+
+    fn departure(&self, sealed: &Key) -> Result<Option<mrr_core::placement::Departure>> {
+        Ok(self.lock().departures.get(sealed).cloned())
+    }
+
+    fn departures(&self) -> Result<Vec<(Key, mrr_core::placement::Departure)>> {
+        Ok(self.lock().departures.iter().map(|(k, d)| (k.clone(), d.clone())).collect())
     }
 
     fn stable_point(&self) -> Result<VersionVector> {

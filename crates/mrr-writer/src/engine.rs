@@ -26,9 +26,11 @@ use crate::pending::Pending;
 use crate::{Committed, LocalOp, Refusal};
 
 mod escrow;
+mod residency;
 mod strong;
 
 pub use escrow::SWEEP_MS as ESCROW_SWEEP_MS;
+pub use residency::{Collect, Collected};
 
 /// What happened to a batch of remote changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -218,6 +220,9 @@ impl Engine {
             history: pending.history.into_inner().into_iter().map(|((k, _), e)| (k, e)).collect(),
             histories_dropped: pending.histories_dropped.into_inner().into_keys().collect(),
             conflicts: pending.conflicts,
+            conflicts_removed: pending.conflicts_removed.into_inner().into_keys().collect(),
+            rewritten: pending.rewritten.into_inner().into_values().collect(),
+            departures: pending.departures.into_inner().into_iter().collect(),
             dead_letters: pending.dead_letters.into_inner().into_values().collect(),
             dead_letters_cleared: pending.cleared.into_inner().into_keys().collect(),
             strong_position: pending.strong_position,
@@ -325,6 +330,8 @@ impl Engine {
                 let sealed = self.policies.sealer.seal(key);
                 if Self::entry(pending, reads, &sealed).is_some() {
                     pending.overlay.insert(sealed.clone(), None);
+                    // Placed here again before its logs were erased: they are its own again.
+                    pending.departures.insert(sealed.clone(), None);
                 }
                 pending.sealed_index.insert(sealed, Some(key.clone()));
             }
@@ -638,6 +645,7 @@ impl Engine {
         };
         let placement_now = Metadata { regions, sync_flags: Vec::new() };
         let held_before = current.as_ref().is_some_and(|r| placement::places(&r.metadata, &self.local));
+        let decided = placement::decides(&change, current.as_ref().and_then(|r| r.placed_by.as_ref()));
         if !placement::places(&placement_now, &self.local) {
             // A write made here that moves the record away answers with the record as the
             // regions it now lives in hold it, not with the register this region keeps (which
@@ -670,6 +678,7 @@ impl Engine {
                 ..newest
             };
             self.store_record(pending, reads, &key, record.clone());
+            self.note_departure(pending, store, &key, &change, held_before, decided)?;
             // Content this region may not hold is not kept in its changelog either, nor the
             // record's name, except in its own writes (a move away from here), whose origin
             // answers wants with them.
@@ -830,6 +839,10 @@ impl Engine {
         if !carried.is_empty() {
             let to = Metadata { regions: vec![want.origin.to_string()], sync_flags: Vec::new() };
             self.emit(pending, want.key.clone(), Op::Transfer, to, carried);
+            // Answered from a record that left here: the transfer is content left behind too.
+            if let Some(transfer) = pending.changes.last().map(Change::id) {
+                self.extend_departure(pending, store, &want.key, &transfer)?;
+            }
         }
         Ok(())
     }
@@ -1339,7 +1352,14 @@ impl Engine {
             match change.op {
                 Op::Want { .. } => {
                     self.answer_want(pending, store, &change)?;
-                    pending.changes.push(self.logged(change));
+                    // Whole only where the record is held: a want also reaches the wanted
+                    // changes' origins, and regions the record left since it was made.
+                    let held = self
+                        .current(pending, &reads, &change.key)
+                        .is_some_and(|r| placement::places(&r.metadata, &self.local));
+                    let logged =
+                        if held { self.logged(change) } else { placement::to_marker(&change, &self.policies.sealer) };
+                    pending.changes.push(logged);
                 }
                 Op::Transfer => self.apply_transfer(pending, store, &reads, change)?,
                 Op::History => self.apply_history(pending, store, &reads, change)?,
@@ -1908,6 +1928,62 @@ mod tests {
         let v = value(&sa, "logs", "l").unwrap_or_default();
         // a's move saw 1 (an update); b's write is concurrent with it: the handler merges them.
         assert_eq!(v["log"], "2;3;", "a holds b's write");
+    }
+
+    fn collect(engine: &mut Engine, store: &MemStore, stable: &VersionVector) -> Collected {
+        let mut p = engine.begin(2_000);
+        let collect = Collect { stable: stable.clone() };
+        let out = p.request(|p| engine.collect(p, store, &collect)).expect("collect");
+        if let Some(batch) = engine.finish(p) {
+            store.commit(&batch).expect("commit");
+            engine.committed(&batch);
+        }
+        out
+    }
+
+    #[test]
+    fn a_region_a_record_left_erases_its_content_once_no_region_needs_it() {
+        let (sa, sb) = (MemStore::new(), MemStore::new());
+        let (mut a, mut b) = (engine("a"), engine("b"));
+        let key = Key::new("users", "k");
+        local(&mut a, &sa, vec![put_in("users", "k", json!({"secret": 1}), &["a", "b"])], 1_000);
+        local(&mut a, &sa, vec![kv("users", "k", json!({"secret": 2}))], 1_001);
+        ship(&sa, (&mut b, &sb), 1_002);
+        // b moves the record to itself only: a keeps its register, and a note of what its
+        // changelog still holds (its own two writes, whole).
+        local(&mut b, &sb, vec![put_in("users", "k", json!({"secret": 3}), &["b"])], 1_003);
+        ship(&sb, (&mut a, &sa), 1_004);
+        assert_eq!(value(&sa, "users", "k"), None);
+        let sealed = a.policies().sealer.seal(&key);
+        assert!(sa.departure(&sealed).expect("departure").is_some(), "the departure is noted");
+        let whole = |s: &MemStore| changes_of(s, "a").iter().filter(|c| c.key == key).count();
+        assert_eq!(whole(&sa), 2);
+
+        // Before the move is in the stable point, nothing goes.
+        let everything = sa.recover().expect("recover").vv;
+        let before_move: VersionVector = [(Stream::normal(r("a")), 2)].into_iter().collect();
+        let out = collect(&mut a, &sa, &before_move);
+        assert_eq!((out.changes_erased, out.departures_left), (0, 1));
+        assert_eq!(whole(&sa), 2);
+        // The move is stable but a's second write is not (b may not have it yet): only the
+        // first goes.
+        let first_only: VersionVector =
+            [(Stream::normal(r("a")), 1), (Stream::normal(r("b")), 1)].into_iter().collect();
+        let out = collect(&mut a, &sa, &first_only);
+        assert_eq!((out.changes_erased, out.departures_left), (1, 1));
+        assert_eq!(whole(&sa), 1);
+        // Everything is stable: the rest goes, as markers that keep their place in the chain.
+        let sealer = a.policies().sealer.clone();
+        let leaf = |c: &Change| mrr_core::provenance::leaf(c, &sealer);
+        let leaves: Vec<_> = changes_of(&sa, "a").iter().map(leaf).collect();
+        let out = collect(&mut a, &sa, &everything);
+        assert_eq!((out.changes_erased, out.departures_done, out.departures_left), (1, 1, 0));
+        assert_eq!(whole(&sa), 0);
+        let erased = changes_of(&sa, "a");
+        assert!(erased.iter().all(|c| !c.has_content() && seal::is_sealed(&c.key)), "{erased:?}");
+        assert_eq!(erased.iter().map(leaf).collect::<Vec<_>>(), leaves);
+        assert_eq!(sa.departure(&sealed).expect("departure"), None, "the note goes with the last of it");
+        assert_eq!(sa.recover().expect("recover").vv, everything, "erasing moves no vector");
     }
 
     #[test]

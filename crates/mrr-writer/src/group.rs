@@ -17,7 +17,7 @@ use mrr_core::{Change, PhysicalClock};
 use mrr_storage::{CommitBatch, Store, StoreError};
 
 use crate::durable::DurableRule;
-use crate::engine::{Engine, LocalFailure, RemoteOutcome};
+use crate::engine::{Collect, Collected, Engine, LocalFailure, RemoteOutcome};
 use crate::{Committed, LocalOp, WriteError};
 
 /// One request of a group.
@@ -26,6 +26,8 @@ pub enum Work {
     Local(Vec<LocalOp>),
     Remote(Vec<Change>),
     Strong(StrongBatch),
+    /// A collection pass over what records that left this region left behind.
+    Collect(Collect),
 }
 
 /// Committed entries of the strong tier's log, in log order, and the position after them.
@@ -44,6 +46,7 @@ pub enum Answer {
     Local(Result<Vec<Committed>, WriteError>),
     Remote(Result<RemoteOutcome, WriteError>),
     Strong(Result<Vec<StrongOutcome>, WriteError>),
+    Collect(Result<Collected, WriteError>),
 }
 
 /// A group applied to the engine but not yet committed.
@@ -120,6 +123,7 @@ impl GroupCommit {
                 Work::Local(_) => Answer::Local(Err(WriteError::Failed(reason.clone()))),
                 Work::Remote(_) => Answer::Remote(Err(WriteError::Failed(reason.clone()))),
                 Work::Strong(_) => Answer::Strong(Err(WriteError::Failed(reason.clone()))),
+                Work::Collect(_) => Answer::Collect(Err(WriteError::Failed(reason.clone()))),
             };
             return Built { answers: work.into_iter().map(refuse).collect(), batch: None };
         }
@@ -140,6 +144,11 @@ impl GroupCommit {
                     Answer::Remote(out.map_err(|e| WriteError::Storage(Arc::new(e))))
                 }
                 Work::Strong(batch) => Answer::Strong(self.strong(&mut pending, store, batch)),
+                Work::Collect(collect) => {
+                    let engine = &mut self.engine;
+                    let out = pending.request(|p| engine.collect(p, store, &collect));
+                    Answer::Collect(out.map_err(|e| WriteError::Storage(Arc::new(e))))
+                }
             })
             .collect();
         // Escrow counters are tended after the group's requests: an ask that arrived in it is
@@ -211,6 +220,7 @@ impl GroupCommit {
                         Answer::Local(_) => Answer::Local(Err(e.clone())),
                         Answer::Remote(_) => Answer::Remote(Err(e.clone())),
                         Answer::Strong(_) => Answer::Strong(Err(e.clone())),
+                        Answer::Collect(_) => Answer::Collect(Err(e.clone())),
                     })
                     .collect();
                 Settled { answers, committed: None, durable_moved: false }

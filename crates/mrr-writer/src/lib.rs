@@ -26,7 +26,7 @@ use mrr_storage::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use durable::DurableRule;
-pub use engine::{Engine, LocalFailure, Rejection, RemoteOutcome, ESCROW_SWEEP_MS};
+pub use engine::{Collect, Collected, Engine, LocalFailure, Rejection, RemoteOutcome, ESCROW_SWEEP_MS};
 pub use group::{Answer, Built, GroupCommit, Settled, StrongBatch, Work};
 pub use pending::Pending;
 
@@ -152,6 +152,7 @@ enum Request {
     Local { ops: Vec<LocalOp>, reply: oneshot::Sender<Result<Vec<Committed>, WriteError>> },
     Remote { changes: Vec<Change>, reply: oneshot::Sender<Result<RemoteOutcome, WriteError>> },
     Strong { batch: StrongBatch, reply: oneshot::Sender<Result<Vec<StrongOutcome>, WriteError>> },
+    Collect { collect: Collect, reply: oneshot::Sender<Result<Collected, WriteError>> },
 }
 
 /// Handle to the writer thread. Cheap to clone.
@@ -235,6 +236,14 @@ impl Writer {
     pub async fn apply_strong(&self, batch: StrongBatch) -> Result<Vec<StrongOutcome>, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Request::Strong { batch, reply }).await.map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// One collection pass over what records that left this region left behind in its logs
+    /// ([`Collect`]); returns once committed.
+    pub async fn collect(&self, collect: Collect) -> Result<Collected, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::Collect { collect, reply }).await.map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)?
     }
 
@@ -339,6 +348,7 @@ impl Request {
             Request::Local { ops, reply } => (Work::Local(ops), Reply::Local(reply)),
             Request::Remote { changes, reply } => (Work::Remote(changes), Reply::Remote(reply)),
             Request::Strong { batch, reply } => (Work::Strong(batch), Reply::Strong(reply)),
+            Request::Collect { collect, reply } => (Work::Collect(collect), Reply::Collect(reply)),
         }
     }
 }
@@ -347,6 +357,7 @@ enum Reply {
     Local(oneshot::Sender<Result<Vec<Committed>, WriteError>>),
     Remote(oneshot::Sender<Result<RemoteOutcome, WriteError>>),
     Strong(oneshot::Sender<Result<Vec<StrongOutcome>, WriteError>>),
+    Collect(oneshot::Sender<Result<Collected, WriteError>>),
 }
 
 impl Reply {
@@ -360,6 +371,9 @@ impl Reply {
                 let _ = tx.send(out);
             }
             (Reply::Strong(tx), Answer::Strong(out)) => {
+                let _ = tx.send(out);
+            }
+            (Reply::Collect(tx), Answer::Collect(out)) => {
                 let _ = tx.send(out);
             }
             (_, answer) => unreachable!("GroupCommit answers every request in its own kind, got {answer:?}"),

@@ -112,6 +112,12 @@ pub struct Pending {
     pub(crate) histories_dropped: JournaledSet<Key>,
     /// Strong requests applied in this group, by request id: their stored answers.
     pub(crate) strong_requests: Journaled<String, Vec<u8>>,
+    /// Departure notes written (`None`: gone), by the record's sealed name.
+    pub(crate) departures: Journaled<Key, Option<mrr_core::placement::Departure>>,
+    /// Changelog entries rewritten as their markers, by id.
+    pub(crate) rewritten: Journaled<ChangeId, Change>,
+    /// Conflict-log entries erased.
+    pub(crate) conflicts_removed: JournaledSet<(ChangeId, ChangeId)>,
     /// The strong tier's position after this group (set once per group, outside requests).
     pub(crate) strong_position: Option<Vec<u8>>,
     pub(crate) now_ms: u64,
@@ -142,6 +148,9 @@ impl Pending {
             cleared: Journaled::default(),
             histories_dropped: Journaled::default(),
             strong_requests: Journaled::default(),
+            departures: Journaled::default(),
+            rewritten: Journaled::default(),
+            conflicts_removed: Journaled::default(),
             strong_position: None,
             now_ms,
             dead_letter_room: None,
@@ -176,6 +185,9 @@ impl Pending {
             self.cleared.release();
             self.histories_dropped.release();
             self.strong_requests.release();
+            self.departures.release();
+            self.rewritten.release();
+            self.conflicts_removed.release();
         } else {
             self.changes.truncate(savepoint.changes);
             self.conflicts.truncate(savepoint.conflicts);
@@ -187,13 +199,20 @@ impl Pending {
             self.cleared.rollback();
             self.histories_dropped.rollback();
             self.strong_requests.rollback();
+            self.departures.rollback();
+            self.rewritten.rollback();
+            self.conflicts_removed.rollback();
         }
         out
     }
 
     /// Nothing in the group yet.
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.strong_position.is_none()
+        self.changes.is_empty()
+            && self.strong_position.is_none()
+            && self.rewritten.is_empty()
+            && self.departures.is_empty()
+            && self.conflicts_removed.is_empty()
     }
 }
 

@@ -226,6 +226,12 @@ impl Store for WritesThenFails {
     fn add_certificate(&self, fingerprint: &[u8; 32], der: &[u8]) -> mrr_storage::Result<()> {
         self.0.add_certificate(fingerprint, der)
     }
+    fn departure(&self, sealed: &Key) -> mrr_storage::Result<Option<mrr_core::placement::Departure>> {
+        self.0.departure(sealed)
+    }
+    fn departures(&self) -> mrr_storage::Result<Vec<(Key, mrr_core::placement::Departure)>> {
+        self.0.departures()
+    }
     fn stable_point(&self) -> mrr_storage::Result<mrr_core::VersionVector> {
         self.0.stable_point()
     }
