@@ -129,8 +129,10 @@ impl GroupCommit {
         }
         let mut pending = self.engine.begin(clock.now_ms());
         pending.limit_dead_letters(self.dead_letters_max.saturating_sub(store.dead_letter_count()));
+        let mut writes = false;
         let answers = work
             .into_iter()
+            .inspect(|w| writes |= !matches!(w, Work::Collect(_)))
             .map(|w| match w {
                 Work::Local(ops) => {
                     let out = self.engine.apply_local(&mut pending, store, ops, clock.now_ms());
@@ -152,8 +154,9 @@ impl GroupCommit {
             })
             .collect();
         // Escrow counters are tended after the group's requests: an ask that arrived in it is
-        // answered, and a refusal in it asks for rights, in this same commit.
-        if self.engine.escrow_due(pending.now_ms) {
+        // answered, and a refusal in it asks for rights, in this same commit. A group of
+        // collection passes only writes nothing of its own: it is no occasion to tend.
+        if writes && self.engine.escrow_due(pending.now_ms) {
             if let Err(e) = self.engine.tend_escrow(&mut pending, store) {
                 tracing::warn!(error = %e, "tending escrow counters failed; the next group tries again");
             }
