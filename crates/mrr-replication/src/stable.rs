@@ -4,8 +4,9 @@
 //! resumes from it, never from further back than what was persisted), and publishes it to the
 //! status board (`/v1/status` `stable`) and the `mrr_stable_point_behind_changes` gauge.
 //!
-//! When the point moved, it asks the writer for a collection pass over what records that left this region left behind
-//! (`mrr_writer::Collect`), and again while a pass leaves work it could do now. Changelog
+//! When the point moved, it asks the writer for a collection pass over what records that left
+//! this region left behind (`mrr_writer::Collect`), and again while a pass leaves work it could
+//! do now. Changelog
 //! retention below the point is not built yet (issue 18).
 
 use std::sync::{Arc, Mutex, PoisonError};

@@ -72,11 +72,7 @@ impl Engine {
             return Ok(());
         }
         let sealed = self.policies.sealer.seal(key);
-        let noted = match pending.departures.get(&sealed) {
-            Some(noted) => noted.clone(),
-            None => store.departure(&sealed)?,
-        };
-        let note = match noted {
+        let note = match Self::noted(pending, store, &sealed)? {
             Some(mut d) => {
                 if held_before || named {
                     d.upto.join(&self.upto(pending, change));
@@ -104,15 +100,19 @@ impl Engine {
         id: &mrr_core::ChangeId,
     ) -> Result<(), StoreError> {
         let sealed = self.policies.sealer.seal(key);
-        let noted = match pending.departures.get(&sealed) {
-            Some(noted) => noted.clone(),
-            None => store.departure(&sealed)?,
-        };
-        if let Some(mut d) = noted {
+        if let Some(mut d) = Self::noted(pending, store, &sealed)? {
             d.upto.raise(&id.stream(), id.seq);
             pending.departures.insert(sealed, Some(d));
         }
         Ok(())
+    }
+
+    /// The departure note of a sealed name, as the group leaves it.
+    fn noted(pending: &Pending, store: &dyn Store, sealed: &Key) -> Result<Option<Departure>, StoreError> {
+        match pending.departures.get(sealed) {
+            Some(noted) => Ok(noted.clone()),
+            None => store.departure(sealed),
+        }
     }
 
     /// Everything this region has applied, `change` included, outside the strong stream (which
