@@ -48,6 +48,11 @@ impl VersionVector {
         Self::default()
     }
 
+    /// Whether no stream has an entry above 0.
+    pub fn is_empty(&self) -> bool {
+        self.iter().all(|(_, seq)| seq == 0)
+    }
+
     pub fn get(&self, stream: &Stream) -> u64 {
         self.entries.get(stream).copied().unwrap_or(0)
     }

@@ -65,6 +65,10 @@ pub fn describe(recorder: &dyn Recorder) {
             "mrr_departures_pending",
             "Records that left this region whose changelog, conflict log or dead letters still name them.",
         ),
+        ("mrr_changelog_bytes", "Bytes the changelog takes on disk (what retention keeps)."),
+        ("mrr_changelog_entries", "Changelog entries held (approximate)."),
+        ("mrr_fold_entries", "Fold-history entries of custom topics held (approximate)."),
+        ("mrr_record_entries", "Record entries held, tombstones and placement registers included (approximate)."),
     ] {
         recorder.describe_gauge(name.into(), None, help.into());
     }
@@ -72,6 +76,11 @@ pub fn describe(recorder: &dyn Recorder) {
         "mrr_erased_total".into(),
         None,
         "Log entries erased because their record left this region (what: changes, conflicts, dead_letters).".into(),
+    );
+    recorder.describe_counter(
+        "mrr_collected_total".into(),
+        None,
+        "What retention collected below the stable point (what: changes, tombstones).".into(),
     );
 }
 
@@ -123,6 +132,10 @@ pub struct ReplicationMetrics {
     pub departures: Gauge,
     /// `mrr_erased_total` by what: changes, conflicts, dead letters.
     pub erased: [Counter; 3],
+    /// `mrr_collected_total` by what: changes, tombstones.
+    pub collected: [Counter; 2],
+    /// `mrr_changelog_bytes`, `mrr_changelog_entries`, `mrr_fold_entries`, `mrr_record_entries`.
+    pub footprint: [Gauge; 4],
 }
 
 impl std::fmt::Debug for ReplicationMetrics {
@@ -177,6 +190,9 @@ impl ReplicationMetrics {
         let departures = gauge("mrr_departures_pending", &[]);
         let erased =
             ["changes", "conflicts", "dead_letters"].map(|w| counter("mrr_erased_total", &[("what", w.to_owned())]));
+        let collected = ["changes", "tombstones"].map(|w| counter("mrr_collected_total", &[("what", w.to_owned())]));
+        let footprint = ["mrr_changelog_bytes", "mrr_changelog_entries", "mrr_fold_entries", "mrr_record_entries"]
+            .map(|name| gauge(name, &[]));
         Self {
             recorder,
             local: local.to_string(),
@@ -186,6 +202,8 @@ impl ReplicationMetrics {
             stable_behind,
             departures,
             erased,
+            collected,
+            footprint,
         }
     }
 

@@ -288,6 +288,30 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     }
 }
 
+/// The changelog does not hold the change after `after_seq` of `stream` though the vector
+/// says it exists: retention truncated it (the peer is behind what every member region had
+/// durably applied: its data was wiped, or it is not a member), or the log has a hole.
+fn behind_the_log(
+    ctx: &Context,
+    peer: &mrr_core::RegionName,
+    stream: &mrr_core::Stream,
+    after_seq: u64,
+    first_seq: Option<u64>,
+) {
+    let floor = ctx.store.log_floors().map(|f| f.get(stream)).unwrap_or(0);
+    if after_seq < floor {
+        let detail = format!(
+            "{peer} holds {stream} up to {after_seq}, but this region's changelog starts after {floor} (retention \
+             truncated what every region had durably applied): {peer} cannot catch up from the log; \
+             move its data directory aside and bootstrap it from a snapshot of a peer"
+        );
+        tracing::error!(peer = %peer, stream = %stream, after_seq, log_floor = floor, "{detail}");
+        ctx.status.update(peer, |s| s.last_error = Some(detail.clone()));
+    } else {
+        tracing::error!(stream = %stream, after_seq, ?first_seq, "changelog is missing changes the version vector covers");
+    }
+}
+
 /// Sends every batch the session allows now. Returns whether anything was sent.
 async fn pump(
     ctx: &Context,
@@ -310,15 +334,12 @@ async fn pump(
         } else {
             (Vec::new(), within(read.after_seq, read.limit, read.bytes_max)?)
         };
-        let Some(first_seq) = changes.first().map(|c| c.seq) else {
-            // The vector said these exist; the log must hold them (retention never outruns acks).
-            tracing::error!(stream = %stream, after_seq = read.after_seq, "changelog is missing changes the version vector covers");
-            return Err(SessionEnd::Closed);
-        };
-        if first_seq != read.after_seq + 1 {
-            tracing::error!(stream = %stream, after_seq = read.after_seq, first_seq, "changelog has a hole");
+        let first_seq = changes.first().map(|c| c.seq);
+        if first_seq != Some(read.after_seq + 1) {
+            behind_the_log(ctx, session.peer(), stream, read.after_seq, first_seq);
             return Err(SessionEnd::Closed);
         }
+        let Some(first_seq) = first_seq else { unreachable!("checked above") };
         let mut shipped = placement::for_peer(&changes, session.peer(), &ctx.config.sealer);
         if relayed && provenance::cut_to_checkpoint(&mut shipped) {
             tracing::debug!(peer = %session.peer(), stream = %stream, seq = first_seq, "waiting for the origin's next checkpoint before relaying");

@@ -4,10 +4,9 @@
 //! resumes from it, never from further back than what was persisted), and publishes it to the
 //! status board (`/v1/status` `stable`) and the `mrr_stable_point_behind_changes` gauge.
 //!
-//! When the point moved, it asks the writer for a collection pass over what records that left
-//! this region left behind (`mrr_writer::Collect`), and again while a pass leaves work it could
-//! do now. Changelog
-//! retention below the point is not built yet (issue 18).
+//! When the point moved, it asks the writer for a collection pass (`mrr_writer::Collect`): what
+//! records that left this region left behind, and retention below the point (the changelog is
+//! truncated, tombstones are collected); again while a pass leaves work it could do now.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -61,6 +60,12 @@ pub(crate) async fn run(ctx: Context) {
         let durable = ctx.writer.durable().borrow().clone();
         let now = ctx.stable.local(&durable, &applied);
         ctx.metrics.stable_behind.set(applied.count_ahead_of(&now.stable) as f64);
+        let f = ctx.store.footprint();
+        for (gauge, value) in
+            ctx.metrics.footprint.iter().zip([f.changelog_bytes, f.changelog_entries, f.fold_entries, f.records])
+        {
+            gauge.set(value as f64);
+        }
         if more || collected.as_ref() != Some(&now) {
             more = collect(&ctx, now.clone()).await;
             collected = Some(now.clone());
@@ -78,7 +83,7 @@ pub(crate) async fn run(ctx: Context) {
     }
 }
 
-/// One collection pass; whether it stopped at its bound with more it could erase now.
+/// One collection pass; whether it stopped at its bound with more it could collect now.
 async fn collect(ctx: &Context, collect: Collect) -> bool {
     match ctx.writer.collect(collect).await {
         Ok(out) => {
@@ -86,6 +91,9 @@ async fn collect(ctx: &Context, collect: Collect) -> bool {
             changes.increment(out.changes_erased);
             conflicts.increment(out.conflicts_erased);
             letters.increment(out.dead_letters_erased);
+            let [truncated, tombstones] = &ctx.metrics.collected;
+            truncated.increment(out.changes_truncated);
+            tombstones.increment(out.tombstones_collected);
             ctx.metrics.departures.set(out.departures_left as f64);
             ctx.status.set_departures(out.departures_left);
             if out.changes_erased + out.conflicts_erased + out.dead_letters_erased > 0 {
@@ -98,7 +106,14 @@ async fn collect(ctx: &Context, collect: Collect) -> bool {
                     "erased what records that left this region left behind"
                 );
             }
-            out.changes_erased > 0 && out.departures_left > 0
+            if out.changes_truncated + out.tombstones_collected > 0 {
+                tracing::debug!(
+                    changes = out.changes_truncated,
+                    tombstones = out.tombstones_collected,
+                    "retention collected below the stable point"
+                );
+            }
+            out.more
         }
         Err(e) => {
             tracing::warn!(error = %e, "collection pass failed; the next tick tries again");

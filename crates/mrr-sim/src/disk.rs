@@ -168,4 +168,16 @@ impl Store for SimDisk {
     fn set_stable_point(&self, stable: &mrr_core::VersionVector) -> Result<()> {
         self.live.set_stable_point(stable)
     }
+
+    fn footprint(&self) -> mrr_storage::Footprint {
+        self.live.footprint()
+    }
+
+    fn log_floors(&self) -> Result<mrr_core::VersionVector> {
+        self.live.log_floors()
+    }
+
+    fn records_after(&self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Record)>> {
+        self.live.records_after(after, limit)
+    }
 }

@@ -117,6 +117,7 @@ fn main() -> ExitCode {
     let mut converge_ms_max = 0;
     let mut events = 0;
     let (mut transfers, mut pending, mut erased) = (0, 0, 0);
+    let (mut truncated, mut tombstones) = (0, 0);
     let (mut sales, mut refused_rights, mut forwarded) = (0, 0, 0);
     let (mut grouped_commits, mut grouped_applies, mut storage_errors) = (0, 0, 0);
     for seed in args.seed_start..args.seed_start + args.seeds {
@@ -127,6 +128,8 @@ fn main() -> ExitCode {
                 transfers += report.transfers_received;
                 pending += report.refused_pending;
                 erased += report.changes_erased;
+                truncated += report.changes_truncated;
+                tombstones += report.tombstones_collected;
                 sales += report.acked_sales;
                 refused_rights += report.refused_rights;
                 forwarded += report.forwarded_sales;
@@ -173,6 +176,9 @@ fn main() -> ExitCode {
     );
     println!(
         "writer: {grouped_commits} commits of several requests, {grouped_applies} applies of several batches, {storage_errors} requests and commits failed by the disk"
+    );
+    println!(
+        "retention: {truncated} changelog entries truncated, {tombstones} tombstones collected below the stable point"
     );
     if args.config.placement {
         println!(

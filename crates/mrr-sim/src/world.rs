@@ -339,6 +339,10 @@ pub struct RunReport {
     pub tendings: usize,
     /// Changelog entries erased because their record had left the region.
     pub changes_erased: usize,
+    /// Changelog entries retention truncated below the stable point.
+    pub changes_truncated: usize,
+    /// Tombstones retention collected below the stable point.
+    pub tombstones_collected: usize,
 }
 
 /// A broken invariant.
@@ -481,6 +485,8 @@ struct World {
     tendings: usize,
     /// Changelog entries erased because their record left the region (`mrr_writer::Collect`).
     changes_erased: usize,
+    changes_truncated: usize,
+    tombstones_collected: usize,
     /// A violation found where no `Step` returns (the pump).
     broken: Option<Violation>,
 }
@@ -542,6 +548,8 @@ pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result
         forwarded_sales: world.forwarded_sales,
         tendings: world.tendings,
         changes_erased: world.changes_erased,
+        changes_truncated: world.changes_truncated,
+        tombstones_collected: world.tombstones_collected,
     })
 }
 
@@ -604,6 +612,7 @@ impl World {
                 &sealer,
                 cfg.strategy == Strategy::Merge && !cfg.deletes,
                 cfg.strategy == Strategy::Escrow,
+                cfg.strategy == Strategy::Timestamp,
             ),
             cfg,
             now: 0,
@@ -637,6 +646,8 @@ impl World {
             forwarded_sales: 0,
             tendings: 0,
             changes_erased: 0,
+            changes_truncated: 0,
+            tombstones_collected: 0,
             broken: None,
         };
         if world.cfg.placement {
@@ -736,13 +747,21 @@ impl World {
             return Ok(false);
         }
         let collect = mrr_writer::Collect { stable: n.stability.stable().clone() };
+        let mut passes = Vec::new();
+        let mut done = false;
         for _ in 0..PASSES_MAX {
             let built = writer.build(&n.store, [Work::Collect(collect.clone())], &ReadsAt(physical));
             let commit = built.batch().map_or(Ok(()), |batch| n.store.commit(batch));
             let settled = writer.settle(built, commit, &n.store, &mut n.durable);
             match settled.answers.into_iter().next() {
-                Some(Answer::Collect(Ok(out))) if out.changes_erased == 0 => return Ok(true),
-                Some(Answer::Collect(Ok(out))) => self.changes_erased += out.changes_erased as usize,
+                Some(Answer::Collect(Ok(out))) => {
+                    passes.push(out.clone());
+                    let idle = out.changes_erased + out.changes_truncated + out.tombstones_collected == 0;
+                    if idle && !out.more {
+                        done = true;
+                        break;
+                    }
+                }
                 other => {
                     return Err(Violation::simulator(
                         self.seed,
@@ -752,7 +771,23 @@ impl World {
                 }
             }
         }
-        Err(Violation::simulator(self.seed, self.now, format!("{PASSES_MAX} collection passes did not finish")))
+        for out in &passes {
+            self.collected(out);
+        }
+        if !done {
+            return Err(Violation::simulator(
+                self.seed,
+                self.now,
+                format!("{PASSES_MAX} collection passes did not finish"),
+            ));
+        }
+        Ok(true)
+    }
+
+    fn collected(&mut self, out: &mrr_writer::Collected) {
+        self.changes_erased += out.changes_erased as usize;
+        self.changes_truncated += out.changes_truncated as usize;
+        self.tombstones_collected += out.tombstones_collected as usize;
     }
 
     fn finish(&mut self) -> Step {
@@ -789,8 +824,17 @@ impl World {
             }
             let applied = node.store.recover().map_err(store_err)?.vv;
             let departures = node.store.departures().map_err(store_err)?;
+            let log_floors = node.store.log_floors().map_err(store_err)?;
             let collect = collected[i].then(|| mrr_writer::Collect { stable: node.stability.stable().clone() });
-            finals.push(FinalState { region: self.names[i].clone(), records, applied, changelog, departures, collect });
+            finals.push(FinalState {
+                region: self.names[i].clone(),
+                records,
+                applied,
+                changelog,
+                log_floors,
+                departures,
+                collect,
+            });
         }
         for inv in &mut self.invariants {
             if let Err(detail) = inv.at_end(&finals) {
@@ -907,7 +951,13 @@ impl World {
                     self.remote_answered(node, from, epoch, freshness, queued_at, out)?;
                 }
                 (Answer::Collect(out), Then::Collect) => match out {
-                    Ok(out) => self.changes_erased += out.changes_erased as usize,
+                    Ok(out) => {
+                        self.collected(&out);
+                        if out.more {
+                            // Stopped at its bound: the next tick goes on.
+                            self.nodes[node].collected = None;
+                        }
+                    }
                     // An injected disk fault: the next tick tries again.
                     Err(_) => self.nodes[node].collected = None,
                 },

@@ -10,6 +10,7 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
     let mut per_lane = [0; 3];
     let (mut placed, mut refused, mut transfers, mut pieces, mut erased) = (0, 0, 0, 0, 0);
     let (mut grouped_commits, mut grouped_applies, mut storage_errors) = (0, 0, 0);
+    let (mut truncated, mut tombstones) = (0, 0);
     for seed in seeds {
         match run(seed, config, None) {
             Ok(report) => {
@@ -19,6 +20,8 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
                 transfers += report.transfers_received;
                 pieces += report.history_pieces_received;
                 erased += report.changes_erased;
+                truncated += report.changes_truncated;
+                tombstones += report.tombstones_collected;
                 grouped_commits += report.grouped_commits;
                 grouped_applies += report.grouped_applies;
                 storage_errors += report.storage_errors;
@@ -30,6 +33,12 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
     // several requests, applies of several batches; and failing disks failed some of them.
     assert!(grouped_commits > 0 && grouped_applies > 0, "grouped commits {grouped_commits}, applies {grouped_applies}");
     assert!(storage_errors > 0, "no request or commit failed on a failing disk");
+    // Retention ran below the stable point: changelogs were truncated, and under `timestamp`
+    // tombstones collected (the retention invariant checks that nothing collectable is left).
+    assert!(truncated > 0, "no changelog entry truncated");
+    if config.strategy == Strategy::Timestamp {
+        assert!(tombstones > 0, "no tombstone collected");
+    }
     // Every lane carried writes, so cross-lane overtaking was part of every sweep.
     assert!(per_lane.iter().all(|n| *n > 0), "writes per lane (urgent, normal, bulk): {per_lane:?}");
     // With placement, records really lived in some regions only and clients were refused

@@ -372,6 +372,34 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
         })
         .expect("commit");
 
+    // Retention truncates a stream's changelog up to a floor: entries above it stay, the
+    // vector does not move, and a second truncation starts where the first ended.
+    let uw = stream("us-west");
+    assert_eq!(store.log_floors().expect("floors"), VersionVector::new());
+    let footprint = store.footprint();
+    let truncate = |upto: u64| CommitBatch {
+        log_truncated: [(uw.clone(), upto)].into_iter().collect(),
+        hlc_high_water: before.hlc_high_water,
+        ..CommitBatch::default()
+    };
+    store.commit(&truncate(1)).expect("truncate");
+    assert_eq!(store.changes_after(&uw, 0, 10).expect("changes"), vec![o1.clone()]);
+    assert_eq!(store.log_floors().expect("floors"), [(uw.clone(), 1)].into_iter().collect());
+    assert_eq!(store.recover().expect("recover").vv, before.vv, "truncation moves no vector");
+    assert_eq!(store.changes_after(&ap, 0, 10).expect("changes").len(), 2, "other streams keep theirs");
+    assert!(footprint.changelog_entries >= 4, "the footprint counts the changelog: {footprint:?}");
+    store.commit(&truncate(1)).expect("truncating again is harmless");
+    assert_eq!(store.changes_after(&uw, 0, 10).expect("changes"), vec![o1.clone()]);
+    // Every record, clear and sealed names alike, in key order, resuming after a key.
+    let all = store.records_after(None, 100).expect("records");
+    let keys: Vec<Key> = all.iter().map(|(k, _)| k.clone()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+    assert!(keys.contains(&a1.key) && keys.contains(&o1.key));
+    assert_eq!(store.records_after(Some(&keys[0]), 100).expect("records"), all[1..].to_vec());
+    assert_eq!(store.records_after(None, 1).expect("records"), all[..1].to_vec());
+
     let state = store.recover().expect("recover");
 
     // Everything survives a reopen.
@@ -384,6 +412,8 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
         assert_eq!(store.get(&a2.key).expect("get"), Some(a2.to_record()));
         assert_eq!(store.changes_after(&ap, 0, 10).expect("changes"), vec![a1, a2]);
         assert_eq!(store.recover().expect("recover"), state);
+        assert_eq!(store.log_floors().expect("floors"), [(uw.clone(), 1)].into_iter().collect());
+        assert_eq!(store.changes_after(&uw, 0, 10).expect("changes"), vec![o1]);
         assert_eq!(store.conflict_count(), 1, "counts are rebuilt when the store opens");
         assert_eq!(store.dead_letter_count(), 1);
         assert_eq!(store.oldest_dead_letter_ms().expect("oldest"), Some(9));

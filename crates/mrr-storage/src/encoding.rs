@@ -18,6 +18,15 @@ pub fn record_key(key: &Key) -> Vec<u8> {
     k
 }
 
+/// The key a [`record_key`] was made from.
+pub fn key_from_record_key(k: &[u8]) -> Result<Key> {
+    let corrupt = |reason: String| StoreError::Corrupt { what: "record key", key: k.to_vec(), reason };
+    let split = k.iter().position(|b| *b == 0).ok_or_else(|| corrupt("no separator".into()))?;
+    let topic = std::str::from_utf8(&k[..split]).map_err(|e| corrupt(e.to_string()))?;
+    let id = std::str::from_utf8(&k[split + 1..]).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Key::new(topic, id))
+}
+
 pub fn topic_prefix(topic: &str) -> Vec<u8> {
     let mut k = topic.as_bytes().to_vec();
     k.push(0);
@@ -66,6 +75,13 @@ pub fn vv_key(stream: &Stream) -> Vec<u8> {
 }
 
 pub const VV_PREFIX: &[u8] = b"vv\0";
+
+/// `floor\0` and the stream's display form: the last sequence retention removed.
+pub fn log_floor_key(stream: &Stream) -> Vec<u8> {
+    [LOG_FLOOR_PREFIX, stream.to_string().as_bytes()].concat()
+}
+
+pub const LOG_FLOOR_PREFIX: &[u8] = b"floor\0";
 
 /// `cert\0` and a checkpoint signer's fingerprint.
 pub fn certificate_key(fingerprint: &[u8; 32]) -> Vec<u8> {

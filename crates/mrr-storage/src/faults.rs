@@ -240,4 +240,18 @@ impl<S: Store> Store for FaultyStore<S> {
     fn set_stable_point(&self, stable: &VersionVector) -> Result<()> {
         self.inner.set_stable_point(stable)
     }
+
+    fn footprint(&self) -> crate::Footprint {
+        self.inner.footprint()
+    }
+
+    fn log_floors(&self) -> Result<VersionVector> {
+        self.plan.read("log floors")?;
+        self.inner.log_floors()
+    }
+
+    fn records_after(&self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Record)>> {
+        self.plan.read("records")?;
+        self.inner.records_after(after, limit)
+    }
 }

@@ -265,6 +265,21 @@ impl Store for FjallStore {
         for change in batch.changes.iter().chain(&batch.rewritten) {
             wb.insert(&self.changes, encoding::change_key(&change.stream(), change.seq), encode(change));
         }
+        // Each stream's entries from its old floor to its new one, by key (not read whole).
+        let floors = if batch.log_truncated.is_empty() { VersionVector::new() } else { self.log_floors()? };
+        for (stream, upto) in batch.log_truncated.iter() {
+            let from = floors.get(stream);
+            if upto <= from {
+                continue;
+            }
+            let start = encoding::change_key(stream, from.saturating_add(1));
+            let end = encoding::change_key(stream, upto);
+            for item in self.changes.range(start..=end) {
+                let k = item.key()?;
+                wb.remove(&self.changes, k.to_vec());
+            }
+            wb.insert(&self.meta, encoding::log_floor_key(stream), upto.to_be_bytes().to_vec());
+        }
         for (sealed, departure) in &batch.departures {
             match departure {
                 Some(d) => wb.insert(&self.meta, encoding::departure_key(sealed), encode(&(sealed, d))),
@@ -551,6 +566,43 @@ impl Store for FjallStore {
 
     fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
+    }
+
+    fn footprint(&self) -> crate::Footprint {
+        crate::Footprint {
+            changelog_entries: self.changes.approximate_len() as u64,
+            changelog_bytes: self.changes.disk_space(),
+            fold_entries: self.history.approximate_len() as u64,
+            records: self.records.approximate_len() as u64,
+        }
+    }
+
+    fn log_floors(&self) -> Result<VersionVector> {
+        let mut floors = VersionVector::new();
+        for item in self.meta.prefix(encoding::LOG_FLOOR_PREFIX) {
+            let (k, v) = item.into_inner()?;
+            let stream = encoding::stream_from_suffix("log floor key", &k, encoding::LOG_FLOOR_PREFIX.len())?;
+            floors.raise(&stream, decode_u64("log floor", &k, &v)?);
+        }
+        Ok(floors)
+    }
+
+    fn records_after(&self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Record)>> {
+        let start = match after {
+            Some(key) => {
+                let mut start = encoding::record_key(key);
+                start.push(0); // strictly after `key`: its id never holds a NUL
+                std::ops::Bound::Included(start)
+            }
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in self.records.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)).take(limit) {
+            let (k, v) = item.into_inner()?;
+            let record: Record = decode("record", &k, &v)?;
+            out.push((encoding::key_from_record_key(&k)?, record));
+        }
+        Ok(out)
     }
 }
 

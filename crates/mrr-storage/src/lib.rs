@@ -47,6 +47,10 @@ pub struct CommitBatch {
     /// Changelog entries replaced where they stand, without moving any vector: content a
     /// move-out left behind, become its marker ([`mrr_core::placement::Departure`]).
     pub rewritten: Vec<Change>,
+    /// Changelog entries that go (retention below the stable point): per stream, every entry
+    /// up to and including the given sequence, which becomes the stream's log floor
+    /// ([`Store::log_floors`]). Never covers an entry of `changes` or `rewritten`.
+    pub log_truncated: VersionVector,
     /// Records that left this region while its logs still name them, by sealed name: noted,
     /// updated, or gone (`None`) once erased.
     pub departures: Vec<(Key, Option<mrr_core::placement::Departure>)>,
@@ -92,6 +96,7 @@ impl CommitBatch {
             && self.sealed_index.is_empty()
             && self.changes.is_empty()
             && self.rewritten.is_empty()
+            && self.log_truncated.is_empty()
             && self.departures.is_empty()
             && self.conflicts_removed.is_empty()
             && self.history.is_empty()
@@ -143,6 +148,15 @@ impl ConflictCursor {
         let ident = (ChangeId::parse(&rest[..split])?, ChangeId::parse(&rest[split + 1..])?);
         Some(Self { detected_at_ms, ident })
     }
+}
+
+/// The size of what a store holds ([`Store::footprint`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub changelog_entries: u64,
+    pub changelog_bytes: u64,
+    pub fold_entries: u64,
+    pub records: u64,
 }
 
 /// What a node needs from disk to resume.
@@ -272,6 +286,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Bytes on disk (0 for memory).
     fn disk_bytes(&self) -> u64;
+
+    /// What the store holds, for metrics: approximate where counting would mean a scan.
+    fn footprint(&self) -> Footprint;
+
+    /// Per stream, the last sequence retention removed from the changelog: entries up to it
+    /// are gone ([`CommitBatch::log_truncated`]); a stream not named was never truncated.
+    fn log_floors(&self) -> Result<VersionVector>;
+
+    /// Records in key order strictly after `after`, under clear and sealed names alike, at
+    /// most `limit`: retention's sweep for what it may collect.
+    fn records_after(&self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Record)>>;
 
     /// A checkpoint signer's certificate (DER) by its fingerprint, kept so that changes it
     /// signed can be relayed with it ([`mrr_core::provenance`]).

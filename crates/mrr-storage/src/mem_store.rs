@@ -29,6 +29,7 @@ struct Inner {
     strong_requests: BTreeMap<String, Vec<u8>>,
     certificates: BTreeMap<[u8; 32], Vec<u8>>,
     stable_point: VersionVector,
+    log_floors: VersionVector,
     departures: BTreeMap<Key, mrr_core::placement::Departure>,
 }
 
@@ -128,6 +129,16 @@ impl Store for MemStore {
         }
         for c in &batch.rewritten {
             inner.changes.insert((c.stream(), c.seq), c.clone());
+        }
+        for (stream, upto) in batch.log_truncated.iter() {
+            let from = inner.log_floors.get(stream);
+            let gone: Vec<(Stream, u64)> =
+                inner.changes.range((stream.clone(), from)..=(stream.clone(), upto)).map(|(k, _)| k.clone()).collect();
+            for k in gone {
+                debug_assert!(!batch.changes.iter().chain(&batch.rewritten).any(|c| (c.stream(), c.seq) == k));
+                inner.changes.remove(&k);
+            }
+            inner.log_floors.raise(stream, upto);
         }
         for (sealed, departure) in &batch.departures {
             match departure {
@@ -294,5 +305,33 @@ impl Store for MemStore {
 
     fn disk_bytes(&self) -> u64 {
         0
+    }
+
+    fn footprint(&self) -> crate::Footprint {
+        let inner = self.lock();
+        crate::Footprint {
+            changelog_entries: inner.changes.len() as u64,
+            changelog_bytes: inner.changes.values().map(|c| crate::encoding::encode(c).len() as u64).sum(),
+            fold_entries: inner.history.len() as u64,
+            records: inner.records.len() as u64,
+        }
+    }
+
+    fn log_floors(&self) -> Result<VersionVector> {
+        Ok(self.lock().log_floors.clone())
+    }
+
+    fn records_after(&self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Record)>> {
+        let inner = self.lock();
+        let from = match after {
+            Some(k) => std::ops::Bound::Excluded(k.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        Ok(inner
+            .records
+            .range((from, std::ops::Bound::Unbounded))
+            .take(limit)
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect())
     }
 }

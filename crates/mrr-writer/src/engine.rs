@@ -27,6 +27,7 @@ use crate::{Committed, LocalOp, Refusal};
 
 mod escrow;
 mod residency;
+mod retention;
 mod strong;
 
 pub use escrow::SWEEP_MS as ESCROW_SWEEP_MS;
@@ -100,6 +101,8 @@ pub struct Engine {
     stamper: Stamper,
     /// Signs checkpoints; `None` in a cluster without certificates (they go unsigned).
     notary: Option<Arc<dyn Notary>>,
+    /// Where retention's record sweep resumes.
+    sweep: retention::Sweep,
 }
 
 impl std::fmt::Debug for Engine {
@@ -139,6 +142,7 @@ impl Engine {
             escrow: escrow::Tracker::default(),
             stamper,
             notary: None,
+            sweep: retention::Sweep::default(),
         }
     }
 
@@ -222,6 +226,7 @@ impl Engine {
             conflicts: pending.conflicts,
             conflicts_removed: pending.conflicts_removed.into_inner().into_keys().collect(),
             rewritten: pending.rewritten.into_inner().into_values().collect(),
+            log_truncated: pending.log_truncated.into_inner().into_iter().collect(),
             departures: pending.departures.into_inner().into_iter().collect(),
             dead_letters: pending.dead_letters.into_inner().into_values().collect(),
             dead_letters_cleared: pending.cleared.into_inner().into_keys().collect(),
@@ -346,6 +351,18 @@ impl Engine {
         }
     }
 
+    /// Whether a write over `record` creates the record anew: under `timestamp`, a tombstone
+    /// retention may collect ([`retention`]) is as good as no record. A region that collected
+    /// it treats the next write as the record's creation, which places it; the write must
+    /// then be a move everywhere, so that every region agrees on the move that placed it.
+    fn recreates(&self, key: &Key, record: &Record) -> bool {
+        record.is_tombstone()
+            && record.doc.is_none()
+            && record.lacking.is_empty()
+            && matches!(self.policies.rule(&key.topic), Rule::Timestamp)
+            && !self.policies.is_strong(&key.topic)
+    }
+
     /// Applies one client request to the group: all of it, or (on a rejection or a storage
     /// error) nothing of it.
     pub fn apply_local(
@@ -423,7 +440,8 @@ impl Engine {
             }
             // A creation, or a placement other than the record's, is a move: it carries the
             // whole record, which this region must then hold whole.
-            let moves = current.as_ref().is_none_or(|now| !placement::same(now, &metadata));
+            let moves = current.as_ref().is_none_or(|now| !placement::same(now, &metadata))
+                || record.as_ref().is_some_and(|r| self.recreates(&key, r));
             if let Some(r) = record.as_ref().filter(|r| moves && !r.lacking.is_empty()) {
                 return Err(LocalFailure::Rejected(Rejection::PlacementPending {
                     key,
@@ -1981,7 +1999,8 @@ mod tests {
         assert_eq!(whole(&sa), 0);
         let erased = changes_of(&sa, "a");
         assert!(erased.iter().all(|c| !c.has_content() && seal::is_sealed(&c.key)), "{erased:?}");
-        assert_eq!(erased.iter().map(leaf).collect::<Vec<_>>(), leaves);
+        // Retention truncated the stream up to its last checkpoint: what is left is its tail.
+        assert_eq!(erased.iter().map(leaf).collect::<Vec<_>>(), leaves[leaves.len() - erased.len()..]);
         assert_eq!(sa.departure(&sealed).expect("departure"), None, "the note goes with the last of it");
         assert_eq!(sa.recover().expect("recover").vv, everything, "erasing moves no vector");
     }
@@ -2104,5 +2123,69 @@ mod tests {
         assert_eq!(changes_of(&sa, "a.urgent").len(), 1, "a's answer, a transfer");
         ship(&sa, (&mut b, &sb), 1_005);
         group(&mut b, &sb, vec![incr(-1)], 1_006).expect("b sells against the rights it was given");
+    }
+
+    fn vv_of(entries: &[(&str, u64)]) -> VersionVector {
+        entries.iter().map(|(s, n)| (Stream::parse(s).expect("stream"), *n)).collect()
+    }
+
+    #[test]
+    fn retention_truncates_the_changelog_and_collects_tombstones_below_the_stable_point() {
+        let (sa, sb) = (MemStore::new(), MemStore::new());
+        let (mut a, mut b) = (engine("a"), engine("b"));
+        for i in 1..=5 {
+            local(&mut a, &sa, vec![kv("users", &format!("k{i}"), json!({"n": i}))], 1_000 + i);
+        }
+        let k1 = Key::new("users", "k1");
+        local(&mut a, &sa, vec![LocalOp::Delete { key: k1.clone() }], 1_006);
+        ship(&sa, (&mut b, &sb), 1_007);
+        let seqs = |s: &MemStore| changes_of(s, "a").iter().map(|c| c.seq).collect::<Vec<_>>();
+
+        // Below the point, up to the last checkpoint in it (every group ends at one): the
+        // entries before it go, in a's own changelog and in b's copy alike.
+        let out = collect(&mut a, &sa, &vv_of(&[("a", 4)]));
+        assert_eq!((out.changes_truncated, out.tombstones_collected), (3, 0));
+        assert_eq!(seqs(&sa), vec![4, 5, 6]);
+        assert_eq!(sa.log_floors().expect("floors"), vv_of(&[("a", 3)]));
+        collect(&mut b, &sb, &vv_of(&[("a", 4)]));
+        assert_eq!(seqs(&sb), vec![4, 5, 6]);
+        assert_eq!(sa.recover().expect("recover").vv, vv_of(&[("a", 6)]), "truncation moves no vector");
+        assert!(sa.get(&k1).expect("get").is_some_and(|r| r.is_tombstone()), "the delete is above the point");
+
+        // Everything stable: the tombstone goes too (with nothing else).
+        let out = collect(&mut a, &sa, &vv_of(&[("a", 6)]));
+        assert_eq!((out.changes_truncated, out.tombstones_collected), (2, 1));
+        assert_eq!(seqs(&sa), vec![6]);
+        assert_eq!(sa.get(&k1).expect("get"), None);
+        assert_eq!(value(&sa, "users", "k2"), Some(json!({"n": 2})), "live records stay");
+        let out = collect(&mut a, &sa, &vv_of(&[("a", 6)]));
+        assert_eq!((out.changes_truncated, out.tombstones_collected, out.more), (0, 0, false), "nothing left");
+
+        // b, which still holds the tombstone, writes the key again: a creation everywhere, so
+        // a (which holds nothing of it) and b agree on the move that placed it.
+        local(&mut b, &sb, vec![kv("users", "k1", json!({"back": true}))], 1_010);
+        ship(&sb, (&mut a, &sa), 1_011);
+        let (ra, rb) = (sa.get(&k1).expect("get"), sb.get(&k1).expect("get"));
+        assert!(ra.is_some() && ra == rb, "{ra:?} vs {rb:?}");
+        assert!(ra.is_some_and(|r| r.placed_by.is_some()));
+    }
+
+    #[test]
+    fn an_own_write_is_kept_while_the_move_placing_its_record_is_above_the_point() {
+        let sa = MemStore::new();
+        let mut a = engine("a");
+        local(&mut a, &sa, vec![put_in("users", "k", json!({"n": 1}), &["a"])], 1_000);
+        local(&mut a, &sa, vec![kv("users", "other", json!({"n": 2}))], 1_001);
+        // A move that places the record in b too: b, which got the first write as a marker,
+        // will ask a for its content.
+        local(&mut a, &sa, vec![put_in("users", "k", json!({"n": 1}), &["a", "b"])], 1_002);
+        let seqs = || changes_of(&sa, "a").iter().map(|c| c.seq).collect::<Vec<_>>();
+        let out = collect(&mut a, &sa, &vv_of(&[("a", 2)]));
+        assert_eq!(out.changes_truncated, 0, "the first write may still be wanted");
+        assert_eq!(seqs(), vec![1, 2, 3]);
+        // Once the move is below the point, every region that could lack it has asked.
+        let out = collect(&mut a, &sa, &vv_of(&[("a", 3)]));
+        assert_eq!(out.changes_truncated, 2);
+        assert_eq!(seqs(), vec![3]);
     }
 }

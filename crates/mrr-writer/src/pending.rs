@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::ops::Deref;
 
 use mrr_core::fold::FoldEntry;
-use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Version, VersionVector};
+use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version, VersionVector};
 
 /// A map whose changes since the last savepoint can be undone.
 #[derive(Debug)]
@@ -118,6 +118,8 @@ pub struct Pending {
     pub(crate) rewritten: Journaled<ChangeId, Change>,
     /// Conflict-log entries erased.
     pub(crate) conflicts_removed: JournaledSet<(ChangeId, ChangeId)>,
+    /// Per stream, the sequence retention truncates the changelog up to.
+    pub(crate) log_truncated: Journaled<Stream, u64>,
     /// The strong tier's position after this group (set once per group, outside requests).
     pub(crate) strong_position: Option<Vec<u8>>,
     pub(crate) now_ms: u64,
@@ -151,6 +153,7 @@ impl Pending {
             departures: Journaled::default(),
             rewritten: Journaled::default(),
             conflicts_removed: Journaled::default(),
+            log_truncated: Journaled::default(),
             strong_position: None,
             now_ms,
             dead_letter_room: None,
@@ -188,6 +191,7 @@ impl Pending {
             self.departures.release();
             self.rewritten.release();
             self.conflicts_removed.release();
+            self.log_truncated.release();
         } else {
             self.changes.truncate(savepoint.changes);
             self.conflicts.truncate(savepoint.conflicts);
@@ -202,6 +206,7 @@ impl Pending {
             self.departures.rollback();
             self.rewritten.rollback();
             self.conflicts_removed.rollback();
+            self.log_truncated.rollback();
         }
         out
     }
@@ -213,6 +218,9 @@ impl Pending {
             && self.rewritten.is_empty()
             && self.departures.is_empty()
             && self.conflicts_removed.is_empty()
+            && self.log_truncated.is_empty()
+            && self.overlay.is_empty()
+            && self.sealed_index.is_empty()
     }
 }
 

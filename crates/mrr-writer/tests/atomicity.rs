@@ -238,6 +238,18 @@ impl Store for WritesThenFails {
     fn set_stable_point(&self, stable: &mrr_core::VersionVector) -> mrr_storage::Result<()> {
         self.0.set_stable_point(stable)
     }
+
+    fn footprint(&self) -> mrr_storage::Footprint {
+        self.0.footprint()
+    }
+
+    fn log_floors(&self) -> mrr_storage::Result<mrr_core::VersionVector> {
+        self.0.log_floors()
+    }
+
+    fn records_after(&self, after: Option<&Key>, limit: usize) -> mrr_storage::Result<Vec<(Key, mrr_core::Record)>> {
+        self.0.records_after(after, limit)
+    }
 }
 
 #[tokio::test]

@@ -1,7 +1,9 @@
 //! No acknowledged write is lost (beyond what `durability: buffered` allows: writes not yet
-//! persisted at their origin when it lost power): after the heal every region has applied it (its change is in
-//! every changelog as written), and every region's record for its key is at least that new.
-//! Also: each key ends at the acknowledged write with the greatest version (last writer wins).
+//! persisted at their origin when it lost power): after the heal every region has applied it
+//! (its change is in every changelog as written, or below the log floor retention truncated
+//! it to), and every region's record for its key is at least that new. Also: each key ends at
+//! the acknowledged write with the greatest version (last writer wins) — or, where that write
+//! was a delete, the key may be gone altogether (retention collected its tombstone).
 
 use std::collections::BTreeMap;
 
@@ -49,8 +51,8 @@ impl Invariant for AckedWrites {
                         w.key
                     ));
                 }
-                let in_log =
-                    r.changelog.iter().any(|c| c.stream() == w.stream() && c.seq == w.seq && c.version == w.version);
+                let in_log = w.seq <= r.log_floors.get(&w.stream())
+                    || r.changelog.iter().any(|c| c.stream() == w.stream() && c.seq == w.seq && c.version == w.version);
                 if !in_log {
                     return Err(format!("{} has no change {}-{} as acknowledged", r.region, w.stream(), w.seq));
                 }
@@ -59,7 +61,8 @@ impl Invariant for AckedWrites {
                 let placed_elsewhere =
                     records.get(&w.key).is_some_and(|rec| !mrr_core::placement::places(&rec.metadata, &r.region));
                 let have: Option<&Version> = records.get(&w.key).map(|rec| &rec.version);
-                if !placed_elsewhere && have.is_none_or(|v| v < &w.version) {
+                let collected = have.is_none() && newest.get(&w.key).is_some_and(|n| n.tombstone);
+                if !placed_elsewhere && !collected && have.is_none_or(|v| v < &w.version) {
                     return Err(format!(
                         "{} holds {:?} for {}, older than acknowledged {}",
                         r.region, have, w.key, w.version
@@ -67,7 +70,12 @@ impl Invariant for AckedWrites {
                 }
             }
             for (key, w) in &newest {
-                let rec = records.get(key).ok_or_else(|| format!("{} lost {key}", r.region))?;
+                let Some(rec) = records.get(key) else {
+                    if w.tombstone {
+                        continue;
+                    }
+                    return Err(format!("{} lost {key}", r.region));
+                };
                 let placed = mrr_core::placement::places(&rec.metadata, &r.region);
                 if placed && (rec.version != w.version || rec.is_tombstone() != w.tombstone) {
                     return Err(format!(

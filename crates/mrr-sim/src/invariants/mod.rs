@@ -10,6 +10,7 @@ mod no_loop;
 mod no_resurrection;
 mod placement;
 mod residency;
+mod retention;
 mod stable_point;
 mod vv_monotonic;
 
@@ -26,6 +27,7 @@ pub use no_loop::NoLoop;
 pub use no_resurrection::NoResurrection;
 pub use placement::Placement;
 pub use residency::Residency;
+pub use retention::Retention;
 pub use stable_point::StablePoint;
 pub use vv_monotonic::VvMonotonic;
 
@@ -56,6 +58,8 @@ pub struct FinalState {
     pub records: Vec<(Key, Record)>,
     pub applied: VersionVector,
     pub changelog: Vec<mrr_core::Change>,
+    /// Per stream, the last sequence retention truncated from the changelog.
+    pub log_floors: VersionVector,
     /// Records that left the region whose logs are not erased yet, by sealed name.
     pub departures: Vec<(Key, mrr_core::placement::Departure)>,
     /// What the region's last collection pass was given, when one ran on the final state.
@@ -101,11 +105,19 @@ pub trait Invariant {
 /// `counters`: also check that counter increments add up exactly (only meaningful when the
 /// workload does not delete, since a delete resets what it saw).
 /// `escrow`: also check that bounded counters never oversell ([`NeverBelowBound`]).
-pub fn all(names: &[RegionName], sealer: &mrr_core::Sealer, counters: bool, escrow: bool) -> Vec<Box<dyn Invariant>> {
+/// `timestamp`: the topic's rule is `timestamp`, whose tombstones retention collects.
+pub fn all(
+    names: &[RegionName],
+    sealer: &mrr_core::Sealer,
+    counters: bool,
+    escrow: bool,
+    timestamp: bool,
+) -> Vec<Box<dyn Invariant>> {
     let regions = names.len();
     let mut all: Vec<Box<dyn Invariant>> = vec![
         Box::new(Placement::new(names.to_vec())),
         Box::new(Residency::new(sealer.clone())),
+        Box::new(Retention::new(timestamp)),
         Box::new(VvMonotonic::new(regions)),
         Box::new(StablePoint::new(names.to_vec())),
         Box::new(NoDoubleApply::new(regions)),

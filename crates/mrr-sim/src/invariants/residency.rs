@@ -37,7 +37,10 @@ impl Invariant for Residency {
             let notes: BTreeMap<_, _> = r.departures.iter().map(|(k, d)| (k, d)).collect();
             for change in r.changelog.iter().filter(|c| !is_sealed(&c.key)) {
                 let held = records.get(&change.key).is_some_and(|rec| places(&rec.metadata, &r.region));
-                if held {
+                // Nothing of it at all: a tombstone retention collected (it was held here).
+                let collected =
+                    !records.contains_key(&change.key) && !records.contains_key(&self.sealer.seal(&change.key));
+                if held || collected {
                     continue;
                 }
                 let Some(note) = notes.get(&self.sealer.seal(&change.key)) else {

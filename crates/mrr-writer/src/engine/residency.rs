@@ -50,6 +50,12 @@ pub struct Collected {
     pub departures_done: u64,
     /// Departures with something left to erase, now or later.
     pub departures_left: u64,
+    /// Changelog entries retention truncated below the point ([`super::retention`]).
+    pub changes_truncated: u64,
+    /// Tombstones retention collected below the point.
+    pub tombstones_collected: u64,
+    /// Whether this pass stopped at a bound with more it could collect now.
+    pub more: bool,
 }
 
 impl Engine {
@@ -144,8 +150,14 @@ impl Engine {
             };
         }
         let mut budget = SCAN_CHANGES_MAX;
+        let mut departures_more = false;
         for (sealed, mut d) in notes {
-            if budget == 0 || !d.moved_by.seen_by(&collect.stable) {
+            if !d.moved_by.seen_by(&collect.stable) {
+                out.departures_left += 1;
+                continue;
+            }
+            if budget == 0 {
+                departures_more = true;
                 out.departures_left += 1;
                 continue;
             }
@@ -191,6 +203,12 @@ impl Engine {
                 out.departures_left += 1;
             }
         }
+        // Out of budget with a departure left: the next pass may go on at once.
+        departures_more |= budget == 0 && out.departures_left > 0;
+        let retained = self.retain(pending, store, &collect.stable)?;
+        out.changes_truncated = retained.changes_truncated;
+        out.tombstones_collected = retained.tombstones_collected;
+        out.more = departures_more || retained.more;
         Ok(out)
     }
 
