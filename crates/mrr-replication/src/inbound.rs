@@ -188,7 +188,11 @@ async fn accept(
     let peer = greeted.peer.clone();
     let link = ctx.links.sender(&peer, tx.clone(), ctx.config.peer_timeout);
     let mut registered = false;
-    let end = session(&ctx, &acceptor, &greeted, stream, &link, &mut registered).await;
+    let mut closing = ctx.closing.clone();
+    let end = tokio::select! {
+        end = session(&ctx, &acceptor, &greeted, stream, &link, &mut registered) => end,
+        _ = closing.wait_for(|c| *c) => Err(Status::unavailable("the node is shutting down")),
+    };
     if registered {
         let mut still_connected = false;
         ctx.status.update(&peer, |s| {

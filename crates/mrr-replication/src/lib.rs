@@ -156,6 +156,9 @@ pub(crate) struct Context {
     pub notary: Option<Arc<notary::CertNotary>>,
     /// What every member region has durably applied.
     pub stable: stable::StablePoint,
+    /// Turns `true` when the replicator shuts down: inbound streams (which run in tasks of
+    /// their own, outside the listener's) end then, so dialers learn the node is gone.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What replication runs on: the node's store, writer and clock, its links, its metrics
@@ -181,6 +184,7 @@ impl std::fmt::Debug for Deps {
 #[derive(Debug)]
 pub struct Replicator {
     tasks: Vec<JoinHandle<()>>,
+    closing: tokio::sync::watch::Sender<bool>,
     pub status: StatusBoard,
     pub links: Links,
     pub metrics: metrics::ReplicationMetrics,
@@ -212,6 +216,7 @@ impl Replicator {
         status.set_stable(persisted.clone());
         let members = std::iter::once(config.local.clone()).chain(config.peers.iter().map(|p| p.region.clone()));
         let stable = stable::StablePoint::new(config.local.clone(), members, persisted);
+        let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let ctx = Context {
             config: Arc::new(config),
             store,
@@ -223,6 +228,7 @@ impl Replicator {
             consensus,
             notary,
             stable,
+            closing: closing_rx,
         };
         // Every log line of this node's sessions names the node's region (several nodes share a
         // process under `mrr dev`).
@@ -234,11 +240,12 @@ impl Replicator {
         for peer in ctx.config.peers.clone() {
             tasks.push(tokio::spawn(outbound::run(ctx.clone(), peer).instrument(span.clone())));
         }
-        Ok(Self { tasks, status, links, metrics })
+        Ok(Self { tasks, closing, status, links, metrics })
     }
 
     /// Stops all sessions and the listener.
     pub fn shutdown(&self) {
+        self.closing.send_replace(true);
         for t in &self.tasks {
             t.abort();
         }

@@ -69,6 +69,7 @@ pub fn describe(recorder: &dyn Recorder) {
         ("mrr_changelog_entries", "Changelog entries held (approximate)."),
         ("mrr_fold_entries", "Fold-history entries of custom topics held (approximate)."),
         ("mrr_record_entries", "Record entries held, tombstones and placement registers included (approximate)."),
+        ("mrr_tombstones", "Tombstones of records held here, as counted by retention's last whole sweep."),
     ] {
         recorder.describe_gauge(name.into(), None, help.into());
     }
@@ -136,6 +137,8 @@ pub struct ReplicationMetrics {
     pub collected: [Counter; 2],
     /// `mrr_changelog_bytes`, `mrr_changelog_entries`, `mrr_fold_entries`, `mrr_record_entries`.
     pub footprint: [Gauge; 4],
+    /// `mrr_tombstones`.
+    pub tombstones: Gauge,
 }
 
 impl std::fmt::Debug for ReplicationMetrics {
@@ -193,6 +196,7 @@ impl ReplicationMetrics {
         let collected = ["changes", "tombstones"].map(|w| counter("mrr_collected_total", &[("what", w.to_owned())]));
         let footprint = ["mrr_changelog_bytes", "mrr_changelog_entries", "mrr_fold_entries", "mrr_record_entries"]
             .map(|name| gauge(name, &[]));
+        let tombstones = gauge("mrr_tombstones", &[]);
         Self {
             recorder,
             local: local.to_string(),
@@ -204,6 +208,7 @@ impl ReplicationMetrics {
             erased,
             collected,
             footprint,
+            tombstones,
         }
     }
 

@@ -43,6 +43,9 @@ enum SessionEnd {
     Stalled(u64, Duration),
     #[error("reading changelog: {0}")]
     Store(#[from] mrr_storage::StoreError),
+    /// The peer needs changes this region's changelog no longer holds (or never held).
+    #[error("{0}")]
+    BehindTheLog(String),
 }
 
 /// An error with its causes, `a: b: c`, since transport errors say little at the top level.
@@ -297,19 +300,19 @@ fn behind_the_log(
     stream: &mrr_core::Stream,
     after_seq: u64,
     first_seq: Option<u64>,
-) {
+) -> SessionEnd {
     let floor = ctx.store.log_floors().map(|f| f.get(stream)).unwrap_or(0);
-    if after_seq < floor {
-        let detail = format!(
+    let detail = if after_seq < floor {
+        format!(
             "{peer} holds {stream} up to {after_seq}, but this region's changelog starts after {floor} (retention \
              truncated what every region had durably applied): {peer} cannot catch up from the log; \
              move its data directory aside and bootstrap it from a snapshot of a peer"
-        );
-        tracing::error!(peer = %peer, stream = %stream, after_seq, log_floor = floor, "{detail}");
-        ctx.status.update(peer, |s| s.last_error = Some(detail.clone()));
+        )
     } else {
-        tracing::error!(stream = %stream, after_seq, ?first_seq, "changelog is missing changes the version vector covers");
-    }
+        format!("this region's changelog of {stream} is missing changes its version vector covers: after {after_seq} it holds {first_seq:?}")
+    };
+    tracing::error!(peer = %peer, stream = %stream, after_seq, log_floor = floor, "{detail}");
+    SessionEnd::BehindTheLog(detail)
 }
 
 /// Sends every batch the session allows now. Returns whether anything was sent.
@@ -336,8 +339,7 @@ async fn pump(
         };
         let first_seq = changes.first().map(|c| c.seq);
         if first_seq != Some(read.after_seq + 1) {
-            behind_the_log(ctx, session.peer(), stream, read.after_seq, first_seq);
-            return Err(SessionEnd::Closed);
+            return Err(behind_the_log(ctx, session.peer(), stream, read.after_seq, first_seq));
         }
         let Some(first_seq) = first_seq else { unreachable!("checked above") };
         let mut shipped = placement::for_peer(&changes, session.peer(), &ctx.config.sealer);

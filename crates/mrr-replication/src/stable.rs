@@ -94,6 +94,9 @@ async fn collect(ctx: &Context, collect: Collect) -> bool {
             let [truncated, tombstones] = &ctx.metrics.collected;
             truncated.increment(out.changes_truncated);
             tombstones.increment(out.tombstones_collected);
+            if let Some(held) = out.tombstones_held {
+                ctx.metrics.tombstones.set(held as f64);
+            }
             ctx.metrics.departures.set(out.departures_left as f64);
             ctx.status.set_departures(out.departures_left);
             if out.changes_erased + out.conflicts_erased + out.dead_letters_erased > 0 {

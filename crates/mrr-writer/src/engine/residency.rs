@@ -54,6 +54,8 @@ pub struct Collected {
     pub changes_truncated: u64,
     /// Tombstones retention collected below the point.
     pub tombstones_collected: u64,
+    /// Tombstones of held records left after a whole sweep, when this pass ended one.
+    pub tombstones_held: Option<u64>,
     /// Whether this pass stopped at a bound with more it could collect now.
     pub more: bool,
 }
@@ -208,6 +210,7 @@ impl Engine {
         let retained = self.retain(pending, store, &collect.stable)?;
         out.changes_truncated = retained.changes_truncated;
         out.tombstones_collected = retained.tombstones_collected;
+        out.tombstones_held = retained.tombstones_held;
         out.more = departures_more || retained.more;
         Ok(out)
     }

@@ -55,6 +55,9 @@ pub struct Retained {
     /// Changelog entries truncated.
     pub changes_truncated: u64,
     pub tombstones_collected: u64,
+    /// At the end of a whole sweep of the records: the tombstones it left (not yet below the
+    /// point, or of rules retention does not collect).
+    pub tombstones_held: Option<u64>,
     /// Whether the pass stopped at a bound with more it could collect now.
     pub more: bool,
 }
@@ -64,6 +67,8 @@ pub struct Retained {
 #[derive(Clone, Debug, Default)]
 pub(super) struct Sweep {
     after: Option<Key>,
+    /// Tombstones this sweep passed over so far.
+    held: u64,
 }
 
 impl Engine {
@@ -94,6 +99,9 @@ impl Engine {
         }
         let (collected, sweep_more) = self.sweep_tombstones(pending, store, stable, young)?;
         out.tombstones_collected = collected;
+        if !sweep_more {
+            out.tombstones_held = Some(std::mem::take(&mut self.sweep.held));
+        }
         out.more |= sweep_more;
         Ok(out)
     }
@@ -207,6 +215,9 @@ impl Engine {
         for (key, record) in page {
             // A record this group writes is judged by the next pass.
             if pending.overlay.contains_key(&key) || !self.collectable(&key, &record, stable, young) {
+                if record.is_tombstone() && placement::places(&record.metadata, &self.local) {
+                    self.sweep.held += 1;
+                }
                 continue;
             }
             pending.overlay.insert(key.clone(), None);

@@ -1,0 +1,86 @@
+//! Retention on running nodes: once both regions hold every change durably, each truncates its
+//! changelog and collects its tombstones below the stable point, replication goes on above it,
+//! and a peer that comes back with a wiped data directory (behind what the changelog retains)
+//! is told precisely why it cannot catch up from the log.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use mrr_server::{Config, Listeners, Node, NodeOptions};
+use serde_json::json;
+
+/// The value of a metric sample `name` (with its labels, as exposed) on the node of `client`.
+async fn sample(client: &mrr_client::Client, name: &str) -> anyhow::Result<f64> {
+    let text = client.metrics().await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+async fn wait_for_sample(client: &mrr_client::Client, name: &str, at_least: f64) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    loop {
+        let v = sample(client, name).await?;
+        if v >= at_least {
+            return Ok(v);
+        }
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "{name} stayed at {v}, below {at_least}, for 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const TRUNCATED: &str = "mrr_collected_total{what=\"changes\"}";
+const TOMBSTONES: &str = "mrr_collected_total{what=\"tombstones\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_stable_point_the_changelog_is_truncated_and_tombstones_collected() -> anyhow::Result<()> {
+    let mut pair = common::pair(["retention-secret-0123", "retention-secret-0123"]).await?;
+    let (a, b) = (&pair.clients[0], &pair.clients[1]);
+    for i in 0..40 {
+        a.put(&format!("users/u{i}"), &json!({"n": i})).await?;
+    }
+    for i in 0..10 {
+        a.delete(&format!("users/u{i}")).await?;
+    }
+    common::wait_for_record(b, "users/u39").await?;
+
+    // Both regions had every change durably: each truncates and collects.
+    for c in [a, b] {
+        wait_for_sample(c, TRUNCATED, 1.0).await?;
+        wait_for_sample(c, TOMBSTONES, 10.0).await?;
+    }
+    for c in [a, b] {
+        assert!(c.query("users/u3").await?.is_none(), "a collected delete stays a delete");
+        assert_eq!(c.query("users/u30").await?.map(|r| r.value["n"].clone()), Some(json!(30)));
+    }
+    // Replication goes on above the point, in both directions; a collected key can be written
+    // again.
+    b.put("users/u3", &json!({"n": "again"})).await?;
+    a.put("users/u40", &json!({"n": 40})).await?;
+    assert_eq!(common::wait_for_record(a, "users/u3").await?.value["n"], json!("again"));
+    common::wait_for_record(b, "users/u40").await?;
+
+    // us-west comes back with a wiped data directory: it holds none of what ap-northeast's
+    // changelog no longer keeps, and ap-northeast says so instead of sending a hole.
+    let wiped = pair.nodes.remove(1);
+    wiped.shutdown();
+    wiped.wait().await;
+    let config = Config::load(&pair.configs[1])?;
+    std::fs::remove_dir_all(&config.data_dir)?;
+    let peer = std::net::TcpListener::bind(("127.0.0.1", pair.peer_ports[1]))?;
+    let options = NodeOptions {
+        heartbeat_interval: Duration::from_millis(100),
+        peer_timeout: Duration::from_secs(2),
+        ..NodeOptions::default()
+    };
+    pair.nodes.push(Node::start_on(config, options, Listeners { api: None, peer: Some(peer) }).await?);
+    let error = match common::wait_for_error(a, "bootstrap it from a snapshot").await {
+        Ok(e) => e,
+        Err(e) => anyhow::bail!("{e}: {:?}", a.status().await?.peers),
+    };
+    assert!(error.contains("us-west") && error.contains("changelog starts after"), "{error}");
+    Ok(())
+}
