@@ -185,7 +185,7 @@ pub enum StoreError {
     #[error("the data directory's sealed names were made with placement secret {found}, the config gives {configured}: set `placement_secret:` to the secret this region was first started with (its `secret` then)")]
     SealerChanged { found: String, configured: String },
     /// The directory holds data in a format this release does not read. Fatal at start-up.
-    #[error("the data directory holds storage format {found}, this release reads format {expected}: move the directory aside and restart; the region then catches up from its peers (they keep their changelogs)")]
+    #[error("the data directory holds storage format {found}, this release reads format {expected}: run the release that wrote it, or move the directory aside and restart; an empty region catches up from its peers' changelogs only while they still hold all of it (retention truncates what every region has durably applied), else its peers report that it needs a snapshot bootstrap")]
     Format { found: u32, expected: u32 },
 }
 
