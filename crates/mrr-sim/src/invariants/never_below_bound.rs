@@ -59,6 +59,10 @@ impl Invariant for NeverBelowBound {
             }
             for r in regions {
                 let record = r.records.iter().find(|(k, _)| k == key).map(|(_, rec)| rec);
+                // Outside its placement a region holds only where the record lives.
+                if record.is_some_and(|rec| !mrr_core::placement::places(&rec.metadata, &r.region)) {
+                    continue;
+                }
                 let value: Option<serde_json::Value> =
                     record.and_then(|rec| rec.value.as_deref()).and_then(|v| serde_json::from_slice(v).ok());
                 let have = value.as_ref().and_then(|v| v.get(STOCK)).and_then(serde_json::Value::as_i64);
