@@ -612,7 +612,7 @@ impl World {
                 &sealer,
                 cfg.strategy == Strategy::Merge && !cfg.deletes,
                 cfg.strategy == Strategy::Escrow,
-                cfg.strategy == Strategy::Timestamp,
+                cfg.strategy == Strategy::Timestamp && mrr_writer::COLLECT_TOMBSTONES,
             ),
             cfg,
             now: 0,

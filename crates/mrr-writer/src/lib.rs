@@ -26,7 +26,9 @@ use mrr_storage::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use durable::DurableRule;
-pub use engine::{Collect, Collected, Engine, LocalFailure, Rejection, RemoteOutcome, ESCROW_SWEEP_MS};
+pub use engine::{
+    Collect, Collected, Engine, LocalFailure, Rejection, RemoteOutcome, COLLECT_TOMBSTONES, ESCROW_SWEEP_MS,
+};
 pub use group::{Answer, Built, GroupCommit, Settled, StrongBatch, Work};
 pub use pending::Pending;
 
