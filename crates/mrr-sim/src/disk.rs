@@ -180,4 +180,12 @@ impl Store for SimDisk {
     fn records_after(&self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Record)>> {
         self.live.records_after(after, limit)
     }
+
+    fn view(&self) -> Result<std::sync::Arc<dyn mrr_storage::StoreView>> {
+        self.live.view()
+    }
+
+    fn bootstrap_mark(&self) -> Result<Option<mrr_storage::BootstrapMark>> {
+        self.live.bootstrap_mark()
+    }
 }

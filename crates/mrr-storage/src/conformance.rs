@@ -112,6 +112,33 @@ pub fn run<S: Store>(store: S, reopen: impl FnOnce(S) -> Option<S>) {
         vec![(u1.stream(), (1, [9; 32]))]
     );
 
+    // A view sees the store as of when it was taken, whatever commits after it.
+    let view = store.view().expect("view");
+    let before = store.recover().expect("recover");
+    let later = change("eu-view", 1, "views", "v1", Some("{}"), clock.now(6));
+    store.commit(&batch_of(vec![later.clone()])).expect("commit");
+    assert_eq!(view.recover().expect("view recover").vv, before.vv, "the view's vector is as of the view");
+    assert_eq!(view.recover().expect("view recover").chain_heads, before.chain_heads);
+    let seen: Vec<Key> = view.records_after(None, 100).expect("view records").into_iter().map(|(k, _)| k).collect();
+    assert!(!seen.contains(&later.key), "a record committed after the view is not in it");
+    assert_eq!(seen.len(), 4, "records in the view: {seen:?}");
+    assert_eq!(view.changes_within(&stream("us-west"), 0, 10, u64::MAX).expect("view changes").len(), 2);
+    assert_eq!(store.changes_within(&stream("eu-view"), 0, 10, u64::MAX).expect("changes").len(), 1);
+    assert!(view.changes_within(&stream("eu-view"), 0, 10, u64::MAX).expect("view changes").is_empty());
+    assert_eq!(view.certificate(&[1; 32]).expect("view certificate").as_deref(), Some(&b"der"[..]));
+    drop(view);
+    // A bootstrap mark is stored with the batch that carries it, and only replaced.
+    assert_eq!(store.bootstrap_mark().expect("mark"), None);
+    let mark = crate::BootstrapMark::Installing { donor: "us-west".into(), snapshot: 7, after: Some(a1.key.clone()) };
+    let high = store.recover().expect("recover").hlc_high_water;
+    let marked = CommitBatch { bootstrap: Some(mark.clone()), hlc_high_water: high, ..CommitBatch::default() };
+    assert!(!marked.is_empty());
+    store.commit(&marked).expect("commit");
+    assert_eq!(store.bootstrap_mark().expect("mark"), Some(mark));
+    let unmarked = CommitBatch { hlc_high_water: before.hlc_high_water, ..CommitBatch::default() };
+    store.commit(&unmarked).expect("commit");
+    assert!(matches!(store.bootstrap_mark().expect("mark"), Some(crate::BootstrapMark::Installing { .. })));
+
     // Latest record state per key, tombstones included.
     assert_eq!(store.get(&a1.key).expect("get"), Some(b1.to_record()));
     assert!(store.get(&a1.key).expect("get").is_some_and(|r| r.is_tombstone()));

@@ -93,6 +93,8 @@ pub const FORMAT_KEY: &[u8] = b"format";
 pub const SEALER_KEY: &[u8] = b"sealer";
 pub const STRONG_POSITION_KEY: &[u8] = b"strong_position";
 /// The stable point (`mrr_core::stability`), as last persisted.
+pub const BOOTSTRAP_KEY: &[u8] = b"bootstrap";
+
 pub const STABLE_POINT_KEY: &[u8] = b"stable_point";
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -254,4 +254,14 @@ impl<S: Store> Store for FaultyStore<S> {
         self.plan.read("records")?;
         self.inner.records_after(after, limit)
     }
+
+    fn view(&self) -> Result<std::sync::Arc<dyn crate::StoreView>> {
+        self.plan.read("view")?;
+        self.inner.view()
+    }
+
+    fn bootstrap_mark(&self) -> Result<Option<crate::BootstrapMark>> {
+        self.plan.read("bootstrap mark")?;
+        self.inner.bootstrap_mark()
+    }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable as _};
 use mrr_core::fold::FoldEntry;
 use mrr_core::{Change, ChangeId, ConflictEntry, DeadLetter, Key, Record, Stream, Version, VersionVector};
 
@@ -45,6 +45,15 @@ impl std::fmt::Debug for FjallStore {
 }
 
 impl FjallStore {
+    fn reader(&self) -> Reader {
+        Reader {
+            records: self.records.clone(),
+            changes: self.changes.clone(),
+            meta: self.meta.clone(),
+            history: self.history.clone(),
+        }
+    }
+
     /// A durable log (see [`crate::log`]) named `name` in this store's database: its writes
     /// share the journal with the records but are fsynced on their own.
     pub fn log(&self, name: &str) -> Result<crate::log::FjallLog> {
@@ -212,41 +221,12 @@ impl Store for FjallStore {
     }
 
     fn changes_within(&self, stream: &Stream, after_seq: u64, limit: usize, bytes_max: u64) -> Result<Vec<Change>> {
-        let start = encoding::change_key(stream, after_seq.saturating_add(1));
-        let end = encoding::change_key(stream, u64::MAX);
-        let mut out = Vec::with_capacity(limit.min(1024));
-        let mut bytes = 0u64;
-        for item in self.changes.range(start..=end).take(limit) {
-            let (k, v) = item.into_inner()?;
-            bytes += v.len() as u64;
-            if bytes > bytes_max && !out.is_empty() {
-                break;
-            }
-            out.push(decode("change", &k, &v)?);
-        }
-        Ok(out)
+        self.reader().changes_within(At::Live, stream, after_seq, limit, bytes_max)
     }
 
     fn recover(&self) -> Result<RecoveredState> {
-        let mut state = RecoveredState::default();
-        for item in self.meta.prefix(encoding::VV_PREFIX) {
-            let (k, v) = item.into_inner()?;
-            let stream = encoding::stream_from_suffix("version vector key", &k, encoding::VV_PREFIX.len())?;
-            state.vv.raise(&stream, decode_u64("version vector entry", &k, &v)?);
-        }
-        if let Some(v) = self.meta.get(encoding::HLC_KEY)? {
-            state.hlc_high_water = decode("hlc high water", encoding::HLC_KEY, &v)?;
-        }
+        let mut state = self.reader().recover(At::Live)?;
         state.strong_position = self.meta.get(encoding::STRONG_POSITION_KEY)?.map(|v| v.to_vec());
-
-        // One read per stream: its last change, whose checkpoint (if any) is the chain's head.
-        for (stream, seq) in state.vv.iter() {
-            if let Some(last) = self.changes_within(stream, seq.saturating_sub(1), 1, u64::MAX)?.pop() {
-                if let Some(cp) = &last.proof.checkpoint {
-                    state.chain_heads.insert(stream.clone(), (last.seq, cp.link));
-                }
-            }
-        }
         Ok(state)
     }
 
@@ -299,6 +279,9 @@ impl Store for FjallStore {
         wb.insert(&self.meta, encoding::HLC_KEY.to_vec(), encode(&batch.hlc_high_water));
         if let Some(p) = &batch.strong_position {
             wb.insert(&self.meta, encoding::STRONG_POSITION_KEY.to_vec(), p.clone());
+        }
+        if let Some(mark) = &batch.bootstrap {
+            wb.insert(&self.meta, encoding::BOOTSTRAP_KEY.to_vec(), encode(mark));
         }
         for (id, answer) in &batch.strong_requests {
             wb.insert(&self.strong_requests, id.as_bytes().to_vec(), answer.clone());
@@ -585,8 +568,113 @@ impl Store for FjallStore {
     }
 
     fn log_floors(&self) -> Result<VersionVector> {
+        self.reader().log_floors(At::Live)
+    }
+
+    fn records_after(&self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Record)>> {
+        self.reader().records_after(At::Live, after, limit)
+    }
+
+    fn view(&self) -> Result<std::sync::Arc<dyn crate::StoreView>> {
+        Ok(std::sync::Arc::new(FjallView { snapshot: self.db.snapshot(), reader: self.reader() }))
+    }
+
+    fn bootstrap_mark(&self) -> Result<Option<crate::BootstrapMark>> {
+        match self.meta.get(encoding::BOOTSTRAP_KEY)? {
+            Some(v) => Ok(Some(decode("bootstrap mark", encoding::BOOTSTRAP_KEY, &v)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Where a read looks: the live keyspaces, or a snapshot of them.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Live,
+    Snapshot(&'a fjall::Snapshot),
+}
+
+impl At<'_> {
+    fn range<K: AsRef<[u8]>, R: std::ops::RangeBounds<K>>(self, ks: &Keyspace, range: R) -> fjall::Iter {
+        match self {
+            At::Live => ks.range(range),
+            At::Snapshot(s) => s.range(ks, range),
+        }
+    }
+
+    fn prefix(self, ks: &Keyspace, prefix: &[u8]) -> fjall::Iter {
+        match self {
+            At::Live => ks.prefix(prefix),
+            At::Snapshot(s) => s.prefix(ks, prefix),
+        }
+    }
+
+    fn get(self, ks: &Keyspace, key: &[u8]) -> fjall::Result<Option<fjall::UserValue>> {
+        match self {
+            At::Live => ks.get(key),
+            At::Snapshot(s) => s.get(ks, key),
+        }
+    }
+}
+
+/// The reads a [`FjallView`] shares with the live store, over either.
+#[derive(Clone)]
+struct Reader {
+    records: Keyspace,
+    changes: Keyspace,
+    meta: Keyspace,
+    history: Keyspace,
+}
+
+impl Reader {
+    fn changes_within(
+        &self,
+        at: At<'_>,
+        stream: &Stream,
+        after_seq: u64,
+        limit: usize,
+        bytes_max: u64,
+    ) -> Result<Vec<Change>> {
+        let start = encoding::change_key(stream, after_seq.saturating_add(1));
+        let end = encoding::change_key(stream, u64::MAX);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut bytes = 0u64;
+        for item in at.range(&self.changes, start..=end).take(limit) {
+            let (k, v) = item.into_inner()?;
+            bytes += v.len() as u64;
+            if bytes > bytes_max && !out.is_empty() {
+                break;
+            }
+            out.push(decode("change", &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Everything of [`RecoveredState`] but the strong position.
+    fn recover(&self, at: At<'_>) -> Result<RecoveredState> {
+        let mut state = RecoveredState::default();
+        for item in at.prefix(&self.meta, encoding::VV_PREFIX) {
+            let (k, v) = item.into_inner()?;
+            let stream = encoding::stream_from_suffix("version vector key", &k, encoding::VV_PREFIX.len())?;
+            state.vv.raise(&stream, decode_u64("version vector entry", &k, &v)?);
+        }
+        if let Some(v) = at.get(&self.meta, encoding::HLC_KEY)? {
+            state.hlc_high_water = decode("hlc high water", encoding::HLC_KEY, &v)?;
+        }
+        // One read per stream: its last change, whose checkpoint (if any) is the chain's head.
+        for (stream, seq) in state.vv.iter() {
+            if let Some(last) = self.changes_within(at, stream, seq.saturating_sub(1), 1, u64::MAX)?.pop() {
+                if let Some(cp) = &last.proof.checkpoint {
+                    state.chain_heads.insert(stream.clone(), (last.seq, cp.link));
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    fn log_floors(&self, at: At<'_>) -> Result<VersionVector> {
         let mut floors = VersionVector::new();
-        for item in self.meta.prefix(encoding::LOG_FLOOR_PREFIX) {
+        for item in at.prefix(&self.meta, encoding::LOG_FLOOR_PREFIX) {
             let (k, v) = item.into_inner()?;
             let stream = encoding::stream_from_suffix("log floor key", &k, encoding::LOG_FLOOR_PREFIX.len())?;
             floors.raise(&stream, decode_u64("log floor", &k, &v)?);
@@ -594,7 +682,7 @@ impl Store for FjallStore {
         Ok(floors)
     }
 
-    fn records_after(&self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Record)>> {
+    fn records_after(&self, at: At<'_>, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Record)>> {
         let start = match after {
             Some(key) => {
                 let mut start = encoding::record_key(key);
@@ -604,12 +692,53 @@ impl Store for FjallStore {
             None => std::ops::Bound::Unbounded,
         };
         let mut out = Vec::new();
-        for item in self.records.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)).take(limit) {
+        for item in at.range::<Vec<u8>, _>(&self.records, (start, std::ops::Bound::Unbounded)).take(limit) {
             let (k, v) = item.into_inner()?;
             let record: Record = decode("record", &k, &v)?;
             out.push((encoding::key_from_record_key(&k)?, record));
         }
         Ok(out)
+    }
+
+    fn history(&self, at: At<'_>, key: &Key) -> Result<Vec<FoldEntry>> {
+        let mut out = Vec::new();
+        for item in at.range(&self.history, encoding::history_prefix(key)..record_key_end(key)) {
+            let (k, v) = item.into_inner()?;
+            out.push(decode("fold entry", &k, &v)?);
+        }
+        Ok(out)
+    }
+}
+
+/// [`crate::StoreView`] on a fjall snapshot: every keyspace as of one instant.
+struct FjallView {
+    snapshot: fjall::Snapshot,
+    reader: Reader,
+}
+
+impl crate::StoreView for FjallView {
+    fn recover(&self) -> Result<RecoveredState> {
+        self.reader.recover(At::Snapshot(&self.snapshot))
+    }
+
+    fn log_floors(&self) -> Result<VersionVector> {
+        self.reader.log_floors(At::Snapshot(&self.snapshot))
+    }
+
+    fn records_after(&self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Record)>> {
+        self.reader.records_after(At::Snapshot(&self.snapshot), after, limit)
+    }
+
+    fn history(&self, key: &Key) -> Result<Vec<FoldEntry>> {
+        self.reader.history(At::Snapshot(&self.snapshot), key)
+    }
+
+    fn changes_within(&self, stream: &Stream, after_seq: u64, limit: usize, bytes_max: u64) -> Result<Vec<Change>> {
+        self.reader.changes_within(At::Snapshot(&self.snapshot), stream, after_seq, limit, bytes_max)
+    }
+
+    fn certificate(&self, fingerprint: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        Ok(At::Snapshot(&self.snapshot).get(&self.reader.meta, &encoding::certificate_key(fingerprint))?.map(|v| v.to_vec()))
     }
 }
 

@@ -87,6 +87,9 @@ pub struct CommitBatch {
     /// forgotten once a buyer was told or a peer may count on them — a forgotten decrement
     /// would sell its units twice.
     pub must_sync: bool,
+    /// Where a snapshot bootstrap of this store stands ([`Store::bootstrap_mark`]), written
+    /// with the records it installed so that the two never part.
+    pub bootstrap: Option<BootstrapMark>,
 }
 
 impl CommitBatch {
@@ -106,7 +109,42 @@ impl CommitBatch {
             && self.dead_letters_cleared.is_empty()
             && self.strong_position.is_none()
             && self.strong_requests.is_empty()
+            && self.bootstrap.is_none()
     }
+}
+
+/// Where a region's data directory stands with respect to a snapshot bootstrap
+/// (`mrr_replication::bootstrap`). A directory with neither mark and no data was never
+/// started: it must learn its own streams' positions from its peers before it writes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BootstrapMark {
+    /// Installing the snapshot `snapshot` of `donor`: every record of it up to and including
+    /// `after` (the donor's key order) is in this store. What is installed is not served.
+    Installing { donor: String, snapshot: u64, after: Option<Key> },
+    /// This region knows its own position: it started fresh, or finished installing.
+    Done,
+}
+
+/// A consistent read-only view of a store at one instant: what a snapshot bootstrap streams
+/// from a donor while the donor keeps committing. Reads see nothing committed after the view
+/// was taken.
+pub trait StoreView: Send + Sync {
+    /// The version vector, HLC high water and chain heads as of the view.
+    fn recover(&self) -> Result<RecoveredState>;
+
+    fn log_floors(&self) -> Result<VersionVector>;
+
+    /// As [`Store::records_after`].
+    fn records_after(&self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Record)>>;
+
+    /// Every fold entry of `key` (a `custom` record), in version order.
+    fn history(&self, key: &Key) -> Result<Vec<FoldEntry>>;
+
+    /// As [`Store::changes_within`].
+    fn changes_within(&self, stream: &Stream, after_seq: u64, limit: usize, bytes_max: u64) -> Result<Vec<Change>>;
+
+    /// As [`Store::certificate`].
+    fn certificate(&self, fingerprint: &[u8; 32]) -> Result<Option<Vec<u8>>>;
 }
 
 /// The record of `key` in a store: under its name when held here, else its placement register
@@ -314,6 +352,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Persists the stable point (it only grows; durable with the next durable commit).
     fn set_stable_point(&self, stable: &VersionVector) -> Result<()>;
+
+    /// A consistent view of the store as of now ([`StoreView`]). It holds old versions of what
+    /// later commits overwrite until dropped: hold it for a bounded time.
+    fn view(&self) -> Result<std::sync::Arc<dyn StoreView>>;
+
+    /// Where a snapshot bootstrap of this store stands; `None` when none was marked.
+    fn bootstrap_mark(&self) -> Result<Option<BootstrapMark>>;
 
     /// Keeps a certificate the caller checked. Idempotent; written before the changes that
     /// name it are committed, and durable with the next durable commit.

@@ -14,7 +14,7 @@ pub struct MemStore {
     inner: Mutex<Inner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Inner {
     records: BTreeMap<Key, Record>,
     sealed_index: BTreeMap<Key, Key>,
@@ -31,6 +31,7 @@ struct Inner {
     stable_point: VersionVector,
     log_floors: VersionVector,
     departures: BTreeMap<Key, mrr_core::placement::Departure>,
+    bootstrap: Option<crate::BootstrapMark>,
 }
 
 impl Inner {
@@ -155,6 +156,9 @@ impl Store for MemStore {
         inner.state.hlc_high_water = batch.hlc_high_water;
         if let Some(p) = &batch.strong_position {
             inner.state.strong_position = Some(p.clone());
+        }
+        if let Some(mark) = &batch.bootstrap {
+            inner.bootstrap = Some(mark.clone());
         }
         for (id, answer) in &batch.strong_requests {
             inner.strong_requests.insert(id.clone(), answer.clone());
@@ -333,5 +337,41 @@ impl Store for MemStore {
             .take(limit)
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect())
+    }
+
+    fn view(&self) -> Result<std::sync::Arc<dyn crate::StoreView>> {
+        Ok(std::sync::Arc::new(MemStore { inner: Mutex::new(self.lock().clone()) }))
+    }
+
+    fn bootstrap_mark(&self) -> Result<Option<crate::BootstrapMark>> {
+        Ok(self.lock().bootstrap.clone())
+    }
+}
+
+/// A view is a copy: cheap enough for the simulator and tests.
+impl crate::StoreView for MemStore {
+    fn recover(&self) -> Result<RecoveredState> {
+        Store::recover(self)
+    }
+
+    fn log_floors(&self) -> Result<VersionVector> {
+        Store::log_floors(self)
+    }
+
+    fn records_after(&self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Record)>> {
+        Store::records_after(self, after, limit)
+    }
+
+    fn history(&self, key: &Key) -> Result<Vec<FoldEntry>> {
+        let inner = self.lock();
+        Ok(inner.history.iter().filter(|((k, _), _)| k == key).map(|(_, e)| e.clone()).collect())
+    }
+
+    fn changes_within(&self, stream: &Stream, after_seq: u64, limit: usize, bytes_max: u64) -> Result<Vec<Change>> {
+        Store::changes_within(self, stream, after_seq, limit, bytes_max)
+    }
+
+    fn certificate(&self, fingerprint: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        Store::certificate(self, fingerprint)
     }
 }

@@ -250,6 +250,14 @@ impl Store for WritesThenFails {
     fn records_after(&self, after: Option<&Key>, limit: usize) -> mrr_storage::Result<Vec<(Key, mrr_core::Record)>> {
         self.0.records_after(after, limit)
     }
+
+    fn view(&self) -> mrr_storage::Result<std::sync::Arc<dyn mrr_storage::StoreView>> {
+        self.0.view()
+    }
+
+    fn bootstrap_mark(&self) -> mrr_storage::Result<Option<mrr_storage::BootstrapMark>> {
+        self.0.bootstrap_mark()
+    }
 }
 
 #[tokio::test]
