@@ -233,6 +233,7 @@ impl Engine {
             dead_letters_cleared: pending.cleared.into_inner().into_keys().collect(),
             strong_position: pending.strong_position,
             strong_requests: pending.strong_requests.into_inner().into_iter().collect(),
+            bootstrap: None,
         })
     }
 
@@ -2191,5 +2192,111 @@ mod tests {
         let out = collect(&mut a, &sa, &vv_of(&[("a", 3)]));
         assert_eq!(out.changes_truncated, 2);
         assert_eq!(seqs(), vec![3]);
+    }
+
+    /// A snapshot of `donor`'s store for `receiver`, installed into a fresh store in chunks of
+    /// `records_max` records; the receiver's engine restarts on it.
+    fn bootstrap(donor: &MemStore, receiver: &str, records_max: usize) -> (Engine, MemStore) {
+        use crate::snapshot;
+        let sealer = policies().sealer.clone();
+        let view = donor.view().expect("view");
+        let header = snapshot::header(&*view, &r(receiver), &sealer).expect("header");
+        let store = MemStore::new();
+        let mut after = None;
+        loop {
+            let chunk = snapshot::chunk(&*view, &r(receiver), &sealer, after.as_ref(), records_max, u64::MAX)
+                .expect("chunk");
+            let done = chunk.done;
+            after = chunk.last.clone().or(after);
+            store.commit(&snapshot::chunk_batch(chunk, &header, &r("donor"), 1, &r(receiver), &sealer)).expect("commit");
+            if done {
+                break;
+            }
+        }
+        store.commit(&snapshot::end_batch(&header, &r(receiver), &sealer, None)).expect("commit");
+        let engine = Engine::new(r(receiver), store.recover().expect("recover"), 200, policies());
+        (engine, store)
+    }
+
+    #[test]
+    fn a_wiped_region_installs_a_snapshot_and_carries_on_where_its_peers_are() {
+        let (sa, sb, sc) = (MemStore::new(), MemStore::new(), MemStore::new());
+        let (mut a, mut b, mut c) = (engine("a"), engine("b"), engine("c"));
+        for i in 1..=5 {
+            local(&mut a, &sa, vec![kv("users", &format!("k{i}"), json!({"n": i}))], 1_000 + i);
+        }
+        local(&mut a, &sa, vec![put_in("users", "mine", json!({"only": "a"}), &["a", "b"])], 1_010);
+        local(&mut a, &sa, vec![kv("logs", "l1", json!({"line": 1})), kv("logs", "l1", json!({"line": 2}))], 1_011);
+        // c writes, in two groups; b holds all of it, and a only its first group: b is the
+        // donor that knows where c's streams are.
+        local(&mut c, &sc, vec![kv("users", "c1", json!({"by": "c"}))], 1_012);
+        ship(&sc, (&mut a, &sa), 1_013);
+        local(&mut c, &sc, vec![kv("users", "c2", json!({"by": "c"})), kv("users", "c3", json!({}))], 1_014);
+        ship(&sa, (&mut b, &sb), 1_015);
+        // b has c's stream up to 2, inside c's second group (whose checkpoint is on 3): c's
+        // chain must go on from the link after 2, which no checkpoint b holds names.
+        let c_log = changes_of(&sc, "c");
+        remote(&mut b, &sb, c_log[..2].to_vec(), 1_016);
+        assert!(c_log[1].proof.checkpoint.is_none());
+        let sealer = c.policies().sealer.clone();
+        let link_after_2 = mrr_core::provenance::link(
+            &c_log[0].proof.checkpoint.as_ref().expect("a group ends at a checkpoint").link,
+            &mrr_core::provenance::leaf(&c_log[1], &sealer),
+        );
+        // Retention truncates b's log: c cannot catch up from it.
+        let everything = b.applied().clone();
+        collect(&mut b, &sb, &everything);
+        assert!(!sb.log_floors().expect("floors").is_empty());
+
+        // c's directory is wiped: it installs b's snapshot, two records per chunk.
+        drop(sc);
+        let (mut c, sc) = bootstrap(&sb, "c", 2);
+        assert_eq!(c.applied(), b.applied(), "c's vector is the snapshot's");
+        assert_eq!(sc.bootstrap_mark().expect("mark"), Some(mrr_storage::BootstrapMark::Done));
+        for id in ["k1", "k5", "c1", "c2"] {
+            assert_eq!(sc.get(&Key::new("users", id)).expect("get"), sb.get(&Key::new("users", id)).expect("get"), "{id}");
+        }
+        let l1 = Key::new("logs", "l1");
+        assert_eq!(sc.get(&l1).expect("get"), sb.get(&l1).expect("get"));
+        let fold = |s: &MemStore| s.view().expect("view").history(&l1).expect("history");
+        assert_eq!(fold(&sc), fold(&sb), "a custom record comes with its fold history");
+        // Placement holds: a record not placed in c arrives as its register, sealed.
+        let mine = Key::new("users", "mine");
+        let sealed = c.policies().sealer.seal(&mine);
+        assert_eq!(sc.get(&mine).expect("get"), None);
+        let register = sc.get(&sealed).expect("get").expect("register");
+        assert_eq!((register.value, register.metadata.regions.len()), (None, 2));
+        assert_eq!(sc.unseal(&sealed).expect("unseal"), None, "not held: not in the sealed index");
+        assert_eq!(sc.unseal(&c.policies().sealer.seal(&Key::new("users", "k1"))).expect("unseal").map(|k| k.id), Some("k1".into()));
+
+        // c writes again: its stream goes on after what its peers hold (not from 1; the write
+        // that reached no peer went with the wipe), chained from where b's changelog left it.
+        let head = changes_of(&sc, "c").last().and_then(|c| c.proof.checkpoint.clone()).expect("own chain head");
+        assert_eq!(head.link, link_after_2);
+        let out = local(&mut c, &sc, vec![kv("users", "c4", json!({"after": "wipe"}))], 1_020);
+        assert_eq!(out[0].record.seq, 3);
+        // (What c holds of its own stream up to the snapshot are anchors, markers: a sender
+        // reads after what the peer has, never those.)
+        let before = b.applied().get(&Stream::normal(r("c")));
+        let after = sc.changes_after(&Stream::normal(r("c")), before, 10).expect("changes");
+        let applied = remote(&mut b, &sb, after, 1_021);
+        assert_eq!((applied.applied, applied.refused), (1, None));
+        assert_eq!(b.applied().get(&Stream::normal(r("c"))), before + 1);
+        assert_eq!(value(&sb, "users", "c4"), Some(json!({"after": "wipe"})));
+        assert_eq!(c.applied(), b.applied());
+    }
+
+    #[test]
+    fn a_donor_holding_only_the_register_of_a_record_placed_in_the_receiver_refuses() {
+        let (sa, sb) = (MemStore::new(), MemStore::new());
+        let (mut a, mut b) = (engine("a"), engine("b"));
+        local(&mut a, &sa, vec![put_in("users", "mine", json!({"only": "a"}), &["a"])], 1_000);
+        ship(&sa, (&mut b, &sb), 1_001);
+        let view = sb.view().expect("view");
+        let err = crate::snapshot::chunk(&*view, &r("a"), &b.policies().sealer, None, 10, u64::MAX)
+            .expect_err("b cannot serve a record placed in a");
+        assert!(err.to_string().contains("holds only its placement register"), "{err}");
+        // Any other receiver is served: the register is all it may have.
+        assert!(crate::snapshot::chunk(&*view, &r("c"), &b.policies().sealer, None, 10, u64::MAX).is_ok());
     }
 }

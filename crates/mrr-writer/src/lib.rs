@@ -13,6 +13,7 @@ mod durable;
 mod engine;
 mod group;
 mod pending;
+pub mod snapshot;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,0 +1,290 @@
+//! Snapshot bootstrap, sans-IO: what a donor region sends a region that cannot catch up from
+//! the changelog (its data directory was wiped, or retention truncated what it needs), and the
+//! commits that region installs it with.
+//!
+//! A snapshot is a consistent view of the donor ([`mrr_storage::StoreView`]) cut for one
+//! receiver: a [`Header`] (the view's version vector, HLC high water, and per stream the
+//! *anchor*: the changelog from the last checkpoint at or below the vector, as markers), then
+//! the records in the donor's key order in bounded [`Chunk`]s. Placement is respected: a record
+//! not placed in the receiver travels as its register under its sealed name, never with
+//! content; a record placed in the receiver that the donor holds only as a register cannot be
+//! served by this donor ([`SnapshotError::NotHeld`]). The receiver installs every chunk with
+//! its cursor in the same commit ([`BootstrapMark::Installing`]), so a broken stream resumes
+//! after the last chunk installed, and ends with the header's vector, log floors at the anchors
+//! and its own streams' chain heads ([`end_batch`]): from there the changelogs of its peers
+//! carry it on.
+//!
+//! This module reads views and builds batches; it does no IO of its own, holds no state between
+//! calls, and never commits (the node's bootstrap does, before its writer starts; the simulator
+//! drives the same functions).
+
+use mrr_core::fold::FoldEntry;
+use mrr_core::provenance::{self, Checkpoint, Digest, Notary};
+use mrr_core::{placement, seal, Change, Key, Record, RegionName, Sealer, Stream, Timestamp, VersionVector};
+use mrr_storage::{BootstrapMark, CommitBatch, StoreError, StoreView};
+
+/// Changes read per step while looking back for a stream's last checkpoint.
+const ANCHOR_READ_CHANGES: usize = 1_024;
+
+/// A stream's anchor is looked for this far back at most: checkpoints come at least every
+/// group and every [`provenance`] bound, so a longer stretch without one is a broken log.
+const ANCHOR_LOOKBACK_CHANGES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The donor holds only the register of a record placed in the receiver: the receiver
+    /// needs its content, which another region in its placement has.
+    #[error("record {key} is placed in {receiver}, but this region holds only its placement register: bootstrap {receiver} from a region that holds every record placed in it")]
+    NotHeld { key: Key, receiver: RegionName },
+    /// The receiver's own stream has no checkpoint the donor still holds, so the receiver could
+    /// not continue its chain.
+    #[error("no checkpoint of {stream} at or below {seq} in this region's changelog: {receiver} cannot continue its own chain from this snapshot")]
+    NoAnchor { stream: Stream, seq: u64, receiver: RegionName },
+}
+
+/// What a snapshot starts with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// The donor's applied vector as of the view: every record in the snapshot reflects exactly
+    /// the changes it covers.
+    pub vv: VersionVector,
+    pub hlc_high_water: Timestamp,
+    /// Per stream, in sequence order: the changes from the last checkpoint at or below `vv`
+    /// up to `vv`, as markers. The receiver's changelog starts with them, so it can prove the
+    /// changes after them when it relays, and continue its own chains.
+    pub anchors: Vec<Change>,
+    /// DER certificates of the anchors' checkpoint signers, by fingerprint.
+    pub certificates: Vec<(Digest, Vec<u8>)>,
+}
+
+/// Records in the donor's key order, cut for the receiver.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// Under the name the receiver keeps them by: clear when placed there, sealed otherwise.
+    pub records: Vec<(Key, Record)>,
+    /// Fold entries of the `custom` records among `records`.
+    pub history: Vec<(Key, FoldEntry)>,
+    /// The donor key this chunk ended at: the next chunk starts after it. `None` when the
+    /// chunk is empty.
+    pub last: Option<Key>,
+    /// No record follows.
+    pub done: bool,
+}
+
+impl Chunk {
+    /// Roughly the bytes this chunk carries (values, documents and fold states).
+    pub fn payload_bytes(&self) -> u64 {
+        let records: usize = self.records.iter().map(|(k, r)| record_bytes(k, r)).sum();
+        let history: usize = self.history.iter().map(|(k, e)| k.id.len() + fold_bytes(e)).sum();
+        (records + history) as u64
+    }
+}
+
+fn record_bytes(key: &Key, record: &Record) -> usize {
+    // Fixed fields (version, origin, deps) are small next to values; 64 bytes stands for them.
+    64 + key.topic.len() + key.id.len() + record.value.as_ref().map_or(0, Vec::len)
+}
+
+fn fold_bytes(entry: &FoldEntry) -> usize {
+    128 + entry.value.as_ref().map_or(0, Vec::len) + entry.after.value.as_ref().map_or(0, Vec::len)
+}
+
+/// The header of a snapshot of `view` for `receiver`.
+pub fn header(view: &dyn StoreView, receiver: &RegionName, sealer: &Sealer) -> Result<Header, SnapshotError> {
+    let state = view.recover()?;
+    let floors = view.log_floors()?;
+    let mut anchors = Vec::new();
+    for (stream, seq) in state.vv.iter() {
+        let tail = anchor(view, stream, seq, floors.get(stream))?;
+        let found = tail.first().is_some_and(|c| c.seq == floors.get(stream) + 1 || c.proof.checkpoint.is_some());
+        if !found && &stream.origin == receiver {
+            return Err(SnapshotError::NoAnchor { stream: stream.clone(), seq, receiver: receiver.clone() });
+        }
+        if found {
+            anchors.extend(tail.iter().map(|c| placement::to_marker(c, sealer)));
+        }
+    }
+    let mut certificates = Vec::new();
+    for cp in anchors.iter().filter_map(|c| c.proof.checkpoint.as_ref()) {
+        if cp.signer == provenance::GENESIS || certificates.iter().any(|(f, _)| *f == cp.signer) {
+            continue;
+        }
+        if let Some(der) = view.certificate(&cp.signer)? {
+            certificates.push((cp.signer, der));
+        }
+    }
+    Ok(Header { vv: state.vv, hlc_high_water: state.hlc_high_water, anchors, certificates })
+}
+
+/// The changes of `stream` from its last checkpoint at or below `seq` (or from its first, when
+/// the log was never truncated) up to `seq`; empty when the log holds no such start.
+fn anchor(view: &dyn StoreView, stream: &Stream, seq: u64, floor: u64) -> Result<Vec<Change>, SnapshotError> {
+    let mut upto = seq;
+    let lowest = floor.max(seq.saturating_sub(ANCHOR_LOOKBACK_CHANGES));
+    let mut tail: Vec<Change> = Vec::new();
+    while upto > lowest {
+        let from = upto.saturating_sub(ANCHOR_READ_CHANGES as u64).max(lowest);
+        let mut window = view.changes_within(stream, from, ANCHOR_READ_CHANGES, u64::MAX)?;
+        window.retain(|c| c.seq <= upto);
+        let at = window.iter().rposition(|c| c.proof.checkpoint.is_some());
+        if let Some(i) = at {
+            window.drain(..i);
+            window.append(&mut tail);
+            return Ok(window);
+        }
+        window.append(&mut tail);
+        tail = window;
+        upto = from;
+    }
+    // No checkpoint: the whole retained log when it starts at the stream's first change.
+    Ok(if floor == 0 && tail.first().is_some_and(|c| c.seq == 1) { tail } else { Vec::new() })
+}
+
+/// The records after `after` (the donor's key order), at most `records_max` of them and about
+/// `bytes_max` bytes, cut for `receiver`.
+pub fn chunk(
+    view: &dyn StoreView,
+    receiver: &RegionName,
+    sealer: &Sealer,
+    after: Option<&Key>,
+    records_max: usize,
+    bytes_max: u64,
+) -> Result<Chunk, SnapshotError> {
+    let read = view.records_after(after, records_max.max(1))?;
+    let done = read.len() < records_max.max(1);
+    let mut out = Chunk { done, ..Chunk::default() };
+    let mut bytes = 0u64;
+    let count = read.len();
+    for (i, (key, record)) in read.into_iter().enumerate() {
+        let placed = placement::places(&record.metadata, receiver);
+        if seal::is_sealed(&key) {
+            if placed {
+                return Err(SnapshotError::NotHeld { key, receiver: receiver.clone() });
+            }
+            bytes += record_bytes(&key, &record) as u64;
+            out.records.push((key.clone(), record));
+        } else if placed {
+            for entry in view.history(&key)? {
+                bytes += fold_bytes(&entry) as u64;
+                out.history.push((key.clone(), entry));
+            }
+            bytes += record_bytes(&key, &record) as u64;
+            out.records.push((key.clone(), record));
+        } else {
+            let register = register_of(record);
+            bytes += record_bytes(&key, &register) as u64;
+            out.records.push((sealer.seal(&key), register));
+        }
+        out.last = Some(key);
+        if bytes >= bytes_max && i + 1 < count {
+            out.done = false;
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// What a region outside a record's placement keeps of it: placement, version and the change
+/// that made it, no content.
+pub fn register_of(record: Record) -> Record {
+    Record { value: None, doc: None, lacking: Default::default(), ..record }
+}
+
+/// The commit installing `chunk` of snapshot `snapshot` from `donor` at `local`.
+pub fn chunk_batch(
+    chunk: Chunk,
+    header: &Header,
+    donor: &RegionName,
+    snapshot: u64,
+    local: &RegionName,
+    sealer: &Sealer,
+) -> CommitBatch {
+    let mut batch = CommitBatch {
+        hlc_high_water: header.hlc_high_water,
+        bootstrap: Some(BootstrapMark::Installing {
+            donor: donor.to_string(),
+            snapshot,
+            after: chunk.last.clone(),
+        }),
+        history: chunk.history,
+        ..CommitBatch::default()
+    };
+    for (key, record) in chunk.records {
+        if !seal::is_sealed(&key) && placement::places(&record.metadata, local) {
+            batch.sealed_index.push((sealer.seal(&key), Some(key.clone())));
+        }
+        batch.records.push((key, record));
+    }
+    batch
+}
+
+/// The commit that ends an install: the header's vector and anchors, log floors just below
+/// the anchors, and a checkpoint on the last change of each of `local`'s own streams that
+/// lacks one (signed by `notary`), so its writer continues its chains where the donor's
+/// changelog ends. Durable before it returns.
+pub fn end_batch(header: &Header, local: &RegionName, sealer: &Sealer, notary: Option<&dyn Notary>) -> CommitBatch {
+    let mut anchors = header.anchors.clone();
+    let mut floors = VersionVector::new();
+    for (stream, seq) in header.vv.iter() {
+        let first = anchors.iter().find(|c| &c.stream() == stream).map(|c| c.seq);
+        let floor = first.map_or(seq, |f| f - 1);
+        if floor > 0 {
+            floors.raise(stream, floor);
+        }
+    }
+    let own: Vec<Stream> = header.vv.iter().map(|(s, _)| s.clone()).filter(|s| &s.origin == local).collect();
+    for stream in own {
+        let idx: Vec<usize> = (0..anchors.len()).filter(|&i| anchors[i].stream() == stream).collect();
+        let Some(&last) = idx.last() else { continue };
+        if anchors[last].proof.checkpoint.is_some() {
+            continue;
+        }
+        let mut head = match anchors[idx[0]].proof.checkpoint.as_ref() {
+            Some(cp) => cp.link,
+            None => provenance::GENESIS,
+        };
+        let from = if anchors[idx[0]].proof.checkpoint.is_some() { 1 } else { 0 };
+        for &i in &idx[from..] {
+            head = provenance::link(&head, &provenance::leaf(&anchors[i], sealer));
+        }
+        let c = &anchors[last];
+        let (signer, signature) = notary
+            .and_then(|n| n.sign(&provenance::message(&c.origin, c.lane, c.seq, &head)))
+            .unwrap_or((provenance::GENESIS, Vec::new()));
+        anchors[last].proof.checkpoint = Some(Checkpoint { link: head, signer, signature });
+    }
+    CommitBatch {
+        changes: anchors,
+        vv: header.vv.clone(),
+        log_truncated: floors,
+        hlc_high_water: header.hlc_high_water,
+        bootstrap: Some(BootstrapMark::Done),
+        must_sync: true,
+        ..CommitBatch::default()
+    }
+}
+
+/// A commit that takes out up to `records_max` of what an unfinished install put in (its
+/// snapshot is gone from the donor, so another starts from the beginning); `None` once nothing
+/// is left. Only for a store that holds nothing but an unfinished install.
+pub fn clear_batch(
+    store: &dyn mrr_storage::Store,
+    sealer: &Sealer,
+    records_max: usize,
+) -> Result<Option<CommitBatch>, StoreError> {
+    let read = store.records_after(None, records_max.max(1))?;
+    if read.is_empty() {
+        return Ok(None);
+    }
+    let mut batch = CommitBatch { hlc_high_water: store.recover()?.hlc_high_water, ..CommitBatch::default() };
+    for (key, _) in read {
+        if !seal::is_sealed(&key) {
+            batch.histories_dropped.push(key.clone());
+            batch.sealed_index.push((sealer.seal(&key), None));
+        }
+        batch.records_removed.push(key);
+    }
+    Ok(Some(batch))
+}
