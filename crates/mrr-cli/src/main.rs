@@ -585,9 +585,14 @@ async fn dev_cluster(
     // The running cluster's configs, for `mrr bench -c` and `mrr chaos -c`.
     let config_dir = cluster.data_dir.join("configs");
     write_dev_configs(&cluster, &config_dir)?;
-    let mut nodes = Vec::new();
+    // Together: a new region asks its peers where it stands before it starts.
+    let mut starts = Vec::new();
     for (_, config) in cluster.configs(&config_dir)? {
-        nodes.push(Node::start(config, NodeOptions::default()).await?);
+        starts.push(tokio::spawn(Node::start(config, NodeOptions::default())));
+    }
+    let mut nodes = Vec::new();
+    for start in starts {
+        nodes.push(start.await??);
     }
     println!("\nMRR dev cluster is up (data in {}):\n", cluster.data_dir.display());
     for r in &cluster.regions {

@@ -262,7 +262,14 @@ mod tests {
     }
 
     fn welcome(a: &Acceptor, proof: Vec<u8>, wall_ms: u64) -> proto::Welcome {
-        proto::Welcome { region: a.local.to_string(), proof, wall_ms, applied: vec![], direct_origins: vec![] }
+        proto::Welcome {
+            region: a.local.to_string(),
+            proof,
+            wall_ms,
+            applied: vec![],
+            direct_origins: vec![],
+            log_floors: vec![],
+        }
     }
 
     #[test]

@@ -28,7 +28,14 @@ use crate::Context;
 const APPLY_CHANGES_MAX: usize = 8_192;
 
 pub(crate) async fn serve(ctx: Context, listener: TcpListener) {
-    let svc = PeerServer::new(Service { ctx: ctx.clone() })
+    let donor = crate::donor::Donor {
+        config: ctx.config.clone(),
+        store: ctx.store.clone(),
+        clock: ctx.clock.clone(),
+        snapshots: std::sync::Arc::default(),
+        serving: true,
+    };
+    let svc = PeerServer::new(Service { ctx: ctx.clone(), donor })
         .max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);
     let consensus = crate::consensus_link::ConsensusService {
         config: std::sync::Arc::new(ctx.config.consensus_link()),
@@ -61,14 +68,20 @@ pub(crate) async fn serve(ctx: Context, listener: TcpListener) {
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepted connections after their TLS handshake, with the material in use at each accept.
-fn tls_incoming(
+pub(crate) fn tls_incoming(
     listener: TcpListener,
     tls: crate::PeerTls,
 ) -> ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let tcp = match listener.accept().await {
+            // The server dropping its end stops accepting at once (a bootstrapping node hands
+            // its listener on: a connection accepted here after that would be lost).
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let tcp = match accepted {
                 Ok((tcp, _)) => tcp,
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.
@@ -123,13 +136,14 @@ where
 
 struct Service {
     ctx: Context,
+    donor: crate::donor::Donor,
 }
 
 type ToDialerStream = Pin<Box<dyn Stream<Item = Result<proto::ToDialer, Status>> + Send>>;
 
 /// The status an unproved or refused dialer gets back. A wrong secret is reported as the dialer
 /// sees it: a mismatch with this (the acceptor's) region.
-fn handshake_status(e: HandshakeError, local: &RegionName) -> Status {
+pub(crate) fn handshake_status(e: HandshakeError, local: &RegionName) -> Status {
     match e {
         HandshakeError::BadProof(_) => Status::unauthenticated(HandshakeError::BadProof(local.to_string()).to_string()),
         HandshakeError::ProtocolMismatch { .. }
@@ -142,6 +156,14 @@ fn handshake_status(e: HandshakeError, local: &RegionName) -> Status {
 #[tonic::async_trait]
 impl proto::peer_server::Peer for Service {
     type ReplicateStream = ToDialerStream;
+    type SnapshotStream = crate::donor::FromDonorStream;
+
+    async fn snapshot(
+        &self,
+        request: Request<Streaming<proto::ToDonor>>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.donor.serve(request).await
+    }
 
     async fn replicate(
         &self,
@@ -243,6 +265,7 @@ async fn session(
         wall_ms: ctx.clock.now_ms(),
         applied: wire::vv_to_wire(&ctx.writer.applied().borrow()),
         direct_origins: ctx.status.direct_origins().iter().map(ToString::to_string).collect(),
+        log_floors: wire::vv_to_wire(&ctx.store.log_floors().unwrap_or_default()),
     };
     send(link, to_dialer::Msg::Welcome(welcome)).await?;
     ctx.status.update(peer, |s| s.inbound_streams += 1);

@@ -11,7 +11,9 @@
 //! This crate knows nothing of HTTP or client requests: it reads the changelog from the
 //! [`mrr_storage::Store`] and applies what it receives through the [`mrr_writer::Writer`].
 
+pub mod bootstrap;
 pub mod consensus_link;
+mod donor;
 pub mod handshake;
 mod inbound;
 pub mod link;
@@ -70,7 +72,8 @@ pub(crate) const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// 8: Hello, Challenge, Auth, Welcome: the acceptor proves itself only after the dialer has.
 /// 9: relayed changes carry their origin's proof (`Change.checkpoint`, `content_digest`,
 ///    `Batch.certificates`).
-pub const PROTOCOL_VERSION: u32 = 9;
+/// 10: snapshot bootstrap (`Snapshot`), and `Welcome.log_floors`.
+pub const PROTOCOL_VERSION: u32 = 10;
 
 #[derive(Clone, Debug)]
 pub struct PeerConfig {

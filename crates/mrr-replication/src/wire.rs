@@ -373,3 +373,71 @@ mod compression_tests {
         assert!(batch_changes(b).is_err());
     }
 }
+
+/// What a snapshot chunk carries, postcard-encoded in a zstd frame.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChunkBody {
+    records: Vec<(Key, mrr_core::Record)>,
+    history: Vec<(Key, mrr_core::fold::FoldEntry)>,
+    last: Option<Key>,
+}
+
+/// Snapshot chunks compress harder than batches: they are bulk, and bytes cost on a WAN.
+const SNAPSHOT_ZSTD_LEVEL: i32 = 3;
+
+pub fn chunk_to_wire(chunk: mrr_writer::snapshot::Chunk) -> Result<proto::SnapshotChunk, WireError> {
+    let done = chunk.done;
+    let body = ChunkBody { records: chunk.records, history: chunk.history, last: chunk.last };
+    let encoded = postcard::to_allocvec(&body).map_err(|e| WireError(format!("encoding a snapshot chunk: {e}")))?;
+    let zstd_body = zstd::bulk::compress(&encoded, SNAPSHOT_ZSTD_LEVEL)
+        .map_err(|e| WireError(format!("compressing a snapshot chunk: {e}")))?;
+    Ok(proto::SnapshotChunk { zstd_body, done })
+}
+
+/// A snapshot chunk, checked: every key names a valid topic and id (sealed names included).
+pub fn chunk_from_wire(chunk: proto::SnapshotChunk) -> Result<mrr_writer::snapshot::Chunk, WireError> {
+    let encoded = zstd::bulk::decompress(&chunk.zstd_body, DECOMPRESSED_BYTES_MAX)
+        .map_err(|e| WireError(format!("compressed snapshot chunk: {e} (limit {DECOMPRESSED_BYTES_MAX} bytes)")))?;
+    let body: ChunkBody =
+        postcard::from_bytes(&encoded).map_err(|e| WireError(format!("snapshot chunk does not decode: {e}")))?;
+    let keys = body.records.iter().map(|(k, _)| k).chain(body.history.iter().map(|(k, _)| k)).chain(body.last.as_ref());
+    for key in keys {
+        validate_topic(&key.topic).map_err(|e| WireError(format!("snapshot key {key}: {e}")))?;
+        if !mrr_core::seal::is_sealed(key) {
+            validate_id(&key.id).map_err(|e| WireError(format!("snapshot key {key}: {e}")))?;
+        }
+    }
+    if body.last.is_none() && !body.records.is_empty() {
+        return Err(WireError("snapshot chunk with records names no key it ended at".into()));
+    }
+    Ok(mrr_writer::snapshot::Chunk { records: body.records, history: body.history, last: body.last, done: chunk.done })
+}
+
+pub fn header_to_wire(id: u64, header: &mrr_writer::snapshot::Header, storage_format: u32) -> proto::SnapshotHeader {
+    proto::SnapshotHeader {
+        id,
+        vv: vv_to_wire(&header.vv),
+        hlc_wall_ms: header.hlc_high_water.wall_ms,
+        hlc_logical: header.hlc_high_water.logical,
+        anchors: header.anchors.iter().map(change_to_wire).collect(),
+        certificates: header.certificates.iter().map(|(_, der)| der.clone()).collect(),
+        storage_format,
+    }
+}
+
+/// A snapshot header: its id, and what it says, checked like any change a peer sends.
+pub fn header_from_wire(h: proto::SnapshotHeader) -> Result<(u64, mrr_writer::snapshot::Header), WireError> {
+    let anchors = h.anchors.into_iter().map(change_from_wire).collect::<Result<Vec<_>, _>>()?;
+    let vv = vv_from_wire(h.vv)?;
+    if let Some(c) = anchors.iter().find(|c| c.seq > vv.get(&c.stream())) {
+        return Err(WireError(format!("snapshot anchor {} is beyond the snapshot's vector", c.id())));
+    }
+    let certificates = h.certificates.into_iter().map(|der| (mrr_tls::fingerprint(&der), der)).collect();
+    let header = mrr_writer::snapshot::Header {
+        vv,
+        hlc_high_water: Timestamp::new(h.hlc_wall_ms, h.hlc_logical),
+        anchors,
+        certificates,
+    };
+    Ok((h.id, header))
+}

@@ -69,6 +69,12 @@ pub struct Config {
     pub debug_mode: bool,
     #[serde(default)]
     pub durability: Durability,
+    /// What an empty data directory does at start: ask every peer where this region's streams
+    /// stand and install a snapshot when they hold anything of it (`ask_peers`, the default), or
+    /// start as a new region of a new cluster without asking (`new_cluster`: the first start of
+    /// a cluster whose other regions may not be up, and tests).
+    #[serde(default)]
+    pub bootstrap: mrr_replication::bootstrap::Start,
     /// Client API keys and their scopes (`crate::access`). Without keys the API is open,
     /// which a node allows only on loopback or with `allow_anonymous: true`.
     #[serde(default)]

@@ -31,6 +31,8 @@ pub enum StartError {
     Forwarder(String),
     #[error(transparent)]
     Consensus(#[from] crate::consensus::ConsensusStartError),
+    #[error("cannot bootstrap the data directory {path}: {source}")]
+    Bootstrap { path: String, source: mrr_replication::bootstrap::BootstrapError },
 }
 
 /// Tuning that is not in the config file, for tests and `mrr dev`.
@@ -121,6 +123,23 @@ impl Node {
             WriterConfig { sync_interval, dead_letters_max: config.dlq.max_entries, ..WriterConfig::default() };
         // With certificates, this region signs its checkpoints and checks relayed ones.
         let notary = config.peer_tls.clone().map(|tls| mrr_replication::notary::CertNotary::new(tls, store.clone()));
+        let secrets = Arc::new(mrr_replication::secrets::LiveSecrets::new(config.secrets()));
+        let replication = replication_config(&config, &options, secrets.clone(), max_skew_ms);
+        // An empty directory learns where this region stands (and installs a snapshot when its
+        // peers hold anything of it) before the writer numbers a single write.
+        let (peer_listener, bootstrapped) = mrr_replication::bootstrap::run(
+            Arc::new(replication.clone()),
+            peer_listener,
+            store.clone(),
+            options.clock.clone(),
+            notary.clone().map(|n| n as Arc<dyn mrr_core::provenance::Notary>),
+            config.bootstrap,
+        )
+        .await
+        .map_err(|e| StartError::Bootstrap { path: data.clone(), source: e })?;
+        if bootstrapped != mrr_replication::bootstrap::Outcome::NotNeeded {
+            tracing::info!(region = %config.region, outcome = ?bootstrapped, "data directory bootstrapped");
+        }
         let writer = Writer::start(
             config.region.clone(),
             max_skew_ms,
@@ -141,29 +160,6 @@ impl Node {
                 }
                 Links::emulated(options.link_seed, specs)
             }
-        };
-        let secrets = Arc::new(mrr_replication::secrets::LiveSecrets::new(config.secrets()));
-        let replication = ReplicationConfig {
-            cluster: config.cluster.clone(),
-            local: config.region.clone(),
-            peers: config
-                .peers()
-                .map(|p| PeerConfig { region: p.name.clone(), endpoint: peer_url(&p.endpoint) })
-                .collect(),
-            secrets: secrets.clone(),
-            max_skew_ms,
-            heartbeat_interval: options.heartbeat_interval,
-            peer_timeout: options.peer_timeout,
-            reconnect_backoff_min: Duration::from_millis(100),
-            reconnect_backoff_max: Duration::from_secs(5),
-            limits: OutboundLimits {
-                queue_delay_target_ms: u64::try_from(config.lanes.queue_delay_target.as_millis()).unwrap_or(u64::MAX),
-                ..OutboundLimits::default()
-            },
-            freshness_target: config.replication_rules.default_ttl,
-            policy_digest: config.policies.digest(),
-            sealer: config.policies.sealer.clone(),
-            tls: config.peer_tls.clone(),
         };
         let (recorder, metrics_handle) = crate::metrics::recorder();
         let consensus_slot = mrr_replication::consensus_link::ConsensusSlot::default();
@@ -319,5 +315,36 @@ impl Node {
         self.stop.send_replace(true);
         self.upkeep.abort();
         self.replicator.shutdown();
+    }
+}
+
+/// The replication side of `config`.
+fn replication_config(
+    config: &Config,
+    options: &NodeOptions,
+    secrets: Arc<mrr_replication::secrets::LiveSecrets>,
+    max_skew_ms: u64,
+) -> ReplicationConfig {
+    ReplicationConfig {
+        cluster: config.cluster.clone(),
+        local: config.region.clone(),
+        peers: config
+            .peers()
+            .map(|p| PeerConfig { region: p.name.clone(), endpoint: peer_url(&p.endpoint) })
+            .collect(),
+        secrets: secrets.clone(),
+        max_skew_ms,
+        heartbeat_interval: options.heartbeat_interval,
+        peer_timeout: options.peer_timeout,
+        reconnect_backoff_min: Duration::from_millis(100),
+        reconnect_backoff_max: Duration::from_secs(5),
+        limits: OutboundLimits {
+            queue_delay_target_ms: u64::try_from(config.lanes.queue_delay_target.as_millis()).unwrap_or(u64::MAX),
+            ..OutboundLimits::default()
+        },
+        freshness_target: config.replication_rules.default_ttl,
+        policy_digest: config.policies.digest(),
+        sealer: config.policies.sealer.clone(),
+        tls: config.peer_tls.clone(),
     }
 }

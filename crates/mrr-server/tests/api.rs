@@ -10,7 +10,7 @@ use serde_json::json;
 async fn node(dir: &Path, extra: &str) -> anyhow::Result<(Node, Client)> {
     let text = format!(
         "cluster: t\nregion: us-west\nsecret: \"0123456789abcdef\"\ninsecure_plaintext: true\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:0 }}\n\
-         regions:\n  - name: us-west\n    endpoint: http://127.0.0.1:1\nlimits: {{ body_bytes_max: 65536, record_bytes_max: 32768, batch_records_max: 5, json_depth_max: 8 }}\n{extra}",
+         bootstrap: new_cluster\nregions:\n  - name: us-west\n    endpoint: http://127.0.0.1:1\nlimits: {{ body_bytes_max: 65536, record_bytes_max: 32768, batch_records_max: 5, json_depth_max: 8 }}\n{extra}",
         dir.display()
     );
     let config = Config::parse(Path::new("test.yaml"), &text)?;
@@ -214,7 +214,7 @@ async fn keyed_node(dir: &Path, keys: &[(&str, &str)], extra: &str) -> anyhow::R
         .collect();
     let text = format!(
         "region: us-west\nsecret: \"0123456789abcdef\"\ninsecure_plaintext: true\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:0 }}\n\
-         regions:\n  - name: us-west\n    endpoint: http://127.0.0.1:1\n  - name: eu-central\n    endpoint: http://127.0.0.1:2\n\
+         bootstrap: new_cluster\nregions:\n  - name: us-west\n    endpoint: http://127.0.0.1:1\n  - name: eu-central\n    endpoint: http://127.0.0.1:2\n\
          api_keys:\n{keys}{extra}",
         dir.display()
     );
@@ -302,7 +302,7 @@ async fn api_keys_are_taken_up_from_the_config_file_without_a_restart() -> anyho
     let config = |keys: &str| {
         format!(
             "region: us-west\nsecret: \"0123456789abcdef\"\ninsecure_plaintext: true\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:0 }}\n\
-             regions:\n  - name: us-west\n    endpoint: http://127.0.0.1:1\napi_keys:\n{keys}",
+             bootstrap: new_cluster\nregions:\n  - name: us-west\n    endpoint: http://127.0.0.1:1\napi_keys:\n{keys}",
             dir.path().join("data").display()
         )
     };

@@ -15,7 +15,7 @@ async fn node(dir: &Path) -> anyhow::Result<(Node, Client)> {
     let reserve = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/handlers/reserve.rhai");
     let text = format!(
         "cluster: t\nregion: us-west\nsecret: \"0123456789abcdef\"\ninsecure_plaintext: true\ndata_dir: {}\nlisten: {{ api: 127.0.0.1:0, peer: 127.0.0.1:0 }}\n\
-         regions:\n  - name: us-west\n    endpoint: http://127.0.0.1:1\n    role: coordinator\n\
+         bootstrap: new_cluster\nregions:\n  - name: us-west\n    endpoint: http://127.0.0.1:1\n    role: coordinator\n\
          topics:\n  stock: {{ consistency: strong, functions: {{ reserve: \"{}\" }} }}\n",
         dir.display(),
         reserve.display()

@@ -57,7 +57,7 @@ async fn pair_full(
     let mut peer_listeners = [Some(l0), Some(l1)];
     let peer_ports = [p0, p1];
     let names = ["ap-northeast", "us-west"];
-    let mut nodes = Vec::new();
+    let mut starts = Vec::new();
     let mut dirs = Vec::new();
     let mut configs = Vec::new();
     for k in 0..2 {
@@ -79,8 +79,13 @@ async fn pair_full(
             options.clock = clock.clone();
         }
         let listeners = Listeners { api: None, peer: peer_listeners[k].take() };
-        nodes.push(Node::start_on(config, options, listeners).await?);
+        starts.push(tokio::spawn(Node::start_on(config, options, listeners)));
         dirs.push(dir);
+    }
+    // Together: a new region asks its peers where it stands before it starts.
+    let mut nodes = Vec::new();
+    for start in starts {
+        nodes.push(start.await??);
     }
     let clients =
         nodes.iter().map(|n| mrr_client::connect(&format!("http://{}", n.api_addr), None)).collect::<Result<_, _>>()?;
