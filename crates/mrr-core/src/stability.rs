@@ -83,6 +83,20 @@ impl Stability {
         self.recompute(applied_here)
     }
 
+    /// `member` lost its data and is installing a snapshot (it asked where it stands): what it
+    /// said before no longer holds, so its beacons are forgotten and the point stays where it
+    /// is until its new ones come. The snapshot it installs is taken after this, from a region
+    /// whose durable vector covers the point, so its new beacons do too.
+    pub fn on_rejoin(&mut self, member: &RegionName) {
+        if member == &self.local {
+            return;
+        }
+        if let Some(t) = self.taken.get_mut(member) {
+            *t = self.stable.clone();
+        }
+        self.waiting.remove(member);
+    }
+
     /// This region's own durable vector moved, or it applied more. Returns whether the point
     /// moved.
     pub fn on_local(&mut self, durable: &VersionVector, applied: &VersionVector) -> bool {
@@ -157,5 +171,22 @@ mod tests {
         // An older beacon (a reordered ack) does not lower it.
         s.on_beacon(&r("b"), &vv(&[("a", 1), ("b", 1)]), &vv(&[("a", 3), ("b", 3)]));
         assert_eq!(s.stable(), &start);
+    }
+
+    #[test]
+    fn a_member_that_rejoins_holds_the_point_until_its_new_beacons_come() {
+        let mut s = Stability::new(r("a"), [r("a"), r("b"), r("c")], VersionVector::new());
+        let applied = vv(&[("a", 5), ("b", 4), ("c", 3)]);
+        s.on_local(&applied, &applied);
+        s.on_beacon(&r("b"), &vv(&[("a", 5), ("b", 4), ("c", 3)]), &applied);
+        s.on_beacon(&r("c"), &vv(&[("a", 2), ("b", 4), ("c", 3)]), &applied);
+        assert_eq!(s.stable(), &vv(&[("a", 2), ("b", 4), ("c", 3)]));
+        // b is wiped and asks where it stands: its old beacon (a:5) must not carry the point
+        // past what its snapshot will hold.
+        s.on_rejoin(&r("b"));
+        assert!(!s.on_beacon(&r("c"), &vv(&[("a", 5), ("b", 4), ("c", 3)]), &applied), "b's old word no longer counts");
+        assert_eq!(s.stable(), &vv(&[("a", 2), ("b", 4), ("c", 3)]));
+        assert!(s.on_beacon(&r("b"), &vv(&[("a", 4), ("b", 4), ("c", 3)]), &applied));
+        assert_eq!(s.stable(), &vv(&[("a", 4), ("b", 4), ("c", 3)]));
     }
 }

@@ -5,10 +5,11 @@
 //! again would be taken for one they already have. So before anything else, such a region asks
 //! every peer where it stands (the Welcome of a `Snapshot` call: applied vector and log floors)
 //! and waits until all have answered. When no peer holds anything of its streams and no peer's
-//! changelog was truncated, it is new to a new cluster: it starts from nothing. Otherwise it
-//! installs a snapshot from a peer whose view of its own streams covers every other peer's (so
-//! it continues them where the cluster has them), then starts: the peers' changelogs carry it
-//! on from the snapshot's vector.
+//! changelog was truncated, it is new to a new cluster: it starts from nothing. Otherwise, once
+//! every peer holds its own streams equally far (they relay them to each other meanwhile), it
+//! installs a snapshot of one (so it continues its streams where the cluster has them, and no
+//! peer needs any of them from below the log floor the snapshot leaves), then starts: the peers'
+//! changelogs carry it on from the snapshot's vector.
 //!
 //! The install is resumable: each chunk commits with its cursor ([`BootstrapMark::Installing`]),
 //! so a broken stream or a restart goes on after the last chunk installed, from the same
@@ -23,9 +24,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mrr_core::{Key, RegionName, VersionVector};
+use mrr_core::{Key, RegionName};
 use mrr_storage::{BootstrapMark, Store, STORAGE_FORMAT};
-use mrr_writer::snapshot;
+use mrr_writer::snapshot::{self, Standing};
 use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -75,7 +76,6 @@ pub enum BootstrapError {
     Listener(std::io::Error),
 }
 
-
 /// Brings `store` to a known position before the node starts, serving handshakes on
 /// `listener` meanwhile; gives the listener back. Returns at once for a directory that knows
 /// its position.
@@ -110,6 +110,8 @@ pub async fn run(
         clock: clock.clone(),
         snapshots: Arc::default(),
         serving: false,
+        stable: None,
+        fences: None,
     };
     let server = tokio::spawn(serve_handshakes(
         config.clone(),
@@ -138,13 +140,6 @@ fn mark_done(store: &dyn Store) -> Result<(), mrr_storage::StoreError> {
     })
 }
 
-/// Where one peer stands, from its Welcome.
-#[derive(Clone, Debug)]
-struct Standing {
-    applied: VersionVector,
-    floors: VersionVector,
-}
-
 async fn install(
     config: &Arc<ReplicationConfig>,
     store: &Arc<dyn Store>,
@@ -153,16 +148,21 @@ async fn install(
     let local = config.local.clone();
     let mut backoff = config.reconnect_backoff_min;
     let mut last_logged = String::new();
+    // Regions started together come up in some order: a peer that does not answer within the
+    // first peer timeout is still starting, not down.
+    let starting_until = Instant::now() + config.peer_timeout;
+    // Donors that hold only the register of a record placed here: another must serve.
+    let mut refused = std::collections::BTreeSet::new();
     loop {
         let standings = ask_everyone(config).await;
         let missing: Vec<&RegionName> = standings.iter().filter(|(_, s)| s.is_err()).map(|(r, _)| r).collect();
         if !missing.is_empty() {
             let text = format!("{missing:?}");
-            if text != last_logged {
-                let errors: Vec<String> = standings
-                    .iter()
-                    .filter_map(|(r, s)| s.as_ref().err().map(|e| format!("{r}: {e}")))
-                    .collect();
+            if Instant::now() < starting_until {
+                tracing::debug!(waiting_for = %text, "asking peers where this region stands; some are not up yet");
+            } else if text != last_logged {
+                let errors: Vec<String> =
+                    standings.iter().filter_map(|(r, s)| s.as_ref().err().map(|e| format!("{r}: {e}"))).collect();
                 tracing::warn!(waiting_for = %text, errors = ?errors, "this region's data directory is empty: waiting for every peer to say where this region's streams stand before it writes (a wiped region must not reuse sequence numbers its peers hold)");
                 last_logged = text;
             }
@@ -173,34 +173,35 @@ async fn install(
         let standings: BTreeMap<RegionName, Standing> =
             standings.into_iter().filter_map(|(r, s)| s.ok().map(|s| (r, s))).collect();
         let mark = store.bootstrap_mark()?;
-        let needed = matches!(mark, Some(BootstrapMark::Installing { .. }))
-            || standings.values().any(|s| !s.applied.of_origin(&local).is_empty() || !s.floors.is_empty());
-        if !needed {
-            mark_done(&**store)?;
-            tracing::info!("no peer holds anything of this region and no changelog was truncated: starting as a new region");
-            return Ok(Outcome::Fresh);
-        }
-        // The donor must hold this region's streams as far as any peer does.
-        let own = |s: &Standing| s.applied.of_origin(&local);
-        let covers = |s: &Standing| standings.values().all(|o| own(s).dominates(&own(o)));
-        let resumable = match &mark {
+        let installing = match &mark {
             Some(BootstrapMark::Installing { donor, snapshot, after }) => {
-                standings.iter().find(|(r, s)| r.as_str() == donor && covers(s)).map(|(r, _)| (r.clone(), *snapshot, after.clone()))
+                Some((donor.clone(), *snapshot, after.clone()))
             }
             _ => None,
         };
-        let donor = match &resumable {
-            Some((r, _, _)) => r.clone(),
-            None => match standings.iter().find(|(_, s)| covers(s)) {
-                Some((r, _)) => r.clone(),
-                None => {
-                    tracing::warn!(standings = ?standings.iter().map(|(r, s)| (r.to_string(), own(s))).collect::<Vec<_>>(), "no peer holds this region's streams as far as every other: waiting for them to relay to each other");
-                    tokio::time::sleep(backoff).await;
-                    continue;
-                }
-            },
+        let donor = match snapshot::decide(
+            &local,
+            &standings,
+            installing.as_ref().map(|(d, _, _)| d.as_str()),
+            &refused,
+        ) {
+            snapshot::Decision::Fresh => {
+                mark_done(&**store)?;
+                tracing::info!(
+                    "no peer holds anything of this region and no changelog was truncated: starting as a new region"
+                );
+                return Ok(Outcome::Fresh);
+            }
+            snapshot::Decision::Wait => {
+                let own: Vec<_> = standings.iter().map(|(r, s)| (r.to_string(), s.applied.of_origin(&local))).collect();
+                tracing::warn!(standings = ?own, "peers hold this region's streams to different points: waiting for them to relay to each other before taking a snapshot");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+            snapshot::Decision::From(donor) => donor,
         };
-        if resumable.is_none() && matches!(mark, Some(BootstrapMark::Installing { .. })) {
+        let resumable = installing.filter(|(d, _, _)| d == donor.as_str());
+        if resumable.is_none() && mark.is_some_and(|m| m != BootstrapMark::Done) {
             clear(&**store, &config.sealer).await?;
         }
         let Some(peer) = config.peers.iter().find(|p| p.region == donor) else { continue };
@@ -217,6 +218,11 @@ async fn install(
                     hlc_high_water: high,
                     ..Default::default()
                 })?;
+            }
+            Err(Fetch::NotHeld(text)) => {
+                tracing::warn!(donor = %donor, error = %text, "the donor cannot serve every record placed in this region: asking another");
+                refused.insert(donor.clone());
+                tokio::time::sleep(backoff).await;
             }
             Err(Fetch::Failed(text)) => {
                 tracing::warn!(donor = %donor, error = %text, retry_in_ms = backoff.as_millis() as u64, "snapshot bootstrap from peer failed");
@@ -304,6 +310,7 @@ async fn connect(
     let standing = Standing {
         applied: wire::vv_from_wire(welcome.applied).map_err(|e| e.to_string())?,
         floors: wire::vv_from_wire(welcome.log_floors).map_err(|e| e.to_string())?,
+        stable: wire::vv_from_wire(welcome.stable).map_err(|e| e.to_string())?,
     };
     Ok((tx, inbound, standing, ()))
 }
@@ -325,6 +332,8 @@ enum Fetch {
     Store(mrr_storage::StoreError),
     /// The donor no longer holds the snapshot being resumed.
     Gone(String),
+    /// The donor holds only the register of a record placed here.
+    NotHeld(String),
     Failed(String),
 }
 
@@ -349,13 +358,16 @@ async fn fetch(
                 Some(k) => postcard::to_allocvec(k).map_err(|e| Fetch::Failed(e.to_string()))?,
                 None => Vec::new(),
             };
-            let request = proto::SnapshotRequest { resume: snapshot, after: after_bytes, storage_format: STORAGE_FORMAT };
+            let request =
+                proto::SnapshotRequest { resume: snapshot, after: after_bytes, storage_format: STORAGE_FORMAT };
             tx.send(proto::ToDonor { msg: Some(to_donor::Msg::Request(request)) })
                 .await
                 .map_err(|_| Fetch::Failed("the call closed".into()))?;
             let first = match timeout(config.peer_timeout * 4, inbound.message()).await {
                 Err(_) => return Err(Fetch::Failed("no snapshot header in time".into())),
-                Ok(Err(status)) if status.code() == tonic::Code::NotFound => return Err(Fetch::Gone(status_text(&status))),
+                Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+                    return Err(Fetch::Gone(status_text(&status)))
+                }
                 Ok(Err(status)) => return Err(Fetch::Failed(status_text(&status))),
                 Ok(Ok(m)) => m.and_then(|m| m.msg),
             };
@@ -380,6 +392,9 @@ async fn fetch(
             loop {
                 let chunk = match timeout(config.peer_timeout * 4, inbound.message()).await {
                     Err(_) => return Err(Fetch::Failed("no snapshot chunk in time".into())),
+                    Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                        return Err(Fetch::NotHeld(status_text(&status)))
+                    }
                     Ok(Err(status)) => return Err(Fetch::Failed(status_text(&status))),
                     Ok(Ok(None)) => return Err(Fetch::Failed("the donor ended the snapshot early".into())),
                     Ok(Ok(Some(proto::FromDonor { msg: Some(from_donor::Msg::Chunk(c)) }))) => c,
@@ -418,7 +433,10 @@ async fn fetch(
     }
     let end = snapshot::end_batch(&header, &config.local, &config.sealer, notary);
     let s = store.clone();
-    tokio::task::spawn_blocking(move || s.commit(&end)).await.map_err(|e| Fetch::Failed(e.to_string()))?.map_err(Fetch::Store)?;
+    tokio::task::spawn_blocking(move || s.commit(&end))
+        .await
+        .map_err(|e| Fetch::Failed(e.to_string()))?
+        .map_err(Fetch::Store)?;
     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     tracing::info!(donor = %peer.region, snapshot, records, bytes, elapsed_ms, "snapshot installed");
     Ok(Outcome::Installed { donor: peer.region.clone(), records, bytes, elapsed_ms })

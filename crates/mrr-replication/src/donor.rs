@@ -88,10 +88,19 @@ pub(crate) struct Donor {
     pub snapshots: Arc<Snapshots>,
     /// `false` while this region bootstraps itself: it answers the handshake only.
     pub serving: bool,
+    /// The stable point, told that a region asking where it stands has lost what it said
+    /// before (`None` while this region bootstraps itself: it has none yet).
+    pub stable: Option<crate::stable::StablePoint>,
+    /// Fences the asker's earlier sessions off before answering (`None` while this region
+    /// bootstraps itself: it has no sessions yet).
+    pub fences: Option<(crate::fence::Fences, mrr_writer::Writer)>,
 }
 
 impl Donor {
-    pub(crate) async fn serve(&self, request: Request<Streaming<proto::ToDonor>>) -> Result<Response<FromDonorStream>, Status> {
+    pub(crate) async fn serve(
+        &self,
+        request: Request<Streaming<proto::ToDonor>>,
+    ) -> Result<Response<FromDonorStream>, Status> {
         let cfg = &self.config;
         let certs = request.peer_certs();
         let mut stream = request.into_inner();
@@ -143,8 +152,20 @@ impl Donor {
             tracing::warn!(peer = %receiver, error = %e, "refused a snapshot handshake");
             crate::inbound::handshake_status(e, &cfg.local)
         })?;
+        // Only a region installing a snapshot calls: nothing its earlier process sent may apply
+        // after this answer, and its earlier beacons no longer hold (they must not carry the
+        // stable point past what the snapshot it installs will hold).
+        if let Some((fences, writer)) = &self.fences {
+            fences.fence(writer, &receiver).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        }
+        if let Some(stable) = &self.stable {
+            stable.rejoin(&receiver);
+        }
         let store = self.store.clone();
-        let (applied, floors) = blocking(move || Ok((store.recover()?.vv, store.log_floors()?))).await?;
+        let (applied, floors, persisted) =
+            blocking(move || Ok((store.recover()?.vv, store.log_floors()?, store.stable_point()?))).await?;
+        // The point in memory runs up to a tick ahead of the one persisted.
+        let stable = self.stable.as_ref().map_or(persisted, crate::stable::StablePoint::current);
         let welcome = proto::Welcome {
             region: cfg.local.to_string(),
             proof,
@@ -152,6 +173,7 @@ impl Donor {
             applied: wire::vv_to_wire(&applied),
             direct_origins: Vec::new(),
             log_floors: wire::vv_to_wire(&floors),
+            stable: wire::vv_to_wire(&stable),
         };
         send(tx, from_donor::Msg::Welcome(welcome)).await?;
         // A region that only asked where this one stands is done.
@@ -179,7 +201,9 @@ impl Donor {
         send(tx, from_donor::Msg::Header(wire::header_to_wire(id, &header, STORAGE_FORMAT))).await?;
         let mut after: Option<Key> = match request.after.as_slice() {
             [] => None,
-            bytes => Some(postcard::from_bytes(bytes).map_err(|e| Status::invalid_argument(format!("resume key: {e}")))?),
+            bytes => {
+                Some(postcard::from_bytes(bytes).map_err(|e| Status::invalid_argument(format!("resume key: {e}")))?)
+            }
         };
         tracing::info!(receiver = %receiver, snapshot = id, resumed = request.resume != 0, after = ?after, "serving a snapshot");
         let started = Instant::now();
@@ -245,16 +269,15 @@ impl Donor {
         };
         let mut open = self.snapshots.lock();
         Snapshots::evict(&mut open);
-        open.insert(id, Open { view: view.clone(), header: header.clone(), receiver: receiver.clone(), last_used: Instant::now() });
+        open.insert(
+            id,
+            Open { view: view.clone(), header: header.clone(), receiver: receiver.clone(), last_used: Instant::now() },
+        );
         Ok((id, view, header))
     }
 }
 
-async fn next(
-    stream: &mut Streaming<proto::ToDonor>,
-    within: Duration,
-    what: &str,
-) -> Result<to_donor::Msg, Status> {
+async fn next(stream: &mut Streaming<proto::ToDonor>, within: Duration, what: &str) -> Result<to_donor::Msg, Status> {
     match timeout(within, stream.message()).await {
         Err(_) => Err(Status::deadline_exceeded(format!("no {what} within the peer timeout"))),
         Ok(msg) => msg?.and_then(|m| m.msg).ok_or_else(|| Status::invalid_argument(format!("expected {what}"))),

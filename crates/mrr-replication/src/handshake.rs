@@ -269,6 +269,7 @@ mod tests {
             applied: vec![],
             direct_origins: vec![],
             log_floors: vec![],
+            stable: vec![],
         }
     }
 

@@ -34,6 +34,8 @@ pub(crate) async fn serve(ctx: Context, listener: TcpListener) {
         clock: ctx.clock.clone(),
         snapshots: std::sync::Arc::default(),
         serving: true,
+        stable: Some(ctx.stable.clone()),
+        fences: Some((ctx.fences.clone(), ctx.writer.clone())),
     };
     let svc = PeerServer::new(Service { ctx: ctx.clone(), donor })
         .max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);
@@ -246,6 +248,8 @@ async fn session(
 ) -> Result<(), Status> {
     let cfg = &ctx.config;
     let peer = &greeted.peer;
+    // Sessions that started before the region last asked where it stands are fenced off.
+    let generation = ctx.fences.generation(peer).await;
     // Only a nonce until the dialer has proved itself (see `handshake`).
     send(link, to_dialer::Msg::Challenge(acceptor.challenge())).await?;
     let auth = match timeout(cfg.peer_timeout, stream.message()).await {
@@ -266,6 +270,7 @@ async fn session(
         applied: wire::vv_to_wire(&ctx.writer.applied().borrow()),
         direct_origins: ctx.status.direct_origins().iter().map(ToString::to_string).collect(),
         log_floors: wire::vv_to_wire(&ctx.store.log_floors().unwrap_or_default()),
+        stable: Vec::new(),
     };
     send(link, to_dialer::Msg::Welcome(welcome)).await?;
     ctx.status.update(peer, |s| s.inbound_streams += 1);
@@ -321,7 +326,14 @@ async fn session(
                     let n = changes.len() as u64;
                     let written: Vec<_> = changes.iter().map(|c| (c.origin.clone(), c.key.topic.clone(), c.version.ts.wall_ms)).collect();
                     let apply_started = Instant::now();
-                    let outcome = ctx.writer.apply_remote(changes).await.map_err(|e| Status::unavailable(e.to_string()))?;
+                    let outcome = match ctx.fences.apply(&ctx.writer, peer, generation, changes).await {
+                        Ok(outcome) => outcome,
+                        Err(crate::fence::Fenced::Writer(e)) => return Err(Status::unavailable(e.to_string())),
+                        Err(crate::fence::Fenced::Off) => {
+                            tracing::info!(peer = %peer, "{peer} is bootstrapping from a snapshot: its earlier stream ends here, with what it queued");
+                            return Err(Status::aborted(format!("{peer} asked where it stands (bootstrapping): this stream of its earlier process is fenced off")));
+                        }
+                    };
                     let apply_ms = u32::try_from(apply_started.elapsed().as_millis()).unwrap_or(u32::MAX);
                     record_apply(ctx, peer, &outcome, &written, n, bytes, ctx.clock.now_ms());
                     let done = inbound.on_applied(freshness, &outcome.vv, outcome.refused.is_some(), mono_ms());

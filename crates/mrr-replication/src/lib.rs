@@ -14,6 +14,7 @@
 pub mod bootstrap;
 pub mod consensus_link;
 mod donor;
+mod fence;
 pub mod handshake;
 mod inbound;
 pub mod link;
@@ -159,6 +160,8 @@ pub(crate) struct Context {
     pub notary: Option<Arc<notary::CertNotary>>,
     /// What every member region has durably applied.
     pub stable: stable::StablePoint,
+    /// Regions fenced off because they are bootstrapping (their earlier sessions end).
+    pub fences: fence::Fences,
     /// Turns `true` when the replicator shuts down: inbound streams (which run in tasks of
     /// their own, outside the listener's) end then, so dialers learn the node is gone.
     pub closing: tokio::sync::watch::Receiver<bool>,
@@ -231,6 +234,7 @@ impl Replicator {
             consensus,
             notary,
             stable,
+            fences: fence::Fences::default(),
             closing: closing_rx,
         };
         // Every log line of this node's sessions names the node's region (several nodes share a

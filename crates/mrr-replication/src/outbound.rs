@@ -46,6 +46,10 @@ enum SessionEnd {
     /// The peer needs changes this region's changelog no longer holds (or never held).
     #[error("{0}")]
     BehindTheLog(String),
+    /// The peer holds more of this region's own streams than this region wrote: its data
+    /// directory lost writes its peers have (wiped, and started without asking them).
+    #[error("{0}")]
+    OwnStreamsBehind(String),
 }
 
 /// An error with its causes, `a: b: c`, since transport errors say little at the top level.
@@ -82,7 +86,10 @@ pub(crate) async fn run(ctx: Context, peer: PeerConfig) {
         }
         // One warning per distinct failure: a peer that stays down does not flood the log.
         let text = end.to_string();
-        let starting = matches!(end, SessionEnd::Connect(_)) && Instant::now() < starting_until;
+        // (A peer that refuses streams as unavailable is bootstrapping: starting too.)
+        let starting = matches!(&end, SessionEnd::Connect(_))
+            || matches!(&end, SessionEnd::Refused(s) if s.code() == tonic::Code::Unavailable);
+        let starting = starting && Instant::now() < starting_until;
         if starting {
             tracing::debug!(peer = %peer.region, error = %text, "peer not accepting connections yet; it may still be starting");
         } else if last_logged.as_deref() == Some(text.as_str()) {
@@ -179,6 +186,20 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     .await?;
     let est = dialer.on_welcome(&challenged, &welcome, sent_ms, ctx.clock.now_ms())?;
     let peer_vv = wire::vv_from_wire(welcome.applied)?;
+    // Only durable changes leave a region, so no peer can hold more of this region's streams
+    // than it has written, unless its directory lost them: its next writes would reuse
+    // sequence numbers the peer holds, and be taken there for writes it already has.
+    let own = ctx.writer.applied().borrow().of_origin(&cfg.local);
+    if !own.dominates(&peer_vv.of_origin(&cfg.local)) {
+        let detail = format!(
+            "{} holds this region's streams up to {:?}, but this region has written only up to {:?}: its data directory lost writes its peers hold (wiped, and started with `bootstrap: new_cluster`?); stop it, move the directory aside and start it with `bootstrap: ask_peers` so it installs a snapshot",
+            peer.region,
+            vv_map(&peer_vv.of_origin(&cfg.local)),
+            vv_map(&own)
+        );
+        tracing::error!(peer = %peer.region, "{detail}");
+        return Err(SessionEnd::OwnStreamsBehind(detail));
+    }
     // What a peer holds is what it recovered, not what it held before a restart (a wiped or
     // power-cut peer holds less): `?ack=` counts from here.
     ctx.status.reset_durable(&peer.region, peer_vv.clone());
@@ -339,6 +360,14 @@ async fn pump(
         };
         let first_seq = changes.first().map(|c| c.seq);
         if first_seq != Some(read.after_seq + 1) {
+            // Another region's stream this region holds only from a snapshot on (its log floor
+            // is the snapshot's vector): the peer gets the changes below from their origin or
+            // another relay, not from here.
+            if relayed && read.after_seq < ctx.store.log_floors()?.get(stream) {
+                tracing::debug!(peer = %session.peer(), stream = %stream, after = read.after_seq, "not relaying a stream below this region's log floor");
+                session.hold(stream, read.after_seq + 1);
+                continue;
+            }
             return Err(behind_the_log(ctx, session.peer(), stream, read.after_seq, first_seq));
         }
         let Some(first_seq) = first_seq else { unreachable!("checked above") };

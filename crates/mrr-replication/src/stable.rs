@@ -35,7 +35,12 @@ impl StablePoint {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner).on_beacon(peer, durable, applied_here);
     }
 
-    fn current(&self) -> VersionVector {
+    /// `peer` is bootstrapping from a snapshot: its old beacons no longer hold.
+    pub fn rejoin(&self, peer: &RegionName) {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).on_rejoin(peer);
+    }
+
+    pub fn current(&self) -> VersionVector {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner).stable().clone()
     }
 

@@ -328,10 +328,7 @@ fn replication_config(
     ReplicationConfig {
         cluster: config.cluster.clone(),
         local: config.region.clone(),
-        peers: config
-            .peers()
-            .map(|p| PeerConfig { region: p.name.clone(), endpoint: peer_url(&p.endpoint) })
-            .collect(),
+        peers: config.peers().map(|p| PeerConfig { region: p.name.clone(), endpoint: peer_url(&p.endpoint) }).collect(),
         secrets: secrets.clone(),
         max_skew_ms,
         heartbeat_interval: options.heartbeat_interval,

@@ -13,7 +13,10 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_with_the_wrong_secret_is_refused_and_nothing_replicates() -> anyhow::Result<()> {
-    let p = pair(["secret-one-0123456789", "secret-two-0123456789"]).await?;
+    // Regions that cannot prove themselves to each other cannot say where a new region
+    // stands either: a new cluster's first start says so (`bootstrap: new_cluster`).
+    let secrets = ["secret-one-0123456789", "secret-two-0123456789"];
+    let p = pair_with(secrets, [None, None], "bootstrap: new_cluster\n").await?;
     p.clients[0].publish("users", &json!({"id": "u001"})).await?;
     let err = wait_for_error(&p.clients[0], "cluster secret mismatch").await?;
     assert!(err.contains("us-west"), "{err}");
@@ -30,7 +33,8 @@ async fn the_cluster_secret_rotates_on_running_nodes() -> anyhow::Result<()> {
     let (old, new) = ("old-secret-0123456789", "new-secret-0123456789");
     // Tokyo has moved to the new secret, us-west not yet, and neither accepts the other's.
     // Sealed names stay keyed by the secret the cluster started with (docs/security.md).
-    let p = pair_with_coordinator([new, old], &format!("placement_secret: \"{old}\"\n")).await?;
+    let extra = format!("placement_secret: \"{old}\"\nbootstrap: new_cluster\n");
+    let p = pair_with_coordinator([new, old], &extra).await?;
     wait_for_error(&p.clients[0], "cluster secret mismatch").await?;
     // Each config file now accepts the other secret; the running nodes take it up.
     for (config, other) in p.configs.iter().zip([old, new]) {

@@ -96,3 +96,32 @@ async fn below_the_stable_point_the_changelog_is_truncated_and_tombstones_collec
     assert!(peers.iter().all(|p| p.last_error.is_none()), "{peers:?}");
     Ok(())
 }
+
+/// A wiped region started with `bootstrap: new_cluster` (told not to ask) would number its
+/// writes from 1 again: its peer holds more of its streams than it has, and it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_region_told_not_to_ask_reports_that_its_peers_hold_more_of_it() -> anyhow::Result<()> {
+    let mut pair = common::pair(["wiped-secret-0123456789", "wiped-secret-0123456789"]).await?;
+    let b = &pair.clients[1];
+    for i in 0..5 {
+        b.put(&format!("users/b{i}"), &json!({"n": i})).await?;
+    }
+    common::wait_for_record(&pair.clients[0], "users/b4").await?;
+    let wiped = pair.nodes.remove(1);
+    wiped.shutdown();
+    wiped.wait().await;
+    let mut config = Config::load(&pair.configs[1])?;
+    std::fs::remove_dir_all(&config.data_dir)?;
+    config.bootstrap = mrr_replication::bootstrap::Start::NewCluster;
+    let peer = std::net::TcpListener::bind(("127.0.0.1", pair.peer_ports[1]))?;
+    let options = NodeOptions {
+        heartbeat_interval: Duration::from_millis(100),
+        peer_timeout: Duration::from_secs(2),
+        ..NodeOptions::default()
+    };
+    pair.nodes.push(Node::start_on(config, options, Listeners { api: None, peer: Some(peer) }).await?);
+    let b = mrr_client::connect(&format!("http://{}", pair.nodes[1].api_addr), None)?;
+    let error = common::wait_for_error(&b, "holds this region's streams").await?;
+    assert!(error.contains("bootstrap: ask_peers"), "{error}");
+    Ok(())
+}

@@ -24,7 +24,7 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--slow-disks S] [--forgers G] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom|escrow] [--no-deletes] [--placement]\n       mrr-sim --strong [--seed-start S --seeds N | --seed X] [--regions 3..5] [--strong-clients C] [--strong-ops O] [--faults F] [--phase-ms MS]".into()
+    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--slow-disks S] [--forgers G] [--wipes W] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom|escrow] [--no-deletes] [--placement]\n       mrr-sim --strong [--seed-start S --seeds N | --seed X] [--regions 3..5] [--strong-clients C] [--strong-ops O] [--faults F] [--phase-ms MS]".into()
 }
 
 fn parse() -> Result<Args, String> {
@@ -68,6 +68,7 @@ fn parse() -> Result<Args, String> {
             "--clock-steps" => a.config.clock_steps = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--slow-disks" => a.config.slow_disks = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--forgers" => a.config.forgers = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
+            "--wipes" => a.config.wipes = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--phase-ms" => {
                 a.config.fault_phase_ms = num(value()?)?;
                 phase_given = true;
@@ -118,6 +119,7 @@ fn main() -> ExitCode {
     let mut events = 0;
     let (mut transfers, mut pending, mut erased) = (0, 0, 0);
     let (mut truncated, mut tombstones) = (0, 0);
+    let (mut snapshots, mut snapshot_records, mut resumes) = (0, 0, 0);
     let (mut sales, mut refused_rights, mut forwarded) = (0, 0, 0);
     let (mut grouped_commits, mut grouped_applies, mut storage_errors) = (0, 0, 0);
     for seed in args.seed_start..args.seed_start + args.seeds {
@@ -130,6 +132,9 @@ fn main() -> ExitCode {
                 erased += report.changes_erased;
                 truncated += report.changes_truncated;
                 tombstones += report.tombstones_collected;
+                snapshots += report.snapshots_installed;
+                snapshot_records += report.snapshot_records;
+                resumes += report.snapshot_resumes;
                 sales += report.acked_sales;
                 refused_rights += report.refused_rights;
                 forwarded += report.forwarded_sales;
@@ -179,6 +184,9 @@ fn main() -> ExitCode {
     );
     println!(
         "retention: {truncated} changelog entries truncated, {tombstones} tombstones collected below the stable point"
+    );
+    println!(
+        "snapshots: {snapshots} wiped regions came back through a snapshot ({snapshot_records} records installed, {resumes} broken streams resumed)"
     );
     if args.config.placement {
         println!(

@@ -31,6 +31,11 @@ pub enum FaultEvent {
     Restart {
         node: usize,
     },
+    /// The node dies and its data directory is lost: at its restart it asks every peer where
+    /// its streams stand and installs a snapshot of one (`mrr_writer::snapshot`).
+    Wipe {
+        node: usize,
+    },
     /// The node's clock offset from true time changes (skew and drift).
     Clock {
         node: usize,
@@ -71,6 +76,7 @@ impl fmt::Display for FaultEvent {
             FaultEvent::Crash { node } => write!(f, "crash r{node}"),
             FaultEvent::PowerLoss { node } => write!(f, "power loss r{node}"),
             FaultEvent::Restart { node } => write!(f, "restart r{node}"),
+            FaultEvent::Wipe { node } => write!(f, "wipe r{node}"),
             FaultEvent::Clock { node, offset_ms } => write!(f, "clock r{node} {offset_ms:+}ms"),
             FaultEvent::ClockStep { node, step_ms } => write!(f, "clock step r{node} {step_ms:+}ms"),
             FaultEvent::SlowDisk { node, commit_ms } => write!(f, "disk r{node} commits take {commit_ms}ms"),
@@ -188,6 +194,18 @@ impl Schedule {
             let node = forge.random_range(0..n);
             faults.push((at, FaultEvent::Forge { node, on: true }));
             faults.push((until, FaultEvent::Forge { node, on: false }));
+        }
+        let mut wipe = StdRng::seed_from_u64(seed ^ 0x7769_7065);
+        // Not under placement: a wiped region can no longer answer wants for the content of
+        // its own earlier writes (an origin answers them from its changelog), so a region a
+        // move placed a record in may lack that content for good (docs/architecture.md,
+        // "Snapshot bootstrap"). Seeds under placement with a wipe fail convergence so.
+        let wipes = if config.placement { 0 } else { config.wipes };
+        for _ in 0..wipes {
+            let at = wipe.random_range(0..phase);
+            let node = wipe.random_range(0..n);
+            faults.push((at, FaultEvent::Wipe { node }));
+            faults.push(((at + wipe.random_range(1_000..3_000)).min(phase), FaultEvent::Restart { node }));
         }
         // Stable: faults at the same instant keep the order they were generated in.
         faults.sort_by_key(|(at, _)| *at);

@@ -58,6 +58,9 @@ pub struct SimConfig {
     pub slow_disks: usize,
     /// Forging episodes: a region alters what it relays for a while.
     pub forgers: usize,
+    /// Wiped data directories: a region dies, loses its disk, and comes back through a
+    /// snapshot bootstrap.
+    pub wipes: usize,
     pub fault_phase_ms: u64,
     /// The run fails if regions have not converged this long after the heal.
     pub heal_deadline_ms: u64,
@@ -251,6 +254,7 @@ impl Default for SimConfig {
             clock_steps: 1,
             slow_disks: 1,
             forgers: 1,
+            wipes: 1,
             fault_phase_ms: 10_000,
             heal_deadline_ms: 60_000,
             max_skew_ms: 200,
@@ -283,7 +287,7 @@ impl SimConfig {
     /// defaults that may have changed since.
     pub fn flags(&self) -> String {
         format!(
-            "--regions {} --writes {} --keys {} --faults {} --disk-faults {} --clock-steps {} --slow-disks {} --forgers {} --phase-ms {} --durability {} --strategy {}{}{}",
+            "--regions {} --writes {} --keys {} --faults {} --disk-faults {} --clock-steps {} --slow-disks {} --forgers {} --wipes {} --phase-ms {} --durability {} --strategy {}{}{}",
             self.regions,
             self.writes,
             self.keys,
@@ -292,6 +296,7 @@ impl SimConfig {
             self.clock_steps,
             self.slow_disks,
             self.forgers,
+            self.wipes,
             self.fault_phase_ms,
             if self.buffered { "buffered" } else { "fsync" },
             self.strategy,
@@ -343,6 +348,11 @@ pub struct RunReport {
     pub changes_truncated: usize,
     /// Tombstones retention collected below the stable point.
     pub tombstones_collected: usize,
+    /// Wiped regions that came back through a snapshot, the records those installed, and
+    /// installs that broke and resumed after their last chunk.
+    pub snapshots_installed: usize,
+    pub snapshot_records: usize,
+    pub snapshot_resumes: usize,
 }
 
 /// A broken invariant.
@@ -445,6 +455,12 @@ struct Node {
     forging: bool,
     out: Vec<Option<Out>>,
     inc: Vec<Option<In>>,
+    /// Its data directory was lost: it comes back through a snapshot bootstrap.
+    wiped: bool,
+    /// A restart waits: it is wiped and not every peer is up to say where it stands.
+    restart_pending: bool,
+    /// The invariants were told what its wipe lost (once per wipe).
+    wipe_told: bool,
 }
 
 struct World {
@@ -487,6 +503,11 @@ struct World {
     changes_erased: usize,
     changes_truncated: usize,
     tombstones_collected: usize,
+    /// Snapshot bootstraps of wiped regions, the records they installed, and the installs
+    /// that broke and resumed after their last chunk.
+    snapshots_installed: usize,
+    snapshot_records: usize,
+    snapshot_resumes: usize,
     /// A violation found where no `Step` returns (the pump).
     broken: Option<Violation>,
 }
@@ -550,6 +571,9 @@ pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result
         changes_erased: world.changes_erased,
         changes_truncated: world.changes_truncated,
         tombstones_collected: world.tombstones_collected,
+        snapshots_installed: world.snapshots_installed,
+        snapshot_records: world.snapshot_records,
+        snapshot_resumes: world.snapshot_resumes,
     })
 }
 
@@ -603,6 +627,9 @@ impl World {
                 clock_step_ms: 0,
                 out: (0..n).map(|j| (j != i).then_some(Out::Down { retry_at: 0, backoff: BACKOFF_MIN_MS })).collect(),
                 inc: (0..n).map(|_| None).collect(),
+                wiped: false,
+                restart_pending: false,
+                wipe_told: false,
             })
             .collect();
         let mut world = Self {
@@ -648,6 +675,9 @@ impl World {
             changes_erased: 0,
             changes_truncated: 0,
             tombstones_collected: 0,
+            snapshots_installed: 0,
+            snapshot_records: 0,
+            snapshot_resumes: 0,
             broken: None,
         };
         if world.cfg.placement {
@@ -1211,6 +1241,12 @@ impl World {
                 // as the runtime checks before it sends (a hole ends its session with an error).
                 let first = changes.first().map(|c| c.seq);
                 if first != Some(read.after_seq + 1) {
+                    // As the runtime: a relayed stream below the log floor (a snapshot's
+                    // vector) is not sent from here.
+                    if relayed && store.log_floors().is_ok_and(|f| read.after_seq < f.get(&read.stream)) {
+                        session.hold(&read.stream, read.after_seq + 1);
+                        continue;
+                    }
                     let detail = format!(
                         "r{node}'s changelog of {} has a hole: after seq {} the next held is {first:?}, its vector covers {}",
                         read.stream,
@@ -1359,6 +1395,10 @@ impl World {
     fn tick(&mut self, node: usize) -> Step {
         self.at(self.now + TICK_MS, Event::Tick(node));
         if self.nodes[node].writer.is_none() {
+            // A wiped region asks again (its peers may have relayed to each other since).
+            if self.nodes[node].restart_pending {
+                self.restart(node)?;
+            }
             return Ok(());
         }
         let now = self.now;
@@ -1437,6 +1477,7 @@ impl World {
                 }
             }
             FaultEvent::Restart { node } => self.restart(node)?,
+            FaultEvent::Wipe { node } => self.wipe(node),
             FaultEvent::Clock { node, offset_ms } => self.nodes[node].clock_offset_ms = offset_ms,
             FaultEvent::ClockStep { node, step_ms } => self.nodes[node].clock_step_ms = step_ms,
             FaultEvent::SlowDisk { node, commit_ms } => self.nodes[node].commit_ms = commit_ms.max(COMMIT_MS),
@@ -1474,12 +1515,17 @@ impl World {
         if self.nodes[node].writer.is_some() {
             return Ok(());
         }
+        if self.nodes[node].wiped && !self.bootstrap(node)? {
+            self.nodes[node].restart_pending = true;
+            return Ok(());
+        }
         let recovered = self.nodes[node].store.recover().map_err(|e| Violation::simulator(self.seed, self.now, e))?;
         for inv in &mut self.invariants {
             inv.on_restart(node, &recovered.vv)
                 .map_err(|detail| Violation::broken(self.seed, self.now, inv.as_ref(), detail))?;
         }
         let n = &mut self.nodes[node];
+        n.restart_pending = false;
         n.durable = DurableRule::new(self.cfg.buffered, recovered.vv.clone());
         n.collected = None;
         // The simulated node keeps no persisted stable point: it starts from nothing again.
@@ -1490,7 +1536,185 @@ impl World {
         for o in n.out.iter_mut().flatten() {
             *o = Out::Down { retry_at: self.now, backoff: BACKOFF_MIN_MS };
         }
+        // A wiped region waiting for its peers to be up may go now.
+        for other in 0..self.nodes.len() {
+            if self.nodes[other].restart_pending {
+                self.restart(other)?;
+            }
+        }
         Ok(())
+    }
+
+    /// The node dies and its disk is replaced by an empty one; what is in flight from it dies
+    /// with its connections. What it wrote that reached no peer is lost: the invariants are
+    /// told at its bootstrap, once its peers have said how far its streams reached them.
+    fn wipe(&mut self, node: usize) {
+        self.crash(node);
+        self.queue.retain(|_, e| !matches!(e, Event::Deliver(m) if m.from == node));
+        let n = &mut self.nodes[node];
+        n.store = SimDisk::new(self.cfg.buffered);
+        n.wiped = true;
+        n.wipe_told = false;
+    }
+
+    /// A wiped node's bootstrap, as `mrr_replication::bootstrap` runs it: every peer says where
+    /// it stands, `snapshot::decide` picks the donor, and the snapshot is installed in chunks
+    /// of a few records, the stream breaking (and resuming after the last installed chunk) or
+    /// the donor losing its view (and the install starting over) as the seed says. `false`:
+    /// not now (a peer is down, none qualifies yet, or a disk failed); the restart waits.
+    fn bootstrap(&mut self, node: usize) -> Result<bool, Violation> {
+        use mrr_writer::snapshot;
+        if self.nodes.iter().enumerate().any(|(i, n)| i != node && n.writer.is_none()) {
+            return Ok(false);
+        }
+        let local = self.names[node].clone();
+        // Asking fences this region's dead incarnation off at each peer, as the runtime's donor
+        // does (`mrr_replication` `Fences`): what its sessions still queue is dropped, and the
+        // peer answers once its writer has applied what was already handed to it.
+        for (i, other) in self.nodes.iter_mut().enumerate() {
+            if i != node {
+                other.inc[node] = None;
+            }
+        }
+        let from_it = |w: &Work| matches!(w, Work::Remote(changes) if changes.iter().any(|c| c.origin == local));
+        let busy = self
+            .nodes
+            .iter()
+            .enumerate()
+            .any(|(i, n)| i != node && (n.committing.is_some() || n.queue.iter().any(|(w, _)| from_it(w))));
+        if busy {
+            return Ok(false);
+        }
+        // Asking is what tells each peer that this region's earlier beacons no longer hold.
+        for (i, other) in self.nodes.iter_mut().enumerate() {
+            if i != node {
+                other.stability.on_rejoin(&local);
+            }
+        }
+        let mut standings = BTreeMap::new();
+        for (i, other) in self.nodes.iter().enumerate() {
+            if i == node {
+                continue;
+            }
+            let (Ok(state), Ok(floors)) = (other.store.recover(), other.store.log_floors()) else { return Ok(false) };
+            let stable = other.stability.stable().clone();
+            standings.insert(self.names[i].clone(), snapshot::Standing { applied: state.vv, floors, stable });
+        }
+        let mut rng = StdRng::seed_from_u64(self.seed ^ self.now ^ ((node as u64) << 48) ^ 0x736e_6170);
+        let mut refused = BTreeSet::new();
+        loop {
+            let Ok(mark) = self.nodes[node].store.bootstrap_mark() else { return Ok(false) };
+            let installing = match &mark {
+                Some(mrr_storage::BootstrapMark::Installing { donor, .. }) => Some(donor.clone()),
+                _ => None,
+            };
+            let decision = snapshot::decide(&local, &standings, installing.as_deref(), &refused);
+            if decision != snapshot::Decision::Wait && !self.nodes[node].wipe_told {
+                // What every peer holds of this region's streams is all that is left of them.
+                let mut reached = VersionVector::new();
+                for s in standings.values() {
+                    reached.join(&s.applied.of_origin(&local));
+                }
+                for inv in &mut self.invariants {
+                    inv.on_wipe(node, &reached);
+                }
+                self.nodes[node].wipe_told = true;
+            }
+            let store = &self.nodes[node].store;
+            let donor = match decision {
+                snapshot::Decision::Fresh => {
+                    let done = mrr_storage::CommitBatch {
+                        bootstrap: Some(mrr_storage::BootstrapMark::Done),
+                        ..Default::default()
+                    };
+                    if store.commit(&done).is_err() {
+                        return Ok(false);
+                    }
+                    self.nodes[node].wiped = false;
+                    return Ok(true);
+                }
+                snapshot::Decision::Wait => return Ok(false),
+                snapshot::Decision::From(d) => d,
+            };
+            let d = self.names.iter().position(|n| *n == donor).unwrap_or_else(|| unreachable!("a peer"));
+            match self.install(node, d, &mut rng) {
+                Ok(Some(records)) => {
+                    self.snapshots_installed += 1;
+                    self.snapshot_records += records;
+                    self.nodes[node].wiped = false;
+                    return Ok(true);
+                }
+                Ok(None) => return Ok(false),
+                Err(snapshot::SnapshotError::NotHeld { .. }) => {
+                    refused.insert(donor);
+                }
+                Err(_) => return Ok(false),
+            }
+        }
+    }
+
+    /// Installs a snapshot of `donor` at `node`; `None` when a disk failed (the restart waits).
+    fn install(
+        &mut self,
+        node: usize,
+        donor: usize,
+        rng: &mut StdRng,
+    ) -> Result<Option<usize>, mrr_writer::snapshot::SnapshotError> {
+        use mrr_writer::snapshot;
+        let (local, from) = (self.names[node].clone(), self.names[donor].clone());
+        let sealer = self.sealer.clone();
+        let store = &self.nodes[node].store;
+        // An unfinished install from another donor goes first.
+        if let Some(mrr_storage::BootstrapMark::Installing { donor: d, .. }) = store.bootstrap_mark()? {
+            if d != from.as_str() {
+                while let Some(batch) = snapshot::clear_batch(store, &sealer, 3)? {
+                    store.commit(&batch)?;
+                }
+            }
+        }
+        let mut view = self.nodes[donor].store.view()?;
+        let mut header = snapshot::header(&*view, &local, &sealer)?;
+        let mut after = None;
+        let mut records = 0;
+        loop {
+            let records_max = rng.random_range(1..=4);
+            let chunk = snapshot::chunk(&*view, &local, &sealer, after.as_ref(), records_max, u64::MAX)?;
+            let done = chunk.done;
+            records += chunk.records.len();
+            let last = chunk.last.clone();
+            store.commit(&snapshot::chunk_batch(chunk, &header, &from, 1, &local, &sealer))?;
+            after = last.or(after);
+            if done {
+                break;
+            }
+            match rng.random_range(0..8u8) {
+                // The stream breaks: resume after the last chunk the store says it installed.
+                0 => {
+                    self.snapshot_resumes += 1;
+                    after = match store.bootstrap_mark()? {
+                        Some(mrr_storage::BootstrapMark::Installing { after, .. }) => after,
+                        _ => unreachable!("an install in progress is marked"),
+                    };
+                }
+                // The donor lost its view: take out what was installed and start over.
+                1 => {
+                    while let Some(batch) = snapshot::clear_batch(store, &sealer, 3)? {
+                        store.commit(&batch)?;
+                    }
+                    view = self.nodes[donor].store.view()?;
+                    header = snapshot::header(&*view, &local, &sealer)?;
+                    after = None;
+                    records = 0;
+                }
+                _ => {}
+            }
+        }
+        for (fingerprint, der) in &header.certificates {
+            store.add_certificate(fingerprint, der)?;
+        }
+        let notary = crate::notary::SimNotary::new(local.clone());
+        store.commit(&snapshot::end_batch(&header, &local, &sealer, Some(&notary)))?;
+        Ok(Some(records))
     }
 
     /// End of the fault phase: links mend, crashed regions come back, writes stop. Clock

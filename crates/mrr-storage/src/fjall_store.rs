@@ -738,7 +738,9 @@ impl crate::StoreView for FjallView {
     }
 
     fn certificate(&self, fingerprint: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-        Ok(At::Snapshot(&self.snapshot).get(&self.reader.meta, &encoding::certificate_key(fingerprint))?.map(|v| v.to_vec()))
+        Ok(At::Snapshot(&self.snapshot)
+            .get(&self.reader.meta, &encoding::certificate_key(fingerprint))?
+            .map(|v| v.to_vec()))
     }
 }
 

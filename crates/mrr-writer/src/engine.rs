@@ -2204,11 +2204,13 @@ mod tests {
         let store = MemStore::new();
         let mut after = None;
         loop {
-            let chunk = snapshot::chunk(&*view, &r(receiver), &sealer, after.as_ref(), records_max, u64::MAX)
-                .expect("chunk");
+            let chunk =
+                snapshot::chunk(&*view, &r(receiver), &sealer, after.as_ref(), records_max, u64::MAX).expect("chunk");
             let done = chunk.done;
             after = chunk.last.clone().or(after);
-            store.commit(&snapshot::chunk_batch(chunk, &header, &r("donor"), 1, &r(receiver), &sealer)).expect("commit");
+            store
+                .commit(&snapshot::chunk_batch(chunk, &header, &r("donor"), 1, &r(receiver), &sealer))
+                .expect("commit");
             if done {
                 break;
             }
@@ -2254,7 +2256,11 @@ mod tests {
         assert_eq!(c.applied(), b.applied(), "c's vector is the snapshot's");
         assert_eq!(sc.bootstrap_mark().expect("mark"), Some(mrr_storage::BootstrapMark::Done));
         for id in ["k1", "k5", "c1", "c2"] {
-            assert_eq!(sc.get(&Key::new("users", id)).expect("get"), sb.get(&Key::new("users", id)).expect("get"), "{id}");
+            assert_eq!(
+                sc.get(&Key::new("users", id)).expect("get"),
+                sb.get(&Key::new("users", id)).expect("get"),
+                "{id}"
+            );
         }
         let l1 = Key::new("logs", "l1");
         assert_eq!(sc.get(&l1).expect("get"), sb.get(&l1).expect("get"));
@@ -2267,7 +2273,10 @@ mod tests {
         let register = sc.get(&sealed).expect("get").expect("register");
         assert_eq!((register.value, register.metadata.regions.len()), (None, 2));
         assert_eq!(sc.unseal(&sealed).expect("unseal"), None, "not held: not in the sealed index");
-        assert_eq!(sc.unseal(&c.policies().sealer.seal(&Key::new("users", "k1"))).expect("unseal").map(|k| k.id), Some("k1".into()));
+        assert_eq!(
+            sc.unseal(&c.policies().sealer.seal(&Key::new("users", "k1"))).expect("unseal").map(|k| k.id),
+            Some("k1".into())
+        );
 
         // c writes again: its stream goes on after what its peers hold (not from 1; the write
         // that reached no peer went with the wipe), chained from where b's changelog left it.

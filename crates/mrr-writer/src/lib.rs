@@ -33,6 +33,17 @@ pub use engine::{
 pub use group::{Answer, Built, GroupCommit, Settled, StrongBatch, Work};
 pub use pending::Pending;
 
+/// A request in the writer's queue ([`Writer::enqueue_remote`]).
+#[derive(Debug)]
+pub struct Queued<T>(oneshot::Receiver<Result<T, WriteError>>);
+
+impl<T> Queued<T> {
+    /// Waits until the request is committed.
+    pub async fn outcome(self) -> Result<T, WriteError> {
+        self.0.await.map_err(|_| WriteError::Stopped)?
+    }
+}
+
 /// Wall-clock time from the operating system.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
@@ -229,9 +240,16 @@ impl Writer {
 
     /// Applies changes received from a peer, in order; returns once committed.
     pub async fn apply_remote(&self, changes: Vec<Change>) -> Result<RemoteOutcome, WriteError> {
+        self.enqueue_remote(changes).await?.outcome().await
+    }
+
+    /// Hands changes received from a peer to the writer's queue, behind every request already
+    /// in it; the answer comes once they are committed. Split from [`Self::apply_remote`] so a
+    /// caller can order the hand-off against something else (a fence) and wait outside it.
+    pub async fn enqueue_remote(&self, changes: Vec<Change>) -> Result<Queued<RemoteOutcome>, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Request::Remote { changes, reply }).await.map_err(|_| WriteError::Stopped)?;
-        rx.await.map_err(|_| WriteError::Stopped)?
+        Ok(Queued(rx))
     }
 
     /// Applies committed entries of the strong tier's log, with their position; returns once

@@ -91,6 +91,72 @@ fn fold_bytes(entry: &FoldEntry) -> usize {
     128 + entry.value.as_ref().map_or(0, Vec::len) + entry.after.value.as_ref().map_or(0, Vec::len)
 }
 
+/// Where one peer stands, as its Welcome says: what it applied, where its changelog starts,
+/// and its stable point (below which it may truncate at any time).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Standing {
+    pub applied: VersionVector,
+    pub floors: VersionVector,
+    pub stable: VersionVector,
+}
+
+/// What a region with an empty data directory does, once every peer has said where it stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// No peer holds anything of its streams, every changelog is whole and no peer has a
+    /// stable point yet (which could count this region's earlier self and let a log be
+    /// truncated under it): a new region of a new cluster, which starts from nothing and catches
+    /// up from the logs.
+    Fresh,
+    /// Install a snapshot of this peer. Every peer holds the region's own streams as far as
+    /// any does, so the region goes on numbering its writes after everything the cluster has
+    /// of it.
+    From(RegionName),
+    /// Some peers hold more of its streams than others: wait for them to relay to each other.
+    Wait,
+}
+
+/// The decision for `local`, given every peer's standing; `installing`: the donor of an
+/// unfinished install, kept while it still qualifies, so the install resumes; `refused`:
+/// donors that hold only the register of a record placed in `local` ([`SnapshotError::NotHeld`]).
+pub fn decide(
+    local: &RegionName,
+    standings: &std::collections::BTreeMap<RegionName, Standing>,
+    installing: Option<&str>,
+    refused: &std::collections::BTreeSet<RegionName>,
+) -> Decision {
+    let own = |s: &Standing| s.applied.of_origin(local);
+    let needed = installing.is_some()
+        || standings.values().any(|s| !own(s).is_empty() || !s.floors.is_empty() || !s.stable.is_empty());
+    if !needed {
+        return Decision::Fresh;
+    }
+    // Every peer must hold this region's streams as far as any does: the region then numbers
+    // its next writes after all of it, and no peer needs a change of its streams from below
+    // the log floor its snapshot leaves it (its peers relay those to each other while it is
+    // away, so this is a matter of waiting).
+    let mut furthest = VersionVector::new();
+    for s in standings.values() {
+        furthest.join(&own(s));
+    }
+    if standings.values().any(|s| own(s) != furthest) {
+        return Decision::Wait;
+    }
+    let qualified = standings.iter().filter(|(r, _)| !refused.contains(*r));
+    if let Some((r, _)) = qualified.clone().find(|(r, _)| Some(r.as_str()) == installing) {
+        return Decision::From(r.clone());
+    }
+    // The freshest snapshot leaves the least to catch up on.
+    let total = |s: &Standing| s.applied.iter().map(|(_, n)| n).sum::<u64>();
+    let mut best: Option<(&RegionName, u64)> = None;
+    for (r, s) in qualified {
+        if best.is_none_or(|(_, t)| total(s) > t) {
+            best = Some((r, total(s)));
+        }
+    }
+    best.map_or(Decision::Wait, |(r, _)| Decision::From(r.clone()))
+}
+
 /// The header of a snapshot of `view` for `receiver`.
 pub fn header(view: &dyn StoreView, receiver: &RegionName, sealer: &Sealer) -> Result<Header, SnapshotError> {
     let state = view.recover()?;
@@ -203,11 +269,7 @@ pub fn chunk_batch(
 ) -> CommitBatch {
     let mut batch = CommitBatch {
         hlc_high_water: header.hlc_high_water,
-        bootstrap: Some(BootstrapMark::Installing {
-            donor: donor.to_string(),
-            snapshot,
-            after: chunk.last.clone(),
-        }),
+        bootstrap: Some(BootstrapMark::Installing { donor: donor.to_string(), snapshot, after: chunk.last.clone() }),
         history: chunk.history,
         ..CommitBatch::default()
     };

@@ -96,6 +96,13 @@ pub trait Invariant {
     /// `node` loses power: commits beyond `durable` are gone, legitimately.
     fn on_power_loss(&mut self, _node: usize, _durable: &VersionVector) {}
 
+    /// `node` lost its disk: of its own streams, only what `reached` its peers survives (and
+    /// comes back through its snapshot bootstrap). A power loss that kept only that, by
+    /// default; acknowledged work it had not sent is gone, escrow sales included.
+    fn on_wipe(&mut self, node: usize, reached: &VersionVector) {
+        self.on_power_loss(node, reached);
+    }
+
     fn at_end(&mut self, _regions: &[FinalState]) -> Result<(), String> {
         Ok(())
     }
