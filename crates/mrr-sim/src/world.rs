@@ -1243,9 +1243,13 @@ impl World {
                 if first != Some(read.after_seq + 1) {
                     // As the runtime: a relayed stream below the log floor (a snapshot's
                     // vector) is not sent from here.
-                    if relayed && store.log_floors().is_ok_and(|f| read.after_seq < f.get(&read.stream)) {
-                        session.hold(&read.stream, read.after_seq + 1);
-                        continue;
+                    if relayed {
+                        // A read the disk fails stops this pump, as above.
+                        let Ok(floors) = store.log_floors() else { break };
+                        if read.after_seq < floors.get(&read.stream) {
+                            session.hold(&read.stream, read.after_seq + 1);
+                            continue;
+                        }
                     }
                     let detail = format!(
                         "r{node}'s changelog of {} has a hole: after seq {} the next held is {first:?}, its vector covers {}",
