@@ -234,6 +234,7 @@ impl Store for FjallStore {
         let _serialised = self.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let mut wb = self.db.batch().durability(match self.durability {
             _ if batch.must_sync => Some(PersistMode::SyncData),
+            _ if batch.unsynced => None,
             Durability::Fsync if !batch.from_strong_log => Some(PersistMode::SyncData),
             Durability::Fsync | Durability::Buffered => None,
         });

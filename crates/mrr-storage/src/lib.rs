@@ -90,6 +90,10 @@ pub struct CommitBatch {
     /// Where a snapshot bootstrap of this store stands ([`Store::bootstrap_mark`]), written
     /// with the records it installed so that the two never part.
     pub bootstrap: Option<BootstrapMark>,
+    /// Written without an fsync whatever the durability mode: what it holds can be fetched
+    /// again (a chunk of a snapshot install, whose mark a crash takes back with it; the
+    /// install's last commit is synced). Never with `must_sync`.
+    pub unsynced: bool,
 }
 
 impl CommitBatch {

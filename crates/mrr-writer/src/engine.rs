@@ -234,6 +234,7 @@ impl Engine {
             strong_position: pending.strong_position,
             strong_requests: pending.strong_requests.into_inner().into_iter().collect(),
             bootstrap: None,
+            unsynced: false,
         })
     }
 

@@ -271,6 +271,7 @@ pub fn chunk_batch(
         hlc_high_water: header.hlc_high_water,
         bootstrap: Some(BootstrapMark::Installing { donor: donor.to_string(), snapshot, after: chunk.last.clone() }),
         history: chunk.history,
+        unsynced: true,
         ..CommitBatch::default()
     };
     for (key, record) in chunk.records {
