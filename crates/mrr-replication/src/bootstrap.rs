@@ -27,14 +27,12 @@ use std::time::Duration;
 use mrr_core::{Key, RegionName};
 use mrr_storage::{BootstrapMark, Store, STORAGE_FORMAT};
 use mrr_writer::snapshot::{self, Standing};
-use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::handshake::{Dialer, NONCE_LEN};
 use crate::proto::{self, from_donor, peer_client::PeerClient, to_donor};
 use crate::{wire, PeerConfig, ReplicationConfig};
 
@@ -248,7 +246,7 @@ async fn clear(store: &dyn Store, sealer: &mrr_core::Sealer) -> Result<(), mrr_s
 async fn ask_everyone(config: &Arc<ReplicationConfig>) -> Vec<(RegionName, Result<Standing, String>)> {
     let asks = config.peers.iter().map(|p| async move {
         let answer = match connect(config, p).await {
-            Ok((_, _, standing, _)) => Ok(standing),
+            Ok((_, _, standing)) => Ok(standing),
             Err(e) => Err(e),
         };
         (p.region.clone(), answer)
@@ -262,30 +260,16 @@ type Outgoing = mpsc::Sender<proto::ToDonor>;
 async fn connect(
     config: &ReplicationConfig,
     peer: &PeerConfig,
-) -> Result<(Outgoing, Streaming<proto::FromDonor>, Standing, ()), String> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(peer.endpoint.clone())
-        .map_err(|e| format!("invalid endpoint {}: {e}", peer.endpoint))?;
-    if let Some(tls) = &config.tls {
-        endpoint = endpoint.tls_config(crate::tls_client(tls, &peer.region)).map_err(|e| e.to_string())?;
-    }
-    let channel = endpoint
-        .connect_timeout(config.peer_timeout)
-        .tcp_nodelay(true)
-        .initial_stream_window_size(crate::H2_STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(crate::H2_CONNECTION_WINDOW_BYTES)
+) -> Result<(Outgoing, Streaming<proto::FromDonor>, Standing), String> {
+    let channel = config
+        .peer_endpoint(peer)
+        .map_err(|e| format!("invalid endpoint {}: {e}", peer.endpoint))?
         .connect()
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let mut client = PeerClient::new(channel).max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);
     let (tx, rx) = mpsc::channel::<proto::ToDonor>(4);
-    let dialer = Dialer {
-        cluster: config.cluster.clone(),
-        local: config.local.clone(),
-        peer: peer.region.clone(),
-        secret: config.secrets.current().current.clone(),
-        nonce: rand::rng().random::<[u8; NONCE_LEN]>(),
-        policy_digest: config.policy_digest.clone(),
-    };
+    let dialer = config.dialer(&peer.region);
     let send = |tx: &Outgoing, msg| {
         let tx = tx.clone();
         async move { tx.send(proto::ToDonor { msg: Some(msg) }).await.map_err(|_| "the call closed".to_string()) }
@@ -312,7 +296,7 @@ async fn connect(
         floors: wire::vv_from_wire(welcome.log_floors).map_err(|e| e.to_string())?,
         stable: wire::vv_from_wire(welcome.stable).map_err(|e| e.to_string())?,
     };
-    Ok((tx, inbound, standing, ()))
+    Ok((tx, inbound, standing))
 }
 
 async fn message(inbound: &mut Streaming<proto::FromDonor>, within: Duration) -> Result<from_donor::Msg, String> {
@@ -353,7 +337,7 @@ async fn fetch(
     let mut failures = 0u32;
     loop {
         let attempt = async {
-            let (tx, mut inbound, _, ()) = connect(config, peer).await.map_err(Fetch::Failed)?;
+            let (tx, mut inbound, _) = connect(config, peer).await.map_err(Fetch::Failed)?;
             let after_bytes = match &after {
                 Some(k) => postcard::to_allocvec(k).map_err(|e| Fetch::Failed(e.to_string()))?,
                 None => Vec::new(),

@@ -27,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::handshake::{Acceptor, NONCE_LEN};
+use crate::handshake::Acceptor;
 use crate::proto::{self, from_donor, to_donor};
 use crate::{wire, ReplicationConfig};
 
@@ -108,19 +108,7 @@ impl Donor {
             to_donor::Msg::Hello(h) => h,
             _ => return Err(Status::invalid_argument("the first message of a snapshot call must be Hello")),
         };
-        let acceptor = Acceptor {
-            cluster: cfg.cluster.clone(),
-            local: cfg.local.clone(),
-            secrets: cfg.secrets.current(),
-            nonce: rand::rng().random::<[u8; NONCE_LEN]>(),
-            policy_digest: cfg.policy_digest.clone(),
-        };
-        let known = |r: &RegionName| cfg.peers.iter().any(|p| &p.region == r);
-        let greeted = acceptor.on_hello(&hello, known).map_err(|e| {
-            tracing::warn!(from = %hello.region, error = %e, "refused a snapshot handshake");
-            crate::inbound::handshake_status(e, &cfg.local)
-        })?;
-        crate::check_peer(cfg.tls.as_ref(), certs.as_deref().map(Vec::as_slice), &greeted.peer)?;
+        let (acceptor, greeted) = crate::inbound::greet(cfg, &hello, certs.as_deref().map(Vec::as_slice))?;
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let donor = self.clone();
         tokio::spawn(async move {
@@ -148,10 +136,7 @@ impl Donor {
             to_donor::Msg::Auth(a) => a,
             _ => return Err(Status::invalid_argument("expected Auth after Challenge")),
         };
-        let proof = acceptor.on_auth(greeted, &auth).map_err(|e| {
-            tracing::warn!(peer = %receiver, error = %e, "refused a snapshot handshake");
-            crate::inbound::handshake_status(e, &cfg.local)
-        })?;
+        let proof = crate::inbound::check_auth(cfg, acceptor, greeted, &auth)?;
         // Only a region installing a snapshot calls: nothing its earlier process sent may apply
         // after this answer, and its earlier beacons no longer hold (they must not carry the
         // stable point past what the snapshot it installs will hold).

@@ -143,6 +143,44 @@ struct Service {
 
 type ToDialerStream = Pin<Box<dyn Stream<Item = Result<proto::ToDialer, Status>> + Send>>;
 
+/// The acceptor's side of a handshake that `hello` opened (a replication stream or a
+/// snapshot call): refuses a dialer of another cluster, protocol or region set, or whose
+/// certificate (with TLS) names another region than it claims.
+pub(crate) fn greet(
+    cfg: &crate::ReplicationConfig,
+    hello: &proto::Hello,
+    certs: Option<&[tonic::transport::CertificateDer<'static>]>,
+) -> Result<(Acceptor, Greeted), Status> {
+    let acceptor = Acceptor {
+        cluster: cfg.cluster.clone(),
+        local: cfg.local.clone(),
+        secrets: cfg.secrets.current(),
+        nonce: rand::rng().random::<[u8; NONCE_LEN]>(),
+        policy_digest: cfg.policy_digest.clone(),
+    };
+    let known = |r: &RegionName| cfg.peers.iter().any(|p| &p.region == r);
+    let greeted = acceptor.on_hello(hello, known).map_err(|e| {
+        tracing::warn!(from = %hello.region, error = %e, "refused peer handshake");
+        handshake_status(e, &cfg.local)
+    })?;
+    // The region the dialer claims must be the one its certificate names (with TLS).
+    crate::check_peer(cfg.tls.as_ref(), certs, &greeted.peer)?;
+    Ok((acceptor, greeted))
+}
+
+/// The dialer's proof in `auth`, checked: this acceptor's own proof for its Welcome.
+pub(crate) fn check_auth(
+    cfg: &crate::ReplicationConfig,
+    acceptor: &Acceptor,
+    greeted: &Greeted,
+    auth: &proto::Auth,
+) -> Result<Vec<u8>, Status> {
+    acceptor.on_auth(greeted, auth).map_err(|e| {
+        tracing::warn!(peer = %greeted.peer, error = %e, our_cluster = %cfg.cluster, "refused peer handshake");
+        handshake_status(e, &cfg.local)
+    })
+}
+
 /// The status an unproved or refused dialer gets back. A wrong secret is reported as the dialer
 /// sees it: a mismatch with this (the acceptor's) region.
 pub(crate) fn handshake_status(e: HandshakeError, local: &RegionName) -> Status {
@@ -182,20 +220,7 @@ impl proto::peer_server::Peer for Service {
                 _ => return Err(Status::invalid_argument("the first message on a peer stream must be Hello")),
             },
         };
-        let acceptor = Acceptor {
-            cluster: cfg.cluster.clone(),
-            local: cfg.local.clone(),
-            secrets: cfg.secrets.current(),
-            nonce: rand::rng().random::<[u8; NONCE_LEN]>(),
-            policy_digest: cfg.policy_digest.clone(),
-        };
-        let known = |r: &RegionName| cfg.peers.iter().any(|p| &p.region == r);
-        let greeted = acceptor.on_hello(&hello, known).map_err(|e| {
-            tracing::warn!(from = %hello.region, error = %e, "refused peer handshake");
-            handshake_status(e, &cfg.local)
-        })?;
-        // The region the dialer claims must be the one its certificate names (with TLS).
-        crate::check_peer(cfg.tls.as_ref(), certs.as_deref().map(Vec::as_slice), &greeted.peer)?;
+        let (acceptor, greeted) = greet(cfg, &hello, certs.as_deref().map(Vec::as_slice))?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(accept(ctx.clone(), acceptor, greeted, stream, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -259,10 +284,7 @@ async fn session(
             _ => return Err(Status::invalid_argument("expected Auth after Challenge")),
         },
     };
-    let proof = acceptor.on_auth(greeted, &auth).map_err(|e| {
-        tracing::warn!(peer = %peer, error = %e, our_cluster = %cfg.cluster, "refused peer handshake");
-        handshake_status(e, &cfg.local)
-    })?;
+    let proof = check_auth(cfg, acceptor, greeted, &auth)?;
     let welcome = proto::Welcome {
         region: cfg.local.to_string(),
         proof,

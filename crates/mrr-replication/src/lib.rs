@@ -272,6 +272,34 @@ impl std::fmt::Debug for Context {
 }
 
 impl ReplicationConfig {
+    /// The endpoint of `peer`'s replication listener as every peer connection here dials it:
+    /// TLS when the cluster has it, the connect timeout, no Nagle, the large HTTP/2 windows.
+    /// `Err`: the endpoint or its TLS settings do not parse (the text says which).
+    pub(crate) fn peer_endpoint(&self, peer: &PeerConfig) -> Result<tonic::transport::Endpoint, String> {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(peer.endpoint.clone()).map_err(|e| e.to_string())?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls_client(tls, &peer.region)).map_err(|e| e.to_string())?;
+        }
+        Ok(endpoint
+            .connect_timeout(self.peer_timeout)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(H2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW_BYTES))
+    }
+
+    /// This region's side of a handshake with `peer`, with a fresh nonce.
+    pub(crate) fn dialer(&self, peer: &RegionName) -> handshake::Dialer {
+        use rand::Rng;
+        handshake::Dialer {
+            cluster: self.cluster.clone(),
+            local: self.local.clone(),
+            peer: peer.clone(),
+            secret: self.secrets.current().current.clone(),
+            nonce: rand::rng().random::<[u8; handshake::NONCE_LEN]>(),
+            policy_digest: self.policy_digest.clone(),
+        }
+    }
+
     /// What the strong tier's connection needs of this config.
     pub fn consensus_link(&self) -> consensus_link::ConsensusLinkConfig {
         consensus_link::ConsensusLinkConfig {

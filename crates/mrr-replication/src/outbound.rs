@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::handshake::{Dialer, HandshakeError, NONCE_LEN};
+use crate::handshake::HandshakeError;
 use crate::link::{LinkSender, SendError};
 use crate::notary::CertificateBook;
 use crate::proto::{self, peer_client::PeerClient, to_acceptor, to_dialer};
@@ -136,32 +136,16 @@ enum Never {}
 
 async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, SessionEnd> {
     let cfg = &ctx.config;
-    let mut endpoint = tonic::transport::Endpoint::from_shared(peer.endpoint.clone())
-        .map_err(|e| SessionEnd::Endpoint(peer.endpoint.clone(), e.to_string()))?;
-    if let Some(tls) = &cfg.tls {
-        endpoint = endpoint
-            .tls_config(crate::tls_client(tls, &peer.region))
-            .map_err(|e| SessionEnd::Endpoint(peer.endpoint.clone(), e.to_string()))?;
-    }
-    let endpoint = endpoint
-        .connect_timeout(cfg.peer_timeout)
-        .tcp_nodelay(true)
-        .initial_stream_window_size(crate::H2_STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(crate::H2_CONNECTION_WINDOW_BYTES)
+    let endpoint = cfg
+        .peer_endpoint(peer)
+        .map_err(|e| SessionEnd::Endpoint(peer.endpoint.clone(), e))?
         .http2_keep_alive_interval(cfg.heartbeat_interval * 4);
     let channel = endpoint.connect().await?;
     let mut client = PeerClient::new(channel).max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);
 
     let (tx, rx) = mpsc::channel::<proto::ToAcceptor>(64);
     let link: LinkSender<proto::ToAcceptor> = ctx.links.sender(&peer.region, tx, cfg.peer_timeout);
-    let dialer = Dialer {
-        cluster: cfg.cluster.clone(),
-        local: cfg.local.clone(),
-        peer: peer.region.clone(),
-        secret: cfg.secrets.current().current.clone(),
-        nonce: rand::rng().random::<[u8; NONCE_LEN]>(),
-        policy_digest: cfg.policy_digest.clone(),
-    };
+    let dialer = cfg.dialer(&peer.region);
     send(&link, to_acceptor::Msg::Hello(dialer.hello())).await?;
     // The acceptor answers only once it has read the Hello, which a stalled path may hold.
     let handshake_timeout = cfg.peer_timeout;

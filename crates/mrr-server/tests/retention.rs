@@ -7,6 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use mrr_replication::bootstrap::Start;
 use mrr_server::{Config, Listeners, Node, NodeOptions};
 use serde_json::json;
 
@@ -30,6 +31,25 @@ async fn wait_for_sample(client: &mrr_client::Client, name: &str, at_least: f64)
         anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "{name} stayed at {v}, below {at_least}, for 30 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Stops us-west, wipes its data directory, and starts it again on the same ports as `start`
+/// says; its client.
+async fn wipe_and_restart(pair: &mut common::Pair, start: Start) -> anyhow::Result<mrr_client::Client> {
+    let wiped = pair.nodes.remove(1);
+    wiped.shutdown();
+    wiped.wait().await;
+    let mut config = Config::load(&pair.configs[1])?;
+    std::fs::remove_dir_all(&config.data_dir)?;
+    config.bootstrap = start;
+    let peer = std::net::TcpListener::bind(("127.0.0.1", pair.peer_ports[1]))?;
+    let options = NodeOptions {
+        heartbeat_interval: Duration::from_millis(100),
+        peer_timeout: Duration::from_secs(2),
+        ..NodeOptions::default()
+    };
+    pair.nodes.push(Node::start_on(config, options, Listeners { api: None, peer: Some(peer) }).await?);
+    Ok(mrr_client::connect(&format!("http://{}", pair.nodes[1].api_addr), None)?)
 }
 
 const TRUNCATED: &str = "mrr_collected_total{what=\"changes\"}";
@@ -66,21 +86,11 @@ async fn below_the_stable_point_the_changelog_is_truncated_and_tombstones_collec
     common::wait_for_record(b, "users/u40").await?;
 
     // us-west comes back with a wiped data directory: it holds none of what ap-northeast's
-    // changelog no longer keeps, and ap-northeast says so instead of sending a hole.
-    let wiped = pair.nodes.remove(1);
-    wiped.shutdown();
-    wiped.wait().await;
-    let config = Config::load(&pair.configs[1])?;
-    std::fs::remove_dir_all(&config.data_dir)?;
-    let peer = std::net::TcpListener::bind(("127.0.0.1", pair.peer_ports[1]))?;
-    let options = NodeOptions {
-        heartbeat_interval: Duration::from_millis(100),
-        peer_timeout: Duration::from_secs(2),
-        ..NodeOptions::default()
-    };
-    // The restart returns once the wiped region has installed a snapshot of its peer.
-    pair.nodes.push(Node::start_on(config, options, Listeners { api: None, peer: Some(peer) }).await?);
-    let b = mrr_client::connect(&format!("http://{}", pair.nodes[1].api_addr), None)?;
+    // changelog no longer keeps, and installs a snapshot of ap-northeast (the restart returns
+    // once it has).
+    let a = pair.clients[0].clone();
+    let a = &a;
+    let b = wipe_and_restart(&mut pair, Start::AskPeers).await?;
     assert_eq!(b.query("users/u39").await?.map(|r| r.value["n"].clone()), Some(json!(39)), "complete after the wipe");
     assert_eq!(b.query("users/u3").await?.map(|r| r.value["n"].clone()), Some(json!("again")));
     assert!(b.query("users/u5").await?.is_none(), "a delete stays a delete");
@@ -107,20 +117,7 @@ async fn a_wiped_region_told_not_to_ask_reports_that_its_peers_hold_more_of_it()
         b.put(&format!("users/b{i}"), &json!({"n": i})).await?;
     }
     common::wait_for_record(&pair.clients[0], "users/b4").await?;
-    let wiped = pair.nodes.remove(1);
-    wiped.shutdown();
-    wiped.wait().await;
-    let mut config = Config::load(&pair.configs[1])?;
-    std::fs::remove_dir_all(&config.data_dir)?;
-    config.bootstrap = mrr_replication::bootstrap::Start::NewCluster;
-    let peer = std::net::TcpListener::bind(("127.0.0.1", pair.peer_ports[1]))?;
-    let options = NodeOptions {
-        heartbeat_interval: Duration::from_millis(100),
-        peer_timeout: Duration::from_secs(2),
-        ..NodeOptions::default()
-    };
-    pair.nodes.push(Node::start_on(config, options, Listeners { api: None, peer: Some(peer) }).await?);
-    let b = mrr_client::connect(&format!("http://{}", pair.nodes[1].api_addr), None)?;
+    let b = wipe_and_restart(&mut pair, Start::NewCluster).await?;
     let error = common::wait_for_error(&b, "holds this region's streams").await?;
     assert!(error.contains("bootstrap: ask_peers"), "{error}");
     Ok(())
