@@ -350,6 +350,18 @@ pub struct NodeStatus {
     /// (`docs/placement.md`). As of the last collection pass.
     #[serde(default)]
     pub departures: u64,
+    /// Below which the changelog is truncated: the stable point, or past it the point over the
+    /// regions that are not lagging (`retention.window`).
+    #[serde(default)]
+    pub truncation_point: BTreeMap<String, u64>,
+    /// Regions away past `retention.window`: the changelog is truncated without them, and they
+    /// come back through a snapshot of a peer.
+    #[serde(default)]
+    pub lagging: Vec<String>,
+    /// Regions away (silent past the peer timeout) that hold changelog truncation back, with
+    /// how long each has been away, in milliseconds.
+    #[serde(default)]
+    pub retention_held_by: BTreeMap<String, u64>,
     pub storage_bytes: u64,
     pub peers: Vec<PeerStatus>,
     /// The strong tier's coordinator as this region knows it.

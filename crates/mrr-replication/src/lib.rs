@@ -142,6 +142,9 @@ pub struct ReplicationConfig {
     pub policy_digest: String,
     /// Mutual TLS between regions (`https://` endpoints); `None`: plain HTTP/2.
     pub tls: Option<PeerTls>,
+    /// How long a peer that is away holds changelog truncation back (`retention:`); `None`:
+    /// for ever.
+    pub retention: Option<mrr_core::stability::Window>,
 }
 
 /// Shared pieces every session needs.
@@ -221,7 +224,7 @@ impl Replicator {
         });
         status.set_stable(persisted.clone());
         let members = std::iter::once(config.local.clone()).chain(config.peers.iter().map(|p| p.region.clone()));
-        let stable = stable::StablePoint::new(config.local.clone(), members, persisted);
+        let stable = stable::StablePoint::new(config.local.clone(), members, persisted, config.retention);
         let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let ctx = Context {
             config: Arc::new(config),

@@ -58,6 +58,14 @@ pub fn describe(recorder: &dyn Recorder) {
         ("mrr_peer_connected", "1 while the stream in that direction is up."),
         ("mrr_peer_freshness_lag_seconds", "How stale this node's copy of a peer's writes may be."),
         (
+            "mrr_peer_retention_held_seconds",
+            "How long a peer has been away while holding changelog truncation back (0: not away, or lagging).",
+        ),
+        (
+            "mrr_peer_lagging",
+            "1 while a peer has been away past the retention window: the changelog is truncated without it and it rejoins through a snapshot.",
+        ),
+        (
             "mrr_stable_point_behind_changes",
             "Changes applied here that not every region has durably applied yet (above the stable point).",
         ),
@@ -108,6 +116,8 @@ pub struct PeerMetrics {
     pub connected_in: Gauge,
     pub freshness_lag_seconds: Gauge,
     pub freshness_violations: Counter,
+    pub retention_held_seconds: Gauge,
+    pub lagging: Gauge,
 }
 
 impl PeerMetrics {
@@ -181,6 +191,8 @@ impl ReplicationMetrics {
                     connected_out: gauge("mrr_peer_connected", &dir("outbound")),
                     connected_in: gauge("mrr_peer_connected", &dir("inbound")),
                     freshness_lag_seconds: gauge("mrr_peer_freshness_lag_seconds", &[peer()]),
+                    retention_held_seconds: gauge("mrr_peer_retention_held_seconds", &[peer()]),
+                    lagging: gauge("mrr_peer_lagging", &[peer()]),
                     freshness_violations: counter(
                         "mrr_freshness_violations_total",
                         &[("source", p.to_string()), ("target", local.to_string())],

@@ -296,28 +296,27 @@ async fn session_inner(ctx: &Context, peer: &PeerConfig) -> Result<Never, Sessio
     }
 }
 
-/// The changelog does not hold the change after `after_seq` of `stream` though the vector
-/// says it exists: retention truncated it (the peer is behind what every member region had
-/// durably applied: its data was wiped, or it is not a member), or the log has a hole.
-fn behind_the_log(
-    ctx: &Context,
-    peer: &mrr_core::RegionName,
-    stream: &mrr_core::Stream,
-    after_seq: u64,
-    first_seq: Option<u64>,
-) -> SessionEnd {
-    let floor = ctx.store.log_floors().map(|f| f.get(stream)).unwrap_or(0);
-    let detail = if after_seq < floor {
-        format!(
-            "{peer} holds {stream} up to {after_seq}, but this region's changelog starts after {floor} (retention \
-             truncated what every region had durably applied): {peer} cannot catch up from the log; \
-             move its data directory aside and bootstrap it from a snapshot of a peer"
-        )
-    } else {
-        format!("this region's changelog of {stream} is missing changes its version vector covers: after {after_seq} it holds {first_seq:?}")
-    };
-    tracing::error!(peer = %peer, stream = %stream, after_seq, log_floor = floor, "{detail}");
+/// The changelog does not hold the change after `after_seq` of `stream`, above its log floor,
+/// though the vector says it exists: a hole, which ends the session.
+fn hole_in_the_log(stream: &mrr_core::Stream, after_seq: u64, first_seq: Option<u64>) -> SessionEnd {
+    let detail = format!(
+        "this region's changelog of {stream} is missing changes its version vector covers: after {after_seq} it holds {first_seq:?}"
+    );
+    tracing::error!(stream = %stream, after_seq, "{detail}");
     SessionEnd::BehindTheLog(detail)
+}
+
+/// `peer` holds this region's own `stream` only up to `after_seq`, below where retention
+/// truncated it: it was away past the retention window (let go as lagging), or its data was
+/// replaced. It cannot catch up from this log; the stream is held (the session goes on with the
+/// others), and the peer rejoins through a snapshot once every peer's floor is past it.
+fn behind_the_floor(ctx: &Context, peer: &mrr_core::RegionName, stream: &mrr_core::Stream, after_seq: u64, floor: u64) {
+    let detail = format!(
+        "{peer} holds {stream} up to {after_seq}, but this region's changelog starts after {floor} (retention \
+         truncated it without {peer}): {peer} cannot catch up from the log and rejoins through a snapshot of a peer"
+    );
+    tracing::warn!(peer = %peer, stream = %stream, after_seq, log_floor = floor, "{detail}");
+    ctx.status.update(peer, |s| s.last_error = Some(detail));
 }
 
 /// Sends every batch the session allows now. Returns whether anything was sent.
@@ -342,17 +341,30 @@ async fn pump(
         } else {
             (Vec::new(), within(read.after_seq, read.limit, read.bytes_max)?)
         };
+        // A peer between the log floor and the checkpoint retention kept as the anchor (it was
+        // let go as lagging): nothing here can prove a relay to it, so it is held as below the
+        // floor.
+        if relayed && read.after_seq > 0 && proving.is_empty() && ctx.store.log_floors()?.get(stream) > 0 {
+            tracing::debug!(peer = %session.peer(), stream = %stream, after = read.after_seq, "not relaying a stream whose anchor retention truncated");
+            session.hold(stream, read.after_seq + 1);
+            continue;
+        }
         let first_seq = changes.first().map(|c| c.seq);
         if first_seq != Some(read.after_seq + 1) {
-            // Another region's stream this region holds only from a snapshot on (its log floor
-            // is the snapshot's vector): the peer gets the changes below from their origin or
-            // another relay, not from here.
-            if relayed && read.after_seq < ctx.store.log_floors()?.get(stream) {
-                tracing::debug!(peer = %session.peer(), stream = %stream, after = read.after_seq, "not relaying a stream below this region's log floor");
-                session.hold(stream, read.after_seq + 1);
-                continue;
+            let floor = ctx.store.log_floors()?.get(stream);
+            if read.after_seq >= floor {
+                return Err(hole_in_the_log(stream, read.after_seq, first_seq));
             }
-            return Err(behind_the_log(ctx, session.peer(), stream, read.after_seq, first_seq));
+            // Below the log floor nothing is sent from here. Another region's stream this
+            // region holds only from a snapshot on (its floor is the snapshot's vector): the
+            // peer gets the changes below from their origin or another relay.
+            if relayed {
+                tracing::debug!(peer = %session.peer(), stream = %stream, after = read.after_seq, "not relaying a stream below this region's log floor");
+            } else {
+                behind_the_floor(ctx, session.peer(), stream, read.after_seq, floor);
+            }
+            session.hold(stream, read.after_seq + 1);
+            continue;
         }
         let Some(first_seq) = first_seq else { unreachable!("checked above") };
         let mut shipped = placement::for_peer(&changes, session.peer(), &ctx.config.sealer);

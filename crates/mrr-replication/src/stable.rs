@@ -7,14 +7,21 @@
 //! When the point moved, it asks the writer for a collection pass (`mrr_writer::Collect`): what
 //! records that left this region left behind, and retention below the point (the changelog is
 //! truncated, tombstones are collected); again while a pass leaves work it could do now.
+//!
+//! With a retention window (`retention:`), each tick also tells [`Stability`] how much the
+//! changelog holds and what time it is (this process's monotonic clock: a wall-clock step must
+//! not let a region go early): a peer away past the window is lagging, the changelog is
+//! truncated up to the point over the others, and the status board and metrics say who holds
+//! retention back and who was let go.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use mrr_core::stability::Stability;
+use mrr_core::stability::{Stability, Window};
 use mrr_core::{RegionName, VersionVector};
 use mrr_writer::Collect;
 
+use crate::status::Retention;
 use crate::Context;
 
 /// How often this node folds in its own durable vector and persists a moved point.
@@ -23,16 +30,34 @@ const TICK: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug)]
 pub(crate) struct StablePoint {
     inner: Arc<Mutex<Stability>>,
+    /// Where this process's milliseconds count from.
+    started: Instant,
+    window: Option<Window>,
 }
 
 impl StablePoint {
-    pub fn new(local: RegionName, members: impl IntoIterator<Item = RegionName>, persisted: VersionVector) -> Self {
-        Self { inner: Arc::new(Mutex::new(Stability::new(local, members, persisted))) }
+    pub fn new(
+        local: RegionName,
+        members: impl IntoIterator<Item = RegionName>,
+        persisted: VersionVector,
+        window: Option<Window>,
+    ) -> Self {
+        let stability = Stability::new(local, members, persisted);
+        let stability = match window {
+            Some(w) => stability.with_window(w, 0),
+            None => stability,
+        };
+        Self { inner: Arc::new(Mutex::new(stability)), started: Instant::now(), window }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// `peer` acked with its durable vector.
     pub fn beacon(&self, peer: &RegionName, durable: &VersionVector, applied_here: &VersionVector) {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).on_beacon(peer, durable, applied_here);
+        let now_ms = self.now_ms();
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).on_beacon(peer, durable, applied_here, now_ms);
     }
 
     /// `peer` is bootstrapping from a snapshot: its old beacons no longer hold.
@@ -44,11 +69,21 @@ impl StablePoint {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner).stable().clone()
     }
 
-    /// Folds in this node's own durable vector; the stable point.
-    fn local(&self, durable: &VersionVector, applied: &VersionVector) -> Collect {
+    /// Folds in this node's own durable vector and the time: what a collection pass may
+    /// collect below, and who holds retention back.
+    fn local(&self, durable: &VersionVector, applied: &VersionVector, changelog_bytes: u64) -> (Collect, Retention) {
+        let now_ms = self.now_ms();
         let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         s.on_local(durable, applied);
-        Collect { stable: s.stable().clone() }
+        s.on_tick(now_ms, changelog_bytes);
+        let collect = Collect { stable: s.stable().clone(), truncate: s.truncation_point().clone() };
+        let retention = Retention {
+            truncation_point: s.truncation_point().clone(),
+            lagging: s.lagging().clone(),
+            held_by: s.away(now_ms).into_iter().collect(),
+            window_ms: self.window.map(|w| w.away_ms_max).filter(|ms| *ms < u64::MAX),
+        };
+        (collect, retention)
     }
 }
 
@@ -63,9 +98,10 @@ pub(crate) async fn run(ctx: Context) {
         tick.tick().await;
         let applied = ctx.writer.applied().borrow().clone();
         let durable = ctx.writer.durable().borrow().clone();
-        let now = ctx.stable.local(&durable, &applied);
-        ctx.metrics.stable_behind.set(applied.count_ahead_of(&now.stable) as f64);
         let f = ctx.store.footprint();
+        let (now, retention) = ctx.stable.local(&durable, &applied, f.changelog_bytes);
+        ctx.metrics.stable_behind.set(applied.count_ahead_of(&now.stable) as f64);
+        publish(&ctx, retention);
         for (gauge, value) in
             ctx.metrics.footprint.iter().zip([f.changelog_bytes, f.changelog_entries, f.fold_entries, f.records])
         {
@@ -86,6 +122,26 @@ pub(crate) async fn run(ctx: Context) {
             Err(e) => tracing::warn!(error = %e, "cannot persist the stable point"),
         }
     }
+}
+
+/// Who holds retention back, to the status board and the per-peer gauges; a peer let go is
+/// logged once.
+fn publish(ctx: &Context, retention: Retention) {
+    let before = ctx.status.retention();
+    for peer in retention.lagging.difference(&before.lagging) {
+        tracing::warn!(%peer, window_ms = retention.window_ms, "peer away past the retention window: the changelog is truncated without it; it rejoins through a snapshot");
+    }
+    for peer in before.lagging.difference(&retention.lagging) {
+        tracing::info!(%peer, "lagging peer answered again");
+    }
+    for peer in ctx.config.peers.iter().map(|p| &p.region) {
+        if let Some(m) = ctx.metrics.peer(peer) {
+            let held_ms = retention.held_by.get(peer).copied().unwrap_or(0);
+            m.retention_held_seconds.set(held_ms as f64 / 1_000.0);
+            m.lagging.set(f64::from(u8::from(retention.lagging.contains(peer))));
+        }
+    }
+    ctx.status.set_retention(retention);
 }
 
 /// One collection pass; whether it stopped at its bound with more it could collect now.

@@ -48,6 +48,43 @@ pub struct StatusBoard {
     stable: Arc<Mutex<VersionVector>>,
     /// Departed records not erased yet, as of the last collection pass (`departures`).
     departures: Arc<std::sync::atomic::AtomicU64>,
+    /// Who holds retention back, and who no longer does ([`crate::stable`]).
+    retention: Arc<Mutex<Retention>>,
+}
+
+/// The retention window's view of the peers, as the stable-point task last computed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Below which the changelog is truncated (the stable point unless a peer is lagging).
+    pub truncation_point: VersionVector,
+    /// Peers away past the window: the changelog is truncated without them.
+    pub lagging: BTreeSet<RegionName>,
+    /// Peers away within the window, holding truncation back, with how long (ms).
+    pub held_by: BTreeMap<RegionName, u64>,
+    /// The window (`None`: no region is ever let go), for the warnings' words.
+    pub window_ms: Option<u64>,
+}
+
+impl Retention {
+    /// `/health` warnings: a peer holding retention back, a peer let go.
+    pub fn warnings(&self) -> Vec<String> {
+        let held = self.held_by.iter().map(|(peer, away_ms)| {
+            let then = match self.window_ms {
+                Some(w) => format!(
+                    "past the retention window ({} s) it is let go as lagging and rejoins through a snapshot",
+                    w / 1_000
+                ),
+                None => "with no retention.window the changelog grows until it returns".to_owned(),
+            };
+            format!("region {peer} has been away {} s and holds changelog truncation back; {then}", away_ms / 1_000)
+        });
+        let lagging = self.lagging.iter().map(|peer| {
+            format!(
+                "region {peer} is lagging (away past the retention window): the changelog is truncated without it, and it rejoins through a snapshot of a peer when it returns"
+            )
+        });
+        held.chain(lagging).collect()
+    }
 }
 
 impl StatusBoard {
@@ -77,7 +114,17 @@ impl StatusBoard {
             changed: Arc::new(tokio::sync::watch::Sender::new(0)),
             stable: Arc::default(),
             departures: Arc::default(),
+            retention: Arc::default(),
         }
+    }
+
+    /// Who holds retention back, and who is lagging.
+    pub fn retention(&self) -> Retention {
+        self.retention.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn set_retention(&self, retention: Retention) {
+        *self.retention.lock().unwrap_or_else(PoisonError::into_inner) = retention;
     }
 
     /// What every member region has durably applied, as this node last computed it

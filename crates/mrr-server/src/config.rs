@@ -115,6 +115,9 @@ pub struct Config {
     pub topics: BTreeMap<String, TopicConfig>,
     #[serde(default)]
     pub conflict_log: ConflictLogConfig,
+    /// How long a region that is away holds the changelog back (see [`RetentionConfig`]).
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// The dead-letter queue's bound.
     #[serde(default)]
     pub dlq: DlqConfig,
@@ -376,6 +379,26 @@ fn default_conflict_entries_max() -> usize {
     100_000
 }
 
+/// `retention:`. The changelog is truncated below what every region has durably applied (the
+/// stable point), so a region that is away holds it back, and `/health` says which and for how
+/// long. With a `window`, it holds it back for at most that long (or less, once the changelog
+/// holds more than `changelog_bytes_max`): past it, it is *lagging*, the others truncate without
+/// it (PostgreSQL's `max_slot_wal_keep_size`), and it comes back through a snapshot of a peer.
+/// Without one (the default), an away region holds the changelog back for as long as it is
+/// away.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    #[serde(default, with = "optional_duration")]
+    pub window: Option<Duration>,
+    #[serde(default)]
+    pub changelog_bytes_max: Option<u64>,
+}
+
+/// A region is known to be away only once its streams time out (`NodeOptions::peer_timeout`'s
+/// default): a retention window must be longer.
+pub const RETENTION_WINDOW_MIN: Duration = Duration::from_secs(10);
+
 /// `dlq:`. The queue never drops a letter: at `max_entries` this region stops applying
 /// replicated changes of `custom` topics (they wait at their senders, nothing is lost) until an
 /// operator replays or discards letters; from 90% of it `/health` is critical.
@@ -627,6 +650,22 @@ mod duration {
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// An optional duration written like [`duration`]'s.
+mod optional_duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
     }
 }
 
@@ -1227,6 +1266,24 @@ impl Config {
                 "bound the dead-letter queue with a positive size, e.g. dlq: { max_entries: 100000 }",
             ));
         }
+        if let Some(window) = self.retention.window.filter(|w| *w < RETENTION_WINDOW_MIN) {
+            return Err(invalid(
+                "window:",
+                format!(
+                    "retention.window {} is shorter than {}: a region is known to be away only once its streams have timed out, so it would be let go before anyone noticed it left",
+                    humantime::format_duration(window),
+                    humantime::format_duration(RETENTION_WINDOW_MIN),
+                ),
+                "give an away region at least as long as an outage you want it to ride out from the log, e.g. retention: { window: 24h }",
+            ));
+        }
+        if self.retention.changelog_bytes_max.is_some() && self.retention.window.is_none() {
+            return Err(invalid(
+                "changelog_bytes_max:",
+                "retention.changelog_bytes_max without a retention.window: an away region is let go by time, or sooner by bytes".into(),
+                "add a window, e.g. retention: { window: 24h, changelog_bytes_max: 8589934592 }",
+            ));
+        }
         if self.conflict_log.max_entries == 0 {
             return Err(invalid(
                 "max_entries:",
@@ -1723,5 +1780,23 @@ insecure_plaintext: true
             .expect_err("custom default")
             .to_string();
         assert!(err.contains("cannot be custom"), "{err}");
+    }
+
+    #[test]
+    fn a_retention_window_is_optional_and_longer_than_a_peer_timeout() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(
+            (c.retention.window, c.retention.changelog_bytes_max),
+            (None, None),
+            "no region is let go by default"
+        );
+        let c = parse(&format!("{GOOD}retention: {{ window: 24h, changelog_bytes_max: 1000000 }}\n")).expect("valid");
+        assert_eq!(c.retention.window, Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(c.retention.changelog_bytes_max, Some(1_000_000));
+        let err = parse(&format!("{GOOD}retention:\n  window: 2s\n")).expect_err("too short").to_string();
+        assert!(err.contains("mrr-config.yaml:") && err.contains("shorter than 10s"), "{err}");
+        let err =
+            parse(&format!("{GOOD}retention: {{ changelog_bytes_max: 5 }}\n")).expect_err("no window").to_string();
+        assert!(err.contains("without a retention.window"), "{err}");
     }
 }

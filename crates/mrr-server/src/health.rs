@@ -22,7 +22,9 @@ fn ms(d: Duration) -> u64 {
 
 /// `dead_letters`: the size of the dead-letter queue; changes waiting there make the node warn.
 /// `critical`: node-level conditions that make it critical whatever its peers' lag (a clock
-/// beyond max_clock_skew, a writer stopped by a failed commit), each a sentence.
+/// beyond max_clock_skew, a writer stopped by a failed commit), each a sentence. `warn`:
+/// node-level conditions that make it warn (a region holding retention back, or let go), each a
+/// sentence.
 pub fn evaluate(
     region: &str,
     peers: &[PeerStatus],
@@ -30,6 +32,7 @@ pub fn evaluate(
     uptime: Duration,
     dead_letters: u64,
     critical: &[String],
+    warn: &[String],
 ) -> Health {
     let (warn_ms, critical_ms, target_ms) =
         (ms(thresholds.lag_warn), ms(thresholds.lag_critical), ms(thresholds.freshness_target));
@@ -71,6 +74,7 @@ pub fn evaluate(
     if dead_letters > 0 {
         warnings.push(format!("{dead_letters} change(s) in the dead-letter queue: see GET /v1/dlq"));
     }
+    warnings.extend(warn.iter().cloned());
     let node = if !critical.is_empty() {
         HealthStatus::Critical
     } else if warnings.is_empty() {
@@ -120,12 +124,13 @@ mod tests {
             Duration::from_secs(60),
             0,
             &[],
+            &[],
         );
         assert_eq!(h.status, HealthStatus::Warn);
         assert_eq!(h.regions[0].status, HealthStatus::Ok);
         assert!(!h.regions[0].beyond_freshness_target);
         assert!(h.regions[1].beyond_freshness_target);
-        let h = evaluate("a", &[peer("b", Some(31_000), false)], T, Duration::from_secs(60), 0, &[]);
+        let h = evaluate("a", &[peer("b", Some(31_000), false)], T, Duration::from_secs(60), 0, &[], &[]);
         assert_eq!(h.status, HealthStatus::Critical);
         assert!(h.regions[0].reason.as_deref().is_some_and(|r| r.contains("no stream from b")), "{h:?}");
     }
@@ -133,12 +138,16 @@ mod tests {
     #[test]
     fn a_region_never_heard_from_turns_critical_with_uptime() {
         let never = [peer("b", None, false)];
-        assert_eq!(evaluate("a", &never, T, Duration::from_secs(1), 0, &[]).status, HealthStatus::Ok);
-        assert_eq!(evaluate("a", &never, T, Duration::from_secs(10), 0, &[]).status, HealthStatus::Warn);
-        assert_eq!(evaluate("a", &never, T, Duration::from_secs(30), 0, &[]).status, HealthStatus::Critical);
-        assert_eq!(evaluate("a", &[], T, Duration::from_secs(99), 0, &[]).status, HealthStatus::Ok);
-        let dlq = evaluate("a", &[], T, Duration::from_secs(99), 2, &[]);
+        assert_eq!(evaluate("a", &never, T, Duration::from_secs(1), 0, &[], &[]).status, HealthStatus::Ok);
+        assert_eq!(evaluate("a", &never, T, Duration::from_secs(10), 0, &[], &[]).status, HealthStatus::Warn);
+        assert_eq!(evaluate("a", &never, T, Duration::from_secs(30), 0, &[], &[]).status, HealthStatus::Critical);
+        assert_eq!(evaluate("a", &[], T, Duration::from_secs(99), 0, &[], &[]).status, HealthStatus::Ok);
+        let dlq = evaluate("a", &[], T, Duration::from_secs(99), 2, &[], &[]);
         assert_eq!(dlq.status, HealthStatus::Warn);
         assert!(dlq.warnings[0].contains("2 change(s) in the dead-letter queue"), "{dlq:?}");
+        let held = ["region b has been away 60 s and holds changelog truncation back".to_owned()];
+        let h = evaluate("a", &[], T, Duration::from_secs(99), 0, &[], &held);
+        assert_eq!(h.status, HealthStatus::Warn);
+        assert_eq!(h.warnings, held.to_vec());
     }
 }

@@ -361,6 +361,7 @@ async fn health(
         state.started.elapsed(),
         dead_letters,
         &critical,
+        &state.status.retention().warnings(),
     );
     let code = if q.strict && h.status == mrr_api::HealthStatus::Critical {
         StatusCode::SERVICE_UNAVAILABLE
@@ -691,6 +692,7 @@ async fn batch(
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, body = NodeStatus)))]
 async fn node_status(State(state): State<AppState>) -> Json<NodeStatus> {
     let applied = state.writer.applied().borrow().iter().map(|(o, s)| (o.to_string(), s)).collect();
+    let retention = state.status.retention();
     Json(NodeStatus {
         cluster: state.cluster.clone(),
         region: state.region.to_string(),
@@ -698,6 +700,9 @@ async fn node_status(State(state): State<AppState>) -> Json<NodeStatus> {
         applied,
         stable: state.status.stable().iter().map(|(o, s)| (o.to_string(), s)).collect(),
         departures: state.status.departures(),
+        truncation_point: retention.truncation_point.iter().map(|(o, s)| (o.to_string(), s)).collect(),
+        lagging: retention.lagging.iter().map(ToString::to_string).collect(),
+        retention_held_by: retention.held_by.iter().map(|(r, ms)| (r.to_string(), *ms)).collect(),
         storage_bytes: state.store.disk_bytes(),
         peers: state.status.snapshot(state.clock.now_ms()),
         consensus: coordinator_info(&state),

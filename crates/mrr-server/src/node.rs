@@ -343,5 +343,11 @@ fn replication_config(
         policy_digest: config.policies.digest(),
         sealer: config.policies.sealer.clone(),
         tls: config.peer_tls.clone(),
+        // Without a window no region is ever let go, but one that is away is still reported.
+        retention: Some(mrr_core::stability::Window {
+            away_ms_max: config.retention.window.map_or(u64::MAX, |w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
+            changelog_bytes_max: config.retention.changelog_bytes_max.unwrap_or(u64::MAX),
+            silent_ms: u64::try_from(options.peer_timeout.as_millis()).unwrap_or(u64::MAX),
+        }),
     }
 }

@@ -22,7 +22,8 @@ pub(crate) fn check<'a>(state: &AppState, mut keys: impl Iterator<Item = &'a Key
     let critical_ms = u64::try_from(state.health.lag_critical.as_millis()).unwrap_or(u64::MAX);
     // `/health`'s own verdict per region: the same lag, the same thresholds.
     let peers = state.status.snapshot(state.clock.now_ms());
-    let health = crate::health::evaluate(state.region.as_str(), &peers, state.health, state.started.elapsed(), 0, &[]);
+    let health =
+        crate::health::evaluate(state.region.as_str(), &peers, state.health, state.started.elapsed(), 0, &[], &[]);
     let behind: Vec<String> = health
         .regions
         .iter()

@@ -36,9 +36,18 @@ async fn wait_for_sample(client: &mrr_client::Client, name: &str, at_least: f64)
 /// Stops us-west, wipes its data directory, and starts it again on the same ports as `start`
 /// says; its client.
 async fn wipe_and_restart(pair: &mut common::Pair, start: Start) -> anyhow::Result<mrr_client::Client> {
-    let wiped = pair.nodes.remove(1);
-    wiped.shutdown();
-    wiped.wait().await;
+    stop_us_west(pair).await;
+    restart_wiped(pair, start).await
+}
+
+async fn stop_us_west(pair: &mut common::Pair) {
+    let stopped = pair.nodes.remove(1);
+    stopped.shutdown();
+    stopped.wait().await;
+}
+
+/// Starts the stopped us-west again with its data directory wiped, as `start` says.
+async fn restart_wiped(pair: &mut common::Pair, start: Start) -> anyhow::Result<mrr_client::Client> {
     let mut config = Config::load(&pair.configs[1])?;
     std::fs::remove_dir_all(&config.data_dir)?;
     config.bootstrap = start;
@@ -120,5 +129,68 @@ async fn a_wiped_region_told_not_to_ask_reports_that_its_peers_hold_more_of_it()
     let b = wipe_and_restart(&mut pair, Start::NewCluster).await?;
     let error = common::wait_for_error(&b, "holds this region's streams").await?;
     assert!(error.contains("bootstrap: ask_peers"), "{error}");
+    Ok(())
+}
+
+/// With `retention: { window }` and two regions, the peer away past the window is let go
+/// (lagging), but the changelog keeps this region's own writes past what the only other region
+/// holds: nobody else has them. The region comes back through a snapshot, complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_regions_the_one_let_go_still_holds_back_the_writes_only_its_peer_has() -> anyhow::Result<()> {
+    let secrets = ["window-secret-0123456789", "window-secret-0123456789"];
+    let mut pair = common::pair_with(secrets, [None, None], "retention: { window: 10s }\n").await?;
+    let a = pair.clients[0].clone();
+    for i in 0..20 {
+        a.put(&format!("users/u{i}"), &json!({"n": i})).await?;
+    }
+    common::wait_for_record(&pair.clients[1], "users/u19").await?;
+    let held = pair.clients[1].status().await?.applied;
+    stop_us_west(&mut pair).await;
+    for i in 20..50 {
+        a.put(&format!("users/u{i}"), &json!({"n": i})).await?;
+    }
+    // Away: it holds truncation back, and ap-northeast's /health says so.
+    let start = Instant::now();
+    loop {
+        let health = a.health().await?;
+        if health
+            .warnings
+            .iter()
+            .any(|w| w.contains("region us-west has been away") && w.contains("holds changelog truncation back"))
+        {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "no warning that us-west holds retention back: {health:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(a.status().await?.lagging.is_empty(), "not let go within the window");
+    let start = Instant::now();
+    loop {
+        let status = a.status().await?;
+        if status.lagging == ["us-west"] {
+            assert_eq!(status.truncation_point, held, "no further than what us-west holds");
+            break;
+        }
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(40), "us-west not let go: {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(sample(&a, "mrr_peer_lagging{peer=\"us-west\"}").await?, 1.0);
+    let health = a.health().await?;
+    assert!(health.warnings.iter().any(|w| w.contains("region us-west is lagging")), "{health:?}");
+    // It comes back through a snapshot of ap-northeast, complete, and is let back.
+    let b = restart_wiped(&mut pair, Start::AskPeers).await?;
+    for i in [0, 19, 20, 49] {
+        assert_eq!(b.query(&format!("users/u{i}")).await?.map(|r| r.value["n"].clone()), Some(json!(i)), "u{i}");
+    }
+    a.put("users/u50", &json!({"n": 50})).await?;
+    common::wait_for_record(&b, "users/u50").await?;
+    let start = Instant::now();
+    while !a.status().await?.lagging.is_empty() {
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "us-west still lagging after it rejoined");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }

@@ -24,7 +24,7 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--slow-disks S] [--forgers G] [--wipes W] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom|escrow] [--no-deletes] [--placement]\n       mrr-sim --strong [--seed-start S --seeds N | --seed X] [--regions 3..5] [--strong-clients C] [--strong-ops O] [--faults F] [--phase-ms MS]".into()
+    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--slow-disks S] [--forgers G] [--wipes W] [--retention-window-ms MS (0: none)] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom|escrow] [--no-deletes] [--placement]\n       mrr-sim --strong [--seed-start S --seeds N | --seed X] [--regions 3..5] [--strong-clients C] [--strong-ops O] [--faults F] [--phase-ms MS]".into()
 }
 
 fn parse() -> Result<Args, String> {
@@ -69,6 +69,7 @@ fn parse() -> Result<Args, String> {
             "--slow-disks" => a.config.slow_disks = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--forgers" => a.config.forgers = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--wipes" => a.config.wipes = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
+            "--retention-window-ms" => a.config.retention_window_ms = Some(num(value()?)?).filter(|ms| *ms > 0),
             "--phase-ms" => {
                 a.config.fault_phase_ms = num(value()?)?;
                 phase_given = true;
@@ -119,7 +120,7 @@ fn main() -> ExitCode {
     let mut events = 0;
     let (mut transfers, mut pending, mut erased) = (0, 0, 0);
     let (mut truncated, mut tombstones) = (0, 0);
-    let (mut snapshots, mut snapshot_records, mut resumes) = (0, 0, 0);
+    let (mut snapshots, mut snapshot_records, mut resumes, mut rejoins) = (0, 0, 0, 0);
     let (mut sales, mut refused_rights, mut forwarded) = (0, 0, 0);
     let (mut grouped_commits, mut grouped_applies, mut storage_errors) = (0, 0, 0);
     for seed in args.seed_start..args.seed_start + args.seeds {
@@ -135,6 +136,7 @@ fn main() -> ExitCode {
                 snapshots += report.snapshots_installed;
                 snapshot_records += report.snapshot_records;
                 resumes += report.snapshot_resumes;
+                rejoins += report.rejoins;
                 sales += report.acked_sales;
                 refused_rights += report.refused_rights;
                 forwarded += report.forwarded_sales;
@@ -186,7 +188,7 @@ fn main() -> ExitCode {
         "retention: {truncated} changelog entries truncated, {tombstones} tombstones collected below the stable point"
     );
     println!(
-        "snapshots: {snapshots} wiped regions came back through a snapshot ({snapshot_records} records installed, {resumes} broken streams resumed)"
+        "snapshots: {snapshots} wiped regions came back through a snapshot ({snapshot_records} records installed, {resumes} broken streams resumed); {rejoins} regions let go as lagging rejoined through one"
     );
     if args.config.placement {
         println!(

@@ -8,7 +8,12 @@ use mrr_core::{Change, RegionName, VersionVector};
 
 #[derive(Clone, Debug)]
 pub enum Body {
-    Hello,
+    /// `floors` (here, on batches and on heartbeats): the dialer's log floors (what retention
+    /// truncated). An acceptor behind every peer's floor of a stream can no longer catch up
+    /// from logs and rejoins through a snapshot.
+    Hello {
+        floors: VersionVector,
+    },
     Welcome {
         applied: VersionVector,
         direct: BTreeSet<RegionName>,
@@ -23,6 +28,7 @@ pub enum Body {
         durable: VersionVector,
         wall_ms: u64,
         forged: bool,
+        floors: VersionVector,
     },
     /// `apply_ms`: how long the receiver's writer took (queue and commit) for what this acks.
     /// `durable`: the acceptor's durable vector, the beacon of the dialer's stable point.
@@ -36,6 +42,7 @@ pub enum Body {
     Heartbeat {
         durable: VersionVector,
         wall_ms: u64,
+        floors: VersionVector,
     },
 }
 

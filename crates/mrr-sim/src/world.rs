@@ -25,6 +25,7 @@ use crate::schedule::{FaultEvent, Schedule, WriteEvent};
 const EPOCH_MS: u64 = 1_700_000_000_000;
 const TICK_MS: u64 = 100;
 const TIMEOUT_MS: u64 = 1_000;
+
 const BACKOFF_MIN_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 2_000;
 /// Under `buffered`, how often a node persists its journal.
@@ -62,6 +63,10 @@ pub struct SimConfig {
     /// snapshot bootstrap.
     pub wipes: usize,
     pub fault_phase_ms: u64,
+    /// How long a region that is away holds changelog truncation back (`retention: window`);
+    /// past it, it is lagging: the others truncate without it, and one left behind every
+    /// peer's log floor rejoins through a snapshot once its own writes have reached them all.
+    pub retention_window_ms: Option<u64>,
     /// The run fails if regions have not converged this long after the heal.
     pub heal_deadline_ms: u64,
     pub max_skew_ms: u64,
@@ -160,6 +165,23 @@ fn policies(strategy: Strategy, placement: bool) -> std::sync::Arc<mrr_core::Pol
 
 /// A region's writer, as the simulator runs every one (small history pieces).
 /// It signs its checkpoints with the simulator's stand-in notary.
+/// A region's stable point, with the run's retention window from `now_ms`.
+fn stability(local: &RegionName, names: &[RegionName], cfg: &SimConfig, now_ms: u64) -> mrr_core::stability::Stability {
+    let s = mrr_core::stability::Stability::new(local.clone(), names.iter().cloned(), VersionVector::new());
+    match cfg.retention_window_ms {
+        Some(away_ms_max) => s.with_window(
+            mrr_core::stability::Window { away_ms_max, changelog_bytes_max: u64::MAX, silent_ms: TIMEOUT_MS },
+            now_ms,
+        ),
+        None => s,
+    }
+}
+
+/// What a collection pass may collect below, as the server's stable-point task asks it.
+fn collect_of(stability: &mrr_core::stability::Stability) -> mrr_writer::Collect {
+    mrr_writer::Collect { stable: stability.stable().clone(), truncate: stability.truncation_point().clone() }
+}
+
 fn writer(
     name: &RegionName,
     recovered: mrr_storage::RecoveredState,
@@ -256,6 +278,7 @@ impl Default for SimConfig {
             forgers: 1,
             wipes: 1,
             fault_phase_ms: 10_000,
+            retention_window_ms: None,
             heal_deadline_ms: 60_000,
             max_skew_ms: 200,
             delay_ms: (20, 120),
@@ -287,7 +310,7 @@ impl SimConfig {
     /// defaults that may have changed since.
     pub fn flags(&self) -> String {
         format!(
-            "--regions {} --writes {} --keys {} --faults {} --disk-faults {} --clock-steps {} --slow-disks {} --forgers {} --wipes {} --phase-ms {} --durability {} --strategy {}{}{}",
+            "--regions {} --writes {} --keys {} --faults {} --disk-faults {} --clock-steps {} --slow-disks {} --forgers {} --wipes {} --retention-window-ms {} --phase-ms {} --durability {} --strategy {}{}{}",
             self.regions,
             self.writes,
             self.keys,
@@ -297,6 +320,7 @@ impl SimConfig {
             self.slow_disks,
             self.forgers,
             self.wipes,
+            self.retention_window_ms.unwrap_or(0),
             self.fault_phase_ms,
             if self.buffered { "buffered" } else { "fsync" },
             self.strategy,
@@ -353,6 +377,8 @@ pub struct RunReport {
     pub snapshots_installed: usize,
     pub snapshot_records: usize,
     pub snapshot_resumes: usize,
+    /// Regions let go as lagging that rejoined through a snapshot.
+    pub rejoins: usize,
 }
 
 /// A broken invariant.
@@ -461,6 +487,13 @@ struct Node {
     restart_pending: bool,
     /// The invariants were told what its wipe lost (once per wipe).
     wipe_told: bool,
+    /// Per peer, its log floors as its sessions to this region last said.
+    peer_floors: Vec<Option<VersionVector>>,
+    /// Per peer, what its acks said it holds durably (since this process started).
+    peer_durable: Vec<VersionVector>,
+    /// Behind every peer's log floor of some stream: it takes no writes, waits until its own
+    /// streams have reached every peer, and then rejoins through a snapshot.
+    rejoining: bool,
 }
 
 struct World {
@@ -508,6 +541,7 @@ struct World {
     snapshots_installed: usize,
     snapshot_records: usize,
     snapshot_resumes: usize,
+    rejoins: usize,
     /// A violation found where no `Step` returns (the pump).
     broken: Option<Violation>,
 }
@@ -574,6 +608,7 @@ pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result
         snapshots_installed: world.snapshots_installed,
         snapshot_records: world.snapshot_records,
         snapshot_resumes: world.snapshot_resumes,
+        rejoins: world.rejoins,
     })
 }
 
@@ -616,7 +651,7 @@ impl World {
                 store: SimDisk::new(cfg.buffered),
                 writer: Some(writer(&names[i], Default::default(), &cfg, policies.clone())),
                 forging: false,
-                stability: mrr_core::stability::Stability::new(names[i].clone(), names.clone(), VersionVector::new()),
+                stability: stability(&names[i], &names, &cfg, 0),
                 queue: VecDeque::new(),
                 committing: None,
                 commit_ms: COMMIT_MS,
@@ -630,6 +665,9 @@ impl World {
                 wiped: false,
                 restart_pending: false,
                 wipe_told: false,
+                peer_floors: vec![None; n],
+                peer_durable: vec![VersionVector::new(); n],
+                rejoining: false,
             })
             .collect();
         let mut world = Self {
@@ -678,6 +716,7 @@ impl World {
             snapshots_installed: 0,
             snapshot_records: 0,
             snapshot_resumes: 0,
+            rejoins: 0,
             broken: None,
         };
         if world.cfg.placement {
@@ -776,7 +815,7 @@ impl World {
         if n.committing.is_some() || !n.queue.is_empty() {
             return Ok(false);
         }
-        let collect = mrr_writer::Collect { stable: n.stability.stable().clone() };
+        let collect = collect_of(&n.stability);
         let mut passes = Vec::new();
         let mut done = false;
         for _ in 0..PASSES_MAX {
@@ -855,7 +894,7 @@ impl World {
             let applied = node.store.recover().map_err(store_err)?.vv;
             let departures = node.store.departures().map_err(store_err)?;
             let log_floors = node.store.log_floors().map_err(store_err)?;
-            let collect = collected[i].then(|| mrr_writer::Collect { stable: node.stability.stable().clone() });
+            let collect = collected[i].then(|| collect_of(&node.stability));
             finals.push(FinalState {
                 region: self.names[i].clone(),
                 records,
@@ -1021,7 +1060,8 @@ impl World {
     }
 
     fn client_write(&mut self, w: WriteEvent) -> Step {
-        if self.healed_at.is_some() || self.nodes[w.node].writer.is_none() {
+        // A rejoining region refuses writes (the runtime answers 503 `rejoining`).
+        if self.healed_at.is_some() || self.nodes[w.node].writer.is_none() || self.nodes[w.node].rejoining {
             return Ok(());
         }
         self.writes_done += 1;
@@ -1193,7 +1233,9 @@ impl World {
         let Some(applied) = self.nodes[node].engine().map(|e| e.applied().clone()) else { return Ok(()) };
         let own = self.nodes[node].durable.durable().clone();
         let n = &mut self.nodes[node];
-        let moved = n.stability.on_local(&own, &applied) | n.stability.on_beacon(&self.names[from], durable, &applied);
+        n.peer_durable[from].join(durable);
+        let moved = n.stability.on_local(&own, &applied)
+            | n.stability.on_beacon(&self.names[from], durable, &applied, self.now);
         if moved {
             let stable = n.stability.stable().clone();
             let durables: Vec<VersionVector> = self.nodes.iter().map(|n| n.durable.durable().clone()).collect();
@@ -1216,10 +1258,15 @@ impl World {
     /// Sends every batch the node's sessions allow now.
     fn pump(&mut self, node: usize) {
         let n = self.cfg.regions;
+        let floors_now = self.floors(node);
         for peer in 0..n {
             loop {
                 let (position, wall_ms) = self.position(node);
-                let Node { writer, store, out, durable, forging, .. } = &mut self.nodes[node];
+                let Node { writer, store, out, durable, forging, stability, .. } = &mut self.nodes[node];
+                // Retention may pass only a peer let go as lagging (by this incarnation or,
+                // with a window, an earlier one: the set is not persisted); anything else below
+                // a floor is a hole.
+                let lagging = stability.lagging().contains(&self.names[peer]) || self.cfg.retention_window_ms.is_some();
                 let durable = durable.durable();
                 let (Some(_), Some(Out::Up { epoch, session, .. })) = (writer.as_ref(), out[peer].as_mut()) else {
                     break;
@@ -1237,19 +1284,28 @@ impl World {
                     within(read.after_seq, read.limit, read.bytes_max).map(|c| (Vec::new(), c))
                 };
                 let Ok((proving, changes)) = read_result else { break };
+                // As the runtime: a peer between the log floor and the checkpoint retention
+                // kept as the anchor (it was let go as lagging) cannot be proved a relay.
+                if relayed && read.after_seq > 0 && proving.is_empty() && lagging {
+                    let Ok(floors) = store.log_floors() else { break };
+                    if floors.get(&read.stream) > 0 {
+                        session.hold(&read.stream, read.after_seq + 1);
+                        continue;
+                    }
+                }
                 // The vector says these changes exist: the changelog must hold them, in order,
                 // as the runtime checks before it sends (a hole ends its session with an error).
                 let first = changes.first().map(|c| c.seq);
                 if first != Some(read.after_seq + 1) {
-                    // As the runtime: a relayed stream below the log floor (a snapshot's
-                    // vector) is not sent from here.
-                    if relayed {
-                        // A read the disk fails stops this pump, as above.
-                        let Ok(floors) = store.log_floors() else { break };
-                        if read.after_seq < floors.get(&read.stream) {
-                            session.hold(&read.stream, read.after_seq + 1);
-                            continue;
-                        }
+                    // A read the disk fails stops this pump, as above.
+                    let Ok(floors) = store.log_floors() else { break };
+                    // As the runtime: a stream below the log floor is not sent from here. A
+                    // relayed one (held from a snapshot's vector on) the peer gets from another
+                    // region; below its own, the peer was let go as lagging and rejoins through
+                    // a snapshot once every peer's floor is past it. The other streams go on.
+                    if read.after_seq < floors.get(&read.stream) && (relayed || lagging) {
+                        session.hold(&read.stream, read.after_seq + 1);
+                        continue;
                     }
                     let detail = format!(
                         "r{node}'s changelog of {} has a hole: after seq {} the next held is {first:?}, its vector covers {}",
@@ -1285,7 +1341,13 @@ impl World {
                 // marker says): the receiver must refuse the batch.
                 let forged = relayed && *forging && forge(&mut changes[0]);
                 let epoch = *epoch;
-                self.send(node, peer, epoch, Body::Batch { proving, changes, durable: position, wall_ms, forged });
+                let floors = floors_now.clone();
+                self.send(
+                    node,
+                    peer,
+                    epoch,
+                    Body::Batch { proving, changes, durable: position, wall_ms, forged, floors },
+                );
             }
         }
     }
@@ -1297,7 +1359,8 @@ impl World {
         }
         let now = self.now;
         match msg.body {
-            Body::Hello => {
+            Body::Hello { floors } => {
+                self.peer_floors(node, from, &floors);
                 // A duplicated Hello of the stream already open (TCP never delivers one twice;
                 // the network here does) must not restart its session.
                 if matches!(&self.nodes[node].inc[from], Some(c) if c.epoch == epoch) {
@@ -1331,7 +1394,8 @@ impl World {
                     }
                 }
             }
-            Body::Batch { proving, changes, durable, wall_ms, forged } => {
+            Body::Batch { proving, changes, durable, wall_ms, forged, floors } => {
+                self.peer_floors(node, from, &floors);
                 let bytes = changes.iter().map(encoded_len).sum();
                 if !matches!(&self.nodes[node].inc[from], Some(c) if c.epoch == epoch) {
                     return Ok(());
@@ -1368,7 +1432,8 @@ impl World {
                     .map_err(|e| Violation::simulator(self.seed, now, e))?;
                 self.feed_writer(node, from);
             }
-            Body::Heartbeat { durable, wall_ms } => {
+            Body::Heartbeat { durable, wall_ms, floors } => {
+                self.peer_floors(node, from, &floors);
                 let Some(c) = self.nodes[node].inc[from].as_mut().filter(|c| c.epoch == epoch) else { return Ok(()) };
                 c.session.on_heartbeat(durable, wall_ms, now).map_err(|e| Violation::simulator(self.seed, now, e))?;
                 self.feed_writer(node, from);
@@ -1413,7 +1478,8 @@ impl World {
                 Some(Out::Down { retry_at, backoff }) if now >= retry_at => {
                     let epoch = self.next_epoch;
                     self.next_epoch += 1;
-                    self.send(node, peer, epoch, Body::Hello);
+                    let floors = self.floors(node);
+                    self.send(node, peer, epoch, Body::Hello { floors });
                     Some(Out::Connecting { epoch, since: now, backoff })
                 }
                 Some(Out::Connecting { since, backoff, .. }) if now - since > TIMEOUT_MS => {
@@ -1426,7 +1492,8 @@ impl World {
                     Some(Out::Down { retry_at: now + BACKOFF_MIN_MS, backoff: BACKOFF_MIN_MS })
                 }
                 Some(Out::Up { epoch, session, last_heard }) => {
-                    self.send(node, peer, epoch, Body::Heartbeat { durable: position.clone(), wall_ms });
+                    let floors = self.floors(node);
+                    self.send(node, peer, epoch, Body::Heartbeat { durable: position.clone(), wall_ms, floors });
                     Some(Out::Up { epoch, session, last_heard })
                 }
                 other => other,
@@ -1448,10 +1515,16 @@ impl World {
                 }
             }
         }
+        if self.rejoin_due(node) {
+            self.rejoins += 1;
+            self.wipe(node);
+            return self.restart(node);
+        }
         // A collection pass when what it may erase below moved, as the server's stable-point
         // task does each second.
         let n = &mut self.nodes[node];
-        let collect = mrr_writer::Collect { stable: n.stability.stable().clone() };
+        n.stability.on_tick(now, 0);
+        let collect = collect_of(&n.stability);
         if n.collected.as_ref() != Some(&collect) {
             n.collected = Some(collect.clone());
             n.queue.push_back((Work::Collect(collect), Then::Collect));
@@ -1533,8 +1606,10 @@ impl World {
         n.durable = DurableRule::new(self.cfg.buffered, recovered.vv.clone());
         n.collected = None;
         // The simulated node keeps no persisted stable point: it starts from nothing again.
-        n.stability =
-            mrr_core::stability::Stability::new(self.names[node].clone(), self.names.clone(), VersionVector::new());
+        n.stability = stability(&self.names[node], &self.names, &self.cfg, self.now);
+        n.peer_floors = vec![None; self.cfg.regions];
+        n.peer_durable = vec![VersionVector::new(); self.cfg.regions];
+        n.rejoining = false;
         n.writer =
             Some(writer(&self.names[node], recovered, &self.cfg, policies(self.cfg.strategy, self.cfg.placement)));
         for o in n.out.iter_mut().flatten() {
@@ -1547,6 +1622,46 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// `node`'s log floors, as its sessions tell their acceptors (one that cannot be read is
+    /// sent as none: the acceptor then does not rejoin on its word, which only delays it).
+    fn floors(&self, node: usize) -> VersionVector {
+        self.nodes[node].store.log_floors().unwrap_or_default()
+    }
+
+    /// `from` said where its changelog starts (floors only grow: a reordered message is no
+    /// news).
+    fn peer_floors(&mut self, node: usize, from: usize, floors: &VersionVector) {
+        self.nodes[node].peer_floors[from].get_or_insert_with(VersionVector::new).join(floors);
+    }
+
+    /// Whether `node` should rejoin through a snapshot now. It starts rejoining once some
+    /// stream of another origin is truncated past what it applied at every peer (as each peer's
+    /// stream to it last said: floors only grow), as the runtime's `rejoin` decides; it rejoins once
+    /// every peer has acked its own streams as far as it applied them, so that nothing it wrote
+    /// is lost with its data.
+    fn rejoin_due(&mut self, node: usize) -> bool {
+        let own = self.names[node].clone();
+        let n = &mut self.nodes[node];
+        let Some(applied) = n.engine().map(|e| e.applied().clone()) else { return false };
+        if !n.rejoining {
+            // Peers not heard since this process started (down, or bootstrapping) say nothing.
+            let names = &self.names;
+            let floors: Vec<(&RegionName, &VersionVector)> = n
+                .peer_floors
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != node)
+                .filter_map(|(i, f)| Some((&names[i], f.as_ref()?)))
+                .collect();
+            if !mrr_writer::snapshot::behind_every_floor(&own, &applied, &floors) {
+                return false;
+            }
+            n.rejoining = true;
+        }
+        let written = applied.of_origin(&own);
+        n.peer_durable.iter().enumerate().all(|(i, d)| i == node || d.dominates(&written))
     }
 
     /// The node dies and its disk is replaced by an empty one; what is in flight from it dies

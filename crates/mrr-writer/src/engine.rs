@@ -1953,8 +1953,11 @@ mod tests {
     }
 
     fn collect(engine: &mut Engine, store: &MemStore, stable: &VersionVector) -> Collected {
+        collect_to(engine, store, Collect::at(stable.clone()))
+    }
+
+    fn collect_to(engine: &mut Engine, store: &MemStore, collect: Collect) -> Collected {
         let mut p = engine.begin(2_000);
-        let collect = Collect { stable: stable.clone() };
         let out = p.request(|p| engine.collect(p, store, &collect)).expect("collect");
         if let Some(batch) = engine.finish(p) {
             store.commit(&batch).expect("commit");
@@ -2193,6 +2196,31 @@ mod tests {
         let out = collect(&mut a, &sa, &vv_of(&[("a", 3)]));
         assert_eq!(out.changes_truncated, 2);
         assert_eq!(seqs(), vec![3]);
+    }
+
+    #[test]
+    fn past_the_stable_point_the_truncation_point_keeps_only_own_writes_not_placed_everywhere() {
+        let (sa, sb) = (MemStore::new(), MemStore::new());
+        let (mut a, mut b) = (engine("a"), engine("b"));
+        for i in 1..=4 {
+            local(&mut a, &sa, vec![kv("users", &format!("k{i}"), json!({"n": i}))], 1_000 + i);
+        }
+        local(&mut a, &sa, vec![put_in("users", "p", json!({"n": 5}), &["a"])], 1_005);
+        local(&mut a, &sa, vec![kv("users", "k6", json!({"n": 6}))], 1_006);
+        ship(&sa, (&mut b, &sb), 1_007);
+        let seqs = |s: &MemStore| changes_of(s, "a").iter().map(|c| c.seq).collect::<Vec<_>>();
+        // A lagging member holds the stable point at nothing; the others have everything.
+        let lagging = Collect { stable: VersionVector::new(), truncate: vv_of(&[("a", 6)]) };
+        let out = collect_to(&mut b, &sb, lagging.clone());
+        assert_eq!(out.changes_truncated, 5, "b truncates a's stream up to its last checkpoint");
+        assert_eq!(seqs(&sb), vec![6]);
+        let out = collect_to(&mut a, &sa, lagging);
+        assert_eq!(out.changes_truncated, 3, "a keeps its write of a placed record, and what follows it");
+        assert_eq!(seqs(&sa), vec![4, 5, 6]);
+        // Once the stable point has it, the write goes.
+        let out = collect(&mut a, &sa, &vv_of(&[("a", 6)]));
+        assert_eq!(out.changes_truncated, 2);
+        assert_eq!(seqs(&sa), vec![6]);
     }
 
     /// A snapshot of `donor`'s store for `receiver`, installed into a fresh store in chunks of

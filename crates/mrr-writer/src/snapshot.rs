@@ -135,14 +135,20 @@ pub fn decide(
     // its next writes after all of it, and no peer needs a change of its streams from below
     // the log floor its snapshot leaves it (its peers relay those to each other while it is
     // away, so this is a matter of waiting).
+    // A peer that is stuck (behind every other peer's log floor of some stream: it was let go
+    // as lagging and rejoins through a snapshot itself) needs none of it from logs, so it may
+    // be behind; it must not be ahead (it could relay what it holds of this region's streams,
+    // numbered as this region's next writes will be), nor be the donor (it is stale).
+    let stuck = |r: &RegionName| stuck(r, standings);
     let mut furthest = VersionVector::new();
     for s in standings.values() {
         furthest.join(&own(s));
     }
-    if standings.values().any(|s| own(s) != furthest) {
+    let behind = |r: &RegionName, s: &Standing| own(s) != furthest && !(stuck(r) && furthest.dominates(&own(s)));
+    if standings.iter().any(|(r, s)| behind(r, s)) {
         return Decision::Wait;
     }
-    let qualified = standings.iter().filter(|(r, _)| !refused.contains(*r));
+    let qualified = standings.iter().filter(|(r, _)| !refused.contains(*r) && !stuck(r));
     if let Some((r, _)) = qualified.clone().find(|(r, _)| Some(r.as_str()) == installing) {
         return Decision::From(r.clone());
     }
@@ -155,6 +161,40 @@ pub fn decide(
         }
     }
     best.map_or(Decision::Wait, |(r, _)| Decision::From(r.clone()))
+}
+
+/// Whether `peer` is behind every other peer's log floor of some stream not its own: it can no
+/// longer catch up from logs (the same test a running region makes of what its peers' streams
+/// say, to start rejoining).
+pub fn stuck(peer: &RegionName, standings: &std::collections::BTreeMap<RegionName, Standing>) -> bool {
+    let Some(me) = standings.get(peer) else { return false };
+    let others: Vec<(&RegionName, &VersionVector)> =
+        standings.iter().filter(|(r, _)| *r != peer).map(|(r, s)| (r, &s.floors)).collect();
+    behind_every_floor(peer, &me.applied, &others)
+}
+
+/// Whether some stream of another origin is one that none of `floors` (per peer, its log
+/// floors) can send on from `applied`: its origin truncated it past `applied`, and every
+/// relay truncated it to `applied` or past (a relay must start at a checkpoint at or before the
+/// receiver's position, and retention keeps none below its floor). None: never.
+pub fn behind_every_floor(
+    local: &RegionName,
+    applied: &VersionVector,
+    floors: &[(&RegionName, &VersionVector)],
+) -> bool {
+    let serves = |peer: &RegionName, f: &VersionVector, stream: &mrr_core::Stream| {
+        let (floor, at) = (f.get(stream), applied.get(stream));
+        if &stream.origin == peer {
+            floor <= at
+        } else {
+            floor == 0 || floor < at
+        }
+    };
+    !floors.is_empty()
+        && floors
+            .iter()
+            .flat_map(|(_, f)| f.iter())
+            .any(|(stream, _)| &stream.origin != local && floors.iter().all(|(peer, f)| !serves(peer, f, stream)))
 }
 
 /// The header of a snapshot of `view` for `receiver`.

@@ -38,6 +38,16 @@ const PAGE: usize = 256;
 pub struct Collect {
     /// The stable point: a departure's move and each entry erased must be in it.
     pub stable: VersionVector,
+    /// The truncation point (at or above `stable`; [`mrr_core::stability`]): the changelog may
+    /// be truncated below it.
+    pub truncate: VersionVector,
+}
+
+impl Collect {
+    /// Both points at `stable` (no member is lagging).
+    pub fn at(stable: VersionVector) -> Self {
+        Self { truncate: stable.clone(), stable }
+    }
 }
 
 /// What one pass erased, and what is left.
@@ -207,7 +217,7 @@ impl Engine {
         }
         // Out of budget with a departure left: the next pass may go on at once.
         departures_more |= budget == 0 && out.departures_left > 0;
-        let retained = self.retain(pending, store, &collect.stable)?;
+        let retained = self.retain(pending, store, collect)?;
         out.changes_truncated = retained.changes_truncated;
         out.tombstones_collected = retained.tombstones_collected;
         out.tombstones_held = retained.tombstones_held;

@@ -20,6 +20,12 @@
 //!     A move above the point is recognised by its timestamp: a stream's versions grow with
 //!     its sequence, so a move older than the oldest change above the point of every stream
 //!     this region has applied is below the point.
+//!
+//!   The changelog is cut up to the *truncation point* ([`Collect::truncate`]), which is the
+//!   stable point unless a member is lagging (away past the retention window,
+//!   [`mrr_core::stability`]); then it is the point over the others. Past the stable point an
+//!   own write is kept unless it was placed everywhere (`may_be_wanted`), and
+//!   nothing but the changelog is collected there.
 //! - **Tombstones.** A deleted record under `timestamp` (whole-record last-writer-wins) keeps
 //!   its tombstone so that an older concurrent put cannot bring it back. Below the point none
 //!   can arrive: every later change has seen the delete, so its version is newer. The
@@ -40,7 +46,7 @@ use mrr_core::change::Op;
 use mrr_core::{placement, seal, Key, Record, Stream, Timestamp, VersionVector};
 use mrr_storage::{Store, StoreError};
 
-use super::residency::SCAN_CHANGES_MAX;
+use super::residency::{Collect, SCAN_CHANGES_MAX};
 use super::Engine;
 use crate::pending::Pending;
 
@@ -59,6 +65,15 @@ pub const SWEEP_RECORDS_MAX: usize = 4096;
 
 /// Entries read per store call.
 const PAGE: usize = 256;
+
+/// A stream's stretch a pass may truncate: from its log floor to the truncation point, with
+/// the stable point in between.
+#[derive(Clone, Copy, Debug)]
+struct Range {
+    floor: u64,
+    stable: u64,
+    upto: u64,
+}
 
 /// What one retention pass collected.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -88,18 +103,21 @@ impl Engine {
         &mut self,
         pending: &mut Pending,
         store: &dyn Store,
-        stable: &VersionVector,
+        collect: &Collect,
     ) -> Result<Retained, StoreError> {
+        let stable = &collect.stable;
+        debug_assert!(collect.truncate.dominates(stable), "the truncation point is never below the stable point");
         let mut out = Retained::default();
         let young = self.oldest_unstable(pending, store, stable)?;
         let floors = store.log_floors()?;
         let mut budget = SCAN_CHANGES_MAX;
-        for (stream, upto) in stable.iter() {
+        for (stream, upto) in collect.truncate.iter() {
             let floor = floors.get(stream);
             if upto <= floor {
                 continue;
             }
-            let (cut, stopped) = self.cut_point(pending, store, stream, floor, upto, young, &mut budget)?;
+            let range = Range { floor, stable: stable.get(stream), upto };
+            let (cut, stopped) = self.cut_point(pending, store, stream, range, young, &mut budget)?;
             out.more |= stopped && budget == 0;
             if cut > floor {
                 pending.log_truncated.insert(stream.clone(), cut);
@@ -119,14 +137,12 @@ impl Engine {
 
     /// The sequence up to which `stream` may be cut (entries `floor < seq <= cut` go), reading
     /// from `floor` to at most `upto`; and whether the read stopped at the budget.
-    #[allow(clippy::too_many_arguments)]
     fn cut_point(
         &self,
         pending: &Pending,
         store: &dyn Store,
         stream: &Stream,
-        floor: u64,
-        upto: u64,
+        Range { floor, stable, upto }: Range,
         young: Option<Timestamp>,
         budget: &mut usize,
     ) -> Result<(u64, bool), StoreError> {
@@ -146,7 +162,7 @@ impl Engine {
                     return Ok((cut, false));
                 }
                 *budget -= 1;
-                if own && self.may_be_wanted(pending, store, change, young)? {
+                if own && self.may_be_wanted(pending, store, change, change.seq > stable, young)? {
                     return Ok((cut, false));
                 }
                 if change.proof.checkpoint.is_some() {
@@ -165,15 +181,26 @@ impl Engine {
 
     /// Whether another region may still ask this one for the content of `change`, one of its
     /// own: a write with content whose record is placed by a move not yet below the point.
+    ///
+    /// Above the stable point (where only the truncation point reaches, a lagging member
+    /// holding the stable one) that argument does not hold: a move the lagging member made and
+    /// nobody has seen may still place the record in a region that holds `change` as a marker.
+    /// There a write is kept unless it was placed everywhere: then every region got its content
+    /// (no marker), the truncation point says every region but the lagging one has it, and no
+    /// region erased it (erasure stays below the stable point), so no region can lack it.
     fn may_be_wanted(
         &self,
         pending: &Pending,
         store: &dyn Store,
         change: &mrr_core::Change,
+        above_stable: bool,
         young: Option<Timestamp>,
     ) -> Result<bool, StoreError> {
         if !(change.writes() && change.has_content()) {
             return Ok(false);
+        }
+        if above_stable {
+            return Ok(!placement::everywhere(&change.metadata.regions));
         }
         let record = match pending.overlay.get(&change.key) {
             Some(entry) => entry.clone(),
