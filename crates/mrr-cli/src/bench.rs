@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// Fraction of operations that are reads (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0)]
     pub read_ratio: f64,
+    /// Fraction of writes that delete their key instead of writing it (0.0 to 1.0): with a
+    /// fixed key set, a churn of overwrites and deletes.
+    #[arg(long, default_value_t = 0.0)]
+    pub delete_ratio: f64,
     #[arg(long, default_value = "bench")]
     pub topic: String,
     /// Upper bound on operations, whatever the duration.
@@ -111,6 +115,7 @@ pub struct Report {
     pub keys: u64,
     pub distribution: Distribution,
     pub read_ratio: f64,
+    pub delete_ratio: f64,
     pub writes: u64,
     pub writes_per_s: f64,
     pub reads: u64,
@@ -155,8 +160,8 @@ fn shares(spec: Option<&str>, regions: &[String]) -> anyhow::Result<Vec<f64>> {
 }
 
 pub async fn run(args: BenchArgs, clients: Vec<(String, Client)>) -> anyhow::Result<Report> {
-    if !(0.0..=1.0).contains(&args.read_ratio) {
-        bail!("--read-ratio must be between 0 and 1");
+    if !(0.0..=1.0).contains(&args.read_ratio) || !(0.0..=1.0).contains(&args.delete_ratio) {
+        bail!("--read-ratio and --delete-ratio must be between 0 and 1");
     }
     if args.keys == 0 || args.concurrency == 0 {
         bail!("--keys and --concurrency must be positive");
@@ -280,7 +285,12 @@ pub async fn run(args: BenchArgs, clients: Vec<(String, Client)>) -> anyhow::Res
                         }
                         continue;
                     }
-                    match client.publish(&args.topic, &json!({"id": id, "payload": payload})).await {
+                    let written = if rng.random_bool(args.delete_ratio) {
+                        client.delete(&format!("{}/{id}", args.topic)).await
+                    } else {
+                        client.publish(&args.topic, &json!({"id": id, "payload": payload})).await
+                    };
+                    match written {
                         Ok(r) => {
                             let w = Write { origin: k, seq: r.token.seq, started: t0, acked: Instant::now() };
                             writes.lock().unwrap_or_else(PoisonError::into_inner).push(w);
@@ -353,6 +363,7 @@ pub async fn run(args: BenchArgs, clients: Vec<(String, Client)>) -> anyhow::Res
         keys: args.keys,
         distribution: args.distribution,
         read_ratio: args.read_ratio,
+        delete_ratio: args.delete_ratio,
         writes: writes.len() as u64,
         writes_per_s: writes.len() as f64 / elapsed_s,
         reads: reads.load(Ordering::Relaxed),
@@ -374,7 +385,7 @@ pub async fn run(args: BenchArgs, clients: Vec<(String, Client)>) -> anyhow::Res
 
 pub fn markdown(r: &Report) -> String {
     let mut s = format!(
-        "## mrr bench over {}\n\n{} for {:.1} s, {} concurrent per region, {} B values, {} keys ({:?}), read ratio {}\n\n",
+        "## mrr bench over {}\n\n{} for {:.1} s, {} concurrent per region, {} B values, {} keys ({:?}), read ratio {}, delete ratio {}\n\n",
         r.regions.join(", "),
         r.mode,
         r.duration_s,
@@ -382,7 +393,8 @@ pub fn markdown(r: &Report) -> String {
         r.value_bytes,
         r.keys,
         r.distribution,
-        r.read_ratio
+        r.read_ratio,
+        r.delete_ratio
     );
     s.push_str(&format!(
         "- writes: {} ({:.0}/s), reads: {}, errors: {}, skipped: {}\n- all regions caught up {:.2} s after the last ack\n\n",

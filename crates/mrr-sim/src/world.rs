@@ -1642,6 +1642,10 @@ impl World {
     /// every peer has acked its own streams as far as it applied them, so that nothing it wrote
     /// is lost with its data.
     fn rejoin_due(&mut self, node: usize) -> bool {
+        // Without a window no region is let go, and none rejoins (as the runtime).
+        if self.cfg.retention_window_ms.is_none() {
+            return false;
+        }
         let own = self.names[node].clone();
         let n = &mut self.nodes[node];
         let Some(applied) = n.engine().map(|e| e.applied().clone()) else { return false };
