@@ -391,3 +391,69 @@ pub fn clear_batch(
     }
     Ok(Some(batch))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use mrr_core::Stream;
+
+    use super::*;
+
+    fn r(s: &str) -> RegionName {
+        RegionName::new(s).expect("valid")
+    }
+
+    fn vv(entries: &[(&str, u64)]) -> VersionVector {
+        entries.iter().map(|(o, n)| (Stream::normal(r(o)), *n)).collect()
+    }
+
+    fn standing(applied: &[(&str, u64)], floors: &[(&str, u64)]) -> Standing {
+        Standing { applied: vv(applied), floors: vv(floors), stable: VersionVector::new() }
+    }
+
+    fn decide_for_a(standings: &[(&str, Standing)]) -> Decision {
+        let standings: BTreeMap<RegionName, Standing> = standings.iter().map(|(n, s)| (r(n), s.clone())).collect();
+        decide(&r("a"), &standings, None, &BTreeSet::new())
+    }
+
+    #[test]
+    fn a_new_region_of_a_new_cluster_starts_fresh_and_a_wiped_one_waits_for_equal_streams() {
+        let empty = standing(&[], &[]);
+        assert_eq!(decide_for_a(&[("b", empty.clone()), ("c", empty)]), Decision::Fresh);
+        // b holds more of a's stream than c: c gets it from b first.
+        let b = standing(&[("a", 5), ("b", 9)], &[]);
+        let c = standing(&[("a", 3), ("b", 9)], &[]);
+        assert_eq!(decide_for_a(&[("b", b.clone()), ("c", c)]), Decision::Wait);
+        let c = standing(&[("a", 5), ("b", 8)], &[]);
+        assert_eq!(decide_for_a(&[("b", b), ("c", c)]), Decision::From(r("b")), "the freshest");
+    }
+
+    #[test]
+    fn a_stuck_peer_may_be_behind_on_the_region_but_not_ahead_and_is_never_the_donor() {
+        // c was let go as lagging: b truncated its own stream past what c holds of it, and no
+        // other peer can send it on, so c rejoins through a snapshot itself.
+        let b = standing(&[("a", 5), ("b", 20)], &[("b", 12)]);
+        let behind = standing(&[("a", 3), ("b", 10)], &[]);
+        assert!(stuck(&r("c"), &[(r("b"), b.clone()), (r("c"), behind.clone())].into_iter().collect()));
+        assert_eq!(decide_for_a(&[("b", b.clone()), ("c", behind)]), Decision::From(r("b")));
+        // Ahead on a's stream, it could relay changes numbered as a's next writes: wait.
+        let ahead = standing(&[("a", 7), ("b", 10)], &[]);
+        assert_eq!(decide_for_a(&[("b", b.clone()), ("c", ahead)]), Decision::Wait);
+        // Holding as much of a as b and more writes in all, it is still not the donor.
+        let fresher = standing(&[("a", 5), ("b", 10), ("x", 99)], &[]);
+        assert_eq!(decide_for_a(&[("b", b), ("c", fresher)]), Decision::From(r("b")));
+    }
+
+    #[test]
+    fn a_relay_cannot_serve_a_peer_at_its_floor_but_the_origin_can() {
+        let at_floor = vv(&[("b", 12)]);
+        let floors = vv(&[("b", 12)]);
+        assert!(!behind_every_floor(&r("a"), &at_floor, &[(&r("b"), &floors)]), "the origin sends on from 13");
+        assert!(
+            behind_every_floor(&r("a"), &at_floor, &[(&r("c"), &floors)]),
+            "a relay needs an anchor at or below 12"
+        );
+        assert!(!behind_every_floor(&r("a"), &at_floor, &[]), "nobody said anything");
+    }
+}
