@@ -58,15 +58,15 @@ metric() {
 }
 
 sample() {
-  local t=$1 live n bytes port dir disk
+  local t=$1 live n port dir disk
   read -r n live < <(live_bytes)
   for k in 0 1 2; do
     port=$((26200 + 10 * k)); dir="$W/data/${REGIONS[$k]}"
     disk=$(du -sb "$dir" | cut -f1)
-    printf '%6s s  %-12s disk %6.1f MB  live %6.1f MB (%d records)  disk/live %5.2f  changelog %6.1f MB  tombstones %s\n' \
-      "$t" "${REGIONS[$k]}" "$(echo "$disk / 1e6" | bc -l)" "$(echo "$live / 1e6" | bc -l)" "$n" \
-      "$(echo "$disk / ($live + 1)" | bc -l)" "$(echo "$(metric $port mrr_changelog_bytes) / 1e6" | bc -l)" \
-      "$(metric $port mrr_tombstones)"
+    awk -v t="$t" -v r="${REGIONS[$k]}" -v disk="$disk" -v live="$live" -v n="$n" \
+      -v clog="$(metric $port mrr_changelog_bytes)" -v tomb="$(metric $port mrr_tombstones)" 'BEGIN {
+        printf "%6d s  %-12s disk %7.1f MB  live %6.1f MB (%d records)  disk/live %5.2f  changelog %6.1f MB  tombstones %d\n",
+          t, r, disk / 1e6, live / 1e6, n, disk / (live > 0 ? live : 1), clog / 1e6, tomb }'
   done
 }
 

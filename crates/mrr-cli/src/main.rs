@@ -733,5 +733,10 @@ async fn status(target: &Target) -> anyhow::Result<()> {
         ]);
     }
     println!("{table}");
+    // Node-level conditions: a clock or a writer in trouble, dead letters, a region holding
+    // retention back or let go as lagging.
+    for w in &h.warnings {
+        println!("warning: {w}");
+    }
     Ok(())
 }
