@@ -118,6 +118,11 @@ impl Stability {
         &self.stable
     }
 
+    /// The retention window, when there is one.
+    pub fn window(&self) -> Option<Window> {
+        self.window
+    }
+
     /// Below which the changelog may be truncated (at or above [`Stability::stable`]).
     pub fn truncation_point(&self) -> &VersionVector {
         &self.truncate

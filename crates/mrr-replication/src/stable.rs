@@ -32,7 +32,6 @@ pub(crate) struct StablePoint {
     inner: Arc<Mutex<Stability>>,
     /// Where this process's milliseconds count from.
     started: Instant,
-    window: Option<Window>,
 }
 
 impl StablePoint {
@@ -47,7 +46,7 @@ impl StablePoint {
             Some(w) => stability.with_window(w, 0),
             None => stability,
         };
-        Self { inner: Arc::new(Mutex::new(stability)), started: Instant::now(), window }
+        Self { inner: Arc::new(Mutex::new(stability)), started: Instant::now() }
     }
 
     fn now_ms(&self) -> u64 {
@@ -81,7 +80,7 @@ impl StablePoint {
             truncation_point: s.truncation_point().clone(),
             lagging: s.lagging().clone(),
             held_by: s.away(now_ms).into_iter().collect(),
-            window_ms: self.window.map(|w| w.away_ms_max).filter(|ms| *ms < u64::MAX),
+            window_ms: s.window().map(|w| w.away_ms_max).filter(|ms| *ms < u64::MAX),
         };
         (collect, retention)
     }

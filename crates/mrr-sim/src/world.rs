@@ -1060,7 +1060,7 @@ impl World {
     }
 
     fn client_write(&mut self, w: WriteEvent) -> Step {
-        // A rejoining region refuses writes (the runtime answers 503 `rejoining`).
+        // A rejoining region refuses writes (the runtime does not rejoin by itself yet).
         if self.healed_at.is_some() || self.nodes[w.node].writer.is_none() || self.nodes[w.node].rejoining {
             return Ok(());
         }
@@ -1262,11 +1262,11 @@ impl World {
         for peer in 0..n {
             loop {
                 let (position, wall_ms) = self.position(node);
-                let Node { writer, store, out, durable, forging, stability, .. } = &mut self.nodes[node];
-                // Retention may pass only a peer let go as lagging (by this incarnation or,
-                // with a window, an earlier one: the set is not persisted); anything else below
-                // a floor is a hole.
-                let lagging = stability.lagging().contains(&self.names[peer]) || self.cfg.retention_window_ms.is_some();
+                let Node { writer, store, out, durable, forging, .. } = &mut self.nodes[node];
+                // Retention may pass a peer only when it can let one go as lagging (with a
+                // window: by this incarnation or an earlier one, the set is not persisted);
+                // without, anything below a floor is a hole.
+                let let_go = self.cfg.retention_window_ms.is_some();
                 let durable = durable.durable();
                 let (Some(_), Some(Out::Up { epoch, session, .. })) = (writer.as_ref(), out[peer].as_mut()) else {
                     break;
@@ -1286,7 +1286,7 @@ impl World {
                 let Ok((proving, changes)) = read_result else { break };
                 // As the runtime: a peer between the log floor and the checkpoint retention
                 // kept as the anchor (it was let go as lagging) cannot be proved a relay.
-                if relayed && read.after_seq > 0 && proving.is_empty() && lagging {
+                if relayed && read.after_seq > 0 && proving.is_empty() && let_go {
                     let Ok(floors) = store.log_floors() else { break };
                     if floors.get(&read.stream) > 0 {
                         session.hold(&read.stream, read.after_seq + 1);
@@ -1303,7 +1303,7 @@ impl World {
                     // relayed one (held from a snapshot's vector on) the peer gets from another
                     // region; below its own, the peer was let go as lagging and rejoins through
                     // a snapshot once every peer's floor is past it. The other streams go on.
-                    if read.after_seq < floors.get(&read.stream) && (relayed || lagging) {
+                    if read.after_seq < floors.get(&read.stream) && (relayed || let_go) {
                         session.hold(&read.stream, read.after_seq + 1);
                         continue;
                     }
@@ -1638,7 +1638,7 @@ impl World {
 
     /// Whether `node` should rejoin through a snapshot now. It starts rejoining once some
     /// stream of another origin is truncated past what it applied at every peer (as each peer's
-    /// stream to it last said: floors only grow), as the runtime's `rejoin` decides; it rejoins once
+    /// stream to it last said: floors only grow); it rejoins once
     /// every peer has acked its own streams as far as it applied them, so that nothing it wrote
     /// is lost with its data.
     fn rejoin_due(&mut self, node: usize) -> bool {
