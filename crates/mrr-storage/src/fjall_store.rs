@@ -726,6 +726,14 @@ impl crate::StoreView for FjallView {
         self.reader.log_floors(At::Snapshot(&self.snapshot))
     }
 
+    fn get(&self, key: &Key) -> Result<Option<Record>> {
+        let k = encoding::record_key(key);
+        match At::Snapshot(&self.snapshot).get(&self.reader.records, &k)? {
+            Some(bytes) => Ok(Some(decode("record", &k, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
     fn records_after(&self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Record)>> {
         self.reader.records_after(At::Snapshot(&self.snapshot), after, limit)
     }

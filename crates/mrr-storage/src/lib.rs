@@ -138,6 +138,9 @@ pub trait StoreView: Send + Sync {
 
     fn log_floors(&self) -> Result<VersionVector>;
 
+    /// As [`Store::get`].
+    fn get(&self, key: &Key) -> Result<Option<Record>>;
+
     /// As [`Store::records_after`].
     fn records_after(&self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Record)>>;
 

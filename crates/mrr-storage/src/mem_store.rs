@@ -358,6 +358,10 @@ impl crate::StoreView for MemStore {
         Store::log_floors(self)
     }
 
+    fn get(&self, key: &Key) -> Result<Option<Record>> {
+        Store::get(self, key)
+    }
+
     fn records_after(&self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Record)>> {
         Store::records_after(self, after, limit)
     }

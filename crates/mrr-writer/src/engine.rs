@@ -26,6 +26,7 @@ use crate::pending::Pending;
 use crate::{Committed, LocalOp, Refusal};
 
 mod escrow;
+mod repair;
 mod residency;
 mod retention;
 mod strong;
@@ -1463,16 +1464,16 @@ mod tests {
     use mrr_storage::MemStore;
     use serde_json::{json, Value};
 
-    fn policies() -> Arc<Policies> {
+    pub(super) fn policies() -> Arc<Policies> {
         let topics = [("profiles".to_owned(), Rule::Merge), ("logs".to_owned(), Rule::Custom(Arc::new(Append)))];
         Arc::new(Policies::new(Rule::Timestamp, topics.into_iter().collect()))
     }
 
-    fn engine(name: &str) -> Engine {
+    pub(super) fn engine(name: &str) -> Engine {
         Engine::new(r(name), RecoveredState::default(), 200, policies())
     }
 
-    fn r(s: &str) -> RegionName {
+    pub(super) fn r(s: &str) -> RegionName {
         RegionName::new(s).expect("valid")
     }
 
@@ -1481,7 +1482,7 @@ mod tests {
     }
 
     /// Runs one group through an engine and commits it to `store`.
-    fn local(engine: &mut Engine, store: &MemStore, ops: Vec<LocalOp>, now: u64) -> Vec<Committed> {
+    pub(super) fn local(engine: &mut Engine, store: &MemStore, ops: Vec<LocalOp>, now: u64) -> Vec<Committed> {
         let mut p = engine.begin(now);
         let out = engine.apply_local(&mut p, store, ops, now).expect("apply");
         let batch = engine.finish(p).expect("batch");
@@ -1490,7 +1491,7 @@ mod tests {
         out
     }
 
-    fn remote(engine: &mut Engine, store: &MemStore, changes: Vec<Change>, now: u64) -> RemoteOutcome {
+    pub(super) fn remote(engine: &mut Engine, store: &MemStore, changes: Vec<Change>, now: u64) -> RemoteOutcome {
         let mut p = engine.begin(now);
         let out = engine.apply_remote(&mut p, store, changes, now).expect("apply");
         if let Some(batch) = engine.finish(p) {
@@ -1612,17 +1613,17 @@ mod tests {
         assert!(second[0].record.version > first[0].record.version, "clock went back; versions did not");
     }
 
-    fn kv(topic: &str, id: &str, v: Value) -> LocalOp {
+    pub(super) fn kv(topic: &str, id: &str, v: Value) -> LocalOp {
         LocalOp::Put { key: Key::new(topic, id), value: v.to_string().into_bytes(), metadata: Metadata::default() }
     }
 
-    fn value(store: &MemStore, topic: &str, id: &str) -> Option<Value> {
+    pub(super) fn value(store: &MemStore, topic: &str, id: &str) -> Option<Value> {
         let r = store.get(&Key::new(topic, id)).expect("get")?;
         r.value.map(|v| serde_json::from_slice(&v).expect("json"))
     }
 
     /// Ships every change `from` has that `to` lacks (own and relayed), in origin order.
-    fn sync(from: &MemStore, to: (&mut Engine, &MemStore), now: u64) -> RemoteOutcome {
+    pub(super) fn sync(from: &MemStore, to: (&mut Engine, &MemStore), now: u64) -> RemoteOutcome {
         let mut all = Vec::new();
         for origin in ["a", "b", "c"] {
             for lane in mrr_core::Lane::ALL {

@@ -13,11 +13,12 @@
 use std::sync::Arc;
 
 use mrr_core::strong::{Invalid, StrongCommand, StrongOutcome};
-use mrr_core::{Change, PhysicalClock};
+use mrr_core::{Change, Key, PhysicalClock};
 use mrr_storage::{CommitBatch, Store, StoreError};
 
 use crate::durable::DurableRule;
 use crate::engine::{Collect, Collected, Engine, LocalFailure, RemoteOutcome};
+use crate::repair::{Offer, Verdict};
 use crate::{Committed, LocalOp, WriteError};
 
 /// One request of a group.
@@ -28,6 +29,8 @@ pub enum Work {
     Strong(StrongBatch),
     /// A collection pass over what records that left this region left behind.
     Collect(Collect),
+    /// A peer's copies of records held differently here, to join in (anti-entropy).
+    Repair(Vec<Offer>),
 }
 
 /// Committed entries of the strong tier's log, in log order, and the position after them.
@@ -47,6 +50,7 @@ pub enum Answer {
     Remote(Result<RemoteOutcome, WriteError>),
     Strong(Result<Vec<StrongOutcome>, WriteError>),
     Collect(Result<Collected, WriteError>),
+    Repair(Result<Vec<(Key, Verdict)>, WriteError>),
 }
 
 /// A group applied to the engine but not yet committed.
@@ -124,6 +128,7 @@ impl GroupCommit {
                 Work::Remote(_) => Answer::Remote(Err(WriteError::Failed(reason.clone()))),
                 Work::Strong(_) => Answer::Strong(Err(WriteError::Failed(reason.clone()))),
                 Work::Collect(_) => Answer::Collect(Err(WriteError::Failed(reason.clone()))),
+                Work::Repair(_) => Answer::Repair(Err(WriteError::Failed(reason.clone()))),
             };
             return Built { answers: work.into_iter().map(refuse).collect(), batch: None };
         }
@@ -132,7 +137,7 @@ impl GroupCommit {
         let mut writes = false;
         let answers = work
             .into_iter()
-            .inspect(|w| writes |= !matches!(w, Work::Collect(_)))
+            .inspect(|w| writes |= !matches!(w, Work::Collect(_) | Work::Repair(_)))
             .map(|w| match w {
                 Work::Local(ops) => {
                     let out = self.engine.apply_local(&mut pending, store, ops, clock.now_ms());
@@ -150,6 +155,10 @@ impl GroupCommit {
                     let engine = &mut self.engine;
                     let out = pending.request(|p| engine.collect(p, store, &collect));
                     Answer::Collect(out.map_err(|e| WriteError::Storage(Arc::new(e))))
+                }
+                Work::Repair(offers) => {
+                    let out = self.engine.repair(&mut pending, store, offers);
+                    Answer::Repair(out.map_err(|e| WriteError::Storage(Arc::new(e))))
                 }
             })
             .collect();
@@ -224,6 +233,7 @@ impl GroupCommit {
                         Answer::Remote(_) => Answer::Remote(Err(e.clone())),
                         Answer::Strong(_) => Answer::Strong(Err(e.clone())),
                         Answer::Collect(_) => Answer::Collect(Err(e.clone())),
+                        Answer::Repair(_) => Answer::Repair(Err(e.clone())),
                     })
                     .collect();
                 Settled { answers, committed: None, durable_moved: false }

@@ -13,6 +13,7 @@ mod durable;
 mod engine;
 mod group;
 mod pending;
+pub mod repair;
 pub mod snapshot;
 
 use std::sync::Arc;
@@ -167,6 +168,7 @@ enum Request {
     Remote { changes: Vec<Change>, reply: oneshot::Sender<Result<RemoteOutcome, WriteError>> },
     Strong { batch: StrongBatch, reply: oneshot::Sender<Result<Vec<StrongOutcome>, WriteError>> },
     Collect { collect: Collect, reply: oneshot::Sender<Result<Collected, WriteError>> },
+    Repair { offers: Vec<repair::Offer>, reply: oneshot::Sender<Result<Vec<(Key, repair::Verdict)>, WriteError>> },
 }
 
 /// Handle to the writer thread. Cheap to clone.
@@ -265,6 +267,14 @@ impl Writer {
     pub async fn collect(&self, collect: Collect) -> Result<Collected, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Request::Collect { collect, reply }).await.map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// Joins a peer's copies of records into this region's (anti-entropy, [`repair`]); one
+    /// verdict per offer, in order.
+    pub async fn repair(&self, offers: Vec<repair::Offer>) -> Result<Vec<(Key, repair::Verdict)>, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::Repair { offers, reply }).await.map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)?
     }
 
@@ -370,6 +380,7 @@ impl Request {
             Request::Remote { changes, reply } => (Work::Remote(changes), Reply::Remote(reply)),
             Request::Strong { batch, reply } => (Work::Strong(batch), Reply::Strong(reply)),
             Request::Collect { collect, reply } => (Work::Collect(collect), Reply::Collect(reply)),
+            Request::Repair { offers, reply } => (Work::Repair(offers), Reply::Repair(reply)),
         }
     }
 }
@@ -379,6 +390,7 @@ enum Reply {
     Remote(oneshot::Sender<Result<RemoteOutcome, WriteError>>),
     Strong(oneshot::Sender<Result<Vec<StrongOutcome>, WriteError>>),
     Collect(oneshot::Sender<Result<Collected, WriteError>>),
+    Repair(oneshot::Sender<Result<Vec<(Key, repair::Verdict)>, WriteError>>),
 }
 
 impl Reply {
@@ -395,6 +407,9 @@ impl Reply {
                 let _ = tx.send(out);
             }
             (Reply::Collect(tx), Answer::Collect(out)) => {
+                let _ = tx.send(out);
+            }
+            (Reply::Repair(tx), Answer::Repair(out)) => {
                 let _ = tx.send(out);
             }
             (_, answer) => unreachable!("GroupCommit answers every request in its own kind, got {answer:?}"),
