@@ -489,3 +489,55 @@ pub struct DeadLetterList {
     #[serde(default)]
     pub max_entries: u64,
 }
+
+/// `POST /v1/repair`: compare this region's records with its peers' and repair what differs
+/// (anti-entropy).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepairRequest {
+    /// Compare with this region only; absent: with every peer (needed to settle two different
+    /// copies of one change by majority).
+    #[serde(default)]
+    pub peer: Option<String>,
+    /// Compare these topics only; empty: every topic.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Find and report the differences, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a repair found and did with one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PeerRepair {
+    pub peer: String,
+    /// Records compared: those both regions hold in clear, as each side counted them.
+    pub records_here: u64,
+    pub records_there: u64,
+    /// Buckets (of 4,096) whose sums differed.
+    pub buckets_differing: u64,
+    /// Keys held differently (capped at 100,000 per run; `truncated` says so).
+    pub keys_differing: u64,
+    pub truncated: bool,
+    /// The first 100 keys held differently.
+    pub differing: Vec<String>,
+    /// Per verdict (`repaired`, `covered`, `in_flight`, `placement_differs`, `unresolved`,
+    /// `skipped`), what this region did with the peer's copies, and the peer with this one's.
+    pub here: BTreeMap<String, u64>,
+    pub there: BTreeMap<String, u64>,
+    /// Keys repaired here and there (the first 100 of each).
+    pub repaired_here: Vec<String>,
+    pub repaired_there: Vec<String>,
+    /// Keys left different: two copies of one change and no majority to choose (the first 100).
+    pub unresolved: Vec<String>,
+    /// Why the comparison with this peer stopped, when it did.
+    pub error: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RepairReport {
+    pub region: String,
+    pub dry_run: bool,
+    pub peers: Vec<PeerRepair>,
+}

@@ -139,6 +139,25 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Anti-entropy: compare this region's records with its peers' and repair what differs
+    /// (`mrr repair`, `mrr repair --peer us-west --topic users --dry-run`).
+    Repair {
+        /// Compare with this region only (default: every peer, which also settles two
+        /// different copies of one change by majority).
+        #[arg(long)]
+        peer: Option<String>,
+        /// Compare these topics only (repeat, or separate with commas; default: every topic).
+        #[arg(long, value_delimiter = ',')]
+        topic: Vec<String>,
+        /// Report what differs, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Regions, connection state and lag as one node sees them.
     Status {
         #[command(flatten)]
@@ -325,6 +344,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Del { path, target } => {
             let out = client(&target)?.delete(&path).await?;
             println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+        Command::Repair { peer, topic, dry_run, json, target } => {
+            let request = mrr_api::RepairRequest { peer, topics: topic, dry_run };
+            let report = client(&target)?.repair(&request).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_repair(&report);
+            }
+            if report.peers.iter().any(|p| p.error.is_some()) {
+                anyhow::bail!("the comparison with some peers did not finish (see the table)");
+            }
             Ok(())
         }
         Command::Status { target, watch: None } => status(&target).await,
@@ -677,6 +709,64 @@ async fn dead_letters(c: &mrr_client::Client) -> anyhow::Result<()> {
     }
     println!("{table}");
     Ok(())
+}
+
+fn print_repair(report: &mrr_api::RepairReport) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header([
+        "peer",
+        "records here/there",
+        "buckets differing",
+        "keys differing",
+        "repaired here",
+        "repaired there",
+        "left",
+        "error",
+    ]);
+    let counts = |m: &std::collections::BTreeMap<String, u64>| m.get("repaired").copied().unwrap_or(0).to_string();
+    for p in &report.peers {
+        let left: u64 = p
+            .here
+            .iter()
+            .chain(p.there.iter())
+            .filter(|(v, _)| *v != "repaired" && *v != "covered")
+            .map(|(_, n)| n)
+            .sum();
+        table.add_row([
+            p.peer.clone(),
+            format!("{}/{}", p.records_here, p.records_there),
+            p.buckets_differing.to_string(),
+            format!("{}{}", p.keys_differing, if p.truncated { " (first 100,000 taken)" } else { "" }),
+            counts(&p.here),
+            counts(&p.there),
+            left.to_string(),
+            p.error.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("anti-entropy from {}{}", report.region, if report.dry_run { " (dry run: nothing changed)" } else { "" });
+    println!("{table}");
+    for p in &report.peers {
+        for key in &p.repaired_here {
+            println!("repaired in {}: {key} (from {})", report.region, p.peer);
+        }
+        for key in &p.repaired_there {
+            println!("repaired in {}: {key}", p.peer);
+        }
+        for key in &p.unresolved {
+            println!("left different: {key} (two copies of one change, no majority)");
+        }
+        if report.dry_run {
+            for key in &p.differing {
+                println!("differs from {}: {key}", p.peer);
+            }
+        }
+        for (verdict, n) in p.here.iter().chain(p.there.iter()) {
+            if verdict == "in_flight" || verdict == "placement_differs" {
+                println!("{n} key(s) {}: replication settles them", verdict.replace('_', " "));
+            }
+        }
+    }
 }
 
 async fn status(target: &Target) -> anyhow::Result<()> {

@@ -303,6 +303,14 @@ impl Client {
         self.send(self.http.post(format!("{}/v1/dlq/{id}/replay", self.base))).await
     }
 
+    /// Runs anti-entropy from this region (`POST /v1/repair`): compares its records with its
+    /// peers' and repairs what differs. A run reads every record compared, so it may take a
+    /// while: the request waits up to 30 minutes.
+    pub async fn repair(&self, request: &mrr_api::RepairRequest) -> Result<mrr_api::RepairReport> {
+        let url = format!("{}/v1/repair", self.base);
+        self.send(self.http.post(url).json(request).timeout(Duration::from_secs(30 * 60))).await
+    }
+
     /// Discards a dead letter in this region; returns it.
     pub async fn discard(&self, id: &str) -> Result<DeadLetterView> {
         self.send(self.http.delete(format!("{}/v1/dlq/{id}", self.base))).await

@@ -437,6 +437,17 @@ struct Bootstrapping {
 impl proto::peer_server::Peer for Bootstrapping {
     type ReplicateStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::ToDialer, Status>> + Send>>;
     type SnapshotStream = crate::donor::FromDonorStream;
+    type RepairStream = crate::repair::FromRepairStream;
+
+    async fn repair(
+        &self,
+        _request: Request<Streaming<proto::ToRepairPeer>>,
+    ) -> Result<Response<Self::RepairStream>, Status> {
+        Err(Status::unavailable(format!(
+            "{} is bootstrapping: it compares its records with its peers' once its install is done",
+            self.local
+        )))
+    }
 
     async fn replicate(
         &self,

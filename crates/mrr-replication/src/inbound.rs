@@ -197,12 +197,20 @@ pub(crate) fn handshake_status(e: HandshakeError, local: &RegionName) -> Status 
 impl proto::peer_server::Peer for Service {
     type ReplicateStream = ToDialerStream;
     type SnapshotStream = crate::donor::FromDonorStream;
+    type RepairStream = crate::repair::FromRepairStream;
 
     async fn snapshot(
         &self,
         request: Request<Streaming<proto::ToDonor>>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.donor.serve(request).await
+    }
+
+    async fn repair(
+        &self,
+        request: Request<Streaming<proto::ToRepairPeer>>,
+    ) -> Result<Response<Self::RepairStream>, Status> {
+        crate::repair::serve(&self.ctx, request).await
     }
 
     async fn replicate(

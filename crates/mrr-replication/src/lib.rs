@@ -21,6 +21,7 @@ pub mod link;
 pub mod metrics;
 pub mod notary;
 mod outbound;
+pub mod repair;
 pub mod secrets;
 mod stable;
 pub mod status;
@@ -74,7 +75,8 @@ pub(crate) const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// 9: relayed changes carry their origin's proof (`Change.checkpoint`, `content_digest`,
 ///    `Batch.certificates`).
 /// 10: snapshot bootstrap (`Snapshot`), and `Welcome.log_floors`.
-pub const PROTOCOL_VERSION: u32 = 10;
+/// 11: anti-entropy (`Repair`).
+pub const PROTOCOL_VERSION: u32 = 11;
 
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
@@ -145,6 +147,9 @@ pub struct ReplicationConfig {
     /// How long a peer that is away holds changelog truncation back (`retention:`); `None`:
     /// for ever.
     pub retention: Option<mrr_core::stability::Window>,
+    /// How often anti-entropy compares this region with every peer (the scrub); `None`: only
+    /// on demand (`POST /v1/repair`).
+    pub repair_interval: Option<Duration>,
 }
 
 /// Shared pieces every session needs.
@@ -197,6 +202,18 @@ pub struct Replicator {
     pub status: StatusBoard,
     pub links: Links,
     pub metrics: metrics::ReplicationMetrics,
+    ctx: Context,
+}
+
+/// Runs anti-entropy from this region ([`repair`]). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Repairer(Context);
+
+impl Repairer {
+    /// Compares this region's records with its peers' and repairs what differs.
+    pub async fn run(&self, request: repair::RunRequest) -> Result<mrr_api::RepairReport, repair::RunError> {
+        repair::run(&self.0, request).await
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -250,7 +267,15 @@ impl Replicator {
         for peer in ctx.config.peers.clone() {
             tasks.push(tokio::spawn(outbound::run(ctx.clone(), peer).instrument(span.clone())));
         }
-        Ok(Self { tasks, closing, status, links, metrics })
+        if let Some(interval) = ctx.config.repair_interval {
+            tasks.push(tokio::spawn(repair::scrub(ctx.clone(), interval).instrument(span.clone())));
+        }
+        Ok(Self { tasks, closing, status, links, metrics, ctx })
+    }
+
+    /// What runs anti-entropy from this region on demand.
+    pub fn repairer(&self) -> Repairer {
+        Repairer(self.ctx.clone())
     }
 
     /// Stops all sessions and the listener.

@@ -78,6 +78,9 @@ pub fn describe(recorder: &dyn Recorder) {
         ("mrr_fold_entries", "Fold-history entries of custom topics held (approximate)."),
         ("mrr_record_entries", "Record entries held, tombstones and placement registers included (approximate)."),
         ("mrr_tombstones", "Tombstones of records held here, as counted by retention's last whole sweep."),
+        ("mrr_repaired_total", "Records anti-entropy repaired in this region: each means a bug or a bad disk."),
+        ("mrr_repair_unresolved", "Records the last anti-entropy run found in two different copies of one change, with no majority to choose."),
+        ("mrr_repair_runs_total", "Anti-entropy runs started by this region (mrr repair, or the periodic scrub)."),
     ] {
         recorder.describe_gauge(name.into(), None, help.into());
     }
@@ -149,6 +152,10 @@ pub struct ReplicationMetrics {
     pub footprint: [Gauge; 4],
     /// `mrr_tombstones`.
     pub tombstones: Gauge,
+    /// `mrr_repaired_total`, `mrr_repair_unresolved`, `mrr_repair_runs_total`.
+    pub repaired: Counter,
+    pub repair_unresolved: Gauge,
+    pub repair_runs: Counter,
 }
 
 impl std::fmt::Debug for ReplicationMetrics {
@@ -209,6 +216,11 @@ impl ReplicationMetrics {
         let footprint = ["mrr_changelog_bytes", "mrr_changelog_entries", "mrr_fold_entries", "mrr_record_entries"]
             .map(|name| gauge(name, &[]));
         let tombstones = gauge("mrr_tombstones", &[]);
+        let (repaired, repair_unresolved, repair_runs) = (
+            counter("mrr_repaired_total", &[]),
+            gauge("mrr_repair_unresolved", &[]),
+            counter("mrr_repair_runs_total", &[]),
+        );
         Self {
             recorder,
             local: local.to_string(),
@@ -221,6 +233,9 @@ impl ReplicationMetrics {
             collected,
             footprint,
             tombstones,
+            repaired,
+            repair_unresolved,
+            repair_runs,
         }
     }
 

@@ -50,6 +50,57 @@ pub struct StatusBoard {
     departures: Arc<std::sync::atomic::AtomicU64>,
     /// Who holds retention back, and who no longer does ([`crate::stable`]).
     retention: Arc<Mutex<Retention>>,
+    /// What anti-entropy repaired here, and what it could not ([`crate::repair`]).
+    repairs: Arc<Mutex<Repairs>>,
+}
+
+/// Anti-entropy's findings in this region, for `/health`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Repairs {
+    /// `(wall ms, key)` of the latest records repaired here, newest last.
+    pub recent: VecDeque<(u64, String)>,
+    /// Keys the last run with every peer left in two different copies of one change.
+    pub unresolved: Vec<String>,
+}
+
+impl Repairs {
+    /// Repairs remembered for the warning.
+    const RECENT_MAX: usize = 100;
+    /// A repair is warned about for this long.
+    pub const WARN_MS: u64 = 24 * 3_600_000;
+
+    pub(crate) fn repaired(&mut self, now_ms: u64, keys: impl Iterator<Item = String>) {
+        for key in keys {
+            if self.recent.len() == Self::RECENT_MAX {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((now_ms, key));
+        }
+    }
+
+    /// `/health` warnings: records repaired here in the last day, copies left different.
+    pub fn warnings(&self, now_ms: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        let recent: Vec<&str> = self
+            .recent
+            .iter()
+            .filter(|(at, _)| now_ms.saturating_sub(*at) < Self::WARN_MS)
+            .map(|(_, k)| k.as_str())
+            .collect();
+        if let Some(last) = recent.last() {
+            out.push(format!(
+                "anti-entropy repaired {} record(s) in this region in the last 24 h (latest: {last}): a repair means a bug or a bad disk; the node's log names each key",
+                recent.len()
+            ));
+        }
+        if let Some(first) = self.unresolved.first() {
+            out.push(format!(
+                "anti-entropy found {} record(s) held in two different copies of one change with no majority to choose (first: {first}): run `mrr repair` with every region up, or rewrite the record",
+                self.unresolved.len()
+            ));
+        }
+        out
+    }
 }
 
 /// The retention window's view of the peers, as the stable-point task last computed it.
@@ -115,7 +166,17 @@ impl StatusBoard {
             stable: Arc::default(),
             departures: Arc::default(),
             retention: Arc::default(),
+            repairs: Arc::default(),
         }
+    }
+
+    /// What anti-entropy repaired here, and what it left different.
+    pub fn repairs(&self) -> Repairs {
+        self.repairs.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn update_repairs(&self, f: impl FnOnce(&mut Repairs)) {
+        f(&mut self.repairs.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
     /// Who holds retention back, and who is lagging.

@@ -118,6 +118,9 @@ pub struct Config {
     /// How long a region that is away holds the changelog back (see [`RetentionConfig`]).
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// How often anti-entropy compares this region with its peers (see [`AntiEntropyConfig`]).
+    #[serde(default)]
+    pub anti_entropy: AntiEntropyConfig,
     /// The dead-letter queue's bound.
     #[serde(default)]
     pub dlq: DlqConfig,
@@ -394,6 +397,29 @@ pub struct RetentionConfig {
     #[serde(default)]
     pub changelog_bytes_max: Option<u64>,
 }
+
+/// `anti_entropy:`. Every `interval` (default 6 h) the region compares the records it holds with
+/// every peer's and repairs what differs (the scrub: it re-reads and re-hashes every record);
+/// `interval: 0s` leaves only `mrr repair` (`POST /v1/repair`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AntiEntropyConfig {
+    #[serde(default = "default_scrub_interval", with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for AntiEntropyConfig {
+    fn default() -> Self {
+        Self { interval: default_scrub_interval() }
+    }
+}
+
+fn default_scrub_interval() -> Duration {
+    Duration::from_secs(6 * 3_600)
+}
+
+/// A scrub reads every record: more often than this, it is a load, not a check.
+pub const SCRUB_INTERVAL_MIN: Duration = Duration::from_secs(60);
 
 /// A region is known to be away only once its streams time out (`NodeOptions::peer_timeout`'s
 /// default): a retention window must be longer.
@@ -1277,6 +1303,18 @@ impl Config {
                 "give an away region at least as long as an outage you want it to ride out from the log, e.g. retention: { window: 24h }",
             ));
         }
+        let scrub = self.anti_entropy.interval;
+        if !scrub.is_zero() && scrub < SCRUB_INTERVAL_MIN {
+            return Err(invalid(
+                "interval:",
+                format!(
+                    "anti_entropy.interval {} is shorter than {}: every scrub re-reads every record",
+                    humantime::format_duration(scrub),
+                    humantime::format_duration(SCRUB_INTERVAL_MIN),
+                ),
+                "scrub every few hours, e.g. anti_entropy: { interval: 6h }, or turn it off with interval: 0s and run `mrr repair` when needed",
+            ));
+        }
         if self.retention.changelog_bytes_max.is_some() && self.retention.window.is_none() {
             return Err(invalid(
                 "changelog_bytes_max:",
@@ -1780,6 +1818,15 @@ insecure_plaintext: true
             .expect_err("custom default")
             .to_string();
         assert!(err.contains("cannot be custom"), "{err}");
+    }
+
+    #[test]
+    fn the_scrub_runs_every_six_hours_unless_told_otherwise_and_never_more_than_once_a_minute() {
+        assert_eq!(parse(GOOD).expect("valid").anti_entropy.interval, Duration::from_secs(6 * 3600));
+        let c = parse(&format!("{GOOD}anti_entropy: {{ interval: 0s }}\n")).expect("off");
+        assert!(c.anti_entropy.interval.is_zero());
+        let err = parse(&format!("{GOOD}anti_entropy:\n  interval: 5s\n")).expect_err("too often").to_string();
+        assert!(err.contains("shorter than 1m") && err.contains("line"), "{err}");
     }
 
     #[test]

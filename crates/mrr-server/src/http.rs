@@ -76,6 +76,8 @@ pub struct AppState {
     pub functions: Arc<BTreeMap<String, std::collections::BTreeSet<String>>>,
     /// Topics with `throttle_when_lag_critical`.
     pub throttled_topics: Arc<std::collections::BTreeSet<String>>,
+    /// Runs anti-entropy on demand (`POST /v1/repair`).
+    pub repairer: mrr_replication::Repairer,
 }
 
 impl std::fmt::Debug for AppState {
@@ -262,7 +264,8 @@ fn method_not_allowed() -> ApiError {
         cluster_coordinator,
         get_links,
         get_link,
-        set_link
+        set_link,
+        crate::repair::repair
     ),
     components(schemas(
         RecordEnvelope,
@@ -290,7 +293,10 @@ fn method_not_allowed() -> ApiError {
         mrr_api::ConflictView,
         mrr_api::ConflictList,
         mrr_api::DeadLetterView,
-        mrr_api::DeadLetterList
+        mrr_api::DeadLetterList,
+        mrr_api::RepairRequest,
+        mrr_api::RepairReport,
+        mrr_api::PeerRepair
     ))
 )]
 struct ApiDoc;
@@ -311,6 +317,7 @@ pub fn router(state: AppState) -> Router {
         .route("/dlq/{id}", axum::routing::delete(crate::review::discard_dead_letter))
         .route("/dlq/{id}/replay", post(crate::review::replay_dead_letter))
         .route("/batch", post(batch))
+        .route("/repair", post(crate::repair::repair))
         .route("/status", get(node_status))
         .route("/cluster/coordinator", get(cluster_coordinator))
         .route("/watch/applied", get(watch_applied))
@@ -361,7 +368,7 @@ async fn health(
         state.started.elapsed(),
         dead_letters,
         &critical,
-        &state.status.retention().warnings(),
+        &[state.status.retention().warnings(), state.status.repairs().warnings(state.clock.now_ms())].concat(),
     );
     let code = if q.strict && h.status == mrr_api::HealthStatus::Critical {
         StatusCode::SERVICE_UNAVAILABLE

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod node;
 pub mod read_levels;
 mod reload;
+pub mod repair;
 pub mod request;
 pub mod review;
 pub mod strong;

@@ -219,6 +219,7 @@ impl Node {
             throttled_topics: Arc::new(
                 config.topics.iter().filter(|(_, t)| t.throttle_when_lag_critical).map(|(n, _)| n.clone()).collect(),
             ),
+            repairer: replicator.repairer(),
         };
         // Histogram samples are folded into buckets here and at every scrape; the conflict log
         // is trimmed to its retention every 12 ticks (a minute).
@@ -349,5 +350,6 @@ fn replication_config(
             changelog_bytes_max: config.retention.changelog_bytes_max.unwrap_or(u64::MAX),
             silent_ms: u64::try_from(options.peer_timeout.as_millis()).unwrap_or(u64::MAX),
         }),
+        repair_interval: Some(config.anti_entropy.interval).filter(|i| !i.is_zero()),
     }
 }

@@ -180,6 +180,7 @@ pub struct Writer {
     failed: Arc<std::sync::OnceLock<Arc<str>>>,
     /// Wall milliseconds of the HLC's last timestamp, as of the last group.
     hlc_wall_ms: Arc<std::sync::atomic::AtomicU64>,
+    policies: Arc<Policies>,
 }
 
 impl Writer {
@@ -194,6 +195,7 @@ impl Writer {
         notary: Option<Arc<dyn mrr_core::provenance::Notary>>,
     ) -> Result<Self, StoreError> {
         let recovered = store.recover()?;
+        let policies_kept = policies.clone();
         let engine = Engine::new(local, recovered, max_skew_ms, policies).with_notary(notary);
         let (applied_tx, applied) = watch::channel(engine.applied().clone());
         let (tx, rx) = mpsc::channel(config.queue_requests_max);
@@ -218,7 +220,12 @@ impl Writer {
             .name("mrr-writer".into())
             .spawn(move || run(core, rx, store, clock, applied_tx, config, &shared))
             .map_err(thread_error)?;
-        Ok(Self { tx, applied, durable, failed, hlc_wall_ms })
+        Ok(Self { tx, applied, durable, failed, hlc_wall_ms, policies: policies_kept })
+    }
+
+    /// The topic policies the writer merges by.
+    pub fn policies(&self) -> &Arc<Policies> {
+        &self.policies
     }
 
     /// Wall milliseconds of the last timestamp the writer issued or observed: ahead of the

@@ -213,7 +213,11 @@ pub fn entries(
     let mut out = Vec::new();
     scan(view, policies, scope, |key, record| {
         if buckets.contains(&bucket_of(key)) {
-            out.push(Entry { key: key.clone(), fingerprint: fingerprint(key, record), version: record.version.clone() });
+            out.push(Entry {
+                key: key.clone(),
+                fingerprint: fingerprint(key, record),
+                version: record.version.clone(),
+            });
         }
     })?;
     Ok(out)

@@ -130,9 +130,7 @@ fn holds_everything_of(applied: &VersionVector, rule: &Rule, record: &Record, hi
             doc.presence.iter().all(|p| seen(&p.stamp.id()))
                 && doc.fields.values().all(|f| {
                     f.reg.iter().all(|r| seen(&r.stamp.id()))
-                        && f.set.iter().all(|s| {
-                            s.removed.iter().all(seen) && s.adds.values().flatten().all(seen)
-                        })
+                        && f.set.iter().all(|s| s.removed.iter().all(seen) && s.adds.values().flatten().all(seen))
                 })
         }),
         Rule::Timestamp => true,
