@@ -663,14 +663,19 @@ async fn exchange(
         wants.drain(..answered);
         count(&mut c.report.there, &answer.verdicts);
         listed(
+            &mut c.report.unresolved,
+            answer.verdicts.iter().filter(|(_, v)| *v == Verdict::Unresolved).map(|(k, _)| k.to_string()),
+        );
+        listed(
             &mut c.report.repaired_there,
             answer.verdicts.iter().filter(|(_, v)| *v == Verdict::Repaired).map(|(k, _)| k.to_string()),
         );
         check_keys(answer.states.iter().map(|(k, _)| k)).map_err(|s| s.message().to_string())?;
+        // A copy the peer was told to replace is the minority's: nothing to join here.
         let offers: Vec<Offer> = answer
             .states
             .into_iter()
-            .filter(|(k, _)| asked.contains(k))
+            .filter(|(k, _)| asked.contains(k) && !replace_there.contains(&(peer.clone(), k.clone())))
             .map(|(key, state)| {
                 let replace = replace_here.get(&key) == Some(&peer);
                 Offer { key, state, replace }
