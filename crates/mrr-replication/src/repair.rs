@@ -27,7 +27,7 @@ use mrr_api::{PeerRepair, RepairReport};
 use mrr_core::limits::{validate_id, validate_topic};
 use mrr_core::{Key, RegionName};
 use mrr_storage::{Store, StoreView, STORAGE_FORMAT};
-use mrr_writer::repair::{self as join, Difference, Entry, Offer, Scope, State, Tree, Verdict};
+use mrr_writer::repair::{self as join, Difference, Entry, Offer, Offers, Scope, Settlement, State, Tree, Verdict};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
@@ -63,7 +63,7 @@ pub struct ExchangeBody {
     /// Keys whose state the runner asks for.
     pub wants: Vec<Key>,
     /// The runner's states, for the peer to join into its own.
-    pub offers: Vec<Offer>,
+    pub offers: Offers,
 }
 
 /// What the peer answers.
@@ -73,6 +73,8 @@ pub struct ExchangedBody {
     /// the offers.
     pub states: Vec<(Key, State)>,
     pub answered: u32,
+    /// The peer's applied vector as of the view `states` were read from.
+    pub applied: mrr_core::VersionVector,
     /// What the peer did with each offer (empty in a dry run).
     pub verdicts: Vec<(Key, Verdict)>,
 }
@@ -283,15 +285,16 @@ async fn session(
             }
             to_repair_peer::Msg::Exchange(r) => {
                 let body: ExchangeBody = decode("exchange", &r.zstd_body)?;
-                if body.wants.len() + body.offers.len() > 2 * EXCHANGE_KEYS_MAX {
+                if body.wants.len() + body.offers.offers.len() > 2 * EXCHANGE_KEYS_MAX {
                     return Err(Status::invalid_argument(format!(
                         "an exchange names at most {EXCHANGE_KEYS_MAX} keys each way"
                     )));
                 }
-                check_keys(body.wants.iter().chain(body.offers.iter().map(|o| &o.key)))?;
+                check_keys(body.wants.iter().chain(body.offers.offers.iter().map(|o| &o.key)))?;
                 let view = view(&ctx.store).await?;
                 let wants = body.wants;
-                let (states, answered) = blocking(move || {
+                let (states, answered, applied) = blocking(move || {
+                    let applied = view.recover()?.vv;
                     let (mut states, mut bytes, mut answered) = (Vec::new(), 0usize, 0u32);
                     for key in wants {
                         if bytes >= EXCHANGE_BYTES_MAX {
@@ -303,10 +306,10 @@ async fn session(
                         }
                         answered += 1;
                     }
-                    Ok((states, answered))
+                    Ok((states, answered, applied))
                 })
                 .await?;
-                let verdicts = if r.dry_run || body.offers.is_empty() {
+                let verdicts = if r.dry_run || body.offers.offers.is_empty() {
                     Vec::new()
                 } else {
                     let verdicts =
@@ -314,7 +317,7 @@ async fn session(
                     note_repaired(ctx, &peer, &verdicts);
                     verdicts
                 };
-                let answer = encode("exchanged", &ExchangedBody { states, answered, verdicts })?;
+                let answer = encode("exchanged", &ExchangedBody { states, answered, applied, verdicts })?;
                 send(tx, from_repair_peer::Msg::Exchanged(proto::RepairExchanged { zstd_body: answer })).await?;
             }
             to_repair_peer::Msg::Hello(_) | to_repair_peer::Msg::Auth(_) => {
@@ -409,6 +412,7 @@ impl Call {
 
 /// One peer's comparison, between the phases of a run.
 struct Compared {
+    region: RegionName,
     call: Option<Call>,
     report: PeerRepair,
     diffs: Vec<Difference>,
@@ -435,21 +439,21 @@ pub(crate) async fn run(ctx: &Context, request: RunRequest) -> Result<RepairRepo
     for peer in &peers {
         compared.push(compare(ctx, peer, &request.topics).await);
     }
-    let (replace_here, replace_there, unresolved) = settle_copies(&ctx.config.local, &compared);
+    let settlement = settle(ctx, &compared).await;
     for c in &mut compared {
         listed(
             &mut c.report.unresolved,
-            unresolved.iter().filter(|k| c.diffs.iter().any(|d| &d.key == *k)).map(Key::to_string),
+            settlement.unresolved.iter().filter(|k| c.diffs.iter().any(|d| &d.key == *k)).map(Key::to_string),
         );
         if request.dry_run || c.call.is_none() {
             continue;
         }
-        if let Err(e) = exchange(ctx, c, &replace_here, &replace_there).await {
+        if let Err(e) = exchange(ctx, c, &settlement).await {
             c.report.error = Some(e);
         }
     }
     if request.peer.is_none() {
-        let unresolved: Vec<String> = unresolved.iter().map(Key::to_string).collect();
+        let unresolved: Vec<String> = settlement.unresolved.iter().map(Key::to_string).collect();
         ctx.metrics.repair_unresolved.set(unresolved.len() as f64);
         ctx.status.update_repairs(|r| r.unresolved = unresolved);
     }
@@ -466,6 +470,7 @@ pub(crate) async fn run(ctx: &Context, request: RunRequest) -> Result<RepairRepo
 /// Phase one with one peer: trees, then the entries of the buckets that differ.
 async fn compare(ctx: &Context, peer: &PeerConfig, topics: &BTreeSet<String>) -> Compared {
     let mut c = Compared {
+        region: peer.region.clone(),
         call: None,
         report: PeerRepair { peer: peer.region.to_string(), ..Default::default() },
         diffs: Vec::new(),
@@ -552,73 +557,41 @@ async fn compare_with(
     Ok((call, diffs))
 }
 
-/// Keys held in two different copies of one change: with the copies of every region compared
-/// (a peer whose comparison did not name the key holds this region's copy), the majority's
-/// copy wins. Returns the peer to take the majority copy from, per key this region holds in a
-/// minority copy; the (peer, key) pairs told to take this region's copy; and keys with no
-/// majority.
-#[allow(clippy::type_complexity)]
-fn settle_copies(
-    local: &RegionName,
-    compared: &[Compared],
-) -> (BTreeMap<Key, String>, BTreeSet<(String, Key)>, BTreeSet<Key>) {
-    let (mut here, mut there, mut unresolved) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::new());
-    let reached: Vec<&Compared> = compared.iter().filter(|c| c.call.is_some()).collect();
-    let disputed: BTreeSet<&Key> =
-        reached.iter().flat_map(|c| c.diffs.iter().filter(|d| d.same_version()).map(|d| &d.key)).collect();
-    for key in disputed {
-        let mut copies: BTreeMap<RegionName, u128> = BTreeMap::new();
-        let Some(mine) =
-            reached.iter().flat_map(|c| c.diffs.iter()).find(|d| &d.key == key).and_then(|d| d.mine.clone())
-        else {
-            continue;
-        };
-        copies.insert(local.clone(), mine.0);
-        for c in &reached {
-            let fp = match c.diffs.iter().find(|d| &d.key == key) {
-                Some(d) => match &d.theirs {
-                    Some((fp, v)) if *v == mine.1 => *fp,
-                    // A different change of the key there: not a copy of this one.
-                    _ => continue,
-                },
-                None => mine.0,
-            };
-            if let Ok(region) = RegionName::new(c.report.peer.clone()) {
-                copies.insert(region, fp);
-            }
-        }
-        match join::majority(&copies) {
-            Some(fp) if fp == mine.0 => {
-                for (region, theirs) in &copies {
-                    if *theirs != fp {
-                        there.insert((region.to_string(), key.clone()));
-                    }
-                }
-            }
-            Some(fp) => {
-                if let Some((region, _)) = copies.iter().find(|(r, f)| **f == fp && *r != local) {
-                    here.insert(key.clone(), region.to_string());
-                }
-            }
-            None => {
-                unresolved.insert(key.clone());
-            }
-        }
+/// Keys held in two copies of one change, settled by majority over the peers reached
+/// ([`join::settle`]); a peer counts for a key only if this region's copy places it there.
+async fn settle(ctx: &Context, compared: &[Compared]) -> Settlement {
+    let reached: Vec<(RegionName, &[Difference])> =
+        compared.iter().filter(|c| c.call.is_some()).map(|c| (c.region.clone(), c.diffs.as_slice())).collect();
+    let disputed: BTreeSet<Key> =
+        reached.iter().flat_map(|(_, d)| d.iter().filter(|d| d.same_version()).map(|d| d.key.clone())).collect();
+    if disputed.is_empty() {
+        return Settlement::default();
     }
-    (here, there, unresolved)
+    let store = ctx.store.clone();
+    let placements = blocking(move || {
+        let mut out = BTreeMap::new();
+        for key in disputed {
+            if let Some(record) = store.get(&key)? {
+                out.insert(key, record.metadata);
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .unwrap_or_else(|s| {
+        tracing::warn!(error = %s.message(), "cannot read the placement of disputed records; they stay unresolved");
+        BTreeMap::new()
+    });
+    let placed_in =
+        |key: &Key, peer: &RegionName| placements.get(key).is_some_and(|m| mrr_core::placement::places(m, peer));
+    join::settle(&ctx.config.local, &reached, &placed_in)
 }
 
 /// Phase two with one peer: states both ways, in bounded exchanges, each side joining the
 /// other's.
-async fn exchange(
-    ctx: &Context,
-    c: &mut Compared,
-    replace_here: &BTreeMap<Key, String>,
-    replace_there: &BTreeSet<(String, Key)>,
-) -> Result<(), String> {
+async fn exchange(ctx: &Context, c: &mut Compared, settlement: &Settlement) -> Result<(), String> {
     let Some(call) = c.call.as_mut() else { return Ok(()) };
-    let peer = c.report.peer.clone();
-    let peer_region = RegionName::new(peer.clone()).map_err(|e| e.to_string())?;
+    let peer = c.region.clone();
     let mut wants: std::collections::VecDeque<Key> =
         c.diffs.iter().filter(|d| d.theirs.is_some()).map(|d| d.key.clone()).collect();
     let mut offering: std::collections::VecDeque<Key> =
@@ -627,8 +600,9 @@ async fn exchange(
         let asked: Vec<Key> = wants.iter().take(EXCHANGE_KEYS_MAX).cloned().collect();
         let keys: Vec<Key> = offering.drain(..offering.len().min(EXCHANGE_KEYS_MAX)).collect();
         let view = view(&ctx.store).await.map_err(|s| s.message().to_string())?;
-        let replace: Vec<bool> = keys.iter().map(|k| replace_there.contains(&(peer.clone(), k.clone()))).collect();
+        let replace: Vec<bool> = keys.iter().map(|k| settlement.give_to.contains(&(peer.clone(), k.clone()))).collect();
         let (offers, rest) = blocking(move || {
+            let applied = view.recover()?.vv;
             let (mut offers, mut bytes, mut rest) = (Vec::new(), 0usize, Vec::new());
             for (key, replace) in keys.into_iter().zip(replace) {
                 if bytes >= EXCHANGE_BYTES_MAX {
@@ -640,7 +614,7 @@ async fn exchange(
                     offers.push(Offer { key, state, replace });
                 }
             }
-            Ok((offers, rest))
+            Ok((Offers { applied, offers }, rest))
         })
         .await
         .map_err(|s| s.message().to_string())?;
@@ -675,18 +649,19 @@ async fn exchange(
         let offers: Vec<Offer> = answer
             .states
             .into_iter()
-            .filter(|(k, _)| asked.contains(k) && !replace_there.contains(&(peer.clone(), k.clone())))
+            .filter(|(k, _)| asked.contains(k) && !settlement.give_to.contains(&(peer.clone(), k.clone())))
             .map(|(key, state)| {
-                let replace = replace_here.get(&key) == Some(&peer);
+                let replace = settlement.take_from.get(&key) == Some(&peer);
                 Offer { key, state, replace }
             })
             .collect();
         if offers.is_empty() {
             continue;
         }
+        let offers = Offers { applied: answer.applied, offers };
         let verdicts = ctx.writer.repair(offers).await.map_err(|e| e.to_string())?;
         count(&mut c.report.here, &verdicts);
-        listed(&mut c.report.repaired_here, note_repaired(ctx, &peer_region, &verdicts).into_iter());
+        listed(&mut c.report.repaired_here, note_repaired(ctx, &peer, &verdicts).into_iter());
         listed(
             &mut c.report.unresolved,
             verdicts.iter().filter(|(_, v)| *v == Verdict::Unresolved).map(|(k, _)| k.to_string()),

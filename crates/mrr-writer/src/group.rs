@@ -18,7 +18,7 @@ use mrr_storage::{CommitBatch, Store, StoreError};
 
 use crate::durable::DurableRule;
 use crate::engine::{Collect, Collected, Engine, LocalFailure, RemoteOutcome};
-use crate::repair::{Offer, Verdict};
+use crate::repair::{Offers, Verdict};
 use crate::{Committed, LocalOp, WriteError};
 
 /// One request of a group.
@@ -30,7 +30,7 @@ pub enum Work {
     /// A collection pass over what records that left this region left behind.
     Collect(Collect),
     /// A peer's copies of records held differently here, to join in (anti-entropy).
-    Repair(Vec<Offer>),
+    Repair(Offers),
 }
 
 /// Committed entries of the strong tier's log, in log order, and the position after them.

@@ -168,7 +168,7 @@ enum Request {
     Remote { changes: Vec<Change>, reply: oneshot::Sender<Result<RemoteOutcome, WriteError>> },
     Strong { batch: StrongBatch, reply: oneshot::Sender<Result<Vec<StrongOutcome>, WriteError>> },
     Collect { collect: Collect, reply: oneshot::Sender<Result<Collected, WriteError>> },
-    Repair { offers: Vec<repair::Offer>, reply: oneshot::Sender<Result<Vec<(Key, repair::Verdict)>, WriteError>> },
+    Repair { offers: repair::Offers, reply: oneshot::Sender<Result<Vec<(Key, repair::Verdict)>, WriteError>> },
 }
 
 /// Handle to the writer thread. Cheap to clone.
@@ -279,7 +279,7 @@ impl Writer {
 
     /// Joins a peer's copies of records into this region's (anti-entropy, [`repair`]); one
     /// verdict per offer, in order.
-    pub async fn repair(&self, offers: Vec<repair::Offer>) -> Result<Vec<(Key, repair::Verdict)>, WriteError> {
+    pub async fn repair(&self, offers: repair::Offers) -> Result<Vec<(Key, repair::Verdict)>, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Request::Repair { offers, reply }).await.map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)?

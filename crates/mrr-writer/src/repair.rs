@@ -286,6 +286,15 @@ pub struct Offer {
     pub replace: bool,
 }
 
+/// States a region sends another to join, with the sender's applied vector as of the view they
+/// were read from: a state made only of changes the receiver has applied is a fault to repair,
+/// anything else may be in flight.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offers {
+    pub applied: mrr_core::VersionVector,
+    pub offers: Vec<Offer>,
+}
+
 /// What a region did with an offered state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Verdict {
@@ -315,6 +324,69 @@ impl Verdict {
             Verdict::Skipped => "skipped",
         }
     }
+}
+
+/// What a repair run does about keys held in two copies of one change ([`settle`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settlement {
+    /// Keys this region holds in a minority copy: the peer to take the majority's copy from.
+    pub take_from: BTreeMap<Key, RegionName>,
+    /// `(peer, key)`: peers holding a minority copy, told to take this region's.
+    pub give_to: BTreeSet<(RegionName, Key)>,
+    /// Keys with no majority copy: left as they are, and reported.
+    pub unresolved: BTreeSet<Key>,
+}
+
+/// Settles same-change differences found with several peers (`compared`: each peer and its
+/// differences with this region). A peer whose comparison does not name a key holds this
+/// region's copy of it, if the key is placed in that peer (`placed_in`: by this region's copy);
+/// otherwise that peer has no copy to count.
+pub fn settle(
+    local: &RegionName,
+    compared: &[(RegionName, &[Difference])],
+    placed_in: &dyn Fn(&Key, &RegionName) -> bool,
+) -> Settlement {
+    let mut out = Settlement::default();
+    let disputed: BTreeSet<&Key> =
+        compared.iter().flat_map(|(_, diffs)| diffs.iter().filter(|d| d.same_version()).map(|d| &d.key)).collect();
+    for key in disputed {
+        let Some(mine) =
+            compared.iter().flat_map(|(_, d)| d.iter()).find(|d| &d.key == key).and_then(|d| d.mine.clone())
+        else {
+            continue;
+        };
+        let mut copies: BTreeMap<RegionName, u128> = BTreeMap::from([(local.clone(), mine.0)]);
+        for (peer, diffs) in compared {
+            let fp = match diffs.iter().find(|d| &d.key == key) {
+                Some(d) => match &d.theirs {
+                    Some((fp, v)) if *v == mine.1 => *fp,
+                    // Another change of the key there, or none: not a copy of this one.
+                    _ => continue,
+                },
+                None if placed_in(key, peer) => mine.0,
+                None => continue,
+            };
+            copies.insert(peer.clone(), fp);
+        }
+        match majority(&copies) {
+            Some(fp) if fp == mine.0 => {
+                for (region, theirs) in &copies {
+                    if *theirs != fp {
+                        out.give_to.insert((region.clone(), key.clone()));
+                    }
+                }
+            }
+            Some(fp) => {
+                if let Some((region, _)) = copies.iter().find(|(r, f)| **f == fp && *r != local) {
+                    out.take_from.insert(key.clone(), region.clone());
+                }
+            }
+            None => {
+                out.unresolved.insert(key.clone());
+            }
+        }
+    }
+    out
 }
 
 /// For keys held in the same change but different copies by `me` and some peers: which copy
@@ -414,6 +486,31 @@ mod tests {
         assert_eq!(keys, ["2", "3", "4"]);
         assert!(d[0].same_version());
         assert!(d[1].theirs.is_none() && d[2].mine.is_none());
+    }
+
+    #[test]
+    fn a_copy_is_settled_by_the_regions_that_hold_the_key_and_nobody_else() {
+        let (a, b, c) = (r("a"), r("b"), r("c"));
+        let k = Key::new("t", "1");
+        let v = Version { ts: Timestamp::new(5, 0), region: r("a") };
+        let d = |mine: u128, theirs: u128| Difference {
+            key: k.clone(),
+            mine: Some((mine, v.clone())),
+            theirs: Some((theirs, v.clone())),
+        };
+        let everywhere = |_: &Key, _: &RegionName| true;
+        // b differs, c (not named) holds this region's copy: b is told to take it.
+        let with_b = [d(1, 2)];
+        let s = settle(&a, &[(b.clone(), &with_b[..]), (c.clone(), &[][..])], &everywhere);
+        assert_eq!(s.give_to, BTreeSet::from([(b.clone(), k.clone())]));
+        assert!(s.take_from.is_empty() && s.unresolved.is_empty());
+        // Both peers hold another copy: this region takes theirs.
+        let s = settle(&a, &[(b.clone(), &with_b[..]), (c.clone(), &with_b[..])], &everywhere);
+        assert_eq!(s.take_from, BTreeMap::from([(k.clone(), b.clone())]));
+        // c is outside the record's placement: two copies, no majority.
+        let only_b = |_: &Key, p: &RegionName| *p == b;
+        let s = settle(&a, &[(b.clone(), &with_b[..]), (c.clone(), &[][..])], &only_b);
+        assert_eq!(s.unresolved, BTreeSet::from([k.clone()]));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use mrr_storage::{Store, StoreError};
 
 use super::{Engine, Reads};
 use crate::pending::Pending;
-use crate::repair::{fingerprint, Offer, Verdict};
+use crate::repair::{fingerprint, Offer, Offers, Verdict};
 
 impl Engine {
     /// Joins each offered state into this region's copy of its key; one verdict per offer, in
@@ -31,14 +31,15 @@ impl Engine {
         &mut self,
         pending: &mut Pending,
         store: &dyn Store,
-        offers: Vec<Offer>,
+        offers: Offers,
     ) -> Result<Vec<(Key, Verdict)>, StoreError> {
+        let Offers { applied, offers } = offers;
         pending.request(|pending| {
             let mut reads = self.prefetch(pending, store, offers.iter().map(|o| &o.key))?;
             let mut verdicts = Vec::with_capacity(offers.len());
             for offer in offers {
                 let key = offer.key.clone();
-                let verdict = self.repair_one(pending, store, &mut reads, offer)?;
+                let verdict = self.repair_one(pending, store, &mut reads, offer, &applied)?;
                 verdicts.push((key, verdict));
             }
             Ok(verdicts)
@@ -51,6 +52,7 @@ impl Engine {
         store: &dyn Store,
         reads: &mut Reads,
         offer: Offer,
+        offered_applied: &VersionVector,
     ) -> Result<Verdict, StoreError> {
         let Offer { key, state, replace } = offer;
         if seal::is_sealed(&key) || self.policies.is_strong(&key.topic) {
@@ -72,7 +74,9 @@ impl Engine {
             }
         }
         let rule = self.policies.rule(&key.topic).clone();
-        if !theirs.lacking.is_empty() || !holds_everything_of(&pending.vv, &rule, &theirs, &state.history) {
+        if !theirs.lacking.is_empty()
+            || !holds_everything_of(&pending.vv, offered_applied, &rule, &theirs, &state.history)
+        {
             return Ok(Verdict::InFlight);
         }
         let same_change = current.as_ref().is_some_and(|c| c.version == theirs.version && c.seq == theirs.seq);
@@ -117,9 +121,16 @@ impl Engine {
 
 /// Whether every change `record` (and its fold history) is made of is in `applied`: this
 /// region claims to hold them all, so holding the record differently is a fault to repair and
-/// not a change still on its way. Counter totals name no change; their registers and set tags
-/// do, and so does the record's own write.
-fn holds_everything_of(applied: &VersionVector, rule: &Rule, record: &Record, history: &[FoldEntry]) -> bool {
+/// not a change still on its way. The record's own write, fold entries, registers and set tags
+/// name their changes; counter and escrow totals do not, so a document holding any is taken
+/// only when the sender had applied nothing this region has not (`offered_applied`).
+fn holds_everything_of(
+    applied: &VersionVector,
+    offered_applied: &VersionVector,
+    rule: &Rule,
+    record: &Record,
+    history: &[FoldEntry],
+) -> bool {
     let seen = |id: &ChangeId| id.seq == 0 || id.seen_by(applied);
     if !seen(&record.change_id()) {
         return false;
@@ -132,6 +143,8 @@ fn holds_everything_of(applied: &VersionVector, rule: &Rule, record: &Record, hi
                     f.reg.iter().all(|r| seen(&r.stamp.id()))
                         && f.set.iter().all(|s| s.removed.iter().all(seen) && s.adds.values().flatten().all(seen))
                 })
+                && (doc.fields.values().all(|f| f.counter.is_none() && f.escrow.is_none())
+                    || applied.dominates(offered_applied))
         }),
         Rule::Timestamp => true,
     }
@@ -200,6 +213,8 @@ mod tests {
 
     fn repair(e: &mut Engine, store: &MemStore, offers: Vec<Offer>) -> Vec<Verdict> {
         let mut p = e.begin(9_000);
+        // The senders here hold nothing the receiver lacks, unless their states say so.
+        let offers = Offers { applied: VersionVector::new(), offers };
         let out = e.repair(&mut p, store, offers).expect("repair");
         if let Some(batch) = e.finish(p) {
             assert!(batch.changes.is_empty() && batch.vv.is_empty(), "a repair writes records only");
