@@ -24,7 +24,7 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--slow-disks S] [--forgers G] [--wipes W] [--retention-window-ms MS (0: none)] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom|escrow] [--no-deletes] [--placement]\n       mrr-sim --strong [--seed-start S --seeds N | --seed X] [--regions 3..5] [--strong-clients C] [--strong-ops O] [--faults F] [--phase-ms MS]".into()
+    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--slow-disks S] [--forgers G] [--wipes W] [--corruptions C] [--repairs R] [--retention-window-ms MS (0: none)] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom|escrow] [--no-deletes] [--placement]\n       mrr-sim --strong [--seed-start S --seeds N | --seed X] [--regions 3..5] [--strong-clients C] [--strong-ops O] [--faults F] [--phase-ms MS]".into()
 }
 
 fn parse() -> Result<Args, String> {
@@ -69,6 +69,8 @@ fn parse() -> Result<Args, String> {
             "--slow-disks" => a.config.slow_disks = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--forgers" => a.config.forgers = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--wipes" => a.config.wipes = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
+            "--corruptions" => a.config.corruptions = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
+            "--repairs" => a.config.repairs = usize::try_from(num(value()?)?).map_err(|e| e.to_string())?,
             "--retention-window-ms" => a.config.retention_window_ms = Some(num(value()?)?).filter(|ms| *ms > 0),
             "--phase-ms" => {
                 a.config.fault_phase_ms = num(value()?)?;
@@ -123,6 +125,7 @@ fn main() -> ExitCode {
     let (mut snapshots, mut snapshot_records, mut resumes, mut rejoins) = (0, 0, 0, 0);
     let (mut sales, mut refused_rights, mut forwarded) = (0, 0, 0);
     let (mut grouped_commits, mut grouped_applies, mut storage_errors) = (0, 0, 0);
+    let (mut corruptions, mut repair_runs, mut repaired) = (0, 0, 0);
     for seed in args.seed_start..args.seed_start + args.seeds {
         match run(seed, &args.config, args.keep.as_ref()) {
             Ok(report) => {
@@ -143,6 +146,9 @@ fn main() -> ExitCode {
                 grouped_commits += report.grouped_commits;
                 grouped_applies += report.grouped_applies;
                 storage_errors += report.storage_errors;
+                corruptions += report.corruptions;
+                repair_runs += report.repair_runs;
+                repaired += report.records_repaired;
             }
             Err(violation) => {
                 eprintln!("FAILED {violation}");
@@ -189,6 +195,9 @@ fn main() -> ExitCode {
     );
     println!(
         "snapshots: {snapshots} wiped regions came back through a snapshot ({snapshot_records} records installed, {resumes} broken streams resumed); {rejoins} regions let go as lagging rejoined through one"
+    );
+    println!(
+        "anti-entropy: {corruptions} records corrupted behind a writer, {repair_runs} runs, {repaired} records repaired (none of them but corrupted ones)"
     );
     if args.config.placement {
         println!(

@@ -66,6 +66,16 @@ pub enum FaultEvent {
         node: usize,
         on: bool,
     },
+    /// The node's disk corrupts one record behind its writer (`pick` chooses which, and how):
+    /// anti-entropy must find and repair it.
+    Corrupt {
+        node: usize,
+        pick: u64,
+    },
+    /// An anti-entropy run from the node with every peer that is up.
+    Repair {
+        node: usize,
+    },
 }
 
 impl fmt::Display for FaultEvent {
@@ -86,6 +96,8 @@ impl fmt::Display for FaultEvent {
             }
             FaultEvent::Forge { node, on: true } => write!(f, "r{node} forges what it relays"),
             FaultEvent::Forge { node, on: false } => write!(f, "r{node} relays honestly"),
+            FaultEvent::Corrupt { node, pick } => write!(f, "r{node}'s disk corrupts a record ({pick})"),
+            FaultEvent::Repair { node } => write!(f, "anti-entropy run from r{node}"),
         }
     }
 }
@@ -206,6 +218,16 @@ impl Schedule {
             let node = wipe.random_range(0..n);
             faults.push((at, FaultEvent::Wipe { node }));
             faults.push(((at + wipe.random_range(1_000..3_000)).min(phase), FaultEvent::Restart { node }));
+        }
+        let mut bad = StdRng::seed_from_u64(seed ^ 0x6261_6464);
+        for _ in 0..config.corruptions {
+            faults.push((
+                bad.random_range(0..phase),
+                FaultEvent::Corrupt { node: bad.random_range(0..n), pick: bad.random() },
+            ));
+        }
+        for _ in 0..config.repairs {
+            faults.push((bad.random_range(0..phase), FaultEvent::Repair { node: bad.random_range(0..n) }));
         }
         // Stable: faults at the same instant keep the order they were generated in.
         faults.sort_by_key(|(at, _)| *at);

@@ -21,6 +21,8 @@ use crate::invariants::{self, AckedWrite, FinalState, Invariant};
 use crate::net::{Body, Msg};
 use crate::schedule::{FaultEvent, Schedule, WriteEvent};
 
+mod anti_entropy;
+
 /// Physical time at simulated time 0, so HLC timestamps look like real ones.
 const EPOCH_MS: u64 = 1_700_000_000_000;
 const TICK_MS: u64 = 100;
@@ -62,6 +64,10 @@ pub struct SimConfig {
     /// Wiped data directories: a region dies, loses its disk, and comes back through a
     /// snapshot bootstrap.
     pub wipes: usize,
+    /// Records a bad disk corrupts behind a region's writer (not under `placement`).
+    pub corruptions: usize,
+    /// Anti-entropy runs in the fault phase (one from every region follows the convergence).
+    pub repairs: usize,
     pub fault_phase_ms: u64,
     /// How long a region that is away holds changelog truncation back (`retention: window`);
     /// past it, it is lagging: the others truncate without it, and one left behind every
@@ -277,6 +283,8 @@ impl Default for SimConfig {
             slow_disks: 1,
             forgers: 1,
             wipes: 1,
+            corruptions: 1,
+            repairs: 3,
             fault_phase_ms: 10_000,
             retention_window_ms: None,
             heal_deadline_ms: 60_000,
@@ -310,7 +318,7 @@ impl SimConfig {
     /// defaults that may have changed since.
     pub fn flags(&self) -> String {
         format!(
-            "--regions {} --writes {} --keys {} --faults {} --disk-faults {} --clock-steps {} --slow-disks {} --forgers {} --wipes {} --retention-window-ms {} --phase-ms {} --durability {} --strategy {}{}{}",
+            "--regions {} --writes {} --keys {} --faults {} --disk-faults {} --clock-steps {} --slow-disks {} --forgers {} --wipes {} --corruptions {} --repairs {} --retention-window-ms {} --phase-ms {} --durability {} --strategy {}{}{}",
             self.regions,
             self.writes,
             self.keys,
@@ -320,6 +328,8 @@ impl SimConfig {
             self.slow_disks,
             self.forgers,
             self.wipes,
+            self.corruptions,
+            self.repairs,
             self.retention_window_ms.unwrap_or(0),
             self.fault_phase_ms,
             if self.buffered { "buffered" } else { "fsync" },
@@ -379,6 +389,10 @@ pub struct RunReport {
     pub snapshot_resumes: usize,
     /// Regions let go as lagging that rejoined through a snapshot.
     pub rejoins: usize,
+    /// Records a bad disk corrupted, anti-entropy runs, and records they repaired.
+    pub corruptions: usize,
+    pub repair_runs: usize,
+    pub records_repaired: usize,
 }
 
 /// A broken invariant.
@@ -444,6 +458,8 @@ enum Then {
     Remote { from: usize, epoch: u64, freshness: Option<Freshness>, queued_at: u64 },
     /// A collection pass.
     Collect,
+    /// A peer's states to join (anti-entropy).
+    Repair,
 }
 
 /// A physical clock that reads one instant: the simulated node's clock when its writer ran.
@@ -542,6 +558,14 @@ struct World {
     snapshot_records: usize,
     snapshot_resumes: usize,
     rejoins: usize,
+    /// Keys a corruption touched (in any region), corruptions, runs and repairs.
+    planted: BTreeSet<Key>,
+    corruptions: usize,
+    repair_runs: usize,
+    repair_runs_failed: usize,
+    records_repaired: usize,
+    /// When the final anti-entropy runs went out (after the convergence).
+    final_repairs_at: Option<u64>,
     /// A violation found where no `Step` returns (the pump).
     broken: Option<Violation>,
 }
@@ -609,6 +633,9 @@ pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result
         snapshot_records: world.snapshot_records,
         snapshot_resumes: world.snapshot_resumes,
         rejoins: world.rejoins,
+        corruptions: world.corruptions,
+        repair_runs: world.repair_runs,
+        records_repaired: world.records_repaired,
     })
 }
 
@@ -717,6 +744,12 @@ impl World {
             snapshot_records: 0,
             snapshot_resumes: 0,
             rejoins: 0,
+            planted: BTreeSet::new(),
+            corruptions: 0,
+            repair_runs: 0,
+            repair_runs_failed: 0,
+            records_repaired: 0,
+            final_repairs_at: None,
             broken: None,
         };
         if world.cfg.placement {
@@ -782,7 +815,17 @@ impl World {
                     self.converged_at = Some(self.now);
                 }
                 match self.converged_at {
-                    Some(c) if self.now >= c + SETTLE_MS => return self.finish(),
+                    Some(c) if self.now >= c + SETTLE_MS => match self.final_repairs_at {
+                        // One run from every region, then as long again for their joins.
+                        None => {
+                            self.final_repairs_at = Some(self.now);
+                            for node in 0..self.nodes.len() {
+                                self.repair_run(node)?;
+                            }
+                        }
+                        Some(r) if self.now >= r + SETTLE_MS => return self.finish(),
+                        Some(_) => {}
+                    },
                     None if self.now > healed + self.cfg.heal_deadline_ms => {
                         let vvs: Vec<_> =
                             self.nodes.iter().filter_map(|n| n.engine().map(|e| e.applied().clone())).collect();
@@ -1030,6 +1073,12 @@ impl World {
                     // An injected disk fault: the next tick tries again.
                     Err(_) => self.nodes[node].collected = None,
                 },
+                // An injected disk fault refuses a repair: the next run finds the key again.
+                (Answer::Repair(out), Then::Repair) => {
+                    if let Ok(verdicts) = out {
+                        self.repaired(node, &verdicts)?;
+                    }
+                }
                 (answer, then) => {
                     return Err(Violation::simulator(
                         self.seed,
@@ -1559,6 +1608,8 @@ impl World {
             FaultEvent::ClockStep { node, step_ms } => self.nodes[node].clock_step_ms = step_ms,
             FaultEvent::SlowDisk { node, commit_ms } => self.nodes[node].commit_ms = commit_ms.max(COMMIT_MS),
             FaultEvent::Forge { node, on } => self.nodes[node].forging = on,
+            FaultEvent::Corrupt { node, pick } => self.corrupt(node, pick)?,
+            FaultEvent::Repair { node } => self.repair_run(node)?,
             FaultEvent::Disk { node, read_in, commit_in } => {
                 let plan = self.nodes[node].store.faults();
                 if let Some(n) = read_in {

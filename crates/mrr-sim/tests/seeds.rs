@@ -3,7 +3,9 @@
 //! strategy (`merge` with and without deletes, `custom` with a non-commutative handler) must all
 //! keep every invariant. Writes go to all three priority lanes, so streams of one origin overtake
 //! each other throughout. A region's data directory is wiped in every run (but under placement)
-//! and comes back through a snapshot. A failure names its seed and the replay command.
+//! and comes back through a snapshot. A bad disk corrupts a record behind a writer in every
+//! run (but under placement) and anti-entropy runs, mid-run and after the convergence, must
+//! repair it and nothing else. A failure names its seed and the replay command.
 
 use mrr_sim::{run, SimConfig, Strategy};
 
@@ -13,6 +15,7 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
     let (mut grouped_commits, mut grouped_applies, mut storage_errors) = (0, 0, 0);
     let (mut truncated, mut tombstones) = (0, 0);
     let (mut snapshots, mut resumes) = (0, 0);
+    let (mut corruptions, mut repaired) = (0, 0);
     for seed in seeds {
         match run(seed, config, None) {
             Ok(report) => {
@@ -29,6 +32,8 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
                 grouped_commits += report.grouped_commits;
                 grouped_applies += report.grouped_applies;
                 storage_errors += report.storage_errors;
+                corruptions += report.corruptions;
+                repaired += report.records_repaired;
             }
             Err(v) => panic!("{v}\nreplay: cargo run --release -p mrr-sim -- --seed {seed} {}", config.flags()),
         }
@@ -47,6 +52,11 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) {
     // under placement: `Schedule::generate` says why).
     if config.wipes > 0 && !config.placement {
         assert!(snapshots > 0 && resumes > 0, "snapshots installed {snapshots}, resumed {resumes}");
+    }
+    // Bad disks corrupted records behind their writers and anti-entropy runs repaired them
+    // (the `anti_entropy` invariant: nothing else was ever repaired; `convergence`: all were).
+    if config.corruptions > 0 && !config.placement {
+        assert!(corruptions > 0 && repaired > 0, "records corrupted {corruptions}, repaired {repaired}");
     }
     // Every lane carried writes, so cross-lane overtaking was part of every sweep.
     assert!(per_lane.iter().all(|n| *n > 0), "writes per lane (urgent, normal, bulk): {per_lane:?}");

@@ -103,6 +103,10 @@ pub trait Invariant {
         self.on_power_loss(node, reached);
     }
 
+    /// A bad disk changed or lost `key` behind `node`'s writer: what was watched of it there
+    /// is no longer what the region holds (anti-entropy repairs it).
+    fn on_corrupt(&mut self, _node: usize, _key: &Key) {}
+
     fn at_end(&mut self, _regions: &[FinalState]) -> Result<(), String> {
         Ok(())
     }

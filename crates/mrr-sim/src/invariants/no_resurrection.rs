@@ -45,6 +45,10 @@ impl Invariant for NoResurrection {
         Ok(())
     }
 
+    fn on_corrupt(&mut self, node: usize, key: &Key) {
+        self.versions[node].remove(key);
+    }
+
     fn on_power_loss(&mut self, node: usize, _durable: &mrr_core::VersionVector) {
         // Unpersisted record states are legitimately gone; the watch restarts from what the
         // region rebuilds.

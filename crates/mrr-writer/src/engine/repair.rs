@@ -9,10 +9,13 @@
 //!
 //! What is not joined: a state holding a change this region has not applied yet (in flight:
 //! replication brings it, with its conflict-log entry and its place in the changelog); a key
-//! whose placement the two copies disagree on (a move settles that); and two different copies
-//! of the same change, unless the offer says the sender found its copy held by a majority
-//! ([`Offer::replace`]). A repair writes records only: no change, no vector, nothing to
-//! replicate.
+//! whose copies place it in different regions (a move settles that; copies that agree on the
+//! regions take the newer of their deciding moves); and, under `timestamp`, two different
+//! copies of the same change, unless the offer says the sender found its copy held by a
+//! majority ([`Offer::replace`]). Under `merge` and `custom` the value is made from the
+//! document or the fold history, which the join restores; a corrupted document or history
+//! itself is past what a join can tell. A repair writes records only: no change, no vector,
+//! nothing to replicate.
 
 use std::collections::BTreeSet;
 
@@ -66,7 +69,7 @@ impl Engine {
         let current = self.current(pending, reads, &key);
         if let Some(c) = &current {
             let held = placement::places(&c.metadata, &self.local);
-            if !held || c.metadata.regions != theirs.metadata.regions || c.placed_by != theirs.placed_by {
+            if !held || c.metadata.regions != theirs.metadata.regions {
                 return Ok(Verdict::PlacementDiffers);
             }
             if !c.lacking.is_empty() {
@@ -86,9 +89,15 @@ impl Engine {
         } else {
             let refs: Vec<&Change> = changes.iter().collect();
             let mut joined = self.apply_content(pending, store, current.clone(), &rule, &refs)?;
-            // Placement is the two copies' own (they agree on it, checked above).
+            // Both copies place the record in the same regions (checked above); the move that
+            // did so is the newer one either knows of (a region that lost the record knows none).
             joined.metadata.regions.clone_from(&theirs.metadata.regions);
-            joined.placed_by.clone_from(&theirs.placed_by);
+            let ours = current.as_ref().and_then(|c| c.placed_by.clone());
+            if theirs.placed_by > ours && !pending.vv.dominates(offered_applied) {
+                // A move's version names no change id: it may be one still on its way here.
+                return Ok(Verdict::InFlight);
+            }
+            joined.placed_by = ours.max(theirs.placed_by.clone());
             joined.lacking = BTreeSet::new();
             Some(joined)
         };
@@ -103,8 +112,15 @@ impl Engine {
                 return Ok(Verdict::Repaired);
             }
         }
+        // The newer deciding move of the two is joined, never voted on: copies that differ
+        // only there are not two copies of a change.
+        let placed_by = current.as_ref().and_then(|c| c.placed_by.clone()).max(theirs.placed_by.clone());
+        let theirs = Record { placed_by, ..theirs };
         let differs = current.as_ref().is_none_or(|c| fingerprint(&key, c) != fingerprint(&key, &theirs));
-        if !(same_change && differs) {
+        // Only a whole record is one change's copy: a document's or a fold's head version
+        // stays while changes below it (escrow bookkeeping, concurrent fields, earlier fold
+        // entries) join in, and the join above already took everything the offer adds.
+        if !(same_change && differs && matches!(rule, Rule::Timestamp)) {
             return Ok(Verdict::Covered);
         }
         if !replace {
