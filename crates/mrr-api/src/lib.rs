@@ -533,6 +533,9 @@ pub struct PeerRepair {
     /// Why the comparison with this peer stopped, when it did.
     pub error: Option<String>,
     pub elapsed_ms: u64,
+    /// Bytes of the messages sent to and received from the peer (trees, entries, states).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -24,6 +24,8 @@ use serde_json::json;
 pub enum Distribution {
     Uniform,
     Zipf,
+    /// Operation n writes key n mod `--keys`: a fill that writes every key once.
+    Sequential,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -263,12 +265,14 @@ pub async fn run(args: BenchArgs, clients: Vec<(String, Client)>) -> anyhow::Res
                     } else if Instant::now() >= deadline {
                         return;
                     }
-                    if ops.fetch_add(1, Ordering::Relaxed) >= args.max_ops {
+                    let n = ops.fetch_add(1, Ordering::Relaxed);
+                    if n >= args.max_ops {
                         return;
                     }
                     let key = match args.distribution {
                         Distribution::Uniform => rng.random_range(0..args.keys),
                         Distribution::Zipf => rng.sample(zipf) as u64 - 1,
+                        Distribution::Sequential => n % args.keys.max(1),
                     };
                     let id = format!("k{key}");
                     let t0 = Instant::now();

@@ -351,6 +351,9 @@ async fn send(tx: &Answers, msg: from_repair_peer::Msg) -> Result<(), Status> {
 struct Call {
     tx: mpsc::Sender<proto::ToRepairPeer>,
     inbound: Streaming<proto::FromRepairPeer>,
+    /// Encoded bytes sent and received past the handshake.
+    sent: u64,
+    received: u64,
 }
 
 impl Call {
@@ -380,7 +383,7 @@ impl Call {
                 }
                 Ok(r) => r.map_err(|s| s.message().to_string())?.into_inner(),
             };
-            Call { tx, inbound }
+            Call { tx, inbound, sent: 0, received: 0 }
         };
         let challenge = match call.answer(within).await? {
             from_repair_peer::Msg::Challenge(c) => c,
@@ -393,11 +396,14 @@ impl Call {
             _ => return Err("expected Welcome".into()),
         };
         dialer.on_welcome(&challenged, &welcome, 0, 0).map_err(|e| e.to_string())?;
+        (call.sent, call.received) = (0, 0);
         Ok(call)
     }
 
-    async fn send(&self, msg: to_repair_peer::Msg) -> Result<(), String> {
-        self.tx.send(proto::ToRepairPeer { msg: Some(msg) }).await.map_err(|_| "the call closed".to_string())
+    async fn send(&mut self, msg: to_repair_peer::Msg) -> Result<(), String> {
+        let msg = proto::ToRepairPeer { msg: Some(msg) };
+        self.sent += prost::Message::encoded_len(&msg) as u64;
+        self.tx.send(msg).await.map_err(|_| "the call closed".to_string())
     }
 
     async fn answer(&mut self, within: Duration) -> Result<from_repair_peer::Msg, String> {
@@ -405,7 +411,10 @@ impl Call {
             Err(_) => Err(format!("no answer within {within:?}")),
             Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
             Ok(Ok(None)) => Err("the peer closed the call".into()),
-            Ok(Ok(Some(m))) => m.msg.ok_or_else(|| "an empty message".to_string()),
+            Ok(Ok(Some(m))) => {
+                self.received += prost::Message::encoded_len(&m) as u64;
+                m.msg.ok_or_else(|| "an empty message".to_string())
+            }
         }
     }
 }
@@ -461,6 +470,9 @@ pub(crate) async fn run(ctx: &Context, request: RunRequest) -> Result<RepairRepo
         .into_iter()
         .map(|mut c| {
             c.report.elapsed_ms = c.started.elapsed().as_millis() as u64;
+            if let Some(call) = &c.call {
+                (c.report.bytes_sent, c.report.bytes_received) = (call.sent, call.received);
+            }
             c.report
         })
         .collect();

@@ -137,9 +137,10 @@ impl Engine {
 
 /// Whether every change `record` (and its fold history) is made of is in `applied`: this
 /// region claims to hold them all, so holding the record differently is a fault to repair and
-/// not a change still on its way. The record's own write, fold entries, registers and set tags
-/// name their changes; counter and escrow totals do not, so a document holding any is taken
-/// only when the sender had applied nothing this region has not (`offered_applied`).
+/// not a change still on its way. A whole record and fold entries name their changes. A
+/// document does not name all of its: an OR-set remove leaves the tags it observed, a delete a
+/// floor version, counters and escrow running totals; so a document is taken only from a
+/// sender that had applied nothing this region has not (`offered_applied`).
 fn holds_everything_of(
     applied: &VersionVector,
     offered_applied: &VersionVector,
@@ -153,15 +154,7 @@ fn holds_everything_of(
     }
     match rule {
         Rule::Custom(_) => history.iter().all(|e| seen(&e.id)),
-        Rule::Merge => record.doc.as_ref().is_none_or(|doc| {
-            doc.presence.iter().all(|p| seen(&p.stamp.id()))
-                && doc.fields.values().all(|f| {
-                    f.reg.iter().all(|r| seen(&r.stamp.id()))
-                        && f.set.iter().all(|s| s.removed.iter().all(seen) && s.adds.values().flatten().all(seen))
-                })
-                && (doc.fields.values().all(|f| f.counter.is_none() && f.escrow.is_none())
-                    || applied.dominates(offered_applied))
-        }),
+        Rule::Merge => record.doc.is_none() || applied.dominates(offered_applied),
         Rule::Timestamp => true,
     }
 }
