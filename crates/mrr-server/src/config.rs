@@ -1826,7 +1826,7 @@ insecure_plaintext: true
         let c = parse(&format!("{GOOD}anti_entropy: {{ interval: 0s }}\n")).expect("off");
         assert!(c.anti_entropy.interval.is_zero());
         let err = parse(&format!("{GOOD}anti_entropy:\n  interval: 5s\n")).expect_err("too often").to_string();
-        assert!(err.contains("shorter than 1m") && err.contains("line"), "{err}");
+        assert!(err.contains("shorter than 1m") && err.contains("mrr-config.yaml:"), "{err}");
     }
 
     #[test]
