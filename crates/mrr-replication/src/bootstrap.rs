@@ -33,7 +33,7 @@ use tokio::time::{timeout, Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::proto::{self, from_donor, peer_client::PeerClient, to_donor};
+use crate::proto::{self, from_donor, to_donor};
 use crate::{wire, PeerConfig, ReplicationConfig};
 
 /// Records taken out per commit when an unfinished install is cleared.
@@ -261,13 +261,7 @@ async fn connect(
     config: &ReplicationConfig,
     peer: &PeerConfig,
 ) -> Result<(Outgoing, Streaming<proto::FromDonor>, Standing), String> {
-    let channel = config
-        .peer_endpoint(peer)
-        .map_err(|e| format!("invalid endpoint {}: {e}", peer.endpoint))?
-        .connect()
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let mut client = PeerClient::new(channel).max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);
+    let mut client = config.peer_call_client(peer).await?;
     let (tx, rx) = mpsc::channel::<proto::ToDonor>(4);
     let dialer = config.dialer(&peer.region);
     let send = |tx: &Outgoing, msg| {

@@ -275,7 +275,8 @@ async fn send(tx: &mpsc::Sender<Result<proto::FromDonor, Status>>, msg: from_don
         .map_err(|_| Status::cancelled("the receiver closed the snapshot call"))
 }
 
-async fn blocking<T: Send + 'static>(
+/// A store read on a blocking thread, its failure as the call's status.
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, mrr_storage::StoreError> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)

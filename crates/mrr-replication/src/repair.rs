@@ -35,7 +35,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::proto::{self, from_repair_peer, peer_client::PeerClient, to_repair_peer};
+use crate::donor::blocking;
+use crate::proto::{self, from_repair_peer, to_repair_peer};
 use crate::{wire, Context, PeerConfig};
 
 /// Entries per `RepairEntries` message.
@@ -136,15 +137,6 @@ fn state_bytes(state: &State) -> usize {
         .map(|e| 128 + e.value.as_ref().map_or(0, Vec::len) + e.after.value.as_ref().map_or(0, Vec::len))
         .sum();
     record + history
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, mrr_storage::StoreError> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("storage task: {e}")))?
-        .map_err(|e| Status::internal(format!("storage: {e}")))
 }
 
 async fn view(store: &Arc<dyn Store>) -> Result<Arc<dyn StoreView>, Status> {
@@ -359,13 +351,7 @@ struct Call {
 impl Call {
     async fn open(ctx: &Context, peer: &PeerConfig) -> Result<Self, String> {
         let config = &ctx.config;
-        let channel = config
-            .peer_endpoint(peer)
-            .map_err(|e| format!("invalid endpoint {}: {e}", peer.endpoint))?
-            .connect()
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let mut client = PeerClient::new(channel).max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);
+        let mut client = config.peer_call_client(peer).await?;
         let (tx, rx) = mpsc::channel::<proto::ToRepairPeer>(2);
         let dialer = config.dialer(&peer.region);
         let within = config.peer_timeout;

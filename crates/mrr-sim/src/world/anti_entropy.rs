@@ -93,7 +93,7 @@ impl World {
     }
 
     /// What a run from `runner` offers to whom: trees, entries, the majority of copies, states.
-    fn compare(&self, runner: usize) -> Result<Vec<(usize, Offers)>, mrr_storage::StoreError> {
+    fn compare(&self, runner: usize) -> Result<Vec<(usize, Offers)>, join::RepairError> {
         let Some(policies) = self.nodes[runner].engine().map(|e| e.policies().clone()) else { return Ok(Vec::new()) };
         let local = self.names[runner].clone();
         let mine = self.nodes[runner].store.view()?;
@@ -104,8 +104,7 @@ impl World {
             let their_scope =
                 Scope { local: self.names[peer].clone(), peer: local.clone(), topics: Default::default() };
             let (a, b) = (join::tree(&*mine, &policies, &ours_scope)?, join::tree(&*theirs, &policies, &their_scope)?);
-            let buckets: std::collections::BTreeSet<u32> =
-                (0..join::BUCKETS).filter(|&i| a.sums[i] != b.sums[i]).map(|i| i as u32).collect();
+            let buckets: std::collections::BTreeSet<u32> = a.differing(&b)?.into_iter().collect();
             let diffs = if buckets.is_empty() {
                 Vec::new()
             } else {
