@@ -216,6 +216,18 @@ pub enum ErrorCode {
     /// The key is valid but its scope does not cover the request (403): the message names the
     /// missing action or records.
     Forbidden,
+    /// `POST /v1/regions`: a region of that name is a member already (409); nothing changed.
+    RegionExists,
+    /// `POST /v1/regions`: the name or the endpoint is not valid (400); nothing changed.
+    InvalidRegion,
+    /// `POST /v1/regions`: the new region's peer endpoint does not answer as that region of
+    /// this cluster (502); nothing changed.
+    EndpointUnreachable,
+    /// Removing or losing the cluster's last member region (409); nothing changed.
+    LastRegion,
+    /// `DELETE /v1/regions/{name}`: records are placed only in that region (409), which would
+    /// lose them; move them first. Nothing changed.
+    PlacedOnlyThere,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -543,4 +555,52 @@ pub struct RepairReport {
     pub region: String,
     pub dry_run: bool,
     pub peers: Vec<PeerRepair>,
+}
+
+/// A region of the cluster, as `GET /v1/regions` reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RegionInfo {
+    pub name: String,
+    /// `joining` (added, installing a snapshot and catching up), `active`, `removed` or `lost`.
+    pub state: String,
+    /// Its peer listener.
+    pub endpoint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// The membership epoch that admitted it (0: an original member).
+    pub incarnation: u64,
+    /// The epoch of its last change of state.
+    pub since_epoch: u64,
+    /// Whether it votes in the strong tier's group now (a joining region becomes a voter once
+    /// active and caught up with the log).
+    pub voter: bool,
+    /// The replication stream from the answering region to it (`connected`, `connecting`, ...);
+    /// absent for the answering region itself and for regions that left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Changes the answering region has applied that it has not durably applied yet, as its
+    /// last ack said; absent before its first ack (while it installs its snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind_changes: Option<u64>,
+}
+
+/// `GET /v1/regions` and the answer to a membership change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RegionsReport {
+    /// The region that answered.
+    pub region: String,
+    /// Membership changes applied since the configs' regions (0: none).
+    pub epoch: u64,
+    pub regions: Vec<RegionInfo>,
+}
+
+/// `POST /v1/regions`: a region to add.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AddRegionRequest {
+    pub name: String,
+    /// Its peer listener, `http://host:port` (or `https://` with TLS).
+    pub endpoint: String,
+    /// Its HTTP API, for forwarding and `mrr region status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
 }

@@ -41,6 +41,7 @@ async fn hello_as(
             region: claimed.into(),
             target_region: "ap-northeast".into(),
             nonce: vec![7; 16],
+            incarnation: Some(0),
         })),
     };
     let outbound = tokio_stream_once(hello);
@@ -107,6 +108,7 @@ async fn relay_as_us_west(
         secret: config.secret.clone(),
         nonce: [3; 16],
         policy_digest: config.policies.digest(),
+        incarnation: Some(0),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(ToAcceptor { msg: Some(to_acceptor::Msg::Hello(dialer.hello())) }).await?;

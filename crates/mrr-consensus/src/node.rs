@@ -513,6 +513,78 @@ impl Consensus {
         });
     }
 
+    /// The group's members as its last membership entry has them: region and whether it
+    /// votes, by node id.
+    pub fn group(&self) -> BTreeMap<NodeId, (String, bool)> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership.nodes().map(|(id, n)| (*id, (n.region.clone(), voters.contains(id)))).collect()
+    }
+
+    /// At the leader, moves the group one step toward `wanted` (each region's peer address and
+    /// whether it votes): first every wanted region is added as a learner, then the voters
+    /// become the wanted voters that have caught up with the log (a learner far behind would
+    /// only slow every commit down), then regions wanted nowhere are removed. Returns whether
+    /// it changed anything; a follower changes nothing. Never leaves the group without a voter.
+    pub async fn reconcile(&self, wanted: &BTreeMap<RegionName, (String, bool)>) -> Result<bool, String> {
+        /// How far behind the leader's log a learner may be and still be made a voter.
+        const PROMOTE_LAG_ENTRIES_MAX: u64 = 64;
+        let (is_leader, matched, last) = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            let matched: BTreeMap<NodeId, u64> = m
+                .replication
+                .as_ref()
+                .map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map_or(0, |l| l.index()))).collect())
+                .unwrap_or_default();
+            (m.state == ServerState::Leader, matched, m.last_log_index.unwrap_or(0))
+        };
+        if !is_leader {
+            return Ok(false);
+        }
+        let group = self.group();
+        for (region, (addr, _)) in wanted {
+            let id = node_id(region);
+            if !group.contains_key(&id) {
+                tracing::info!(%region, "adding region to the consensus group as a learner");
+                let member = Member { region: region.to_string(), addr: addr.clone() };
+                self.raft.add_learner(id, member, false).await.map_err(|e| e.to_string())?;
+                return Ok(true);
+            }
+        }
+        let caught_up =
+            |id: &NodeId| *id == self.id || matched.get(id).is_some_and(|m| m + PROMOTE_LAG_ENTRIES_MAX >= last);
+        let voters: std::collections::BTreeSet<NodeId> = wanted
+            .iter()
+            .filter(|(_, (_, votes))| *votes)
+            .map(|(r, _)| node_id(r))
+            .filter(|id| group.get(id).is_some_and(|(_, voter)| *voter) || caught_up(id))
+            .collect();
+        let current: std::collections::BTreeSet<NodeId> =
+            group.iter().filter(|(_, (_, v))| *v).map(|(id, _)| *id).collect();
+        if !voters.is_empty() && voters != current {
+            tracing::info!(voters = ?voters, "changing the consensus group's voters");
+            self.raft.change_membership(voters, false).await.map_err(|e| e.to_string())?;
+            return Ok(true);
+        }
+        let unwanted: std::collections::BTreeSet<NodeId> = group
+            .iter()
+            .filter(|(id, (_, voter))| !voter && !wanted.keys().any(|r| node_id(r) == **id))
+            .map(|(id, _)| *id)
+            .collect();
+        if !unwanted.is_empty() {
+            tracing::info!(nodes = ?unwanted, "removing regions that left from the consensus group");
+            self.raft
+                .change_membership(openraft::ChangeMembers::RemoveNodes(unwanted), false)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "consensus shutdown");
@@ -541,8 +613,12 @@ fn watch_status(
     let (tx, rx) = watch::channel(initial);
     tokio::spawn(async move {
         loop {
-            let (leader, term, ack, applied, state, vote) = {
+            let (leader, term, ack, applied, state, vote, named) = {
                 let m = metrics.borrow_watched();
+                // A region added since the start is named by the group's membership.
+                let named = m.current_leader.and_then(|l| {
+                    m.membership_config.membership().get_node(&l).and_then(|n| RegionName::new(n.region.clone()).ok())
+                });
                 let vote = m.vote.is_committed().then(|| (m.vote.leader_id().term, m.vote.leader_id().node_id));
                 (
                     m.current_leader,
@@ -553,9 +629,10 @@ fn watch_status(
                     m.last_applied.as_ref().map(|l| l.index()),
                     m.state,
                     vote,
+                    named,
                 )
             };
-            let coordinator = leader.and_then(|l| config.members.name(l).cloned());
+            let coordinator = named.or_else(|| leader.and_then(|l| config.members.name(l).cloned()));
             tx.send_modify(|s| {
                 if s.coordinator != coordinator && coordinator.is_some() {
                     if let Some(c) = &coordinator {

@@ -15,6 +15,7 @@ pub mod hlc;
 pub mod lane;
 pub mod limits;
 pub mod live;
+pub mod membership;
 pub mod merge;
 pub mod placement;
 pub mod planted;

@@ -150,8 +150,10 @@ impl Policies {
     }
 
     /// Whether `topic` is `consistency: strong`.
+    /// A `consistency: strong` topic, or the reserved membership topic
+    /// ([`crate::membership::TOPIC`]), which only the strong tier writes.
     pub fn is_strong(&self, topic: &str) -> bool {
-        self.strong.contains(topic)
+        self.strong.contains(topic) || topic == crate::membership::TOPIC
     }
 
     pub fn rule(&self, topic: &str) -> &Rule {

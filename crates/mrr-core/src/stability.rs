@@ -208,6 +208,27 @@ impl Stability {
         self.waiting.remove(member);
     }
 
+    /// The membership changed to `members` (this region is always one). A region that joins
+    /// holds the point where it is until its beacons come (the snapshot it starts from was
+    /// taken at or above the point); one that leaves no longer holds it. `now_ms` starts a
+    /// joining member's retention window.
+    pub fn set_members(&mut self, members: impl IntoIterator<Item = RegionName>, now_ms: u64) {
+        let members: BTreeSet<RegionName> = members.into_iter().chain([self.local.clone()]).collect();
+        self.taken.retain(|m, _| members.contains(m));
+        self.waiting.retain(|m, _| members.contains(m));
+        self.heard_ms.retain(|m, _| members.contains(m));
+        self.lagging.retain(|m| members.contains(m));
+        for m in members {
+            if !self.taken.contains_key(&m) {
+                self.taken.insert(m.clone(), self.stable.clone());
+                if self.window.is_some() && m != self.local {
+                    self.heard_ms.insert(m, now_ms);
+                }
+            }
+        }
+        self.recompute_truncation();
+    }
+
     /// This region's own durable vector moved, or it applied more. Returns whether the point
     /// moved.
     pub fn on_local(&mut self, durable: &VersionVector, applied: &VersionVector) -> bool {
@@ -325,6 +346,31 @@ mod tests {
         assert_eq!(s.stable(), &vv(&[("a", 2), ("b", 4), ("c", 3)]));
         assert!(s.on_beacon(&r("b"), &vv(&[("a", 4), ("b", 4), ("c", 3)]), &applied, 0));
         assert_eq!(s.stable(), &vv(&[("a", 4), ("b", 4), ("c", 3)]));
+    }
+
+    #[test]
+    fn a_region_that_joins_holds_the_point_and_one_that_leaves_no_longer_does() {
+        let mut s = Stability::new(r("a"), [r("a"), r("b"), r("c")], VersionVector::new());
+        let applied = vv(&[("a", 5), ("b", 4), ("c", 3)]);
+        s.on_local(&applied, &applied);
+        s.on_beacon(&r("b"), &applied, &applied, 0);
+        s.on_beacon(&r("c"), &vv(&[("a", 2), ("b", 4), ("c", 3)]), &applied, 0);
+        assert_eq!(s.stable(), &vv(&[("a", 2), ("b", 4), ("c", 3)]));
+        // d joins: until it answers, the point stays where it is.
+        s.set_members([r("a"), r("b"), r("c"), r("d")], 0);
+        s.on_beacon(&r("c"), &applied, &applied, 0);
+        assert_eq!(s.stable(), &vv(&[("a", 2), ("b", 4), ("c", 3)]), "d has not answered");
+        assert!(s.on_beacon(&r("d"), &applied, &applied, 0));
+        assert_eq!(s.stable(), &applied);
+        // c leaves: its old beacon no longer holds the point back.
+        let more = vv(&[("a", 7), ("b", 4), ("c", 3)]);
+        s.on_beacon(&r("b"), &more, &more, 0);
+        s.on_beacon(&r("d"), &more, &more, 0);
+        assert!(!s.on_local(&more, &more), "c still holds it");
+        s.set_members([r("a"), r("b"), r("d")], 0);
+        assert!(s.on_local(&more, &more));
+        assert_eq!(s.stable(), &more);
+        assert!(!s.on_beacon(&r("c"), &vv(&[("a", 9)]), &more, 0), "a former member's beacon counts for nothing");
     }
 
     fn window() -> Window {

@@ -75,6 +75,7 @@ pub fn handshake(data: &[u8]) {
         secret: "0123456789abcdef0123".into(),
         nonce: [9; NONCE_LEN],
         policy_digest: "p".into(),
+        incarnation: Some(0),
     };
     if let Ok(m) = proto::ToAcceptor::decode(data) {
         match m.msg {
@@ -208,6 +209,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         secret: "0123456789abcdef0123".into(),
         nonce: [9; NONCE_LEN],
         policy_digest: "p".into(),
+        incarnation: Some(0),
     };
     let to_acceptor = |msg| proto::ToAcceptor { msg: Some(msg) }.encode_to_vec();
     let to_dialer = |msg| proto::ToDialer { msg: Some(msg) }.encode_to_vec();

@@ -62,8 +62,23 @@ pub enum Outcome {
     NotNeeded,
     /// A new region of a new cluster: no peer holds anything of it.
     Fresh,
-    /// Installed a snapshot.
-    Installed { donor: RegionName, records: u64, bytes: u64, elapsed_ms: u64 },
+    /// A region added to a cluster that has nothing to snapshot yet: starts from nothing,
+    /// in membership `incarnation`.
+    Joined { incarnation: u64 },
+    /// Installed a snapshot, into membership `incarnation`.
+    Installed { donor: RegionName, records: u64, bytes: u64, elapsed_ms: u64, incarnation: u64 },
+}
+
+impl Outcome {
+    /// The membership incarnation the data directory belongs to, when the outcome says.
+    pub fn incarnation(&self) -> Option<u64> {
+        match self {
+            Outcome::NotNeeded => None,
+            Outcome::Fresh => Some(0),
+            Outcome::Joined { incarnation } => Some(*incarnation),
+            Outcome::Installed { incarnation, .. } => Some(*incarnation),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +99,10 @@ pub async fn run(
     clock: Arc<dyn mrr_core::PhysicalClock>,
     notary: Option<Arc<dyn mrr_core::provenance::Notary>>,
     start: Start,
+    membership: crate::membership::LiveMembership,
 ) -> Result<(TcpListener, Outcome), BootstrapError> {
     let mark = store.bootstrap_mark()?;
-    if mark == Some(BootstrapMark::Done) {
+    if mark.as_ref().and_then(BootstrapMark::incarnation).is_some() {
         return Ok((listener, Outcome::NotNeeded));
     }
     if mark.is_none() && has_data(&*store)? {
@@ -94,7 +110,8 @@ pub async fn run(
         mark_done(&*store)?;
         return Ok((listener, Outcome::NotNeeded));
     }
-    if config.peers.is_empty() || (start == Start::NewCluster && mark.is_none()) {
+    let peers = crate::membership::peers(&membership.borrow(), &config.local);
+    if peers.is_empty() || (start == Start::NewCluster && mark.is_none()) {
         mark_done(&*store)?;
         return Ok((listener, Outcome::Fresh));
     }
@@ -110,6 +127,7 @@ pub async fn run(
         serving: false,
         stable: None,
         fences: None,
+        membership: membership.clone(),
     };
     let server = tokio::spawn(serve_handshakes(
         config.clone(),
@@ -117,7 +135,7 @@ pub async fn run(
         donor,
         stopped,
     ));
-    let outcome = install(&config, &store, notary.as_deref()).await;
+    let outcome = install(&config, &peers, &store, notary.as_deref()).await;
     stop.send_replace(true);
     let _ = server.await;
     let listener = TcpListener::from_std(std_listener).map_err(BootstrapError::Listener)?;
@@ -129,9 +147,14 @@ fn has_data(store: &dyn Store) -> Result<bool, mrr_storage::StoreError> {
 }
 
 fn mark_done(store: &dyn Store) -> Result<(), mrr_storage::StoreError> {
+    mark_done_into(store, 0)
+}
+
+/// Marks the directory as knowing its position, in membership `incarnation`.
+fn mark_done_into(store: &dyn Store, incarnation: u64) -> Result<(), mrr_storage::StoreError> {
     let high = store.recover()?.hlc_high_water;
     store.commit(&mrr_storage::CommitBatch {
-        bootstrap: Some(BootstrapMark::Done),
+        bootstrap: Some(BootstrapMark::done(incarnation)),
         hlc_high_water: high,
         must_sync: true,
         ..Default::default()
@@ -140,6 +163,7 @@ fn mark_done(store: &dyn Store) -> Result<(), mrr_storage::StoreError> {
 
 async fn install(
     config: &Arc<ReplicationConfig>,
+    peers: &[PeerConfig],
     store: &Arc<dyn Store>,
     notary: Option<&dyn mrr_core::provenance::Notary>,
 ) -> Result<Outcome, BootstrapError> {
@@ -152,7 +176,7 @@ async fn install(
     // Donors that hold only the register of a record placed here: another must serve.
     let mut refused = std::collections::BTreeSet::new();
     loop {
-        let standings = ask_everyone(config).await;
+        let standings = ask_everyone(config, peers).await;
         let missing: Vec<&RegionName> = standings.iter().filter(|(_, s)| s.is_err()).map(|(r, _)| r).collect();
         if !missing.is_empty() {
             let text = format!("{missing:?}");
@@ -184,11 +208,12 @@ async fn install(
             &refused,
         ) {
             snapshot::Decision::Fresh => {
-                mark_done(&**store)?;
+                let incarnation = standings.values().map(|s| s.incarnation).max().unwrap_or(0);
+                mark_done_into(&**store, incarnation)?;
                 tracing::info!(
                     "no peer holds anything of this region and no changelog was truncated: starting as a new region"
                 );
-                return Ok(Outcome::Fresh);
+                return Ok(if incarnation == 0 { Outcome::Fresh } else { Outcome::Joined { incarnation } });
             }
             snapshot::Decision::Wait => {
                 let own: Vec<_> = standings.iter().map(|(r, s)| (r.to_string(), s.applied.of_origin(&local))).collect();
@@ -199,10 +224,10 @@ async fn install(
             snapshot::Decision::From(donor) => donor,
         };
         let resumable = installing.filter(|(d, _, _)| d == donor.as_str());
-        if resumable.is_none() && mark.is_some_and(|m| m != BootstrapMark::Done) {
+        if resumable.is_none() && mark.is_some_and(|m| m.incarnation().is_none()) {
             clear(&**store, &config.sealer).await?;
         }
-        let Some(peer) = config.peers.iter().find(|p| p.region == donor) else { continue };
+        let Some(peer) = peers.iter().find(|p| p.region == donor) else { continue };
         let (snapshot, after) = resumable.map(|(_, s, a)| (s, a)).unwrap_or((0, None));
         match fetch(config, store, peer, snapshot, after, notary).await {
             Ok(outcome) => return Ok(outcome),
@@ -243,8 +268,11 @@ async fn clear(store: &dyn Store, sealer: &mrr_core::Sealer) -> Result<(), mrr_s
 }
 
 /// Where every peer stands, or why it did not say.
-async fn ask_everyone(config: &Arc<ReplicationConfig>) -> Vec<(RegionName, Result<Standing, String>)> {
-    let asks = config.peers.iter().map(|p| async move {
+async fn ask_everyone(
+    config: &Arc<ReplicationConfig>,
+    peers: &[PeerConfig],
+) -> Vec<(RegionName, Result<Standing, String>)> {
+    let asks = peers.iter().map(|p| async move {
         let answer = match connect(config, p).await {
             Ok((_, _, standing)) => Ok(standing),
             Err(e) => Err(e),
@@ -289,6 +317,7 @@ async fn connect(
         applied: wire::vv_from_wire(welcome.applied).map_err(|e| e.to_string())?,
         floors: wire::vv_from_wire(welcome.log_floors).map_err(|e| e.to_string())?,
         stable: wire::vv_from_wire(welcome.stable).map_err(|e| e.to_string())?,
+        incarnation: welcome.incarnation,
     };
     Ok((tx, inbound, standing))
 }
@@ -329,9 +358,12 @@ async fn fetch(
     let (mut records, mut bytes) = (0u64, 0u64);
     let mut header: Option<snapshot::Header> = None;
     let mut failures = 0u32;
+    // The incarnation the donor's membership admitted this region under.
+    let mut incarnation = 0;
     loop {
         let attempt = async {
-            let (tx, mut inbound, _) = connect(config, peer).await.map_err(Fetch::Failed)?;
+            let (tx, mut inbound, standing) = connect(config, peer).await.map_err(Fetch::Failed)?;
+            incarnation = standing.incarnation;
             let after_bytes = match &after {
                 Some(k) => postcard::to_allocvec(k).map_err(|e| Fetch::Failed(e.to_string()))?,
                 None => Vec::new(),
@@ -409,7 +441,7 @@ async fn fetch(
     for (fingerprint, der) in &header.certificates {
         store.add_certificate(fingerprint, der).map_err(Fetch::Store)?;
     }
-    let end = snapshot::end_batch(&header, &config.local, &config.sealer, notary);
+    let end = snapshot::end_batch(&header, &config.local, &config.sealer, notary, incarnation);
     let s = store.clone();
     tokio::task::spawn_blocking(move || s.commit(&end))
         .await
@@ -417,7 +449,7 @@ async fn fetch(
         .map_err(Fetch::Store)?;
     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     tracing::info!(donor = %peer.region, snapshot, records, bytes, elapsed_ms, "snapshot installed");
-    Ok(Outcome::Installed { donor: peer.region.clone(), records, bytes, elapsed_ms })
+    Ok(Outcome::Installed { donor: peer.region.clone(), records, bytes, elapsed_ms, incarnation })
 }
 
 /// The peer service while bootstrapping: handshakes for regions asking where this one stands;

@@ -43,13 +43,14 @@ pub struct ConsensusLinkConfig {
     pub cluster: String,
     pub local: RegionName,
     pub secrets: Arc<crate::secrets::LiveSecrets>,
-    /// Each peer's region and `http://host:port` of its peer listener.
-    pub peers: Vec<(RegionName, String)>,
+    /// The member regions and their peer listeners: calls go to members only, and come from
+    /// members only.
+    pub membership: crate::membership::LiveMembership,
     pub tls: Option<crate::PeerTls>,
 }
 
-/// A peer's channel, and the TLS generation it was built with.
-type Channels = BTreeMap<NodeId, (RegionName, tonic::transport::Channel, u64)>;
+/// A peer's channel, the endpoint and the TLS generation it was built with.
+type Channels = BTreeMap<NodeId, (RegionName, tonic::transport::Channel, String, u64)>;
 
 /// The calling side: one lazily connected channel per peer, built again when the TLS material
 /// changes (`mrr_tls::LiveTls::generation`), so reloaded certificates reach the strong tier's
@@ -77,14 +78,9 @@ fn channel(config: &ConsensusLinkConfig, region: &RegionName, url: &str) -> Resu
 }
 
 impl ConsensusLink {
-    pub fn new(config: ConsensusLinkConfig, links: Links) -> Result<Self, String> {
-        let generation = config.tls.as_ref().map_or(0, |t| t.generation());
-        let mut channels = BTreeMap::new();
-        for (region, url) in &config.peers {
-            channels
-                .insert(mrr_consensus::node_id(region), (region.clone(), channel(&config, region, url)?, generation));
-        }
-        Ok(Self { config: Arc::new(config), channels: Arc::new(std::sync::Mutex::new(channels)), links })
+    /// Channels are built on first use, for the members of the moment.
+    pub fn new(config: ConsensusLinkConfig, links: Links) -> Self {
+        Self { config: Arc::new(config), channels: Arc::default(), links }
     }
 }
 
@@ -122,20 +118,34 @@ impl ConsensusLink {
 
     fn peer(&self, to: NodeId) -> Result<(RegionName, ConsensusClient<tonic::transport::Channel>), TransportError> {
         let generation = self.config.tls.as_ref().map_or(0, |t| t.generation());
-        let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some((region, ch, built)) = channels.get_mut(&to) else {
-            return Err(TransportError::Unreachable(format!("node {to} is not a peer")));
+        let member = {
+            let m = self.config.membership.borrow();
+            let found = m
+                .members()
+                .find(|(r, _)| mrr_consensus::node_id(r) == to && **r != self.config.local)
+                .map(|(r, e)| (r.clone(), e.endpoint.clone()));
+            found
         };
-        if *built != generation {
-            let url = self.config.peers.iter().find(|(r, _)| r == region).map(|(_, u)| u.clone()).unwrap_or_default();
-            match channel(&self.config, region, &url) {
-                Ok(new) => (*ch, *built) = (new, generation),
-                // Kept: the old channel still works until its certificate expires.
-                Err(e) => {
-                    tracing::warn!(peer = %region, error = %e, "consensus channel not rebuilt after a TLS reload")
+        let Some((region, url)) = member else {
+            return Err(TransportError::Unreachable(format!("node {to} is not a member region")));
+        };
+        let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stale = channels.get(&to).is_none_or(|(_, _, built_url, built)| *built_url != url || *built != generation);
+        if stale {
+            match channel(&self.config, &region, &url) {
+                Ok(new) => {
+                    channels.insert(to, (region.clone(), new, url, generation));
                 }
+                // An old channel still works until its certificate expires.
+                Err(e) if channels.contains_key(&to) => {
+                    tracing::warn!(peer = %region, error = %e, "consensus channel not rebuilt after a change")
+                }
+                Err(e) => return Err(TransportError::Unreachable(e)),
             }
         }
+        let Some((region, ch, _, _)) = channels.get(&to) else {
+            return Err(TransportError::Unreachable(format!("node {to} has no channel")));
+        };
         let (region, channel) = (region.clone(), ch.clone());
         drop(channels);
         let client = ConsensusClient::new(channel)
@@ -231,7 +241,7 @@ impl ConsensusService {
             )));
         }
         let from = RegionName::new(call.from.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if !c.peers.iter().any(|(r, _)| *r == from) {
+        if from == c.local || !c.membership.borrow().is_member(&from) {
             return Err(Status::permission_denied(format!("{from} is not a member of this cluster")));
         }
         crate::check_peer(c.tls.as_ref(), certs, &from)?;

@@ -94,6 +94,8 @@ pub(crate) struct Donor {
     /// Fences the asker's earlier sessions off before answering (`None` while this region
     /// bootstraps itself: it has no sessions yet).
     pub fences: Option<(crate::fence::Fences, mrr_writer::Writer)>,
+    /// Who may ask (a member; an empty directory too, for its region's current incarnation).
+    pub membership: crate::membership::LiveMembership,
 }
 
 impl Donor {
@@ -108,7 +110,8 @@ impl Donor {
             to_donor::Msg::Hello(h) => h,
             _ => return Err(Status::invalid_argument("the first message of a snapshot call must be Hello")),
         };
-        let (acceptor, greeted) = crate::inbound::greet(cfg, &hello, certs.as_deref().map(Vec::as_slice))?;
+        let (acceptor, greeted) =
+            crate::inbound::greet(cfg, &self.membership, &hello, certs.as_deref().map(Vec::as_slice))?;
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let donor = self.clone();
         tokio::spawn(async move {
@@ -136,7 +139,14 @@ impl Donor {
             to_donor::Msg::Auth(a) => a,
             _ => return Err(Status::invalid_argument("expected Auth after Challenge")),
         };
-        let proof = crate::inbound::check_auth(cfg, acceptor, greeted, &auth)?;
+        let (proof, incarnation) = crate::inbound::check_auth(
+            cfg,
+            &self.membership,
+            acceptor,
+            greeted,
+            &auth,
+            crate::membership::Opening::Snapshot,
+        )?;
         // Only a region installing a snapshot calls: nothing its earlier process sent may apply
         // after this answer, and its earlier beacons no longer hold (they must not carry the
         // stable point past what the snapshot it installs will hold).
@@ -159,6 +169,7 @@ impl Donor {
             direct_origins: Vec::new(),
             log_floors: wire::vv_to_wire(&floors),
             stable: wire::vv_to_wire(&stable),
+            incarnation,
         };
         send(tx, from_donor::Msg::Welcome(welcome)).await?;
         // A region that only asked where this one stands is done.

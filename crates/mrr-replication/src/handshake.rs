@@ -84,6 +84,9 @@ pub struct Dialer {
     pub secret: String,
     pub nonce: [u8; NONCE_LEN],
     pub policy_digest: String,
+    /// The membership incarnation this region's data directory was admitted under; `None`
+    /// while an empty directory asks where it stands.
+    pub incarnation: Option<u64>,
 }
 
 /// A dialer that has answered the acceptor's Challenge and waits for its Welcome.
@@ -113,6 +116,7 @@ impl Dialer {
             region: self.local.to_string(),
             target_region: self.peer.to_string(),
             nonce: self.nonce.to_vec(),
+            incarnation: self.incarnation,
         }
     }
 
@@ -170,6 +174,8 @@ pub struct Greeted {
     pub dialer_nonce: [u8; NONCE_LEN],
     /// The cluster the dialer named, to tell a wrong cluster from a wrong secret.
     pub cluster: String,
+    /// The incarnation the dialer's data directory claims ([`Dialer::incarnation`]).
+    pub incarnation: Option<u64>,
 }
 
 impl Acceptor {
@@ -203,7 +209,7 @@ impl Acceptor {
             return Err(HandshakeError::UnknownRegion(hello.region.clone()));
         }
         let dialer_nonce = nonce_of(&hello.nonce)?;
-        Ok(Greeted { peer, dialer_nonce, cluster: hello.cluster.clone() })
+        Ok(Greeted { peer, dialer_nonce, cluster: hello.cluster.clone(), incarnation: hello.incarnation })
     }
 
     /// All the acceptor says before the dialer's proof.
@@ -250,6 +256,7 @@ mod tests {
                 secret: dialer_secret.into(),
                 nonce: [1; NONCE_LEN],
                 policy_digest: "default=timestamp".into(),
+                incarnation: Some(0),
             },
             Acceptor {
                 cluster: "demo".into(),
@@ -270,6 +277,7 @@ mod tests {
             direct_origins: vec![],
             log_floors: vec![],
             stable: vec![],
+            incarnation: 0,
         }
     }
 

@@ -36,11 +36,12 @@ pub(crate) async fn serve(ctx: Context, listener: TcpListener) {
         serving: true,
         stable: Some(ctx.stable.clone()),
         fences: Some((ctx.fences.clone(), ctx.writer.clone())),
+        membership: ctx.membership.clone(),
     };
     let svc = PeerServer::new(Service { ctx: ctx.clone(), donor })
         .max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);
     let consensus = crate::consensus_link::ConsensusService {
-        config: std::sync::Arc::new(ctx.config.consensus_link()),
+        config: std::sync::Arc::new(ctx.config.consensus_link(ctx.membership.clone())),
         slot: ctx.consensus.clone(),
         links: ctx.links.clone(),
     };
@@ -145,9 +146,11 @@ type ToDialerStream = Pin<Box<dyn Stream<Item = Result<proto::ToDialer, Status>>
 
 /// The acceptor's side of a handshake that `hello` opened (a replication stream or a
 /// snapshot call): refuses a dialer of another cluster, protocol or region set, or whose
-/// certificate (with TLS) names another region than it claims.
+/// certificate (with TLS) names another region than it claims. Whether the membership admits
+/// it now is checked once it has proved itself ([`check_auth`]).
 pub(crate) fn greet(
     cfg: &crate::ReplicationConfig,
+    membership: &crate::membership::LiveMembership,
     hello: &proto::Hello,
     certs: Option<&[tonic::transport::CertificateDer<'static>]>,
 ) -> Result<(Acceptor, Greeted), Status> {
@@ -158,7 +161,8 @@ pub(crate) fn greet(
         nonce: rand::rng().random::<[u8; NONCE_LEN]>(),
         policy_digest: cfg.policy_digest.clone(),
     };
-    let known = |r: &RegionName| cfg.peers.iter().any(|p| &p.region == r);
+    // Any region the table names (a former member is told why it is refused once proved).
+    let known = |r: &RegionName| membership.borrow().get(r).is_some();
     let greeted = acceptor.on_hello(hello, known).map_err(|e| {
         tracing::warn!(from = %hello.region, error = %e, "refused peer handshake");
         handshake_status(e, &cfg.local)
@@ -168,17 +172,23 @@ pub(crate) fn greet(
     Ok((acceptor, greeted))
 }
 
-/// The dialer's proof in `auth`, checked: this acceptor's own proof for its Welcome.
+/// The dialer's proof in `auth`, checked, and the membership's admission of its region for
+/// `opening`: this acceptor's own proof for its Welcome and the incarnation the membership
+/// admitted the dialer's region under.
 pub(crate) fn check_auth(
     cfg: &crate::ReplicationConfig,
+    membership: &crate::membership::LiveMembership,
     acceptor: &Acceptor,
     greeted: &Greeted,
     auth: &proto::Auth,
-) -> Result<Vec<u8>, Status> {
-    acceptor.on_auth(greeted, auth).map_err(|e| {
+    opening: crate::membership::Opening,
+) -> Result<(Vec<u8>, u64), Status> {
+    let proof = acceptor.on_auth(greeted, auth).map_err(|e| {
         tracing::warn!(peer = %greeted.peer, error = %e, our_cluster = %cfg.cluster, "refused peer handshake");
         handshake_status(e, &cfg.local)
-    })
+    })?;
+    let incarnation = crate::membership::admit(membership, greeted, opening)?;
+    Ok((proof, incarnation))
 }
 
 /// The status an unproved or refused dialer gets back. A wrong secret is reported as the dialer
@@ -228,7 +238,7 @@ impl proto::peer_server::Peer for Service {
                 _ => return Err(Status::invalid_argument("the first message on a peer stream must be Hello")),
             },
         };
-        let (acceptor, greeted) = greet(cfg, &hello, certs.as_deref().map(Vec::as_slice))?;
+        let (acceptor, greeted) = greet(cfg, &ctx.membership, &hello, certs.as_deref().map(Vec::as_slice))?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(accept(ctx.clone(), acceptor, greeted, stream, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -292,7 +302,8 @@ async fn session(
             _ => return Err(Status::invalid_argument("expected Auth after Challenge")),
         },
     };
-    let proof = check_auth(cfg, acceptor, greeted, &auth)?;
+    let (proof, incarnation) =
+        check_auth(cfg, &ctx.membership, acceptor, greeted, &auth, crate::membership::Opening::Data)?;
     let welcome = proto::Welcome {
         region: cfg.local.to_string(),
         proof,
@@ -301,6 +312,7 @@ async fn session(
         direct_origins: ctx.status.direct_origins().iter().map(ToString::to_string).collect(),
         log_floors: wire::vv_to_wire(&ctx.store.log_floors().unwrap_or_default()),
         stable: Vec::new(),
+        incarnation,
     };
     send(link, to_dialer::Msg::Welcome(welcome)).await?;
     ctx.status.update(peer, |s| s.inbound_streams += 1);

@@ -18,6 +18,7 @@ mod fence;
 pub mod handshake;
 mod inbound;
 pub mod link;
+pub mod membership;
 pub mod metrics;
 pub mod notary;
 mod outbound;
@@ -76,7 +77,8 @@ pub(crate) const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 ///    `Batch.certificates`).
 /// 10: snapshot bootstrap (`Snapshot`), and `Welcome.log_floors`.
 /// 11: anti-entropy (`Repair`).
-pub const PROTOCOL_VERSION: u32 = 11;
+/// 12: region membership (`Hello.incarnation`, `Welcome.incarnation`).
+pub const PROTOCOL_VERSION: u32 = 12;
 
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
@@ -150,6 +152,9 @@ pub struct ReplicationConfig {
     /// How often anti-entropy compares this region with every peer (the scrub); `None`: only
     /// on demand (`POST /v1/repair`).
     pub repair_interval: Option<Duration>,
+    /// The membership incarnation this region's data directory was admitted under (its
+    /// bootstrap mark says); `None` while an empty directory bootstraps.
+    pub incarnation: Option<u64>,
 }
 
 /// Shared pieces every session needs.
@@ -166,6 +171,8 @@ pub(crate) struct Context {
     pub consensus: consensus_link::ConsensusSlot,
     /// Verifies relayed changes' checkpoints (with TLS; without, only their chains are checked).
     pub notary: Option<Arc<notary::CertNotary>>,
+    /// The cluster's regions as the strong tier last decided ([`membership`]).
+    pub membership: membership::LiveMembership,
     /// What every member region has durably applied.
     pub stable: stable::StablePoint,
     /// Regions fenced off because they are bootstrapping (their earlier sessions end).
@@ -186,6 +193,8 @@ pub struct Deps {
     pub consensus: consensus_link::ConsensusSlot,
     /// The notary the writer signs with; `None` without TLS.
     pub notary: Option<Arc<notary::CertNotary>>,
+    /// The cluster's regions, kept current by the node.
+    pub membership: membership::LiveMembership,
 }
 
 impl std::fmt::Debug for Deps {
@@ -225,22 +234,19 @@ pub enum StartError {
 impl Replicator {
     /// Serves peers on `listener` and starts one dialer per peer.
     pub async fn start(config: ReplicationConfig, listener: TcpListener, deps: Deps) -> Result<Self, StartError> {
-        let Deps { store, writer, clock, links, recorder, consensus, notary } = deps;
+        let Deps { store, writer, clock, links, recorder, consensus, notary, membership } = deps;
         let heartbeat_ms = u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
-        let status = StatusBoard::new(
-            &config.local,
-            config.peers.iter().map(|p| (&p.region, p.endpoint.as_str())),
-            heartbeat_ms,
-        );
-        let metrics =
-            metrics::ReplicationMetrics::new(recorder, &config.local, config.peers.iter().map(|p| p.region.clone()));
+        let peers = membership::peers(&membership.borrow(), &config.local);
+        let status =
+            StatusBoard::new(&config.local, peers.iter().map(|p| (&p.region, p.endpoint.as_str())), heartbeat_ms);
+        let metrics = metrics::ReplicationMetrics::new(recorder, &config.local, peers.iter().map(|p| p.region.clone()));
         // A point that cannot be read starts from nothing: retention then waits longer, no more.
         let persisted = store.stable_point().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the persisted stable point; starting from none");
             mrr_core::VersionVector::new()
         });
         status.set_stable(persisted.clone());
-        let members = std::iter::once(config.local.clone()).chain(config.peers.iter().map(|p| p.region.clone()));
+        let members = std::iter::once(config.local.clone()).chain(peers.iter().map(|p| p.region.clone()));
         let stable = stable::StablePoint::new(config.local.clone(), members, persisted, config.retention);
         let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let ctx = Context {
@@ -253,6 +259,7 @@ impl Replicator {
             metrics: metrics.clone(),
             consensus,
             notary,
+            membership,
             stable,
             fences: fence::Fences::default(),
             closing: closing_rx,
@@ -264,9 +271,7 @@ impl Replicator {
             tokio::spawn(inbound::serve(ctx.clone(), listener).instrument(span.clone())),
             tokio::spawn(stable::run(ctx.clone()).instrument(span.clone())),
         ];
-        for peer in ctx.config.peers.clone() {
-            tasks.push(tokio::spawn(outbound::run(ctx.clone(), peer).instrument(span.clone())));
-        }
+        tasks.push(tokio::spawn(membership::supervise(ctx.clone(), span.clone()).instrument(span.clone())));
         if let Some(interval) = ctx.config.repair_interval {
             tasks.push(tokio::spawn(repair::scrub(ctx.clone(), interval).instrument(span.clone())));
         }
@@ -341,16 +346,17 @@ impl ReplicationConfig {
             secret: self.secrets.current().current.clone(),
             nonce: rand::rng().random::<[u8; handshake::NONCE_LEN]>(),
             policy_digest: self.policy_digest.clone(),
+            incarnation: self.incarnation,
         }
     }
 
-    /// What the strong tier's connection needs of this config.
-    pub fn consensus_link(&self) -> consensus_link::ConsensusLinkConfig {
+    /// What the strong tier's connection needs of this config and the membership.
+    pub fn consensus_link(&self, membership: membership::LiveMembership) -> consensus_link::ConsensusLinkConfig {
         consensus_link::ConsensusLinkConfig {
             cluster: self.cluster.clone(),
             local: self.local.clone(),
             secrets: self.secrets.clone(),
-            peers: self.peers.iter().map(|p| (p.region.clone(), p.endpoint.clone())).collect(),
+            membership,
             tls: self.tls.clone(),
         }
     }

@@ -137,7 +137,9 @@ impl PeerMetrics {
 pub struct ReplicationMetrics {
     recorder: SharedRecorder,
     local: String,
-    peers: BTreeMap<RegionName, PeerMetrics>,
+    /// Per peer, registered when the peer joins the membership (at most
+    /// [`mrr_core::membership::REGIONS_MAX`]).
+    peers: Arc<Mutex<BTreeMap<RegionName, PeerMetrics>>>,
     lag: Arc<Mutex<BTreeMap<(RegionName, String), Histogram>>>,
     conflicts: Arc<Mutex<BTreeMap<String, Counter>>>,
     /// `mrr_stable_point_behind_changes`.
@@ -174,40 +176,6 @@ impl ReplicationMetrics {
         let r = recorder.as_ref();
         let counter = |name, labels: &[(&'static str, String)]| r.register_counter(&key(name, labels), &METADATA);
         let gauge = |name, labels: &[(&'static str, String)]| r.register_gauge(&key(name, labels), &METADATA);
-        let peers = peers
-            .map(|p| {
-                let peer = || ("peer", p.to_string());
-                let dir = |d: &str| [peer(), ("direction", d.to_owned())];
-                let lane = |l: Lane| [peer(), ("lane", l.name().to_owned())];
-                let m = PeerMetrics {
-                    sent_changes: Lane::ALL.map(|l| counter("mrr_peer_sent_changes_total", &lane(l))),
-                    sent_bytes: Lane::ALL.map(|l| counter("mrr_peer_sent_bytes_total", &lane(l))),
-                    window_bytes: gauge("mrr_peer_window_bytes", &[peer()]),
-                    base_rtt_seconds: gauge("mrr_peer_base_rtt_seconds", &[peer()]),
-                    queue_delay_seconds: gauge("mrr_peer_queue_delay_seconds", &[peer()]),
-                    received_changes: counter("mrr_peer_received_changes_total", &[peer()]),
-                    received_bytes: counter("mrr_peer_received_bytes_total", &[peer()]),
-                    applied: counter("mrr_applied_changes_total", &[("origin", p.to_string())]),
-                    duplicates: counter("mrr_duplicate_changes_total", &[peer()]),
-                    handshakes_out: counter("mrr_peer_handshakes_total", &dir("outbound")),
-                    handshakes_in: counter("mrr_peer_handshakes_total", &dir("inbound")),
-                    disconnects_out: counter("mrr_peer_disconnects_total", &dir("outbound")),
-                    disconnects_in: counter("mrr_peer_disconnects_total", &dir("inbound")),
-                    backlog: gauge("mrr_peer_backlog_changes", &[peer()]),
-                    clock_skew_seconds: gauge("mrr_peer_clock_skew_seconds", &[peer()]),
-                    connected_out: gauge("mrr_peer_connected", &dir("outbound")),
-                    connected_in: gauge("mrr_peer_connected", &dir("inbound")),
-                    freshness_lag_seconds: gauge("mrr_peer_freshness_lag_seconds", &[peer()]),
-                    retention_held_seconds: gauge("mrr_peer_retention_held_seconds", &[peer()]),
-                    lagging: gauge("mrr_peer_lagging", &[peer()]),
-                    freshness_violations: counter(
-                        "mrr_freshness_violations_total",
-                        &[("source", p.to_string()), ("target", local.to_string())],
-                    ),
-                };
-                (p, m)
-            })
-            .collect();
         let stable_behind = gauge("mrr_stable_point_behind_changes", &[]);
         let departures = gauge("mrr_departures_pending", &[]);
         let erased =
@@ -221,10 +189,10 @@ impl ReplicationMetrics {
             gauge("mrr_repair_unresolved", &[]),
             counter("mrr_repair_runs_total", &[]),
         );
-        Self {
+        let this = Self {
             recorder,
             local: local.to_string(),
-            peers,
+            peers: Arc::default(),
             lag: Arc::default(),
             conflicts: Arc::default(),
             stable_behind,
@@ -236,18 +204,64 @@ impl ReplicationMetrics {
             repaired,
             repair_unresolved,
             repair_runs,
+        };
+        for p in peers {
+            this.add_peer(&p);
         }
+        this
     }
 
-    pub fn peer(&self, peer: &RegionName) -> Option<&PeerMetrics> {
-        self.peers.get(peer)
+    /// Registers `p`'s metrics (a region that joined the membership); idempotent.
+    pub fn add_peer(&self, p: &RegionName) {
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if peers.contains_key(p) {
+            return;
+        }
+        let r = self.recorder.as_ref();
+        let local = &self.local;
+        let counter = |name, labels: &[(&'static str, String)]| r.register_counter(&key(name, labels), &METADATA);
+        let gauge = |name, labels: &[(&'static str, String)]| r.register_gauge(&key(name, labels), &METADATA);
+        let peer = || ("peer", p.to_string());
+        let dir = |d: &str| [peer(), ("direction", d.to_owned())];
+        let lane = |l: Lane| [peer(), ("lane", l.name().to_owned())];
+        let m = PeerMetrics {
+            sent_changes: Lane::ALL.map(|l| counter("mrr_peer_sent_changes_total", &lane(l))),
+            sent_bytes: Lane::ALL.map(|l| counter("mrr_peer_sent_bytes_total", &lane(l))),
+            window_bytes: gauge("mrr_peer_window_bytes", &[peer()]),
+            base_rtt_seconds: gauge("mrr_peer_base_rtt_seconds", &[peer()]),
+            queue_delay_seconds: gauge("mrr_peer_queue_delay_seconds", &[peer()]),
+            received_changes: counter("mrr_peer_received_changes_total", &[peer()]),
+            received_bytes: counter("mrr_peer_received_bytes_total", &[peer()]),
+            applied: counter("mrr_applied_changes_total", &[("origin", p.to_string())]),
+            duplicates: counter("mrr_duplicate_changes_total", &[peer()]),
+            handshakes_out: counter("mrr_peer_handshakes_total", &dir("outbound")),
+            handshakes_in: counter("mrr_peer_handshakes_total", &dir("inbound")),
+            disconnects_out: counter("mrr_peer_disconnects_total", &dir("outbound")),
+            disconnects_in: counter("mrr_peer_disconnects_total", &dir("inbound")),
+            backlog: gauge("mrr_peer_backlog_changes", &[peer()]),
+            clock_skew_seconds: gauge("mrr_peer_clock_skew_seconds", &[peer()]),
+            connected_out: gauge("mrr_peer_connected", &dir("outbound")),
+            connected_in: gauge("mrr_peer_connected", &dir("inbound")),
+            freshness_lag_seconds: gauge("mrr_peer_freshness_lag_seconds", &[peer()]),
+            retention_held_seconds: gauge("mrr_peer_retention_held_seconds", &[peer()]),
+            lagging: gauge("mrr_peer_lagging", &[peer()]),
+            freshness_violations: counter(
+                "mrr_freshness_violations_total",
+                &[("source", p.to_string()), ("target", local.to_string())],
+            ),
+        };
+        peers.insert(p.clone(), m);
+    }
+
+    pub fn peer(&self, peer: &RegionName) -> Option<PeerMetrics> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner).get(peer).cloned()
     }
 
     /// Copies the status board's derived figures into gauges, before a scrape.
     pub fn refresh(&self, peers: &[mrr_api::PeerStatus]) {
         for p in peers {
             let Ok(region) = RegionName::new(p.region.clone()) else { continue };
-            if let Some(m) = self.peers.get(&region) {
+            if let Some(m) = self.peer(&region) {
                 m.backlog.set(p.backlog_changes as f64);
                 if let Some(lag) = p.freshness_lag_ms {
                     m.freshness_lag_seconds.set(lag as f64 / 1_000.0);

@@ -189,7 +189,7 @@ pub(crate) async fn serve(
         to_repair_peer::Msg::Hello(h) => h,
         _ => return Err(Status::invalid_argument("the first message of a repair call must be Hello")),
     };
-    let (acceptor, greeted) = crate::inbound::greet(cfg, &hello, certs.as_deref().map(Vec::as_slice))?;
+    let (acceptor, greeted) = crate::inbound::greet(cfg, &ctx.membership, &hello, certs.as_deref().map(Vec::as_slice))?;
     let (tx, rx) = mpsc::channel(2);
     let ctx = ctx.clone();
     tokio::spawn(async move {
@@ -218,7 +218,8 @@ async fn session(
         to_repair_peer::Msg::Auth(a) => a,
         _ => return Err(Status::invalid_argument("expected Auth after Challenge")),
     };
-    let proof = crate::inbound::check_auth(cfg, acceptor, greeted, &auth)?;
+    let (proof, incarnation) =
+        crate::inbound::check_auth(cfg, &ctx.membership, acceptor, greeted, &auth, crate::membership::Opening::Data)?;
     let applied = ctx.writer.applied().borrow().clone();
     let welcome = proto::Welcome {
         region: cfg.local.to_string(),
@@ -228,6 +229,7 @@ async fn session(
         direct_origins: Vec::new(),
         log_floors: Vec::new(),
         stable: Vec::new(),
+        incarnation,
     };
     send(tx, from_repair_peer::Msg::Welcome(welcome)).await?;
     let scope = |topics: &[String]| -> Result<Scope, Status> {
@@ -417,14 +419,8 @@ struct Compared {
 /// Runs anti-entropy from this region with `request.peer` (or every peer).
 pub(crate) async fn run(ctx: &Context, request: RunRequest) -> Result<RepairReport, RunError> {
     let peers: Vec<PeerConfig> = match &request.peer {
-        Some(p) => vec![ctx
-            .config
-            .peers
-            .iter()
-            .find(|c| &c.region == p)
-            .cloned()
-            .ok_or_else(|| RunError::UnknownPeer(p.to_string()))?],
-        None => ctx.config.peers.clone(),
+        Some(p) => vec![ctx.peer(p).ok_or_else(|| RunError::UnknownPeer(p.to_string()))?],
+        None => ctx.peers(),
     };
     for t in &request.topics {
         validate_topic(t).map_err(|e| RunError::BadTopic { topic: t.clone(), reason: e.to_string() })?;

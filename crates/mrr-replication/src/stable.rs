@@ -64,6 +64,12 @@ impl StablePoint {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner).on_rejoin(peer);
     }
 
+    /// The membership changed ([`Stability::set_members`]).
+    pub fn set_members(&self, members: impl IntoIterator<Item = RegionName>) {
+        let now_ms = self.now_ms();
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).set_members(members, now_ms);
+    }
+
     pub fn current(&self) -> VersionVector {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner).stable().clone()
     }
@@ -133,11 +139,11 @@ fn publish(ctx: &Context, retention: Retention) {
     for peer in before.lagging.difference(&retention.lagging) {
         tracing::info!(%peer, "lagging peer answered again");
     }
-    for peer in ctx.config.peers.iter().map(|p| &p.region) {
-        if let Some(m) = ctx.metrics.peer(peer) {
-            let held_ms = retention.held_by.get(peer).copied().unwrap_or(0);
+    for peer in ctx.peers() {
+        if let Some(m) = ctx.metrics.peer(&peer.region) {
+            let held_ms = retention.held_by.get(&peer.region).copied().unwrap_or(0);
             m.retention_held_seconds.set(held_ms as f64 / 1_000.0);
-            m.lagging.set(f64::from(u8::from(retention.lagging.contains(peer))));
+            m.lagging.set(f64::from(u8::from(retention.lagging.contains(&peer.region))));
         }
     }
     ctx.status.set_retention(retention);

@@ -170,6 +170,28 @@ impl StatusBoard {
         }
     }
 
+    /// A region that joined the membership; whether it was new here.
+    pub fn add_peer(&self, region: &RegionName, endpoint: &str) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if inner.contains_key(region) {
+            return false;
+        }
+        let status = PeerStatus {
+            region: region.to_string(),
+            endpoint: endpoint.to_owned(),
+            outbound: state::CONNECTING.into(),
+            ..Default::default()
+        };
+        inner.insert(region.clone(), Entry { status, ..Default::default() });
+        true
+    }
+
+    /// A region that left the membership: no longer reported.
+    pub fn remove_peer(&self, region: &RegionName) {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).remove(region);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
     /// What anti-entropy repaired here, and what it left different.
     pub fn repairs(&self) -> Repairs {
         self.repairs.lock().unwrap_or_else(PoisonError::into_inner).clone()

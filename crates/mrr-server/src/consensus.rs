@@ -105,7 +105,7 @@ pub async fn start(
 ) -> Result<Consensus, ConsensusStartError> {
     let regions: Vec<_> = config.regions.iter().map(|r| (r.name.clone(), peer_url(&r.endpoint))).collect();
     let members = Members::new(&regions)?;
-    let link = ConsensusLink::new(link_config, links).map_err(ConsensusStartError::Link)?;
+    let link = ConsensusLink::new(link_config, links);
     let consensus_config = ConsensusConfig {
         cluster: config.cluster.clone(),
         local: config.region.clone(),

@@ -81,6 +81,8 @@ pub fn need_of<'a>(method: &Method, path: &'a str) -> Need<'a> {
         ["records", topic, id, ..] => write(Some((*topic, Some(*id)))),
         ["batch"] => write(None),
         ["status"] | ["cluster", ..] => read(None),
+        ["regions"] if method == Method::GET => read(None),
+        ["regions", ..] => Need { action: Action::Admin, records: None },
         // Operators' endpoints; the applied-change feed names records of every topic.
         ["conflicts", ..] | ["dlq", ..] | ["admin", ..] | ["watch", ..] | ["repair"] => {
             Need { action: Action::Admin, records: None }
@@ -137,7 +139,15 @@ mod tests {
         assert_eq!(need(Method::DELETE, "/records/users/u1").action, Action::Write);
         assert_eq!(need(Method::POST, "/records/users/u1/ops").records, Some(("users", Some("u1"))));
         assert_eq!(need(Method::POST, "/records/users"), Need { action: Action::Write, records: None });
-        for admin in ["/dlq", "/dlq/x/replay", "/conflicts", "/admin/links/us-west", "/watch/applied", "/repair"] {
+        for admin in [
+            "/dlq",
+            "/dlq/x/replay",
+            "/conflicts",
+            "/admin/links/us-west",
+            "/watch/applied",
+            "/repair",
+            "/regions/x/lost",
+        ] {
             assert_eq!(need(Method::GET, admin).action, Action::Admin, "{admin}");
         }
         assert_eq!(need(Method::GET, "/status").action, Action::Read);

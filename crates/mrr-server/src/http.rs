@@ -41,8 +41,15 @@ use crate::write_acks::{WriteOptions, Written};
 pub struct AppState {
     pub cluster: String,
     pub region: RegionName,
-    /// Every region of the cluster: what `__metadata.regions` may name.
-    pub regions: Arc<Vec<RegionName>>,
+    /// The cluster's regions as the strong tier decided (`crate::membership`): what
+    /// `__metadata.regions` may name, and how many regions `ack=all` waits for.
+    pub membership: mrr_replication::membership::LiveMembership,
+    /// Proposes membership changes.
+    pub proposer: crate::membership::Proposer,
+    /// The replication settings (probing a region being added).
+    pub replication: Arc<mrr_replication::ReplicationConfig>,
+    /// Topic placement defaults (a region they name alone cannot be removed).
+    pub placement_defaults: Arc<mrr_core::PlacementDefaults>,
     pub coordinator: Option<String>,
     pub store: Arc<dyn Store>,
     /// Names the records not placed here (`mrr_core::seal`): reads find their placement by it.
@@ -78,6 +85,18 @@ pub struct AppState {
     pub throttled_topics: Arc<std::collections::BTreeSet<String>>,
     /// Runs anti-entropy on demand (`POST /v1/repair`).
     pub repairer: mrr_replication::Repairer,
+}
+
+impl AppState {
+    /// The member regions: what `__metadata.regions` may name.
+    pub(crate) fn region_names(&self) -> Vec<RegionName> {
+        self.membership.borrow().members().map(|(r, _)| r.clone()).collect()
+    }
+
+    /// Active member regions: what `ack=all` counts.
+    pub(crate) fn active_regions(&self) -> usize {
+        self.membership.borrow().active().count()
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -265,7 +284,11 @@ fn method_not_allowed() -> ApiError {
         get_links,
         get_link,
         set_link,
-        crate::repair::repair
+        crate::repair::repair,
+        crate::membership::list,
+        crate::membership::add,
+        crate::membership::remove,
+        crate::membership::lost
     ),
     components(schemas(
         RecordEnvelope,
@@ -296,6 +319,9 @@ fn method_not_allowed() -> ApiError {
         mrr_api::DeadLetterList,
         mrr_api::RepairRequest,
         mrr_api::RepairReport,
+        mrr_api::RegionsReport,
+        mrr_api::RegionInfo,
+        mrr_api::AddRegionRequest,
         mrr_api::PeerRepair
     ))
 )]
@@ -318,6 +344,9 @@ pub fn router(state: AppState) -> Router {
         .route("/dlq/{id}/replay", post(crate::review::replay_dead_letter))
         .route("/batch", post(batch))
         .route("/repair", post(crate::repair::repair))
+        .route("/regions", get(crate::membership::list).post(crate::membership::add))
+        .route("/regions/{name}", axum::routing::delete(crate::membership::remove))
+        .route("/regions/{name}/lost", post(crate::membership::lost))
         .route("/status", get(node_status))
         .route("/cluster/coordinator", get(cluster_coordinator))
         .route("/watch/applied", get(watch_applied))
@@ -401,7 +430,7 @@ async fn publish(
     Path(topic): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Written<Json<RecordEnvelope>>> {
-    let op = parse_put(&state.limits, &state.regions, &topic, None, &body_bytes(body)?)?;
+    let op = parse_put(&state.limits, &state.region_names(), &topic, None, &body_bytes(body)?)?;
     if let Some(key) = op.key() {
         caller.check(Action::Write, key)?;
     }
@@ -417,7 +446,7 @@ async fn put_record(
     Path((topic, id)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Written<Json<RecordEnvelope>>> {
-    let op = parse_put(&state.limits, &state.regions, &topic, Some(&id), &body_bytes(body)?)?;
+    let op = parse_put(&state.limits, &state.region_names(), &topic, Some(&id), &body_bytes(body)?)?;
     write_one(&state, op, &opts).await
 }
 
@@ -435,7 +464,7 @@ async fn patch_record(
 ) -> ApiResult<Written<Json<RecordEnvelope>>> {
     let key = parse_key(&topic, &id)?;
     let value: Value = json_body(body)?;
-    let (mut fields, metadata) = split_record(&state.limits, &state.regions, value)?;
+    let (mut fields, metadata) = split_record(&state.limits, &state.region_names(), value)?;
     if fields.get("id").is_some_and(|v| v.as_str() != Some(id.as_str())) {
         return Err(ApiError::bad(ErrorCode::IdMismatch, "a patch cannot change `id`"));
     }
@@ -668,7 +697,8 @@ async fn batch(
                 let record = item
                     .record
                     .ok_or_else(|| at(ApiError::bad(ErrorCode::NotAnObject, "`record` is required for put")))?;
-                parse_put_value(&state.limits, &state.regions, &item.topic, item.id.as_deref(), record).map_err(at)?
+                parse_put_value(&state.limits, &state.region_names(), &item.topic, item.id.as_deref(), record)
+                    .map_err(at)?
             }
             BatchOp::Delete => {
                 let id =

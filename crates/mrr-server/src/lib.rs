@@ -13,6 +13,7 @@ pub mod gate;
 pub mod health;
 pub mod http;
 mod https;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod read_levels;

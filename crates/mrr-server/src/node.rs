@@ -31,6 +31,8 @@ pub enum StartError {
     Forwarder(String),
     #[error(transparent)]
     Consensus(#[from] crate::consensus::ConsensusStartError),
+    #[error("cannot read the cluster's membership in {path}: {reason}")]
+    Membership { path: String, reason: String },
     #[error("cannot bootstrap the data directory {path}: {source}")]
     Bootstrap { path: String, source: mrr_replication::bootstrap::BootstrapError },
 }
@@ -114,6 +116,10 @@ impl Node {
         let consensus_log: Arc<dyn mrr_storage::log::LogStore> =
             Arc::new(fjall.log("consensus").map_err(|source| StartError::Store { path: data.clone(), source })?);
         let store: Arc<dyn Store> = Arc::new(fjall);
+        // The regions as the strong tier last decided, or the config's before any change.
+        let table = crate::membership::load(&*store, &config)
+            .map_err(|e| StartError::Membership { path: data.clone(), reason: e })?;
+        let (membership_tx, membership) = watch::channel(Arc::new(table));
         let max_skew_ms = u64::try_from(config.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
         let sync_interval = match config.durability {
             Durability::Fsync => None,
@@ -124,7 +130,7 @@ impl Node {
         // With certificates, this region signs its checkpoints and checks relayed ones.
         let notary = config.peer_tls.clone().map(|tls| mrr_replication::notary::CertNotary::new(tls, store.clone()));
         let secrets = Arc::new(mrr_replication::secrets::LiveSecrets::new(config.secrets()));
-        let replication = replication_config(&config, &options, secrets.clone(), max_skew_ms);
+        let mut replication = replication_config(&config, &options, secrets.clone(), max_skew_ms);
         // An empty directory learns where this region stands (and installs a snapshot when its
         // peers hold anything of it) before the writer numbers a single write.
         let (peer_listener, bootstrapped) = mrr_replication::bootstrap::run(
@@ -134,12 +140,16 @@ impl Node {
             options.clock.clone(),
             notary.clone().map(|n| n as Arc<dyn mrr_core::provenance::Notary>),
             config.bootstrap,
+            membership.clone(),
         )
         .await
         .map_err(|e| StartError::Bootstrap { path: data.clone(), source: e })?;
         if bootstrapped != mrr_replication::bootstrap::Outcome::NotNeeded {
             tracing::info!(region = %config.region, outcome = ?bootstrapped, "data directory bootstrapped");
         }
+        let mark = store.bootstrap_mark().map_err(|source| StartError::Store { path: data.clone(), source })?;
+        let incarnation = mark.as_ref().and_then(mrr_storage::BootstrapMark::incarnation).unwrap_or(0);
+        replication.incarnation = Some(incarnation);
         let writer = Writer::start(
             config.region.clone(),
             max_skew_ms,
@@ -171,8 +181,11 @@ impl Node {
             recorder: recorder.clone(),
             consensus: consensus_slot.clone(),
             notary,
+            membership: membership.clone(),
         };
-        let link_config = replication.consensus_link();
+        tokio::spawn(crate::membership::follow(store.clone(), writer.clone(), membership_tx));
+        let link_config = replication.consensus_link(membership.clone());
+        let replication_settings = Arc::new(replication.clone());
         let replicator = Replicator::start(replication, peer_listener, deps).await?;
         let storage = crate::consensus::Storage { log: consensus_log, writer: writer.clone(), store: store.clone() };
         let consensus = crate::consensus::start(
@@ -185,11 +198,23 @@ impl Node {
             &recorder,
         )
         .await?;
+        let proposer = crate::membership::Proposer {
+            region: config.region.clone(),
+            consensus: consensus.clone(),
+            store: store.clone(),
+            clock: options.clock.clone(),
+            seed: Arc::new(crate::membership::seed(&config)),
+        };
+        tokio::spawn(crate::membership::keep_group(consensus.clone(), membership.clone()));
+        tokio::spawn(crate::membership::announce_joined(proposer.clone(), membership.clone(), incarnation));
 
         let state = AppState {
             cluster: config.cluster.clone(),
             region: config.region.clone(),
-            regions: Arc::new(config.regions.iter().map(|r| r.name.clone()).collect()),
+            membership: membership.clone(),
+            proposer,
+            replication: replication_settings,
+            placement_defaults: Arc::new(config.policies.placement.clone()),
             coordinator: config.coordinator().map(ToString::to_string),
             store,
             sealer: config.policies.sealer.clone(),
@@ -351,5 +376,7 @@ fn replication_config(
             silent_ms: u64::try_from(options.peer_timeout.as_millis()).unwrap_or(u64::MAX),
         }),
         repair_interval: Some(config.anti_entropy.interval).filter(|i| !i.is_zero()),
+        // Known once the bootstrap (if any) is done.
+        incarnation: None,
     }
 }

@@ -46,7 +46,7 @@ fn not_strong(topic: &str, what: &str) -> ApiError {
     )
 }
 
-fn unavailable(e: ConsensusError) -> ApiError {
+pub(crate) fn unavailable(e: ConsensusError) -> ApiError {
     let message = match &e {
         ConsensusError::Unavailable { .. } => format!("{e}; nothing was applied"),
         ConsensusError::Unknown(_) => {

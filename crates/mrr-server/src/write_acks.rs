@@ -73,7 +73,7 @@ impl FromRequestParts<AppState> for WriteOptions {
             ApiError::bad(ErrorCode::InvalidQuery, format!("{}; writes take ?ack= and ?ack_timeout_ms=", e.body_text()))
         })?;
         let session = session_header(state, &parts.headers)?;
-        let regions = state.regions.len();
+        let regions = state.active_regions();
         let ack = match q.ack.as_deref() {
             None | Some("local") => Ack::Local,
             Some("quorum") => Ack::Regions(quorum(regions)),
@@ -117,7 +117,7 @@ impl WriteOptions {
     pub(crate) fn check(&self, state: &AppState, strong: bool) -> ApiResult<()> {
         let Ack::Regions(n) = self.ack else { return Ok(()) };
         if strong {
-            let quorum = quorum(state.regions.len());
+            let quorum = quorum(state.active_regions());
             if n > quorum {
                 return Err(ApiError::bad(
                     ErrorCode::InvalidAck,
@@ -127,7 +127,7 @@ impl WriteOptions {
             return Ok(());
         }
         // Every region (`all`, or the count of them): refused while a link is cut.
-        if n == state.regions.len() {
+        if n == state.active_regions() {
             let cut: Vec<String> = state
                 .links
                 .all()

@@ -81,6 +81,7 @@ fn dialer(cluster: &str, secret: &str, policy_digest: &str) -> Dialer {
         secret: secret.into(),
         nonce: [7; 16],
         policy_digest: policy_digest.into(),
+        incarnation: Some(0),
     }
 }
 

@@ -1772,7 +1772,10 @@ impl World {
             }
             let (Ok(state), Ok(floors)) = (other.store.recover(), other.store.log_floors()) else { return Ok(false) };
             let stable = other.stability.stable().clone();
-            standings.insert(self.names[i].clone(), snapshot::Standing { applied: state.vv, floors, stable });
+            standings.insert(
+                self.names[i].clone(),
+                snapshot::Standing { applied: state.vv, floors, stable, incarnation: 0 },
+            );
         }
         let mut rng = StdRng::seed_from_u64(self.seed ^ self.now ^ ((node as u64) << 48) ^ 0x736e_6170);
         let mut refused = BTreeSet::new();
@@ -1887,7 +1890,7 @@ impl World {
             store.add_certificate(fingerprint, der)?;
         }
         let notary = crate::notary::SimNotary::new(local.clone());
-        store.commit(&snapshot::end_batch(&header, &local, &sealer, Some(&notary)))?;
+        store.commit(&snapshot::end_batch(&header, &local, &sealer, Some(&notary), 0))?;
         Ok(Some(records))
     }
 

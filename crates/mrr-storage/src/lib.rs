@@ -125,8 +125,33 @@ pub enum BootstrapMark {
     /// Installing the snapshot `snapshot` of `donor`: every record of it up to and including
     /// `after` (the donor's key order) is in this store. What is installed is not served.
     Installing { donor: String, snapshot: u64, after: Option<Key> },
-    /// This region knows its own position: it started fresh, or finished installing.
+    /// This region knows its own position: it started fresh, or finished installing, as an
+    /// original member of the cluster (incarnation 0).
     Done,
+    /// As `Done`, for a region the membership admitted at epoch `incarnation`
+    /// (`mrr_core::membership`): its handshakes name it, so a copy of an earlier incarnation
+    /// is told apart.
+    Member { incarnation: u64 },
+}
+
+impl BootstrapMark {
+    /// The mark of a finished bootstrap into `incarnation`.
+    pub fn done(incarnation: u64) -> Self {
+        if incarnation == 0 {
+            BootstrapMark::Done
+        } else {
+            BootstrapMark::Member { incarnation }
+        }
+    }
+
+    /// The incarnation of a finished bootstrap; `None` while installing.
+    pub fn incarnation(&self) -> Option<u64> {
+        match self {
+            BootstrapMark::Installing { .. } => None,
+            BootstrapMark::Done => Some(0),
+            BootstrapMark::Member { incarnation } => Some(*incarnation),
+        }
+    }
 }
 
 /// A consistent read-only view of a store at one instant: what a snapshot bootstrap streams

@@ -2245,7 +2245,7 @@ mod tests {
                 break;
             }
         }
-        store.commit(&snapshot::end_batch(&header, &r(receiver), &sealer, None)).expect("commit");
+        store.commit(&snapshot::end_batch(&header, &r(receiver), &sealer, None, 0)).expect("commit");
         let engine = Engine::new(r(receiver), store.recover().expect("recover"), 200, policies());
         (engine, store)
     }

@@ -20,6 +20,7 @@
 
 use mrr_core::fold::FoldEntry;
 use mrr_core::provenance::{self, Checkpoint, Digest, Notary};
+use mrr_core::strong::STRONG_ORIGIN;
 use mrr_core::{placement, seal, Change, Key, Record, RegionName, Sealer, Stream, Timestamp, VersionVector};
 use mrr_storage::{BootstrapMark, CommitBatch, StoreError, StoreView};
 
@@ -98,6 +99,8 @@ pub struct Standing {
     pub applied: VersionVector,
     pub floors: VersionVector,
     pub stable: VersionVector,
+    /// The membership incarnation the peer admitted the asking region under.
+    pub incarnation: u64,
 }
 
 /// What a region with an empty data directory does, once every peer has said where it stands.
@@ -202,7 +205,14 @@ pub fn header(view: &dyn StoreView, receiver: &RegionName, sealer: &Sealer) -> R
     let state = view.recover()?;
     let floors = view.log_floors()?;
     let mut anchors = Vec::new();
-    for (stream, seq) in state.vv.iter() {
+    // The strong tier's records are rebuilt by every region from the Raft log, which a region
+    // bootstrapping replays from its start: copying them too would apply the log over its own
+    // later state (an increment twice).
+    let mut vv = VersionVector::new();
+    for (stream, seq) in state.vv.iter().filter(|(s, _)| s.origin.as_str() != STRONG_ORIGIN) {
+        vv.raise(stream, seq);
+    }
+    for (stream, seq) in vv.iter() {
         let tail = anchor(view, stream, seq, floors.get(stream))?;
         let found = tail.first().is_some_and(|c| c.seq == floors.get(stream) + 1 || c.proof.checkpoint.is_some());
         if !found && &stream.origin == receiver {
@@ -221,7 +231,7 @@ pub fn header(view: &dyn StoreView, receiver: &RegionName, sealer: &Sealer) -> R
             certificates.push((cp.signer, der));
         }
     }
-    Ok(Header { vv: state.vv, hlc_high_water: state.hlc_high_water, anchors, certificates })
+    Ok(Header { vv, hlc_high_water: state.hlc_high_water, anchors, certificates })
 }
 
 /// The changes of `stream` from its last checkpoint at or below `seq` (or from its first, when
@@ -264,13 +274,18 @@ pub fn chunk(
     let mut bytes = 0u64;
     let count = read.len();
     for (i, (key, record)) in read.into_iter().enumerate() {
+        out.last = Some(key.clone());
+        if record.origin.as_str() == STRONG_ORIGIN {
+            // Rebuilt from the Raft log (`header`).
+            continue;
+        }
         let placed = placement::places(&record.metadata, receiver);
         if seal::is_sealed(&key) {
             if placed {
                 return Err(SnapshotError::NotHeld { key, receiver: receiver.clone() });
             }
             bytes += record_bytes(&key, &record) as u64;
-            out.records.push((key.clone(), record));
+            out.records.push((key, record));
         } else if placed {
             for entry in view.history(&key)? {
                 bytes += fold_bytes(&entry) as u64;
@@ -283,7 +298,6 @@ pub fn chunk(
             bytes += record_bytes(&key, &register) as u64;
             out.records.push((sealer.seal(&key), register));
         }
-        out.last = Some(key);
         if bytes >= bytes_max && i + 1 < count {
             out.done = false;
             break;
@@ -327,7 +341,13 @@ pub fn chunk_batch(
 /// the anchors, and a checkpoint on the last change of each of `local`'s own streams that
 /// lacks one (signed by `notary`), so its writer continues its chains where the donor's
 /// changelog ends. Durable before it returns.
-pub fn end_batch(header: &Header, local: &RegionName, sealer: &Sealer, notary: Option<&dyn Notary>) -> CommitBatch {
+pub fn end_batch(
+    header: &Header,
+    local: &RegionName,
+    sealer: &Sealer,
+    notary: Option<&dyn Notary>,
+    incarnation: u64,
+) -> CommitBatch {
     let mut anchors = header.anchors.clone();
     let mut floors = VersionVector::new();
     for (stream, seq) in header.vv.iter() {
@@ -363,7 +383,7 @@ pub fn end_batch(header: &Header, local: &RegionName, sealer: &Sealer, notary: O
         vv: header.vv.clone(),
         log_truncated: floors,
         hlc_high_water: header.hlc_high_water,
-        bootstrap: Some(BootstrapMark::Done),
+        bootstrap: Some(BootstrapMark::done(incarnation)),
         must_sync: true,
         ..CommitBatch::default()
     }
@@ -409,7 +429,7 @@ mod tests {
     }
 
     fn standing(applied: &[(&str, u64)], floors: &[(&str, u64)]) -> Standing {
-        Standing { applied: vv(applied), floors: vv(floors), stable: VersionVector::new() }
+        Standing { applied: vv(applied), floors: vv(floors), stable: VersionVector::new(), incarnation: 0 }
     }
 
     fn decide_for_a(standings: &[(&str, Standing)]) -> Decision {
