@@ -10,6 +10,7 @@ mod certs;
 mod flash_bench;
 mod keys;
 mod proxy;
+mod region;
 mod strong_bench;
 
 use anyhow::{bail, Context as _};
@@ -155,6 +156,13 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The cluster's regions: status, add, remove, declare lost.
+    Region {
+        #[command(subcommand)]
+        action: region::RegionAction,
         #[command(flatten)]
         target: Target,
     },
@@ -359,6 +367,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Region { action, target } => region::run(&client(&target)?, action).await,
         Command::Status { target, watch: None } => status(&target).await,
         Command::Status { target, watch: Some(secs) } => loop {
             // Clear the screen and home the cursor, then redraw.

@@ -311,6 +311,27 @@ impl Client {
         self.send(self.http.post(url).json(request).timeout(Duration::from_secs(30 * 60))).await
     }
 
+    /// The cluster's regions as this region applied the membership (`GET /v1/regions`).
+    pub async fn regions(&self) -> Result<mrr_api::RegionsReport> {
+        self.send(self.http.get(format!("{}/v1/regions", self.base))).await
+    }
+
+    /// Adds a region to the running cluster (`POST /v1/regions`); it must be up and listening
+    /// at `endpoint` (its peer listener).
+    pub async fn add_region(&self, request: &mrr_api::AddRegionRequest) -> Result<mrr_api::RegionsReport> {
+        self.send(self.http.post(format!("{}/v1/regions", self.base)).json(request)).await
+    }
+
+    /// Removes a region that leaves cleanly (`DELETE /v1/regions/{name}`).
+    pub async fn remove_region(&self, name: &str) -> Result<mrr_api::RegionsReport> {
+        self.send(self.http.delete(format!("{}/v1/regions/{name}", self.base))).await
+    }
+
+    /// Declares a region lost (`POST /v1/regions/{name}/lost`).
+    pub async fn declare_lost(&self, name: &str) -> Result<mrr_api::RegionsReport> {
+        self.send(self.http.post(format!("{}/v1/regions/{name}/lost", self.base))).await
+    }
+
     /// Discards a dead letter in this region; returns it.
     pub async fn discard(&self, id: &str) -> Result<DeadLetterView> {
         self.send(self.http.delete(format!("{}/v1/dlq/{id}", self.base))).await

@@ -37,7 +37,7 @@ pub enum HandshakeError {
     UnexpectedRegion { expected: String, theirs: String },
     #[error("this node is not region {0:?}: check the endpoint configured for that region")]
     NotTarget(String),
-    #[error("region {0:?} is not in this node's regions list")]
+    #[error("region {0:?} is not a member of this cluster as this node knows it: add it with `mrr region add` at a member (or check the regions lists)")]
     UnknownRegion(String),
     #[error("cluster secret mismatch with region {0}: set the same `secret` on every node")]
     BadProof(String),

@@ -98,6 +98,17 @@ impl Links {
         self.inner.specs.borrow().get(peer).copied().ok_or_else(|| LinkError::UnknownPeer(peer.to_string()))
     }
 
+    /// A region that joined the membership: an undelayed link to it, which `set` can shape.
+    pub fn add_peer(&self, peer: &RegionName) {
+        if self.inner.enabled {
+            self.inner.specs.send_if_modified(|specs| {
+                let new = !specs.contains_key(peer);
+                specs.entry(peer.clone()).or_default();
+                new
+            });
+        }
+    }
+
     pub fn set(&self, peer: &RegionName, spec: LinkSpec) -> Result<(), LinkError> {
         if !self.inner.enabled {
             return Err(LinkError::Disabled);

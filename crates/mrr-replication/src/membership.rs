@@ -100,6 +100,7 @@ pub(crate) async fn supervise(ctx: Context, span: tracing::Span) {
                 tracing::info!(peer = %peer.region, endpoint = %peer.endpoint, "region joined the membership: dialing it");
             }
             ctx.metrics.add_peer(&peer.region);
+            ctx.links.add_peer(&peer.region);
             let task = tokio::spawn(crate::outbound::run(ctx.clone(), peer.clone()).instrument(span.clone()));
             dialers.insert(peer.region.clone(), (peer.endpoint, task));
         }

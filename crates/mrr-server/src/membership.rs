@@ -162,10 +162,23 @@ impl std::fmt::Debug for Proposer {
 #[derive(Debug, Default)]
 pub struct Checks {
     /// Refuses removing a region that holds records placed nowhere else.
-    placement: bool,
-    /// Topic placement defaults (`regions:`), which would name only the leaving region.
-    defaults: Option<mrr_core::PlacementDefaults>,
+    placement: Option<PlacementCheck>,
 }
+
+/// What the placement check of a removal needs.
+#[derive(Debug)]
+struct PlacementCheck {
+    /// Topic placement defaults (`regions:`), which would name only the leaving region.
+    defaults: mrr_core::PlacementDefaults,
+    /// How fresh this region's copy of the leaving region's writes is: the scan runs once this
+    /// region has held everything the leaving one had at a moment after the request came, so
+    /// every record placed only there is known here (by its register at least).
+    status: mrr_replication::StatusBoard,
+    clock: Arc<dyn mrr_core::PhysicalClock>,
+}
+
+/// How long a removal waits for this region to catch up with the leaving one.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(15);
 
 impl Checks {
     fn none() -> Self {
@@ -195,8 +208,8 @@ impl Proposer {
             if next == table {
                 return Ok(table);
             }
-            if checks.placement {
-                self.check_placement(&next, change.region(), checks.defaults.as_ref()).await?;
+            if let Some(check) = &checks.placement {
+                self.check_placement(&next, change.region(), check).await?;
             }
             let condition = if table.epoch == 0 {
                 Condition::Record { exists: false }
@@ -239,12 +252,27 @@ impl Proposer {
 
     /// Refuses a removal that would leave records, or a topic's default placement, in no member
     /// region.
-    async fn check_placement(
-        &self,
-        next: &Membership,
-        leaving: &RegionName,
-        defaults: Option<&mrr_core::PlacementDefaults>,
-    ) -> ApiResult<()> {
+    async fn check_placement(&self, next: &Membership, leaving: &RegionName, check: &PlacementCheck) -> ApiResult<()> {
+        let asked_ms = check.clock.now_ms();
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        // The leaving region itself holds every record placed in it.
+        while leaving != &self.region {
+            let now_ms = check.clock.now_ms();
+            let staleness =
+                check.status.staleness_ms(now_ms).into_iter().find(|(r, _)| r == leaving).and_then(|(_, s)| s);
+            if staleness.is_some_and(|s| s <= now_ms.saturating_sub(asked_ms)) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::EndpointUnreachable,
+                    format!("{} has not caught up with {leaving} within {CATCH_UP_WAIT:?}, so it cannot tell whether records are placed only there; retry, run the removal at {leaving}, or declare {leaving} lost if it is gone; nothing changed", self.region),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let defaults = Some(&check.defaults);
         let members: Arc<Vec<String>> = Arc::new(next.members().map(|(r, _)| r.to_string()).collect());
         let within = members.clone();
         let orphaned = move |regions: &[String]| {
@@ -272,7 +300,11 @@ impl Proposer {
                 let page = store.records_after(after.as_ref(), SCAN_RECORDS_MAX).map_err(|e| e.to_string())?;
                 let done = page.len() < SCAN_RECORDS_MAX;
                 for (key, record) in &page {
-                    if !record.is_tombstone() && orphaned(&record.metadata.regions) {
+                    // A register (a record placed elsewhere, known by its sealed name) carries no
+                    // value to tell a deleted record by: it counts. A tombstone held in clear
+                    // has nothing to lose.
+                    let live = mrr_core::seal::is_sealed(key) || !record.is_tombstone();
+                    if live && orphaned(&record.metadata.regions) {
                         return Ok(Some((key.clone(), record.metadata.regions.clone())));
                     }
                 }
@@ -287,7 +319,12 @@ impl Proposer {
         .map_err(storage)?;
         match found {
             Some((key, regions)) => {
-                Err(placed_only_there(leaving, format!("record {key} is placed in {regions:?} (and perhaps others)")))
+                let what = if mrr_core::seal::is_sealed(&key) {
+                    format!("a record of topic {} (known here by its sealed name {}; {leaving} knows its id) is placed in {regions:?}", key.topic, key.id)
+                } else {
+                    format!("record {key} is placed in {regions:?}")
+                };
+                Err(placed_only_there(leaving, format!("{what} (and perhaps others)")))
             }
             None => Ok(()),
         }
@@ -410,7 +447,13 @@ pub async fn add(
         (status = 503, body = ErrorBody)))]
 pub async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<RegionsReport>> {
     let region = member_named(&name)?;
-    let checks = Checks { placement: true, defaults: Some(state.placement_defaults.as_ref().clone()) };
+    let checks = Checks {
+        placement: Some(PlacementCheck {
+            defaults: state.placement_defaults.as_ref().clone(),
+            status: state.status.clone(),
+            clock: state.clock.clone(),
+        }),
+    };
     let table = state.proposer.change(&Change::Remove { region }, checks).await?;
     Ok(Json(report(&state, &table)))
 }

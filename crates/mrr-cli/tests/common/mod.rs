@@ -60,7 +60,8 @@ pub fn free_base_port() -> u16 {
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let base = 20_000 + seed.wrapping_add(n.wrapping_mul(40)) % 12_000;
-        let free = (0..3).all(|k| (0..2).all(|o| TcpListener::bind(("127.0.0.1", base + 10 * k + o)).is_ok()));
+        // Room for a fourth region too (`tests/membership.rs` adds one).
+        let free = (0..4).all(|k| (0..2).all(|o| TcpListener::bind(("127.0.0.1", base + 10 * k + o)).is_ok()));
         if free {
             return base;
         }
