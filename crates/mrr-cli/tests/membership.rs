@@ -104,6 +104,18 @@ fn code_of(e: &ClientError) -> Option<ErrorCode> {
     }
 }
 
+/// Adds us-east through `client` once its process answers (it starts in the background).
+async fn add_when_up(client: &mrr_client::Client, east: &Fourth) -> anyhow::Result<mrr_api::RegionsReport> {
+    wait_for("us-east answering and added", JOIN, || async {
+        match client.add_region(&east.add_request()).await {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if code_of(&e) == Some(ErrorCode::EndpointUnreachable) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
+}
+
 /// Waits until `region` is active and votes, as `client`'s region reports it.
 async fn active_voter(client: &mrr_client::Client, region: &str, incarnation_min: u64) -> anyhow::Result<()> {
     wait_for(&format!("{region} active and voting"), JOIN, || async {
@@ -236,5 +248,87 @@ async fn a_fourth_region_joins_a_running_cluster_under_load_and_leaves_cleanly()
     })
     .await?;
     assert_eq!(code_of(&west.remove_region("us-east").await.expect_err("gone")), Some(ErrorCode::UnknownRegion));
+    Ok(())
+}
+
+/// How often `log` says a peer refused this region as lost.
+fn refusals(log: &str) -> usize {
+    log.matches("was lost at membership epoch").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_declared_lost_gets_no_write_in_and_rejoins_only_from_a_snapshot() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let tokyo = cluster.clients[0].clone();
+    for i in 0..100 {
+        tokyo.publish("orders", &json!({"id": format!("before-{i:03}"), "n": i})).await?;
+    }
+    let mut east = Fourth::new(&cluster)?;
+    east.spawn()?;
+    add_when_up(&tokyo, &east).await?;
+    active_voter(&tokyo, "us-east", 1).await?;
+    east.client.publish("orders", &json!({"id": "east-before", "n": 1})).await?;
+    wait_for("east-before everywhere", JOIN, || async {
+        for c in &cluster.clients {
+            if c.query("orders/east-before").await?.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await?;
+
+    // Declared lost while it runs: its peers drop it at once.
+    let report = tokyo.declare_lost("us-east").await?;
+    let entry = report.regions.iter().find(|r| r.name == "us-east").expect("listed");
+    assert_eq!(entry.state, "lost");
+    wait_for("us-east gone from its peers and out of the voters", JOIN, || async {
+        for c in &cluster.clients {
+            if c.status().await?.peers.iter().any(|p| p.region == "us-east") {
+                return Ok(None);
+            }
+        }
+        let voting = tokyo.regions().await?.regions.iter().any(|r| r.name == "us-east" && r.voter);
+        Ok((!voting).then_some(()))
+    })
+    .await?;
+    // It does not know it is lost and takes a write: no peer ever gets it. Each peer refuses
+    // its streams after the write, and what a peer refuses it never applies.
+    let before = refusals(&east.log());
+    east.client.publish("orders", &json!({"id": "stale", "n": 1})).await?;
+    wait_for("every peer refusing us-east after its write", JOIN, || async {
+        Ok((refusals(&east.log()) >= before + 3).then_some(()))
+    })
+    .await?;
+    for c in &cluster.clients {
+        assert!(c.query("orders/stale").await?.is_none(), "a write of a region declared lost got in");
+    }
+    // Restarted with its old data, it is still refused.
+    east.kill9()?;
+    let before = refusals(&east.log());
+    east.spawn()?;
+    wait_for("us-east refused after a restart", JOIN, || async { Ok((refusals(&east.log()) > before).then_some(())) })
+        .await?;
+    for c in &cluster.clients {
+        assert!(c.query("orders/stale").await?.is_none(), "a write of a region declared lost got in");
+    }
+
+    // Added again, with its data directory moved aside: it rejoins from a snapshot under a new
+    // incarnation, holding everything but the write it made while lost.
+    east.kill9()?;
+    let data = cluster.dir.path().join("data").join("us-east");
+    std::fs::rename(&data, cluster.dir.path().join("us-east-lost"))?;
+    east.spawn()?;
+    let again = add_when_up(&tokyo, &east).await?;
+    let incarnation = again.regions.iter().find(|r| r.name == "us-east").map(|r| r.incarnation).expect("listed");
+    assert!(incarnation > 1, "a new incarnation: {incarnation}");
+    active_voter(&tokyo, "us-east", incarnation).await?;
+    let want = by_id(&cluster.converged("orders", JOIN).await?);
+    let got = wait_for("us-east holding every order again", JOIN, || async {
+        let got = by_id(&east.client.list_all("orders", true).await?);
+        Ok((got == want).then_some(got))
+    })
+    .await?;
+    assert!(got.contains_key("east-before") && !got.contains_key("stale"));
     Ok(())
 }

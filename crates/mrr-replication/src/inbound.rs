@@ -372,8 +372,8 @@ async fn session(
                         Ok(outcome) => outcome,
                         Err(crate::fence::Fenced::Writer(e)) => return Err(Status::unavailable(e.to_string())),
                         Err(crate::fence::Fenced::Off) => {
-                            tracing::info!(peer = %peer, "{peer} is bootstrapping from a snapshot: its earlier stream ends here, with what it queued");
-                            return Err(Status::aborted(format!("{peer} asked where it stands (bootstrapping): this stream of its earlier process is fenced off")));
+                            tracing::info!(peer = %peer, "{peer} is bootstrapping from a snapshot or left the membership: its earlier stream ends here, with what it queued");
+                            return Err(Status::aborted(format!("{peer} asked where it stands (bootstrapping) or left the membership: this stream of its earlier process is fenced off")));
                         }
                     };
                     let apply_ms = u32::try_from(apply_started.elapsed().as_millis()).unwrap_or(u32::MAX);

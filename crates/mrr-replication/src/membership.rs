@@ -80,11 +80,18 @@ pub(crate) async fn supervise(ctx: Context, span: tracing::Span) {
     loop {
         let table = membership.borrow_and_update().clone();
         let wanted = peers(&table, &ctx.config.local);
-        for (region, (_, task)) in &dialers {
-            if !wanted.iter().any(|p| &p.region == region) {
-                tracing::info!(peer = %region, "region left the membership: its replication stream stops");
+        let left: Vec<RegionName> =
+            dialers.keys().filter(|r| !wanted.iter().any(|p| &p.region == *r)).cloned().collect();
+        for region in &left {
+            tracing::info!(peer = %region, "region left the membership: replication with it stops");
+            if let Some((_, task)) = dialers.get(region) {
                 task.abort();
-                ctx.status.remove_peer(region);
+            }
+            ctx.status.remove_peer(region);
+            // Its streams that are open here apply nothing more (new ones are refused at the
+            // handshake): a region declared lost gets no change in after the declaration.
+            if let Err(e) = ctx.fences.fence(&ctx.writer, region).await {
+                tracing::error!(peer = %region, error = %e, "could not fence off the streams of a region that left");
             }
         }
         dialers.retain(|r, _| wanted.iter().any(|p| &p.region == r));

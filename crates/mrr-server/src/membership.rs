@@ -253,15 +253,36 @@ impl Proposer {
     /// Refuses a removal that would leave records, or a topic's default placement, in no member
     /// region.
     async fn check_placement(&self, next: &Membership, leaving: &RegionName, check: &PlacementCheck) -> ApiResult<()> {
+        // The leaving region itself holds every record placed in it.
+        if leaving != &self.region {
+            self.caught_up_with(leaving, check).await?;
+        }
+        let defaults = &check.defaults;
+        let members: Arc<Vec<String>> = Arc::new(next.members().map(|(r, _)| r.to_string()).collect());
+        let within = members.clone();
+        let orphaned = move |regions: &[String]| {
+            !regions.is_empty() && !regions.iter().any(|r| r == "*") && !regions.iter().any(|r| within.contains(r))
+        };
+        let topics = std::iter::once(("(replication_rules)", &defaults.default))
+            .chain(defaults.topics.iter().map(|(t, r)| (t.as_str(), r)));
+        for (topic, regions) in topics {
+            if orphaned(regions) {
+                return Err(placed_only_there(leaving, format!("the placement default of {topic} names {regions:?}")));
+            }
+        }
+        self.scan_placement(leaving, members).await
+    }
+
+    /// Waits until this region has held everything `leaving` had at a moment after the call.
+    async fn caught_up_with(&self, leaving: &RegionName, check: &PlacementCheck) -> ApiResult<()> {
         let asked_ms = check.clock.now_ms();
         let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
-        // The leaving region itself holds every record placed in it.
-        while leaving != &self.region {
+        loop {
             let now_ms = check.clock.now_ms();
             let staleness =
                 check.status.staleness_ms(now_ms).into_iter().find(|(r, _)| r == leaving).and_then(|(_, s)| s);
             if staleness.is_some_and(|s| s <= now_ms.saturating_sub(asked_ms)) {
-                break;
+                return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ApiError::new(
@@ -272,24 +293,10 @@ impl Proposer {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let defaults = Some(&check.defaults);
-        let members: Arc<Vec<String>> = Arc::new(next.members().map(|(r, _)| r.to_string()).collect());
-        let within = members.clone();
-        let orphaned = move |regions: &[String]| {
-            !regions.is_empty() && !regions.iter().any(|r| r == "*") && !regions.iter().any(|r| within.contains(r))
-        };
-        if let Some(defaults) = defaults {
-            let topics = std::iter::once(("(replication_rules)", &defaults.default))
-                .chain(defaults.topics.iter().map(|(t, r)| (t.as_str(), r)));
-            for (topic, regions) in topics {
-                if orphaned(regions) {
-                    return Err(placed_only_there(
-                        leaving,
-                        format!("the placement default of {topic} names {regions:?}"),
-                    ));
-                }
-            }
-        }
+    }
+
+    /// Looks for a record placed only outside `members` (registers included).
+    async fn scan_placement(&self, leaving: &RegionName, members: Arc<Vec<String>>) -> ApiResult<()> {
         let store = self.store.clone();
         let orphaned = move |regions: &[String]| {
             !regions.is_empty() && !regions.iter().any(|r| r == "*") && !regions.iter().any(|r| members.contains(r))
