@@ -71,12 +71,22 @@ impl Context {
     }
 }
 
+/// A dialer task, aborted when dropped: when the supervisor stops (the node shuts down), its
+/// dialers stop with it.
+struct Dialer(JoinHandle<()>);
+
+impl Drop for Dialer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Keeps one dialer per member peer: starts one for a region that joins, stops the one of a
 /// region that leaves (its sessions end; the status board keeps its last figures). Also tells
 /// the status board, the metrics and the stable point.
 pub(crate) async fn supervise(ctx: Context, span: tracing::Span) {
     let mut membership = ctx.membership.clone();
-    let mut dialers: BTreeMap<RegionName, (String, JoinHandle<()>)> = BTreeMap::new();
+    let mut dialers: BTreeMap<RegionName, (String, Dialer)> = BTreeMap::new();
     loop {
         let table = membership.borrow_and_update().clone();
         let wanted = peers(&table, &ctx.config.local);
@@ -84,9 +94,7 @@ pub(crate) async fn supervise(ctx: Context, span: tracing::Span) {
             dialers.keys().filter(|r| !wanted.iter().any(|p| &p.region == *r)).cloned().collect();
         for region in &left {
             tracing::info!(peer = %region, "region left the membership: replication with it stops");
-            if let Some((_, task)) = dialers.get(region) {
-                task.abort();
-            }
+            dialers.remove(region);
             ctx.status.remove_peer(region);
             // Its streams that are open here apply nothing more (new ones are refused at the
             // handshake): a region declared lost gets no change in after the declaration.
@@ -94,30 +102,25 @@ pub(crate) async fn supervise(ctx: Context, span: tracing::Span) {
                 tracing::error!(peer = %region, error = %e, "could not fence off the streams of a region that left");
             }
         }
-        dialers.retain(|r, _| wanted.iter().any(|p| &p.region == r));
         for peer in wanted {
             let current = dialers.get(&peer.region).map(|(endpoint, _)| endpoint.clone());
             if current.as_deref() == Some(peer.endpoint.as_str()) {
                 continue;
             }
-            if let Some((_, task)) = dialers.remove(&peer.region) {
-                task.abort();
-            }
+            // An endpoint that changed: the old dialer stops (dropped) and a new one starts.
+            dialers.remove(&peer.region);
             if current.is_none() && ctx.status.add_peer(&peer.region, &peer.endpoint) {
                 tracing::info!(peer = %peer.region, endpoint = %peer.endpoint, "region joined the membership: dialing it");
             }
             ctx.metrics.add_peer(&peer.region);
             ctx.links.add_peer(&peer.region);
             let task = tokio::spawn(crate::outbound::run(ctx.clone(), peer.clone()).instrument(span.clone()));
-            dialers.insert(peer.region.clone(), (peer.endpoint, task));
+            dialers.insert(peer.region.clone(), (peer.endpoint, Dialer(task)));
         }
         ctx.stable.set_members(table.members().map(|(r, _)| r.clone()));
         if membership.changed().await.is_err() {
             break;
         }
-    }
-    for (_, (_, task)) in dialers {
-        task.abort();
     }
 }
 

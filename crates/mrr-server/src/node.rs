@@ -69,6 +69,8 @@ pub struct Node {
     writer: Writer,
     api: JoinHandle<()>,
     upkeep: JoinHandle<()>,
+    /// The membership's followers (`crate::membership`), stopped with the node.
+    background: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     /// This region's voter in the strong tier's group.
     pub consensus: mrr_consensus::Consensus,
@@ -183,7 +185,7 @@ impl Node {
             notary,
             membership: membership.clone(),
         };
-        tokio::spawn(crate::membership::follow(store.clone(), writer.clone(), membership_tx));
+        let mut background = vec![tokio::spawn(crate::membership::follow(store.clone(), writer.clone(), membership_tx))];
         let link_config = replication.consensus_link(membership.clone());
         let replication_settings = Arc::new(replication.clone());
         let replicator = Replicator::start(replication, peer_listener, deps).await?;
@@ -205,8 +207,12 @@ impl Node {
             clock: options.clock.clone(),
             seed: Arc::new(crate::membership::seed(&config)),
         };
-        tokio::spawn(crate::membership::keep_group(consensus.clone(), membership.clone()));
-        tokio::spawn(crate::membership::announce_joined(proposer.clone(), membership.clone(), incarnation));
+        background.push(tokio::spawn(crate::membership::keep_group(consensus.clone(), membership.clone())));
+        background.push(tokio::spawn(crate::membership::announce_joined(
+            proposer.clone(),
+            membership.clone(),
+            incarnation,
+        )));
 
         let state = AppState {
             cluster: config.cluster.clone(),
@@ -319,13 +325,16 @@ impl Node {
         if config.peer_tls.is_none() && !config.listen.peer.ip().is_loopback() {
             tracing::warn!(peer = %config.listen.peer, "peers connect to this node without TLS beyond loopback: replication crosses the network in clear (add `tls:`; docs/security.md)");
         }
-        Ok(Self { api_addr, replicator, writer, api, upkeep, stop, consensus })
+        Ok(Self { api_addr, replicator, writer, api, upkeep, background, stop, consensus })
     }
 
     /// Runs until the API server stops.
     pub async fn wait(self) {
-        let Node { api, replicator, stop, upkeep, consensus, .. } = self;
+        let Node { api, replicator, stop, upkeep, background, consensus, .. } = self;
         upkeep.abort();
+        for task in &background {
+            task.abort();
+        }
         let _ = api.await;
         consensus.shutdown().await;
         drop(replicator);
@@ -340,6 +349,9 @@ impl Node {
     pub fn shutdown(&self) {
         self.stop.send_replace(true);
         self.upkeep.abort();
+        for task in &self.background {
+            task.abort();
+        }
         self.replicator.shutdown();
     }
 }
