@@ -582,6 +582,18 @@ pub struct RegionInfo {
     /// last ack said; absent before its first ack (while it installs its snapshot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behind_changes: Option<u64>,
+    /// What the answering region has sent of the last snapshot it served this region: records
+    /// and bytes, and whether it sent all of it (a joining region's install, from its donor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_sent: Option<SnapshotSent>,
+}
+
+/// A snapshot served, as far as it went.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotSent {
+    pub records: u64,
+    pub bytes: u64,
+    pub done: bool,
 }
 
 /// `GET /v1/regions` and the answer to a membership change.

@@ -26,7 +26,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 struct Target {
     /// HTTP API of the region to talk to.
     #[arg(long, short = 'e', env = "MRR_ENDPOINT", default_value = "http://127.0.0.1:7800")]
@@ -164,7 +164,7 @@ enum Command {
         #[command(subcommand)]
         action: region::RegionAction,
         #[command(flatten)]
-        target: Target,
+        target: region::RegionTarget,
     },
     /// Regions, connection state and lag as one node sees them.
     Status {
@@ -367,7 +367,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Region { action, target } => region::run(&client(&target)?, action).await,
+        Command::Region { action, target } => {
+            let target = Target { endpoint: target.at, api_key: target.api_key, ca: target.ca };
+            let connect = |api: &str| client(&Target { endpoint: api.to_owned(), ..target.clone() });
+            region::run(&client(&target)?, action, connect).await
+        }
         Command::Status { target, watch: None } => status(&target).await,
         Command::Status { target, watch: Some(secs) } => loop {
             // Clear the screen and home the cursor, then redraw.

@@ -178,6 +178,16 @@ async fn a_fourth_region_joins_a_running_cluster_under_load_and_leaves_cleanly()
     assert_eq!((entry.state.as_str(), added.epoch), ("joining", 1));
     active_voter(&tokyo, "us-east", 1).await?;
     assert_eq!(tokyo.status().await?.consensus.coordinator.as_deref(), Some("ap-northeast"));
+    // Its donor reports the snapshot it served (what `mrr region add --wait` shows).
+    let mut served = 0;
+    for c in &cluster.clients {
+        let sent = c.regions().await?.regions.into_iter().find(|r| r.name == "us-east").and_then(|r| r.snapshot_sent);
+        if let Some(s) = sent {
+            assert!(s.done && s.bytes > 0, "{s:?}");
+            served += s.records;
+        }
+    }
+    assert!(served >= 200, "a donor sent us-east every record written before it joined: {served}");
 
     let mut acked = Vec::new();
     for w in writers {

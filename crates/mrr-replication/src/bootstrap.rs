@@ -128,6 +128,7 @@ pub async fn run(
         stable: None,
         fences: None,
         membership: membership.clone(),
+        status: None,
     };
     let server = tokio::spawn(serve_handshakes(
         config.clone(),

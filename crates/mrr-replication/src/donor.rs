@@ -96,6 +96,9 @@ pub(crate) struct Donor {
     pub fences: Option<(crate::fence::Fences, mrr_writer::Writer)>,
     /// Who may ask (a member; an empty directory too, for its region's current incarnation).
     pub membership: crate::membership::LiveMembership,
+    /// Where the progress of a snapshot served goes (`None` while this region bootstraps
+    /// itself: it serves none).
+    pub status: Option<crate::StatusBoard>,
 }
 
 impl Donor {
@@ -205,9 +208,9 @@ impl Donor {
         let started = Instant::now();
         let (mut records, mut bytes) = (0u64, 0u64);
         loop {
-            let (view, receiver, sealer, from) = (view.clone(), receiver.clone(), cfg.sealer.clone(), after.clone());
+            let (view, to, sealer, from) = (view.clone(), receiver.clone(), cfg.sealer.clone(), after.clone());
             let chunk = tokio::task::spawn_blocking(move || {
-                snapshot::chunk(&*view, &receiver, &sealer, from.as_ref(), CHUNK_RECORDS_MAX, CHUNK_BYTES_MAX)
+                snapshot::chunk(&*view, &to, &sealer, from.as_ref(), CHUNK_RECORDS_MAX, CHUNK_BYTES_MAX)
             })
             .await
             .map_err(|e| Status::internal(format!("snapshot read task: {e}")))?
@@ -216,12 +219,16 @@ impl Donor {
                 other => Status::internal(format!("reading the snapshot: {other}")),
             })?;
             let done = chunk.done;
-            records += chunk.records.len() as u64;
-            bytes += chunk.payload_bytes();
+            let (chunk_records, chunk_bytes) = (chunk.records.len() as u64, chunk.payload_bytes());
+            records += chunk_records;
+            bytes += chunk_bytes;
             after = chunk.last.clone().or(after);
             let wire = wire::chunk_to_wire(chunk).map_err(|e| Status::internal(e.to_string()))?;
             send(tx, from_donor::Msg::Chunk(wire)).await?;
             self.snapshots.touch(id);
+            if let Some(status) = &self.status {
+                status.snapshot_sent(&receiver, id, chunk_records, chunk_bytes, done);
+            }
             if done {
                 break;
             }

@@ -37,6 +37,7 @@ pub(crate) async fn serve(ctx: Context, listener: TcpListener) {
         stable: Some(ctx.stable.clone()),
         fences: Some((ctx.fences.clone(), ctx.writer.clone())),
         membership: ctx.membership.clone(),
+        status: Some(ctx.status.clone()),
     };
     let svc = PeerServer::new(Service { ctx: ctx.clone(), donor })
         .max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX);

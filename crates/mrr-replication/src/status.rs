@@ -36,6 +36,16 @@ struct Entry {
     durable: VersionVector,
 }
 
+/// What this region has sent of a snapshot to a region installing one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotServed {
+    /// The snapshot's id (a resumed install goes on with the same one).
+    pub snapshot: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub done: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct StatusBoard {
     inner: Arc<Mutex<BTreeMap<RegionName, Entry>>>,
@@ -52,6 +62,9 @@ pub struct StatusBoard {
     retention: Arc<Mutex<Retention>>,
     /// What anti-entropy repaired here, and what it could not ([`crate::repair`]).
     repairs: Arc<Mutex<Repairs>>,
+    /// Per receiver, the snapshot this region served it last ([`crate::donor`]; at most one
+    /// entry per region of the membership).
+    served: Arc<Mutex<BTreeMap<RegionName, SnapshotServed>>>,
 }
 
 /// Anti-entropy's findings in this region, for `/health`.
@@ -167,7 +180,25 @@ impl StatusBoard {
             departures: Arc::default(),
             retention: Arc::default(),
             repairs: Arc::default(),
+            served: Arc::default(),
         }
+    }
+
+    /// `records` and `bytes` more of snapshot `snapshot` went to `receiver`.
+    pub fn snapshot_sent(&self, receiver: &RegionName, snapshot: u64, records: u64, bytes: u64, done: bool) {
+        let mut served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = served.entry(receiver.clone()).or_default();
+        if entry.snapshot != snapshot {
+            *entry = SnapshotServed { snapshot, ..SnapshotServed::default() };
+        }
+        entry.records += records;
+        entry.bytes += bytes;
+        entry.done = done;
+    }
+
+    /// The snapshot this region served `receiver` last.
+    pub fn snapshot_served(&self, receiver: &RegionName) -> Option<SnapshotServed> {
+        self.served.lock().unwrap_or_else(PoisonError::into_inner).get(receiver).cloned()
     }
 
     /// A region that joined the membership; whether it was new here.

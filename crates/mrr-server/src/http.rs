@@ -321,6 +321,7 @@ fn method_not_allowed() -> ApiError {
         mrr_api::RepairReport,
         mrr_api::RegionsReport,
         mrr_api::RegionInfo,
+        mrr_api::SnapshotSent,
         mrr_api::AddRegionRequest,
         mrr_api::PeerRepair
     ))

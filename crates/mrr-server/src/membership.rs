@@ -366,7 +366,13 @@ fn refused(e: MembershipError) -> ApiError {
 fn report(state: &AppState, table: &Membership) -> RegionsReport {
     let group = state.consensus.group();
     let peers = state.status.snapshot(state.clock.now_ms());
-    let applied = state.writer.applied().borrow().clone();
+    // The strong stream is no region's to send (each applies the Raft log): left out.
+    let mut applied = mrr_core::VersionVector::new();
+    for (stream, seq) in state.writer.applied().borrow().iter() {
+        if stream.origin.as_str() != mrr_core::strong::STRONG_ORIGIN {
+            applied.raise(stream, seq);
+        }
+    }
     let durable = state.status.durable_vectors();
     let regions = table
         .regions
@@ -389,6 +395,11 @@ fn report(state: &AppState, table: &Membership) -> RegionsReport {
                 voter: group.get(&mrr_consensus::node_id(name)).is_some_and(|(_, voter)| *voter),
                 stream,
                 behind_changes,
+                snapshot_sent: state.status.snapshot_served(name).map(|s| mrr_api::SnapshotSent {
+                    records: s.records,
+                    bytes: s.bytes,
+                    done: s.done,
+                }),
             }
         })
         .collect();

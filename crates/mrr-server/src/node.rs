@@ -185,7 +185,8 @@ impl Node {
             notary,
             membership: membership.clone(),
         };
-        let mut background = vec![tokio::spawn(crate::membership::follow(store.clone(), writer.clone(), membership_tx))];
+        let mut background =
+            vec![tokio::spawn(crate::membership::follow(store.clone(), writer.clone(), membership_tx))];
         let link_config = replication.consensus_link(membership.clone());
         let replication_settings = Arc::new(replication.clone());
         let replicator = Replicator::start(replication, peer_listener, deps).await?;
