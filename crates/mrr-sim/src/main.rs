@@ -24,7 +24,7 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--slow-disks S] [--forgers G] [--wipes W] [--corruptions C] [--repairs R] [--retention-window-ms MS (0: none)] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom|escrow] [--no-deletes] [--placement]\n       mrr-sim --strong [--seed-start S --seeds N | --seed X] [--regions 3..5] [--strong-clients C] [--strong-ops O] [--faults F] [--phase-ms MS]".into()
+    "usage: mrr-sim [--seed-start S --seeds N | --seed X [--keep-faults I,J,..]] [--regions 3..5] [--writes W] [--keys K] [--faults F] [--disk-faults D] [--clock-steps C] [--slow-disks S] [--forgers G] [--wipes W] [--corruptions C] [--repairs R] [--retention-window-ms MS (0: none)] [--phase-ms MS] [--durability fsync|buffered] [--strategy timestamp|merge|custom|escrow] [--no-deletes] [--placement] [--join]\n       mrr-sim --strong [--seed-start S --seeds N | --seed X] [--regions 3..5] [--strong-clients C] [--strong-ops O] [--faults F] [--phase-ms MS]".into()
 }
 
 fn parse() -> Result<Args, String> {
@@ -86,12 +86,16 @@ fn parse() -> Result<Args, String> {
             "--strategy" => a.config.strategy = value()?.parse()?,
             "--no-deletes" => a.config.deletes = false,
             "--placement" => a.config.placement = true,
+            "--join" => a.config.join = true,
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown flag {other}\n{}", usage())),
         }
     }
     if !(3..=5).contains(&a.config.regions) {
         return Err("--regions must be 3 to 5".into());
+    }
+    if a.config.join && a.config.placement {
+        return Err("--join does not run with --placement yet (placements name regions before they join)".into());
     }
     if is_strong {
         strong.regions = a.config.regions;
@@ -122,7 +126,7 @@ fn main() -> ExitCode {
     let mut events = 0;
     let (mut transfers, mut pending, mut erased) = (0, 0, 0);
     let (mut truncated, mut tombstones) = (0, 0);
-    let (mut snapshots, mut snapshot_records, mut resumes, mut rejoins) = (0, 0, 0, 0);
+    let (mut snapshots, mut snapshot_records, mut resumes, mut rejoins, mut joins) = (0, 0, 0, 0, 0);
     let (mut sales, mut refused_rights, mut forwarded) = (0, 0, 0);
     let (mut grouped_commits, mut grouped_applies, mut storage_errors) = (0, 0, 0);
     let (mut corruptions, mut repair_runs, mut repaired) = (0, 0, 0);
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
                 snapshot_records += report.snapshot_records;
                 resumes += report.snapshot_resumes;
                 rejoins += report.rejoins;
+                joins += report.joins;
                 sales += report.acked_sales;
                 refused_rights += report.refused_rights;
                 forwarded += report.forwarded_sales;
@@ -194,7 +199,7 @@ fn main() -> ExitCode {
         "retention: {truncated} changelog entries truncated, {tombstones} tombstones collected below the stable point"
     );
     println!(
-        "snapshots: {snapshots} wiped regions came back through a snapshot ({snapshot_records} records installed, {resumes} broken streams resumed); {rejoins} regions let go as lagging rejoined through one"
+        "snapshots: {snapshots} wiped regions came back through a snapshot ({snapshot_records} records installed, {resumes} broken streams resumed); {rejoins} regions let go as lagging rejoined through one; {joins} regions joined the membership"
     );
     println!(
         "anti-entropy: {corruptions} records corrupted behind a writer, {repair_runs} runs, {repaired} records repaired (none of them but corrupted ones)"

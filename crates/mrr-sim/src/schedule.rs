@@ -36,6 +36,11 @@ pub enum FaultEvent {
     Wipe {
         node: usize,
     },
+    /// The region is added to the membership (`SimConfig::join`) and starts from an empty
+    /// data directory.
+    Join {
+        node: usize,
+    },
     /// The node's clock offset from true time changes (skew and drift).
     Clock {
         node: usize,
@@ -87,6 +92,7 @@ impl fmt::Display for FaultEvent {
             FaultEvent::PowerLoss { node } => write!(f, "power loss r{node}"),
             FaultEvent::Restart { node } => write!(f, "restart r{node}"),
             FaultEvent::Wipe { node } => write!(f, "wipe r{node}"),
+            FaultEvent::Join { node } => write!(f, "r{node} joins the membership"),
             FaultEvent::Clock { node, offset_ms } => write!(f, "clock r{node} {offset_ms:+}ms"),
             FaultEvent::ClockStep { node, step_ms } => write!(f, "clock step r{node} {step_ms:+}ms"),
             FaultEvent::SlowDisk { node, commit_ms } => write!(f, "disk r{node} commits take {commit_ms}ms"),
@@ -218,6 +224,10 @@ impl Schedule {
             let node = wipe.random_range(0..n);
             faults.push((at, FaultEvent::Wipe { node }));
             faults.push(((at + wipe.random_range(1_000..3_000)).min(phase), FaultEvent::Restart { node }));
+        }
+        if config.join {
+            let mut join = StdRng::seed_from_u64(seed ^ 0x6a6f_696e);
+            faults.push((join.random_range(0..phase), FaultEvent::Join { node: n - 1 }));
         }
         let mut bad = StdRng::seed_from_u64(seed ^ 0x6261_6464);
         for _ in 0..config.corruptions {

@@ -90,6 +90,11 @@ pub struct SimConfig {
     pub strategy: Strategy,
     /// Whether the workload deletes (off for the exact counter check: a delete resets them).
     pub deletes: bool,
+    /// The last region starts outside the membership (down, with an empty data directory)
+    /// and is added during the fault phase (`FaultEvent::Join`; at the heal at the latest): the
+    /// others take it into their stable point, and it bootstraps from a snapshot, as `mrr
+    /// region add` does (`docs/architecture.md`, "Region membership"). Not with `placement`.
+    pub join: bool,
     /// Whether writes name `__metadata.regions` and move records between placements. Every
     /// placement includes r0, so some region always holds every change's content (a
     /// concurrent move to a disjoint placement would drop what the other side wrote, by
@@ -308,6 +313,7 @@ impl Default for SimConfig {
             strategy: Strategy::Timestamp,
             deletes: true,
             placement: false,
+            join: false,
         }
     }
 }
@@ -318,7 +324,7 @@ impl SimConfig {
     /// defaults that may have changed since.
     pub fn flags(&self) -> String {
         format!(
-            "--regions {} --writes {} --keys {} --faults {} --disk-faults {} --clock-steps {} --slow-disks {} --forgers {} --wipes {} --corruptions {} --repairs {} --retention-window-ms {} --phase-ms {} --durability {} --strategy {}{}{}",
+            "--regions {} --writes {} --keys {} --faults {} --disk-faults {} --clock-steps {} --slow-disks {} --forgers {} --wipes {} --corruptions {} --repairs {} --retention-window-ms {} --phase-ms {} --durability {} --strategy {}{}{}{}",
             self.regions,
             self.writes,
             self.keys,
@@ -336,6 +342,7 @@ impl SimConfig {
             self.strategy,
             if self.deletes { "" } else { " --no-deletes" },
             if self.placement { " --placement" } else { "" },
+            if self.join { " --join" } else { "" },
         )
     }
 }
@@ -389,6 +396,8 @@ pub struct RunReport {
     pub snapshot_resumes: usize,
     /// Regions let go as lagging that rejoined through a snapshot.
     pub rejoins: usize,
+    /// Regions added to the membership during the run (`SimConfig::join`).
+    pub joins: usize,
     /// Records a bad disk corrupted, anti-entropy runs, and records they repaired.
     pub corruptions: usize,
     pub repair_runs: usize,
@@ -499,6 +508,8 @@ struct Node {
     inc: Vec<Option<In>>,
     /// Its data directory was lost: it comes back through a snapshot bootstrap.
     wiped: bool,
+    /// Joined the membership (`SimConfig::join`) and never ran: it holds nothing of anyone.
+    fresh: bool,
     /// A restart waits: it is wiped and not every peer is up to say where it stands.
     restart_pending: bool,
     /// The invariants were told what its wipe lost (once per wipe).
@@ -527,6 +538,9 @@ struct World {
     next_epoch: u64,
     writes_done: u64,
     invariants: Vec<Box<dyn Invariant>>,
+    /// Which regions are members (`SimConfig::join`: the last one is not until it joins). A
+    /// membership change commits in the strong tier's log; here every region takes it at once.
+    members: Vec<bool>,
     healed_at: Option<u64>,
     converged_at: Option<u64>,
     events: u64,
@@ -552,6 +566,7 @@ struct World {
     changes_erased: usize,
     changes_truncated: usize,
     tombstones_collected: usize,
+    joins: usize,
     /// Snapshot bootstraps of wiped regions, the records they installed, and the installs
     /// that broke and resumed after their last chunk.
     snapshots_installed: usize,
@@ -629,6 +644,7 @@ pub fn run(seed: u64, cfg: &SimConfig, keep: Option<&BTreeSet<usize>>) -> Result
         changes_erased: world.changes_erased,
         changes_truncated: world.changes_truncated,
         tombstones_collected: world.tombstones_collected,
+        joins: world.joins,
         snapshots_installed: world.snapshots_installed,
         snapshot_records: world.snapshot_records,
         snapshot_resumes: world.snapshot_resumes,
@@ -673,12 +689,16 @@ impl World {
         }
         let policies = policies(cfg.strategy, cfg.placement);
         let sealer = policies.sealer.clone();
+        let members: Vec<bool> = (0..n).map(|i| !(cfg.join && i == n - 1)).collect();
+        let member_names: Vec<RegionName> = (0..n).filter(|i| members[*i]).map(|i| names[i].clone()).collect();
         let nodes = (0..n)
             .map(|i| Node {
                 store: SimDisk::new(cfg.buffered),
-                writer: Some(writer(&names[i], Default::default(), &cfg, policies.clone())),
+                // A region outside the membership is not running yet: its data directory is
+                // empty, and it bootstraps when it joins.
+                writer: members[i].then(|| writer(&names[i], Default::default(), &cfg, policies.clone())),
                 forging: false,
-                stability: stability(&names[i], &names, &cfg, 0),
+                stability: stability(&names[i], &member_names, &cfg, 0),
                 queue: VecDeque::new(),
                 committing: None,
                 commit_ms: COMMIT_MS,
@@ -689,7 +709,8 @@ impl World {
                 clock_step_ms: 0,
                 out: (0..n).map(|j| (j != i).then_some(Out::Down { retry_at: 0, backoff: BACKOFF_MIN_MS })).collect(),
                 inc: (0..n).map(|_| None).collect(),
-                wiped: false,
+                wiped: !members[i],
+                fresh: !members[i],
                 restart_pending: false,
                 wipe_told: false,
                 peer_floors: vec![None; n],
@@ -712,6 +733,7 @@ impl World {
             queue: BTreeMap::new(),
             names,
             nodes,
+            members,
             rng,
             cut: BTreeSet::new(),
             base_delay,
@@ -740,6 +762,7 @@ impl World {
             changes_erased: 0,
             changes_truncated: 0,
             tombstones_collected: 0,
+            joins: 0,
             snapshots_installed: 0,
             snapshot_records: 0,
             snapshot_resumes: 0,
@@ -1287,7 +1310,13 @@ impl World {
             | n.stability.on_beacon(&self.names[from], durable, &applied, self.now);
         if moved {
             let stable = n.stability.stable().clone();
-            let durables: Vec<VersionVector> = self.nodes.iter().map(|n| n.durable.durable().clone()).collect();
+            // A region outside the membership holds nothing and is owed nothing.
+            let durables: Vec<Option<VersionVector>> = self
+                .nodes
+                .iter()
+                .zip(&self.members)
+                .map(|(n, member)| member.then(|| n.durable.durable().clone()))
+                .collect();
             for inv in &mut self.invariants {
                 inv.on_stable(node, &stable, &durables)
                     .map_err(|detail| Violation::broken(self.seed, self.now, inv.as_ref(), detail))?;
@@ -1610,6 +1639,7 @@ impl World {
             FaultEvent::Forge { node, on } => self.nodes[node].forging = on,
             FaultEvent::Corrupt { node, pick } => self.corrupt(node, pick)?,
             FaultEvent::Repair { node } => self.repair_run(node)?,
+            FaultEvent::Join { node } => self.join(node)?,
             FaultEvent::Disk { node, read_in, commit_in } => {
                 let plan = self.nodes[node].store.faults();
                 if let Some(n) = read_in {
@@ -1640,7 +1670,7 @@ impl World {
     }
 
     fn restart(&mut self, node: usize) -> Step {
-        if self.nodes[node].writer.is_some() {
+        if self.nodes[node].writer.is_some() || !self.members[node] {
             return Ok(());
         }
         if self.nodes[node].wiped && !self.bootstrap(node)? {
@@ -1657,7 +1687,10 @@ impl World {
         n.durable = DurableRule::new(self.cfg.buffered, recovered.vv.clone());
         n.collected = None;
         // The simulated node keeps no persisted stable point: it starts from nothing again.
-        n.stability = stability(&self.names[node], &self.names, &self.cfg, self.now);
+        let member_names: Vec<RegionName> =
+            (0..self.names.len()).filter(|i| self.members[*i]).map(|i| self.names[i].clone()).collect();
+        let n = &mut self.nodes[node];
+        n.stability = stability(&self.names[node], &member_names, &self.cfg, self.now);
         n.peer_floors = vec![None; self.cfg.regions];
         n.peer_durable = vec![VersionVector::new(); self.cfg.regions];
         n.rejoining = false;
@@ -1738,7 +1771,16 @@ impl World {
     /// not now (a peer is down, none qualifies yet, or a disk failed); the restart waits.
     fn bootstrap(&mut self, node: usize) -> Result<bool, Violation> {
         use mrr_writer::snapshot;
-        if self.nodes.iter().enumerate().any(|(i, n)| i != node && n.writer.is_none()) {
+        // Every member that holds anything answers. A region outside the membership is no
+        // peer, and one that joined and never ran holds nothing of anyone: a region new to the
+        // cluster needs only the running members (its own streams are empty everywhere), and
+        // the others need nothing of it.
+        let fresh = self.nodes[node].fresh;
+        let peer = |i: usize, n: &Node| i != node && self.members[i] && !n.fresh;
+        if self.nodes.iter().enumerate().any(|(i, n)| peer(i, n) && n.writer.is_none() && !fresh) {
+            return Ok(false);
+        }
+        if fresh && !self.nodes.iter().enumerate().any(|(i, n)| peer(i, n) && n.writer.is_some()) {
             return Ok(false);
         }
         let local = self.names[node].clone();
@@ -1766,8 +1808,9 @@ impl World {
             }
         }
         let mut standings = BTreeMap::new();
+        let mut refused = BTreeSet::new();
         for (i, other) in self.nodes.iter().enumerate() {
-            if i == node {
+            if i == node || !self.members[i] || other.fresh || other.writer.is_none() {
                 continue;
             }
             let (Ok(state), Ok(floors)) = (other.store.recover(), other.store.log_floors()) else { return Ok(false) };
@@ -1778,7 +1821,6 @@ impl World {
             );
         }
         let mut rng = StdRng::seed_from_u64(self.seed ^ self.now ^ ((node as u64) << 48) ^ 0x736e_6170);
-        let mut refused = BTreeSet::new();
         loop {
             let Ok(mark) = self.nodes[node].store.bootstrap_mark() else { return Ok(false) };
             let installing = match &mark {
@@ -1808,6 +1850,7 @@ impl World {
                         return Ok(false);
                     }
                     self.nodes[node].wiped = false;
+                    self.nodes[node].fresh = false;
                     return Ok(true);
                 }
                 snapshot::Decision::Wait => return Ok(false),
@@ -1819,6 +1862,7 @@ impl World {
                     self.snapshots_installed += 1;
                     self.snapshot_records += records;
                     self.nodes[node].wiped = false;
+                    self.nodes[node].fresh = false;
                     return Ok(true);
                 }
                 Ok(None) => return Ok(false),
@@ -1896,8 +1940,31 @@ impl World {
 
     /// End of the fault phase: links mend, crashed regions come back, writes stop. Clock
     /// offsets stay as they are: convergence must not need perfect clocks.
+    /// `node` is added to the membership: every running region takes it into its stable point
+    /// (holding the point where it is until its beacons come), and it starts, bootstrapping
+    /// its empty data directory from a snapshot.
+    fn join(&mut self, node: usize) -> Step {
+        if self.members[node] {
+            return Ok(());
+        }
+        self.members[node] = true;
+        self.joins += 1;
+        let member_names: Vec<RegionName> =
+            (0..self.names.len()).filter(|i| self.members[*i]).map(|i| self.names[i].clone()).collect();
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            if i != node && n.writer.is_some() {
+                n.stability.set_members(member_names.iter().cloned(), self.now);
+            }
+        }
+        self.restart(node)
+    }
+
     fn heal(&mut self) -> Step {
         self.cut.clear();
+        // A region not added during the fault phase (its event shrunk away) joins now.
+        for node in 0..self.cfg.regions {
+            self.join(node)?;
+        }
         // Disks are repaired and clock steps undone; offsets within max_clock_skew stay.
         for n in &mut self.nodes {
             n.store.faults().disarm();

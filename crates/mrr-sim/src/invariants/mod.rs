@@ -89,7 +89,13 @@ pub trait Invariant {
     fn on_durable(&mut self, _node: usize, _durable: &VersionVector) {}
 
     /// `node`'s stable point moved to `stable`; `durables` is every region's durable vector now.
-    fn on_stable(&mut self, _node: usize, _stable: &VersionVector, _durables: &[VersionVector]) -> Result<(), String> {
+    /// `durables`: each region's durable vector, `None` for one outside the membership.
+    fn on_stable(
+        &mut self,
+        _node: usize,
+        _stable: &VersionVector,
+        _durables: &[Option<VersionVector>],
+    ) -> Result<(), String> {
         Ok(())
     }
 

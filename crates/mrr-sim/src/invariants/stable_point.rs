@@ -33,8 +33,13 @@ impl Invariant for StablePoint {
         "stable_point"
     }
 
-    fn on_stable(&mut self, node: usize, stable: &VersionVector, durables: &[VersionVector]) -> Result<(), String> {
-        for (j, durable) in durables.iter().enumerate() {
+    fn on_stable(
+        &mut self,
+        node: usize,
+        stable: &VersionVector,
+        durables: &[Option<VersionVector>],
+    ) -> Result<(), String> {
+        for (j, durable) in durables.iter().enumerate().filter_map(|(j, d)| d.as_ref().map(|d| (j, d))) {
             if !durable.dominates(stable) {
                 return Err(format!(
                     "r{node}'s stable point [{}] passes what r{j} has durably applied: [{}]",
