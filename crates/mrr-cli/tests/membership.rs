@@ -188,6 +188,14 @@ async fn a_fourth_region_joins_a_running_cluster_under_load_and_leaves_cleanly()
         }
     }
     assert!(served >= 200, "a donor sent us-east every record written before it joined: {served}");
+    // Operators see it: two changes (added, joined), four active regions, none joining.
+    let text = tokyo.metrics().await?;
+    for line in
+        ["mrr_membership_epoch 2", "mrr_member_regions{state=\"active\"} 4", "mrr_member_regions{state=\"joining\"} 0"]
+    {
+        assert!(text.lines().any(|l| l == line), "{line} not in the metrics:\n{text}");
+    }
+    assert!(tokyo.health().await?.warnings.iter().all(|w| !w.contains("joining")));
 
     let mut acked = Vec::new();
     for w in writers {

@@ -398,7 +398,12 @@ async fn health(
         state.started.elapsed(),
         dead_letters,
         &critical,
-        &[state.status.retention().warnings(), state.status.repairs().warnings(state.clock.now_ms())].concat(),
+        &[
+            state.status.retention().warnings(),
+            state.status.repairs().warnings(state.clock.now_ms()),
+            crate::membership::warnings(&state),
+        ]
+        .concat(),
     );
     let code = if q.strict && h.status == mrr_api::HealthStatus::Critical {
         StatusCode::SERVICE_UNAVAILABLE
@@ -414,6 +419,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.replication_metrics.refresh(&state.status.snapshot(state.clock.now_ms()));
     state.admission.clock(&state);
     state.metrics.storage_bytes.set(state.store.disk_bytes() as f64);
+    crate::membership::refresh_gauges(&state);
     if let Err(e) = crate::review::refresh_dlq_gauges(&state) {
         // Rendered anyway: the other families are still worth scraping.
         tracing::warn!(error = %e.message_text(), "dead-letter gauges not refreshed");

@@ -362,6 +362,35 @@ fn refused(e: MembershipError) -> ApiError {
     }
 }
 
+/// `mrr_membership_epoch` and `mrr_member_regions{state}`, before a scrape.
+pub(crate) fn refresh_gauges(state: &AppState) {
+    let table = state.membership.borrow();
+    state.metrics.membership_epoch.set(table.epoch as f64);
+    let [joining, active] = &state.metrics.member_regions;
+    let count = |s: membership::RegionState| table.members().filter(|(_, e)| e.state == s).count() as f64;
+    joining.set(count(membership::RegionState::Joining));
+    active.set(count(membership::RegionState::Active));
+}
+
+/// `/health` warnings: a region still joining (until it has installed its snapshot and said
+/// so, `ack=all` does not count it and it does not vote).
+pub(crate) fn warnings(state: &AppState) -> Vec<String> {
+    warnings_of(&state.membership.borrow())
+}
+
+fn warnings_of(table: &Membership) -> Vec<String> {
+    table
+        .members()
+        .filter(|(_, e)| e.state == membership::RegionState::Joining)
+        .map(|(r, e)| {
+            format!(
+                "region {r} is joining the cluster (added at membership epoch {}): it installs a snapshot of a peer, catches up and then turns active; `mrr region status` shows how far it is",
+                e.incarnation
+            )
+        })
+        .collect()
+}
+
 /// The table and what this region sees of each region.
 fn report(state: &AppState, table: &Membership) -> RegionsReport {
     let group = state.consensus.group();
@@ -491,4 +520,23 @@ pub async fn lost(State(state): State<AppState>, Path(name): Path<String>) -> Ap
 fn member_named(name: &str) -> ApiResult<RegionName> {
     RegionName::new(name.to_owned())
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, ErrorCode::UnknownRegion, format!("{e}; nothing changed")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_warns_while_a_region_is_joining_and_not_once_it_is_active() {
+        let r = |n: &str| RegionName::new(n).expect("valid");
+        let seed = Membership::seed(["a", "b"].map(|n| (r(n), format!("http://{n}:1"), None)));
+        assert!(warnings_of(&seed).is_empty());
+        let added = seed.apply(&Change::Add { region: r("c"), endpoint: "http://c:1".into(), api: None });
+        let added = added.expect("added");
+        let warned = warnings_of(&added);
+        assert_eq!(warned.len(), 1);
+        assert!(warned[0].starts_with("region c is joining"), "{warned:?}");
+        let joined = added.apply(&Change::Joined { region: r("c"), incarnation: 1 }).expect("joined");
+        assert!(warnings_of(&joined).is_empty());
+    }
 }

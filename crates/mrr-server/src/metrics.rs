@@ -48,6 +48,9 @@ pub struct ServerMetrics {
     pub config_reloaded: Counter,
     /// A changed config refused (the keys and secrets in use stayed).
     pub config_reload_refused: Counter,
+    /// `mrr_membership_epoch` and `mrr_member_regions{state}` (joining, active).
+    pub membership_epoch: Gauge,
+    pub member_regions: [Gauge; 2],
 }
 
 impl std::fmt::Debug for ServerMetrics {
@@ -98,6 +101,16 @@ impl ServerMetrics {
             Some(Unit::Count),
             "Reloads of the API keys and cluster secrets from the changed config file, by result: ok (in use from then on) or refused (the file failed a check; the keys and secrets in use stayed).".into(),
         );
+        r.describe_gauge(
+            "mrr_membership_epoch".into(),
+            Some(Unit::Count),
+            "Membership changes this region has applied (0: the configs' regions).".into(),
+        );
+        r.describe_gauge(
+            "mrr_member_regions".into(),
+            Some(Unit::Count),
+            "Member regions by state: joining (installing a snapshot, catching up) and active.".into(),
+        );
         let reloads = |name: &'static str, result: &'static str| {
             r.register_counter(&Key::from_parts(name, vec![Label::new("result", result)]), &METADATA)
         };
@@ -120,6 +133,10 @@ impl ServerMetrics {
             tls_reload_refused: reloads("mrr_tls_reloads_total", "refused"),
             config_reloaded: reloads("mrr_config_reloads_total", "ok"),
             config_reload_refused: reloads("mrr_config_reloads_total", "refused"),
+            membership_epoch: r.register_gauge(&Key::from_name("mrr_membership_epoch"), &METADATA),
+            member_regions: ["joining", "active"].map(|state| {
+                r.register_gauge(&Key::from_parts("mrr_member_regions", vec![Label::new("state", state)]), &METADATA)
+            }),
         }
     }
 }
