@@ -116,6 +116,19 @@ async fn add_when_up(client: &mrr_client::Client, east: &Fourth) -> anyhow::Resu
     .await
 }
 
+/// Waits until the first three regions hold `path`.
+async fn in_every_region(cluster: &Cluster, path: &str) -> anyhow::Result<()> {
+    wait_for(&format!("{path} everywhere"), JOIN, || async {
+        for c in &cluster.clients {
+            if c.query(path).await?.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await
+}
+
 /// Waits until `region` is active and votes, as `client`'s region reports it.
 async fn active_voter(client: &mrr_client::Client, region: &str, incarnation_min: u64) -> anyhow::Result<()> {
     wait_for(&format!("{region} active and voting"), JOIN, || async {
@@ -215,15 +228,7 @@ async fn a_fourth_region_joins_a_running_cluster_under_load_and_leaves_cleanly()
     // It writes like any region: out to the others, and through the strong tier (a quorum of
     // four now).
     east.client.publish("orders", &json!({"id": "from-east", "n": 1})).await?;
-    wait_for("from-east everywhere", JOIN, || async {
-        for c in &cluster.clients {
-            if c.query("orders/from-east").await?.is_none() {
-                return Ok(None);
-            }
-        }
-        Ok(Some(()))
-    })
-    .await?;
+    in_every_region(&cluster, "orders/from-east").await?;
     let sold = east
         .client
         .atomic(
@@ -286,15 +291,7 @@ async fn a_region_declared_lost_gets_no_write_in_and_rejoins_only_from_a_snapsho
     add_when_up(&tokyo, &east).await?;
     active_voter(&tokyo, "us-east", 1).await?;
     east.client.publish("orders", &json!({"id": "east-before", "n": 1})).await?;
-    wait_for("east-before everywhere", JOIN, || async {
-        for c in &cluster.clients {
-            if c.query("orders/east-before").await?.is_none() {
-                return Ok(None);
-            }
-        }
-        Ok(Some(()))
-    })
-    .await?;
+    in_every_region(&cluster, "orders/east-before").await?;
 
     // Declared lost while it runs: its peers drop it at once.
     let report = tokyo.declare_lost("us-east").await?;

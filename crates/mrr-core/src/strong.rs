@@ -34,6 +34,16 @@ pub fn strong_origin() -> RegionName {
     RegionName::new(STRONG_ORIGIN).unwrap_or_else(|_| unreachable!("a valid region name"))
 }
 
+/// `vv` without the strong stream: what regions send each other and compare (each region
+/// applies the strong stream from the Raft log itself).
+pub fn replicable(vv: &crate::VersionVector) -> crate::VersionVector {
+    let mut out = crate::VersionVector::new();
+    for (stream, seq) in vv.iter().filter(|(s, _)| s.origin.as_str() != STRONG_ORIGIN) {
+        out.raise(stream, seq);
+    }
+    out
+}
+
 /// Nesting of `$and`/`$or`/`$not` a condition may have.
 pub const CONDITION_DEPTH_MAX: usize = 8;
 /// Comparisons a condition may hold in all.

@@ -69,18 +69,6 @@ pub enum Outcome {
     Installed { donor: RegionName, records: u64, bytes: u64, elapsed_ms: u64, incarnation: u64 },
 }
 
-impl Outcome {
-    /// The membership incarnation the data directory belongs to, when the outcome says.
-    pub fn incarnation(&self) -> Option<u64> {
-        match self {
-            Outcome::NotNeeded => None,
-            Outcome::Fresh => Some(0),
-            Outcome::Joined { incarnation } => Some(*incarnation),
-            Outcome::Installed { incarnation, .. } => Some(*incarnation),
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     #[error("storage: {0}")]

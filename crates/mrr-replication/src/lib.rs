@@ -305,9 +305,6 @@ impl std::fmt::Debug for Context {
 }
 
 impl ReplicationConfig {
-    /// The endpoint of `peer`'s replication listener as every peer connection here dials it:
-    /// TLS when the cluster has it, the connect timeout, no Nagle, the large HTTP/2 windows.
-    /// `Err`: the endpoint or its TLS settings do not parse (the text says which).
     /// A client of `peer`'s peer service for a call of its own (a snapshot, a repair): connected,
     /// with the peer message bound.
     pub(crate) async fn peer_call_client(
@@ -324,6 +321,9 @@ impl ReplicationConfig {
             .max_decoding_message_size(mrr_core::limits::PEER_MESSAGE_BYTES_MAX))
     }
 
+    /// The endpoint of `peer`'s replication listener as every peer connection here dials it:
+    /// TLS when the cluster has it, the connect timeout, no Nagle, the large HTTP/2 windows.
+    /// `Err`: the endpoint or its TLS settings do not parse (the text says which).
     pub(crate) fn peer_endpoint(&self, peer: &PeerConfig) -> Result<tonic::transport::Endpoint, String> {
         let mut endpoint = tonic::transport::Endpoint::from_shared(peer.endpoint.clone()).map_err(|e| e.to_string())?;
         if let Some(tls) = &self.tls {

@@ -46,6 +46,19 @@ pub struct SnapshotServed {
     pub done: bool,
 }
 
+impl Entry {
+    /// A peer not connected yet.
+    fn new(region: &RegionName, endpoint: &str) -> Self {
+        let status = PeerStatus {
+            region: region.to_string(),
+            endpoint: endpoint.to_owned(),
+            outbound: state::CONNECTING.into(),
+            ..Default::default()
+        };
+        Entry { status, ..Default::default() }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct StatusBoard {
     inner: Arc<Mutex<BTreeMap<RegionName, Entry>>>,
@@ -158,18 +171,7 @@ impl StatusBoard {
         peers: impl Iterator<Item = (&'a RegionName, &'a str)>,
         heartbeat_ms: u64,
     ) -> Self {
-        let map = peers
-            .filter(|(r, _)| *r != local)
-            .map(|(r, e)| {
-                let status = PeerStatus {
-                    region: r.to_string(),
-                    endpoint: e.to_owned(),
-                    outbound: state::CONNECTING.into(),
-                    ..Default::default()
-                };
-                (r.clone(), Entry { status, ..Default::default() })
-            })
-            .collect();
+        let map = peers.filter(|(r, _)| *r != local).map(|(r, e)| (r.clone(), Entry::new(r, e))).collect();
         // A heartbeat goes out once a tick finds the stream idle for a period: up to two
         // periods apart.
         Self {
@@ -207,20 +209,14 @@ impl StatusBoard {
         if inner.contains_key(region) {
             return false;
         }
-        let status = PeerStatus {
-            region: region.to_string(),
-            endpoint: endpoint.to_owned(),
-            outbound: state::CONNECTING.into(),
-            ..Default::default()
-        };
-        inner.insert(region.clone(), Entry { status, ..Default::default() });
+        inner.insert(region.clone(), Entry::new(region, endpoint));
         true
     }
 
     /// A region that left the membership: no longer reported.
     pub fn remove_peer(&self, region: &RegionName) {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner).remove(region);
-        self.changed.send_modify(|n| *n += 1);
+        self.bump();
     }
 
     /// What anti-entropy repaired here, and what it left different.

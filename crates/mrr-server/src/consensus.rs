@@ -75,8 +75,6 @@ impl Apply for Storage {
 pub enum ConsensusStartError {
     #[error("consensus: {0}")]
     Start(#[from] mrr_consensus::StartError),
-    #[error("consensus: {0}")]
-    Link(String),
 }
 
 /// Where the voter keeps its log and applies what commits: also its state machine.

@@ -122,9 +122,10 @@ pub async fn announce_joined(proposer: Proposer, mut table: LiveMembership, inca
         if joining {
             let change = Change::Joined { region: proposer.region.clone(), incarnation };
             match proposer.change(&change, Checks::none()).await {
+                // The table that says so is published by `follow`: wait for it below rather
+                // than asking again at once.
                 Ok(_) => {
-                    tracing::info!(region = %proposer.region, incarnation, "joined the cluster: this region is active");
-                    continue;
+                    tracing::info!(region = %proposer.region, incarnation, "joined the cluster: this region is active")
                 }
                 Err(e) => {
                     tracing::warn!(error = %e.message_text(), retry_in_ms = backoff.as_millis() as u64, "could not announce that this region joined");
@@ -258,15 +259,11 @@ impl Proposer {
             self.caught_up_with(leaving, check).await?;
         }
         let defaults = &check.defaults;
-        let members: Arc<Vec<String>> = Arc::new(next.members().map(|(r, _)| r.to_string()).collect());
-        let within = members.clone();
-        let orphaned = move |regions: &[String]| {
-            !regions.is_empty() && !regions.iter().any(|r| r == "*") && !regions.iter().any(|r| within.contains(r))
-        };
+        let members: Vec<String> = next.members().map(|(r, _)| r.to_string()).collect();
         let topics = std::iter::once(("(replication_rules)", &defaults.default))
             .chain(defaults.topics.iter().map(|(t, r)| (t.as_str(), r)));
         for (topic, regions) in topics {
-            if orphaned(regions) {
+            if placed_in_none(regions, &members) {
                 return Err(placed_only_there(leaving, format!("the placement default of {topic} names {regions:?}")));
             }
         }
@@ -296,11 +293,8 @@ impl Proposer {
     }
 
     /// Looks for a record placed only outside `members` (registers included).
-    async fn scan_placement(&self, leaving: &RegionName, members: Arc<Vec<String>>) -> ApiResult<()> {
+    async fn scan_placement(&self, leaving: &RegionName, members: Vec<String>) -> ApiResult<()> {
         let store = self.store.clone();
-        let orphaned = move |regions: &[String]| {
-            !regions.is_empty() && !regions.iter().any(|r| r == "*") && !regions.iter().any(|r| members.contains(r))
-        };
         let found = tokio::task::spawn_blocking(move || -> Result<Option<(Key, Vec<String>)>, String> {
             let mut after: Option<Key> = None;
             loop {
@@ -311,7 +305,7 @@ impl Proposer {
                     // value to tell a deleted record by: it counts. A tombstone held in clear
                     // has nothing to lose.
                     let live = mrr_core::seal::is_sealed(key) || !record.is_tombstone();
-                    if live && orphaned(&record.metadata.regions) {
+                    if live && placed_in_none(&record.metadata.regions, &members) {
                         return Ok(Some((key.clone(), record.metadata.regions.clone())));
                     }
                 }
@@ -336,6 +330,11 @@ impl Proposer {
             None => Ok(()),
         }
     }
+}
+
+/// Whether a placement (`__metadata.regions`, a topic's `regions:`) names none of `members`.
+fn placed_in_none(regions: &[String], members: &[String]) -> bool {
+    !mrr_core::placement::everywhere(regions) && !regions.iter().any(|r| members.contains(r))
 }
 
 fn placed_only_there(leaving: &RegionName, what: String) -> ApiError {
@@ -396,12 +395,7 @@ fn report(state: &AppState, table: &Membership) -> RegionsReport {
     let group = state.consensus.group();
     let peers = state.status.snapshot(state.clock.now_ms());
     // The strong stream is no region's to send (each applies the Raft log): left out.
-    let mut applied = mrr_core::VersionVector::new();
-    for (stream, seq) in state.writer.applied().borrow().iter() {
-        if stream.origin.as_str() != mrr_core::strong::STRONG_ORIGIN {
-            applied.raise(stream, seq);
-        }
-    }
+    let applied = mrr_core::strong::replicable(&state.writer.applied().borrow());
     let durable = state.status.durable_vectors();
     let regions = table
         .regions

@@ -189,6 +189,11 @@ fn stability(local: &RegionName, names: &[RegionName], cfg: &SimConfig, now_ms: 
 }
 
 /// What a collection pass may collect below, as the server's stable-point task asks it.
+/// The names of the member regions (`members[i]`: whether region `i` is one).
+fn named_members(names: &[RegionName], members: &[bool]) -> Vec<RegionName> {
+    names.iter().zip(members).filter(|(_, m)| **m).map(|(n, _)| n.clone()).collect()
+}
+
 fn collect_of(stability: &mrr_core::stability::Stability) -> mrr_writer::Collect {
     mrr_writer::Collect { stable: stability.stable().clone(), truncate: stability.truncation_point().clone() }
 }
@@ -690,7 +695,7 @@ impl World {
         let policies = policies(cfg.strategy, cfg.placement);
         let sealer = policies.sealer.clone();
         let members: Vec<bool> = (0..n).map(|i| !(cfg.join && i == n - 1)).collect();
-        let member_names: Vec<RegionName> = (0..n).filter(|i| members[*i]).map(|i| names[i].clone()).collect();
+        let member_names = named_members(&names, &members);
         let nodes = (0..n)
             .map(|i| Node {
                 store: SimDisk::new(cfg.buffered),
@@ -1687,8 +1692,7 @@ impl World {
         n.durable = DurableRule::new(self.cfg.buffered, recovered.vv.clone());
         n.collected = None;
         // The simulated node keeps no persisted stable point: it starts from nothing again.
-        let member_names: Vec<RegionName> =
-            (0..self.names.len()).filter(|i| self.members[*i]).map(|i| self.names[i].clone()).collect();
+        let member_names = named_members(&self.names, &self.members);
         let n = &mut self.nodes[node];
         n.stability = stability(&self.names[node], &member_names, &self.cfg, self.now);
         n.peer_floors = vec![None; self.cfg.regions];
@@ -1938,8 +1942,6 @@ impl World {
         Ok(Some(records))
     }
 
-    /// End of the fault phase: links mend, crashed regions come back, writes stop. Clock
-    /// offsets stay as they are: convergence must not need perfect clocks.
     /// `node` is added to the membership: every running region takes it into its stable point
     /// (holding the point where it is until its beacons come), and it starts, bootstrapping
     /// its empty data directory from a snapshot.
@@ -1949,8 +1951,7 @@ impl World {
         }
         self.members[node] = true;
         self.joins += 1;
-        let member_names: Vec<RegionName> =
-            (0..self.names.len()).filter(|i| self.members[*i]).map(|i| self.names[i].clone()).collect();
+        let member_names = named_members(&self.names, &self.members);
         for (i, n) in self.nodes.iter_mut().enumerate() {
             if i != node && n.writer.is_some() {
                 n.stability.set_members(member_names.iter().cloned(), self.now);
@@ -1959,6 +1960,8 @@ impl World {
         self.restart(node)
     }
 
+    /// End of the fault phase: links mend, crashed regions come back, writes stop. Clock
+    /// offsets stay as they are: convergence must not need perfect clocks.
     fn heal(&mut self) -> Step {
         self.cut.clear();
         // A region not added during the fault phase (its event shrunk away) joins now.

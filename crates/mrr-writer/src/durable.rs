@@ -17,12 +17,6 @@ use mrr_core::strong::STRONG_ORIGIN;
 use mrr_core::VersionVector;
 
 /// `vv` without the strong stream.
-fn replicable(vv: &VersionVector) -> VersionVector {
-    let mut out = VersionVector::new();
-    raise_replicable(&mut out, vv);
-    out
-}
-
 /// Raises `durable` to `vv`, the strong stream left out; whether anything moved.
 fn raise_replicable(durable: &mut VersionVector, vv: &VersionVector) -> bool {
     let mut moved = false;
@@ -44,7 +38,7 @@ pub struct DurableRule {
 impl DurableRule {
     /// `recovered`: what the store holds at start-up, durable by definition.
     pub fn new(buffered: bool, recovered: VersionVector) -> Self {
-        Self { buffered, durable: replicable(&recovered) }
+        Self { buffered, durable: mrr_core::strong::replicable(&recovered) }
     }
 
     /// A commit landed and `applied` is the new applied vector. Returns whether the durable

@@ -208,10 +208,7 @@ pub fn header(view: &dyn StoreView, receiver: &RegionName, sealer: &Sealer) -> R
     // The strong tier's records are rebuilt by every region from the Raft log, which a region
     // bootstrapping replays from its start: copying them too would apply the log over its own
     // later state (an increment twice).
-    let mut vv = VersionVector::new();
-    for (stream, seq) in state.vv.iter().filter(|(s, _)| s.origin.as_str() != STRONG_ORIGIN) {
-        vv.raise(stream, seq);
-    }
+    let vv = mrr_core::strong::replicable(&state.vv);
     for (stream, seq) in vv.iter() {
         let tail = anchor(view, stream, seq, floors.get(stream))?;
         let found = tail.first().is_some_and(|c| c.seq == floors.get(stream) + 1 || c.proof.checkpoint.is_some());
